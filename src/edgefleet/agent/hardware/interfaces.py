@@ -1,0 +1,61 @@
+"""The agent's view of its hardware (DESIGN.md, "Emulated hardware, real code paths").
+
+The clock is ``edgefleet.clock.Clock`` and the network is ``agent.transport.DeviceTransport``.
+The TPM interface is filled in by the attestation work (tpm2-pytss on /dev/tpmrm0 or
+swtpm); slots, bootloader environment and reboot by the A/B update work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, Protocol
+
+SlotName = Literal["a", "b"]
+
+
+class Platform(Protocol):
+    """Identity and inventory of the machine the agent runs on."""
+
+    def hardware_id(self) -> str: ...
+
+    def os_version(self) -> str | None:
+        """Version of the OS image that booted, if known."""
+        ...
+
+    def hostname(self) -> str: ...
+
+
+class Slots(Protocol):
+    """An A/B pair of OS image slots (partitions, or files in a vdevice)."""
+
+    def booted(self) -> SlotName: ...
+
+    def other(self) -> SlotName: ...
+
+    def size(self, slot: SlotName) -> int: ...
+
+
+class BootEnv(Protocol):
+    """The bootloader's persistent variables (GRUB env block, U-Boot env)."""
+
+    def read(self) -> dict[str, str]: ...
+
+    def write(self, values: Mapping[str, str]) -> None:
+        """Replace all variables at once; a torn write must leave a valid environment."""
+        ...
+
+
+class Reboot(Protocol):
+    def reboot(self, reason: str) -> None: ...
+
+
+class Tpm(Protocol):
+    """A TPM 2.0: PCR reads and extends, and quotes signed by the attestation key."""
+
+    def read_pcrs(self, bank: str, indices: list[int]) -> dict[int, bytes]: ...
+
+    def extend_pcr(self, index: int, bank: str, digest: bytes) -> None: ...
+
+    def quote(self, nonce: bytes, bank: str, indices: list[int]) -> tuple[bytes, bytes]:
+        """Returns (marshalled TPMS_ATTEST, marshalled TPMT_SIGNATURE)."""
+        ...

@@ -1,0 +1,27 @@
+"""Agent settings (``EDGEFLEET_AGENT_*`` environment variables, TOML file, flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
+
+    server_url: str = Field(description="control plane base URL, e.g. https://fleet.example:8443")
+    ca_file: Path = Field(description="fleet CA certificate that the server's TLS cert must chain to")
+    state_dir: Path = Path("/var/lib/edgefleet-agent")
+    device_dir: Path | None = Field(None, description="emulated device (vdevice) directory; unset = this host")
+    bootstrap_token: str | None = None
+    bootstrap_token_file: Path | None = None
+    site: str | None = Field(None, description="site this device stands in (default: the vdevice's)")
+    labels: dict[str, str] = {}
+    checkin_interval_seconds: float = Field(30.0, gt=0)
+    long_poll_seconds: float = Field(0.0, ge=0, le=900)
+    status_interval_seconds: float = Field(300.0, gt=0)
+    backoff_initial_seconds: float = Field(1.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    request_timeout_seconds: float = Field(30.0, gt=0)

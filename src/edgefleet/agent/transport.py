@@ -1,0 +1,104 @@
+"""How the agent talks to the control plane: one interface, one HTTPS implementation.
+
+Error mapping at the boundary (httpx never leaks past this module): could not talk, or
+the server failed (5xx) -> TransportError, worth retrying; the server refused (4xx) ->
+ServerRefused, which retrying will not fix.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from pydantic import ValidationError
+
+from edgefleet import __version__
+from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
+from edgefleet.protocol.v1 import DesiredState, EnrollRequest, EnrollResponse, StatusAck, StatusReport
+
+
+class DeviceTransport(Protocol):
+    async def enroll(self, request: EnrollRequest) -> EnrollResponse: ...
+
+    async def fetch_desired(self, device_id: str, known: int, wait: float) -> DesiredState | None:
+        """The desired state if newer than ``known``, else None."""
+        ...
+
+    async def report_status(self, device_id: str, report: StatusReport) -> StatusAck: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _refusal(response: httpx.Response) -> ServerRefused:
+    try:
+        error = response.json()["error"]
+        return ServerRefused(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return ServerRefused(response.status_code, "http_error", response.text[:200])
+
+
+class HttpsTransport:
+    """mTLS once enrolled (``cert_file``/``key_file``), server-authenticated TLS before."""
+
+    def __init__(
+        self, server_url: str, ca_file: Path, *, cert_file: Path | None = None, key_file: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file))
+        self._timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=server_url.rstrip("/"),
+            verify=context,
+            timeout=timeout,
+            headers={"user-agent": f"edgefleet-agent/{__version__}"},
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+        )
+
+    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, timeout=timeout or self._timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise TransportError(f"{method} {path}: server error {response.status_code}")
+        if response.status_code >= 400:
+            raise _refusal(response)
+        return response
+
+    @staticmethod
+    def _parse(model: type[Any], response: httpx.Response) -> Any:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise InvalidRequest(f"unexpected {model.__name__} from server: {exc}", code="bad_response") from exc
+
+    async def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        response = await self._request("POST", "/api/v1/enroll", json=request.model_dump(mode="json"))
+        result: EnrollResponse = self._parse(EnrollResponse, response)
+        return result
+
+    async def fetch_desired(self, device_id: str, known: int, wait: float) -> DesiredState | None:
+        params: dict[str, Any] = {"known": known}
+        if wait > 0:
+            params["wait"] = wait
+        response = await self._request(
+            "GET", f"/api/v1/devices/{device_id}/desired", params=params, timeout=self._timeout + wait
+        )
+        if response.status_code == 204:
+            return None
+        result: DesiredState = self._parse(DesiredState, response)
+        return result
+
+    async def report_status(self, device_id: str, report: StatusReport) -> StatusAck:
+        response = await self._request(
+            "POST", f"/api/v1/devices/{device_id}/status", json=report.model_dump(mode="json")
+        )
+        result: StatusAck = self._parse(StatusAck, response)
+        return result
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

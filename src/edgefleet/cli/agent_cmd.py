@@ -1,0 +1,72 @@
+"""``edgefleet agent``: the device agent daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.hardware import LinuxHost, VirtualDevice
+from edgefleet.agent.hardware.interfaces import Platform
+from edgefleet.agent.settings import AgentSettings
+from edgefleet.cli.common import ConfigOption, flags, parse_labels, setup_logging, shown_errors
+from edgefleet.errors import ConfigError
+from edgefleet.settings import load_settings
+
+
+async def run_until_signalled(agent: Agent) -> None:
+    """SIGTERM/SIGINT stop the agent cleanly; a second one exits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await agent.run(stop)
+
+
+def build_agent(settings: AgentSettings) -> Agent:
+    platform: Platform
+    if settings.device_dir is not None:
+        vdevice = VirtualDevice(settings.device_dir)
+        platform, site, labels = vdevice, settings.site or vdevice.site, {**vdevice.labels, **settings.labels}
+    else:
+        if settings.site is None:
+            raise ConfigError("set the device's site (--site, EDGEFLEET_AGENT_SITE or site = in the config)")
+        platform, site, labels = LinuxHost(), settings.site, settings.labels
+    return Agent(settings, platform, site=site, labels=labels)
+
+
+def agent(
+    config: ConfigOption = None,
+    server_url: Annotated[str | None, typer.Option("--server", help="Control plane URL.")] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="Fleet CA certificate.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Agent state (keys, certificate, state.json).")] = None,
+    device_dir: Annotated[Path | None, typer.Option(help="Run against an emulated device directory.")] = None,
+    bootstrap_token: Annotated[
+        str | None, typer.Option(help="Single-use enrollment token (first start only).", show_default=False)
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site this device stands in.")] = None,
+    labels: Annotated[list[str] | None, typer.Option("--labels", "-l", help="k=v label (repeat).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the device agent: enroll on first start, then check in and report until SIGTERM.
+
+    Settings: flags > EDGEFLEET_AGENT_* env > --config file.
+    """
+    setup_logging(log_level)
+    with shown_errors():
+        settings = load_settings(AgentSettings, config, flags(
+            server_url=server_url, ca_file=ca_file, state_dir=state_dir, device_dir=device_dir,
+            bootstrap_token=bootstrap_token, site=site, labels=parse_labels(labels) if labels else None,
+        ))
+        asyncio.run(run_until_signalled(build_agent(settings)))

@@ -1,0 +1,37 @@
+"""The ``edgefleet`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from edgefleet import __version__
+from edgefleet.cli import agent_cmd, demo_cmd, devices_cmd, server_cmd, tokens_cmd
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Immutable edge fleets: signed images, Git as the source of truth, TPM attestation as the gate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(server_cmd.app, name="server")
+app.add_typer(tokens_cmd.app, name="tokens")
+app.add_typer(devices_cmd.app, name="devices")
+app.command("agent")(agent_cmd.agent)
+app.command("demo")(demo_cmd.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """edgefleet keeps edge fleets immutable, compliant and reliable."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""What every command shares: parsing ``k=v`` labels, logging, and showing errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from edgefleet.errors import ConfigError, EdgefleetError, PeerError, TransportError
+from edgefleet.ui import err_console
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="EDGEFLEET_CONFIG", help="TOML settings file.")
+]
+ServerUrl = Annotated[str, typer.Option("--server", envvar="EDGEFLEET_SERVER_URL", help="Control plane URL.")]
+AdminToken = Annotated[
+    str, typer.Option("--token", envvar="EDGEFLEET_ADMIN_TOKEN", help="Admin bearer token.", show_default=False)
+]
+CaFile = Annotated[
+    Path, typer.Option("--ca-file", envvar="EDGEFLEET_CA_FILE", help="Fleet CA certificate (<data-dir>/pki/ca.pem).")
+]
+
+
+def parse_labels(values: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"labels are key=value, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+    )
+
+
+@contextmanager
+def shown_errors() -> Iterator[None]:
+    """Turn edgefleet errors into one readable line and an exit code (2 config, 1 other)."""
+    try:
+        yield
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+    except (PeerError, TransportError) as exc:
+        err_console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    except EdgefleetError as exc:
+        err_console.print(f"[red]{exc.code}:[/] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def flags(**values: object) -> dict[str, object]:
+    """Flags the user actually gave (None = not given, so env and file may fill them)."""
+    return {k: v for k, v in values.items() if v is not None}
+

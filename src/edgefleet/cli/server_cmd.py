@@ -1,0 +1,95 @@
+"""``edgefleet server``: run the control plane; ``edgefleet server init``: prepare its data dir."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.cli.common import ConfigOption, flags, setup_logging, shown_errors
+from edgefleet.clock import SystemClock
+from edgefleet.server.local import init_server
+from edgefleet.server.run import serve
+from edgefleet.server.settings import ServerSettings
+from edgefleet.settings import load_settings
+from edgefleet.ui import console
+
+app = typer.Typer(help="The control plane (HTTPS API with mTLS for devices, bearer tokens for operators).")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory (database, PKI).")]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db. Default: SQLite."),
+]
+
+
+def server_settings(config: Path | None, **given: object) -> ServerSettings:
+    return load_settings(ServerSettings, config, flags(**given))
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8443).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run the control plane until SIGTERM/SIGINT (a second signal forces exit).
+
+    Applies database migrations on start. Settings: flags > EDGEFLEET_* env > --config file.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with shown_errors():
+        settings = server_settings(config, data_dir=data_dir, database_url=database_url, host=host, port=port,
+                                   log_level=log_level)
+        setup_logging(settings.log_level)
+        serve(settings)
+
+
+@app.command("init")
+def init(
+    config: ConfigOption = None,
+    data_dir: DataDir = None,
+    server_name: Annotated[
+        list[str] | None, typer.Option("--server-name", help="DNS name or IP for the server certificate (repeat).")
+    ] = None,
+    fleet_name: Annotated[str | None, typer.Option(help="Name written into the fleet CA.")] = None,
+) -> None:
+    """Create the data directory, the fleet CA and the server's TLS certificate."""
+    with shown_errors():
+        settings = server_settings(config, data_dir=data_dir, server_names=server_name, fleet_name=fleet_name)
+        created = init_server(settings, SystemClock().now())
+        pki = settings.pki
+        verb = "created" if created else "already present"
+        console.print(f"fleet PKI {verb} in [bold]{pki.directory}[/]")
+        console.print(f"  CA certificate (give it to devices and CLI users): {pki.ca_cert}")
+        console.print(f"  server certificate for: {', '.join(settings.server_names)}")
+        console.print("next: [bold]edgefleet tokens create-admin --name you --role admin[/] "
+                      f"--data-dir {settings.data_dir}")
+
+
+def _ttl(days: float | None) -> timedelta | None:
+    return None if days is None else timedelta(days=days)
+
+
+def create_admin_token_command(
+    config: Path | None, data_dir: Path | None, database_url: str | None, name: str, role: str,
+    ttl_days: float | None,
+) -> str:
+    from edgefleet.credentials import Role
+    from edgefleet.server.local import create_admin_token
+
+    try:
+        parsed_role = Role(role)
+    except ValueError:
+        raise typer.BadParameter(f"role must be one of {', '.join(r.value for r in Role)}") from None
+    settings = server_settings(config, data_dir=data_dir, database_url=database_url)
+    return asyncio.run(create_admin_token(settings, name=name, role=parsed_role, now=SystemClock().now(),
+                                          ttl=_ttl(ttl_days)))

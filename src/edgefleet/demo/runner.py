@@ -1,0 +1,181 @@
+"""The demo: real control plane (HTTPS, mTLS, SQLite), real agents, emulated hardware.
+
+1. init the data dir (fleet CA, server certificate) and mint an admin token;
+2. start the control plane;
+3. an operator creates one bootstrap token per device over the admin API;
+4. each emulated device enrolls (CSR -> device certificate) and checks in;
+5. the operator pushes a desired-state change to one site; the devices there, waiting in a
+   long poll, receive it at once and report it applied;
+6. summary; with --headless the demo stops by itself after --duration seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.settings import AgentSettings
+from edgefleet.client import AdminClient
+from edgefleet.clock import SystemClock
+from edgefleet.credentials import Role
+from edgefleet.protocol.v1 import DeviceList
+from edgefleet.server.local import create_admin_token, init_server
+from edgefleet.server.run import ServerThread
+from edgefleet.server.settings import ServerSettings
+from edgefleet.ui import console as default_console
+from edgefleet.ui import device_table
+
+SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "factory-turin", "pop-vienna"]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 12
+    sites: int = 3
+    data_dir: Path | None = None
+    port: int = 0
+    headless: bool = False
+    duration: float = 30.0
+    log_level: str = "warning"
+
+
+def site_name(index: int) -> str:
+    return SITE_NAMES[index] if index < len(SITE_NAMES) else f"site-{index + 1}"
+
+
+async def _wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return True
+        await asyncio.sleep(interval)
+    return await asyncio.to_thread(check)
+
+
+async def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
+    """Run the demo; True when every device enrolled, checked in and applied its change."""
+    out = console or default_console
+    started = time.monotonic()
+    data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    settings = ServerSettings(data_dir=data_dir, port=options.port, presence_flush_seconds=0.5,
+                              graceful_shutdown_seconds=5, log_level=options.log_level)
+    clock = SystemClock()
+    init_server(settings, clock.now())
+    admin_token = await create_admin_token(settings, name="demo-operator", role=Role.ADMIN, now=clock.now(),
+                                           ttl=timedelta(days=1))
+    server = ServerThread(settings)
+    await asyncio.to_thread(server.start)
+    out.print(f"[bold green]control plane[/] listening on [bold]{server.url}[/] (SQLite in {data_dir})")
+    client = AdminClient(server.url, admin_token, settings.pki.ca_cert)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    ok = False
+    try:
+        agents = await _start_fleet(options, settings, server.url, client, stop, tasks)
+        out.print(f"started {len(agents)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
+
+        def all_checked_in() -> bool:
+            fleet = client.devices()
+            return fleet.total == len(agents) and all(
+                d.last_seen_at is not None and d.status_seq > 0 for d in fleet.devices
+            )
+
+        checked_in = await _wait_for(all_checked_in, timeout=60)
+        took = time.monotonic() - started
+        if not checked_in:
+            failures = [f"{a.platform.hardware_id()}: {a.last_error}" for a in agents if a.last_error]
+            out.print(f"[bold red]not all devices checked in[/] after {took:.1f}s", *failures[:5], sep="\n  ")
+            return False
+        out.print(f"[bold green]all devices checked in[/] ({len(agents)} devices, {took:.1f}s after start)")
+
+        ok = await _push_desired_state(client, site_name(0), out)
+        fleet = await asyncio.to_thread(client.devices)
+        out.print(device_table(fleet.devices, title="fleet"))
+        _print_summary(out, fleet, server.url, settings, admin_token)
+        if options.headless:
+            await asyncio.sleep(max(0.0, options.duration - (time.monotonic() - started)))
+        else:
+            out.print("[dim]press Ctrl-C to stop the demo[/]")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client.close()
+        await asyncio.to_thread(server.stop)
+    out.print(f"demo {'[bold green]succeeded' if ok else '[bold red]failed'}[/] after "
+              f"{time.monotonic() - started:.1f}s; everything is kept in {data_dir}")
+    return ok
+
+
+async def _start_fleet(
+    options: DemoOptions, settings: ServerSettings, url: str, client: AdminClient, stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+) -> list[Agent]:
+    agents = []
+    for index in range(options.devices):
+        site = site_name(index % options.sites)
+        labels = {"role": site.split("-")[0], "ring": "canary" if index < options.sites else "main"}
+        token = await asyncio.to_thread(client.create_bootstrap_token, site, {"ring": labels["ring"]}, 3600)
+        device = VirtualDevice.create(
+            settings.data_dir / "devices" / f"{site}-{index:03d}",
+            hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version="2026.11.0",
+        )
+        agent_settings = AgentSettings(
+            server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
+            bootstrap_token=token.token, checkin_interval_seconds=2, long_poll_seconds=20,
+            status_interval_seconds=30, backoff_initial_seconds=0.2, backoff_max_seconds=5,
+        )
+        agent = Agent(agent_settings, device, site=site, labels=labels)
+        agents.append(agent)
+        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{index}"))
+    return agents
+
+
+async def _push_desired_state(client: AdminClient, site: str, out: Console) -> bool:
+    fleet = await asyncio.to_thread(client.devices, site=site)
+    document = {"motd": f"hello {site}", "ntp": ["time1.example", "time2.example"]}
+    pushed = time.monotonic()
+    versions = {}
+    for device in fleet.devices:
+        versions[device.id] = (await asyncio.to_thread(client.set_desired, device.id, document)).version
+
+    def applied() -> bool:
+        now = client.devices(site=site).devices
+        return all(d.desired_version_applied == versions[d.id] for d in now)
+
+    done = await _wait_for(applied, timeout=30, interval=0.05)
+    took_ms = (time.monotonic() - pushed) * 1000
+    if done:
+        out.print(f"[bold green]desired state pushed[/] to {len(versions)} devices at {site}: "
+                  f"all applied and reported in {took_ms:.0f} ms (long poll, no waiting for the next interval)")
+    else:
+        out.print(f"[bold red]desired state not applied[/] at {site} within 30 s")
+    return done
+
+
+def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSettings, token: str) -> None:
+    sites: dict[str, int] = {}
+    for device in fleet.devices:
+        sites[device.site] = sites.get(device.site, 0) + 1
+    healthy = sum(d.health == "ok" for d in fleet.devices)
+    lines = [
+        f"devices: {fleet.total}   healthy: {healthy}   sites: "
+        + ", ".join(f"{s} ({n})" for s, n in sorted(sites.items())),
+        f"server:  {url}   (OpenAPI: {url}/docs, metrics: {url}/metrics)",
+        "try it (while the demo runs):",
+        f"  export EDGEFLEET_SERVER_URL={url} EDGEFLEET_CA_FILE={settings.pki.ca_cert}",
+        f"  export EDGEFLEET_ADMIN_TOKEN={token}",
+        "  edgefleet devices ls",
+    ]
+    out.print("\n".join(lines), soft_wrap=True, highlight=False)

@@ -1,0 +1,106 @@
+"""The exceptions edgefleet raises, in two roots as in python-tuf.
+
+    EdgefleetError
+    ├── PeerError               the peer sent something we refuse (bad data or credentials)
+    │   ├── InvalidRequest      malformed, wrongly typed or semantically invalid input
+    │   ├── PayloadTooLarge     a body over the configured bound
+    │   ├── Unauthenticated     no credentials, or credentials we do not accept
+    │   ├── Forbidden           valid credentials, but not for this record or action
+    │   ├── NotFound            the addressed record does not exist
+    │   ├── Conflict            the change would violate uniqueness or current state
+    │   └── ServerRefused       (agent side) the control plane answered 4xx
+    ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
+    ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
+    ├── PersistError            local durable state could not be written (full disk, permissions)
+    └── ConfigError             settings or on-disk key material are missing or invalid
+
+Every error carries a stable machine-readable ``code``. How an error is shown (HTTP status,
+CLI exit) is decided by the layer that shows it, never here. Messages for authentication
+failures are deliberately vague; the operator's log carries the exact reason.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "Conflict",
+    "EdgefleetError",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "PeerError",
+    "PersistError",
+    "ServerRefused",
+    "StoreError",
+    "TransportError",
+    "Unauthenticated",
+]
+
+
+class EdgefleetError(Exception):
+    """Root of every error edgefleet raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class PeerError(EdgefleetError):
+    """The peer sent data or credentials that we refuse."""
+
+    code = "bad_request"
+
+
+class InvalidRequest(PeerError):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(PeerError):
+    code = "payload_too_large"
+
+
+class Unauthenticated(PeerError):
+    code = "unauthenticated"
+
+
+class Forbidden(PeerError):
+    code = "forbidden"
+
+
+class NotFound(PeerError):
+    code = "not_found"
+
+
+class Conflict(PeerError):
+    code = "conflict"
+
+
+class ServerRefused(PeerError):
+    """The control plane answered a device or CLI request with a 4xx."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"server refused ({status} {code}): {message}", code=code)
+        self.status = status
+
+
+class TransportError(EdgefleetError):
+    """Could not talk to the peer: connection, TLS, timeout, or a 5xx answer."""
+
+    code = "transport_error"
+
+
+class StoreError(EdgefleetError):
+    code = "store_error"
+
+
+class PersistError(EdgefleetError):
+    code = "persist_error"
+
+
+class ConfigError(EdgefleetError):
+    code = "config_error"

@@ -1,0 +1,111 @@
+"""API v1 request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9./_-]{0,61}[A-Za-z0-9])?$")]
+LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{0,63}$")]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=32)]
+Health = Literal["unknown", "ok", "degraded", "failed"]
+ShortText = Annotated[str, StringConstraints(max_length=128)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Inventory(Strict):
+    hardware_id: HardwareId
+    site: Name
+    labels: Labels = {}
+    hostname: ShortText | None = None
+    agent_version: ShortText | None = None
+    os_version: ShortText | None = None
+
+
+class EnrollRequest(Strict):
+    token: Annotated[str, StringConstraints(max_length=128)]
+    csr_pem: Annotated[str, StringConstraints(max_length=8192)]
+    inventory: Inventory
+
+
+class EnrollResponse(Strict):
+    device_id: str
+    certificate_pem: str
+    ca_pem: str
+
+
+class DesiredState(Strict):
+    version: int
+    document: dict[str, Any]
+
+
+class StatusReport(Strict):
+    seq: Annotated[int, Field(ge=1, le=2**62)]
+    running_version: ShortText | None = None
+    health: Health = "unknown"
+    update_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] = "idle"
+    desired_version_applied: Annotated[int, Field(ge=0)] | None = None
+    details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
+
+
+class StatusAck(Strict):
+    accepted: bool
+    seq: int
+
+
+class DeviceView(Strict):
+    id: str
+    hardware_id: str
+    site: str
+    labels: dict[str, str]
+    enrolled_at: datetime
+    last_seen_at: datetime | None
+    cert_not_after: datetime
+    status_seq: int
+    status_at: datetime | None
+    running_version: str | None
+    health: str
+    update_state: str
+    desired_version: int
+    desired_version_applied: int | None
+    inventory: dict[str, Any]
+
+
+class DeviceList(Strict):
+    total: int
+    devices: list[DeviceView]
+
+
+class SetDesired(Strict):
+    document: Annotated[dict[str, Any], Field(max_length=256)]
+
+
+class BootstrapTokenRequest(Strict):
+    site: Name
+    labels: Labels = {}
+    ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
+
+
+class BootstrapTokenCreated(Strict):
+    token: str
+    id: str
+    site: str
+    labels: dict[str, str]
+    expires_at: datetime
+
+
+class ErrorDetail(Strict):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail

@@ -1,0 +1,93 @@
+"""Build the control plane's ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from edgefleet import __version__
+from edgefleet.clock import Clock, SystemClock
+from edgefleet.errors import StoreError
+from edgefleet.server.devicecache import ChangeFeed, DeviceCache
+from edgefleet.server.errors import install_error_handlers
+from edgefleet.server.longpoll import LongPolls
+from edgefleet.server.metrics import Metrics
+from edgefleet.server.middleware import BodyLimit, RequestMetrics
+from edgefleet.server.presence import Presence
+from edgefleet.server.routes import admin, device, health
+from edgefleet.server.settings import ServerSettings
+from edgefleet.server.state import ServerState
+from edgefleet.store import Database
+
+log = logging.getLogger("edgefleet.server")
+
+
+def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastAPI:
+    """The FastAPI app. Migrations run in its lifespan, before the first request.
+
+    Raises:
+        ConfigError: no fleet CA in the data dir, or an unusable database URL.
+    """
+    metrics = Metrics()
+    clock = clock or SystemClock()
+    db = Database(settings.effective_database_url)
+    long_polls = LongPolls(settings.max_long_polls, metrics)
+    devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)
+    state = ServerState(
+        settings=settings,
+        db=db,
+        ca=settings.pki.load_ca(),
+        clock=clock,
+        metrics=metrics,
+        presence=Presence(),
+        long_polls=long_polls,
+        devices=devices,
+        changes=ChangeFeed(db, devices, long_polls, clock),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.db.migrate()
+        await state.changes.start()
+        state.ready = True
+        background = [
+            asyncio.create_task(state.presence.run(state.db, settings.presence_flush_seconds)),
+            asyncio.create_task(state.changes.run(settings.device_cache_sync_seconds)),
+        ]
+        log.info("control plane ready on %s", state.db.backend)
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished in-flight requests: persist what
+            # is still in memory, then close the database.
+            state.ready = False
+            state.long_polls.close()
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            try:
+                await state.presence.flush(state.db)
+            except StoreError as exc:
+                log.error("could not persist last-seen times at shutdown: %s", exc)
+            await state.db.close()
+            log.info("control plane stopped")
+
+    app = FastAPI(
+        title="edgefleet control plane",
+        version=__version__,
+        lifespan=lifespan,
+        description="Device API (mTLS) and admin API (bearer tokens) of an edgefleet control plane.",
+    )
+    app.state.edgefleet = state
+    app.include_router(health.router)
+    app.include_router(device.router)
+    app.include_router(admin.router)
+    install_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,119 @@
+"""Who is calling: devices by client certificate, operators by bearer token with a role."""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path
+from starlette.requests import Request
+
+from edgefleet.credentials import Role, TokenKind, parse_token, secret_matches
+from edgefleet.errors import Forbidden, Unauthenticated
+from edgefleet.pki import DeviceCertificate, verify_device_certificate
+from edgefleet.server.state import ServerState, server_state
+from edgefleet.store.devices import DeviceAuth, device_auth
+from edgefleet.store.tokens import admin_token
+
+log = logging.getLogger("edgefleet.server")
+
+DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+@dataclass(frozen=True)
+class AuthenticatedDevice:
+    id: str
+    desired_version: int
+
+
+@dataclass(frozen=True)
+class AdminPrincipal:
+    token_id: str
+    name: str
+    role: Role
+
+
+def _presented_certificate(state: ServerState, request: Request) -> DeviceCertificate:
+    tls = request.scope.get("extensions", {}).get("tls")
+    if tls and tls.get("client_cert_chain"):
+        return state.identity_of(tls["client_cert_chain"][0])
+    settings = state.settings
+    client = request.client.host if request.client else None
+    header = request.headers.get(settings.client_cert_header)
+    if header:
+        if client not in settings.trusted_proxies:
+            raise Unauthenticated("client certificate required", code="client_cert_required")
+        # nginx's $ssl_client_escaped_cert: URL-encoded PEM. Not verified by our TLS
+        # stack, so verify it fully here.
+        return verify_device_certificate(state.ca.cert_pem, urllib.parse.unquote(header), state.clock.now())
+    raise Unauthenticated("client certificate required", code="client_cert_required")
+
+
+async def fresh_device_auth(state: ServerState, device_id: str) -> DeviceAuth | None:
+    """Read a device's serial and desired version from the database, refreshing the cache."""
+    async with state.db.transaction() as conn:
+        auth = await device_auth(conn, device_id)
+    if auth is None:
+        state.devices.forget(device_id)
+    else:
+        state.devices.put(device_id, auth)
+    return auth
+
+
+async def authenticate_device(request: Request, device_id: DeviceIdPath) -> AuthenticatedDevice:
+    """The device named in the path, if and only if the caller holds its current certificate.
+
+    Raises:
+        Unauthenticated: no certificate, not a device certificate, device unknown or
+            decommissioned, or the certificate was superseded by a newer enrollment.
+        Forbidden: a valid device certificate for another device.
+    """
+    state = server_state(request)
+    identity = _presented_certificate(state, request)
+    if identity.device_id != device_id:
+        raise Forbidden(
+            f"device {identity.device_id} may not access records of {device_id}", code="not_your_device"
+        )
+    auth = state.devices.get(device_id)
+    if auth is None:
+        auth = await fresh_device_auth(state, device_id)
+    if auth is None:
+        raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
+    if auth.cert_serial != identity.serial:
+        raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded", code="stale_certificate")
+    return AuthenticatedDevice(device_id, auth.desired_version)
+
+
+def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]:
+    """A dependency admitting bearer tokens whose role includes ``needed``."""
+
+    async def dependency(request: Request) -> AdminPrincipal:
+        state = server_state(request)
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthenticated("bearer token required", code="token_required")
+        token = parse_token(TokenKind.ADMIN, value.strip())
+        async with state.db.transaction() as conn:
+            row = await admin_token(conn, token.id)
+        now = state.clock.now()
+        if row is None or not secret_matches(token, row.secret_hash):
+            raise Unauthenticated(f"unknown admin token {token.id}", code="invalid_token")
+        if row.revoked_at is not None:
+            raise Unauthenticated(f"admin token {token.id} was revoked", code="invalid_token")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise Unauthenticated(f"admin token {token.id} expired", code="invalid_token")
+        role = Role(row.role)
+        if not role.allows(needed):
+            raise Forbidden(f"token {row.name!r} has role {role}, needs {needed}", code="insufficient_role")
+        return AdminPrincipal(token.id, row.name, role)
+
+    return dependency
+
+
+CurrentDevice = Annotated[AuthenticatedDevice, Depends(authenticate_device)]
+Viewer = Annotated[AdminPrincipal, Depends(require_role(Role.VIEWER))]
+Operator = Annotated[AdminPrincipal, Depends(require_role(Role.OPERATOR))]
+Admin = Annotated[AdminPrincipal, Depends(require_role(Role.ADMIN))]

@@ -1,0 +1,88 @@
+"""How errors are shown over HTTP: one registry from error class to status, one body shape.
+
+Authentication failures show the caller a generic message; the log carries the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from edgefleet.errors import (
+    Conflict,
+    EdgefleetError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    StoreError,
+    Unauthenticated,
+)
+from edgefleet.server.state import server_state
+
+log = logging.getLogger("edgefleet.server")
+
+STATUS: list[tuple[type[EdgefleetError], int]] = [
+    (InvalidRequest, 422),
+    (PayloadTooLarge, 413),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (StoreError, 503),
+]
+
+_PUBLIC_MESSAGE = {401: "authentication failed", 403: "forbidden"}
+
+
+def status_for(exc: EdgefleetError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_edgefleet_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EdgefleetError)
+        status = status_for(exc)
+        server_state(request).metrics.refusals.labels(exc.code).inc()
+        level = logging.ERROR if status >= 500 else logging.WARNING
+        log.log(level, "refused %s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message)
+        bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
+        headers = {"www-authenticate": "Bearer"} if bearer else None
+        return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # Keep location, message and type; never echo the (possibly huge) input back.
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                   for e in exc.errors()[:20]]
+        server_state(request).metrics.refusals.labels("invalid_request").inc()
+        log.warning("refused %s %s -> 422 invalid_request: %s", request.method, request.url.path,
+                    "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details))
+        return error_response(422, "invalid_request", "request failed validation", details)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    app.add_exception_handler(EdgefleetError, on_edgefleet_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)

@@ -1,0 +1,33 @@
+"""Operations run on the control plane host itself, not over the API: creating the data
+dir and PKI, and minting admin tokens (the first one cannot come from the API)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from edgefleet.credentials import Role, TokenKind, new_token
+from edgefleet.server.settings import ServerSettings
+from edgefleet.store import Database
+from edgefleet.store.tokens import insert_admin
+
+
+def init_server(settings: ServerSettings, now: datetime) -> bool:
+    """Create the data dir, fleet CA and server certificate; False if they already existed."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.pki.init(settings.fleet_name, settings.server_names, now)
+
+
+async def create_admin_token(
+    settings: ServerSettings, *, name: str, role: Role, now: datetime, ttl: timedelta | None
+) -> str:
+    """Migrate the database if needed and store a new admin token; returns it (shown once)."""
+    db = Database(settings.effective_database_url)
+    try:
+        await db.migrate()
+        text, token = new_token(TokenKind.ADMIN)
+        async with db.transaction() as conn:
+            await insert_admin(conn, token, name=name, role=role, now=now,
+                               expires_at=None if ttl is None else now + ttl)
+        return text
+    finally:
+        await db.close()

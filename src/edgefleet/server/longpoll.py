@@ -1,0 +1,62 @@
+"""Long-poll check-ins: a device waits until its desired state changes or the bound passes.
+
+Changes made in this process wake waiters at once; changes made by another server process
+(several behind one PostgreSQL) are seen at the next re-check. The number of waiters is
+bounded; over the bound a check-in answers "nothing new" at once, as if the wait expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from edgefleet.server.metrics import Metrics
+
+
+class LongPolls:
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._count = 0
+        self.closed = False
+
+    def notify(self, device_id: str) -> None:
+        for event in self._waiters.get(device_id, ()):
+            event.set()
+
+    def close(self) -> None:
+        """Release every waiter (server shutdown must not wait for long polls)."""
+        self.closed = True
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def wait(
+        self, device_id: str, known: int, current: int, timeout: float, recheck: float,
+        read_version: Callable[[], Awaitable[int]],
+    ) -> int:
+        """Return the device's desired version once it differs from ``known`` or time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while current == known and not self.closed and self._count < self.limit:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            event = asyncio.Event()
+            self._waiters.setdefault(device_id, set()).add(event)
+            self._count += 1
+            self.metrics.long_polls.set(self._count)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, recheck))
+            finally:
+                self._count -= 1
+                self.metrics.long_polls.set(self._count)
+                waiters = self._waiters[device_id]
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[device_id]
+            current = await read_version()
+        return current

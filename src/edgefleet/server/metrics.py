@@ -1,0 +1,24 @@
+"""Prometheus metrics, one registry per app (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "edgefleet_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "edgefleet_http_request_duration_seconds", "HTTP request latency", ["route"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+        )
+        self.enrollments = Counter("edgefleet_enrollments", "Enrollment attempts by result", ["result"], registry=r)
+        self.checkins = Counter("edgefleet_checkins", "Device check-ins by result", ["result"], registry=r)
+        self.status_reports = Counter("edgefleet_status_reports", "Status reports by result", ["result"], registry=r)
+        self.refusals = Counter("edgefleet_refusals", "Refused requests by error code", ["code"], registry=r)
+        self.devices = Gauge("edgefleet_devices", "Enrolled devices", registry=r)
+        self.long_polls = Gauge("edgefleet_long_polls", "Check-ins waiting in a long poll", registry=r)

@@ -1,0 +1,97 @@
+"""Admin API v1 (bearer tokens with roles): devices, desired state, bootstrap tokens."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from edgefleet.credentials import TokenKind, new_token
+from edgefleet.errors import NotFound
+from edgefleet.protocol.v1 import (
+    BootstrapTokenCreated,
+    BootstrapTokenRequest,
+    DesiredState,
+    DeviceList,
+    DeviceView,
+    Name,
+    SetDesired,
+)
+from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
+from edgefleet.server.state import server_state
+from edgefleet.server.views import device_view
+from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
+from edgefleet.store.tokens import insert_bootstrap
+
+log = logging.getLogger("edgefleet.server")
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+
+@router.get("/devices")
+async def devices(
+    _: Viewer,
+    request: Request,
+    site: Name | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DeviceList:
+    """List devices, by site then id."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        rows = await list_devices(conn, site=site, limit=limit, offset=offset)
+        total = await count_devices(conn)
+    return DeviceList(total=total, devices=[device_view(r, state.presence) for r in rows])
+
+
+@router.get("/devices/{device_id}")
+async def device(_: Viewer, device_id: DeviceIdPath, request: Request) -> DeviceView:
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        row = await get_device(conn, device_id)
+    if row is None:
+        raise NotFound(f"device {device_id} not found")
+    return device_view(row, state.presence)
+
+
+@router.put("/devices/{device_id}/desired")
+async def put_desired(who: Operator, device_id: DeviceIdPath, body: SetDesired, request: Request) -> DesiredState:
+    """Set a device's desired state by hand; devices waiting in a long poll get it at once."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        version = await set_desired(conn, device_id, body.document, state.clock.now())
+    if version is None:
+        raise NotFound(f"device {device_id} not found")
+    state.devices.forget(device_id)
+    state.long_polls.notify(device_id)
+    log.info("%s set desired state of %s to version %d", who.name, device_id, version)
+    return DesiredState(version=version, document=body.document)
+
+
+@router.delete("/devices/{device_id}", status_code=204)
+async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
+    """Forget a device; its certificate stops working at once."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        found = await delete_device(conn, device_id, state.clock.now())
+    if not found:
+        raise NotFound(f"device {device_id} not found")
+    state.presence.forget(device_id)
+    state.devices.forget(device_id)
+    log.info("%s decommissioned %s", who.name, device_id)
+    return Response(status_code=204)
+
+
+@router.post("/bootstrap-tokens", status_code=201)
+async def create_bootstrap_token(who: Operator, body: BootstrapTokenRequest, request: Request) -> BootstrapTokenCreated:
+    """Create a single-use enrollment token for one device at ``site``. Shown once."""
+    state = server_state(request)
+    now = state.clock.now()
+    text, token = new_token(TokenKind.BOOTSTRAP)
+    expires_at = now + timedelta(seconds=body.ttl_seconds)
+    async with state.db.transaction() as conn:
+        await insert_bootstrap(conn, token, site=body.site, labels=body.labels, created_by=who.name, now=now,
+                               expires_at=expires_at)
+    log.info("%s created bootstrap token %s for site %s", who.name, token.id, body.site)
+    return BootstrapTokenCreated(token=text, id=token.id, site=body.site, labels=body.labels, expires_at=expires_at)

@@ -1,0 +1,83 @@
+"""Device API v1: enrollment, check-in (desired state), status reports, own record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.responses import JSONResponse
+
+from edgefleet.errors import NotFound
+from edgefleet.protocol.v1 import DesiredState, DeviceView, EnrollRequest, EnrollResponse, StatusAck, StatusReport
+from edgefleet.server.auth import CurrentDevice, fresh_device_auth
+from edgefleet.server.enrollment import enroll_device
+from edgefleet.server.state import server_state
+from edgefleet.server.views import device_view
+from edgefleet.store.devices import apply_status, desired_state, get_device
+
+router = APIRouter(prefix="/api/v1", tags=["device"])
+
+
+@router.post("/enroll", status_code=201)
+async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
+    """Trade a single-use bootstrap token and a CSR for a device certificate."""
+    return await enroll_device(server_state(request), body)
+
+
+@router.get(
+    "/devices/{device_id}/desired",
+    responses={200: {"model": DesiredState}, 204: {"description": "nothing newer than `known`"}},
+)
+async def check_in(
+    device: CurrentDevice,
+    request: Request,
+    known: Annotated[int, Query(ge=-1, le=2**62, description="desired version the device already has")] = -1,
+    wait: Annotated[float, Query(ge=0, le=3600, description="long-poll up to this many seconds")] = 0,
+) -> Response:
+    """Check in: 204 when the device already has the newest desired state, else 200 with it."""
+    state = server_state(request)
+    state.presence.seen(device.id, state.clock.now())
+    version = device.desired_version
+    if version == known and wait > 0:
+
+        async def read_version() -> int:
+            auth = await fresh_device_auth(state, device.id)
+            return known if auth is None else auth.desired_version
+
+        version = await state.long_polls.wait(
+            device.id, known, version, min(wait, state.settings.long_poll_max_seconds),
+            state.settings.long_poll_recheck_seconds, read_version,
+        )
+    if version == known:
+        state.metrics.checkins.labels("not_modified").inc()
+        return Response(status_code=204)
+    async with state.db.transaction() as conn:
+        found = await desired_state(conn, device.id)
+    if found is None:
+        raise NotFound(f"device {device.id} vanished during check-in")
+    state.metrics.checkins.labels("updated").inc()
+    return JSONResponse({"version": found[0], "document": found[1]})
+
+
+@router.post("/devices/{device_id}/status")
+async def report_status(device: CurrentDevice, body: StatusReport, request: Request) -> StatusAck:
+    """Store a status report unless a report with the same or a higher seq was stored."""
+    state = server_state(request)
+    now = state.clock.now()
+    state.presence.seen(device.id, now)
+    columns = {"running_version": body.running_version, "health": body.health, "update_state": body.update_state}
+    async with state.db.transaction() as conn:
+        accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), columns, now)
+    state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
+    return StatusAck(accepted=accepted, seq=seq)
+
+
+@router.get("/devices/{device_id}")
+async def own_record(device: CurrentDevice, request: Request) -> DeviceView:
+    """A device reads its own record."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        row = await get_device(conn, device.id)
+    if row is None:
+        raise NotFound(f"device {device.id} not found")
+    return device_view(row, state.presence)

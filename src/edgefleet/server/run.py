@@ -1,0 +1,131 @@
+"""Run the control plane on uvicorn with mTLS; in the foreground (CLI) or a thread (tests, demo)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+from edgefleet.clock import Clock
+from edgefleet.errors import ConfigError
+from edgefleet.server.app import create_app
+from edgefleet.server.settings import ServerSettings
+from edgefleet.server.state import ServerState
+from edgefleet.server.tls import MutualTlsHttpProtocol
+
+log = logging.getLogger("edgefleet.server")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's shutdown order (stop accepting, finish in-flight, lifespan shutdown), with
+    long polls released first so that they do not hold shutdown for their full bound."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._state.long_polls.close()
+        await super().shutdown(sockets)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _build(settings: ServerSettings, app: FastAPI, *, log_config: bool) -> _Server:
+    pki = settings.pki
+    config = uvicorn.Config(
+        app,
+        http=MutualTlsHttpProtocol,
+        ssl_certfile=str(pki.server_cert),
+        ssl_keyfile=str(pki.server_key),
+        ssl_ca_certs=str(pki.ca_cert),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        log_config=uvicorn.config.LOGGING_CONFIG if log_config else None,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        server_header=False,
+        proxy_headers=False,
+        backlog=2048,
+    )
+    return _Server(config, app.state.edgefleet)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run until SIGINT/SIGTERM (a second signal forces exit).
+
+    Raises:
+        ConfigError: missing PKI, unusable database URL, or the port is taken.
+    """
+    if not settings.pki.exists():
+        raise ConfigError(f"no PKI in {settings.pki.directory}; run `edgefleet server init` first")
+    app = create_app(settings)
+    sock = bind(settings.host, settings.port)
+    server = _build(settings, app, log_config=True)
+    log.info("serving https://%s:%d (database %s)", settings.host, sock.getsockname()[1],
+             app.state.edgefleet.db.safe_url)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise ConfigError("the control plane failed to start; see the log above")
+
+
+class ServerThread:
+    """A control plane on a background thread, for tests and the demo."""
+
+    def __init__(self, settings: ServerSettings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.app = create_app(settings, clock=clock)
+        self.sock = bind(settings.host, settings.port)
+        self.port: int = self.sock.getsockname()[1]
+        self._server = _build(settings, self.app, log_config=False)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.sock]},
+                                        name="edgefleet-server", daemon=True)
+
+    @property
+    def state(self) -> ServerState:
+        state: ServerState = self.app.state.edgefleet
+        return state
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"https://{host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("the control plane failed to start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,44 @@
+"""Control plane settings (``EDGEFLEET_*`` environment variables, TOML file, flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.pki import FleetPki
+from edgefleet.store import default_sqlite_url
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid")
+
+    data_dir: Path = Path("edgefleet-data")
+    database_url: str | None = Field(None, description="default: SQLite in the data dir")
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    fleet_name: str = "edgefleet"
+    server_names: list[str] = ["localhost", "127.0.0.1", "::1"]
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    long_poll_max_seconds: float = Field(60.0, ge=0, le=900)
+    long_poll_recheck_seconds: float = Field(5.0, gt=0)
+    max_long_polls: int = Field(10_000, ge=0)
+    presence_flush_seconds: float = Field(1.0, gt=0)
+    device_cache_seconds: float = Field(60.0, ge=0, description="max age of a cached device entry; 0: no cache")
+    device_cache_sync_seconds: float = Field(1.0, gt=0, description="staleness bound across server processes")
+    device_cache_entries: int = Field(200_000, ge=1)
+    device_cert_days: int = Field(365, ge=1, le=3650)
+    trusted_proxies: list[str] = Field([], description="IPs whose client-cert header is believed")
+    client_cert_header: str = "x-ssl-client-cert"
+    graceful_shutdown_seconds: float = Field(10.0, ge=0)
+    log_level: str = "info"
+    access_log: bool = False
+
+    @property
+    def pki(self) -> FleetPki:
+        return FleetPki(self.data_dir / "pki")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or default_sqlite_url(self.data_dir)

@@ -1,0 +1,43 @@
+"""Everything a request handler may touch, built once per app (no module globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from starlette.requests import Request
+
+from edgefleet.clock import Clock
+from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
+from edgefleet.server.devicecache import ChangeFeed, DeviceCache
+from edgefleet.server.longpoll import LongPolls
+from edgefleet.server.metrics import Metrics
+from edgefleet.server.presence import Presence
+from edgefleet.server.settings import ServerSettings
+from edgefleet.store import Database
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    db: Database
+    ca: IssuedCertificate
+    clock: Clock
+    metrics: Metrics
+    presence: Presence
+    long_polls: LongPolls
+    devices: DeviceCache
+    changes: ChangeFeed
+    ready: bool = False
+    identity_of: Callable[[str], DeviceCertificate] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Parsing a certificate costs more than the rest of a check-in; each device
+        # presents the same one on every request.
+        self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
+
+
+def server_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.edgefleet
+    return state

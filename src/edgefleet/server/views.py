@@ -1,0 +1,32 @@
+"""Database rows to API views."""
+
+from __future__ import annotations
+
+from edgefleet.protocol.v1 import DeviceView
+from edgefleet.server.presence import Presence
+from edgefleet.store.schema import Device
+
+
+def device_view(device: Device, presence: Presence) -> DeviceView:
+    pending = presence.latest(device.id)
+    last_seen = device.last_seen_at
+    if pending is not None and (last_seen is None or pending > last_seen):
+        last_seen = pending
+    applied = (device.status or {}).get("desired_version_applied")
+    return DeviceView(
+        id=device.id,
+        hardware_id=device.hardware_id,
+        site=device.site,
+        labels=device.labels,
+        enrolled_at=device.enrolled_at,
+        last_seen_at=last_seen,
+        cert_not_after=device.cert_not_after,
+        status_seq=device.status_seq,
+        status_at=device.status_at,
+        running_version=device.running_version,
+        health=device.health,
+        update_state=device.update_state,
+        desired_version=device.desired_version,
+        desired_version_applied=applied if isinstance(applied, int) else None,
+        inventory=device.inventory,
+    )

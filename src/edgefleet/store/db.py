@@ -1,0 +1,116 @@
+"""The engine, sessions, migrations and the translation of SQLAlchemy errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from edgefleet.errors import ConfigError, StoreError
+
+log = logging.getLogger("edgefleet.store")
+
+MIGRATIONS = str(Path(__file__).with_name("migrations"))
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir.resolve() / 'edgefleet.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; NORMAL is durable across process crashes and
+    # loses at most the last transactions on power loss, which check-in presence tolerates.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """One engine per process. ``connect()`` yields a transaction; errors become StoreError."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                self.engine: AsyncEngine = create_async_engine(url)
+                event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        except (ArgumentError, ImportError) as exc:
+            raise ConfigError(f"unusable database URL {self.safe_url}: {exc}") from exc
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        return self.url.split("@")[-1] if "@" in self.url else self.url
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise StoreError(f"constraint violated: {exc.orig}", code="integrity_error") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        except OSError as exc:  # connection refused, socket errors from asyncpg
+            raise StoreError(f"database unreachable: {exc}", code="store_unreachable") from exc
+
+    async def migrate(self) -> str:
+        """Bring the schema to the newest revision; returns it. Safe with many processes."""
+        cfg = alembic_config(self.url)
+
+        def upgrade(sync_conn: Connection) -> None:
+            if sync_conn.dialect.name == "postgresql":
+                # Several server processes may start together against one PostgreSQL.
+                sync_conn.execute(text("SELECT pg_advisory_xact_lock(7235914)"))
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self.transaction() as conn:
+            await conn.run_sync(upgrade)
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        log.info("database %s at schema revision %s", self.safe_url, head)
+        return head or ""
+
+    async def schema_is_current(self) -> bool:
+        head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+
+        def current(sync_conn: Connection) -> str | None:
+            return MigrationContext.configure(sync_conn).get_current_revision()
+
+        async with self.transaction() as conn:
+            return await conn.run_sync(current) == head
+
+    async def ping(self) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,135 @@
+"""Device queries. Each function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edgefleet.store.schema import Device, DeviceChange
+
+
+@dataclass(frozen=True)
+class DeviceAuth:
+    cert_serial: str
+    desired_version: int
+
+
+async def insert_device(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(insert(Device).values(**values))
+
+
+async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
+    row = await conn.execute(select(Device.id).where(Device.hardware_id == hardware_id))
+    return row.first() is not None
+
+
+_AUTH = select(Device.cert_serial, Device.desired_version).where(Device.id == bindparam("id"))
+
+
+async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | None:
+    """The hot path of every device request: one indexed primary-key read."""
+    row = (await conn.execute(_AUTH, {"id": device_id})).first()
+    return None if row is None else DeviceAuth(row.cert_serial, row.desired_version)
+
+
+async def desired_state(conn: AsyncConnection, device_id: str) -> tuple[int, dict[str, Any]] | None:
+    row = (await conn.execute(select(Device.desired_version, Device.desired).where(Device.id == device_id))).first()
+    return None if row is None else (row.desired_version, row.desired)
+
+
+async def set_desired(conn: AsyncConnection, device_id: str, document: dict[str, Any], now: datetime) -> int | None:
+    """Store a new desired document; returns its version (None if no such device)."""
+    result = await conn.execute(
+        update(Device)
+        .where(Device.id == device_id)
+        .values(desired=document, desired_version=Device.desired_version + 1, desired_at=now)
+        .returning(Device.desired_version)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    await _changed(conn, device_id, now)
+    return int(row[0])
+
+
+async def _changed(conn: AsyncConnection, device_id: str, now: datetime) -> None:
+    # Same transaction as the change itself: other server processes can never see the
+    # change without the feed entry that makes them drop their cached copy.
+    await conn.execute(insert(DeviceChange).values(device_id=device_id, changed_at=now))
+
+
+async def changes_since(conn: AsyncConnection, last_id: int, limit: int) -> list[tuple[int, str]]:
+    rows = await conn.execute(
+        select(DeviceChange.id, DeviceChange.device_id).where(DeviceChange.id > last_id)
+        .order_by(DeviceChange.id).limit(limit)
+    )
+    return [(int(r.id), r.device_id) for r in rows]
+
+
+async def latest_change(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.coalesce(func.max(DeviceChange.id), 0)))).scalar_one())
+
+
+async def prune_changes(conn: AsyncConnection, before: datetime) -> None:
+    await conn.execute(delete(DeviceChange).where(DeviceChange.changed_at < before))
+
+
+async def apply_status(
+    conn: AsyncConnection, device_id: str, seq: int, report: dict[str, Any], columns: Mapping[str, Any], now: datetime
+) -> tuple[bool, int]:
+    """Store a report only if its sequence number is newer; returns (accepted, stored seq).
+
+    The comparison happens in the UPDATE itself, so concurrent or replayed reports can
+    never move a device's status backwards.
+    """
+    result = await conn.execute(
+        update(Device)
+        .where(Device.id == device_id, Device.status_seq < seq)
+        .values(status=report, status_seq=seq, status_at=now, **columns)
+        .returning(Device.status_seq)
+    )
+    if result.first() is not None:
+        return True, seq
+    current = (await conn.execute(select(Device.status_seq).where(Device.id == device_id))).scalar_one()
+    return False, int(current)
+
+
+async def record_presence(conn: AsyncConnection, seen: Mapping[str, datetime]) -> None:
+    if not seen:
+        return
+    stmt = (
+        update(Device)
+        .where(Device.id == bindparam("device_id"))
+        .values(last_seen_at=bindparam("seen_at"))
+        .execution_options(synchronize_session=False)
+    )
+    await conn.execute(stmt, [{"device_id": d, "seen_at": t} for d, t in seen.items()])
+
+
+async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, offset: int) -> list[Device]:
+    stmt = select(Device.__table__).order_by(Device.site, Device.id).limit(limit).offset(offset)
+    if site is not None:
+        stmt = stmt.where(Device.site == site)
+    return [Device(**row._mapping) for row in await conn.execute(stmt)]
+
+
+async def count_devices(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(Device))).scalar_one())
+
+
+async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:
+    row = (await conn.execute(select(Device.__table__).where(Device.id == device_id))).first()
+    return None if row is None else Device(**row._mapping)
+
+
+async def delete_device(conn: AsyncConnection, device_id: str, now: datetime) -> bool:
+    result = await conn.execute(delete(Device).where(Device.id == device_id).returning(Device.id))
+    if result.first() is None:
+        return False
+    await _changed(conn, device_id, now)
+    return True

@@ -1,0 +1,103 @@
+"""Tables. Every change here needs a migration in ``migrations/versions`` (a test checks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(128), unique=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    labels: Mapped[dict[str, Any]]
+    inventory: Mapped[dict[str, Any]]
+    cert_serial: Mapped[str] = mapped_column(String(64))
+    cert_not_after: Mapped[datetime]
+    enrolled_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+    status_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[dict[str, Any] | None]
+    status_at: Mapped[datetime | None]
+    running_version: Mapped[str | None] = mapped_column(String(128))
+    health: Mapped[str] = mapped_column(String(16), default="unknown")
+    update_state: Mapped[str] = mapped_column(String(32), default="idle")
+    desired_version: Mapped[int] = mapped_column(Integer, default=0)
+    desired: Mapped[dict[str, Any]]
+    desired_at: Mapped[datetime | None]
+
+
+class DeviceChange(Base):
+    """Append-only feed of writes that invalidate a device's cached check-in state, read
+    by every server process sharing the database (see server/devicecache.py)."""
+
+    __tablename__ = "device_changes"
+    __table_args__ = {"sqlite_autoincrement": True}  # never reuse an id a process has seen
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime]
+
+
+class BootstrapToken(Base):
+    __tablename__ = "bootstrap_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    device_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class AdminToken(Base):
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

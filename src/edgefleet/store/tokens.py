@@ -1,0 +1,81 @@
+"""Bootstrap and admin token queries. Each function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edgefleet.credentials import ParsedToken, Role, secret_matches
+from edgefleet.store.schema import AdminToken, BootstrapToken
+
+
+@dataclass(frozen=True)
+class ClaimedToken:
+    site: str
+    labels: dict[str, str]
+
+
+async def insert_bootstrap(
+    conn: AsyncConnection, token: ParsedToken, *, site: str, labels: dict[str, str],
+    created_by: str, now: datetime, expires_at: datetime,
+) -> None:
+    await conn.execute(
+        insert(BootstrapToken).values(
+            id=token.id, secret_hash=token.secret_hash, site=site, labels=labels,
+            created_at=now, created_by=created_by, expires_at=expires_at,
+        )
+    )
+
+
+async def claim_bootstrap(
+    conn: AsyncConnection, token: ParsedToken, device_id: str, now: datetime
+) -> ClaimedToken | None:
+    """Spend a token. The checks live in the UPDATE's WHERE clause, so two devices racing
+    with the same token (on one or several server processes) cannot both win."""
+    result = await conn.execute(
+        update(BootstrapToken)
+        .where(
+            BootstrapToken.id == token.id,
+            BootstrapToken.secret_hash == token.secret_hash,
+            BootstrapToken.used_at.is_(None),
+            BootstrapToken.expires_at > now,
+        )
+        .values(used_at=now, device_id=device_id)
+        .returning(BootstrapToken.site, BootstrapToken.labels)
+    )
+    row = result.first()
+    return None if row is None else ClaimedToken(row.site, dict(row.labels))
+
+
+async def why_bootstrap_refused(conn: AsyncConnection, token: ParsedToken, now: datetime) -> str:
+    """For the operator's log only: which check a refused token failed."""
+    row = (await conn.execute(select(BootstrapToken.__table__).where(BootstrapToken.id == token.id))).first()
+    if row is None:
+        return "unknown token id"
+    if not secret_matches(token, row.secret_hash):
+        return "wrong secret"
+    if row.used_at is not None:
+        return f"already used at {row.used_at.isoformat()} by {row.device_id}"
+    if row.expires_at <= now:
+        return f"expired at {row.expires_at.isoformat()}"
+    return "concurrently claimed"
+
+
+async def insert_admin(
+    conn: AsyncConnection, token: ParsedToken, *, name: str, role: Role, now: datetime,
+    expires_at: datetime | None,
+) -> None:
+    await conn.execute(
+        insert(AdminToken).values(
+            id=token.id, name=name, role=role.value, secret_hash=token.secret_hash,
+            created_at=now, expires_at=expires_at,
+        )
+    )
+
+
+async def admin_token(conn: AsyncConnection, token_id: str) -> Any:
+    return (await conn.execute(select(AdminToken.__table__).where(AdminToken.id == token_id))).first()

@@ -1,0 +1,39 @@
+"""How fleet data looks in a terminal (the CLI and the demo share it)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.protocol.v1 import DeviceView
+
+# Piped output (CI logs) gets room for the device tables instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    if moment is None:
+        return "never"
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    if seconds < 120:
+        return f"{max(seconds, 0)}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def device_table(devices: list[DeviceView], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for column in ("device", "site", "os", "health", "desired", "last seen"):
+        table.add_column(column, no_wrap=True)
+    for d in devices:
+        if d.desired_version_applied == d.desired_version:
+            desired = f"v{d.desired_version} applied"
+        else:
+            desired = f"v{d.desired_version} (has {d.desired_version_applied})"
+        table.add_row(d.id, d.site, d.running_version or "?", d.health, desired, ago(d.last_seen_at))
+    return table

@@ -1,0 +1,203 @@
+"""Fixtures: a real control plane over loopback HTTPS, on SQLite and on PostgreSQL.
+
+Tests that need PostgreSQL skip with a reason when it is not reachable, unless
+EDGEFLEET_REQUIRE_ALL=1 (set by .ci/run), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from edgefleet.credentials import Role
+from edgefleet.pki import make_csr, new_device_key
+from edgefleet.server import ServerSettings, ServerThread
+from edgefleet.server.local import create_admin_token, init_server
+from edgefleet.store import Database
+
+REQUIRE_ALL = os.environ.get("EDGEFLEET_REQUIRE_ALL") == "1"
+POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TABLES = ("devices", "bootstrap_tokens", "admin_tokens", "device_changes")
+
+
+def need(component: str, reason: str) -> None:
+    """Skip (or, under EDGEFLEET_REQUIRE_ALL=1, fail) because ``component`` is missing."""
+    if REQUIRE_ALL:
+        pytest.fail(f"{component} is required in CI but {reason}")
+    pytest.skip(f"{component} not available: {reason}")
+
+
+class FakeClock:
+    """The server's wall clock, moved by tests (TLS validity still uses real time)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    name = f"edgefleet_test_{secrets.token_hex(4)}"
+    import asyncpg
+
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        need("PostgreSQL", f"cannot create a database at {POSTGRES_ADMIN_URL} ({exc.__class__.__name__}: {exc})")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def database_url(backend: str, request: pytest.FixtureRequest, data_dir: Path) -> str | None:
+    if backend == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@dataclass
+class Fleet:
+    """A running control plane and helpers to act on it as operators and devices."""
+
+    server: ServerThread
+    settings: ServerSettings
+    clock: FakeClock
+    tokens: dict[Role, str]
+    tmp: Path
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def tls(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.settings.pki.ca_cert))
+        if cert is not None and key is not None:
+            context.load_cert_chain(str(cert), str(key))
+        return context
+
+    def client(self, *, role: Role | None = None, token: str | None = None, cert: Path | None = None,
+               key: Path | None = None) -> httpx.Client:
+        headers = {}
+        if role is not None:
+            headers["authorization"] = f"Bearer {self.tokens[role]}"
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        client = httpx.Client(base_url=self.url, verify=self.tls(cert, key), headers=headers, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def bootstrap_token(self, site: str = "store-1", labels: dict[str, str] | None = None, ttl: int = 3600) -> str:
+        response = self.client(role=Role.OPERATOR).post(
+            "/api/v1/admin/bootstrap-tokens", json={"site": site, "labels": labels or {}, "ttl_seconds": ttl}
+        )
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
+
+    def enroll_request(self, token: str, *, site: str = "store-1", hardware_id: str | None = None,
+                       key_pem: bytes | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        key_pem = key_pem or new_device_key()
+        return {
+            "token": token,
+            "csr_pem": make_csr(key_pem, "device").decode(),
+            "inventory": {"hardware_id": hardware_id or f"hw-{secrets.token_hex(6)}", "site": site,
+                          "labels": labels or {}},
+        }
+
+    def enroll(self, site: str = "store-1", labels: dict[str, str] | None = None) -> Device:
+        key_pem = new_device_key()
+        body = self.enroll_request(self.bootstrap_token(site), site=site, key_pem=key_pem, labels=labels)
+        response = self.client().post("/api/v1/enroll", json=body)
+        assert response.status_code == 201, response.text
+        answer = response.json()
+        directory = self.tmp / answer["device_id"]
+        directory.mkdir()
+        (directory / "key.pem").write_bytes(key_pem)
+        (directory / "cert.pem").write_text(answer["certificate_pem"])
+        return Device(answer["device_id"], self.client(cert=directory / "cert.pem", key=directory / "key.pem"),
+                      directory)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.stop()
+
+    def rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, to prove that a refused request changed nothing."""
+
+        async def read() -> dict[str, list[tuple[Any, ...]]]:
+            db = Database(self.settings.effective_database_url)
+            try:
+                async with db.transaction() as conn:
+                    rows = {}
+                    for table in TABLES:
+                        query = text(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - fixed table names
+                        rows[table] = [tuple(r) for r in await conn.execute(query)]
+                    return rows
+            finally:
+                await db.close()
+
+        self.server.state.presence._pending.clear()  # presence is not a database change
+        return asyncio.run(read())
+
+
+@dataclass
+class Device:
+    id: str
+    client: httpx.Client
+    directory: Path
+
+
+def start_fleet(tmp: Path, database: str | None, **overrides: Any) -> Fleet:
+    settings = ServerSettings(data_dir=tmp / "server", database_url=database, port=0,
+                              presence_flush_seconds=0.2, long_poll_recheck_seconds=0.5, **overrides)
+    clock = FakeClock()
+    init_server(settings, clock.now())
+    tokens = {role: asyncio.run(create_admin_token(settings, name=f"test-{role}", role=role, now=clock.now(),
+                                                   ttl=None)) for role in Role}
+    server = ServerThread(settings, clock=clock).start()
+    devices_dir = tmp / "devices"
+    devices_dir.mkdir()
+    return Fleet(server, settings, clock, tokens, devices_dir)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One control plane per backend for the whole run; tests make their own devices."""
+    tmp = tmp_path_factory.mktemp(f"fleet-{request.param}")
+    fleet = start_fleet(tmp, database_url(request.param, request, tmp))
+    yield fleet
+    fleet.close()

@@ -1,0 +1,185 @@
+"""The real agent against the real control plane, on an emulated device."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.daemon import https_transport
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.state import StateDir
+from edgefleet.agent.transport import DeviceTransport
+from edgefleet.credentials import Role
+from edgefleet.errors import ServerRefused, TransportError
+from tests.conftest import Fleet
+
+
+def make_agent(fleet: Fleet, tmp_path: Path, *, token: str | None = None, site: str = "store-1",
+               **overrides: object) -> Agent:
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id=f"hw-{tmp_path.name}"[:60], site=site,
+                                  os_version="2026.11.1")
+    settings = AgentSettings(
+        server_url=fleet.url, ca_file=fleet.settings.pki.ca_cert, state_dir=device.agent_dir,
+        bootstrap_token=token or fleet.bootstrap_token(site), checkin_interval_seconds=0.1,
+        backoff_initial_seconds=0.05, backoff_max_seconds=0.2, **overrides,
+    )
+    return Agent(settings, device, site=site)
+
+
+async def run_until(agent: Agent, condition: Callable[[], bool], timeout: float = 20) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    deadline = time.monotonic() + timeout
+    try:
+        while not condition():
+            if task.done():
+                task.result()  # surface the agent's exception
+            assert time.monotonic() < deadline, f"condition not met; last error {agent.last_error}"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def test_agent_enrolls_checks_in_and_reports_its_running_version(fleet: Fleet, tmp_path: Path) -> None:
+    agent = make_agent(fleet, tmp_path)
+    asyncio.run(run_until(agent, lambda: agent.reports >= 1 and agent.checkins >= 2))
+    record = fleet.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["running_version"] == "2026.11.1"
+    assert record["health"] == "ok"
+    assert record["status_seq"] >= 1
+    state_dir = StateDir(agent.settings.state_dir)
+    assert json.loads(state_dir.state_file.read_text())["device_id"] == agent.device_id
+    assert state_dir.key.stat().st_mode & 0o777 == 0o600
+
+
+def test_restarted_agent_keeps_its_identity_and_never_reuses_a_status_seq(fleet: Fleet, tmp_path: Path) -> None:
+    agent = make_agent(fleet, tmp_path)
+    asyncio.run(run_until(agent, lambda: agent.reports >= 1))
+    first_id = agent.device_id
+    seq_after_first = StateDir(agent.settings.state_dir).load().status_seq
+    again = Agent(agent.settings, agent.platform, site="store-1")  # same (now spent) token
+    asyncio.run(run_until(again, lambda: again.reports >= 1))
+    assert again.device_id == first_id
+    record = fleet.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{first_id}").json()
+    assert record["status_seq"] > seq_after_first
+
+
+def test_agent_in_long_poll_receives_desired_state_at_once_and_reports_it_applied(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    agent = make_agent(fleet, tmp_path, long_poll_seconds=30)
+    operator = fleet.client(role=Role.OPERATOR)
+    viewer = fleet.client(role=Role.VIEWER)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        for _ in range(400):
+            if agent.reports >= 1:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # now parked in a 30 s long poll
+        await asyncio.to_thread(operator.put, f"/api/v1/admin/devices/{agent.device_id}/desired",
+                                json={"document": {"motd": "hello"}})
+        deadline = time.monotonic() + 5  # far below the 30 s poll: the push woke it
+        while True:
+            record = (await asyncio.to_thread(viewer.get, f"/api/v1/admin/devices/{agent.device_id}")).json()
+            if record["desired_version_applied"] == 1:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert StateDir(agent.settings.state_dir).load().desired == {"motd": "hello"}
+
+
+class FlakyTransport:
+    """The real HTTPS transport behind a link that is down for the first ``failures`` calls."""
+
+    def __init__(self, inner: DeviceTransport, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.calls = 0
+
+    def _gate(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise TransportError("link down")
+
+    async def enroll(self, request):  # type: ignore[no-untyped-def]
+        self._gate()
+        return await self.inner.enroll(request)
+
+    async def fetch_desired(self, device_id, known, wait):  # type: ignore[no-untyped-def]
+        self._gate()
+        return await self.inner.fetch_desired(device_id, known, wait)
+
+    async def report_status(self, device_id, report):  # type: ignore[no-untyped-def]
+        return await self.inner.report_status(device_id, report)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_agent_retries_with_backoff_through_a_dead_link_then_enrolls(fleet: Fleet, tmp_path: Path) -> None:
+    flaky: list[FlakyTransport] = []
+
+    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
+        flaky.append(FlakyTransport(https_transport(settings, state_dir, enrolled), failures=3))
+        return flaky[-1]
+
+    agent = make_agent(fleet, tmp_path)
+    agent._transport_factory = factory
+    asyncio.run(run_until(agent, lambda: agent.reports >= 1 and agent.checkins >= 1))
+    assert flaky[0].calls == 4  # three failed enrollment attempts, then success
+    assert flaky[1].calls >= 4  # three failed check-ins, then success
+
+
+def test_agent_with_a_refused_token_stops_with_a_clear_error(fleet: Fleet, tmp_path: Path) -> None:
+    token = fleet.bootstrap_token()
+    fleet.client().post("/api/v1/enroll", json=fleet.enroll_request(token))  # someone else used it
+    agent = make_agent(fleet, tmp_path, token=token)
+    with pytest.raises(ServerRefused) as refused:
+        asyncio.run(agent.run(asyncio.Event()))
+    assert refused.value.status == 401
+
+
+def test_agent_command_enrolls_and_exits_cleanly_on_sigterm(fleet: Fleet, tmp_path: Path) -> None:
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id=f"hw-cli-{os.getpid()}-{tmp_path.name}"[:60],
+                                  site="store-1")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'server_url = "{fleet.url}"\nca_file = "{fleet.settings.pki.ca_cert}"\n'
+        f'state_dir = "{device.agent_dir}"\ndevice_dir = "{device.path}"\n'
+        f'bootstrap_token = "{fleet.bootstrap_token()}"\ncheckin_interval_seconds = 0.2\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "agent", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        state_dir = StateDir(device.agent_dir)
+        deadline = time.monotonic() + 30
+        while not (state_dir.state_file.exists() and state_dir.load().status_seq >= 1):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert "stopped" in output
+

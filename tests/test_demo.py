@@ -1,0 +1,22 @@
+"""The demo is the showcase: it must run to the end on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from edgefleet.demo.runner import DemoOptions, run_demo
+
+
+def test_headless_demo_enrolls_every_device_and_pushes_desired_state(tmp_path: Path) -> None:
+    output = io.StringIO()
+    ok = asyncio.run(run_demo(DemoOptions(devices=6, sites=3, data_dir=tmp_path, headless=True, duration=5),
+                              Console(file=output, width=160)))
+    text = output.getvalue()
+    assert ok, text
+    assert "all devices checked in" in text
+    assert "desired state pushed" in text
+    assert "devices: 6" in text

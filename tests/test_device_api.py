@@ -1,0 +1,123 @@
+"""The device API: check-in, long poll, status reports, and that devices stay in their lane."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+
+import httpx
+import pytest
+
+from edgefleet.pki import create_ca, issue_device_certificate, make_csr, new_device_key
+from tests.conftest import Fleet
+
+
+def test_checkin_with_current_version_is_204_and_new_desired_state_is_200(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    first = device.client.get(f"/api/v1/devices/{device.id}/desired")
+    assert first.status_code == 200
+    assert first.json() == {"version": 0, "document": {}}
+    assert device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0}).status_code == 204
+    fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"motd": "hi"}})
+    update = device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0})
+    assert update.status_code == 200
+    assert update.json() == {"version": 1, "document": {"motd": "hi"}}
+
+
+def test_long_poll_answers_as_soon_as_the_desired_state_changes(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    result: dict[str, httpx.Response] = {}
+
+    def poll() -> None:
+        result["r"] = device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0, "wait": 30})
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.3)
+    assert poller.is_alive()  # still waiting: nothing new yet
+    fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"a": 1}})
+    poller.join(10)
+    assert not poller.is_alive()
+    assert result["r"].status_code == 200
+    assert result["r"].json()["version"] == 1
+
+
+def test_long_poll_ends_with_204_when_nothing_changes(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    response = device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0, "wait": 0.6})
+    assert response.status_code == 204
+
+
+def test_checkin_marks_the_device_seen(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    viewer = fleet.client(role="viewer")
+    assert viewer.get(f"/api/v1/admin/devices/{device.id}").json()["last_seen_at"] is None
+    device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0})
+    assert viewer.get(f"/api/v1/admin/devices/{device.id}").json()["last_seen_at"] is not None
+
+
+def test_status_report_replay_and_stale_reports_are_ignored_idempotently(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    url = f"/api/v1/devices/{device.id}/status"
+    assert device.client.post(url, json={"seq": 5, "health": "ok", "running_version": "2"}).json() == {
+        "accepted": True, "seq": 5}
+    before = fleet.rows()
+    assert device.client.post(url, json={"seq": 5, "health": "failed"}).json() == {"accepted": False, "seq": 5}
+    assert device.client.post(url, json={"seq": 3, "health": "failed"}).json() == {"accepted": False, "seq": 5}
+    assert fleet.rows() == before
+    record = device.client.get(f"/api/v1/devices/{device.id}").json()
+    assert (record["health"], record["running_version"], record["status_seq"]) == ("ok", "2", 5)
+
+
+def test_device_cannot_read_or_write_another_devices_records(fleet: Fleet) -> None:
+    mallory, victim = fleet.enroll(), fleet.enroll()
+    before = fleet.rows()
+    for method, path, body in [
+        ("GET", f"/api/v1/devices/{victim.id}", None),
+        ("GET", f"/api/v1/devices/{victim.id}/desired", None),
+        ("POST", f"/api/v1/devices/{victim.id}/status", {"seq": 99, "health": "failed"}),
+    ]:
+        response = mallory.client.request(method, path, json=body)
+        assert response.status_code == 403, path
+        assert response.json()["error"]["code"] == "not_your_device"
+    assert fleet.rows() == before
+
+
+def test_device_endpoints_refuse_requests_without_a_client_certificate(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    anonymous = fleet.client()
+    before = fleet.rows()
+    assert anonymous.get(f"/api/v1/devices/{device.id}/desired").status_code == 401
+    assert anonymous.post(f"/api/v1/devices/{device.id}/status", json={"seq": 1}).status_code == 401
+    assert fleet.rows() == before
+
+
+def test_client_certificate_from_a_foreign_ca_fails_the_tls_handshake(fleet: Fleet, tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    device = fleet.enroll()
+    rogue_ca = create_ca("rogue", datetime.now(UTC))
+    key = new_device_key()
+    cert_pem, _ = issue_device_certificate(rogue_ca, make_csr(key, "x").decode(), device.id, datetime.now(UTC), 30)
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key)
+    rogue = fleet.client(cert=tmp_path / "c.pem", key=tmp_path / "k.pem")
+    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)):
+        rogue.get(f"/api/v1/devices/{device.id}/desired")
+
+
+def test_decommissioned_device_loses_access_immediately(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    assert device.client.get(f"/api/v1/devices/{device.id}/desired").status_code == 200
+    assert fleet.client(role="admin").delete(f"/api/v1/admin/devices/{device.id}").status_code == 204
+    response = device.client.get(f"/api/v1/devices/{device.id}/desired")
+    assert response.status_code == 401
+
+
+def test_device_reads_its_own_record(fleet: Fleet) -> None:
+    device = fleet.enroll(site="pop-1")
+    record = device.client.get(f"/api/v1/devices/{device.id}")
+    assert record.status_code == 200
+    assert record.json()["id"] == device.id
+    assert record.json()["site"] == "pop-1"

@@ -1,0 +1,109 @@
+"""Pure parts: backoff, the GRUB environment block, atomic persistence, public names."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import edgefleet.errors
+from edgefleet.agent.backoff import Backoff, jittered
+from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, encode
+from edgefleet.agent.hardware.vdevice import VirtualDevice
+from edgefleet.agent.state import StateDir
+from edgefleet.errors import EdgefleetError, InvalidRequest, PersistError
+from edgefleet.util.atomic import atomic_write_bytes
+from tests.conftest import need
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(initial=1, maximum=8, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(6)]
+    for delay, ceiling in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    backoff.reset()
+    assert backoff.next_delay() <= 1
+
+
+def test_jittered_interval_stays_within_twenty_percent() -> None:
+    rng = random.Random(1)
+    samples = [jittered(10, rng) for _ in range(200)]
+    assert min(samples) >= 8
+    assert max(samples) <= 12
+    assert max(samples) - min(samples) > 2  # it really spreads
+
+
+def test_grub_env_block_is_exactly_1024_bytes_and_round_trips() -> None:
+    values = {"ORDER": "A B", "A_TRY": "0", "B_OK": "1"}
+    block = encode(values)
+    assert len(block) == BLOCK_SIZE
+    assert block.startswith(b"# GRUB Environment Block\n")
+    assert block.endswith(b"#")
+    assert decode(block) == values
+
+
+@pytest.mark.parametrize("values", [{"A": "x\ny"}, {"A": "back\\slash"}, {"bad-name": "1"}, {"A": "x" * 1100}])
+def test_grub_env_refuses_what_grub_cannot_hold(values: dict[str, str]) -> None:
+    with pytest.raises(InvalidRequest):
+        encode(values)
+
+
+def test_truncated_grub_env_block_is_refused() -> None:
+    with pytest.raises(InvalidRequest):
+        decode(encode({"A": "1"})[:1000])
+
+
+def test_grub_env_interoperates_with_grub_editenv(tmp_path: Path) -> None:
+    tool = shutil.which("grub-editenv")
+    if tool is None:
+        need("grub-editenv", "package grub-common is not installed")
+    path = tmp_path / "grubenv"
+    GrubEnvFile(path).write({"ORDER": "A B", "A_OK": "1"})
+    listed = subprocess.run([tool, str(path), "list"], capture_output=True, text=True, check=True).stdout
+    assert listed.splitlines() == ["ORDER=A B", "A_OK=1"]
+    subprocess.run([tool, str(path), "set", "B_TRY=1"], check=True)
+    assert GrubEnvFile(path).read() == {"ORDER": "A B", "A_OK": "1", "B_TRY": "1"}
+
+
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "state.json"
+    atomic_write_bytes(target, b"old")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(PersistError, match="No space left"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_corrupt_agent_state_is_a_persist_error_not_a_fresh_start(tmp_path: Path) -> None:
+    state_dir = StateDir(tmp_path)
+    state_dir.state_file.write_text('{"device_id": "dev-1", "desired_vers')
+    with pytest.raises(PersistError, match="unreadable"):
+        state_dir.load()
+
+
+def test_vdevice_reports_the_version_of_its_booted_slot(tmp_path: Path) -> None:
+    device = VirtualDevice.create(tmp_path / "d", hardware_id="hw-1", site="s", os_version="7.1")
+    assert (device.booted(), device.other(), device.os_version()) == ("a", "b", "7.1")
+    assert device.bootenv.read()["ORDER"] == "A B"
+    device.reboot("test")
+    assert "test" in (device.path / "reboots.log").read_text()
+
+
+def test_error_module_exports_exactly_the_documented_hierarchy() -> None:
+    exported = {getattr(edgefleet.errors, name) for name in edgefleet.errors.__all__}
+    declared = {obj for obj in vars(edgefleet.errors).values()
+                if isinstance(obj, type) and issubclass(obj, EdgefleetError)}
+    assert exported == declared
+    for cls in declared:
+        assert cls.__name__ in (edgefleet.errors.__doc__ or "")
