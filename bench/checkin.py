@@ -23,7 +23,6 @@ import secrets
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,16 +56,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length) if length else b""
 
 
 async def enroll_all(url: str, ca: Path, admin_token: str, count: int, workdir: Path) -> list[tuple[str, Path, Path]]:
@@ -107,9 +104,7 @@ async def connect_all(port: int, ca: Path, devices: list[tuple[str, Path, Path]]
         host = f"Host: 127.0.0.1:{port}\r\n".encode()
         # learn the current desired version with a first check-in (200), then ask with it
         writer.write(b"GET /api/v1/devices/%s/desired HTTP/1.1\r\n%s\r\n" % (device_id.encode(), host))
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")][0][15:])
-        version = json.loads(await reader.readexactly(length))["version"]
+        version = json.loads((await read_response(reader))[1])["version"]
         checkin = b"GET /api/v1/devices/%s/desired?known=%d HTTP/1.1\r\n%s\r\n" % (device_id.encode(), version, host)
         conns.append(Conn(device_id, reader, writer, checkin, b"GET /healthz HTTP/1.1\r\n%s\r\n" % host))
 
@@ -131,7 +126,7 @@ async def drive(conns: list[Conn], kind: str, seconds: float, concurrency: int, 
             conn = await queue.get()
             start = time.perf_counter()
             conn.writer.write(conn.checkin if kind == "checkin" else conn.health)
-            status = await read_response(conn.reader)
+            status, _ = await read_response(conn.reader)
             latencies.append(time.perf_counter() - start)
             if status != expect:
                 errors += 1
@@ -168,7 +163,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, flo
                "--log-level", "warning"]
     if database_url:
         command += ["--database-url", database_url]
-    server = subprocess.Popen(command)
+    server = await asyncio.create_subprocess_exec(*command)
     url = f"https://127.0.0.1:{port}"
     ca = settings.pki.ca_cert
     try:
@@ -192,7 +187,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, flo
             conn.writer.close()
     finally:
         server.terminate()
-        server.wait(30)
+        await asyncio.wait_for(server.wait(), 30)
         if db_name:
             conn = await asyncpg.connect(PG_ADMIN)
             await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')

@@ -34,11 +34,7 @@ class AdminClient:
         if response.status_code >= 500:
             raise TransportError(f"{method} {path}: server error {response.status_code}")
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                raise ServerRefused(response.status_code, str(error["code"]), str(error["message"]))
-            except (ValueError, KeyError, TypeError):
-                raise ServerRefused(response.status_code, "http_error", response.text[:200]) from None
+            raise ServerRefused.from_body(response.status_code, response.content)
         if model is None:
             return None
         try:

@@ -21,6 +21,8 @@ failures are deliberately vague; the operator's log carries the exact reason.
 
 from __future__ import annotations
 
+import json
+
 __all__ = [
     "ConfigError",
     "Conflict",
@@ -86,6 +88,15 @@ class ServerRefused(PeerError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"server refused ({status} {code}): {message}", code=code)
         self.status = status
+
+    @classmethod
+    def from_body(cls, status: int, body: bytes) -> ServerRefused:
+        """Read the server's ``{"error": {"code", "message"}}`` body, or quote it if it is not one."""
+        try:
+            error = json.loads(body)["error"]
+            return cls(status, str(error["code"]), str(error["message"]))
+        except (ValueError, KeyError, TypeError):
+            return cls(status, "http_error", body[:200].decode("utf-8", "replace"))
 
 
 class TransportError(EdgefleetError):

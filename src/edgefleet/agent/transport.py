@@ -31,14 +31,6 @@ class DeviceTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _refusal(response: httpx.Response) -> ServerRefused:
-    try:
-        error = response.json()["error"]
-        return ServerRefused(response.status_code, str(error["code"]), str(error["message"]))
-    except (ValueError, KeyError, TypeError):
-        return ServerRefused(response.status_code, "http_error", response.text[:200])
-
-
 class HttpsTransport:
     """mTLS once enrolled (``cert_file``/``key_file``), server-authenticated TLS before."""
 
@@ -66,7 +58,7 @@ class HttpsTransport:
         if response.status_code >= 500:
             raise TransportError(f"{method} {path}: server error {response.status_code}")
         if response.status_code >= 400:
-            raise _refusal(response)
+            raise ServerRefused.from_body(response.status_code, response.content)
         return response
 
     @staticmethod
