@@ -57,6 +57,7 @@ def test_device_list_filters_by_site_and_pages(fleet: Fleet) -> None:
     viewer = fleet.client(role=Role.VIEWER)
     page = viewer.get("/api/v1/admin/devices", params={"site": "list-site", "limit": 2}).json()
     assert len(page["devices"]) == 2
+    assert page["total"] == 3
     assert {d["site"] for d in page["devices"]} == {"list-site"}
     rest = viewer.get("/api/v1/admin/devices", params={"site": "list-site", "limit": 2, "offset": 2}).json()
     assert len(rest["devices"]) == 1

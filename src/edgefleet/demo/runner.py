@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -106,8 +106,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
             await asyncio.sleep(max(0.0, options.duration - (time.monotonic() - started)))
         else:
             out.print("[dim]press Ctrl-C to stop the demo[/]")
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+            await _until_interrupted()
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -116,6 +115,19 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     out.print(f"demo {'[bold green]succeeded' if ok else '[bold red]failed'}[/] after "
               f"{time.monotonic() - started:.1f}s; everything is kept in {data_dir}")
     return ok
+
+
+async def _until_interrupted() -> None:
+    """Wait for Ctrl-C or SIGTERM, then let the caller shut everything down in order."""
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        await interrupted.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _start_fleet(

@@ -118,8 +118,11 @@ async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, o
     return [Device(**row._mapping) for row in await conn.execute(stmt)]
 
 
-async def count_devices(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(Device))).scalar_one())
+async def count_devices(conn: AsyncConnection, *, site: str | None = None) -> int:
+    stmt = select(func.count()).select_from(Device)
+    if site is not None:
+        stmt = stmt.where(Device.site == site)
+    return int((await conn.execute(stmt)).scalar_one())
 
 
 async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:

@@ -41,7 +41,7 @@ async def devices(
     state = server_state(request)
     async with state.db.transaction() as conn:
         rows = await list_devices(conn, site=site, limit=limit, offset=offset)
-        total = await count_devices(conn)
+        total = await count_devices(conn, site=site)
     return DeviceList(total=total, devices=[device_view(r, state.presence) for r in rows])
 
 

@@ -48,6 +48,7 @@ async def check_in(
             device.id, known, version, min(wait, state.settings.long_poll_max_seconds),
             state.settings.long_poll_recheck_seconds, read_version,
         )
+        state.presence.seen(device.id, state.clock.now())  # it was connected all along
     if version == known:
         state.metrics.checkins.labels("not_modified").inc()
         return Response(status_code=204)
