@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
-from pydantic import ValidationError
+from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
 from edgefleet.protocol.v1 import BootstrapTokenCreated, DesiredState, DeviceList, DeviceView
 
 __all__ = ["AdminClient"]
+
+
+class _Json(RootModel[dict[str, Any]]):
+    """An untyped JSON object answer."""
+
+
+def _chunks(handle: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := handle.read(size):
+        yield chunk
 
 
 class AdminClient:
@@ -68,6 +78,33 @@ class AdminClient:
             json={"site": site, "labels": labels, "ttl_seconds": ttl_seconds},
         )
         return result
+
+    # signed releases
+    def put_root(self, which: str, data: bytes) -> int:
+        result = self._call("PUT", f"/api/v1/admin/repository/roots/{which}", _Json, content=data)
+        return int(result.root["version"])
+
+    def has_blob(self, sha256: str) -> bool:
+        try:
+            response = self._client.head(f"/api/v1/admin/repository/blobs/{sha256}")
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach {self._client.base_url}: {exc}") from exc
+        if response.status_code in (200, 404):
+            return response.status_code == 200
+        raise ServerRefused(response.status_code, "http_error", f"HEAD blob answered {response.status_code}")
+
+    def put_blob(self, sha256: str, path: Path) -> None:
+        with open(path, "rb") as handle:
+            self._call("PUT", f"/api/v1/admin/repository/blobs/{sha256}", content=_chunks(handle),
+                       timeout=httpx.Timeout(30, read=600))
+
+    def put_targets(self, data: bytes) -> int:
+        result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)
+        return int(result.root["snapshot_version"])
+
+    def releases(self) -> dict[str, Any]:
+        result: _Json = self._call("GET", "/api/v1/admin/repository/releases", _Json)
+        return result.root
 
     def close(self) -> None:
         self._client.close()

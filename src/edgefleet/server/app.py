@@ -8,22 +8,35 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
 
 from edgefleet import __version__
 from edgefleet.clock import Clock, SystemClock
-from edgefleet.errors import StoreError
+from edgefleet.errors import EdgefleetError, StoreError
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.errors import install_error_handlers
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
-from edgefleet.server.routes import admin, device, health
+from edgefleet.server.repository import RepositoryService
+from edgefleet.server.routes import admin, device, health, repository
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.store import Database
 
 log = logging.getLogger("edgefleet.server")
+
+
+async def _refresh_timestamps(state: ServerState, interval: float) -> None:
+    """Keep the image repository's timestamp fresh so devices never see it expire."""
+    while True:
+        try:
+            if await asyncio.to_thread(state.repository.refresh_if_expiring):
+                log.info("re-signed image repository snapshot and timestamp before expiry")
+        except EdgefleetError as exc:
+            log.error("cannot re-sign the image repository timestamp: %s", exc)
+        await asyncio.sleep(interval)
 
 
 def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastAPI:
@@ -47,16 +60,19 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         long_polls=long_polls,
         devices=devices,
         changes=ChangeFeed(db, devices, long_polls, clock),
+        repository=RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.db.migrate()
         await state.changes.start()
+        state.repository.prepare()
         state.ready = True
         background = [
             asyncio.create_task(state.presence.run(state.db, settings.presence_flush_seconds)),
             asyncio.create_task(state.changes.run(settings.device_cache_sync_seconds)),
+            asyncio.create_task(_refresh_timestamps(state, settings.timestamp_check_seconds)),
         ]
         log.info("control plane ready on %s", state.db.backend)
         try:
@@ -87,7 +103,14 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(device.router)
     app.include_router(admin.router)
+    app.include_router(repository.router)
+    # The image repository as static files (Range requests supported, for resumable
+    # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
+    for part in ("metadata", "targets"):
+        directory = settings.data_dir / "repository" / part
+        directory.mkdir(parents=True, exist_ok=True)
+        app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=("/api/v1/admin/repository/",))
     return app

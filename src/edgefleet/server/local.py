@@ -6,15 +6,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from edgefleet.credentials import Role, TokenKind, new_token
+from edgefleet.releases.keys import Keystore
+from edgefleet.server.repository import ensure_online_keys
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store.tokens import insert_admin
 
 
 def init_server(settings: ServerSettings, now: datetime) -> bool:
-    """Create the data dir, fleet CA and server certificate; False if they already existed."""
+    """Create the data dir, fleet CA, server certificate and the online signing keys
+    (snapshot, timestamp, director); False if the PKI already existed."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.pki.init(settings.fleet_name, settings.server_names, now)
+    created = settings.pki.init(settings.fleet_name, settings.server_names, now)
+    ensure_online_keys(Keystore(settings.data_dir / "keys"))
+    return created
 
 
 async def create_admin_token(

@@ -33,12 +33,13 @@ class BodyLimit:
     read up to the bound and then refused, so the handler only ever sees whole bodies.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt  # routes that stream large bodies and bound them themselves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or scope["path"].startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         declared = None

@@ -32,6 +32,8 @@ class ServerSettings(BaseSettings):
     trusted_proxies: list[str] = Field([], description="IPs whose client-cert header is believed")
     client_cert_header: str = "x-ssl-client-cert"
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
+    max_artifact_bytes: int = Field(16 * 1024**3, ge=1)
+    timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
     log_level: str = "info"
     access_log: bool = False
 

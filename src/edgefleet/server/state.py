@@ -14,6 +14,7 @@ from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
+from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 
@@ -29,6 +30,7 @@ class ServerState:
     long_polls: LongPolls
     devices: DeviceCache
     changes: ChangeFeed
+    repository: RepositoryService
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

@@ -1,0 +1,70 @@
+"""How the agent's TUF clients fetch: httpx with the fleet CA (and the device certificate
+for per-device director metadata), trying each mirror in turn. TUF verifies everything it
+fetches, so a mirror needs no trust of its own (any hub, CDN or nginx will do)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient import FetcherInterface
+
+CHUNK = 64 * 1024
+
+
+def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if cert_file is not None and key_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
+class MirrorFetcher(FetcherInterface):
+    """``url`` must start with ``base``; on failure the same path is tried at each mirror."""
+
+    def __init__(self, base: str, mirrors: list[str], context: ssl.SSLContext | bool, timeout: float = 30.0) -> None:
+        self.base = base.rstrip("/")
+        self.mirrors = [m.rstrip("/") for m in mirrors] or [self.base]
+        self._client = httpx.Client(verify=context, timeout=timeout, follow_redirects=False)
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(self.base + "/"):
+            raise tuf_errors.DownloadError(f"{url} is outside {self.base}")
+        path = url[len(self.base):]
+        last: Exception | None = None
+        for mirror in self.mirrors:
+            try:
+                return self._stream(mirror + path)
+            except tuf_errors.DownloadHTTPError as exc:
+                if exc.status_code == 404 and mirror == self.mirrors[-1]:
+                    raise
+                last = exc
+            except tuf_errors.DownloadError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _stream(self, url: str) -> Iterator[bytes]:
+        try:
+            response = self._client.send(self._client.build_request("GET", url), stream=True)
+        except httpx.HTTPError as exc:
+            raise tuf_errors.DownloadError(f"cannot fetch {url}: {exc}") from exc
+        if response.status_code != 200:
+            response.close()
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
+        return self._chunks(response)
+
+    @staticmethod
+    def _chunks(response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes(CHUNK)
+        except httpx.HTTPError as exc:
+            raise tuf_errors.DownloadError(f"transfer failed: {exc}") from exc
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,43 @@
+"""Upload a release workspace to the control plane: roots first, then the artifacts the
+server does not have yet, then the targets metadata (which the server verifies before
+anything becomes visible to devices)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgefleet.client import AdminClient
+from edgefleet.releases.repository import RepositoryDir
+from edgefleet.releases.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Published:
+    roots: int
+    uploaded: int
+    skipped: int
+    snapshot_version: int
+
+
+def _roots(repo: RepositoryDir) -> list[bytes]:
+    latest = repo.root().signed.version
+    return [(repo.metadata_dir / f"{v}.root.json").read_bytes() for v in range(1, latest + 1)]
+
+
+def publish_workspace(workspace: Workspace, client: AdminClient) -> Published:
+    """Raises ServerRefused (e.g. below threshold, rollback) or TransportError."""
+    roots = 0
+    for which, repo in (("image", workspace.image), ("director", workspace.director)):
+        for data in _roots(repo):
+            client.put_root(which, data)
+            roots += 1
+    uploaded = skipped = 0
+    for target in workspace.image.targets().signed.targets.values():
+        sha256 = target.hashes["sha256"]
+        if client.has_blob(sha256):
+            skipped += 1
+            continue
+        client.put_blob(sha256, workspace.target_file(target))
+        uploaded += 1
+    snapshot = client.put_targets((workspace.image.metadata_dir / "targets.json").read_bytes())
+    return Published(roots, uploaded, skipped, snapshot)

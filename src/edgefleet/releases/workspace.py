@@ -1,0 +1,129 @@
+"""The release owners' offline workspace: two repositories side by side,
+
+    <workspace>/image/      the image repository (root and targets signed here, offline)
+    <workspace>/director/   the director's roots (signed here; the server signs the rest)
+
+and the operations behind ``edgefleet keys init`` and ``edgefleet release create|sign|ls``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.metadata import Metadata, TargetFile, Targets
+
+from edgefleet.errors import ConfigError, InvalidRequest
+from edgefleet.releases.image import ReleaseInfo, describe
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.metadata import RolePolicy, new_root, new_targets, sign, signing_status, with_target
+from edgefleet.releases.repository import RepositoryDir
+
+
+def load_online_keys(path: Path) -> dict[str, Key]:
+    """The server's ``keys/online-keys.json`` (written by ``edgefleet server init``)."""
+    try:
+        data = json.loads(path.read_text())
+        return {role: Key.from_dict(data[role].pop("keyid"), data[role]) for role in ("snapshot", "timestamp",
+                                                                                     "director")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the server's online keys from {path}: {exc}") from exc
+
+
+def release_fields(target: TargetFile) -> dict[str, object]:
+    custom = target.custom if isinstance(target.custom, dict) else {}
+    fields = custom.get("edgefleet", {})
+    return fields if isinstance(fields, dict) else {}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    path: Path
+
+    @property
+    def image(self) -> RepositoryDir:
+        return RepositoryDir(self.path / "image")
+
+    @property
+    def director(self) -> RepositoryDir:
+        return RepositoryDir(self.path / "director")
+
+    def init(
+        self, keys: Keystore, online: dict[str, Key], now: datetime, *, root_keys: int = 3, root_threshold: int = 2,
+        targets_keys: int = 1, targets_threshold: int = 1, passphrase: bytes | None = None,
+    ) -> None:
+        """Generate the offline keys and sign root version 1 of both repositories, and an
+        empty targets version 1. Raises ConfigError if the workspace exists already."""
+        if self.image.exists():
+            raise ConfigError(f"{self.path} already holds a release workspace")
+        root_names = [f"root-{i}" for i in range(1, root_keys + 1)]
+        targets_names = [f"targets-{i}" for i in range(1, targets_keys + 1)]
+        public = {name: keys.generate(name, passphrase) for name in [*root_names, *targets_names]}
+        root_policy = RolePolicy(tuple(public[n] for n in root_names), root_threshold)
+        image_root = new_root({
+            "root": root_policy,
+            "targets": RolePolicy(tuple(public[n] for n in targets_names), targets_threshold),
+            "snapshot": RolePolicy((online["snapshot"],), 1),
+            "timestamp": RolePolicy((online["timestamp"],), 1),
+        }, now)
+        director = RolePolicy((online["director"],), 1)
+        director_root = new_root({"root": root_policy, "targets": director, "snapshot": director,
+                                  "timestamp": director}, now)
+        root_signers = [keys.signer(n, passphrase) for n in root_names]
+        for signer in root_signers:
+            sign(image_root, signer)
+            sign(director_root, signer)
+        self.image.write_root(image_root)
+        self.director.write_root(director_root)
+        targets = new_targets(now)
+        for name in targets_names[:targets_threshold]:
+            sign(targets, keys.signer(name, passphrase))
+        self.image.write_targets(targets)
+
+    def releases(self) -> list[TargetFile]:
+        targets = self.image.targets().signed.targets.values()
+        return sorted(targets, key=lambda t: int(str(release_fields(t).get("release_counter", -1))), reverse=True)
+
+    def create_release(self, image: Path, info: ReleaseInfo, now: datetime,
+                       artifacts: list[Path] | None = None) -> Metadata[Targets]:
+        """Add an OS image (and artifacts) as a new, unsigned targets version.
+
+        Raises InvalidRequest if the counter is lower than an existing release's (devices
+        would refuse it) or the version exists already.
+        """
+        for existing in self.releases():
+            fields = release_fields(existing)
+            if fields.get("version") == info.version:
+                raise InvalidRequest(f"release {info.version} exists already", code="release_exists")
+            if int(str(fields.get("release_counter", -1))) > info.counter:
+                raise InvalidRequest(
+                    f"release counter {info.counter} is below {fields['release_counter']} of {fields['version']}",
+                    code="counter_decreases",
+                )
+        target = describe(image, f"os/{info.version}/{image.name}", info.custom())
+        self.image.add_target_file(image, target)
+        targets = with_target(self.image.targets().signed, target, now)
+        for artifact in artifacts or []:
+            extra = describe(artifact, f"artifacts/{info.version}/{artifact.name}",
+                             {"edgefleet": {"kind": "artifact", "release": info.version}})
+            self.image.add_target_file(artifact, extra)
+            targets.signed.targets[extra.path] = extra
+        self.image.write_targets(targets)
+        return targets
+
+    def sign_targets(self, signer: Signer) -> tuple[int, int]:
+        """Add a signature to the pending targets; returns (valid signatures, threshold)."""
+        targets = self.image.targets()
+        root = self.image.root().signed
+        if signer.public_key.keyid not in root.roles["targets"].keyids:
+            raise InvalidRequest("this key is not a targets key of the current root", code="not_a_targets_key")
+        sign(targets, signer)
+        self.image.write_targets(targets)
+        return signing_status(root, "targets", targets)
+
+    def target_file(self, target: TargetFile) -> Path:
+        directory, _, name = target.path.rpartition("/")
+        return self.image.targets_dir / directory / f"{target.hashes['sha256']}.{name}"

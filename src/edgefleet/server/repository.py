@@ -1,0 +1,198 @@
+"""The control plane's side of signed releases: it *hosts* the image repository and the
+director's roots, and signs only the online roles.
+
+Uploads are verified before anything becomes visible: a root must be the first one (taken
+from an admin, and it must delegate the online roles to this server's keys) or a valid
+rotation of the current one; targets must carry a threshold of release-owner signatures
+under the current root, must not roll back, and every target they list must have been
+uploaded with exactly the signed length and hashes. Only then is the new targets version
+written and a new snapshot and timestamp signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.serialization import DeserializationError
+
+from edgefleet.clock import Clock
+from edgefleet.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold
+from edgefleet.releases.online import publish_online
+from edgefleet.releases.repository import RepositoryDir
+from edgefleet.util.atomic import fsync_dir
+
+log = logging.getLogger("edgefleet.server")
+
+ONLINE_KEYS = ("snapshot", "timestamp", "director")
+RepoName = Literal["image", "director"]
+
+
+def ensure_online_keys(keys: Keystore) -> dict[str, dict[str, object]]:
+    """Create missing online keys; write and return their public halves (``online-keys.json``)."""
+    exported: dict[str, dict[str, object]] = {}
+    for name in ONLINE_KEYS:
+        key = keys.public_key(name) if (keys.directory / f"{name}.pub").exists() else keys.generate(name)
+        exported[name] = {"keyid": key.keyid, **key.to_dict()}
+    (keys.directory / "online-keys.json").write_text(json.dumps(exported, indent=2))
+    return exported
+
+
+def _parse(data: bytes, cls: type[Root] | type[Targets]) -> Metadata[Root] | Metadata[Targets]:
+    try:
+        metadata: Metadata[Root] | Metadata[Targets] = Metadata.from_bytes(data)
+    except DeserializationError as exc:
+        raise InvalidRequest(f"not valid TUF metadata: {exc}", code="invalid_metadata") from exc
+    if not isinstance(metadata.signed, cls):
+        raise InvalidRequest(f"expected {cls.type} metadata, got {metadata.signed.type}", code="invalid_metadata")
+    return metadata
+
+
+@dataclass
+class RepositoryService:
+    data_dir: Path
+    clock: Clock
+    max_artifact_bytes: int
+
+    @property
+    def keys(self) -> Keystore:
+        return Keystore(self.data_dir / "keys")
+
+    @property
+    def image(self) -> RepositoryDir:
+        return RepositoryDir(self.data_dir / "repository")
+
+    @property
+    def director(self) -> RepositoryDir:
+        return RepositoryDir(self.data_dir / "director")
+
+    @property
+    def blobs(self) -> Path:
+        return self.data_dir / "repository" / "blobs"
+
+    def prepare(self) -> None:
+        for repo in (self.image, self.director):
+            repo.metadata_dir.mkdir(parents=True, exist_ok=True)
+            repo.targets_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def _online_keyids(self, which: RepoName) -> dict[str, set[str]]:
+        if which == "image":
+            return {role: {self.keys.public_key(role).keyid} for role in ("snapshot", "timestamp")}
+        director = {self.keys.public_key("director").keyid}
+        return {role: director for role in ("targets", "snapshot", "timestamp")}
+
+    def accept_root(self, which: RepoName, data: bytes) -> int:
+        """Raises InvalidRequest (unsigned, bad rotation, foreign online keys) or Conflict."""
+        new = _parse(data, Root)
+        assert isinstance(new.signed, Root)
+        repo = self.image if which == "image" else self.director
+        if repo.exists():
+            current = repo.root().signed
+            if new.signed.version <= current.version:
+                if repo.root(new.signed.version).to_bytes() == new.to_bytes():
+                    return new.signed.version  # an identical re-upload is fine
+                raise Conflict(f"{which} root {new.signed.version} exists with other content", code="root_exists")
+            require_root_rotation(current, new)
+        else:
+            if new.signed.version != 1:
+                raise InvalidRequest("the first root must be version 1", code="invalid_root")
+            require_threshold(new.signed, "root", new)
+        for role, keyids in self._online_keyids(which).items():
+            if set(new.signed.roles[role].keyids) != keyids:
+                raise InvalidRequest(f"{which} root does not delegate {role} to this server's online key",
+                                     code="foreign_online_keys")
+        repo.write_root(new)
+        log.info("accepted %s root version %d", which, new.signed.version)
+        return new.signed.version
+
+    def has_blob(self, sha256: str) -> bool:
+        return (self.blobs / sha256).exists()
+
+    async def store_blob(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
+        """Stream an upload to ``blobs/<sha256>``; refuse it if its hash differs or it is too big."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidRequest("blob name must be a lower-case sha256", code="invalid_blob")
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".upload.")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_artifact_bytes:
+                        raise PayloadTooLarge(f"artifact exceeds {self.max_artifact_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise InvalidRequest("uploaded bytes do not match their sha256", code="hash_mismatch")
+            os.replace(tmp, self.blobs / sha256)
+            fsync_dir(self.blobs)
+        except OSError as exc:
+            raise PersistError(f"cannot store blob: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):  # noqa: ASYNC240 - one stat of a local temp file
+                os.unlink(tmp)
+        return size
+
+    def accept_targets(self, data: bytes) -> int:
+        """Verify and publish new image-repository targets; returns the new snapshot version."""
+        new = _parse(data, Targets)
+        assert isinstance(new.signed, Targets)
+        if not self.image.exists():
+            raise Conflict("upload the image repository root first", code="no_root")
+        require_threshold(self.image.root().signed, "targets", new)
+        current = self.image.targets().signed if (self.image.metadata_dir / "targets.json").exists() else None
+        if current is not None and new.signed.version <= current.version:
+            raise Conflict(f"targets version {new.signed.version} is not newer than {current.version}",
+                           code="targets_rollback")
+        if new.signed.expires <= self.clock.now():
+            raise InvalidRequest("targets metadata has already expired", code="expired_metadata")
+        for target in new.signed.targets.values():
+            self._place_target(target.path, target.hashes.get("sha256", ""), target.length)
+        self.image.write_targets(new)
+        version = self.publish()
+        log.info("published targets version %d (%d targets)", new.signed.version, len(new.signed.targets))
+        return version
+
+    def _place_target(self, path: str, sha256: str, length: int) -> None:
+        directory, _, name = path.rpartition("/")
+        destination = self.image.targets_dir / directory / f"{sha256}.{name}"
+        if destination.exists():
+            return
+        blob = self.blobs / sha256
+        if not blob.exists():
+            raise NotFound(f"target {path} was listed but its bytes ({sha256[:12]}...) were not uploaded",
+                           code="missing_blob")
+        if blob.stat().st_size != length:
+            raise InvalidRequest(f"uploaded {path} has another length than signed", code="length_mismatch")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.link(blob, destination)
+
+    def publish(self) -> int:
+        """Sign a new snapshot and timestamp with the online keys."""
+        return publish_online(self.image, self.keys.signer("snapshot"), self.keys.signer("timestamp"),
+                              self.clock.now())
+
+    def refresh_if_expiring(self) -> bool:
+        """Re-sign snapshot and timestamp once half of the timestamp's lifetime has passed."""
+        timestamp = self.image.timestamp()
+        if timestamp is None or not (self.image.metadata_dir / "targets.json").exists():
+            return False
+        if timestamp.signed.expires - self.clock.now() > EXPIRY["timestamp"] / 2:
+            return False
+        self.publish()
+        return True

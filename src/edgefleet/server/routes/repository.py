@@ -1,0 +1,81 @@
+"""Admin API for signed releases: upload roots, artifacts and targets (verified before
+they become visible), list releases. The repository itself is served as static files
+under /repository/ by the app, so any mirror can copy it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request, Response
+from starlette.responses import JSONResponse
+
+from edgefleet.errors import PayloadTooLarge
+from edgefleet.server.auth import Admin, Operator, Viewer
+from edgefleet.server.state import server_state
+
+router = APIRouter(prefix="/api/v1/admin/repository", tags=["releases"])
+
+MAX_METADATA_BYTES = 32 * 1024 * 1024
+Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"metadata exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.put("/roots/{which}")
+async def put_root(who: Admin, which: Literal["image", "director"], request: Request) -> dict[str, int]:
+    """Upload a root: the first (version 1) from an admin, later ones as valid rotations."""
+    service = server_state(request).repository
+    data = await _bounded_body(request, MAX_METADATA_BYTES)
+    return {"version": await asyncio.to_thread(service.accept_root, which, data)}
+
+
+@router.head("/blobs/{sha256}")
+async def has_blob(_: Operator, sha256: Sha256, request: Request) -> Response:
+    """200 if an artifact with this sha256 was uploaded already, 404 otherwise."""
+    return Response(status_code=200 if server_state(request).repository.has_blob(sha256) else 404)
+
+
+@router.put("/blobs/{sha256}")
+async def put_blob(_: Operator, sha256: Sha256, request: Request) -> dict[str, int]:
+    """Stream an artifact (image, module) named by its sha256; refused if the bytes differ."""
+    service = server_state(request).repository
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            yield chunk
+
+    return {"length": await service.store_blob(sha256, chunks())}
+
+
+@router.put("/targets")
+async def put_targets(who: Operator, request: Request) -> dict[str, int]:
+    """Publish targets signed offline by a threshold of release owners."""
+    service = server_state(request).repository
+    data = await _bounded_body(request, MAX_METADATA_BYTES)
+    return {"snapshot_version": await asyncio.to_thread(service.accept_targets, data)}
+
+
+@router.get("/releases")
+async def releases(_: Viewer, request: Request) -> Response:
+    """The releases in the published targets, newest counter first."""
+    service = server_state(request).repository
+    if not (service.image.metadata_dir / "targets.json").exists():
+        return JSONResponse({"releases": []})
+    targets = service.image.targets().signed
+    rows: list[dict[str, Any]] = []
+    for target in targets.targets.values():
+        fields = target.custom.get("edgefleet", {}) if isinstance(target.custom, dict) else {}
+        rows.append({"path": target.path, "length": target.length, "sha256": target.hashes.get("sha256"), **fields})
+    rows.sort(key=lambda r: r.get("release_counter", -1), reverse=True)
+    return JSONResponse({"targets_version": targets.version, "releases": rows})
