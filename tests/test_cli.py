@@ -22,7 +22,9 @@ from edgefleet.server import ServerSettings
 from edgefleet.settings import load_settings
 
 COMMANDS = [[], ["server"], ["server", "init"], ["agent"], ["demo"], ["devices"], ["devices", "ls"],
-            ["devices", "show"], ["tokens"], ["tokens", "create"], ["tokens", "create-admin"]]
+            ["devices", "show"], ["tokens"], ["tokens", "create"], ["tokens", "create-admin"], ["keys"],
+            ["keys", "init"], ["keys", "ls"], ["keys", "rotate"], ["release"], ["release", "create"],
+            ["release", "sign"], ["release", "publish"], ["release", "ls"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgefleet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import agent_cmd, demo_cmd, devices_cmd, server_cmd, tokens_cmd
+from edgefleet.cli import agent_cmd, demo_cmd, devices_cmd, release_cmd, server_cmd, tokens_cmd
 
 app = typer.Typer(
     name="edgefleet",
@@ -16,6 +16,8 @@ app = typer.Typer(
 app.add_typer(server_cmd.app, name="server")
 app.add_typer(tokens_cmd.app, name="tokens")
 app.add_typer(devices_cmd.app, name="devices")
+app.add_typer(release_cmd.keys_app, name="keys")
+app.add_typer(release_cmd.release_app, name="release")
 app.command("agent")(agent_cmd.agent)
 app.command("demo")(demo_cmd.demo)
 

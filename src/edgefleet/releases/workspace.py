@@ -9,6 +9,7 @@ and the operations behind ``edgefleet keys init`` and ``edgefleet release create
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,16 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.releases.image import ReleaseInfo, describe
 from edgefleet.releases.keys import Keystore
-from edgefleet.releases.metadata import RolePolicy, new_root, new_targets, sign, signing_status, with_target
+from edgefleet.releases.metadata import (
+    RolePolicy,
+    new_root,
+    new_targets,
+    next_root,
+    require_root_rotation,
+    sign,
+    signing_status,
+    with_target,
+)
 from edgefleet.releases.repository import RepositoryDir
 
 
@@ -123,6 +133,34 @@ class Workspace:
         sign(targets, signer)
         self.image.write_targets(targets)
         return signing_status(root, "targets", targets)
+
+    def rotate(self, role: str, keys: Sequence[Key], threshold: int, signers: Sequence[Signer],
+               now: datetime) -> int:
+        """New root version for both repositories where ``role`` (root or targets) has
+        ``keys``; signed by ``signers``, which must include a threshold of the old root
+        keys and, for a root rotation, of the new ones. Returns the new image root version.
+
+        Raises InvalidRequest when the signatures do not satisfy the rotation rule.
+        """
+        if role not in ("root", "targets"):
+            raise InvalidRequest("only offline roles (root, targets) rotate here", code="invalid_role")
+        policy = RolePolicy(tuple(keys), threshold)
+        rotated = []
+        for repo in (self.image, self.director) if role == "root" else (self.image,):
+            current = repo.root().signed
+            new = next_root(current, {role: policy}, now)
+            for signer in signers:
+                sign(new, signer)
+            require_root_rotation(current, new)
+            rotated.append((repo, new))
+        for repo, new in rotated:  # only once every new root is valid: never half-applied
+            repo.write_root(new)
+        if role == "targets":
+            # the pending targets must be re-signed by the new targets keys
+            targets = self.image.targets()
+            targets.signatures.clear()
+            self.image.write_targets(targets)
+        return rotated[0][1].signed.version
 
     def target_file(self, target: TargetFile) -> Path:
         directory, _, name = target.path.rpartition("/")
