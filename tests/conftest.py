@@ -29,7 +29,7 @@ from edgefleet.store import Database
 
 REQUIRE_ALL = os.environ.get("EDGEFLEET_REQUIRE_ALL") == "1"
 POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("devices", "bootstrap_tokens", "admin_tokens", "device_changes")
+TABLES = ("devices", "bootstrap_tokens", "admin_tokens", "device_changes")  # director_state: by device_id
 
 
 def need(component: str, reason: str) -> None:

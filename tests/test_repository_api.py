@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tuf.ngclient import Updater
 
-from edgefleet.agent.fetcher import MirrorFetcher, tls_context
+from edgefleet.agent.fetcher import MirrorFetcher, https_client
 from edgefleet.client import AdminClient
 from edgefleet.credentials import Role
 from edgefleet.errors import ServerRefused
@@ -51,13 +51,14 @@ def release(workspace: Workspace, keys: Keystore, tmp: Path, version: str, count
 @contextlib.contextmanager
 def device_updater(fleet: Fleet, workspace: Workspace, tmp: Path) -> Iterator[Updater]:
     base = f"{fleet.url}/repository"
-    fetcher = MirrorFetcher(base, [base], tls_context(fleet.settings.pki.ca_cert))
+    client = https_client(fleet.settings.pki.ca_cert)
     (tmp / "device" / "downloads").mkdir(parents=True, exist_ok=True)
     try:
         yield Updater(str(tmp / "device"), f"{base}/metadata/", str(tmp / "device" / "downloads"),
-                      f"{base}/targets/", fetcher=fetcher, bootstrap=workspace.image.root(1).to_bytes())
+                      f"{base}/targets/", fetcher=MirrorFetcher(base, [base], client),
+                      bootstrap=workspace.image.root(1).to_bytes())
     finally:
-        fetcher.close()
+        client.close()
 
 
 def test_release_created_signed_and_published_is_served_and_verifies_on_a_device(hosted, tmp_path: Path) -> None:

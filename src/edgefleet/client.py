@@ -11,7 +11,7 @@ import httpx
 from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
-from edgefleet.protocol.v1 import BootstrapTokenCreated, DesiredState, DeviceList, DeviceView
+from edgefleet.protocol.v1 import AssignmentView, BootstrapTokenCreated, DesiredState, DeviceList, DeviceView
 
 __all__ = ["AdminClient"]
 
@@ -101,6 +101,11 @@ class AdminClient:
     def put_targets(self, data: bytes) -> int:
         result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)
         return int(result.root["snapshot_version"])
+
+    def assign(self, device_id: str, release: str) -> AssignmentView:
+        result: AssignmentView = self._call("PUT", f"/api/v1/admin/devices/{device_id}/assignment", AssignmentView,
+                                            json={"release": release})
+        return result
 
     def releases(self) -> dict[str, Any]:
         result: _Json = self._call("GET", "/api/v1/admin/repository/releases", _Json)

@@ -8,7 +8,8 @@
     │   ├── Forbidden           valid credentials, but not for this record or action
     │   ├── NotFound            the addressed record does not exist
     │   ├── Conflict            the change would violate uniqueness or current state
-    │   └── ServerRefused       (agent side) the control plane answered 4xx
+    │   ├── ServerRefused       (agent side) the control plane answered 4xx
+    │   └── UpdateRefused       (agent side) an update failed verification (TUF, Uptane checks)
     ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
     ├── PersistError            local durable state could not be written (full disk, permissions)
@@ -37,6 +38,7 @@ __all__ = [
     "StoreError",
     "TransportError",
     "Unauthenticated",
+    "UpdateRefused",
 ]
 
 
@@ -97,6 +99,13 @@ class ServerRefused(PeerError):
             return cls(status, str(error["code"]), str(error["message"]))
         except (ValueError, KeyError, TypeError):
             return cls(status, "http_error", body[:200].decode("utf-8", "replace"))
+
+
+class UpdateRefused(PeerError):
+    """The repository, the director or a mirror sent something that does not verify; the
+    device keeps what it runs and reports this code to the server."""
+
+    code = "update_refused"
 
 
 class TransportError(EdgefleetError):

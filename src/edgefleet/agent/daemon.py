@@ -10,17 +10,20 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from edgefleet import __version__
 from edgefleet.agent.backoff import Backoff, jittered
+from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import Platform
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
+from edgefleet.agent.updates import TrustAnchors, UpdateClient
 from edgefleet.clock import Clock, SystemClock
-from edgefleet.errors import ConfigError, ServerRefused, TransportError
+from edgefleet.errors import ConfigError, ServerRefused, TransportError, UpdateRefused
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import EnrollRequest, Inventory, StatusReport
 
@@ -59,6 +62,8 @@ class Agent:
         self.checkins = 0
         self.reports = 0
         self.last_error: str | None = None
+        self.updates: UpdateClient | None = None
+        self._stop_downloads = threading.Event()
 
     def _bootstrap_token(self) -> str:
         if self.settings.bootstrap_token:
@@ -103,10 +108,13 @@ class Agent:
                 state = await self._enroll(state, stop)
             self.device_id = state.device_id
             transport = self._transport_factory(self.settings, self.dir, True)
+            self.updates = self._update_client(state)
             try:
                 await self._loop(state, transport, stop)
             finally:
                 await transport.aclose()
+                if self.updates is not None:
+                    self.updates.close()
         except _Stopped:
             pass
         log.info("agent %s stopped", self.device_id or "(not enrolled)")
@@ -122,6 +130,7 @@ class Agent:
             csr_pem=make_csr(self.dir.key.read_bytes(), hardware_id).decode(),
             inventory=Inventory(
                 hardware_id=hardware_id, site=self.site, labels=self.labels, hostname=self.platform.hostname(),
+                hardware_type=self.settings.hardware_type or self.platform.hardware_type(),
                 agent_version=__version__, os_version=self.platform.os_version(),
             ),
         )
@@ -147,11 +156,66 @@ class Agent:
         log.info("enrolled as %s at site %s", response.device_id, self.site)
         return state
 
+    def _update_client(self, state: AgentState) -> UpdateClient | None:
+        """Signed updates need the TUF roots that ship in the OS image; without them the
+        agent still checks in but installs nothing."""
+        assert state.device_id is not None
+        settings = self.settings
+        trust = settings.trust_dir or self.platform.trust_dir()
+        image_root, director_root = trust / "image-root.json", trust / "director-root.json"
+        if not image_root.exists() and not director_root.exists():
+            log.info("no TUF roots in %s: signed updates are off", trust)
+            return None
+        try:
+            anchors = TrustAnchors.load(image_root, director_root)
+        except UpdateRefused as exc:
+            log.error("signed updates are off: %s", exc.message)
+            state.update_state, state.update_error = "refused", exc.code
+            self.dir.save(state)
+            return None
+        timeout = settings.request_timeout_seconds
+        return UpdateClient(
+            device_id=state.device_id,
+            hardware_type=settings.hardware_type or self.platform.hardware_type(),
+            state_dir=self.dir.path,
+            anchors=anchors,
+            director_url=f"{settings.server_url.rstrip('/')}/api/v1/devices/{state.device_id}/director",
+            director_tls=https_client(self.dir.ca, self.dir.cert, self.dir.key, timeout),
+            mirrors=settings.mirrors or [f"{settings.server_url.rstrip('/')}/repository"],
+            mirror_tls=https_client(self.dir.ca, self.dir.cert, self.dir.key, timeout, system_cas=True),
+        )
+
+    async def _check_update(self, state: AgentState, updates: UpdateClient) -> None:
+        """Verify what the director assigns and download it; refusals are reported, and the
+        device keeps running what it has."""
+        try:
+            plan = await asyncio.to_thread(updates.check, self.platform.release_counter())
+            if plan is None or plan.version == self.platform.os_version():
+                result: tuple[str, str | None] = ("idle", None)
+            elif state.downloaded.get("version") == plan.version:
+                result = ("downloaded", None)
+            else:
+                path, fetched = await asyncio.to_thread(updates.download, plan, self._stop_downloads)
+                state.downloaded = {"version": plan.version, "counter": plan.counter, "path": str(path),
+                                    "sha256": plan.target.hashes["sha256"]}
+                log.info("release %s downloaded and verified (%d bytes fetched)", plan.version, fetched)
+                result = ("downloaded", None)
+        except UpdateRefused as exc:
+            log.warning("update refused (%s): %s", exc.code, exc.message)
+            result = ("refused", exc.code)
+        except TransportError as exc:
+            log.warning("update check failed, will retry: %s", exc)
+            return
+        state.update_state, state.update_error = result
+        self.dir.save(state)
+
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         settings = self.settings
         assert state.device_id is not None
         backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, self.rng)
         next_report = self.clock.monotonic()  # report right away after (re)start
+        next_update = self.clock.monotonic()
+        stop_watch = asyncio.ensure_future(self._forward_stop(stop))
         while not stop.is_set():
             try:
                 desired = await self._until_stopped(
@@ -162,7 +226,13 @@ class Agent:
                     state.desired, state.desired_version = desired.document, desired.version
                     self.dir.save(state)
                     log.info("received desired state version %d", desired.version)
-                    next_report = self.clock.monotonic()
+                    next_report = next_update = self.clock.monotonic()
+                if self.updates is not None and self.clock.monotonic() >= next_update:
+                    before = (state.update_state, state.update_error, state.downloaded.get("version"))
+                    await self._check_update(state, self.updates)
+                    next_update = self.clock.monotonic() + settings.update_check_seconds
+                    if (state.update_state, state.update_error, state.downloaded.get("version")) != before:
+                        next_report = self.clock.monotonic()
                 if self.clock.monotonic() >= next_report:
                     await self._until_stopped(self._report(state, transport), stop)
                     next_report = self.clock.monotonic() + settings.status_interval_seconds
@@ -176,6 +246,21 @@ class Agent:
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING
                 log.log(level, "check-in failed, retrying in %.1fs: %s", delay, exc)
             await self._pause(delay, stop)
+        stop_watch.cancel()
+
+    async def _forward_stop(self, stop: asyncio.Event) -> None:
+        """Let a download running in a worker thread see the stop request."""
+        await stop.wait()
+        self._stop_downloads.set()
+
+    @staticmethod
+    def _details(state: AgentState) -> dict[str, object]:
+        details: dict[str, object] = {"agent_version": __version__}
+        if state.update_error:
+            details["update_error"] = state.update_error
+        if state.downloaded:
+            details["downloaded_release"] = state.downloaded.get("version")
+        return details
 
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:
         assert state.device_id is not None
@@ -186,9 +271,9 @@ class Agent:
                 seq=state.status_seq,
                 running_version=self.platform.os_version(),
                 health="ok",
-                update_state="idle",
+                update_state=state.update_state,
                 desired_version_applied=state.desired_version if state.desired_version >= 0 else None,
-                details={"agent_version": __version__},
+                details=self._details(state),
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1

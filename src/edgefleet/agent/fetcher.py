@@ -15,20 +15,26 @@ from tuf.ngclient import FetcherInterface
 CHUNK = 64 * 1024
 
 
-def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca_file))
+def https_client(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None,
+                 timeout: float = 30.0, *, system_cas: bool = False) -> httpx.Client:
+    """An httpx client trusting the fleet CA (and, for mirrors such as CDNs, the system's
+    CAs), presenting the device certificate if given."""
+    context = ssl.create_default_context() if system_cas else ssl.create_default_context(cafile=str(ca_file))
+    if system_cas:
+        context.load_verify_locations(cafile=str(ca_file))
     if cert_file is not None and key_file is not None:
         context.load_cert_chain(str(cert_file), str(key_file))
-    return context
+    return httpx.Client(verify=context, timeout=timeout, follow_redirects=False)
 
 
 class MirrorFetcher(FetcherInterface):
     """``url`` must start with ``base``; on failure the same path is tried at each mirror."""
 
-    def __init__(self, base: str, mirrors: list[str], context: ssl.SSLContext | bool, timeout: float = 30.0) -> None:
+    def __init__(self, base: str, mirrors: list[str], client: httpx.Client) -> None:
+        """``client`` (owned by the caller) carries the TLS settings and connection pool."""
         self.base = base.rstrip("/")
         self.mirrors = [m.rstrip("/") for m in mirrors] or [self.base]
-        self._client = httpx.Client(verify=context, timeout=timeout, follow_redirects=False)
+        self._client = client
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.base + "/"):
@@ -65,6 +71,3 @@ class MirrorFetcher(FetcherInterface):
             raise tuf_errors.DownloadError(f"transfer failed: {exc}") from exc
         finally:
             response.close()
-
-    def close(self) -> None:
-        self._client.close()

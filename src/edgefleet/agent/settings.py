@@ -25,3 +25,7 @@ class AgentSettings(BaseSettings):
     backoff_initial_seconds: float = Field(1.0, gt=0)
     backoff_max_seconds: float = Field(300.0, gt=0)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    hardware_type: str | None = Field(None, description="default: the platform's (DMI product name)")
+    trust_dir: Path | None = Field(None, description="TUF roots shipped in the image; default per platform")
+    mirrors: list[str] = Field([], description="image repository base URLs; default <server_url>/repository")
+    update_check_seconds: float = Field(300.0, gt=0, description="verify the director's assignment this often")

@@ -17,6 +17,9 @@ class AgentState:
     desired_version: int = -1  # -1: nothing received yet
     desired: dict[str, Any] = field(default_factory=dict)
     status_seq: int = 0
+    update_state: str = "idle"
+    update_error: str | None = None
+    downloaded: dict[str, Any] = field(default_factory=dict)  # verified image awaiting install
 
 
 @dataclass(frozen=True)

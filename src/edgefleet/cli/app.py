@@ -19,6 +19,7 @@ app.add_typer(devices_cmd.app, name="devices")
 app.add_typer(release_cmd.keys_app, name="keys")
 app.add_typer(release_cmd.release_app, name="release")
 app.command("agent")(agent_cmd.agent)
+app.command("assign")(release_cmd.assign)
 app.command("demo")(demo_cmd.demo)
 
 

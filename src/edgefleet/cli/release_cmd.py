@@ -145,6 +145,27 @@ def release_publish(workspace: WorkspaceDir, server: ServerUrl, token: AdminToke
                   f"{result.skipped} already there")
 
 
+def assign(
+    release: Annotated[str, typer.Option(help="Published release version.")],
+    server: ServerUrl,
+    token: AdminToken,
+    ca_file: CaFile,
+    device: Annotated[list[str] | None, typer.Argument(help="Device id(s).", show_default=False)] = None,
+    site: Annotated[str | None, typer.Option(help="Every device of this site.")] = None,
+) -> None:
+    """Point devices' director at a release; each device verifies it through TUF before
+    downloading (the rollout controller will do this in waves)."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        targets = list(device or [])
+        if site:
+            targets += [d.id for d in client.devices(site=site).devices]
+        if not targets:
+            raise typer.BadParameter("name devices or --site")
+        for device_id in targets:
+            result = client.assign(device_id, release)
+            console.print(f"{device_id}: release {release} (director version {result.director_version})")
+
+
 @release_app.command("ls")
 def release_ls(workspace: WorkspaceDir) -> None:
     """Releases in the workspace, highest counter first."""

@@ -22,6 +22,7 @@ class Strict(BaseModel):
 
 class Inventory(Strict):
     hardware_id: HardwareId
+    hardware_type: HardwareId | None = None  # what releases name in their hardware ids
     site: Name
     labels: Labels = {}
     hostname: ShortText | None = None
@@ -85,6 +86,16 @@ class DeviceList(Strict):
 
 class SetDesired(Strict):
     document: Annotated[dict[str, Any], Field(max_length=256)]
+
+
+class AssignRelease(Strict):
+    release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
+
+
+class AssignmentView(Strict):
+    device_id: str
+    release: str
+    director_version: int
 
 
 class BootstrapTokenRequest(Strict):

@@ -14,6 +14,7 @@ from edgefleet import __version__
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
+from edgefleet.server.director import DirectorService
 from edgefleet.server.errors import install_error_handlers
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
@@ -50,6 +51,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     db = Database(settings.effective_database_url)
     long_polls = LongPolls(settings.max_long_polls, metrics)
     devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)
+    repository_service = RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes)
     state = ServerState(
         settings=settings,
         db=db,
@@ -60,7 +62,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         long_polls=long_polls,
         devices=devices,
         changes=ChangeFeed(db, devices, long_polls, clock),
-        repository=RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes),
+        repository=repository_service,
+        director=DirectorService(db, repository_service, clock, devices, long_polls),
     )
 
     @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from edgefleet.clock import Clock
 from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
+from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
@@ -31,6 +32,7 @@ class ServerState:
     devices: DeviceCache
     changes: ChangeFeed
     repository: RepositoryService
+    director: DirectorService
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

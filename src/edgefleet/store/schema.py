@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, MetaData, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -75,6 +75,22 @@ class DeviceChange(Base):
                                     autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64))
     changed_at: Mapped[datetime]
+
+
+class DirectorState(Base):
+    """The director's signed metadata for one device (Uptane per-device targets)."""
+
+    __tablename__ = "director_state"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    targets: Mapped[bytes] = mapped_column(LargeBinary)
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
+    timestamp_version: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[bytes] = mapped_column(LargeBinary)
+    timestamp_expires: Mapped[datetime]
+    assigned_at: Mapped[datetime]
 
 
 class BootstrapToken(Base):

@@ -8,6 +8,7 @@ swtpm); slots, bootloader environment and reboot by the A/B update work.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal, Protocol
 
 SlotName = Literal["a", "b"]
@@ -18,11 +19,23 @@ class Platform(Protocol):
 
     def hardware_id(self) -> str: ...
 
+    def hardware_type(self) -> str | None:
+        """The model that releases name in their hardware ids (Uptane's hardware identifier)."""
+        ...
+
     def os_version(self) -> str | None:
         """Version of the OS image that booted, if known."""
         ...
 
+    def release_counter(self) -> int:
+        """Release counter of the booted image (0 if unknown); updates may not go below it."""
+        ...
+
     def hostname(self) -> str: ...
+
+    def trust_dir(self) -> Path:
+        """Where the OS image ships its TUF roots (image-root.json, director-root.json)."""
+        ...
 
 
 class Slots(Protocol):

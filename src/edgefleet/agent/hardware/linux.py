@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -26,16 +27,35 @@ class LinuxHost:
             raise ConfigError("empty /etc/machine-id")
         return value
 
-    def os_version(self) -> str | None:
+    def _os_release(self) -> dict[str, str]:
         try:
             lines = (self.root / "etc/os-release").read_text().splitlines()
         except OSError:
-            return None
-        fields = dict(line.split("=", 1) for line in lines if "=" in line)
+            return {}
+        return {k: v.strip().strip('"') for k, _, v in (line.partition("=") for line in lines if "=" in line)}
+
+    def os_version(self) -> str | None:
+        fields = self._os_release()
         for key in ("IMAGE_VERSION", "VERSION_ID", "VERSION"):
             if key in fields:
-                return fields[key].strip().strip('"')[:128]
+                return fields[key][:128]
         return None
+
+    def release_counter(self) -> int:
+        value = self._os_release().get("EDGEFLEET_RELEASE_COUNTER", "0")
+        return int(value) if value.isdigit() else 0
+
+    def hardware_type(self) -> str | None:
+        """The DMI product name, made safe for an identifier (None if the host has none)."""
+        try:
+            name = (self.root / "sys/class/dmi/id/product_name").read_text().strip()
+        except OSError:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._:-]+", "-", name).strip("-")[:128]
+        return safe or None
+
+    def trust_dir(self) -> Path:
+        return self.root / "usr/share/edgefleet/trust"
 
     def hostname(self) -> str:
         return socket.gethostname()

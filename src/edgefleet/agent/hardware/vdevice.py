@@ -1,8 +1,9 @@
 """The emulated device ("vdevice"): a directory holding everything a real device keeps in
 hardware, so the real agent code runs against it in tests, the demo and the simulator.
 
-    <dir>/device.json     identity: hardware id, site, labels (what the factory burned in)
-    <dir>/slots/a.img     A/B slot images, with a.json / b.json naming their OS version
+    <dir>/device.json     identity: hardware id and type, site, labels (what the factory burned in)
+    <dir>/slots/a.img     A/B slot images, with a.json / b.json naming their OS version and counter
+    <dir>/trust/          TUF roots shipped read-only in the OS image
     <dir>/booted          the slot the emulated firmware booted last
     <dir>/grubenv         the bootloader environment, real GRUB format
     <dir>/reboots.log     one JSON line per reboot request
@@ -36,20 +37,22 @@ class VirtualDevice:
     @classmethod
     def create(
         cls, path: Path, *, hardware_id: str, site: str, labels: Mapping[str, str] | None = None,
-        os_version: str = "1.0.0", slot_bytes: int = 1 << 20,
+        os_version: str = "1.0.0", slot_bytes: int = 1 << 20, hardware_type: str = "vdevice-x86",
+        release_counter: int = 0,
     ) -> VirtualDevice:
         """Lay out a new vdevice whose slot A holds ``os_version`` and is booted."""
         (path / "slots").mkdir(parents=True, exist_ok=True)
         image = os_version.encode().ljust(slot_bytes, b"\0")
         atomic_write_bytes(path / "slots" / "a.img", image)
-        atomic_write_json(path / "slots" / "a.json", {"version": os_version})
+        atomic_write_json(path / "slots" / "a.json", {"version": os_version, "counter": release_counter})
         with open(path / "slots" / "b.img", "wb") as handle:
             handle.truncate(slot_bytes)
         atomic_write_bytes(path / "booted", b"a\n")
         GrubEnvFile(path / "grubenv").write(
             {"ORDER": "A B", "A_OK": "1", "B_OK": "0", "A_TRY": "0", "B_TRY": "0"}
         )
-        identity = {"hardware_id": hardware_id, "site": site, "labels": dict(labels or {})}
+        identity = {"hardware_id": hardware_id, "hardware_type": hardware_type, "site": site,
+                    "labels": dict(labels or {})}
         atomic_write_json(path / "device.json", identity)
         return cls(path)
 
@@ -57,13 +60,32 @@ class VirtualDevice:
     def hardware_id(self) -> str:
         return str(self._identity["hardware_id"])
 
-    def os_version(self) -> str | None:
+    def hardware_type(self) -> str | None:
+        value = self._identity.get("hardware_type")
+        return str(value) if value is not None else None
+
+    def _slot_meta(self) -> dict[str, Any]:
         try:
             meta = json.loads((self.path / "slots" / f"{self.booted()}.json").read_bytes())
         except (OSError, ValueError):
-            return None
-        version = meta.get("version")
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def os_version(self) -> str | None:
+        version = self._slot_meta().get("version")
         return str(version) if version is not None else None
+
+    def release_counter(self) -> int:
+        counter = self._slot_meta().get("counter", 0)
+        return counter if isinstance(counter, int) else 0
+
+    def trust_dir(self) -> Path:
+        return self.path / "trust"
+
+    def install_trust(self, image_root: bytes, director_root: bytes) -> None:
+        """Put the TUF roots where the OS image ships them, read-only as on a real device."""
+        for name, data in (("image-root.json", image_root), ("director-root.json", director_root)):
+            atomic_write_bytes(self.trust_dir() / name, data, mode=0o444)
 
     def hostname(self) -> str:
         return self.hardware_id()

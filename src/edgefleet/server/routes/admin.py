@@ -11,6 +11,8 @@ from fastapi import APIRouter, Query, Request, Response
 from edgefleet.credentials import TokenKind, new_token
 from edgefleet.errors import NotFound
 from edgefleet.protocol.v1 import (
+    AssignmentView,
+    AssignRelease,
     BootstrapTokenCreated,
     BootstrapTokenRequest,
     DesiredState,
@@ -23,6 +25,7 @@ from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
+from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
 
 log = logging.getLogger("edgefleet.server")
@@ -69,12 +72,21 @@ async def put_desired(who: Operator, device_id: DeviceIdPath, body: SetDesired, 
     return DesiredState(version=version, document=body.document)
 
 
+@router.put("/devices/{device_id}/assignment")
+async def assign(who: Operator, device_id: DeviceIdPath, body: AssignRelease, request: Request) -> AssignmentView:
+    """Point a device's director at a published release (the device verifies it via TUF)."""
+    result = await server_state(request).director.assign(device_id, body.release)
+    log.info("%s assigned release %s to %s (director version %d)", who.name, body.release, device_id, result.version)
+    return AssignmentView(device_id=device_id, release=body.release, director_version=result.version)
+
+
 @router.delete("/devices/{device_id}", status_code=204)
 async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
     """Forget a device; its certificate stops working at once."""
     state = server_state(request)
     async with state.db.transaction() as conn:
         found = await delete_device(conn, device_id, state.clock.now())
+        await forget_director(conn, device_id)
     if not found:
         raise NotFound(f"device {device_id} not found")
     state.presence.forget(device_id)

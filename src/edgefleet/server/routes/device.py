@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
@@ -71,6 +71,15 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
         accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), columns, now)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq)
+
+
+@router.get("/devices/{device_id}/director/{name}")
+async def director_file(
+    device: CurrentDevice, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9.]{1,64}$")], request: Request
+) -> Response:
+    """This device's director repository (Uptane): root versions, timestamp, snapshot, targets."""
+    data = await server_state(request).director.file(device.id, name)
+    return Response(data, media_type="application/json")
 
 
 @router.get("/devices/{device_id}")

@@ -1,0 +1,106 @@
+"""Streaming, resumable, bounded downloads of signed targets.
+
+The signed length bounds what is written (endless-data attack); bytes already on disk from
+an interrupted attempt are kept and the transfer resumes with an HTTP Range request; the
+file is verified against the signed hashes before it is handed to anyone, and deleted if
+it does not match.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import httpx
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+
+from edgefleet.errors import PersistError, TransportError, UpdateRefused
+
+CHUNK = 256 * 1024
+
+
+def target_url(base: str, target: TargetFile) -> str:
+    directory, _, name = target.path.rpartition("/")
+    prefix = f"{directory}/" if directory else ""
+    return f"{base.rstrip('/')}/targets/{prefix}{target.hashes['sha256']}.{name}"
+
+
+def _verify(path: Path, target: TargetFile) -> None:
+    with open(path, "rb") as handle:
+        try:
+            target.verify_length_and_hashes(handle)
+        except tuf_errors.LengthOrHashMismatchError as exc:
+            path.unlink(missing_ok=True)
+            raise UpdateRefused(f"{target.path} does not match its signed hashes", code="hash_mismatch") from exc
+
+
+def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, directory: Path,
+                 stop: threading.Event | None = None) -> tuple[Path, int]:
+    """Download ``target`` into ``directory``; returns (verified file, bytes fetched now).
+
+    Raises:
+        UpdateRefused: more bytes than signed, or bytes that do not match the hashes.
+        TransportError: no mirror could complete the transfer, or ``stop`` was set (what
+            arrived is kept, and the next attempt resumes from it).
+    """
+    stop = stop or threading.Event()
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / target.hashes["sha256"]
+    if final.exists():
+        _verify(final, target)
+        return final, 0
+    partial = directory / f"{target.hashes['sha256']}.partial"
+    fetched = 0
+    errors = []
+    for mirror in mirrors:
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > target.length:
+            partial.unlink()
+            have = 0
+        if have < target.length:
+            try:
+                fetched += _transfer(client, target_url(mirror, target), partial, have, target, stop)
+            except (httpx.HTTPError, TransportError) as exc:
+                if stop.is_set():
+                    raise TransportError(f"download of {target.path} interrupted; will resume") from exc
+                errors.append(f"{mirror}: {exc}")
+                continue
+        _verify(partial, target)
+        os.replace(partial, final)
+        return final, fetched
+    raise TransportError(f"could not fetch {target.path}: {'; '.join(errors) or 'no mirrors'}")
+
+
+def _transfer(client: httpx.Client, url: str, partial: Path, have: int, target: TargetFile,
+              stop: threading.Event) -> int:
+    headers = {"range": f"bytes={have}-"} if have else {}
+    written = 0
+    with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 200:
+            have = 0  # the mirror ignored the range: start over
+        elif response.status_code != 206:
+            raise TransportError(f"{url}: HTTP {response.status_code}")
+        try:
+            with open(partial, "r+b" if have else "wb") as out:
+                out.seek(have)
+                out.truncate()
+                try:
+                    for chunk in response.iter_bytes(CHUNK):
+                        if have + written + len(chunk) > target.length:
+                            out.close()
+                            partial.unlink(missing_ok=True)
+                            raise UpdateRefused(f"{target.path}: mirror sent more than the signed "
+                                                f"{target.length} bytes", code="target_too_long")
+                        out.write(chunk)
+                        written += len(chunk)
+                        if stop.is_set():
+                            raise TransportError(f"download of {target.path} interrupted; will resume")
+                finally:
+                    if not out.closed:
+                        out.flush()
+                        os.fsync(out.fileno())
+        except OSError as exc:
+            raise PersistError(f"cannot write {partial}: {exc}") from exc
+    return written

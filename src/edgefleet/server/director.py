@@ -1,0 +1,140 @@
+"""The director service: assigns releases to devices and serves each device its own
+signed director metadata (Uptane). Which release a device *may* take will be the rollout
+controller's decision; today an operator assigns it.
+
+An assignment also writes ``release`` into the device's desired state, so a device
+waiting in a long poll hears about it at once and then verifies it through TUF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuf.api.metadata import TargetFile
+
+from edgefleet.clock import Clock
+from edgefleet.errors import Conflict, NotFound
+from edgefleet.releases.director import DirectorFiles, resign_timestamp, sign_assignment
+from edgefleet.releases.metadata import EXPIRY
+from edgefleet.releases.workspace import release_fields
+from edgefleet.server.devicecache import DeviceCache
+from edgefleet.server.longpoll import LongPolls
+from edgefleet.server.repository import RepositoryService
+from edgefleet.store import Database
+from edgefleet.store.devices import desired_state, get_device, set_desired
+from edgefleet.store.director import director_state, save_assignment, save_timestamp
+
+_ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    device_id: str
+    release: str | None
+    version: int
+
+
+@dataclass
+class DirectorService:
+    db: Database
+    repository: RepositoryService
+    clock: Clock
+    devices: DeviceCache
+    long_polls: LongPolls
+
+    def release_targets(self, release: str) -> list[TargetFile]:
+        """The image and artifacts of ``release`` as the image repository publishes them."""
+        if not (self.repository.image.metadata_dir / "targets.json").exists():
+            raise NotFound("no releases have been published", code="unknown_release")
+        found = []
+        for target in self.repository.image.targets().signed.targets.values():
+            fields = release_fields(target)
+            if fields.get("version") == release or fields.get("release") == release:
+                found.append(target)
+        if not any(release_fields(t).get("kind") == "os-image" for t in found):
+            raise NotFound(f"release {release} is not published", code="unknown_release")
+        return found
+
+    async def assign(self, device_id: str, release: str) -> Assignment:
+        """Raises NotFound (device or release) or Conflict (hardware type, concurrent change)."""
+        targets = await asyncio.to_thread(self.release_targets, release)
+        async with self.db.transaction() as conn:
+            device = await get_device(conn, device_id)
+            current = await director_state(conn, device_id)
+        if device is None:
+            raise NotFound(f"device {device_id} not found")
+        hardware_type = device.inventory.get("hardware_type")
+        image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
+        fits = release_fields(image).get("hardware_ids", [])
+        if hardware_type not in (fits if isinstance(fits, list) else []):
+            raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
+                           code="hardware_mismatch")
+        files = await self._sign(device_id, targets, current)
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            stored = await save_assignment(conn, device_id, release, files, now,
+                                           previous_version=None if current is None else current.version)
+            if not stored:
+                raise Conflict(f"device {device_id} was reassigned concurrently; retry", code="concurrent_change")
+            found = await desired_state(conn, device_id)
+            document: dict[str, Any] = {**(found[1] if found else {}), "release": release}
+            await set_desired(conn, device_id, document, now)
+        self.devices.forget(device_id)
+        self.long_polls.notify(device_id)
+        return Assignment(device_id, release, files.version)
+
+    async def _sign(self, device_id: str, targets: list[TargetFile], current: Any) -> DirectorFiles:
+        signer = self.repository.keys.signer("director")
+        version = 1 if current is None else current.version + 1
+        timestamp_version = 1 if current is None else current.timestamp_version + 1
+        return await asyncio.to_thread(sign_assignment, device_id, targets, version, timestamp_version,
+                                       self.clock.now(), signer)
+
+    async def file(self, device_id: str, name: str) -> bytes:
+        """One file of ``device_id``'s director repository (TUF consistent-snapshot names).
+
+        Raises NotFound for anything else, including superseded versions.
+        """
+        match = _ROOT.match(name)
+        if match:
+            path = self.repository.director.metadata_dir / f"{int(match.group(1))}.root.json"
+            if not await asyncio.to_thread(path.exists):
+                raise NotFound(f"no director root {match.group(1)}")
+            return await asyncio.to_thread(path.read_bytes)
+        async with self.db.transaction() as conn:
+            state = await director_state(conn, device_id)
+        if state is None:
+            # Nothing assigned yet: an empty, signed targets list (the device then knows
+            # for certain that it should run nothing new).
+            files = await self._sign(device_id, [], None)
+            async with self.db.transaction() as conn:
+                if await director_state(conn, device_id) is None:
+                    await save_assignment(conn, device_id, None, files, self.clock.now(), previous_version=None)
+                state = await director_state(conn, device_id)
+            assert state is not None
+        if name == "timestamp.json":
+            return await self._fresh_timestamp(device_id, state)
+        if name == f"{state.version}.snapshot.json":
+            return state.snapshot
+        if name == f"{state.version}.targets.json":
+            return state.targets
+        raise NotFound(f"no director file {name} for {device_id}")
+
+    async def _fresh_timestamp(self, device_id: str, state: Any) -> bytes:
+        now = self.clock.now()
+        if state.timestamp_expires - now > EXPIRY["timestamp"] / 2:
+            data: bytes = state.timestamp
+            return data
+        version, data, expires = await asyncio.to_thread(
+            resign_timestamp, state.version, state.snapshot, state.timestamp_version + 1, now,
+            self.repository.keys.signer("director"),
+        )
+        async with self.db.transaction() as conn:
+            if not await save_timestamp(conn, device_id, state.timestamp_version, version, data, expires):
+                fresher = await director_state(conn, device_id)  # another request re-signed first
+                assert fresher is not None
+                data = fresher.timestamp
+        return data

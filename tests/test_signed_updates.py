@@ -1,0 +1,119 @@
+"""Signed updates end to end: a release made with the CLI reaches an emulated device
+through a hub-like mirror and verifies (Uptane: director + image repository)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.state import StateDir
+from edgefleet.cli import app
+from edgefleet.credentials import Role
+from tests.conftest import Fleet, start_fleet
+from tests.releases_world import StaticMirror
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = start_fleet(tmp_path / "plane", None)
+    yield fleet
+    fleet.close()
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def sync_hub(plane: Fleet, hub: Path) -> None:
+    """What a regional hub does: copy the published repository (no trust needed)."""
+    for part in ("metadata", "targets"):
+        shutil.copytree(plane.settings.data_dir / "repository" / part, hub / part, dirs_exist_ok=True)
+
+
+def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_verifies(
+    plane: Fleet, tmp_path: Path
+) -> None:
+    keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
+    server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
+              str(plane.settings.pki.ca_cert)]
+    cli("keys", "init", "--keys-dir", keys, "--workspace", ws, "--online-keys",
+        str(plane.settings.data_dir / "keys" / "online-keys.json"))
+    image = tmp_path / "golden-2026.12.0.erofs"
+    image.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    cli("release", "create", "-w", ws, "--version", "2026.12.0", "--image", str(image), "--counter", "12",
+        "--hardware-id", "hw-x86", "--measurement", f"4={'b' * 64}")
+    cli("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
+    cli("release", "publish", "-w", ws, *server)
+    hub_dir = tmp_path / "hub"
+    sync_hub(plane, hub_dir)
+    hub = StaticMirror(hub_dir)
+
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-store-1-001", site="store-1",
+                                  hardware_type="hw-x86", os_version="2026.11.0", release_counter=11)
+    device.install_trust((tmp_path / "ws" / "image" / "metadata" / "1.root.json").read_bytes(),
+                         (tmp_path / "ws" / "director" / "metadata" / "1.root.json").read_bytes())
+    settings = AgentSettings(
+        server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+        bootstrap_token=plane.bootstrap_token("store-1"), long_poll_seconds=30, mirrors=[hub.url],
+        backoff_initial_seconds=0.05, backoff_max_seconds=0.2, update_check_seconds=3600,
+    )
+    agent = Agent(settings, device, site="store-1")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            for _ in range(400):
+                if agent.reports >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert agent.device_id is not None
+            await asyncio.to_thread(cli, "assign", agent.device_id, "--release", "2026.12.0", *server)
+            deadline = time.monotonic() + 20  # the long poll wakes the device at once
+            while StateDir(device.agent_dir).load().update_state != "downloaded":
+                assert not task.done(), task
+                assert time.monotonic() < deadline, StateDir(device.agent_dir).load()
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hub.close()
+    state = StateDir(device.agent_dir).load()
+    assert state.downloaded["version"] == "2026.12.0"
+    assert Path(state.downloaded["path"]).read_bytes() == image.read_bytes()
+    assert device.os_version() == "2026.11.0"  # verified and staged; installing is the A/B update's job
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["update_state"] == "downloaded"
+    assert record["desired_version"] >= 1
+
+
+def test_assigning_a_release_that_does_not_fit_the_device_is_refused(plane: Fleet, tmp_path: Path) -> None:
+    keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
+    server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
+              str(plane.settings.pki.ca_cert)]
+    cli("keys", "init", "--keys-dir", keys, "--workspace", ws, "--online-keys",
+        str(plane.settings.data_dir / "keys" / "online-keys.json"))
+    image = tmp_path / "arm.img"
+    image.write_bytes(b"arm image")
+    cli("release", "create", "-w", ws, "--version", "1", "--image", str(image), "--counter", "1",
+        "--hardware-id", "hw-arm64")
+    cli("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
+    cli("release", "publish", "-w", ws, *server)
+    device = plane.enroll()  # enrolled without a hardware type
+    result = CliRunner().invoke(app, ["assign", device.id, "--release", "1", *server])
+    assert result.exit_code == 1
+    assert "hardware_mismatch" in result.output
