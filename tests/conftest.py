@@ -128,18 +128,20 @@ class Fleet:
         return token
 
     def enroll_request(self, token: str, *, site: str = "store-1", hardware_id: str | None = None,
-                       key_pem: bytes | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+                       key_pem: bytes | None = None, labels: dict[str, str] | None = None,
+                       hardware_type: str | None = None) -> dict[str, Any]:
         key_pem = key_pem or new_device_key()
-        return {
-            "token": token,
-            "csr_pem": make_csr(key_pem, "device").decode(),
-            "inventory": {"hardware_id": hardware_id or f"hw-{secrets.token_hex(6)}", "site": site,
-                          "labels": labels or {}},
-        }
+        inventory: dict[str, Any] = {"hardware_id": hardware_id or f"hw-{secrets.token_hex(6)}", "site": site,
+                                     "labels": labels or {}}
+        if hardware_type:
+            inventory["hardware_type"] = hardware_type
+        return {"token": token, "csr_pem": make_csr(key_pem, "device").decode(), "inventory": inventory}
 
-    def enroll(self, site: str = "store-1", labels: dict[str, str] | None = None) -> Device:
+    def enroll(self, site: str = "store-1", labels: dict[str, str] | None = None,
+               hardware_type: str | None = None) -> Device:
         key_pem = new_device_key()
-        body = self.enroll_request(self.bootstrap_token(site), site=site, key_pem=key_pem, labels=labels)
+        body = self.enroll_request(self.bootstrap_token(site), site=site, key_pem=key_pem, labels=labels,
+                                   hardware_type=hardware_type)
         response = self.client().post("/api/v1/enroll", json=body)
         assert response.status_code == 201, response.text
         answer = response.json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.releases.keys import Keystore
 from edgefleet.releases.metadata import (
     RolePolicy,
+    new_snapshot,
     new_timestamp,
     next_root,
     require_root_rotation,
@@ -97,8 +99,6 @@ def test_targets_signed_below_threshold_are_refused_by_the_device(tmp_path: Path
         # A compromised server publishes targets that only one release owner signed.
         world.release("1", b"v1", counter=1, signers=world.signers["targets"][:1], publish=False)
         snapshot_signer, timestamp_signer = world.signers["snapshot"][0], world.signers["timestamp"][0]
-        from edgefleet.releases.metadata import new_snapshot
-
         snapshot = new_snapshot(world.repo.targets().signed.version, world.now, version=2)
         sign(snapshot, snapshot_signer)
         data = world.repo.write_snapshot(snapshot)
@@ -172,3 +172,90 @@ def test_keystore_encrypts_keys_with_a_passphrase(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already exists"):
         keys.generate("root-1")
     assert json.loads((tmp_path / "k" / "root-1.pub").read_text())["keyid"] == public.keyid
+
+
+def _online_publish(world: World, *, snapshot_version: int, targets_version: int, timestamp_version: int,
+                    snapshot_now: datetime | None = None) -> None:
+    """What an attacker holding the online keys (snapshot, timestamp) can publish."""
+    snapshot = new_snapshot(targets_version, snapshot_now or world.now, version=snapshot_version)
+    sign(snapshot, world.signers["snapshot"][0])
+    data = world.repo.write_snapshot(snapshot)
+    timestamp = new_timestamp(snapshot_version, data, world.now, version=timestamp_version)
+    sign(timestamp, world.signers["timestamp"][0])
+    world.repo.write_timestamp(timestamp)
+
+
+def test_snapshot_rollback_is_refused(world: World) -> None:
+    world.release("1", b"v1", counter=1)  # snapshot 2, timestamp 2
+    world.client(device="d1").refresh()
+    _online_publish(world, snapshot_version=1, targets_version=2, timestamp_version=3)
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        world.client(device="d1").refresh()
+
+
+def test_targets_rollback_is_refused(world: World) -> None:
+    world.release("1", b"v1", counter=1)  # targets 2
+    world.release("2", b"v2", counter=2)  # targets 3, snapshot 3
+    world.client(device="d1").refresh()
+    _online_publish(world, snapshot_version=4, targets_version=2, timestamp_version=4)
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        world.client(device="d1").refresh()
+
+
+def test_freeze_with_an_expired_snapshot_is_refused(world: World) -> None:
+    world.release("1", b"v1", counter=1)
+    _online_publish(world, snapshot_version=3, targets_version=2, timestamp_version=3,
+                    snapshot_now=world.now - days(30))
+    with pytest.raises(tuf_errors.ExpiredMetadataError):
+        world.client().refresh()
+
+
+def test_freeze_with_expired_targets_is_refused(world: World) -> None:
+    world.now -= days(200)  # the release owners' clock: targets signed long ago
+    world.release("1", b"v1", counter=1, publish=False)
+    world.now += days(200)
+    world.publish()
+    with pytest.raises(tuf_errors.ExpiredMetadataError):
+        world.client().refresh()
+
+
+def test_freeze_with_an_expired_root_is_refused(world: World) -> None:
+    root = next_root(world.repo.root().signed, {}, world.now - days(400))
+    for signer in world.signers["root"][:2]:
+        sign(root, signer)
+    world.repo.write_root(root)
+    with pytest.raises(tuf_errors.ExpiredMetadataError):
+        world.client().refresh()
+
+
+def test_mix_and_match_of_metadata_from_different_releases_is_refused(world: World) -> None:
+    world.release("1", b"v1", counter=1)  # targets 2
+    world.release("2", b"v2", counter=2)  # targets 3
+    metadata = world.repo.metadata_dir
+    (metadata / "3.targets.json").write_bytes((metadata / "2.targets.json").read_bytes())
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        world.client().refresh()
+
+
+def test_fast_forward_attack_is_recovered_by_rotating_the_timestamp_key(world: World) -> None:
+    snapshot = world.repo.snapshot()
+    assert snapshot is not None
+    data = (world.repo.metadata_dir / "snapshot.json").read_bytes()
+    genuine = (world.repo.metadata_dir / "timestamp.json").read_bytes()
+    attack = new_timestamp(snapshot.signed.version, data, world.now, version=2**31)
+    sign(attack, world.signers["timestamp"][0])  # a stolen online timestamp key, served by a bad mirror
+    world.repo.write_timestamp(attack)
+    world.client(device="d1").refresh()  # the device now trusts a fast-forwarded version
+    (world.repo.metadata_dir / "timestamp.json").write_bytes(genuine)  # the real repository carries on
+    world.release("1", b"v1", counter=1)  # the genuine timestamp (low version) is now refused
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        world.client(device="d1").refresh()
+    # Recovery (TUF 5.3.11): the owners rotate the timestamp key; the fast-forwarded
+    # timestamp no longer verifies under the new root, so the device accepts fresh ones.
+    new_ts = world.keys.generate("timestamp-2")
+    world.rotate_root({"timestamp": RolePolicy((new_ts,), 1)}, old=world.signers["root"][:2], new=[])
+    world.signers["timestamp"] = [world.keys.signer("timestamp-2")]
+    world.publish()
+    updater = world.client(device="d1")
+    updater.refresh()
+    assert updater.get_targetinfo("os/os-1.img") is not None

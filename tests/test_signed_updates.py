@@ -40,9 +40,9 @@ def sync_hub(plane: Fleet, hub: Path) -> None:
         shutil.copytree(plane.settings.data_dir / "repository" / part, hub / part, dirs_exist_ok=True)
 
 
-def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_verifies(
-    plane: Fleet, tmp_path: Path
-) -> None:
+@pytest.fixture
+def published(plane: Fleet, tmp_path: Path) -> tuple[Path, list[str]]:
+    """Release 2026.12.0 (counter 12, hw-x86) made and published with the CLI."""
     keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
     server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
               str(plane.settings.pki.ca_cert)]
@@ -54,17 +54,18 @@ def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_ver
         "--hardware-id", "hw-x86", "--measurement", f"4={'b' * 64}")
     cli("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
     cli("release", "publish", "-w", ws, *server)
-    hub_dir = tmp_path / "hub"
-    sync_hub(plane, hub_dir)
-    hub = StaticMirror(hub_dir)
+    return image, server
 
+
+def run_agent_until_assigned(plane: Fleet, tmp_path: Path, server: list[str], *, release_counter: int,
+                             mirrors: list[str], until: str) -> tuple[Agent, VirtualDevice]:
     device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-store-1-001", site="store-1",
-                                  hardware_type="hw-x86", os_version="2026.11.0", release_counter=11)
+                                  hardware_type="hw-x86", os_version="2026.11.0", release_counter=release_counter)
     device.install_trust((tmp_path / "ws" / "image" / "metadata" / "1.root.json").read_bytes(),
                          (tmp_path / "ws" / "director" / "metadata" / "1.root.json").read_bytes())
     settings = AgentSettings(
         server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
-        bootstrap_token=plane.bootstrap_token("store-1"), long_poll_seconds=30, mirrors=[hub.url],
+        bootstrap_token=plane.bootstrap_token("store-1"), long_poll_seconds=30, mirrors=mirrors,
         backoff_initial_seconds=0.05, backoff_max_seconds=0.2, update_check_seconds=3600,
     )
     agent = Agent(settings, device, site="store-1")
@@ -80,16 +81,33 @@ def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_ver
             assert agent.device_id is not None
             await asyncio.to_thread(cli, "assign", agent.device_id, "--release", "2026.12.0", *server)
             deadline = time.monotonic() + 20  # the long poll wakes the device at once
-            while StateDir(device.agent_dir).load().update_state != "downloaded":
+            while StateDir(device.agent_dir).load().update_state != until:
                 assert not task.done(), task
                 assert time.monotonic() < deadline, StateDir(device.agent_dir).load()
+                await asyncio.sleep(0.05)
+            viewer = plane.client(role=Role.VIEWER)
+            url = f"/api/v1/admin/devices/{agent.device_id}"
+            while (await asyncio.to_thread(viewer.get, url)).json()["update_state"] != until:
+                assert time.monotonic() < deadline  # the change is reported at once
                 await asyncio.sleep(0.05)
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)
 
+    asyncio.run(scenario())
+    return agent, device
+
+
+def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_verifies(
+    plane: Fleet, published: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    image, server = published
+    hub_dir = tmp_path / "hub"
+    sync_hub(plane, hub_dir)
+    hub = StaticMirror(hub_dir)
     try:
-        asyncio.run(scenario())
+        agent, device = run_agent_until_assigned(plane, tmp_path, server, release_counter=11, mirrors=[hub.url],
+                                                 until="downloaded")
     finally:
         hub.close()
     state = StateDir(device.agent_dir).load()
@@ -99,6 +117,20 @@ def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_ver
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["update_state"] == "downloaded"
     assert record["desired_version"] >= 1
+
+
+def test_device_refuses_a_lower_release_counter_reports_why_and_keeps_its_release(
+    plane: Fleet, published: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    _, server = published
+    agent, device = run_agent_until_assigned(plane, tmp_path, server, release_counter=20,
+                                             mirrors=[f"{plane.url}/repository"], until="refused")
+    assert StateDir(device.agent_dir).load().update_error == "counter_rollback"
+    assert not (device.agent_dir / "downloads").exists()
+    assert device.os_version() == "2026.11.0"
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["update_state"] == "refused"
+    assert record["health"] == "ok"
 
 
 def test_assigning_a_release_that_does_not_fit_the_device_is_refused(plane: Fleet, tmp_path: Path) -> None:

@@ -18,8 +18,6 @@ from tuf.api.metadata import TargetFile
 
 from edgefleet.errors import PersistError, TransportError, UpdateRefused
 
-CHUNK = 256 * 1024
-
 
 def target_url(base: str, target: TargetFile) -> str:
     directory, _, name = target.path.rpartition("/")
@@ -87,7 +85,9 @@ def _transfer(client: httpx.Client, url: str, partial: Path, have: int, target: 
                 out.seek(have)
                 out.truncate()
                 try:
-                    for chunk in response.iter_bytes(CHUNK):
+                    # Each network read is written as it arrives: with a fixed chunk size
+                    # httpx would hold back up to a chunk and lose it when the link drops.
+                    for chunk in response.iter_bytes():
                         if have + written + len(chunk) > target.length:
                             out.close()
                             partial.unlink(missing_ok=True)
