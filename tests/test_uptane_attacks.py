@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,3 +189,44 @@ def test_truncated_or_empty_local_root_is_refused(setup: Setup, content: bytes) 
     with pytest.raises(UpdateRefused) as excinfo:
         TrustAnchors.load(setup.tmp / "image-root.json", setup.tmp / "director-root.json")
     assert excinfo.value.code == "bad_local_root"
+
+
+def _counting(client: UpdateClient) -> list[str]:
+    seen: list[str] = []
+    for http in (client._director_tls, client._mirror_tls):
+        http.event_hooks["request"].append(lambda request: seen.append(request.url.path))
+    return seen
+
+
+def test_idle_poll_fetches_one_timestamp_per_repository_and_nothing_else(setup: Setup) -> None:
+    setup.assign("5.0")
+    client = setup.client()
+    try:
+        first = client.check(installed_counter=4)
+        requests = _counting(client)
+        again = client.check(installed_counter=4)
+    finally:
+        client.close()
+    assert again == first
+    assert [path.rsplit("/", 1)[-1] for path in requests] == ["timestamp.json", "timestamp.json"]
+
+
+def test_root_rotation_published_later_is_noticed_after_idle_polls(setup: Setup, tmp_path: Path) -> None:
+    setup.assign("5.0")
+    client = setup.client()
+    try:
+        client.check(installed_counter=4)
+        client.check(installed_counter=4)  # idle
+        keys = Keystore(tmp_path / "keys")
+        new_key = keys.generate("targets-new")
+        setup.workspace.rotate("targets", [new_key], 1, [keys.signer("root-1"), keys.signer("root-2")],
+                               datetime.now(UTC))
+        setup.workspace.sign_targets(keys.signer("targets-new"))
+        with AdminClient(setup.plane.url, setup.plane.tokens[Role.ADMIN], setup.plane.settings.pki.ca_cert) as c:
+            publish_workspace(setup.workspace, c)
+        plan = client.check(installed_counter=4)
+    finally:
+        client.close()
+    assert plan is not None
+    local_root = json.loads((setup.device.directory / "tuf" / "image" / "root.json").read_bytes())
+    assert local_root["signed"]["version"] == 2

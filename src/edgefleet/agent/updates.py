@@ -13,8 +13,11 @@ Steps, each a typed refusal (``UpdateRefused``) that leaves the device on what i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -26,6 +29,7 @@ from edgefleet.agent.download import fetch_target
 from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.workspace import release_fields
+from edgefleet.util.atomic import atomic_write_json
 
 # Bounds on what any repository may make a device download (TUF endless-data attack).
 LIMITS = UpdaterConfig(max_root_rotations=32, root_max_length=512_000, timestamp_max_length=16_384,
@@ -66,6 +70,80 @@ def _refused(exc: tuf_errors.RepositoryError, where: str) -> UpdateRefused:
     return UpdateRefused(f"{where}: {exc.__class__.__name__}: {exc}", code=f"{where}_{exc.__class__.__name__}")
 
 
+@dataclass(frozen=True)
+class _Repository:
+    """One TUF repository as the device sees it, with the idle-poll shortcut.
+
+    ngclient re-verifies all local metadata on every refresh (megabytes with thousands of
+    releases). When the timestamp just fetched is byte-identical to the one of the last full
+    verification and no verified metadata has expired since, nothing can have changed: skip
+    it. This gives an attacker nothing new: one who can hide root N+1 (a 404) can already
+    replay the old timestamp until it expires, and the server re-signs its timestamps
+    whenever it accepts a new root, so a rotation always looks like a change.
+    """
+
+    directory: Path
+    base: str
+    prefix: str
+    mirrors: list[str]
+    client: httpx.Client
+    root: bytes
+
+    @property
+    def _record(self) -> Path:
+        return self.directory / "verified.json"
+
+    def _where(self) -> str:
+        return "director" if self.prefix == "/" else "image_repository"
+
+    def refresh_if_changed(self) -> bool:
+        """Full TUF refresh unless idle; returns whether one was done.
+
+        Raises UpdateRefused (verification failed) or TransportError (unreachable).
+        """
+        fetcher = MirrorFetcher(self.base, self.mirrors, self.client)
+        try:
+            timestamp = fetcher.download_bytes(f"{self.base}{self.prefix}timestamp.json",
+                                               LIMITS.timestamp_max_length)
+        except tuf_errors.DownloadError as exc:
+            raise TransportError(f"{self._where()} unreachable: {exc}") from exc
+        if self._unchanged(timestamp):
+            return False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        updater = Updater(str(self.directory), f"{self.base}{self.prefix}", None, None, fetcher=fetcher,
+                          config=LIMITS, bootstrap=self.root)
+        try:
+            updater.refresh()
+        except tuf_errors.RepositoryError as exc:
+            self._record.unlink(missing_ok=True)
+            raise _refused(exc, self._where()) from exc
+        except tuf_errors.DownloadError as exc:
+            raise TransportError(f"{self._where()} unreachable: {exc}") from exc
+        self._remember()
+        return True
+
+    def _unchanged(self, timestamp: bytes) -> bool:
+        try:
+            record = json.loads(self._record.read_bytes())
+        except (OSError, ValueError):
+            return False
+        fresh = datetime.now(UTC) < datetime.fromisoformat(record["expires"])
+        return fresh and record["timestamp_sha256"] == hashlib.sha256(timestamp).hexdigest()
+
+    def _remember(self) -> None:
+        expiries = []
+        for role in ("root", "timestamp", "snapshot", "targets"):
+            expiries.append(Metadata.from_file(str(self.directory / f"{role}.json")).signed.expires)
+        data = (self.directory / "timestamp.json").read_bytes()
+        atomic_write_json(self._record, {"timestamp_sha256": hashlib.sha256(data).hexdigest(),
+                                         "expires": min(expiries).isoformat()})
+
+    def target(self, path: str) -> TargetFile | None:
+        """A target from the metadata the last refresh verified."""
+        targets: Metadata[Targets] = Metadata.from_file(str(self.directory / "targets.json"))
+        return targets.signed.targets.get(path)
+
+
 class UpdateClient:
     def __init__(self, *, device_id: str, hardware_type: str | None, state_dir: Path, anchors: TrustAnchors,
                  director_url: str, director_tls: httpx.Client, mirrors: list[str], mirror_tls: httpx.Client) -> None:
@@ -77,13 +155,14 @@ class UpdateClient:
         self.mirrors = [m.rstrip("/") for m in mirrors]
         self._director_tls = director_tls
         self._mirror_tls = mirror_tls
+        self._last: tuple[tuple[int, str], UpdatePlan] | None = None
 
-    def _updater(self, name: str, base: str, mirrors: list[str], client: httpx.Client, root: bytes,
-                 metadata_prefix: str) -> Updater:
-        directory = self.dir / name
-        directory.mkdir(parents=True, exist_ok=True)
-        return Updater(str(directory), f"{base}{metadata_prefix}", None, None,
-                       fetcher=MirrorFetcher(base, mirrors, client), config=LIMITS, bootstrap=root)
+    def _repository(self, name: str) -> _Repository:
+        if name == "director":
+            return _Repository(self.dir / name, self.director_url, "/", [self.director_url], self._director_tls,
+                               self.anchors.director_root)
+        return _Repository(self.dir / name, self.mirrors[0], "/metadata/", self.mirrors, self._mirror_tls,
+                           self.anchors.image_root)
 
     def check(self, installed_counter: int) -> UpdatePlan | None:
         """What the director assigns, fully verified; None when it assigns no OS image.
@@ -92,27 +171,19 @@ class UpdateClient:
             UpdateRefused: any verification failed (see the module docstring).
             TransportError: the director or every mirror was unreachable.
         """
-        director = self._updater("director", self.director_url, [self.director_url], self._director_tls,
-                                 self.anchors.director_root, "/")
-        try:
-            director.refresh()
-        except tuf_errors.RepositoryError as exc:
-            raise _refused(exc, "director") from exc
-        except tuf_errors.DownloadError as exc:
-            raise TransportError(f"director unreachable: {exc}") from exc
+        director, image = self._repository("director"), self._repository("image")
+        director_changed = director.refresh_if_changed()
         assigned = self._assigned_image()
         if assigned is None:
+            self._last = None
             return None
-        base = self.mirrors[0]
-        image = self._updater("image", base, self.mirrors, self._mirror_tls, self.anchors.image_root, "/metadata/")
-        try:
-            image.refresh()
-            published = image.get_targetinfo(assigned.path)
-        except tuf_errors.RepositoryError as exc:
-            raise _refused(exc, "image_repository") from exc
-        except tuf_errors.DownloadError as exc:
-            raise TransportError(f"image repository unreachable: {exc}") from exc
-        return self._cross_check(assigned, published, installed_counter)
+        image_changed = image.refresh_if_changed()
+        key = (installed_counter, assigned.path)
+        if not (director_changed or image_changed) and self._last is not None and self._last[0] == key:
+            return self._last[1]  # idle poll: both timestamps unchanged, same answer as last time
+        plan = self._cross_check(assigned, image.target(assigned.path), installed_counter)
+        self._last = (key, plan)
+        return plan
 
     def _assigned_image(self) -> TargetFile | None:
         # ngclient persists the director targets it has just verified; read that copy.

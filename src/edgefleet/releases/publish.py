@@ -32,8 +32,8 @@ def publish_workspace(workspace: Workspace, client: AdminClient) -> Published:
             client.put_root(which, data)
             roots += 1
     uploaded = skipped = 0
-    for target in workspace.image.targets().signed.targets.values():
-        sha256 = target.hashes["sha256"]
+    distinct = {t.hashes["sha256"]: t for t in workspace.image.targets().signed.targets.values()}
+    for sha256, target in distinct.items():
         if client.has_blob(sha256):
             skipped += 1
             continue

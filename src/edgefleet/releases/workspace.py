@@ -156,9 +156,11 @@ class Workspace:
         for repo, new in rotated:  # only once every new root is valid: never half-applied
             repo.write_root(new)
         if role == "targets":
-            # the pending targets must be re-signed by the new targets keys
-            targets = self.image.targets()
-            targets.signatures.clear()
+            # The same releases as a new targets version, to be signed by the new keys
+            # (versions only ever increase, so the server and devices accept it).
+            current = self.image.targets().signed
+            targets = new_targets(now, version=current.version + 1)
+            targets.signed.targets = dict(current.targets)
             self.image.write_targets(targets)
         return rotated[0][1].signed.version
 

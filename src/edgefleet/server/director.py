@@ -25,7 +25,7 @@ from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, set_desired
-from edgefleet.store.director import director_state, save_assignment, save_timestamp
+from edgefleet.store.director import director_state, expire_timestamps, save_assignment, save_timestamp
 
 _ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
@@ -122,6 +122,11 @@ class DirectorService:
         if name == f"{state.version}.targets.json":
             return state.targets
         raise NotFound(f"no director file {name} for {device_id}")
+
+    async def expire_timestamps(self) -> None:
+        """Make every device's next director timestamp a new one (after a director root change)."""
+        async with self.db.transaction() as conn:
+            await expire_timestamps(conn, self.clock.now())
 
     async def _fresh_timestamp(self, device_id: str, state: Any) -> bytes:
         now = self.clock.now()

@@ -27,7 +27,7 @@ from tuf.api.serialization import DeserializationError
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
 from edgefleet.releases.keys import Keystore
-from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold
+from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold, signing_status
 from edgefleet.releases.online import publish_online
 from edgefleet.releases.repository import RepositoryDir
 from edgefleet.util.atomic import fsync_dir
@@ -112,8 +112,18 @@ class RepositoryService:
             if set(new.signed.roles[role].keyids) != keyids:
                 raise InvalidRequest(f"{which} root does not delegate {role} to this server's online key",
                                      code="foreign_online_keys")
+        targets = self.image.targets() if which == "image" and \
+            (self.image.metadata_dir / "targets.json").exists() else None
         repo.write_root(new)
         log.info("accepted %s root version %d", which, new.signed.version)
+        if targets is not None:
+            signed, threshold = signing_status(new.signed, "targets", targets)
+            if signed >= threshold:
+                self.publish()  # a new timestamp tells every device to look for the new root
+            else:
+                # New targets keys: devices stay on the verified state until targets signed
+                # by them arrive (their upload publishes a new timestamp).
+                log.info("image root %d awaits targets signed by its new targets keys", new.signed.version)
         return new.signed.version
 
     def has_blob(self, sha256: str) -> bool:

@@ -47,5 +47,9 @@ async def save_timestamp(conn: AsyncConnection, device_id: str, previous_version
     return result.first() is not None
 
 
+async def expire_timestamps(conn: AsyncConnection, now: datetime) -> None:
+    await conn.execute(update(DirectorState).values(timestamp_expires=now))
+
+
 async def forget_device(conn: AsyncConnection, device_id: str) -> None:
     await conn.execute(delete(DirectorState).where(DirectorState.device_id == device_id))

@@ -35,9 +35,12 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
 @router.put("/roots/{which}")
 async def put_root(who: Admin, which: Literal["image", "director"], request: Request) -> dict[str, int]:
     """Upload a root: the first (version 1) from an admin, later ones as valid rotations."""
-    service = server_state(request).repository
+    state = server_state(request)
     data = await _bounded_body(request, MAX_METADATA_BYTES)
-    return {"version": await asyncio.to_thread(service.accept_root, which, data)}
+    version = await asyncio.to_thread(state.repository.accept_root, which, data)
+    if which == "director":
+        await state.director.expire_timestamps()  # devices must notice the new director root
+    return {"version": version}
 
 
 @router.head("/blobs/{sha256}")
