@@ -158,9 +158,9 @@ class Workspace:
         if role == "targets":
             # The same releases as a new targets version, to be signed by the new keys
             # (versions only ever increase, so the server and devices accept it).
-            current = self.image.targets().signed
-            targets = new_targets(now, version=current.version + 1)
-            targets.signed.targets = dict(current.targets)
+            pending = self.image.targets().signed
+            targets = new_targets(now, version=pending.version + 1)
+            targets.signed.targets = dict(pending.targets)
             self.image.write_targets(targets)
         return rotated[0][1].signed.version
 
