@@ -24,7 +24,7 @@ from edgefleet.settings import load_settings
 COMMANDS = [[], ["server"], ["server", "init"], ["agent"], ["demo"], ["devices"], ["devices", "ls"],
             ["devices", "show"], ["tokens"], ["tokens", "create"], ["tokens", "create-admin"], ["keys"],
             ["keys", "init"], ["keys", "ls"], ["keys", "rotate"], ["release"], ["release", "create"],
-            ["release", "sign"], ["release", "publish"], ["release", "ls"], ["assign"]]
+            ["release", "sign"], ["release", "publish"], ["release", "ls"], ["assign"], ["server", "rotate-key"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgefleet")

@@ -75,23 +75,33 @@ def keys_ls(keys_dir: KeysDir) -> None:
 def keys_rotate(
     keys_dir: KeysDir,
     workspace: WorkspaceDir,
-    role: Annotated[str, typer.Option(help="root or targets.")],
-    new_key: Annotated[list[str], typer.Option(help="Name of a key for the role (repeat; generated if new).")],
+    role: Annotated[str, typer.Option(help="root, targets, or an online role: snapshot, timestamp, director.")],
+    new_key: Annotated[list[str] | None, typer.Option(
+        help="Offline roles: name of a key for the role (repeat; generated if new).")] = None,
+    online_keys: Annotated[Path | None, typer.Option(
+        help="Online roles: the server's online-keys.json after `edgefleet server rotate-key`.")] = None,
     threshold: Annotated[int, typer.Option(min=1)] = 1,
     sign_with: Annotated[list[str] | None, typer.Option(
         help="Root key(s) to sign the new root with (old threshold, plus new keys for a root rotation).")] = None,
     passphrase_env: PassphraseEnv = None,
 ) -> None:
-    """Replace the keys of an offline role with a new root version signed old and new."""
+    """Replace the keys of a role with a new root version signed by old and new root keys;
+    publish it to hand it to the server and the devices."""
     with shown_errors():
         store = Keystore(keys_dir)
         passphrase = _passphrase(passphrase_env)
-        keys = [store.public_key(n) if (keys_dir / f"{n}.pub").exists() else store.generate(n, passphrase)
-                for n in new_key]
+        if role in ("snapshot", "timestamp", "director"):
+            if online_keys is None:
+                raise typer.BadParameter("online roles take the server's key: --online-keys")
+            keys = [load_online_keys(online_keys)[role]]
+        else:
+            if not new_key:
+                raise typer.BadParameter("offline roles take --new-key")
+            keys = [store.public_key(n) if (keys_dir / f"{n}.pub").exists() else store.generate(n, passphrase)
+                    for n in new_key]
         signers = [store.signer(n, passphrase) for n in sign_with or []]
         version = Workspace(workspace).rotate(role, keys, threshold, signers, SystemClock().now())
-    console.print(f"root version {version}: {role} is now {threshold}-of-{len(keys)} ({', '.join(new_key)}); "
-                  "publish to hand it to devices")
+    console.print(f"root version {version}: {role} is now {threshold}-of-{len(keys)}; publish to hand it to devices")
 
 
 @release_app.command("create")

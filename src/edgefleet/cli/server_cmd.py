@@ -75,6 +75,24 @@ def init(
                       f"--data-dir {settings.data_dir}")
 
 
+@app.command("rotate-key")
+def rotate_key(
+    role: Annotated[str, typer.Option(help="snapshot, timestamp or director.")],
+    config: ConfigOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a new generation of an online signing key. The server keeps signing with the
+    old one until the release owners publish a root that delegates to the new one."""
+    from edgefleet.releases.keys import Keystore
+    from edgefleet.server.repository import rotate_online_key
+
+    with shown_errors():
+        settings = server_settings(config, data_dir=data_dir)
+        name = rotate_online_key(Keystore(settings.data_dir / "keys"), role)
+    console.print(f"new {role} key {name}; give {settings.data_dir / 'keys' / 'online-keys.json'} to the release "
+                  f"owners: edgefleet keys rotate --role {role} --online-keys online-keys.json ...")
+
+
 def _ttl(days: float | None) -> timedelta | None:
     return None if days is None else timedelta(days=days)
 

@@ -5,8 +5,10 @@ anything becomes visible to devices)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgefleet.client import AdminClient
+from edgefleet.errors import ConfigError
 from edgefleet.releases.repository import RepositoryDir
 from edgefleet.releases.workspace import Workspace
 
@@ -32,12 +34,18 @@ def publish_workspace(workspace: Workspace, client: AdminClient) -> Published:
             client.put_root(which, data)
             roots += 1
     uploaded = skipped = 0
-    distinct = {t.hashes["sha256"]: t for t in workspace.image.targets().signed.targets.values()}
-    for sha256, target in distinct.items():
+    local: dict[str, Path | None] = {}
+    for target in workspace.image.targets().signed.targets.values():
+        sha256, path = target.hashes["sha256"], workspace.target_file(target)
+        if local.get(sha256) is None:
+            local[sha256] = path if path.exists() else None
+    for sha256, source in local.items():
         if client.has_blob(sha256):
             skipped += 1
             continue
-        client.put_blob(sha256, workspace.target_file(target))
+        if source is None:
+            raise ConfigError(f"the workspace has no file for artifact {sha256[:16]}...; cannot publish")
+        client.put_blob(sha256, source)
         uploaded += 1
     snapshot = client.put_targets((workspace.image.metadata_dir / "targets.json").read_bytes())
     return Published(roots, uploaded, skipped, snapshot)

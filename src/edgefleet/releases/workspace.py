@@ -136,19 +136,28 @@ class Workspace:
 
     def rotate(self, role: str, keys: Sequence[Key], threshold: int, signers: Sequence[Signer],
                now: datetime) -> int:
-        """New root version for both repositories where ``role`` (root or targets) has
-        ``keys``; signed by ``signers``, which must include a threshold of the old root
-        keys and, for a root rotation, of the new ones. Returns the new image root version.
+        """New root version(s) where ``role`` has ``keys``: root (both repositories),
+        targets, snapshot or timestamp (image repository), or director (all online roles of
+        the director repository). Signed by ``signers``, which must include a threshold of
+        the old root keys and, for a root rotation, of the new ones. Returns the new version
+        of the first root changed.
 
         Raises InvalidRequest when the signatures do not satisfy the rotation rule.
         """
-        if role not in ("root", "targets"):
-            raise InvalidRequest("only offline roles (root, targets) rotate here", code="invalid_role")
         policy = RolePolicy(tuple(keys), threshold)
+        changes: list[tuple[RepositoryDir, dict[str, RolePolicy]]]
+        if role == "root":
+            changes = [(self.image, {"root": policy}), (self.director, {"root": policy})]
+        elif role in ("targets", "snapshot", "timestamp"):
+            changes = [(self.image, {role: policy})]
+        elif role == "director":  # the server's online director key signs all director roles
+            changes = [(self.director, dict.fromkeys(("targets", "snapshot", "timestamp"), policy))]
+        else:
+            raise InvalidRequest(f"unknown role {role}", code="invalid_role")
         rotated = []
-        for repo in (self.image, self.director) if role == "root" else (self.image,):
+        for repo, change in changes:
             current = repo.root().signed
-            new = next_root(current, {role: policy}, now)
+            new = next_root(current, change, now)
             for signer in signers:
                 sign(new, signer)
             require_root_rotation(current, new)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, NotFound
@@ -25,7 +25,7 @@ from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, set_desired
-from edgefleet.store.director import director_state, expire_timestamps, save_assignment, save_timestamp
+from edgefleet.store.director import all_director_states, director_state, save_assignment, save_timestamp
 
 _ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
@@ -87,7 +87,7 @@ class DirectorService:
         return Assignment(device_id, release, files.version)
 
     async def _sign(self, device_id: str, targets: list[TargetFile], current: Any) -> DirectorFiles:
-        signer = self.repository.keys.signer("director")
+        signer = self.repository.online_signer("director", "targets")
         version = 1 if current is None else current.version + 1
         timestamp_version = 1 if current is None else current.timestamp_version + 1
         return await asyncio.to_thread(sign_assignment, device_id, targets, version, timestamp_version,
@@ -123,10 +123,20 @@ class DirectorService:
             return state.targets
         raise NotFound(f"no director file {name} for {device_id}")
 
-    async def expire_timestamps(self) -> None:
-        """Make every device's next director timestamp a new one (after a director root change)."""
+    async def resign_all(self) -> int:
+        """After a director root change: re-sign every device's metadata with the key the
+        new root delegates to, as new versions, so each device notices and follows the
+        rotation. Returns how many devices were re-signed."""
         async with self.db.transaction() as conn:
-            await expire_timestamps(conn, self.clock.now())
+            states = await all_director_states(conn)
+        count = 0
+        for state in states:
+            assigned: Metadata[Targets] = Metadata.from_bytes(state.targets)
+            files = await self._sign(state.device_id, list(assigned.signed.targets.values()), state)
+            async with self.db.transaction() as conn:
+                count += await save_assignment(conn, state.device_id, state.release, files, self.clock.now(),
+                                               previous_version=state.version)
+        return count
 
     async def _fresh_timestamp(self, device_id: str, state: Any) -> bytes:
         now = self.clock.now()
@@ -135,7 +145,7 @@ class DirectorService:
             return data
         version, data, expires = await asyncio.to_thread(
             resign_timestamp, state.version, state.snapshot, state.timestamp_version + 1, now,
-            self.repository.keys.signer("director"),
+            self.repository.online_signer("director", "timestamp"),
         )
         async with self.db.transaction() as conn:
             if not await save_timestamp(conn, device_id, state.timestamp_version, version, data, expires):

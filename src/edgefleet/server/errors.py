@@ -62,7 +62,8 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, EdgefleetError)
         status = status_for(exc)
         server_state(request).metrics.refusals.labels(exc.code).inc()
-        level = logging.ERROR if status >= 500 else logging.WARNING
+        # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
+        level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
         log.log(level, "refused %s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message)
         bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
         headers = {"www-authenticate": "Bearer"} if bearer else None

@@ -15,22 +15,24 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root, Targets
 from tuf.api.serialization import DeserializationError
 
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
+from edgefleet.errors import ConfigError, Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
 from edgefleet.releases.keys import Keystore
 from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold, signing_status
 from edgefleet.releases.online import publish_online
 from edgefleet.releases.repository import RepositoryDir
-from edgefleet.util.atomic import fsync_dir
+from edgefleet.util.atomic import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger("edgefleet.server")
 
@@ -38,14 +40,34 @@ ONLINE_KEYS = ("snapshot", "timestamp", "director")
 RepoName = Literal["image", "director"]
 
 
+def generations(keys: Keystore, role: str) -> list[str]:
+    """Key names of an online role, oldest first: ``timestamp``, ``timestamp-2``, ..."""
+    names = [n for n in keys.names() if n == role or re.fullmatch(rf"{role}-\d+", n)]
+    return sorted(names, key=lambda n: int(n.rpartition("-")[2]) if n != role else 1)
+
+
 def ensure_online_keys(keys: Keystore) -> dict[str, dict[str, object]]:
-    """Create missing online keys; write and return their public halves (``online-keys.json``)."""
+    """Create missing online keys; write the newest generation of each to ``online-keys.json``
+    (what the release owners put into the next root)."""
     exported: dict[str, dict[str, object]] = {}
-    for name in ONLINE_KEYS:
-        key = keys.public_key(name) if (keys.directory / f"{name}.pub").exists() else keys.generate(name)
-        exported[name] = {"keyid": key.keyid, **key.to_dict()}
-    (keys.directory / "online-keys.json").write_text(json.dumps(exported, indent=2))
+    for role in ONLINE_KEYS:
+        names = generations(keys, role)
+        key = keys.public_key(names[-1]) if names else keys.generate(role)
+        exported[role] = {"keyid": key.keyid, **key.to_dict()}
+    atomic_write_bytes(keys.directory / "online-keys.json", json.dumps(exported, indent=2).encode())
     return exported
+
+
+def rotate_online_key(keys: Keystore, role: str) -> str:
+    """Add a new generation of an online key; the server signs with it once a root that
+    delegates to it (signed offline) is published. Returns its name."""
+    if role not in ONLINE_KEYS:
+        raise InvalidRequest(f"online roles are {', '.join(ONLINE_KEYS)}", code="invalid_role")
+    names = generations(keys, role)
+    name = f"{role}-{len(names) + 1}"
+    keys.generate(name)
+    ensure_online_keys(keys)
+    return name
 
 
 def _parse(data: bytes, cls: type[Root] | type[Targets]) -> Metadata[Root] | Metadata[Targets]:
@@ -86,11 +108,25 @@ class RepositoryService:
             repo.targets_dir.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
 
-    def _online_keyids(self, which: RepoName) -> dict[str, set[str]]:
-        if which == "image":
-            return {role: {self.keys.public_key(role).keyid} for role in ("snapshot", "timestamp")}
-        director = {self.keys.public_key("director").keyid}
-        return {role: director for role in ("targets", "snapshot", "timestamp")}
+    def _held(self, key_role: str) -> dict[str, str]:
+        """keyid -> key name, for every generation of an online key this server holds."""
+        return {self.keys.public_key(n).keyid: n for n in generations(self.keys, key_role)}
+
+    @staticmethod
+    def _key_role(which: RepoName, role: str) -> str:
+        return role if which == "image" else "director"
+
+    def _online_roles(self, which: RepoName) -> tuple[str, ...]:
+        return ("snapshot", "timestamp") if which == "image" else ("targets", "snapshot", "timestamp")
+
+    def online_signer(self, which: RepoName, role: str) -> CryptoSigner:
+        """The generation of the online key that the current root delegates ``role`` to."""
+        repo = self.image if which == "image" else self.director
+        held = self._held(self._key_role(which, role))
+        for keyid in repo.root().signed.roles[role].keyids:
+            if keyid in held:
+                return self.keys.signer(held[keyid])
+        raise ConfigError(f"this server holds no key the {which} root trusts for {role}")
 
     def accept_root(self, which: RepoName, data: bytes) -> int:
         """Raises InvalidRequest (unsigned, bad rotation, foreign online keys) or Conflict."""
@@ -108,8 +144,9 @@ class RepositoryService:
             if new.signed.version != 1:
                 raise InvalidRequest("the first root must be version 1", code="invalid_root")
             require_threshold(new.signed, "root", new)
-        for role, keyids in self._online_keyids(which).items():
-            if set(new.signed.roles[role].keyids) != keyids:
+        for role in self._online_roles(which):
+            held = self._held(self._key_role(which, role))
+            if not set(new.signed.roles[role].keyids) <= set(held) or new.signed.roles[role].threshold != 1:
                 raise InvalidRequest(f"{which} root does not delegate {role} to this server's online key",
                                      code="foreign_online_keys")
         targets = self.image.targets() if which == "image" and \
@@ -166,6 +203,10 @@ class RepositoryService:
             raise Conflict("upload the image repository root first", code="no_root")
         require_threshold(self.image.root().signed, "targets", new)
         current = self.image.targets().signed if (self.image.metadata_dir / "targets.json").exists() else None
+        if current is not None and new.signed.version == current.version \
+                and self.image.targets().to_bytes() == new.to_bytes():
+            snapshot = self.image.snapshot()
+            return 0 if snapshot is None else snapshot.signed.version  # an identical re-upload is fine
         if current is not None and new.signed.version <= current.version:
             raise Conflict(f"targets version {new.signed.version} is not newer than {current.version}",
                            code="targets_rollback")
@@ -194,8 +235,8 @@ class RepositoryService:
 
     def publish(self) -> int:
         """Sign a new snapshot and timestamp with the online keys."""
-        return publish_online(self.image, self.keys.signer("snapshot"), self.keys.signer("timestamp"),
-                              self.clock.now())
+        return publish_online(self.image, self.online_signer("image", "snapshot"),
+                              self.online_signer("image", "timestamp"), self.clock.now())
 
     def refresh_if_expiring(self) -> bool:
         """Re-sign snapshot and timestamp once half of the timestamp's lifetime has passed."""

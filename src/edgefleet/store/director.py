@@ -47,8 +47,8 @@ async def save_timestamp(conn: AsyncConnection, device_id: str, previous_version
     return result.first() is not None
 
 
-async def expire_timestamps(conn: AsyncConnection, now: datetime) -> None:
-    await conn.execute(update(DirectorState).values(timestamp_expires=now))
+async def all_director_states(conn: AsyncConnection) -> list[DirectorState]:
+    return [DirectorState(**row._mapping) for row in await conn.execute(select(DirectorState.__table__))]
 
 
 async def forget_device(conn: AsyncConnection, device_id: str) -> None:

@@ -39,7 +39,7 @@ async def put_root(who: Admin, which: Literal["image", "director"], request: Req
     data = await _bounded_body(request, MAX_METADATA_BYTES)
     version = await asyncio.to_thread(state.repository.accept_root, which, data)
     if which == "director":
-        await state.director.expire_timestamps()  # devices must notice the new director root
+        await state.director.resign_all()  # devices must notice (and verify) the new director root
     return {"version": version}
 
 
