@@ -19,4 +19,5 @@ def test_headless_demo_enrolls_every_device_and_pushes_desired_state(tmp_path: P
     assert ok, text
     assert "all devices checked in" in text
     assert "desired state pushed" in text
+    assert "each verified it" in text
     assert "devices: 6" in text

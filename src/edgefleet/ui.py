@@ -28,12 +28,13 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
 
 def device_table(devices: list[DeviceView], title: str | None = None) -> Table:
     table = Table(title=title)
-    for column in ("device", "site", "os", "health", "desired", "last seen"):
+    for column in ("device", "site", "os", "health", "desired", "update", "last seen"):
         table.add_column(column, no_wrap=True)
     for d in devices:
         if d.desired_version_applied == d.desired_version:
             desired = f"v{d.desired_version} applied"
         else:
             desired = f"v{d.desired_version} (has {d.desired_version_applied})"
-        table.add_row(d.id, d.site, d.running_version or "?", d.health, desired, ago(d.last_seen_at))
+        table.add_row(d.id, d.site, d.running_version or "?", d.health, desired, d.update_state,
+                      ago(d.last_seen_at))
     return table

@@ -6,18 +6,22 @@
 4. each emulated device enrolls (CSR -> device certificate) and checks in;
 5. the operator pushes a desired-state change to one site; the devices there, waiting in a
    long poll, receive it at once and report it applied;
-6. summary; with --headless the demo stops by itself after --duration seconds.
+6. release owners sign a release offline (TUF, 2-of-3 root) and publish it; the operator
+   assigns it to the canary site; each device there verifies it (Uptane: director and image
+   repository must agree) and downloads it;
+7. summary; with --headless the demo stops by itself after --duration seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -29,12 +33,18 @@ from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import DeviceList
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.run import ServerThread
 from edgefleet.server.settings import ServerSettings
 from edgefleet.ui import console as default_console
 from edgefleet.ui import device_table
 
+RELEASE = "2026.12.0"
+HARDWARE_TYPE = "vdevice-x86"
 SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "factory-turin", "pop-vienna"]
 
 
@@ -73,6 +83,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     init_server(settings, clock.now())
     admin_token = await create_admin_token(settings, name="demo-operator", role=Role.ADMIN, now=clock.now(),
                                            ttl=timedelta(days=1))
+    workspace = _sign_release(data_dir, clock.now())
     server = ServerThread(settings)
     await asyncio.to_thread(server.start)
     out.print(f"[bold green]control plane[/] listening on [bold]{server.url}[/] (SQLite in {data_dir})")
@@ -99,6 +110,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
         out.print(f"[bold green]all devices checked in[/] ({len(agents)} devices, {took:.1f}s after start)")
 
         ok = await _push_desired_state(client, site_name(0), out)
+        ok = await _roll_out_release(client, workspace, site_name(0), out) and ok
         fleet = await asyncio.to_thread(client.devices)
         out.print(device_table(fleet.devices, title="fleet"))
         _print_summary(out, fleet, server.url, settings, admin_token)
@@ -142,7 +154,9 @@ async def _start_fleet(
         device = VirtualDevice.create(
             settings.data_dir / "devices" / f"{site}-{index:03d}",
             hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version="2026.11.0",
+            hardware_type=HARDWARE_TYPE, release_counter=1,
         )
+        device.install_trust(workspace_root(settings.data_dir, "image"), workspace_root(settings.data_dir, "director"))
         agent_settings = AgentSettings(
             server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
             bootstrap_token=token.token, checkin_interval_seconds=2, long_poll_seconds=20,
@@ -152,6 +166,47 @@ async def _start_fleet(
         agents.append(agent)
         tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{index}"))
     return agents
+
+
+def _sign_release(data_dir: Path, now: datetime) -> Workspace:
+    """What release owners do offline: keys, a release, two signatures (a threshold)."""
+    keys = Keystore(data_dir / "offline-keys")
+    workspace = Workspace(data_dir / "release-workspace")
+    online = load_online_keys(data_dir / "keys" / "online-keys.json")
+    workspace.init(keys, online, now, root_keys=3, root_threshold=2, targets_keys=2, targets_threshold=2)
+    image = data_dir / "images" / f"edge-{RELEASE}.erofs"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(random.Random(RELEASE).randbytes(2 * 1024 * 1024))
+    workspace.create_release(image, ReleaseInfo(RELEASE, 2, (HARDWARE_TYPE,), {"4": "a5" * 32}), now)
+    for name in ("targets-1", "targets-2"):
+        workspace.sign_targets(keys.signer(name))
+    return workspace
+
+
+def workspace_root(data_dir: Path, which: str) -> bytes:
+    return (data_dir / "release-workspace" / which / "metadata" / "1.root.json").read_bytes()
+
+
+async def _roll_out_release(client: AdminClient, workspace: Workspace, site: str, out: Console) -> bool:
+    published = await asyncio.to_thread(publish_workspace, workspace, client)
+    started = time.monotonic()
+    fleet = await asyncio.to_thread(client.devices, site=site)
+    for device in fleet.devices:
+        await asyncio.to_thread(client.assign, device.id, RELEASE)
+
+    def downloaded() -> bool:
+        return all(d.update_state == "downloaded" for d in client.devices(site=site).devices)
+
+    done = await _wait_for(downloaded, timeout=60, interval=0.1)
+    took = time.monotonic() - started
+    if done:
+        out.print(f"[bold green]release {RELEASE}[/] signed offline (2-of-2 targets keys), published "
+                  f"(snapshot v{published.snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: "
+                  f"each verified it (director and image repository agree) and downloaded it in {took:.1f}s")
+    else:
+        states = sorted({d.update_state for d in client.devices(site=site).devices})
+        out.print(f"[bold red]release {RELEASE} not downloaded[/] at {site} within 60 s (states: {states})")
+    return done
 
 
 async def _push_desired_state(client: AdminClient, site: str, out: Console) -> bool:
