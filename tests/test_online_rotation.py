@@ -14,13 +14,8 @@ from typer.testing import CliRunner
 from edgefleet.cli import app
 from edgefleet.credentials import Role
 from edgefleet.releases.keys import Keystore
+from tests.cli_helpers import cli
 from tests.uptane_world import Setup, make_setup
-
-
-def cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture

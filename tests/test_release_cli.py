@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from edgefleet.cli import app
 from edgefleet.credentials import Role
+from tests.cli_helpers import keys_init, release, server_args
 from tests.conftest import Fleet, start_fleet
 
 
@@ -77,16 +78,11 @@ def test_release_counter_may_not_go_down(plane: Fleet, tmp_path: Path) -> None:
 
 
 def test_targets_key_rotation_is_published_and_old_key_can_no_longer_sign(plane: Fleet, tmp_path: Path) -> None:
-    keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
-    server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
-              str(plane.settings.pki.ca_cert)]
-    run("keys", "init", "--keys-dir", keys, "--workspace", ws, "--online-keys",
-        str(plane.settings.data_dir / "keys" / "online-keys.json"))
+    server = server_args(plane)
+    keys, ws = keys_init(plane, tmp_path)
     image = tmp_path / "a.img"
     image.write_bytes(b"image one")
-    run("release", "create", "-w", ws, "--version", "1", "--image", str(image), "--counter", "1", "--hardware-id", "hw")
-    run("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
-    run("release", "publish", "-w", ws, *server)
+    release(ws, keys, image, "1", 1, "hw", publish_to=plane)
     out = run("keys", "rotate", "--keys-dir", keys, "-w", ws, "--role", "targets", "--new-key", "targets-9",
               "--sign-with", "root-1", "--sign-with", "root-2")
     assert "root version 2" in out

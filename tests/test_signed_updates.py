@@ -17,6 +17,7 @@ from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
 from edgefleet.cli import app
 from edgefleet.credentials import Role
+from tests.cli_helpers import cli, keys_init, release, server_args
 from tests.conftest import Fleet, start_fleet
 from tests.releases_world import StaticMirror
 
@@ -28,12 +29,6 @@ def plane(tmp_path: Path) -> Iterator[Fleet]:
     fleet.close()
 
 
-def cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def sync_hub(plane: Fleet, hub: Path) -> None:
     """What a regional hub does: copy the published repository (no trust needed)."""
     for part in ("metadata", "targets"):
@@ -43,18 +38,11 @@ def sync_hub(plane: Fleet, hub: Path) -> None:
 @pytest.fixture
 def published(plane: Fleet, tmp_path: Path) -> tuple[Path, list[str]]:
     """Release 2026.12.0 (counter 12, hw-x86) made and published with the CLI."""
-    keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
-    server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
-              str(plane.settings.pki.ca_cert)]
-    cli("keys", "init", "--keys-dir", keys, "--workspace", ws, "--online-keys",
-        str(plane.settings.data_dir / "keys" / "online-keys.json"))
+    keys, ws = keys_init(plane, tmp_path)
     image = tmp_path / "golden-2026.12.0.erofs"
     image.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
-    cli("release", "create", "-w", ws, "--version", "2026.12.0", "--image", str(image), "--counter", "12",
-        "--hardware-id", "hw-x86", "--measurement", f"4={'b' * 64}")
-    cli("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
-    cli("release", "publish", "-w", ws, *server)
-    return image, server
+    release(ws, keys, image, "2026.12.0", 12, "hw-x86", "--measurement", f"4={'b' * 64}", publish_to=plane)
+    return image, server_args(plane)
 
 
 def run_agent_until_assigned(plane: Fleet, tmp_path: Path, server: list[str], *, release_counter: int,
@@ -134,18 +122,11 @@ def test_device_refuses_a_lower_release_counter_reports_why_and_keeps_its_releas
 
 
 def test_assigning_a_release_that_does_not_fit_the_device_is_refused(plane: Fleet, tmp_path: Path) -> None:
-    keys, ws = str(tmp_path / "keys"), str(tmp_path / "ws")
-    server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
-              str(plane.settings.pki.ca_cert)]
-    cli("keys", "init", "--keys-dir", keys, "--workspace", ws, "--online-keys",
-        str(plane.settings.data_dir / "keys" / "online-keys.json"))
+    keys, ws = keys_init(plane, tmp_path)
     image = tmp_path / "arm.img"
     image.write_bytes(b"arm image")
-    cli("release", "create", "-w", ws, "--version", "1", "--image", str(image), "--counter", "1",
-        "--hardware-id", "hw-arm64")
-    cli("release", "sign", "-w", ws, "--keys-dir", keys, "--key", "targets-1")
-    cli("release", "publish", "-w", ws, *server)
+    release(ws, keys, image, "1", 1, "hw-arm64", publish_to=plane)
     device = plane.enroll()  # enrolled without a hardware type
-    result = CliRunner().invoke(app, ["assign", device.id, "--release", "1", *server])
+    result = CliRunner().invoke(app, ["assign", device.id, "--release", "1", *server_args(plane)])
     assert result.exit_code == 1
     assert "hardware_mismatch" in result.output

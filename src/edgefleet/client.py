@@ -12,6 +12,7 @@ from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
 from edgefleet.protocol.v1 import AssignmentView, BootstrapTokenCreated, DesiredState, DeviceList, DeviceView
+from edgefleet.util.http import checked
 
 __all__ = ["AdminClient"]
 
@@ -41,10 +42,7 @@ class AdminClient:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach {self._client.base_url}: {exc}") from exc
-        if response.status_code >= 500:
-            raise TransportError(f"{method} {path}: server error {response.status_code}")
-        if response.status_code >= 400:
-            raise ServerRefused.from_body(response.status_code, response.content)
+        checked(response, method, path)
         if model is None:
             return None
         try:

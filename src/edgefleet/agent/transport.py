@@ -15,8 +15,9 @@ import httpx
 from pydantic import ValidationError
 
 from edgefleet import __version__
-from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
+from edgefleet.errors import InvalidRequest, TransportError
 from edgefleet.protocol.v1 import DesiredState, EnrollRequest, EnrollResponse, StatusAck, StatusReport
+from edgefleet.util.http import checked
 
 
 class DeviceTransport(Protocol):
@@ -55,11 +56,7 @@ class HttpsTransport:
             response = await self._client.request(method, path, timeout=timeout or self._timeout, **kwargs)
         except httpx.TransportError as exc:
             raise TransportError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
-        if response.status_code >= 500:
-            raise TransportError(f"{method} {path}: server error {response.status_code}")
-        if response.status_code >= 400:
-            raise ServerRefused.from_body(response.status_code, response.content)
-        return response
+        return checked(response, method, path)
 
     @staticmethod
     def _parse(model: type[Any], response: httpx.Response) -> Any:
