@@ -210,3 +210,14 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     fleet = start_fleet(tmp, database_url(request.param, request, tmp))
     yield fleet
     fleet.close()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Any]:
+    """A real TPM 2.0 (swtpm) for one test: own state directory, always stopped."""
+    from edgefleet.agent.hardware import swtpm
+    from tests.tpm_world import tpm2_or_skip
+
+    tpm2_or_skip()
+    with swtpm.Swtpm(tmp_path / "swtpm") as instance:
+        yield instance

@@ -1,0 +1,217 @@
+"""TPM 2.0 wire structures (TPM 2.0 Library, Part 2), parsed strictly: big-endian, every
+size checked against what remains, no trailing bytes, bounded lengths. Only what
+attestation needs: TPMS_ATTEST (quote), TPMT_SIGNATURE (RSASSA, RSAPSS, ECDSA) and
+TPMT_PUBLIC (RSA and ECC keys)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from edgefleet.attestation.eventlog import DIGEST_SIZES, HASH_NAMES
+from edgefleet.errors import InvalidRequest
+
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ALG_RSA, TPM_ALG_ECC, TPM_ALG_NULL = 0x0001, 0x0023, 0x0010
+TPM_ALG_RSASSA, TPM_ALG_RSAPSS, TPM_ALG_ECDSA = 0x0014, 0x0016, 0x0018
+TPM_ECC_NIST_P256, TPM_ECC_NIST_P384 = 0x0003, 0x0004
+CURVES: dict[int, ec.EllipticCurve] = {TPM_ECC_NIST_P256: ec.SECP256R1(), TPM_ECC_NIST_P384: ec.SECP384R1()}
+
+# TPMA_OBJECT bits (Part 2, 8.3)
+FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 0x00000002, 0x00000010, 0x00000020
+USER_WITH_AUTH, RESTRICTED, DECRYPT, SIGN = 0x00000040, 0x00010000, 0x00020000, 0x00040000
+
+MAX_STRUCTURE = 4096
+
+
+def _err(what: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{what}: {message}", code=f"bad_{what.lower()}")
+
+
+class Reader:
+    """Big-endian reader that refuses to read past the end or to stop early."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        if len(data) > MAX_STRUCTURE:
+            raise _err(what, f"{len(data)} bytes is over the {MAX_STRUCTURE} byte bound")
+        self.data, self.at, self.what = data, 0, what
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise _err(self.what, f"truncated at byte {self.at}")
+        chunk = self.data[self.at:self.at + n]
+        self.at += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int(struct.unpack(">H", self.take(2))[0])
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack(">Q", self.take(8))[0])
+
+    def tpm2b(self, limit: int = 1024) -> bytes:
+        size = self.u16()
+        if size > limit:
+            raise _err(self.what, f"a {size}-byte field is over its {limit}-byte bound")
+        return self.take(size)
+
+    def end(self) -> None:
+        if self.at != len(self.data):
+            raise _err(self.what, f"{len(self.data) - self.at} trailing bytes")
+
+
+@dataclass(frozen=True)
+class ClockInfo:
+    clock: int
+    reset_count: int
+    restart_count: int
+    safe: bool
+
+
+@dataclass(frozen=True)
+class PcrSelection:
+    bank: int  # hash algorithm id
+    pcrs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A parsed TPMS_ATTEST of type quote."""
+
+    magic: int
+    type: int
+    qualified_signer: bytes
+    extra_data: bytes
+    clock_info: ClockInfo
+    firmware_version: int
+    selections: tuple[PcrSelection, ...]
+    pcr_digest: bytes
+
+
+def parse_attest(data: bytes) -> Quote:
+    """Parse a TPMS_ATTEST; refuses anything but a well-formed quote."""
+    r = Reader(data, "Attest")
+    magic, kind = r.u32(), r.u16()
+    signer, extra = r.tpm2b(), r.tpm2b(64)
+    clock = ClockInfo(r.u64(), r.u32(), r.u32(), bool(r.u8()))
+    firmware = r.u64()
+    if kind != TPM_ST_ATTEST_QUOTE:
+        # Other attestation types (certify, time, ...) have another layout: a signed
+        # structure that is not a quote must never be read as one.
+        raise _err("Attest", f"type {kind:#06x} is not a quote")
+    count = r.u32()
+    if count > 16:
+        raise _err("Attest", f"{count} PCR selections")
+    selections = []
+    for _ in range(count):
+        bank, size = r.u16(), r.u8()
+        if size > 4:
+            raise _err("Attest", f"PCR select of {size} bytes")
+        bits = r.take(size)
+        pcrs = tuple(i for i in range(size * 8) if bits[i // 8] & (1 << (i % 8)))
+        selections.append(PcrSelection(bank, pcrs))
+    digest = r.tpm2b(64)
+    r.end()
+    return Quote(magic, kind, signer, extra, clock, firmware, tuple(selections), digest)
+
+
+@dataclass(frozen=True)
+class Signature:
+    algorithm: int
+    hash_alg: int
+    rsa: bytes = b""
+    ecc_r: bytes = b""
+    ecc_s: bytes = b""
+
+
+def parse_signature(data: bytes) -> Signature:
+    r = Reader(data, "Signature")
+    alg = r.u16()
+    if alg in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS):
+        sig = Signature(alg, r.u16(), rsa=r.tpm2b(512))
+    elif alg == TPM_ALG_ECDSA:
+        sig = Signature(alg, r.u16(), ecc_r=r.tpm2b(66), ecc_s=r.tpm2b(66))
+    else:
+        raise _err("Signature", f"signature algorithm {alg:#06x} is not supported")
+    r.end()
+    if sig.hash_alg not in DIGEST_SIZES:
+        raise _err("Signature", f"hash algorithm {sig.hash_alg:#06x}")
+    return sig
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A parsed TPMT_PUBLIC (the AK or EK as the TPM describes it)."""
+
+    type: int
+    name_alg: int
+    attributes: int
+    auth_policy: bytes
+    scheme: int
+    scheme_hash: int
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    raw: bytes
+
+    @property
+    def name(self) -> bytes:
+        """The TPM object name: nameAlg || H_nameAlg(TPMT_PUBLIC)."""
+        return struct.pack(">H", self.name_alg) + hashlib.new(HASH_NAMES[self.name_alg], self.raw).digest()
+
+    def has(self, attributes: int) -> bool:
+        return self.attributes & attributes == attributes
+
+
+def _symmetric(r: Reader) -> None:
+    if r.u16() != TPM_ALG_NULL:
+        r.u16()  # keyBits
+        r.u16()  # mode
+
+
+def parse_public(data: bytes) -> PublicKey:
+    """Parse a TPMT_PUBLIC (or a TPM2B_PUBLIC: a size prefix is accepted and checked)."""
+    if len(data) >= 2 and struct.unpack(">H", data[:2])[0] == len(data) - 2:
+        data = data[2:]
+    r = Reader(data, "Public")
+    kind, name_alg, attributes = r.u16(), r.u16(), r.u32()
+    if name_alg not in DIGEST_SIZES:
+        raise _err("Public", f"name algorithm {name_alg:#06x}")
+    policy = r.tpm2b(64)
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    if kind == TPM_ALG_RSA:
+        _symmetric(r)
+        scheme = r.u16()
+        scheme_hash = r.u16() if scheme != TPM_ALG_NULL else TPM_ALG_NULL
+        bits, exponent = r.u16(), r.u32()
+        modulus = r.tpm2b(512)
+        if bits < 2048 or len(modulus) * 8 != bits:
+            raise _err("Public", f"RSA key of {bits} bits")
+        key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus, "big")).public_key()
+    elif kind == TPM_ALG_ECC:
+        _symmetric(r)
+        scheme = r.u16()
+        scheme_hash = r.u16() if scheme != TPM_ALG_NULL else TPM_ALG_NULL
+        curve_id = r.u16()
+        if r.u16() != TPM_ALG_NULL:  # KDF scheme
+            r.u16()
+        x, y = r.tpm2b(66), r.tpm2b(66)
+        curve = CURVES.get(curve_id)
+        if curve is None:
+            raise _err("Public", f"curve {curve_id:#06x}")
+        try:
+            key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
+        except ValueError as exc:
+            raise _err("Public", "point not on the curve") from exc
+    else:
+        raise _err("Public", f"key type {kind:#06x}")
+    r.end()
+    return PublicKey(kind, name_alg, attributes, policy, scheme, scheme_hash, key, data)
