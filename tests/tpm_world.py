@@ -10,6 +10,7 @@ from edgefleet.attestation import eventlog
 from tests.conftest import need
 
 PCRS = (0, 1, 4, 7)
+APP = eventlog.EV_EFI_BOOT_SERVICES_APPLICATION
 
 
 def tpm2_or_skip() -> type:
@@ -27,8 +28,8 @@ def boot_events(kernel: bytes = b"vmlinuz 6.1 golden", extra: int = 0) -> list[e
     events = [
         eventlog.measure(0, eventlog.EV_POST_CODE, b"edgefleet vdevice firmware 1.0"),
         eventlog.measure(1, eventlog.EV_POST_CODE, b"platform configuration"),
-        eventlog.measure(4, eventlog.EV_EFI_BOOT_SERVICES_APPLICATION, b"grubx64.efi", b"grub 2.06 binary"),
-        eventlog.measure(4, eventlog.EV_EFI_BOOT_SERVICES_APPLICATION, b"slot a kernel", kernel),
+        eventlog.measure(4, APP, eventlog.uefi_image_load(16), b"grub 2.06 binary"),
+        eventlog.measure(4, APP, eventlog.uefi_image_load(len(kernel)), kernel),
     ]
     events += [eventlog.measure(7, eventlog.EV_POST_CODE, f"policy {i}".encode()) for i in range(extra)]
     events += [eventlog.measure(pcr, eventlog.EV_SEPARATOR, b"\0\0\0\0") for pcr in (0, 1, 4, 7)]

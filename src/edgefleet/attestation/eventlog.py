@@ -179,6 +179,13 @@ def encode(events: Iterable[Event], algorithms: tuple[int, ...] = (ALG_SHA1, ALG
     return bytes(out)
 
 
+def uefi_image_load(length: int, location: int = 0x7E000000) -> bytes:
+    """UEFI_IMAGE_LOAD_EVENT (UEFI spec / TCG PFP 10.2.3), the data of an
+    EV_EFI_BOOT_SERVICES_APPLICATION event: location, length, link address, and an empty
+    device path."""
+    return struct.pack("<QQQQ", location, length, 0, 0)
+
+
 def measure(pcr: int, event_type: int, data: bytes, content: bytes | None = None,
             algorithms: tuple[int, ...] = (ALG_SHA1, ALG_SHA256)) -> Event:
     """An event whose digests are the hashes of ``content`` (or of ``data`` itself)."""
