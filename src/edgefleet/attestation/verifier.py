@@ -147,7 +147,31 @@ def _counters(clock: ClockInfo, previous: ClockInfo | None) -> list[str]:
 
 def verify_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence, policy: Policy,
                  previous: ClockInfo | None = None) -> Verdict:
-    """Check a quote; the verdict lists every failed check (empty means pass)."""
+    """Check a quote, its event log and the policy; the verdict lists every failed check
+    (empty means pass)."""
+    verdict = check_quote(ak, request, evidence, previous)
+    if not verdict.pcr_values:
+        return verdict  # not authentic, or not the PCRs asked for: nothing further to examine
+    failures = list(verdict.failures)
+    reported = verdict.pcr_values
+    try:                                                                        # step 8
+        replayed = eventlog.replay_bytes(evidence.event_log, request.bank, request.pcrs)
+        mismatched = [i for i in sorted(request.pcrs) if replayed[i] != reported[i]]
+        if mismatched:
+            failures.append(f"event_log: does not replay to the quoted values of PCR {mismatched}")
+    except InvalidRequest as exc:
+        failures.append(f"event_log: {exc.message}")
+    for index, value in sorted(policy.expected.items()):                        # step 9
+        if reported.get(index) != value:
+            failures.append(f"policy: PCR {index} is {reported.get(index, b'').hex() or 'not quoted'}, "
+                            f"expected {value.hex()}")
+    return Verdict(tuple(failures), verdict.clock, reported)
+
+
+def check_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence,
+                previous: ClockInfo | None = None) -> Verdict:
+    """Steps 1 to 7: is this an authentic, fresh quote of exactly the requested PCRs?
+    ``pcr_values`` in the verdict is set once the reported values could be examined."""
     failures = check_attestation_key(ak)                                        # step 1
     problem = _signature_ok(ak, evidence.attest, evidence.signature)            # step 2
     if problem:
@@ -177,15 +201,4 @@ def verify_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence, polic
     if _pcr_digest(reported, tuple(sorted(request.pcrs)), sig_hash) != quote.pcr_digest:   # step 6
         failures.append("pcr_digest: the reported PCR values do not hash to the quoted digest")
     failures += _counters(quote.clock_info, previous)                           # step 7
-    try:                                                                        # step 8
-        replayed = eventlog.replay(eventlog.parse(evidence.event_log), request.bank, request.pcrs)
-        mismatched = [i for i in sorted(request.pcrs) if replayed[i] != reported[i]]
-        if mismatched:
-            failures.append(f"event_log: does not replay to the quoted values of PCR {mismatched}")
-    except InvalidRequest as exc:
-        failures.append(f"event_log: {exc.message}")
-    for index, value in sorted(policy.expected.items()):                        # step 9
-        if reported.get(index) != value:
-            failures.append(f"policy: PCR {index} is {reported.get(index, b'').hex() or 'not quoted'}, "
-                            f"expected {value.hex()}")
     return Verdict(tuple(failures), quote.clock_info, reported)

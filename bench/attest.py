@@ -1,0 +1,152 @@
+"""Quote verification throughput on quotes made by a real TPM (swtpm), for RSA-2048 and
+ECC P-256 attestation keys, one core:
+
+- bare signature check (the floor: cryptography verifying the signature over the quote),
+- Keylime's pure-Python ``keylime.tpm.tpm_util.checkquote`` (signature, nonce, PCR digest),
+- our quote check (``check_quote``: key attributes, strict parsing, signature, nonce,
+  selection, PCR digest, counters),
+- our full verification (``verify_quote``: the above plus parsing and replaying a fresh
+  ~100-event TCG log and the policy).
+
+The quotes are made with tpm2-tools (``tpm2_quote``), whose output Keylime reads natively.
+Keylime runs in its own virtualenv (it pins its own dependencies); set
+EDGEFLEET_KEYLIME_PYTHON to its python, or the bench creates ``bench/.keylime-venv``.
+
+    python bench/attest.py [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from edgefleet.agent.hardware.swtpm import Swtpm
+from edgefleet.agent.hardware.tpm import Tpm2
+from edgefleet.attestation import eventlog
+from edgefleet.attestation.structures import parse_public
+from edgefleet.attestation.verifier import Evidence, Policy, QuoteRequest, _signature_ok, check_quote, verify_quote
+
+PCRS = (0, 1, 2, 3, 4, 5, 6, 7)
+KEYLIME_LOOP = """
+import sys, time
+from keylime.tpm import tpm_util
+d = sys.argv[1]; seconds = float(sys.argv[2])
+read = lambda n: open(f"{d}/{n}", "rb").read()
+args = (read("ak.pem"), read("nonce").decode(), read("quote.sig"), read("quote.msg"), read("quote.pcrs"), "sha256")
+tpm_util.checkquote(*args)
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    for _ in range(100):
+        tpm_util.checkquote(*args)
+    n += 100
+print(n / (time.perf_counter() - start))
+"""
+
+
+def keylime_python() -> str | None:
+    configured = os.environ.get("EDGEFLEET_KEYLIME_PYTHON")
+    if configured:
+        return configured
+    venv = Path(__file__).parent / ".keylime-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print("creating bench/.keylime-venv with keylime (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # keylime's own metadata does not always pull these in
+        installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "keylime", "cryptography", "pyyaml"],
+                                   check=False)
+        if installed.returncode != 0:
+            return None
+    return str(python)
+
+
+def rate(check: Callable[[], object], seconds: float) -> float:
+    check()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            check()
+        n += 50
+    return n / (time.perf_counter() - start)
+
+
+def tools(directory: Path, tcti: str, *args: str) -> None:
+    subprocess.run([shutil.which(args[0]) or args[0], *args[1:]], cwd=directory, check=True, capture_output=True,
+                   env={**os.environ, "TPM2TOOLS_TCTI": tcti})
+
+
+def boot_log(tpm: Tpm2, count: int) -> bytes:
+    events = [eventlog.measure(i % 8, eventlog.EV_POST_CODE, f"component {i}".encode()) for i in range(count)]
+    for event in events:
+        tpm.extend_pcr(event.pcr, "sha256", event.digests[eventlog.ALG_SHA256])
+    return eventlog.encode(events)
+
+
+def bench(key: str, scheme: str, directory: Path, seconds: float, keylime: str | None) -> dict[str, float]:
+    with Swtpm(directory / "swtpm") as emulator:
+        tpm = Tpm2(emulator.tcti)
+        log = boot_log(tpm, 100)
+        tcti = emulator.tcti
+        tools(directory, tcti, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub")
+        tools(directory, tcti, "tpm2_flushcontext", "-t")
+        tools(directory, tcti, "tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", key, "-g", "sha256", "-s",
+              scheme, "-u", "ak.pub", "-f", "tss", "-n", "ak.name")
+        tools(directory, tcti, "tpm2_flushcontext", "-t")
+        nonce = os.urandom(16).hex()
+        (directory / "nonce").write_text(nonce)
+        tools(directory, tcti, "tpm2_quote", "-c", "ak.ctx", "-l", "sha256:" + ",".join(map(str, PCRS)), "-q",
+              nonce.encode().hex(), "-m", "quote.msg", "-s", "quote.sig", "-o", "quote.pcrs", "-g", "sha256")
+        values = tpm.read_pcrs("sha256", list(PCRS))
+    ak = parse_public((directory / "ak.pub").read_bytes())
+    (directory / "ak.pem").write_bytes(ak.key.public_bytes(serialization.Encoding.PEM,
+                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    attest, signature = (directory / "quote.msg").read_bytes(), (directory / "quote.sig").read_bytes()
+    request = QuoteRequest(nonce.encode(), PCRS)
+    evidence = Evidence(attest, signature, values, log)
+    assert verify_quote(ak, request, evidence, Policy()).passed
+    figures = {
+        "bare_signature_per_s": rate(lambda: _signature_ok(ak, attest, signature), seconds),
+        "our_quote_check_per_s": rate(lambda: check_quote(ak, request, evidence), seconds),
+        "our_full_verification_per_s": rate(lambda: verify_quote(ak, request, evidence, Policy()), seconds),
+    }
+    if keylime:
+        result = subprocess.run([keylime, "-c", KEYLIME_LOOP, str(directory), str(seconds)], capture_output=True,
+                                text=True, check=False, env={**os.environ, "KEYLIME_LOGGING_CONFIG": "/dev/null"})
+        if result.returncode == 0:
+            figures["keylime_checkquote_per_s"] = float(result.stdout.strip())
+        else:
+            print(f"keylime checkquote failed: {result.stderr.strip()[-300:]}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    keylime = keylime_python()
+    print(f"edgefleet attestation bench: quotes from swtpm over {len(PCRS)} PCRs, 100-event log, one core")
+    all_figures: dict[str, float] = {}
+    for key, scheme in (("rsa", "rsassa"), ("ecc", "ecdsa")):
+        with tempfile.TemporaryDirectory(prefix=f"edgefleet-attest-{key}-") as tmp:
+            figures = bench(key, scheme, Path(tmp), args.seconds, keylime)
+        label = "RSA-2048" if key == "rsa" else "ECC P-256"
+        print(f"{label:>9}: bare signature {figures['bare_signature_per_s']:8,.0f}/s | keylime checkquote "
+              f"{figures.get('keylime_checkquote_per_s', float('nan')):8,.0f}/s | our quote check "
+              f"{figures['our_quote_check_per_s']:8,.0f}/s | our full verification (+100-event log replay, policy) "
+              f"{figures['our_full_verification_per_s']:8,.0f}/s")
+        all_figures.update({f"{key}_{name}": round(value, 1) for name, value in figures.items()})
+    print(json.dumps(all_figures))
+
+
+if __name__ == "__main__":
+    main()
