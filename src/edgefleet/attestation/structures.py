@@ -161,6 +161,7 @@ class PublicKey:
     scheme_hash: int
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     raw: bytes
+    symmetric_bits: int = 0  # AES key bits of a storage key (the EK), 0 if none
 
     @property
     def name(self) -> bytes:
@@ -171,10 +172,13 @@ class PublicKey:
         return self.attributes & attributes == attributes
 
 
-def _symmetric(r: Reader) -> None:
-    if r.u16() != TPM_ALG_NULL:
-        r.u16()  # keyBits
-        r.u16()  # mode
+def _symmetric(r: Reader) -> int:
+    """Read a TPMT_SYM_DEF_OBJECT; returns its key bits (0 for TPM_ALG_NULL)."""
+    if r.u16() == TPM_ALG_NULL:
+        return 0
+    bits = r.u16()
+    r.u16()  # mode
+    return bits
 
 
 def parse_public(data: bytes) -> PublicKey:
@@ -188,7 +192,7 @@ def parse_public(data: bytes) -> PublicKey:
     policy = r.tpm2b(64)
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     if kind == TPM_ALG_RSA:
-        _symmetric(r)
+        symmetric = _symmetric(r)
         scheme = r.u16()
         scheme_hash = r.u16() if scheme != TPM_ALG_NULL else TPM_ALG_NULL
         bits, exponent = r.u16(), r.u32()
@@ -197,7 +201,7 @@ def parse_public(data: bytes) -> PublicKey:
             raise _err("Public", f"RSA key of {bits} bits")
         key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus, "big")).public_key()
     elif kind == TPM_ALG_ECC:
-        _symmetric(r)
+        symmetric = _symmetric(r)
         scheme = r.u16()
         scheme_hash = r.u16() if scheme != TPM_ALG_NULL else TPM_ALG_NULL
         curve_id = r.u16()
@@ -214,4 +218,4 @@ def parse_public(data: bytes) -> PublicKey:
     else:
         raise _err("Public", f"key type {kind:#06x}")
     r.end()
-    return PublicKey(kind, name_alg, attributes, policy, scheme, scheme_hash, key, data)
+    return PublicKey(kind, name_alg, attributes, policy, scheme, scheme_hash, key, data, symmetric)

@@ -9,17 +9,21 @@ from contextlib import contextmanager
 from typing import Literal
 
 from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SU, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2_SU, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_DATA,
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_ID_OBJECT,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
     TPMT_HA,
     TPMT_SIG_SCHEME,
+    TPMT_SYM_DEF,
     TPMU_HA,
 )
+from tpm2_pytss.utils import NVReadEK, create_ek_template
 
 from edgefleet.errors import ConfigError
 
@@ -46,8 +50,8 @@ class Tpm2:
         name, _, config = tcti.partition(":")
         self._tcti = (name, config or None)
         self.ak_algorithm = ak_algorithm
-        self._ak: ESYS_TR | None = None
         self._ak_public = b""
+        self._ek_public = b""
 
     @contextmanager
     def _esapi(self) -> Iterator[ESAPI]:
@@ -96,6 +100,45 @@ class Tpm2:
     def read_pcrs(self, bank: str, pcrs: list[int]) -> dict[int, bytes]:
         with self._esapi() as ectx:
             return self._read(ectx, bank, pcrs)
+
+    def _load_ek(self, ectx: ESAPI) -> ESYS_TR:
+        # The TCG default EK template (or the one the manufacturer left in NV), so the key
+        # matches the EK certificate; it is re-derived from the endorsement seed each time.
+        _, template = create_ek_template("EK-RSA2048", NVReadEK(ectx))
+        handle, public, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
+        self._ek_public = public.publicArea.marshal()
+        return handle
+
+    def endorsement_key(self) -> bytes:
+        """The EK as a marshalled TPMT_PUBLIC."""
+        with self._esapi() as ectx:
+            ectx.flush_context(self._load_ek(ectx))
+        return self._ek_public
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential with this TPM's AK and EK: returns the credential only if
+        the server made it for this EK *and* this AK's name.
+
+        Raises:
+            TpmError: the TPM refused (another AK's name, another TPM's EK, tampered blob).
+        """
+        with self._esapi() as ectx:
+            ak, ek = self._load_ak(ectx), self._load_ek(ectx)
+            session = ectx.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                                              TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
+            try:
+                # The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT) (TCG EK Credential Profile).
+                ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+                credential = ectx.activate_credential(
+                    ak, ek, TPM2B_ID_OBJECT.unmarshal(id_object)[0],
+                    TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)[0],
+                    session1=ESYS_TR.PASSWORD, session2=session,
+                )
+            finally:
+                ectx.flush_context(session)
+                ectx.flush_context(ek)
+                ectx.flush_context(ak)
+        return bytes(credential)
 
     def startup(self) -> None:
         """TPM2_Startup(CLEAR): what platform firmware sends after power-on (the emulated
