@@ -77,6 +77,7 @@ class DeviceView(Strict):
     desired_version: int
     desired_version_applied: int | None
     inventory: dict[str, Any]
+    attestation: dict[str, Any] | None = None
 
 
 class DeviceList(Strict):
@@ -86,6 +87,51 @@ class DeviceList(Strict):
 
 class SetDesired(Strict):
     document: Annotated[dict[str, Any], Field(max_length=256)]
+
+
+Base64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=]*$", max_length=8192)]
+HexBytes = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]*$", max_length=256)]
+
+
+class AttestationIdentityRequest(Strict):
+    """The device's TPM identity: EK and AK as base64 of marshalled TPMT_PUBLIC."""
+
+    ek_public: Base64
+    ak_public: Base64
+
+
+class CredentialChallenge(Strict):
+    id_object: str
+    encrypted_secret: str
+
+
+class CredentialActivation(Strict):
+    credential: Base64
+
+
+class NonceIssuedView(Strict):
+    nonce: str
+    pcrs: list[int]
+    bank: str
+    expires_in_seconds: float
+
+
+class QuoteSubmission(Strict):
+    nonce: HexBytes
+    attest: Base64
+    signature: Base64
+    pcr_values: Annotated[dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,2}$")], HexBytes],
+                          Field(max_length=24)]
+    event_log: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=]*$", max_length=2_800_000)]
+
+
+class AttestationResult(Strict):
+    passed: bool
+
+
+class WorkloadToken(Strict):
+    token: str
+    expires_at: datetime
 
 
 class AssignRelease(Strict):

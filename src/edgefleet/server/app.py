@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
@@ -13,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from edgefleet import __version__
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
+from edgefleet.server.attestation import AttestationService
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.errors import install_error_handlers
@@ -21,9 +23,10 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
-from edgefleet.server.routes import admin, device, health, repository
+from edgefleet.server.routes import admin, attestation, device, health, repository
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
+from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
 
 log = logging.getLogger("edgefleet.server")
@@ -38,6 +41,11 @@ async def _refresh_timestamps(state: ServerState, interval: float) -> None:
         except EdgefleetError as exc:
             log.error("cannot re-sign the image repository timestamp: %s", exc)
         await asyncio.sleep(interval)
+
+
+def _streams_large_bodies(path: str) -> bool:
+    """Routes that read their (larger) bodies with their own bounds."""
+    return path.startswith("/api/v1/admin/repository/") or path.endswith("/attestation/quote")
 
 
 def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastAPI:
@@ -64,6 +72,9 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         changes=ChangeFeed(db, devices, long_polls, clock),
         repository=repository_service,
         director=DirectorService(db, repository_service, clock, devices, long_polls),
+        attestation=AttestationService(settings, db, clock, repository_service, devices),
+        workload=WorkloadIssuer(settings.data_dir / "keys" / "workload.key", settings.trust_domain,
+                                timedelta(seconds=settings.workload_token_seconds)),
     )
 
     @contextlib.asynccontextmanager
@@ -107,6 +118,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(device.router)
     app.include_router(admin.router)
     app.include_router(repository.router)
+    app.include_router(attestation.router)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
     for part in ("metadata", "targets"):
@@ -115,5 +127,5 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=("/api/v1/admin/repository/",))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=_streams_large_bodies)
     return app

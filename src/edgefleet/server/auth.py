@@ -27,6 +27,7 @@ DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 class AuthenticatedDevice:
     id: str
     desired_version: int
+    auth: DeviceAuth
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
     if auth.cert_serial != identity.serial:
         raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded", code="stale_certificate")
-    return AuthenticatedDevice(device_id, auth.desired_version)
+    return AuthenticatedDevice(device_id, auth.desired_version, auth)
 
 
 def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]:

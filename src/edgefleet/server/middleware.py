@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,13 +34,13 @@ class BodyLimit:
     read up to the bound and then refused, so the handler only ever sees whole bodies.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt = exempt  # routes that stream large bodies and bound them themselves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or self.exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = None

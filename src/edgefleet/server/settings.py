@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,17 @@ class ServerSettings(BaseSettings):
     client_cert_header: str = "x-ssl-client-cert"
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
     max_artifact_bytes: int = Field(16 * 1024**3, ge=1)
+    # attestation
+    attestation_required: bool = Field(False, description="refuse config without a fresh passing attestation")
+    attestation_max_age_seconds: float = Field(3600.0, gt=0)
+    attestation_nonce_seconds: float = Field(60.0, gt=0, le=600)
+    attestation_pcrs: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
+    attestation_baselines: dict[str, dict[str, str]] = Field(
+        {}, description="hardware type -> PCR index -> expected sha256 hex (firmware baseline)")
+    ek_trust: Literal["tofu", "approved"] = Field("tofu", description="which endorsement keys to accept")
+    approved_ek_fingerprints: list[str] = []
+    trust_domain: str = "edgefleet.local"
+    workload_token_seconds: int = Field(300, ge=30, le=3600)
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
     log_level: str = "info"
     access_log: bool = False

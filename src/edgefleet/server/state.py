@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from edgefleet.clock import Clock
 from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
+from edgefleet.server.attestation import AttestationService
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
@@ -17,6 +18,7 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
+from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
 
 
@@ -33,6 +35,8 @@ class ServerState:
     changes: ChangeFeed
     repository: RepositoryService
     director: DirectorService
+    attestation: AttestationService
+    workload: WorkloadIssuer
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgefleet.protocol.v1 import DeviceView
 from edgefleet.server.presence import Presence
-from edgefleet.store.schema import Device
+from edgefleet.store.schema import AttestationStatus, Device
 
 
-def device_view(device: Device, presence: Presence) -> DeviceView:
+def attestation_view(status: AttestationStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {"passed": status.passed, "attested_at": status.attested_at.isoformat(), "quarantined": status.quarantined,
+            "release": status.release, "failed_checks": list(status.failures.get("checks", []))}
+
+
+def device_view(device: Device, presence: Presence, status: AttestationStatus | None = None) -> DeviceView:
     pending = presence.latest(device.id)
     last_seen = device.last_seen_at
     if pending is not None and (last_seen is None or pending > last_seen):
@@ -29,4 +38,5 @@ def device_view(device: Device, presence: Presence) -> DeviceView:
         desired_version=device.desired_version,
         desired_version_applied=applied if isinstance(applied, int) else None,
         inventory=device.inventory,
+        attestation=attestation_view(status),
     )

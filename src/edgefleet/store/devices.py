@@ -10,13 +10,15 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.store.schema import Device, DeviceChange
+from edgefleet.store.schema import AttestationStatus, Device, DeviceChange
 
 
 @dataclass(frozen=True)
 class DeviceAuth:
     cert_serial: str
     desired_version: int
+    attested_at: datetime | None = None  # of the last passing attestation
+    quarantined: bool = False
 
 
 async def insert_device(conn: AsyncConnection, **values: Any) -> None:
@@ -28,13 +30,21 @@ async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
     return row.first() is not None
 
 
-_AUTH = select(Device.cert_serial, Device.desired_version).where(Device.id == bindparam("id"))
+_AUTH = (
+    select(Device.cert_serial, Device.desired_version, AttestationStatus.passed, AttestationStatus.attested_at,
+           AttestationStatus.quarantined)
+    .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
+    .where(Device.id == bindparam("id"))
+)
 
 
 async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | None:
-    """The hot path of every device request: one indexed primary-key read."""
+    """The hot path of every device request: one primary-key read (with the attestation gate)."""
     row = (await conn.execute(_AUTH, {"id": device_id})).first()
-    return None if row is None else DeviceAuth(row.cert_serial, row.desired_version)
+    if row is None:
+        return None
+    return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
+                      bool(row.quarantined))
 
 
 async def desired_state(conn: AsyncConnection, device_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -53,11 +63,11 @@ async def set_desired(conn: AsyncConnection, device_id: str, document: dict[str,
     row = result.first()
     if row is None:
         return None
-    await _changed(conn, device_id, now)
+    await changed(conn, device_id, now)
     return int(row[0])
 
 
-async def _changed(conn: AsyncConnection, device_id: str, now: datetime) -> None:
+async def changed(conn: AsyncConnection, device_id: str, now: datetime) -> None:
     # Same transaction as the change itself: other server processes can never see the
     # change without the feed entry that makes them drop their cached copy.
     await conn.execute(insert(DeviceChange).values(device_id=device_id, changed_at=now))
@@ -134,5 +144,5 @@ async def delete_device(conn: AsyncConnection, device_id: str, now: datetime) ->
     result = await conn.execute(delete(Device).where(Device.id == device_id).returning(Device.id))
     if result.first() is None:
         return False
-    await _changed(conn, device_id, now)
+    await changed(conn, device_id, now)
     return True

@@ -93,6 +93,45 @@ class DirectorState(Base):
     assigned_at: Mapped[datetime]
 
 
+class AttestationIdentity(Base):
+    """A device's TPM identity: its EK and AK, bound at enrollment by credential activation."""
+
+    __tablename__ = "attestation_identities"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    credential_digest: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # pending | active
+    created_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None]
+
+
+class AttestationNonce(Base):
+    __tablename__ = "attestation_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class AttestationStatus(Base):
+    """The last verdict per device; ``quarantined`` stays until an operator releases it."""
+
+    __tablename__ = "attestation_status"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    passed: Mapped[bool]
+    attested_at: Mapped[datetime]
+    failures: Mapped[dict[str, Any]]
+    release: Mapped[str | None] = mapped_column(String(128))
+    reset_count: Mapped[int] = mapped_column(BigInteger)
+    restart_count: Mapped[int] = mapped_column(BigInteger)
+    clock: Mapped[int] = mapped_column(BigInteger)
+    quarantined: Mapped[bool]
+
+
 class BootstrapToken(Base):
     __tablename__ = "bootstrap_tokens"
 

@@ -24,6 +24,7 @@ from edgefleet.protocol.v1 import (
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
+from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
 from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
@@ -53,9 +54,18 @@ async def device(_: Viewer, device_id: DeviceIdPath, request: Request) -> Device
     state = server_state(request)
     async with state.db.transaction() as conn:
         row = await get_device(conn, device_id)
+        attested = await attestation_status(conn, device_id)
     if row is None:
         raise NotFound(f"device {device_id} not found")
-    return device_view(row, state.presence)
+    return device_view(row, state.presence, attested)
+
+
+@router.post("/devices/{device_id}/release-quarantine", status_code=204)
+async def release_quarantine(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
+    """Let a quarantined device attest again (after an engineer looked at it)."""
+    await server_state(request).attestation.release_quarantine(device_id)
+    log.warning("%s released %s from quarantine", who.name, device_id)
+    return Response(status_code=204)
 
 
 @router.put("/devices/{device_id}/desired")

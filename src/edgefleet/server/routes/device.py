@@ -37,6 +37,7 @@ async def check_in(
     """Check in: 204 when the device already has the newest desired state, else 200 with it."""
     state = server_state(request)
     state.presence.seen(device.id, state.clock.now())
+    state.attestation.gate(device.auth)
     version = device.desired_version
     if version == known and wait > 0:
 
@@ -78,7 +79,9 @@ async def director_file(
     device: CurrentDevice, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9.]{1,64}$")], request: Request
 ) -> Response:
     """This device's director repository (Uptane): root versions, timestamp, snapshot, targets."""
-    data = await server_state(request).director.file(device.id, name)
+    state = server_state(request)
+    state.attestation.gate(device.auth)
+    data = await state.director.file(device.id, name)
     return Response(data, media_type="application/json")
 
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from starlette.responses import JSONResponse
 
-from edgefleet.errors import PayloadTooLarge
 from edgefleet.server.auth import Admin, Operator, Viewer
+from edgefleet.server.bodies import bounded_body
 from edgefleet.server.state import server_state
 
 router = APIRouter(prefix="/api/v1/admin/repository", tags=["releases"])
@@ -21,22 +21,11 @@ MAX_METADATA_BYTES = 32 * 1024 * 1024
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"metadata exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.put("/roots/{which}")
 async def put_root(who: Admin, which: Literal["image", "director"], request: Request) -> dict[str, int]:
     """Upload a root: the first (version 1) from an admin, later ones as valid rotations."""
     state = server_state(request)
-    data = await _bounded_body(request, MAX_METADATA_BYTES)
+    data = await bounded_body(request, MAX_METADATA_BYTES)
     version = await asyncio.to_thread(state.repository.accept_root, which, data)
     if which == "director":
         await state.director.resign_all()  # devices must notice (and verify) the new director root
@@ -65,7 +54,7 @@ async def put_blob(_: Operator, sha256: Sha256, request: Request) -> dict[str, i
 async def put_targets(who: Operator, request: Request) -> dict[str, int]:
     """Publish targets signed offline by a threshold of release owners."""
     service = server_state(request).repository
-    data = await _bounded_body(request, MAX_METADATA_BYTES)
+    data = await bounded_body(request, MAX_METADATA_BYTES)
     return {"snapshot_version": await asyncio.to_thread(service.accept_targets, data)}
 
 

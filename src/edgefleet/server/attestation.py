@@ -1,0 +1,182 @@
+"""The attestation service: TPM identity enrollment with credential activation, single-use
+nonces, quote verification against the release policy, quarantine, and the gate.
+
+Every refusal tells the device as little as possible (pass or fail, or a generic code); the
+log and the device's attestation record name every failed check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from edgefleet.attestation.credential import credential_digest, make_credential
+from edgefleet.attestation.structures import ClockInfo, parse_public
+from edgefleet.attestation.verifier import Evidence, Policy, QuoteRequest, check_attestation_key, verify_quote
+from edgefleet.clock import Clock
+from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
+from edgefleet.releases.workspace import release_fields
+from edgefleet.server.devicecache import DeviceCache
+from edgefleet.server.repository import RepositoryService
+from edgefleet.server.settings import ServerSettings
+from edgefleet.store import Database
+from edgefleet.store import attestation as store
+from edgefleet.store.devices import DeviceAuth, changed, get_device
+from edgefleet.store.director import director_state
+
+log = logging.getLogger("edgefleet.attestation")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    id_object: bytes
+    encrypted_secret: bytes
+
+
+@dataclass(frozen=True)
+class NonceIssued:
+    nonce: bytes
+    pcrs: tuple[int, ...]
+    bank: str
+    ttl: timedelta
+
+
+def ek_fingerprint(ek_public: bytes) -> str:
+    return hashlib.sha256(ek_public).hexdigest()
+
+
+@dataclass
+class AttestationService:
+    settings: ServerSettings
+    db: Database
+    clock: Clock
+    repository: RepositoryService
+    devices: DeviceCache
+
+    async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes) -> Challenge | None:
+        """Bind a TPM identity to the device; returns the credential challenge, or None if
+        this exact identity is already active (a reboot re-derives the same keys).
+
+        Raises InvalidRequest (malformed keys, AK not an attestation key), Forbidden (EK not
+        trusted) or Conflict (another identity is bound, or the EK belongs to another device).
+        """
+        ek, ak = parse_public(ek_public), parse_public(ak_public)
+        problems = check_attestation_key(ak)
+        if problems:
+            raise InvalidRequest("; ".join(problems), code="not_an_attestation_key")
+        fingerprint = ek_fingerprint(ek_public)
+        if self.settings.ek_trust == "approved" and fingerprint not in self.settings.approved_ek_fingerprints:
+            raise Forbidden(f"EK {fingerprint} of {device_id} is not approved", code="ek_not_trusted")
+        async with self.db.transaction() as conn:
+            current = await store.identity(conn, device_id)
+            owner = await store.identity_by_ek(conn, ek_public)
+        if current is not None and current.state == "active":
+            if current.ek_public == ek_public and current.ak_public == ak_public:
+                return None
+            raise Conflict(f"{device_id} is bound to another TPM identity; re-enrollment refused",
+                           code="identity_mismatch")
+        if owner is not None and owner.device_id != device_id:
+            raise Conflict(f"EK {fingerprint} already belongs to {owner.device_id}", code="ek_in_use")
+        credential = os.urandom(32)
+        id_object, secret = make_credential(ek, credential, ak.name)
+        async with self.db.transaction() as conn:
+            await store.save_pending_identity(conn, device_id, ek_public, ak_public, credential_digest(credential),
+                                              self.clock.now())
+        return Challenge(id_object, secret)
+
+    async def activate(self, device_id: str, credential: bytes) -> None:
+        """Raises Unauthenticated when the credential is not the one the TPM should have
+        recovered (the AK is not in the same TPM as the EK)."""
+        async with self.db.transaction() as conn:
+            if not await store.activate_identity(conn, device_id, credential_digest(credential), self.clock.now()):
+                raise Unauthenticated(f"credential activation of {device_id} failed", code="activation_failed")
+        log.info("TPM identity of %s activated (EK and AK proven to share a TPM)", device_id)
+
+    async def issue_nonce(self, device_id: str) -> NonceIssued:
+        async with self.db.transaction() as conn:
+            current = await store.identity(conn, device_id)
+            if current is None or current.state != "active":
+                raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
+            nonce = os.urandom(32)
+            ttl = timedelta(seconds=self.settings.attestation_nonce_seconds)
+            await store.insert_nonce(conn, nonce.hex(), device_id, self.clock.now() + ttl)
+        return NonceIssued(nonce, tuple(self.settings.attestation_pcrs), "sha256", ttl)
+
+    async def policy_for(self, device_id: str) -> tuple[Policy, str | None]:
+        """The release this device should run (its director assignment, else what it reports)
+        and the PCR values that release and its hardware model require."""
+        async with self.db.transaction() as conn:
+            device = await get_device(conn, device_id)
+            assignment = await director_state(conn, device_id)
+        if device is None:
+            raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
+        release = (assignment.release if assignment is not None else None) or device.running_version
+        expected: dict[int, bytes] = {}
+        baseline = self.settings.attestation_baselines.get(str(device.inventory.get("hardware_type")), {})
+        expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
+        if release and (self.repository.image.metadata_dir / "targets.json").exists():
+            for target in self.repository.image.targets().signed.targets.values():
+                fields = release_fields(target)
+                measurements = fields.get("measurements")
+                if fields.get("version") == release and isinstance(measurements, dict):
+                    expected.update({int(pcr): bytes.fromhex(str(v)) for pcr, v in measurements.items()})
+        return Policy(expected), release
+
+    async def submit_quote(self, device_id: str, nonce: bytes, evidence: Evidence) -> bool:
+        """Verify a quote; a failure quarantines the device. Returns pass or fail only.
+
+        Raises Conflict for a wrong, replayed, expired or other device's nonce (nothing is
+        recorded: the request is simply refused).
+        """
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            if not await store.claim_nonce(conn, nonce.hex(), device_id, now):
+                raise Conflict(f"nonce refused for {device_id} (unknown, used, expired or not its own)",
+                               code="nonce_refused")
+            current = await store.identity(conn, device_id)
+            previous = await store.status(conn, device_id)
+        if current is None or current.state != "active":
+            raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
+        policy, release = await self.policy_for(device_id)
+        previous_clock = None if previous is None else ClockInfo(previous.clock, previous.reset_count,
+                                                                 previous.restart_count, True)
+        request = QuoteRequest(nonce, tuple(self.settings.attestation_pcrs))
+        verdict = await asyncio.to_thread(verify_quote, parse_public(current.ak_public), request, evidence, policy,
+                                          previous_clock)
+        clock = verdict.clock or previous_clock
+        quarantined = (previous is not None and previous.quarantined) or not verdict.passed
+        async with self.db.transaction() as conn:
+            await store.save_status(
+                conn, device_id, passed=verdict.passed, attested_at=now, failures={"checks": list(verdict.failures)},
+                release=release, quarantined=quarantined, reset_count=clock.reset_count if clock else 0,
+                restart_count=clock.restart_count if clock else 0, clock=clock.clock if clock else 0,
+            )
+            await changed(conn, device_id, now)
+        self.devices.forget(device_id)
+        if verdict.passed:
+            log.info("attestation of %s passed (release %s)", device_id, release)
+        else:
+            log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
+        return verdict.passed
+
+    def gate(self, auth: DeviceAuth) -> None:
+        """Refuse configuration to quarantined devices, and, when attestation is required,
+        to devices without a fresh passing attestation (403, like EVE-OS)."""
+        if auth.quarantined:
+            raise Forbidden("device is quarantined after a failed attestation", code="quarantined")
+        if self.settings.attestation_required and not self.fresh(auth):
+            raise Forbidden("a fresh passing attestation is required", code="attestation_required")
+
+    def fresh(self, auth: DeviceAuth) -> bool:
+        max_age = timedelta(seconds=self.settings.attestation_max_age_seconds)
+        return auth.attested_at is not None and self.clock.now() - auth.attested_at <= max_age
+
+    async def release_quarantine(self, device_id: str) -> None:
+        async with self.db.transaction() as conn:
+            await store.release_quarantine(conn, device_id)
+            await changed(conn, device_id, self.clock.now())
+        self.devices.forget(device_id)

@@ -1,0 +1,160 @@
+"""Attestation end to end with real TPMs (one swtpm per device): enroll the TPM identity,
+activate the credential, quote, verify, get a workload token; a device that booted a
+tampered image fails and is quarantined. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from edgefleet.agent.hardware.swtpm import Swtpm
+from edgefleet.attestation import eventlog
+from edgefleet.client import AdminClient
+from edgefleet.credentials import Role
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
+from tests.conftest import Device, Fleet, database_url, start_fleet
+from tests.tpm_world import boot_events, measured_boot, tpm2_or_skip
+
+PCRS = [0, 1, 2, 3, 4, 5, 6, 7]
+GOLDEN = eventlog.replay(eventlog.parse(eventlog.encode(boot_events())), "sha256", PCRS)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    tpm2_or_skip()
+    fleet = start_fleet(tmp_path / "plane", database_url(request.param, request, tmp_path))
+    keys, workspace = Keystore(tmp_path / "keys"), Workspace(tmp_path / "ws")
+    workspace.init(keys, load_online_keys(fleet.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
+    image = tmp_path / "golden.img"
+    image.write_bytes(b"golden")
+    # The release's reference measurements: what PCRs 0 and 4 must show after booting it.
+    workspace.create_release(image, ReleaseInfo("2026.12.0", 1, ("hw-x86",), {
+        "0": GOLDEN[0].hex(), "4": GOLDEN[4].hex()}), datetime.now(UTC))
+    workspace.sign_targets(keys.signer("targets-1"))
+    with AdminClient(fleet.url, fleet.tokens[Role.ADMIN], fleet.settings.pki.ca_cert) as admin:
+        publish_workspace(workspace, admin)
+    yield fleet
+    fleet.close()
+
+
+@dataclass
+class TpmDevice:
+    device: Device
+    tpm: Any
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.device.client.post(f"/api/v1/devices/{self.device.id}/attestation/{path}", **kwargs)
+
+    def enroll_identity(self) -> None:
+        ek, ak = self.tpm.endorsement_key(), self.tpm.attestation_key()
+        challenge = self.post("identity", json={"ek_public": b64(ek), "ak_public": b64(ak)})
+        assert challenge.status_code == 200, challenge.text
+        body = challenge.json()
+        credential = self.tpm.activate_credential(base64.b64decode(body["id_object"]),
+                                                  base64.b64decode(body["encrypted_secret"]))
+        assert self.post("activate", json={"credential": b64(credential)}).status_code == 204
+
+    def attest(self, log: bytes, nonce: str | None = None) -> Any:
+        issued = nonce or self.post("nonce").json()["nonce"]
+        attest, signature, values = self.tpm.quote(bytes.fromhex(issued), "sha256", PCRS)
+        return self.post("quote", json={"nonce": issued, "attest": b64(attest), "signature": b64(signature),
+                                        "pcr_values": {str(k): v.hex() for k, v in values.items()},
+                                        "event_log": b64(log)})
+
+
+def boot(plane: Fleet, emulator: Swtpm, kernel: bytes = b"vmlinuz 6.1 golden") -> tuple[TpmDevice, bytes]:
+    device = plane.enroll(hardware_type="hw-x86")
+    device.client.post(f"/api/v1/devices/{device.id}/status", json={"seq": 1, "running_version": "2026.12.0"})
+    tpm = tpm2_or_skip()(emulator.tcti)
+    return TpmDevice(device, tpm), measured_boot(tpm, boot_events(kernel))
+
+
+def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: Swtpm) -> None:
+    dev, log = boot(plane, emulator)
+    dev.enroll_identity()
+    assert dev.attest(log).json() == {"passed": True}
+    token = dev.device.client.get(f"/api/v1/devices/{dev.device.id}/workload-token").json()["token"]
+    jwks = plane.client().get("/.well-known/jwks.json").json()
+    claims = jwt.decode(token, jwt.PyJWK(jwks["keys"][0]).key, algorithms=["ES256"])
+    assert claims["sub"] == f"spiffe://edgefleet.local/device/{dev.device.id}"
+    assert claims["release"] == "2026.12.0"
+    assert claims["exp"] - claims["iat"] == 300
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
+    assert record["attestation"]["passed"] is True
+    assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
+
+
+def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fleet, emulator: Swtpm) -> None:
+    dev, log = boot(plane, emulator, kernel=b"vmlinuz 6.1 golden + implant")
+    dev.enroll_identity()
+    assert dev.attest(log).json() == {"passed": False}  # the device learns nothing more
+    url = f"/api/v1/devices/{dev.device.id}"
+    refused = dev.device.client.get(f"{url}/desired")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "quarantined"
+    assert dev.device.client.get(f"{url}/workload-token").status_code == 403
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
+    assert record["attestation"]["quarantined"] is True
+    assert any("PCR 4" in check for check in record["attestation"]["failed_checks"])
+    # A later passing quote does not lift the quarantine; an admin does.
+    plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
+    assert dev.device.client.get(f"{url}/desired").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["replayed", "expired", "other_device", "never_issued"])
+def test_bad_nonces_are_refused_and_grant_nothing(plane: Fleet, emulator: Swtpm, tmp_path: Path, case: str) -> None:
+    dev, log = boot(plane, emulator)
+    dev.enroll_identity()
+    nonce = dev.post("nonce").json()["nonce"]
+    if case == "replayed":
+        assert dev.attest(log, nonce).json() == {"passed": True}
+    elif case == "expired":
+        plane.clock.advance(61)
+    elif case == "other_device":
+        with Swtpm(tmp_path / "other") as other_tpm:
+            other, _ = boot(plane, other_tpm)
+            other.enroll_identity()
+            nonce = other.post("nonce").json()["nonce"]
+    else:
+        nonce = os.urandom(32).hex()
+    before = plane.rows()
+    refused = dev.attest(log, nonce)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "nonce_refused"
+    assert plane.rows() == before
+
+
+def test_reenrollment_with_another_tpm_is_refused(plane: Fleet, emulator: Swtpm, tmp_path: Path) -> None:
+    dev, _ = boot(plane, emulator)
+    dev.enroll_identity()
+    with Swtpm(tmp_path / "swapped") as swapped:
+        impostor = tpm2_or_skip()(swapped.tcti)
+        refused = dev.post("identity", json={"ek_public": b64(impostor.endorsement_key()),
+                                             "ak_public": b64(impostor.attestation_key())})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "identity_mismatch"
+
+
+def test_activation_with_a_wrong_credential_is_refused(plane: Fleet, emulator: Swtpm) -> None:
+    dev, _ = boot(plane, emulator)
+    tpm = dev.tpm
+    challenge = dev.post("identity", json={"ek_public": b64(tpm.endorsement_key()),
+                                           "ak_public": b64(tpm.attestation_key())})
+    assert challenge.status_code == 200
+    assert dev.post("activate", json={"credential": b64(os.urandom(32))}).status_code == 401
+    assert dev.post("nonce").status_code == 409  # still not enrolled: no nonces, no quotes
