@@ -150,6 +150,17 @@ def test_reenrollment_with_another_tpm_is_refused(plane: Fleet, emulator: Swtpm,
     assert refused.json()["error"]["code"] == "identity_mismatch"
 
 
+def test_quote_without_reference_measurements_for_the_device_fails(plane: Fleet, emulator: Swtpm) -> None:
+    device = plane.enroll(hardware_type="hw-x86")  # reports no release: nothing to compare with
+    tpm = tpm2_or_skip()(emulator.tcti)
+    dev = TpmDevice(device, tpm)
+    log = measured_boot(tpm, boot_events())
+    dev.enroll_identity()
+    assert dev.attest(log).json() == {"passed": False}
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{device.id}").json()
+    assert any("no reference measurements" in c for c in record["attestation"]["failed_checks"])
+
+
 def test_activation_with_a_wrong_credential_is_refused(plane: Fleet, emulator: Swtpm) -> None:
     dev, _ = boot(plane, emulator)
     tpm = dev.tpm

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from edgefleet import __version__
+from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import Platform
@@ -48,7 +49,7 @@ class Agent:
     def __init__(
         self, settings: AgentSettings, platform: Platform, *, site: str, labels: dict[str, str] | None = None,
         transport_factory: TransportFactory = https_transport, clock: Clock | None = None,
-        rng: random.Random | None = None,
+        rng: random.Random | None = None, tpm: AttestingTpm | None = None,
     ) -> None:
         self.settings = settings
         self.platform = platform
@@ -63,6 +64,8 @@ class Agent:
         self.reports = 0
         self.last_error: str | None = None
         self.updates: UpdateClient | None = None
+        self.tpm = tpm
+        self.attested: bool | None = None  # result of the last attestation, None before one
         self._stop_downloads = threading.Event()
 
     def _bootstrap_token(self) -> str:
@@ -215,9 +218,22 @@ class Agent:
         backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, self.rng)
         next_report = self.clock.monotonic()  # report right away after (re)start
         next_update = self.clock.monotonic()
+        attestor = None
+        if self.tpm is not None:
+            attestor = Attestor(self.tpm, self.platform.event_log(),
+                                settings.workload_token_file or self.dir.path / "workload-token")
+        identity_bound = False
+        next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
         stop_watch = asyncio.ensure_future(self._forward_stop(stop))
         while not stop.is_set():
             try:
+                if attestor is not None and self.clock.monotonic() >= next_attest:
+                    if not identity_bound:
+                        await self._until_stopped(attestor.enroll(transport, state.device_id), stop)
+                        identity_bound = True
+                    self.attested = await self._until_stopped(attestor.attest(transport, state.device_id), stop)
+                    next_attest = self.clock.monotonic() + settings.attestation_interval_seconds
+                    next_report = self.clock.monotonic()
                 desired = await self._until_stopped(
                     transport.fetch_desired(state.device_id, state.desired_version, settings.long_poll_seconds), stop
                 )
@@ -253,9 +269,10 @@ class Agent:
         await stop.wait()
         self._stop_downloads.set()
 
-    @staticmethod
-    def _details(state: AgentState) -> dict[str, object]:
+    def _details(self, state: AgentState) -> dict[str, object]:
         details: dict[str, object] = {"agent_version": __version__}
+        if self.attested is not None:
+            details["attestation"] = "passed" if self.attested else "failed"
         if state.update_error:
             details["update_error"] = state.update_error
         if state.downloaded:

@@ -29,3 +29,6 @@ class AgentSettings(BaseSettings):
     trust_dir: Path | None = Field(None, description="TUF roots shipped in the image; default per platform")
     mirrors: list[str] = Field([], description="image repository base URLs; default <server_url>/repository")
     update_check_seconds: float = Field(300.0, gt=0, description="verify the director's assignment this often")
+    tpm: str | None = Field(None, description="TCTI of the TPM, e.g. device:/dev/tpmrm0; unset: no attestation")
+    attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
+    workload_token_file: Path | None = Field(None, description="default: <state_dir>/workload-token")

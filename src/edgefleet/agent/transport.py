@@ -16,7 +16,14 @@ from pydantic import ValidationError
 
 from edgefleet import __version__
 from edgefleet.errors import InvalidRequest, TransportError
-from edgefleet.protocol.v1 import DesiredState, EnrollRequest, EnrollResponse, StatusAck, StatusReport
+from edgefleet.protocol.v1 import (
+    DesiredState,
+    EnrollRequest,
+    EnrollResponse,
+    StatusAck,
+    StatusReport,
+    WorkloadToken,
+)
 from edgefleet.util.http import checked
 
 
@@ -28,6 +35,12 @@ class DeviceTransport(Protocol):
         ...
 
     async def report_status(self, device_id: str, report: StatusReport) -> StatusAck: ...
+
+    async def attestation(self, device_id: str, step: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """POST to ``/attestation/<step>``; the JSON answer, or None for 204."""
+        ...
+
+    async def workload_token(self, device_id: str) -> WorkloadToken: ...
 
     async def aclose(self) -> None: ...
 
@@ -87,6 +100,23 @@ class HttpsTransport:
             "POST", f"/api/v1/devices/{device_id}/status", json=report.model_dump(mode="json")
         )
         result: StatusAck = self._parse(StatusAck, response)
+        return result
+
+    async def attestation(self, device_id: str, step: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        response = await self._request("POST", f"/api/v1/devices/{device_id}/attestation/{step}", json=body)
+        if response.status_code == 204:
+            return None
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise InvalidRequest(f"unexpected attestation answer: {exc}", code="bad_response") from exc
+        if not isinstance(answer, dict):
+            raise InvalidRequest("unexpected attestation answer", code="bad_response")
+        return answer
+
+    async def workload_token(self, device_id: str) -> WorkloadToken:
+        response = await self._request("GET", f"/api/v1/devices/{device_id}/workload-token")
+        result: WorkloadToken = self._parse(WorkloadToken, response)
         return result
 
     async def aclose(self) -> None:

@@ -43,7 +43,14 @@ def build_agent(settings: AgentSettings) -> Agent:
         if settings.site is None:
             raise ConfigError("set the device's site (--site, EDGEFLEET_AGENT_SITE or site = in the config)")
         platform, site, labels = LinuxHost(), settings.site, settings.labels
-    return Agent(settings, platform, site=site, labels=labels)
+    tpm = None
+    if settings.tpm is not None:
+        try:
+            from edgefleet.agent.hardware.tpm import Tpm2
+        except ImportError as exc:
+            raise ConfigError(f"attestation needs tpm2-pytss (pip install 'edgefleet[tpm]'): {exc}") from exc
+        tpm = Tpm2(settings.tpm)
+    return Agent(settings, platform, site=site, labels=labels, tpm=tpm)
 
 
 def agent(

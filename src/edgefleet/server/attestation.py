@@ -16,7 +16,14 @@ from datetime import timedelta
 
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.structures import ClockInfo, parse_public
-from edgefleet.attestation.verifier import Evidence, Policy, QuoteRequest, check_attestation_key, verify_quote
+from edgefleet.attestation.verifier import (
+    Evidence,
+    Policy,
+    QuoteRequest,
+    Verdict,
+    check_attestation_key,
+    verify_quote,
+)
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
 from edgefleet.releases.workspace import release_fields
@@ -26,7 +33,6 @@ from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store import attestation as store
 from edgefleet.store.devices import DeviceAuth, changed, get_device
-from edgefleet.store.director import director_state
 
 log = logging.getLogger("edgefleet.attestation")
 
@@ -107,14 +113,15 @@ class AttestationService:
         return NonceIssued(nonce, tuple(self.settings.attestation_pcrs), "sha256", ttl)
 
     async def policy_for(self, device_id: str) -> tuple[Policy, str | None]:
-        """The release this device should run (its director assignment, else what it reports)
-        and the PCR values that release and its hardware model require."""
+        """The release the device runs (its last report, else its enrollment inventory) and
+        the PCR values that signed release and its hardware model require. A device that
+        claims another release must then match that release's reference measurements; a
+        release being rolled out to it is not the yardstick until it has installed it."""
         async with self.db.transaction() as conn:
             device = await get_device(conn, device_id)
-            assignment = await director_state(conn, device_id)
         if device is None:
             raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
-        release = (assignment.release if assignment is not None else None) or device.running_version
+        release = device.running_version or device.inventory.get("os_version")
         expected: dict[int, bytes] = {}
         baseline = self.settings.attestation_baselines.get(str(device.inventory.get("hardware_type")), {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
@@ -147,6 +154,11 @@ class AttestationService:
         request = QuoteRequest(nonce, tuple(self.settings.attestation_pcrs))
         verdict = await asyncio.to_thread(verify_quote, parse_public(current.ak_public), request, evidence, policy,
                                           previous_clock)
+        if not policy.expected:
+            # Stricter than "authentic and fresh": a quote proves nothing about what booted
+            # unless there is something to compare it with.
+            verdict = Verdict((*verdict.failures, f"policy: no reference measurements for release {release!r} "
+                               "or hardware baseline"), verdict.clock, verdict.pcr_values)
         clock = verdict.clock or previous_clock
         quarantined = (previous is not None and previous.quarantined) or not verdict.passed
         async with self.db.transaction() as conn:

@@ -37,6 +37,10 @@ class Platform(Protocol):
         """Where the OS image ships its TUF roots (image-root.json, director-root.json)."""
         ...
 
+    def event_log(self) -> Path:
+        """The firmware's TCG boot event log (binary_bios_measurements)."""
+        ...
+
 
 class Slots(Protocol):
     """An A/B pair of OS image slots (partitions, or files in a vdevice)."""

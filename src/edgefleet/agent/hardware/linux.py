@@ -57,5 +57,8 @@ class LinuxHost:
     def trust_dir(self) -> Path:
         return self.root / "usr/share/edgefleet/trust"
 
+    def event_log(self) -> Path:
+        return self.root / "sys/kernel/security/tpm0/binary_bios_measurements"
+
     def hostname(self) -> str:
         return socket.gethostname()

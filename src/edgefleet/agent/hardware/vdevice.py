@@ -4,6 +4,7 @@ hardware, so the real agent code runs against it in tests, the demo and the simu
     <dir>/device.json     identity: hardware id and type, site, labels (what the factory burned in)
     <dir>/slots/a.img     A/B slot images, with a.json / b.json naming their OS version and counter
     <dir>/trust/          TUF roots shipped read-only in the OS image
+    <dir>/eventlog.bin    the boot event log the emulated firmware wrote (firmware.py)
     <dir>/booted          the slot the emulated firmware booted last
     <dir>/grubenv         the bootloader environment, real GRUB format
     <dir>/reboots.log     one JSON line per reboot request
@@ -81,6 +82,12 @@ class VirtualDevice:
 
     def trust_dir(self) -> Path:
         return self.path / "trust"
+
+    def event_log(self) -> Path:
+        return self.path / "eventlog.bin"
+
+    def slot_image(self, slot: SlotName) -> Path:
+        return self.path / "slots" / f"{slot}.img"
 
     def install_trust(self, image_root: bytes, director_root: bytes) -> None:
         """Put the TUF roots where the OS image ships them, read-only as on a real device."""

@@ -1,0 +1,95 @@
+"""The real agent attests with a real TPM (swtpm) after the emulated firmware's measured
+boot of its slot: the release's reference measurement comes from the same firmware code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.hardware.firmware import measured_boot, reference_pcrs
+from edgefleet.client import AdminClient
+from edgefleet.credentials import Role
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
+from tests.conftest import Fleet, start_fleet
+from tests.tpm_world import tpm2_or_skip
+
+RELEASE = "2026.12.0"
+
+
+@pytest.fixture
+def released(tmp_path: Path) -> Iterator[tuple[Fleet, VirtualDevice]]:
+    """A control plane with release 2026.12.0 published, its reference PCRs taken from the
+    image the vdevice has in slot A, and that vdevice."""
+    tpm2_or_skip()
+    plane = start_fleet(tmp_path / "plane", None)
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-attest-1", site="store-1",
+                                  hardware_type="hw-x86", os_version=RELEASE)
+    reference = reference_pcrs(device.slot_image("a"))
+    keys, workspace = Keystore(tmp_path / "keys"), Workspace(tmp_path / "ws")
+    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
+    workspace.create_release(device.slot_image("a"), ReleaseInfo(RELEASE, 1, ("hw-x86",), {
+        "0": reference[0].hex(), "4": reference[4].hex()}), datetime.now(UTC))
+    workspace.sign_targets(keys.signer("targets-1"))
+    with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as admin:
+        publish_workspace(workspace, admin)
+    yield plane, device
+    plane.close()
+
+
+def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any) -> Agent:
+    tpm = tpm2_or_skip()(emulator.tcti)
+    measured_boot(tpm, device.slot_image(device.booted()), device.event_log(), power_cycle=emulator.power_cycle)
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2, tpm=emulator.tcti)
+    agent = Agent(settings, device, site="store-1", tpm=tpm)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 30
+        while agent.attested is None or agent.checkins + (agent.last_error is not None) < 1:
+            assert not task.done(), task
+            assert time.monotonic() < deadline, agent.last_error
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(scenario())
+    return agent
+
+
+def test_agent_attests_after_measured_boot_and_hands_workloads_a_token(released: Any, emulator: Any) -> None:
+    plane, device = released
+    agent = run_agent(plane, device, emulator)
+    assert agent.attested is True
+    token_file = device.agent_dir / "workload-token"
+    assert token_file.stat().st_mode & 0o777 == 0o640
+    assert token_file.read_text().count(".") == 2  # a JWT
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["attestation"]["passed"] is True
+    assert record["attestation"]["release"] == RELEASE
+
+
+def test_agent_that_booted_a_tampered_slot_is_quarantined(released: Any, emulator: Any) -> None:
+    plane, device = released
+    image = device.slot_image("a")
+    image.write_bytes(image.read_bytes().replace(RELEASE.encode(), b"2026.12.X"))  # modified after release
+    agent = run_agent(plane, device, emulator)
+    assert agent.attested is False
+    assert not (device.agent_dir / "workload-token").exists()
+    assert agent.last_error is not None
+    assert "quarantined" in agent.last_error
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["attestation"]["quarantined"] is True
