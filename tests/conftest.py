@@ -29,7 +29,10 @@ from edgefleet.store import Database
 
 REQUIRE_ALL = os.environ.get("EDGEFLEET_REQUIRE_ALL") == "1"
 POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("devices", "bootstrap_tokens", "admin_tokens", "device_changes")  # director_state: by device_id
+# table -> the column its rows are ordered by
+TABLES = {"devices": "id", "bootstrap_tokens": "id", "admin_tokens": "id", "device_changes": "id",
+          "director_state": "device_id", "attestation_identities": "device_id", "attestation_nonces": "nonce",
+          "attestation_status": "device_id"}
 
 
 def need(component: str, reason: str) -> None:
@@ -170,8 +173,8 @@ class Fleet:
             try:
                 async with db.transaction() as conn:
                     rows = {}
-                    for table in TABLES:
-                        query = text(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - fixed table names
+                    for table, key in TABLES.items():
+                        query = text(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608 - fixed names
                         rows[table] = [
                             {k: v for k, v in r._mapping.items() if k != "last_seen_at"}
                             for r in await conn.execute(query)

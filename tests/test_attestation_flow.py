@@ -111,6 +111,9 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
     assert record["attestation"]["quarantined"] is True
     assert any("PCR 4" in check for check in record["attestation"]["failed_checks"])
+    metrics = plane.client().get("/metrics").text
+    assert "edgefleet_quarantines_total 1.0" in metrics
+    assert 'edgefleet_attestations_total{result="failed"} 1.0' in metrics
     # A later passing quote does not lift the quarantine; an admin does.
     plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
     assert dev.device.client.get(f"{url}/desired").status_code == 200

@@ -98,7 +98,7 @@ class AttestationIdentityRequest(Strict):
 
     ek_public: Base64
     ak_public: Base64
-
+    ek_certificate: Base64 | None = None  # DER, as stored in TPM NV index 0x01c00002
 
 class CredentialChallenge(Strict):
     id_object: str

@@ -72,7 +72,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         changes=ChangeFeed(db, devices, long_polls, clock),
         repository=repository_service,
         director=DirectorService(db, repository_service, clock, devices, long_polls),
-        attestation=AttestationService(settings, db, clock, repository_service, devices),
+        attestation=AttestationService(settings, db, clock, repository_service, devices, metrics),
         workload=WorkloadIssuer(settings.data_dir / "keys" / "workload.key", settings.trust_domain,
                                 timedelta(seconds=settings.workload_token_seconds)),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from edgefleet.attestation.credential import credential_digest, make_credential
+from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
 from edgefleet.attestation.structures import ClockInfo, parse_public
 from edgefleet.attestation.verifier import (
     Evidence,
@@ -28,6 +29,7 @@ from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
 from edgefleet.releases.workspace import release_fields
 from edgefleet.server.devicecache import DeviceCache
+from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
@@ -62,8 +64,10 @@ class AttestationService:
     clock: Clock
     repository: RepositoryService
     devices: DeviceCache
+    metrics: Metrics
 
-    async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes) -> Challenge | None:
+    async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes,
+                              ek_certificate: bytes | None = None) -> Challenge | None:
         """Bind a TPM identity to the device; returns the credential challenge, or None if
         this exact identity is already active (a reboot re-derives the same keys).
 
@@ -77,6 +81,12 @@ class AttestationService:
         fingerprint = ek_fingerprint(ek_public)
         if self.settings.ek_trust == "approved" and fingerprint not in self.settings.approved_ek_fingerprints:
             raise Forbidden(f"EK {fingerprint} of {device_id} is not approved", code="ek_not_trusted")
+        if self.settings.ek_trust == "vendor":
+            if ek_certificate is None or self.settings.tpm_vendor_roots is None:
+                raise Forbidden(f"{device_id} sent no EK certificate (or no vendor roots are configured)",
+                                code="ek_not_trusted")
+            pool = await asyncio.to_thread(load_vendor_pool, self.settings.tpm_vendor_roots)
+            verify_ek_certificate(ek_certificate, ek, pool, self.clock.now())
         async with self.db.transaction() as conn:
             current = await store.identity(conn, device_id)
             owner = await store.identity_by_ek(conn, ek_public)
@@ -169,9 +179,12 @@ class AttestationService:
             )
             await changed(conn, device_id, now)
         self.devices.forget(device_id)
+        self.metrics.attestations.labels("passed" if verdict.passed else "failed").inc()
         if verdict.passed:
             log.info("attestation of %s passed (release %s)", device_id, release)
         else:
+            if previous is None or not previous.quarantined:
+                self.metrics.quarantines.inc()
             log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
         return verdict.passed
 

@@ -21,4 +21,7 @@ class Metrics:
         self.status_reports = Counter("edgefleet_status_reports", "Status reports by result", ["result"], registry=r)
         self.refusals = Counter("edgefleet_refusals", "Refused requests by error code", ["code"], registry=r)
         self.devices = Gauge("edgefleet_devices", "Enrolled devices", registry=r)
+        self.attestations = Counter("edgefleet_attestations", "Quote verifications by result", ["result"], registry=r)
+        self.quarantines = Counter("edgefleet_quarantines", "Devices quarantined by a failed attestation (alert "
+                                   "on increase)", registry=r)
         self.long_polls = Gauge("edgefleet_long_polls", "Check-ins waiting in a long poll", registry=r)

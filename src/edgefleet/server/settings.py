@@ -41,7 +41,9 @@ class ServerSettings(BaseSettings):
     attestation_pcrs: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
     attestation_baselines: dict[str, dict[str, str]] = Field(
         {}, description="hardware type -> PCR index -> expected sha256 hex (firmware baseline)")
-    ek_trust: Literal["tofu", "approved"] = Field("tofu", description="which endorsement keys to accept")
+    ek_trust: Literal["tofu", "approved", "vendor"] = Field(
+        "tofu", description="endorsement keys accepted: any (tofu), listed fingerprints, or vendor-certified")
+    tpm_vendor_roots: Path | None = Field(None, description="directory of TPM vendor root/intermediate certs")
     approved_ek_fingerprints: list[str] = []
     trust_domain: str = "edgefleet.local"
     workload_token_seconds: int = Field(300, ge=30, le=3600)

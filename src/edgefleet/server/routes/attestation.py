@@ -39,8 +39,9 @@ def _b64(value: str, what: str) -> bytes:
 @router.post("/api/v1/devices/{device_id}/attestation/identity", responses={204: {"description": "already active"}})
 async def identity(device: CurrentDevice, body: AttestationIdentityRequest, request: Request) -> Response:
     """Present the TPM's EK and AK; answers the credential the TPM must activate."""
+    certificate = None if body.ek_certificate is None else _b64(body.ek_certificate, "ek_certificate")
     challenge = await server_state(request).attestation.enroll_identity(
-        device.id, _b64(body.ek_public, "ek_public"), _b64(body.ak_public, "ak_public"))
+        device.id, _b64(body.ek_public, "ek_public"), _b64(body.ak_public, "ak_public"), certificate)
     if challenge is None:
         return Response(status_code=204)
     view = CredentialChallenge(id_object=base64.b64encode(challenge.id_object).decode(),
