@@ -45,6 +45,11 @@ def kdfa(name_alg: int, key: bytes, label: bytes, context_u: bytes, context_v: b
     return out[: bits // 8]
 
 
+def aes_cfb(key: bytes) -> Cipher[CFB]:
+    """AES in CFB mode with a zero IV, as TPM credential protection uses it."""
+    return Cipher(algorithms.AES(key), CFB(b"\0" * 16))
+
+
 def make_credential(ek: PublicKey, credential: bytes, name: bytes, seed: bytes | None = None) -> tuple[bytes, bytes]:
     """(TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET), marshalled, for TPM2_ActivateCredential.
 
@@ -64,7 +69,7 @@ def make_credential(ek: PublicKey, credential: bytes, name: bytes, seed: bytes |
                                                         label=b"IDENTITY\0"))
     sym_key = kdfa(ek.name_alg, seed, b"STORAGE", name, b"", ek.symmetric_bits)
     plaintext = struct.pack(">H", len(credential)) + credential
-    encryptor = Cipher(algorithms.AES(sym_key), CFB(b"\0" * 16)).encryptor()
+    encryptor = aes_cfb(sym_key).encryptor()
     enc_identity = encryptor.update(plaintext) + encryptor.finalize()
     hmac_key = kdfa(ek.name_alg, seed, b"INTEGRITY", b"", b"", digest_size * 8)
     outer = hmac.new(hmac_key, enc_identity + name, HASH_NAMES[ek.name_alg]).digest()
