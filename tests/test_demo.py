@@ -20,4 +20,6 @@ def test_headless_demo_enrolls_every_device_and_pushes_desired_state(tmp_path: P
     assert "all devices checked in" in text
     assert "desired state pushed" in text
     assert "each verified it" in text
+    assert "attestation" in text
+    assert "quarantined" in text  # the device that booted a tampered image
     assert "devices: 6" in text

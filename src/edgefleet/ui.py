@@ -26,15 +26,25 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def attested(device: DeviceView) -> str:
+    status = device.attestation
+    if status is None:
+        return "-"
+    if status.get("quarantined"):
+        return "[bold red]QUARANTINED[/]"
+    return "yes" if status.get("passed") else "no"
+
+
 def device_table(devices: list[DeviceView], title: str | None = None) -> Table:
     table = Table(title=title)
-    for column in ("device", "site", "os", "health", "desired", "update", "last seen"):
+    for column in ("device", "site", "os", "health", "attested", "desired", "update", "last seen"):
         table.add_column(column, no_wrap=True)
     for d in devices:
         if d.desired_version_applied == d.desired_version:
             desired = f"v{d.desired_version} applied"
         else:
-            desired = f"v{d.desired_version} (has {d.desired_version_applied})"
-        table.add_row(d.id, d.site, d.running_version or "?", d.health, desired, d.update_state,
+            has = "-" if d.desired_version_applied is None else f"v{d.desired_version_applied}"
+            desired = f"v{d.desired_version} (has {has})"
+        table.add_row(d.id, d.site, d.running_version or "?", d.health, attested(d), desired, d.update_state,
                       ago(d.last_seen_at))
     return table

@@ -234,6 +234,11 @@ class Agent:
                     self.attested = await self._until_stopped(attestor.attest(transport, state.device_id), stop)
                     next_attest = self.clock.monotonic() + settings.attestation_interval_seconds
                     next_report = self.clock.monotonic()
+                # Status goes out before the check-in: when configuration is refused (a
+                # quarantined device), that is exactly when operators need to see it.
+                if self.clock.monotonic() >= next_report:
+                    await self._until_stopped(self._report(state, transport), stop)
+                    next_report = self.clock.monotonic() + settings.status_interval_seconds
                 desired = await self._until_stopped(
                     transport.fetch_desired(state.device_id, state.desired_version, settings.long_poll_seconds), stop
                 )
@@ -257,10 +262,13 @@ class Agent:
                 delay = (jittered(settings.checkin_interval_seconds, self.rng) if settings.long_poll_seconds == 0
                          else self.rng.uniform(0, 1))
             except (TransportError, ServerRefused) as exc:
+                repeated = self.last_error == str(exc)
                 self.last_error = str(exc)
                 delay = backoff.next_delay()
+                # The same failure again and again (a quarantined device, a long outage) is
+                # logged once, then at debug level: edge disks and links are small.
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING
-                log.log(level, "check-in failed, retrying in %.1fs: %s", delay, exc)
+                log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
             await self._pause(delay, stop)
         stop_watch.cancel()
 

@@ -20,7 +20,8 @@ def demo(
     port: Annotated[int, typer.Option(help="Control plane port (0: any free port).")] = 0,
     headless: Annotated[bool, typer.Option(help="No interactive wait: run for --duration, then exit.")] = False,
     duration: Annotated[float, typer.Option(min=5, help="Seconds to run with --headless.")] = 30,
-    log_level: Annotated[str, typer.Option(help="Log level of the server and agents.")] = "warning",
+    log_level: Annotated[str, typer.Option(help="Log level of the server and agents (the demo narrates).")]
+    = "error",
 ) -> None:
     """Start a control plane on SQLite and a fleet of emulated devices that enroll over mTLS,
     check in and take a desired-state change; print what happened and where to look."""

@@ -6,10 +6,12 @@
 4. each emulated device enrolls (CSR -> device certificate) and checks in;
 5. the operator pushes a desired-state change to one site; the devices there, waiting in a
    long poll, receive it at once and report it applied;
-6. release owners sign a release offline (TUF, 2-of-3 root) and publish it; the operator
+6. every device's firmware measured its boot into its (insecure, software) TPM; each device
+   binds its TPM identity and attests; one device booted a tampered image and is quarantined;
+7. release owners sign a release offline (TUF, 2-of-3 root) and publish it; the operator
    assigns it to the canary site; each device there verifies it (Uptane: director and image
    repository must agree) and downloads it;
-7. summary; with --headless the demo stops by itself after --duration seconds.
+8. summary; with --headless the demo stops by itself after --duration seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from rich.console import Console
 
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.hardware.firmware import measured_boot, reference_pcrs
+from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
@@ -43,6 +47,7 @@ from edgefleet.server.settings import ServerSettings
 from edgefleet.ui import console as default_console
 from edgefleet.ui import device_table
 
+RUNNING = "2026.11.0"
 RELEASE = "2026.12.0"
 HARDWARE_TYPE = "vdevice-x86"
 SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "factory-turin", "pop-vienna"]
@@ -88,6 +93,8 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     await asyncio.to_thread(server.start)
     out.print(f"[bold green]control plane[/] listening on [bold]{server.url}[/] (SQLite in {data_dir})")
     client = AdminClient(server.url, admin_token, settings.pki.ca_cert)
+    # releases are published before devices boot: attestation compares with their measurements
+    published = await asyncio.to_thread(publish_workspace, workspace, client)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     ok = False
@@ -109,8 +116,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
             return False
         out.print(f"[bold green]all devices checked in[/] ({len(agents)} devices, {took:.1f}s after start)")
 
-        ok = await _push_desired_state(client, site_name(0), out)
-        ok = await _roll_out_release(client, workspace, site_name(0), out) and ok
+        ok = await _report_attestation(client, 0 if tampered_index(options) is None else 1, out)
+        ok = await _push_desired_state(client, site_name(0), out) and ok
+        ok = await _roll_out_release(client, published.snapshot_version, site_name(0), out) and ok
         fleet = await asyncio.to_thread(client.devices)
         out.print(device_table(fleet.devices, title="fleet"))
         _print_summary(out, fleet, server.url, settings, admin_token)
@@ -153,42 +161,76 @@ async def _start_fleet(
         token = await asyncio.to_thread(client.create_bootstrap_token, site, {"ring": labels["ring"]}, 3600)
         device = VirtualDevice.create(
             settings.data_dir / "devices" / f"{site}-{index:03d}",
-            hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version="2026.11.0",
+            hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version=RUNNING,
             hardware_type=HARDWARE_TYPE, release_counter=1,
         )
         device.install_trust(workspace_root(settings.data_dir, "image"), workspace_root(settings.data_dir, "director"))
+        if index == tampered_index(options):
+            image = device.slot_image("a")
+            image.write_bytes(image.read_bytes().replace(RUNNING.encode(), b"2026.11.X"))  # an implant
+        # Demo fleets use the insecure software TPM (a real device: /dev/tpmrm0; tests: swtpm).
+        tpm = InsecureSoftwareTpm(device.path / "tpm-insecure")
+        measured_boot(tpm, device.slot_image(device.booted()), device.event_log(), power_cycle=lambda: None)
         agent_settings = AgentSettings(
             server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
             bootstrap_token=token.token, checkin_interval_seconds=2, long_poll_seconds=20,
             status_interval_seconds=30, backoff_initial_seconds=0.2, backoff_max_seconds=5,
         )
-        agent = Agent(agent_settings, device, site=site, labels=labels)
+        agent = Agent(agent_settings, device, site=site, labels=labels, tpm=tpm)
         agents.append(agent)
         tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{index}"))
     return agents
 
 
+def tampered_index(options: DemoOptions) -> int | None:
+    """One device outside the canary site boots a tampered image (none with a single site)."""
+    return options.sites + 1 if options.sites > 1 and options.devices > options.sites + 1 else None
+
+
 def _sign_release(data_dir: Path, now: datetime) -> Workspace:
-    """What release owners do offline: keys, a release, two signatures (a threshold)."""
+    """What release owners do offline: keys, the release devices run and the next one, each
+    with its reference measurements, two signatures (a threshold)."""
     keys = Keystore(data_dir / "offline-keys")
     workspace = Workspace(data_dir / "release-workspace")
     online = load_online_keys(data_dir / "keys" / "online-keys.json")
     workspace.init(keys, online, now, root_keys=3, root_threshold=2, targets_keys=2, targets_threshold=2)
-    image = data_dir / "images" / f"edge-{RELEASE}.erofs"
-    image.parent.mkdir(parents=True, exist_ok=True)
-    image.write_bytes(random.Random(RELEASE).randbytes(2 * 1024 * 1024))
-    workspace.create_release(image, ReleaseInfo(RELEASE, 2, (HARDWARE_TYPE,), {"4": "a5" * 32}), now)
+    running = VirtualDevice.create(data_dir / "images" / "golden", hardware_id="golden", site="factory",
+                                   os_version=RUNNING).slot_image("a")
+    new = data_dir / "images" / f"edge-{RELEASE}.erofs"
+    new.write_bytes(random.Random(RELEASE).randbytes(2 * 1024 * 1024))
+    for version, counter, image in ((RUNNING, 1, running), (RELEASE, 2, new)):
+        reference = reference_pcrs(image)
+        measurements = {"0": reference[0].hex(), "4": reference[4].hex()}
+        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE_TYPE,), measurements), now)
     for name in ("targets-1", "targets-2"):
         workspace.sign_targets(keys.signer(name))
     return workspace
+
+
+async def _report_attestation(client: AdminClient, expected: int, out: Console) -> bool:
+    """Every device attested; exactly the tampered one (if any) is quarantined."""
+    def all_attested() -> bool:
+        return all(d.attestation is not None for d in client.devices().devices)
+
+    await _wait_for(all_attested, timeout=30)
+    fleet = await asyncio.to_thread(client.devices)
+    passed = [d for d in fleet.devices if d.attestation and d.attestation.get("passed")]
+    quarantined = [d for d in fleet.devices if d.attestation and d.attestation.get("quarantined")]
+    out.print(f"[bold green]attestation[/]: {len(passed)} devices proved with TPM quotes that they booted signed "
+              f"release {RUNNING} (measured boot, event log replayed)")
+    for device in quarantined:
+        failed = "; ".join(str(c) for c in device.attestation.get("failed_checks", [])[:1]) if device.attestation \
+            else ""
+        out.print(f"[bold red]quarantined[/]: {device.id} at {device.site} booted an image its release does not "
+                  f"allow ({failed}); it gets no configuration or tokens until an operator releases it")
+    return len(quarantined) == expected and len(passed) == len(fleet.devices) - expected
 
 
 def workspace_root(data_dir: Path, which: str) -> bytes:
     return (data_dir / "release-workspace" / which / "metadata" / "1.root.json").read_bytes()
 
 
-async def _roll_out_release(client: AdminClient, workspace: Workspace, site: str, out: Console) -> bool:
-    published = await asyncio.to_thread(publish_workspace, workspace, client)
+async def _roll_out_release(client: AdminClient, snapshot_version: int, site: str, out: Console) -> bool:
     started = time.monotonic()
     fleet = await asyncio.to_thread(client.devices, site=site)
     for device in fleet.devices:
@@ -201,7 +243,7 @@ async def _roll_out_release(client: AdminClient, workspace: Workspace, site: str
     took = time.monotonic() - started
     if done:
         out.print(f"[bold green]release {RELEASE}[/] signed offline (2-of-2 targets keys), published "
-                  f"(snapshot v{published.snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: "
+                  f"(snapshot v{snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: "
                   f"each verified it (director and image repository agree) and downloaded it in {took:.1f}s")
     else:
         states = sorted({d.update_state for d in client.devices(site=site).devices})

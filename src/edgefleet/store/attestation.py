@@ -58,6 +58,11 @@ async def status(conn: AsyncConnection, device_id: str) -> AttestationStatus | N
     return None if row is None else AttestationStatus(**row._mapping)
 
 
+async def statuses(conn: AsyncConnection, device_ids: list[str]) -> dict[str, AttestationStatus]:
+    rows = await conn.execute(select(AttestationStatus.__table__).where(AttestationStatus.device_id.in_(device_ids)))
+    return {row.device_id: AttestationStatus(**row._mapping) for row in rows}
+
+
 async def save_status(conn: AsyncConnection, device_id: str, **values: Any) -> None:
     updated = await conn.execute(update(AttestationStatus).where(AttestationStatus.device_id == device_id)
                                  .values(**values).returning(AttestationStatus.device_id))

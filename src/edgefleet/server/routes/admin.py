@@ -25,6 +25,7 @@ from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.attestation import status as attestation_status
+from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
 from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
@@ -46,7 +47,8 @@ async def devices(
     async with state.db.transaction() as conn:
         rows = await list_devices(conn, site=site, limit=limit, offset=offset)
         total = await count_devices(conn, site=site)
-    return DeviceList(total=total, devices=[device_view(r, state.presence) for r in rows])
+        attested = await attestation_statuses(conn, [r.id for r in rows])
+    return DeviceList(total=total, devices=[device_view(r, state.presence, attested.get(r.id)) for r in rows])
 
 
 @router.get("/devices/{device_id}")
