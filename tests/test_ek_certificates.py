@@ -95,3 +95,55 @@ def test_missing_ek_certificate_is_refused_in_vendor_mode(vendor_plane: Any, emu
     plane, _ = vendor_plane
     response = present(plane, emulator, None)
     assert response.status_code == 403
+
+
+def provision_ek_certificate(tcti: str, der: bytes) -> None:
+    """What a TPM manufacturer does: store the EK certificate in NV index 0x01C00002."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+
+    name, _, config = tcti.partition(":")
+    with ESAPI(TCTILdr(name, config)) as ectx:
+        public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=0x01C00002, nameAlg=TPM2_ALG.SHA256, dataSize=len(der),
+            attributes=TPMA_NV.OWNERWRITE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA))
+        index = ectx.nv_define_space(b"", public)
+        for offset in range(0, len(der), 512):
+            ectx.nv_write(index, der[offset:offset + 512], offset, auth_handle=ESYS_TR.OWNER)
+
+
+def test_agent_reads_its_ek_certificate_from_the_tpm_and_binds_its_identity(vendor_plane: Any, emulator: Any,
+                                                                           tmp_path: Path) -> None:
+    import asyncio
+
+    from edgefleet.agent import Agent, AgentSettings
+    from edgefleet.agent.hardware import VirtualDevice
+    from edgefleet.agent.hardware.firmware import measured_boot
+
+    plane, (_, _, intermediate, intermediate_key) = vendor_plane
+    tpm = tpm2_or_skip()(emulator.tcti)
+    provision_ek_certificate(emulator.tcti, ek_cert(emulator, (intermediate, intermediate_key))
+                             .public_bytes(serialization.Encoding.DER))
+    assert tpm.ek_certificate() is not None
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-vendor-1", site="store-1",
+                                  hardware_type="hw-x86")
+    measured_boot(tpm, device.slot_image("a"), device.event_log(), power_cycle=emulator.power_cycle)
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
+    agent = Agent(settings, device, site="store-1", tpm=tpm)
+
+    async def until_attested() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        for _ in range(400):
+            if agent.attested is not None:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(until_attested())
+    identities = plane.rows()["attestation_identities"]
+    assert [row["state"] for row in identities] == ["active"]  # the vendor-certified TPM bound its identity

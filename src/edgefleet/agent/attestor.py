@@ -22,6 +22,8 @@ log = logging.getLogger("edgefleet.agent")
 class AttestingTpm(Protocol):
     def endorsement_key(self) -> bytes: ...
 
+    def ek_certificate(self) -> bytes | None: ...
+
     def attestation_key(self) -> bytes: ...
 
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes: ...
@@ -34,16 +36,23 @@ def _b64(data: bytes) -> str:
 
 
 class Attestor:
-    def __init__(self, tpm: AttestingTpm, event_log: Path, token_file: Path) -> None:
+    def __init__(self, tpm: AttestingTpm, event_log: Path, token_file: Path,
+                 ek_certificate_file: Path | None = None) -> None:
         self.tpm = tpm
         self.event_log = event_log
         self.token_file = token_file
+        self.ek_certificate_file = ek_certificate_file
 
     async def enroll(self, transport: DeviceTransport, device_id: str) -> None:
         """Present EK and AK; activate the credential the server sends back (once: a
         rebooted TPM re-derives the same keys and the server answers 204)."""
         ek, ak = await asyncio.to_thread(self.tpm.endorsement_key), await asyncio.to_thread(self.tpm.attestation_key)
-        challenge = await transport.attestation(device_id, "identity", {"ek_public": _b64(ek), "ak_public": _b64(ak)})
+        body = {"ek_public": _b64(ek), "ak_public": _b64(ak)}
+        certificate = (await asyncio.to_thread(self.ek_certificate_file.read_bytes) if self.ek_certificate_file
+                       else await asyncio.to_thread(self.tpm.ek_certificate))
+        if certificate:
+            body["ek_certificate"] = _b64(certificate)
+        challenge = await transport.attestation(device_id, "identity", body)
         if challenge is None:
             return
         credential = await asyncio.to_thread(self.tpm.activate_credential, _decode(challenge, "id_object"),

@@ -221,7 +221,8 @@ class Agent:
         attestor = None
         if self.tpm is not None:
             attestor = Attestor(self.tpm, self.platform.event_log(),
-                                settings.workload_token_file or self.dir.path / "workload-token")
+                                settings.workload_token_file or self.dir.path / "workload-token",
+                                settings.ek_certificate_file)
         identity_bound = False
         next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
         stop_watch = asyncio.ensure_future(self._forward_stop(stop))

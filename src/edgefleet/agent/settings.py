@@ -32,3 +32,4 @@ class AgentSettings(BaseSettings):
     tpm: str | None = Field(None, description="TCTI of the TPM, e.g. device:/dev/tpmrm0; unset: no attestation")
     attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
     workload_token_file: Path | None = Field(None, description="default: <state_dir>/workload-token")
+    ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")

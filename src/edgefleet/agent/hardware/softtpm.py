@@ -105,6 +105,9 @@ class InsecureSoftwareTpm:
                 + struct.pack(">HHHHH", TPM_ALG_NULL, TPM_ALG_ECDSA, SHA256, TPM_ECC_NIST_P256, TPM_ALG_NULL)
                 + _tpm2b(numbers.x.to_bytes(32, "big")) + _tpm2b(numbers.y.to_bytes(32, "big")))
 
+    def ek_certificate(self) -> bytes | None:
+        return None  # no manufacturer vouches for a software TPM
+
     def _ak_name(self) -> bytes:
         return struct.pack(">H", SHA256) + hashlib.sha256(self.attestation_key()).digest()
 

@@ -11,6 +11,7 @@ from typing import Literal
 from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2_SU, TPMA_OBJECT
 from tpm2_pytss.types import (
+    TPM2_HANDLE,
     TPM2B_DATA,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
@@ -31,6 +32,8 @@ AkAlgorithm = Literal["ecc", "rsa"]
 AK_ATTRIBUTES = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM
                  | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH)
 AK_TEMPLATES = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}
+EK_CERT_NV_INDEX = 0x01C00002
+NV_CHUNK = 512
 
 
 class TpmError(ConfigError):
@@ -114,6 +117,22 @@ class Tpm2:
         with self._esapi() as ectx:
             ectx.flush_context(self._load_ek(ectx))
         return self._ek_public
+
+    def ek_certificate(self) -> bytes | None:
+        """The manufacturer's EK certificate from NV index 0x01C00002 (TCG EK Credential
+        Profile, RSA 2048 EK), or None when the TPM has none."""
+        with self._esapi() as ectx:
+            try:
+                index = ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_CERT_NV_INDEX))
+            except TSS2_Exception:  # no such NV index: the TPM carries no EK certificate
+                return None
+            public, _ = ectx.nv_read_public(index)
+            size = public.nvPublic.dataSize
+            data = b""
+            while len(data) < size:  # NV reads are limited to TPM2_MAX_NV_BUFFER_SIZE
+                chunk = min(NV_CHUNK, size - len(data))
+                data += bytes(ectx.nv_read(index, chunk, len(data), auth_handle=index))
+            return data
 
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
         """TPM2_ActivateCredential with this TPM's AK and EK: returns the credential only if
