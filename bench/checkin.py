@@ -163,7 +163,9 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, flo
                "--log-level", "warning"]
     if database_url:
         command += ["--database-url", database_url]
-    server = await asyncio.create_subprocess_exec(*command)
+    # the emulated devices here have no TPM: measure check-ins, not the attestation gate
+    env = {**os.environ, "EDGEFLEET_ATTESTATION_REQUIRED": "false"}
+    server = await asyncio.create_subprocess_exec(*command, env=env)
     url = f"https://127.0.0.1:{port}"
     ca = settings.pki.ca_cert
     try:

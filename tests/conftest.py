@@ -194,6 +194,8 @@ class Device:
 
 
 def start_fleet(tmp: Path, database: str | None, **overrides: Any) -> Fleet:
+    # Most test devices have no TPM: the attestation gate is tested where they do.
+    overrides.setdefault("attestation_required", False)
     settings = ServerSettings(data_dir=tmp / "server", database_url=database, port=0,
                               presence_flush_seconds=0.2, long_poll_recheck_seconds=0.5, **overrides)
     clock = FakeClock()

@@ -32,7 +32,7 @@ def released(tmp_path: Path) -> Iterator[tuple[Fleet, VirtualDevice]]:
     """A control plane with release 2026.12.0 published, its reference PCRs taken from the
     image the vdevice has in slot A, and that vdevice."""
     tpm2_or_skip()
-    plane = start_fleet(tmp_path / "plane", None)
+    plane = start_fleet(tmp_path / "plane", None, attestation_required=True)
     device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-attest-1", site="store-1",
                                   hardware_type="hw-x86", os_version=RELEASE)
     reference = reference_pcrs(device.slot_image("a"))

@@ -37,7 +37,7 @@ def b64(data: bytes) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     tpm2_or_skip()
-    fleet = start_fleet(tmp_path / "plane", database_url(request.param, request, tmp_path))
+    fleet = start_fleet(tmp_path / "plane", database_url(request.param, request, tmp_path), attestation_required=True)
     keys, workspace = Keystore(tmp_path / "keys"), Workspace(tmp_path / "ws")
     workspace.init(keys, load_online_keys(fleet.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
     image = tmp_path / "golden.img"
@@ -86,6 +86,9 @@ def boot(plane: Fleet, emulator: Swtpm, kernel: bytes = b"vmlinuz 6.1 golden") -
 
 def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: Swtpm) -> None:
     dev, log = boot(plane, emulator)
+    gated = dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired")
+    assert gated.status_code == 403  # no configuration before a passing attestation
+    assert gated.json()["error"]["code"] == "attestation_required"
     dev.enroll_identity()
     assert dev.attest(log).json() == {"passed": True}
     token = dev.device.client.get(f"/api/v1/devices/{dev.device.id}/workload-token").json()["token"]
@@ -114,9 +117,9 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     metrics = plane.client().get("/metrics").text
     assert "edgefleet_quarantines_total 1.0" in metrics
     assert 'edgefleet_attestations_total{result="failed"} 1.0' in metrics
-    # A later passing quote does not lift the quarantine; an admin does.
+    # An admin lifts the quarantine; the device must then attest afresh to get configuration.
     plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
-    assert dev.device.client.get(f"{url}/desired").status_code == 200
+    assert dev.device.client.get(f"{url}/desired").json()["error"]["code"] == "attestation_required"
 
 
 @pytest.mark.parametrize("case", ["replayed", "expired", "other_device", "never_issued"])

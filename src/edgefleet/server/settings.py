@@ -35,7 +35,9 @@ class ServerSettings(BaseSettings):
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
     max_artifact_bytes: int = Field(16 * 1024**3, ge=1)
     # attestation
-    attestation_required: bool = Field(False, description="refuse config without a fresh passing attestation")
+    attestation_required: bool = Field(
+        True, description="refuse config and director metadata without a fresh passing attestation (set false only "
+        "for fleets without TPMs)")
     attestation_max_age_seconds: float = Field(3600.0, gt=0)
     attestation_nonce_seconds: float = Field(60.0, gt=0, le=600)
     attestation_pcrs: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
