@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from edgefleet.attestation._wire import Reader
 from edgefleet.errors import InvalidRequest
 
 ALG_SHA1, ALG_SHA256, ALG_SHA384, ALG_SHA512 = 0x0004, 0x000B, 0x000C, 0x000D
@@ -59,34 +60,12 @@ def _err(message: str) -> InvalidRequest:
     return InvalidRequest(f"event log: {message}", code="bad_event_log")
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.at + n > len(self.data):
-            raise _err(f"truncated at byte {self.at} (wanted {n} more)")
-        chunk = self.data[self.at:self.at + n]
-        self.at += n
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int(struct.unpack("<H", self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
-
-    @property
-    def done(self) -> bool:
-        return self.at == len(self.data)
+def _reader(data: bytes) -> Reader:
+    return Reader(data, "event log", little_endian=True, limit=MAX_LOG_BYTES, code="bad_event_log")
 
 
 def _spec_id(data: bytes) -> tuple[int, ...]:
-    r = _Reader(data)
+    r = _reader(data)
     if r.take(16) != SPEC_ID_SIGNATURE:
         raise _err("first event is not a Spec ID Event03 (not a crypto-agile log)")
     r.u32()  # platformClass
@@ -112,7 +91,7 @@ def _header(data: bytes) -> tuple[tuple[int, ...], int, bytes]:
     """(declared algorithms, offset of the first TCG_PCR_EVENT2, header event data)."""
     if len(data) > MAX_LOG_BYTES:
         raise _err(f"{len(data)} bytes is over the {MAX_LOG_BYTES} byte bound")
-    r = _Reader(data)
+    r = _reader(data)
     # header: TCG_PCR_EVENT (SHA-1 format)
     pcr, event_type = r.u32(), r.u32()
     r.take(20)

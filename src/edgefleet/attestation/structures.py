@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from edgefleet.attestation._wire import Reader
 from edgefleet.attestation.eventlog import DIGEST_SIZES, HASH_NAMES
 from edgefleet.errors import InvalidRequest
 
@@ -25,49 +26,10 @@ CURVES: dict[int, ec.EllipticCurve] = {TPM_ECC_NIST_P256: ec.SECP256R1(), TPM_EC
 FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 0x00000002, 0x00000010, 0x00000020
 USER_WITH_AUTH, RESTRICTED, DECRYPT, SIGN = 0x00000040, 0x00010000, 0x00020000, 0x00040000
 
-MAX_STRUCTURE = 4096
 
 
 def _err(what: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{what}: {message}", code=f"bad_{what.lower()}")
-
-
-class Reader:
-    """Big-endian reader that refuses to read past the end or to stop early."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        if len(data) > MAX_STRUCTURE:
-            raise _err(what, f"{len(data)} bytes is over the {MAX_STRUCTURE} byte bound")
-        self.data, self.at, self.what = data, 0, what
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise _err(self.what, f"truncated at byte {self.at}")
-        chunk = self.data[self.at:self.at + n]
-        self.at += n
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int(struct.unpack(">H", self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
-
-    def u64(self) -> int:
-        return int(struct.unpack(">Q", self.take(8))[0])
-
-    def tpm2b(self, limit: int = 1024) -> bytes:
-        size = self.u16()
-        if size > limit:
-            raise _err(self.what, f"a {size}-byte field is over its {limit}-byte bound")
-        return self.take(size)
-
-    def end(self) -> None:
-        if self.at != len(self.data):
-            raise _err(self.what, f"{len(self.data) - self.at} trailing bytes")
 
 
 @dataclass(frozen=True)
