@@ -135,8 +135,9 @@ class AttestationService:
         expected: dict[int, bytes] = {}
         baseline = self.settings.attestation_baselines.get(str(device.inventory.get("hardware_type")), {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
-        if release and (self.repository.image.metadata_dir / "targets.json").exists():
-            for target in self.repository.image.targets().signed.targets.values():
+        published = self.repository.published()
+        if release and published is not None:
+            for target in published.signed.targets.values():
                 fields = release_fields(target)
                 measurements = fields.get("measurements")
                 if fields.get("version") == release and isinstance(measurements, dict):

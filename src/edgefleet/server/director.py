@@ -47,10 +47,11 @@ class DirectorService:
 
     def release_targets(self, release: str) -> list[TargetFile]:
         """The image and artifacts of ``release`` as the image repository publishes them."""
-        if not (self.repository.image.metadata_dir / "targets.json").exists():
+        published = self.repository.published()
+        if published is None:
             raise NotFound("no releases have been published", code="unknown_release")
         found = []
-        for target in self.repository.image.targets().signed.targets.values():
+        for target in published.signed.targets.values():
             fields = release_fields(target)
             if fields.get("version") == release or fields.get("release") == release:
                 found.append(target)

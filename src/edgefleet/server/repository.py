@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +85,24 @@ class RepositoryService:
     data_dir: Path
     clock: Clock
     max_artifact_bytes: int
+    _published: tuple[tuple[int, int, int], Metadata[Targets]] | None = field(default=None, init=False, repr=False)
+
+    def published(self) -> Metadata[Targets] | None:
+        """The published targets metadata (None before the first publish), parsed once per
+        version: every quote and assignment consults it, and with thousands of releases it
+        is megabytes. targets.json is replaced by atomic rename, so (inode, mtime, size)
+        names a version exactly. Callers must not modify it."""
+        path = self.image.metadata_dir / "targets.json"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._published
+        if cached is None or cached[0] != key:
+            cached = (key, self.image.targets())
+            self._published = cached
+        return cached[1]
 
     @property
     def keys(self) -> Keystore:
@@ -149,8 +167,7 @@ class RepositoryService:
             if not set(new.signed.roles[role].keyids) <= set(held) or new.signed.roles[role].threshold != 1:
                 raise InvalidRequest(f"{which} root does not delegate {role} to this server's online key",
                                      code="foreign_online_keys")
-        targets = self.image.targets() if which == "image" and \
-            (self.image.metadata_dir / "targets.json").exists() else None
+        targets = self.published() if which == "image" else None
         repo.write_root(new)
         log.info("accepted %s root version %d", which, new.signed.version)
         if targets is not None:
@@ -202,13 +219,12 @@ class RepositoryService:
         if not self.image.exists():
             raise Conflict("upload the image repository root first", code="no_root")
         require_threshold(self.image.root().signed, "targets", new)
-        current = self.image.targets().signed if (self.image.metadata_dir / "targets.json").exists() else None
-        if current is not None and new.signed.version == current.version \
-                and self.image.targets().to_bytes() == new.to_bytes():
-            snapshot = self.image.snapshot()
-            return 0 if snapshot is None else snapshot.signed.version  # an identical re-upload is fine
-        if current is not None and new.signed.version <= current.version:
-            raise Conflict(f"targets version {new.signed.version} is not newer than {current.version}",
+        published = self.published()
+        if published is not None and new.signed.version <= published.signed.version:
+            if published.to_bytes() == new.to_bytes():
+                snapshot = self.image.snapshot()
+                return 0 if snapshot is None else snapshot.signed.version  # an identical re-upload is fine
+            raise Conflict(f"targets version {new.signed.version} is not newer than {published.signed.version}",
                            code="targets_rollback")
         if new.signed.expires <= self.clock.now():
             raise InvalidRequest("targets metadata has already expired", code="expired_metadata")
@@ -241,7 +257,7 @@ class RepositoryService:
     def refresh_if_expiring(self) -> bool:
         """Re-sign snapshot and timestamp once half of the timestamp's lifetime has passed."""
         timestamp = self.image.timestamp()
-        if timestamp is None or not (self.image.metadata_dir / "targets.json").exists():
+        if timestamp is None or self.published() is None:
             return False
         if timestamp.signed.expires - self.clock.now() > EXPIRY["timestamp"] / 2:
             return False

@@ -62,9 +62,10 @@ async def put_targets(who: Operator, request: Request) -> dict[str, int]:
 async def releases(_: Viewer, request: Request) -> Response:
     """The releases in the published targets, newest counter first."""
     service = server_state(request).repository
-    if not (service.image.metadata_dir / "targets.json").exists():
+    published = await asyncio.to_thread(service.published)
+    if published is None:
         return JSONResponse({"releases": []})
-    targets = service.image.targets().signed
+    targets = published.signed
     rows: list[dict[str, Any]] = []
     for target in targets.targets.values():
         fields = target.custom.get("edgefleet", {}) if isinstance(target.custom, dict) else {}
