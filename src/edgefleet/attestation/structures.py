@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edgefleet.attestation._wire import Reader
 from edgefleet.attestation.eventlog import DIGEST_SIZES, HASH_NAMES
-from edgefleet.errors import InvalidRequest
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -26,10 +25,6 @@ CURVES: dict[int, ec.EllipticCurve] = {TPM_ECC_NIST_P256: ec.SECP256R1(), TPM_EC
 FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 0x00000002, 0x00000010, 0x00000020
 USER_WITH_AUTH, RESTRICTED, DECRYPT, SIGN = 0x00000040, 0x00010000, 0x00020000, 0x00040000
 
-
-
-def _err(what: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"{what}: {message}", code=f"bad_{what.lower()}")
 
 
 @dataclass(frozen=True)
@@ -70,15 +65,15 @@ def parse_attest(data: bytes) -> Quote:
     if kind != TPM_ST_ATTEST_QUOTE:
         # Other attestation types (certify, time, ...) have another layout: a signed
         # structure that is not a quote must never be read as one.
-        raise _err("Attest", f"type {kind:#06x} is not a quote")
+        raise r.error(f"type {kind:#06x} is not a quote")
     count = r.u32()
     if count > 16:
-        raise _err("Attest", f"{count} PCR selections")
+        raise r.error(f"{count} PCR selections")
     selections = []
     for _ in range(count):
         bank, size = r.u16(), r.u8()
         if size > 4:
-            raise _err("Attest", f"PCR select of {size} bytes")
+            raise r.error(f"PCR select of {size} bytes")
         bits = r.take(size)
         pcrs = tuple(i for i in range(size * 8) if bits[i // 8] & (1 << (i % 8)))
         selections.append(PcrSelection(bank, pcrs))
@@ -104,10 +99,10 @@ def parse_signature(data: bytes) -> Signature:
     elif alg == TPM_ALG_ECDSA:
         sig = Signature(alg, r.u16(), ecc_r=r.tpm2b(66), ecc_s=r.tpm2b(66))
     else:
-        raise _err("Signature", f"signature algorithm {alg:#06x} is not supported")
+        raise r.error(f"signature algorithm {alg:#06x} is not supported")
     r.end()
     if sig.hash_alg not in DIGEST_SIZES:
-        raise _err("Signature", f"hash algorithm {sig.hash_alg:#06x}")
+        raise r.error(f"hash algorithm {sig.hash_alg:#06x}")
     return sig
 
 
@@ -150,7 +145,7 @@ def parse_public(data: bytes) -> PublicKey:
     r = Reader(data, "Public")
     kind, name_alg, attributes = r.u16(), r.u16(), r.u32()
     if name_alg not in DIGEST_SIZES:
-        raise _err("Public", f"name algorithm {name_alg:#06x}")
+        raise r.error(f"name algorithm {name_alg:#06x}")
     policy = r.tpm2b(64)
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     if kind == TPM_ALG_RSA:
@@ -160,7 +155,7 @@ def parse_public(data: bytes) -> PublicKey:
         bits, exponent = r.u16(), r.u32()
         modulus = r.tpm2b(512)
         if bits < 2048 or len(modulus) * 8 != bits:
-            raise _err("Public", f"RSA key of {bits} bits")
+            raise r.error(f"RSA key of {bits} bits")
         key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus, "big")).public_key()
     elif kind == TPM_ALG_ECC:
         symmetric = _symmetric(r)
@@ -172,12 +167,12 @@ def parse_public(data: bytes) -> PublicKey:
         x, y = r.tpm2b(66), r.tpm2b(66)
         curve = CURVES.get(curve_id)
         if curve is None:
-            raise _err("Public", f"curve {curve_id:#06x}")
+            raise r.error(f"curve {curve_id:#06x}")
         try:
             key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
         except ValueError as exc:
-            raise _err("Public", "point not on the curve") from exc
+            raise r.error("point not on the curve") from exc
     else:
-        raise _err("Public", f"key type {kind:#06x}")
+        raise r.error(f"key type {kind:#06x}")
     r.end()
     return PublicKey(kind, name_alg, attributes, policy, scheme, scheme_hash, key, data, symmetric)

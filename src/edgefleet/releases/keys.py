@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +19,17 @@ from edgefleet.errors import ConfigError
 from edgefleet.util.atomic import atomic_write_bytes
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+
+
+def key_to_json(key: Key) -> dict[str, Any]:
+    """A public key as edgefleet stores and exchanges it: TUF's key dict plus its keyid."""
+    return {"keyid": key.keyid, **key.to_dict()}
+
+
+def key_from_json(data: dict[str, Any]) -> Key:
+    """Inverse of ``key_to_json``. Raises KeyError, TypeError or ValueError when malformed."""
+    fields = dict(data)
+    return Key.from_dict(fields.pop("keyid"), fields)
 
 
 @dataclass(frozen=True)
@@ -43,17 +55,15 @@ class Keystore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
         atomic_write_bytes(private_path, pem, mode=0o600)
-        atomic_write_bytes(public_path, json.dumps({"keyid": public.keyid, **public.to_dict()}, indent=2).encode())
+        atomic_write_bytes(public_path, json.dumps(key_to_json(public), indent=2).encode())
         return public
 
     def public_key(self, name: str) -> Key:
         _, public_path = self._paths(name)
         try:
-            data = json.loads(public_path.read_bytes())
-        except (OSError, ValueError) as exc:
+            return key_from_json(json.loads(public_path.read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read public key {name}: {exc}") from exc
-        keyid = data.pop("keyid")
-        return Key.from_dict(keyid, data)
 
     def signer(self, name: str, passphrase: bytes | None = None) -> CryptoSigner:
         """Raises ConfigError for a missing key or a wrong or missing passphrase."""

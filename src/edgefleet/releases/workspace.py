@@ -19,7 +19,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.releases.image import ReleaseInfo, describe
-from edgefleet.releases.keys import Keystore
+from edgefleet.releases.keys import Keystore, key_from_json
 from edgefleet.releases.metadata import (
     RolePolicy,
     new_root,
@@ -37,8 +37,7 @@ def load_online_keys(path: Path) -> dict[str, Key]:
     """The server's ``keys/online-keys.json`` (written by ``edgefleet server init``)."""
     try:
         data = json.loads(path.read_text())
-        return {role: Key.from_dict(data[role].pop("keyid"), data[role]) for role in ("snapshot", "timestamp",
-                                                                                     "director")}
+        return {role: key_from_json(data[role]) for role in ("snapshot", "timestamp", "director")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read the server's online keys from {path}: {exc}") from exc
 

@@ -28,7 +28,7 @@ from tuf.api.serialization import DeserializationError
 
 from edgefleet.clock import Clock
 from edgefleet.errors import ConfigError, Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
-from edgefleet.releases.keys import Keystore
+from edgefleet.releases.keys import Keystore, key_to_json
 from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold, signing_status
 from edgefleet.releases.online import publish_online
 from edgefleet.releases.repository import RepositoryDir
@@ -53,7 +53,7 @@ def ensure_online_keys(keys: Keystore) -> dict[str, dict[str, object]]:
     for role in ONLINE_KEYS:
         names = generations(keys, role)
         key = keys.public_key(names[-1]) if names else keys.generate(role)
-        exported[role] = {"keyid": key.keyid, **key.to_dict()}
+        exported[role] = key_to_json(key)
     atomic_write_bytes(keys.directory / "online-keys.json", json.dumps(exported, indent=2).encode())
     return exported
 
