@@ -95,7 +95,7 @@ def test_corrupt_agent_state_is_a_persist_error_not_a_fresh_start(tmp_path: Path
 def test_vdevice_reports_the_version_of_its_booted_slot(tmp_path: Path) -> None:
     device = VirtualDevice.create(tmp_path / "d", hardware_id="hw-1", site="s", os_version="7.1")
     assert (device.booted(), device.other(), device.os_version()) == ("a", "b", "7.1")
-    assert device.bootenv.read()["ORDER"] == "A B"
+    assert device.bootenv.read()["BOOT_ORDER"] == "A"
     device.reboot("test")
     assert "test" in (device.path / "reboots.log").read_text()
 

@@ -11,7 +11,14 @@ import httpx
 from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
-from edgefleet.protocol.v1 import AssignmentView, BootstrapTokenCreated, DesiredState, DeviceList, DeviceView
+from edgefleet.protocol.v1 import (
+    AssignmentView,
+    BootstrapTokenCreated,
+    DesiredState,
+    DeviceList,
+    DeviceView,
+    UpdateHistory,
+)
 from edgefleet.util.http import checked
 
 __all__ = ["AdminClient"]
@@ -100,9 +107,16 @@ class AdminClient:
         result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)
         return int(result.root["snapshot_version"])
 
-    def assign(self, device_id: str, release: str) -> AssignmentView:
+    def update_history(self, device_id: str, limit: int = 100) -> UpdateHistory:
+        result: UpdateHistory = self._call("GET", f"/api/v1/admin/devices/{device_id}/updates", UpdateHistory,
+                                           params={"limit": limit})
+        return result
+
+    def assign(self, device_id: str, release: str, *, force_reboot: bool = False,
+               retry_failed: bool = False) -> AssignmentView:
         result: AssignmentView = self._call("PUT", f"/api/v1/admin/devices/{device_id}/assignment", AssignmentView,
-                                            json={"release": release})
+                                            json={"release": release, "force_reboot": force_reboot,
+                                                  "retry_failed": retry_failed})
         return result
 
     def releases(self) -> dict[str, Any]:

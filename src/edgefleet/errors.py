@@ -13,6 +13,7 @@
     ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
     ├── PersistError            local durable state could not be written (full disk, permissions)
+    ├── InstallError            (agent side) an image could not be written to a slot, or does not verify there
     └── ConfigError             settings or on-disk key material are missing or invalid
 
 Every error carries a stable machine-readable ``code``. How an error is shown (HTTP status,
@@ -29,6 +30,7 @@ __all__ = [
     "Conflict",
     "EdgefleetError",
     "Forbidden",
+    "InstallError",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
@@ -120,6 +122,12 @@ class StoreError(EdgefleetError):
 
 class PersistError(EdgefleetError):
     code = "persist_error"
+
+
+class InstallError(EdgefleetError):
+    """Writing an image into the inactive slot failed, or the slot does not hash to it."""
+
+    code = "install_failed"
 
 
 class ConfigError(EdgefleetError):

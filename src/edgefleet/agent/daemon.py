@@ -12,21 +12,26 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from edgefleet import __version__
+from edgefleet.agent.abupdate import Action, Offer, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.fetcher import https_client
-from edgefleet.agent.hardware.interfaces import Platform
+from edgefleet.agent.hardware.interfaces import ABSystem, Platform
+from edgefleet.agent.health import parse_checks
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
-from edgefleet.agent.updates import TrustAnchors, UpdateClient
+from edgefleet.agent.update_flow import UpdateJob
+from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
+from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
-from edgefleet.errors import ConfigError, ServerRefused, TransportError, UpdateRefused
+from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
 from edgefleet.pki import make_csr, new_device_key
-from edgefleet.protocol.v1 import EnrollRequest, Inventory, StatusReport
+from edgefleet.protocol.v1 import EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -49,7 +54,7 @@ class Agent:
     def __init__(
         self, settings: AgentSettings, platform: Platform, *, site: str, labels: dict[str, str] | None = None,
         transport_factory: TransportFactory = https_transport, clock: Clock | None = None,
-        rng: random.Random | None = None, tpm: AttestingTpm | None = None,
+        rng: random.Random | None = None, tpm: AttestingTpm | None = None, system: ABSystem | None = None,
     ) -> None:
         self.settings = settings
         self.platform = platform
@@ -66,6 +71,10 @@ class Agent:
         self.updates: UpdateClient | None = None
         self.tpm = tpm
         self.attested: bool | None = None  # result of the last attestation, None before one
+        self.system = system
+        self.runner: UpdateRunner | None = None
+        self.rebooting = False  # a reboot was requested; the agent has stopped for it
+        self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
     def _bootstrap_token(self) -> str:
@@ -106,21 +115,32 @@ class Agent:
         """
         self.dir.path.mkdir(parents=True, exist_ok=True)
         state = self.dir.load()
+        halt = asyncio.Event()  # ``stop``, or a reboot the agent asked for
+        forward = asyncio.ensure_future(self._forward(stop, halt))
         try:
             if state.device_id is None or not self.dir.cert.exists():
-                state = await self._enroll(state, stop)
+                state = await self._enroll(state, halt)
             self.device_id = state.device_id
             transport = self._transport_factory(self.settings, self.dir, True)
             self.updates = self._update_client(state)
+            self.runner = self._update_runner(state) if self.updates is not None else None
             try:
-                await self._loop(state, transport, stop)
+                if self.runner is not None:
+                    await asyncio.to_thread(self.runner.resume)
+                await self._loop(state, transport, halt)
             finally:
                 await transport.aclose()
                 if self.updates is not None:
                     self.updates.close()
         except _Stopped:
             pass
-        log.info("agent %s stopped", self.device_id or "(not enrolled)")
+        finally:
+            forward.cancel()
+        log.info("agent %s stopped%s", self.device_id or "(not enrolled)", " for a reboot" if self.rebooting else "")
+
+    async def _forward(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
+        await stop.wait()
+        halt.set()
 
     async def _enroll(self, state: AgentState, stop: asyncio.Event) -> AgentState:
         token = self._bootstrap_token()
@@ -188,29 +208,116 @@ class Agent:
             mirror_tls=https_client(self.dir.ca, self.dir.cert, self.dir.key, timeout, system_cas=True),
         )
 
+    def _update_runner(self, state: AgentState) -> UpdateRunner | None:
+        """The A/B installer, when the device has slots (emulated or configured)."""
+        if self.system is None:
+            log.info("no A/B slots: releases are verified but not installed")
+            return None
+
+        def save(job: UpdateJob, failed: dict[str, int]) -> None:
+            state.update, state.failed_releases, state.update_state = job.dump(), dict(failed), str(job.phase)
+            self.dir.save(state)
+
+        return UpdateRunner(
+            self.system, self.clock, save, job=UpdateJob.load(state.update) if state.update else UpdateJob(),
+            failed=dict(state.failed_releases), checks=parse_checks(self.settings.health_checks),
+            trial_seconds=self.settings.trial_deadline_seconds, attestation=self.tpm is not None,
+            failed_under=state.desired_version,
+        )
+
     async def _check_update(self, state: AgentState, updates: UpdateClient) -> None:
-        """Verify what the director assigns and download it; refusals are reported, and the
-        device keeps running what it has."""
+        """Verify what the director assigns and hand it to the installer; refusals are
+        reported, and the device keeps running what it has."""
+        runner = self.runner
         try:
             plan = await asyncio.to_thread(updates.check, self.platform.release_counter())
-            if plan is None or plan.version == self.platform.os_version():
-                result: tuple[str, str | None] = ("idle", None)
-            elif state.downloaded.get("version") == plan.version:
-                result = ("downloaded", None)
-            else:
-                path, fetched = await asyncio.to_thread(updates.download, plan, self._stop_downloads)
-                state.downloaded = {"version": plan.version, "counter": plan.counter, "path": str(path),
-                                    "sha256": plan.target.hashes["sha256"]}
-                log.info("release %s downloaded and verified (%d bytes fetched)", plan.version, fetched)
-                result = ("downloaded", None)
         except UpdateRefused as exc:
             log.warning("update refused (%s): %s", exc.code, exc.message)
-            result = ("refused", exc.code)
+            state.update_error = exc.code
+            if runner is None or not runner.job.active:
+                state.update_state = "refused"
+            self.dir.save(state)
+            return
         except TransportError as exc:
             log.warning("update check failed, will retry: %s", exc)
             return
-        state.update_state, state.update_error = result
+        self._plan = plan
+        if runner is None:
+            state.update_state, state.update_error = "idle" if plan is None else "verified", None
+            self.dir.save(state)
+            return
+        options = state.desired.get("update")
+        options = options if isinstance(options, dict) else {}
+        try:
+            runner.policy = MaintenancePolicy.parse(state.desired.get("maintenance"))
+        except InvalidRequest as exc:
+            log.error("maintenance windows in the desired state are invalid, keeping the last ones: %s", exc.message)
+        runner.failed_under = state.desired_version
+        offer = None if plan is None else Offer(plan.version, plan.counter, plan.target.hashes["sha256"],
+                                                plan.target.length, force_reboot=options.get("force_reboot") is True)
+        refusal = await asyncio.to_thread(runner.offer, offer, self.platform.os_version(),
+                                          options.get("retry_failed") is True)
+        if refusal is not None:
+            log.warning("update not started (%s): %s", refusal.code, refusal.message)
+        state.update_error = None if refusal is None else refusal.code
+        state.update_refused = None if refusal is None else refusal.message
+        state.update_state = str(runner.job.phase)
         self.dir.save(state)
+
+    async def _drive_update(self, state: AgentState, transport: DeviceTransport, attestor: Attestor | None,
+                            halt: asyncio.Event) -> bool:
+        """Advance the A/B update as far as it goes now; returns whether anything changed.
+
+        Raises TransportError (a download or attestation could not reach the server).
+        """
+        runner, updates = self.runner, self.updates
+        assert runner is not None
+        assert updates is not None
+        assert state.device_id is not None
+        changed = False
+        while not self.rebooting:
+            seq = runner.job.seq
+
+            def download() -> Path:
+                plan = self._plan
+                if plan is None or plan.version != runner.job.version:
+                    raise TransportError("the assignment is being re-verified")
+                return updates.download(plan, self._stop_downloads)[0]
+
+            action = await self._until_stopped(asyncio.to_thread(runner.step, download), halt)
+            changed = changed or runner.job.seq != seq
+            if action is Action.ATTEST:
+                # The server checks the quote against the release the device says it runs.
+                await self._until_stopped(self._report(state, transport), halt)
+                if attestor is None:
+                    raise ConfigError("attestation before commit needs a TPM")
+                self.attested = await self._until_stopped(attestor.attest(transport, state.device_id), halt)
+                action = await asyncio.to_thread(runner.attestation_result, self.attested)
+                changed = True
+            if action is Action.REBOOTING:
+                await self._reboot(state, transport, halt)
+            if action is not Action.CONTINUE:
+                break
+        return changed
+
+    async def _reboot(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
+        """The OS goes down: tell the server (best effort), then stop."""
+        self.rebooting = True
+        with contextlib.suppress(TransportError, ServerRefused, _Stopped):
+            await asyncio.wait_for(self._report(state, transport), 5)
+        halt.set()
+
+    async def _watchdog(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
+        """Rolls a trial back at its deadline, even while a health check hangs."""
+        runner = self.runner
+        assert runner is not None
+        while not halt.is_set():
+            remaining = runner.trial_remaining()
+            if remaining is not None and remaining <= 0:
+                if await asyncio.to_thread(runner.trial_expired) is Action.REBOOTING:
+                    await self._reboot(state, transport, halt)
+                return
+            await self._pause(1.0 if remaining is None else min(remaining, 1.0), halt)
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -226,20 +333,28 @@ class Agent:
         identity_bound = False
         next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
         stop_watch = asyncio.ensure_future(self._forward_stop(stop))
+        watchdog = (asyncio.ensure_future(self._watchdog(state, transport, stop)) if self.runner is not None
+                    else None)
         while not stop.is_set():
             try:
+                # Status goes out first: the server judges quotes against the release the
+                # device reports, and when configuration is refused (a quarantined
+                # device), that is exactly when operators need to see it.
+                if self.clock.monotonic() >= next_report:
+                    await self._until_stopped(self._report(state, transport), stop)
+                    next_report = self.clock.monotonic() + settings.status_interval_seconds
                 if attestor is not None and self.clock.monotonic() >= next_attest:
                     if not identity_bound:
                         await self._until_stopped(attestor.enroll(transport, state.device_id), stop)
                         identity_bound = True
                     self.attested = await self._until_stopped(attestor.attest(transport, state.device_id), stop)
                     next_attest = self.clock.monotonic() + settings.attestation_interval_seconds
-                    next_report = self.clock.monotonic()
-                # Status goes out before the check-in: when configuration is refused (a
-                # quarantined device), that is exactly when operators need to see it.
-                if self.clock.monotonic() >= next_report:
                     await self._until_stopped(self._report(state, transport), stop)
-                    next_report = self.clock.monotonic() + settings.status_interval_seconds
+                if self.runner is not None and self.runner.job.active and \
+                        await self._drive_update(state, transport, attestor, stop):
+                    await self._until_stopped(self._report(state, transport), stop)
+                if stop.is_set():
+                    break
                 desired = await self._until_stopped(
                     transport.fetch_desired(state.device_id, state.desired_version, settings.long_poll_seconds), stop
                 )
@@ -250,12 +365,14 @@ class Agent:
                     log.info("received desired state version %d", desired.version)
                     next_report = next_update = self.clock.monotonic()
                 if self.updates is not None and self.clock.monotonic() >= next_update:
-                    before = (state.update_state, state.update_error, state.downloaded.get("version"))
+                    before = (state.update_state, state.update_error)
                     await self._check_update(state, self.updates)
                     next_update = self.clock.monotonic() + settings.update_check_seconds
-                    if (state.update_state, state.update_error, state.downloaded.get("version")) != before:
+                    if self.runner is not None and self.runner.job.active:
+                        await self._drive_update(state, transport, attestor, stop)
+                    if (state.update_state, state.update_error) != before:
                         next_report = self.clock.monotonic()
-                if self.clock.monotonic() >= next_report:
+                if self.clock.monotonic() >= next_report and not stop.is_set():
                     await self._until_stopped(self._report(state, transport), stop)
                     next_report = self.clock.monotonic() + settings.status_interval_seconds
                 backoff.reset()
@@ -272,6 +389,8 @@ class Agent:
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
             await self._pause(delay, stop)
         stop_watch.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
 
     async def _forward_stop(self, stop: asyncio.Event) -> None:
         """Let a download running in a worker thread see the stop request."""
@@ -284,9 +403,20 @@ class Agent:
             details["attestation"] = "passed" if self.attested else "failed"
         if state.update_error:
             details["update_error"] = state.update_error
-        if state.downloaded:
-            details["downloaded_release"] = state.downloaded.get("version")
         return details
+
+    def _update_report(self, state: AgentState) -> UpdateReport | None:
+        runner = self.runner
+        if runner is None:
+            return None
+        job = runner.job
+        return UpdateReport(
+            phase=str(job.phase), release=job.version, from_slot=job.from_slot, to_slot=job.to_slot,
+            booted_slot=self.system.booted() if self.system is not None else None, reason=job.reason,
+            refused=state.update_refused, failed_releases=sorted(runner.failed)[-64:],
+            health_checks=runner.last_checks[:64],
+            events=[UpdateEvent.model_validate(event) for event in job.history],
+        )
 
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:
         assert state.device_id is not None
@@ -300,6 +430,7 @@ class Agent:
                 update_state=state.update_state,
                 desired_version_applied=state.desired_version if state.desired_version >= 0 else None,
                 details=self._details(state),
+                update=self._update_report(state),
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1

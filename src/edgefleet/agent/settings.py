@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,3 +34,10 @@ class AgentSettings(BaseSettings):
     attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
     workload_token_file: Path | None = Field(None, description="default: <state_dir>/workload-token")
     ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")
+    slot_a: Path | None = Field(None, description="block device of root slot A, e.g. /dev/disk/by-partlabel/root-a")
+    slot_b: Path | None = Field(None, description="block device of root slot B")
+    bootloader: Literal["grub", "uboot"] = "grub"
+    grubenv: Path = Field(Path("/boot/grub/grubenv"), description="GRUB environment block (bootloader=grub)")
+    fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
+    health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")
+    trial_deadline_seconds: float = Field(900.0, gt=0, description="a trial boot not committed by then rolls back")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ class AgentState:
     desired_version: int = -1  # -1: nothing received yet
     desired: dict[str, Any] = field(default_factory=dict)
     status_seq: int = 0
-    update_state: str = "idle"
+    update_state: str = "idle"  # "refused" when verification refused the assignment, else the job's phase
     update_error: str | None = None
-    downloaded: dict[str, Any] = field(default_factory=dict)  # verified image awaiting install
+    update_refused: str | None = None  # why the current assignment is not being installed
+    update: dict[str, Any] = field(default_factory=dict)  # the A/B update job (update_flow.UpdateJob)
+    failed_releases: dict[str, int] = field(default_factory=dict)  # release -> desired version it failed under
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,11 @@ class StateDir:
         """Raises PersistError when the state file exists but is unreadable or corrupt."""
         try:
             raw = json.loads(self.state_file.read_bytes())
-            return AgentState(**raw)
+            known = {f.name for f in fields(AgentState)}
+            return AgentState(**{k: v for k, v in raw.items() if k in known})  # older agents kept other keys
         except FileNotFoundError:
             return AgentState()
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise PersistError(f"agent state {self.state_file} is unreadable: {exc}") from exc
 
     def save(self, state: AgentState) -> None:

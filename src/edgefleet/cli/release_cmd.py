@@ -162,9 +162,12 @@ def assign(
     ca_file: CaFile,
     device: Annotated[list[str] | None, typer.Argument(help="Device id(s).", show_default=False)] = None,
     site: Annotated[str | None, typer.Option(help="Every device of this site.")] = None,
+    force_reboot: Annotated[bool, typer.Option(help="Install and reboot now, outside maintenance windows.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Try again where this release failed before.")] = False,
 ) -> None:
-    """Point devices' director at a release; each device verifies it through TUF before
-    downloading (the rollout controller will do this in waves)."""
+    """Point devices' director at a release; each device verifies it through TUF, then
+    downloads, installs into its inactive slot and reboots in its maintenance windows
+    (the rollout controller will do this in waves)."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         targets = list(device or [])
         if site:
@@ -172,7 +175,7 @@ def assign(
         if not targets:
             raise typer.BadParameter("name devices or --site")
         for device_id in targets:
-            result = client.assign(device_id, release)
+            result = client.assign(device_id, release, force_reboot=force_reboot, retry_failed=retry_failed)
             console.print(f"{device_id}: release {release} (director version {result.director_version})")
 
 

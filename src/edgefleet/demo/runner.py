@@ -8,10 +8,14 @@
    long poll, receive it at once and report it applied;
 6. every device's firmware measured its boot into its (insecure, software) TPM; each device
    binds its TPM identity and attests; one device booted a tampered image and is quarantined;
-7. release owners sign a release offline (TUF, 2-of-3 root) and publish it; the operator
-   assigns it to the canary site; each device there verifies it (Uptane: director and image
-   repository must agree) and downloads it;
-8. summary; with --headless the demo stops by itself after --duration seconds.
+7. release owners sign releases offline (TUF, 2-of-3 root) and publish them; the operator
+   assigns the new one to the canary site; each device there verifies it (Uptane: director
+   and image repository must agree), downloads it, writes it into its inactive slot,
+   reboots into it for one trial boot, runs the image's health checks, attests against the
+   new release's measurements and commits;
+8. a broken release (its required health check fails) goes to one device of another site:
+   it boots it once, fails the check and rolls back to its good slot by itself;
+9. summary; with --headless the demo stops by itself after --duration seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from pathlib import Path
 from rich.console import Console
 
 from edgefleet.agent.daemon import Agent
-from edgefleet.agent.hardware import VirtualDevice
-from edgefleet.agent.hardware.firmware import measured_boot, reference_pcrs
+from edgefleet.agent.emulated import EmulatedDevice
+from edgefleet.agent.hardware import VirtualDevice, vimage
+from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.client import AdminClient
@@ -49,6 +54,8 @@ from edgefleet.ui import device_table
 
 RUNNING = "2026.11.0"
 RELEASE = "2026.12.0"
+BROKEN = "2026.12.1"  # its required health check fails
+IMAGE_BYTES = 2 * 1024 * 1024
 HARDWARE_TYPE = "vdevice-x86"
 SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "factory-turin", "pop-vienna"]
 
@@ -99,26 +106,29 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     tasks: list[asyncio.Task[None]] = []
     ok = False
     try:
-        agents = await _start_fleet(options, settings, server.url, client, stop, tasks)
-        out.print(f"started {len(agents)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
+        devices = await _start_fleet(options, settings, server.url, client, stop, tasks)
+        out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
 
         def all_checked_in() -> bool:
             fleet = client.devices()
-            return fleet.total == len(agents) and all(
+            return fleet.total == len(devices) and all(
                 d.last_seen_at is not None and d.status_seq > 0 for d in fleet.devices
             )
 
         checked_in = await _wait_for(all_checked_in, timeout=60)
         took = time.monotonic() - started
         if not checked_in:
-            failures = [f"{a.platform.hardware_id()}: {a.last_error}" for a in agents if a.last_error]
+            failures = [f"{d.device.hardware_id()}: {d.agent.last_error}" for d in devices
+                        if d.agent is not None and d.agent.last_error]
             out.print(f"[bold red]not all devices checked in[/] after {took:.1f}s", *failures[:5], sep="\n  ")
             return False
-        out.print(f"[bold green]all devices checked in[/] ({len(agents)} devices, {took:.1f}s after start)")
+        out.print(f"[bold green]all devices checked in[/] ({len(devices)} devices, {took:.1f}s after start)")
 
         ok = await _report_attestation(client, 0 if tampered_index(options) is None else 1, out)
         ok = await _push_desired_state(client, site_name(0), out) and ok
         ok = await _roll_out_release(client, published.snapshot_version, site_name(0), out) and ok
+        if options.sites > 1:
+            ok = await _broken_release_rolls_back(client, site_name(1), tampered_index(options), out) and ok
         fleet = await asyncio.to_thread(client.devices)
         out.print(device_table(fleet.devices, title="fleet"))
         _print_summary(out, fleet, server.url, settings, admin_token)
@@ -153,8 +163,8 @@ async def _until_interrupted() -> None:
 async def _start_fleet(
     options: DemoOptions, settings: ServerSettings, url: str, client: AdminClient, stop: asyncio.Event,
     tasks: list[asyncio.Task[None]],
-) -> list[Agent]:
-    agents = []
+) -> list[EmulatedDevice]:
+    devices = []
     for index in range(options.devices):
         site = site_name(index % options.sites)
         labels = {"role": site.split("-")[0], "ring": "canary" if index < options.sites else "main"}
@@ -162,24 +172,31 @@ async def _start_fleet(
         device = VirtualDevice.create(
             settings.data_dir / "devices" / f"{site}-{index:03d}",
             hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version=RUNNING,
-            hardware_type=HARDWARE_TYPE, release_counter=1,
+            hardware_type=HARDWARE_TYPE, release_counter=1, slot_bytes=IMAGE_BYTES,
         )
         device.install_trust(workspace_root(settings.data_dir, "image"), workspace_root(settings.data_dir, "director"))
         if index == tampered_index(options):
             image = device.slot_image("a")
-            image.write_bytes(image.read_bytes().replace(RUNNING.encode(), b"2026.11.X"))  # an implant
+            data = bytearray(image.read_bytes())
+            data[-16:] = b"implant-implant!"  # same version header, different bytes: a tampered root
+            image.write_bytes(bytes(data))
         # Demo fleets use the insecure software TPM (a real device: /dev/tpmrm0; tests: swtpm).
         tpm = InsecureSoftwareTpm(device.path / "tpm-insecure")
-        measured_boot(tpm, device.slot_image(device.booted()), device.event_log(), power_cycle=lambda: None)
         agent_settings = AgentSettings(
             server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
             bootstrap_token=token.token, checkin_interval_seconds=2, long_poll_seconds=20,
             status_interval_seconds=30, backoff_initial_seconds=0.2, backoff_max_seconds=5,
+            trial_deadline_seconds=60,
         )
-        agent = Agent(agent_settings, device, site=site, labels=labels, tpm=tpm)
-        agents.append(agent)
-        tasks.append(asyncio.create_task(agent.run(stop), name=f"agent-{index}"))
-    return agents
+
+        def make_agent(s: AgentSettings = agent_settings, d: VirtualDevice = device, t: InsecureSoftwareTpm = tpm,
+                       site: str = site, labels: dict[str, str] = labels) -> Agent:
+            return Agent(s, d, site=site, labels=labels, tpm=t, system=d)
+
+        emulated = EmulatedDevice(device, make_agent, tpm=tpm)
+        devices.append(emulated)
+        tasks.append(asyncio.create_task(emulated.run(stop), name=f"device-{index}"))
+    return devices
 
 
 def tampered_index(options: DemoOptions) -> int | None:
@@ -195,10 +212,15 @@ def _sign_release(data_dir: Path, now: datetime) -> Workspace:
     online = load_online_keys(data_dir / "keys" / "online-keys.json")
     workspace.init(keys, online, now, root_keys=3, root_threshold=2, targets_keys=2, targets_threshold=2)
     running = VirtualDevice.create(data_dir / "images" / "golden", hardware_id="golden", site="factory",
-                                   os_version=RUNNING).slot_image("a")
-    new = data_dir / "images" / f"edge-{RELEASE}.erofs"
-    new.write_bytes(random.Random(RELEASE).randbytes(2 * 1024 * 1024))
-    for version, counter, image in ((RUNNING, 1, running), (RELEASE, 2, new)):
+                                   os_version=RUNNING, release_counter=1, slot_bytes=IMAGE_BYTES).slot_image("a")
+    checks = [{"name": "edge-app-ready", "kind": "command", "command": ["true"], "timeout_seconds": 10}]
+    new, broken = data_dir / "images" / f"edge-{RELEASE}.img", data_dir / "images" / f"edge-{BROKEN}.img"
+    filler = random.Random(RELEASE).randbytes(4096)
+    new.write_bytes(vimage.build(RELEASE, 2, size=IMAGE_BYTES, health_checks=checks, filler=filler))
+    failing = [{"name": "edge-app-ready", "kind": "command", "command": ["sh", "-c", "echo 'app: port 8443 "
+                "in use' >&2; exit 1"], "timeout_seconds": 10}]
+    broken.write_bytes(vimage.build(BROKEN, 3, size=IMAGE_BYTES, health_checks=failing, filler=filler))
+    for version, counter, image in ((RUNNING, 1, running), (RELEASE, 2, new), (BROKEN, 3, broken)):
         reference = reference_pcrs(image)
         measurements = {"0": reference[0].hex(), "4": reference[4].hex()}
         workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE_TYPE,), measurements), now)
@@ -236,19 +258,50 @@ async def _roll_out_release(client: AdminClient, snapshot_version: int, site: st
     for device in fleet.devices:
         await asyncio.to_thread(client.assign, device.id, RELEASE)
 
-    def downloaded() -> bool:
-        return all(d.update_state == "downloaded" for d in client.devices(site=site).devices)
+    def committed() -> bool:
+        return all(d.running_version == RELEASE and d.update_state == "committed"
+                   for d in client.devices(site=site).devices)
 
-    done = await _wait_for(downloaded, timeout=60, interval=0.1)
+    done = await _wait_for(committed, timeout=90, interval=0.2)
     took = time.monotonic() - started
-    if done:
-        out.print(f"[bold green]release {RELEASE}[/] signed offline (2-of-2 targets keys), published "
-                  f"(snapshot v{snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: "
-                  f"each verified it (director and image repository agree) and downloaded it in {took:.1f}s")
-    else:
-        states = sorted({d.update_state for d in client.devices(site=site).devices})
-        out.print(f"[bold red]release {RELEASE} not downloaded[/] at {site} within 60 s (states: {states})")
-    return done
+    if not done:
+        states = sorted({f"{d.running_version}/{d.update_state}" for d in client.devices(site=site).devices})
+        out.print(f"[bold red]release {RELEASE} not committed[/] at {site} within 90 s (states: {states})")
+        return False
+    out.print(f"[bold green]release {RELEASE}[/] signed offline (2-of-2 targets keys), published "
+              f"(snapshot v{snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: each verified it "
+              f"(director and image repository agree), installed it into its other slot, rebooted into it once, "
+              f"passed the image's health checks, attested against the new measurements and committed, "
+              f"in {took:.1f}s")
+    history = await asyncio.to_thread(client.update_history, fleet.devices[0].id)
+    steps = " -> ".join(e.phase for e in reversed(history.events))
+    out.print(f"  update history of {fleet.devices[0].id}: {steps}", highlight=False)
+    return True
+
+
+async def _broken_release_rolls_back(client: AdminClient, site: str, skip: int | None, out: Console) -> bool:
+    """A release whose required health check fails, on one device: it must come back by itself."""
+    fleet = await asyncio.to_thread(client.devices, site=site)
+    healthy = [d for d in fleet.devices if not (d.attestation or {}).get("quarantined")]
+    if not healthy:
+        return True
+    target = healthy[0]
+    await asyncio.to_thread(client.assign, target.id, BROKEN)
+
+    def rolled_back() -> bool:
+        now = client.device(target.id)
+        return now.update_state in ("rolled_back", "failed")
+
+    done = await _wait_for(rolled_back, timeout=90, interval=0.2)
+    now = await asyncio.to_thread(client.device, target.id)
+    reason = (now.update or {}).get("reason")
+    if not done or now.running_version != RUNNING or now.update_state != "rolled_back":
+        out.print(f"[bold red]broken release {BROKEN} did not roll back[/] on {target.id} "
+                  f"({now.running_version}/{now.update_state}: {reason})")
+        return False
+    out.print(f"[bold yellow]broken release {BROKEN}[/] on {target.id} at {site}: booted once, its required health "
+              f"check failed, and the device rolled back to {RUNNING} by itself ({reason})", highlight=False)
+    return True
 
 
 async def _push_desired_state(client: AdminClient, site: str, out: Console) -> bool:

@@ -47,6 +47,35 @@ class DesiredState(Strict):
     document: dict[str, Any]
 
 
+PhaseName = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
+Reason = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class UpdateEvent(Strict):
+    """One transition of a device's A/B update, numbered per device."""
+
+    seq: Annotated[int, Field(ge=1, le=2**62)]
+    phase: PhaseName
+    at: datetime
+    release: ShortText | None = None
+    reason: Reason | None = None
+
+
+class UpdateReport(Strict):
+    """Where a device's A/B update stands, with its most recent transitions."""
+
+    phase: PhaseName
+    release: ShortText | None = None
+    from_slot: Literal["a", "b"] | None = None
+    to_slot: Literal["a", "b"] | None = None
+    booted_slot: Literal["a", "b"] | None = None
+    reason: Reason | None = None
+    refused: Reason | None = None  # why the current assignment is not being installed
+    failed_releases: Annotated[list[ShortText], Field(max_length=64)] = []
+    health_checks: Annotated[list[dict[Name, Any]], Field(max_length=64)] = []
+    events: Annotated[list[UpdateEvent], Field(max_length=64)] = []
+
+
 class StatusReport(Strict):
     seq: Annotated[int, Field(ge=1, le=2**62)]
     running_version: ShortText | None = None
@@ -54,6 +83,7 @@ class StatusReport(Strict):
     update_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] = "idle"
     desired_version_applied: Annotated[int, Field(ge=0)] | None = None
     details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
+    update: UpdateReport | None = None
 
 
 class StatusAck(Strict):
@@ -78,6 +108,12 @@ class DeviceView(Strict):
     desired_version_applied: int | None
     inventory: dict[str, Any]
     attestation: dict[str, Any] | None = None
+    update: dict[str, Any] | None = None  # the last reported UpdateReport, without its events
+
+
+class UpdateHistory(Strict):
+    device_id: str
+    events: list[UpdateEvent]  # newest first
 
 
 class DeviceList(Strict):
@@ -136,6 +172,8 @@ class WorkloadToken(Strict):
 
 class AssignRelease(Strict):
     release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
+    force_reboot: bool = False  # install and reboot now, outside the maintenance window
+    retry_failed: bool = False  # try again a release that failed on the device before
 
 
 class AssignmentView(Strict):

@@ -59,8 +59,13 @@ class DirectorService:
             raise NotFound(f"release {release} is not published", code="unknown_release")
         return found
 
-    async def assign(self, device_id: str, release: str) -> Assignment:
-        """Raises NotFound (device or release) or Conflict (hardware type, concurrent change)."""
+    async def assign(self, device_id: str, release: str, *, force_reboot: bool = False,
+                     retry_failed: bool = False) -> Assignment:
+        """Raises NotFound (device or release) or Conflict (hardware type, concurrent change).
+
+        The options travel in the desired state's ``update`` object: the director's
+        metadata says *what* to install, the desired state says *when* (windows, force).
+        """
         targets = await asyncio.to_thread(self.release_targets, release)
         async with self.db.transaction() as conn:
             device = await get_device(conn, device_id)
@@ -81,7 +86,8 @@ class DirectorService:
             if not stored:
                 raise Conflict(f"device {device_id} was reassigned concurrently; retry", code="concurrent_change")
             found = await desired_state(conn, device_id)
-            document: dict[str, Any] = {**(found[1] if found else {}), "release": release}
+            document: dict[str, Any] = {**(found[1] if found else {}), "release": release,
+                                        "update": {"force_reboot": force_reboot, "retry_failed": retry_failed}}
             await set_desired(conn, device_id, document, now)
         self.devices.forget(device_id)
         self.long_polls.notify(device_id)

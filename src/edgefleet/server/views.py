@@ -39,4 +39,12 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         desired_version_applied=applied if isinstance(applied, int) else None,
         inventory=device.inventory,
         attestation=attestation_view(status),
+        update=_update_view(device.status),
     )
+
+
+def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    report = (status or {}).get("update")
+    if not isinstance(report, dict):
+        return None
+    return {k: v for k, v in report.items() if k != "events"}

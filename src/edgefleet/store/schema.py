@@ -156,3 +156,17 @@ class AdminToken(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class UpdateEventRow(Base):
+    """A device's A/B update transitions as the device reported them, numbered per device."""
+
+    __tablename__ = "update_events"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    phase: Mapped[str] = mapped_column(String(32))
+    release: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(String(1000))
+    at: Mapped[datetime]
+    received_at: Mapped[datetime]

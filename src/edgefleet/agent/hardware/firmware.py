@@ -1,7 +1,7 @@
-"""The emulated device's platform firmware and boot loader, as far as measured boot goes:
-at power-on it resets the TPM, measures what it runs into the PCRs (sha1 and sha256 banks)
-and writes the TCG PC Client event log where the OS reads it
-(``/sys/kernel/security/tpm0/binary_bios_measurements`` on a real device).
+"""The emulated device's platform firmware and boot loader: at power-on it picks the A/B
+slot by the bootloader environment (``power_on``), then resets the TPM, measures what it
+runs into the PCRs (sha1 and sha256 banks) and writes the TCG PC Client event log where the
+OS reads it (``/sys/kernel/security/tpm0/binary_bios_measurements`` on a real device).
 
 The same definitions give a release its reference measurement (``reference_pcrs``), so
 what a device must show and what the firmware measures cannot drift apart.
@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet.agent.hardware import vimage
+from edgefleet.agent.hardware.interfaces import BootEnv, SlotName
+from edgefleet.agent.slotenv import SlotEnv
 from edgefleet.attestation import eventlog
 from edgefleet.util.atomic import atomic_write_bytes
 
@@ -30,10 +33,13 @@ class MeasuringTpm(Protocol):
 
 
 def image_digests(path: Path) -> tuple[bytes, bytes, int]:
-    """(sha1, sha256, length) of a slot image, streamed."""
+    """(sha1, sha256, length) of a slot image, streamed; of the emulated image's own size
+    when the slot is larger."""
     sha1, sha256, length = hashlib.sha1(), hashlib.sha256(), 0  # noqa: S324 - the TPM's sha1 bank
+    size = (vimage.read_header(path) or {}).get("size")
+    limit = size if isinstance(size, int) and size > 0 else None
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
+        while chunk := handle.read(CHUNK if limit is None else min(CHUNK, limit - length)):
             sha1.update(chunk)
             sha256.update(chunk)
             length += len(chunk)
@@ -73,3 +79,31 @@ def measured_boot(tpm: MeasuringTpm, image_path: Path, event_log_path: Path,
     log = eventlog.encode(events)
     atomic_write_bytes(event_log_path, log, mode=0o444)
     return log
+
+
+class EmulatedMachine(Protocol):
+    """What the emulated firmware needs of a vdevice."""
+
+    @property
+    def bootenv(self) -> BootEnv: ...
+
+    def slot_image(self, slot: SlotName) -> Path: ...
+
+    def event_log(self) -> Path: ...
+
+    def mark_booted(self, slot: SlotName) -> None: ...
+
+
+def power_on(machine: EmulatedMachine, tpm: MeasuringTpm | None = None,
+             power_cycle: Callable[[], None] | None = None) -> SlotName:
+    """The emulated firmware and boot loader after power-on: choose the slot by the rules
+    the shipped GRUB and U-Boot scripts implement (``slotenv``), save the used-up try
+    before booting, measure the slot if there is a TPM, and boot it."""
+    env = SlotEnv.parse(machine.bootenv.read())
+    slot, after = env.select()
+    if after != env:
+        machine.bootenv.write(after.merged_into(machine.bootenv.read()))
+    if tpm is not None:
+        measured_boot(tpm, machine.slot_image(slot), machine.event_log(), power_cycle)
+    machine.mark_booted(slot)
+    return slot

@@ -59,4 +59,9 @@ class GrubEnvFile:
             raise PersistError(f"cannot read {self.path}: {exc}") from exc
 
     def write(self, values: Mapping[str, str]) -> None:
-        atomic_write_bytes(self.path, encode(values))
+        """Atomic: a temp file, fsync, rename. A power cut leaves the old block or the new
+        one, and at worst a stray temp file, which the next write removes."""
+        data = encode(values)
+        for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
+        atomic_write_bytes(self.path, data)

@@ -2,7 +2,7 @@
 
 The clock is ``edgefleet.clock.Clock`` and the network is ``agent.transport.DeviceTransport``.
 The TPM interface is filled in by the attestation work (tpm2-pytss on /dev/tpmrm0 or
-swtpm); slots, bootloader environment and reboot by the A/B update work.
+swtpm); slots, bootloader environment and reboot (``ABSystem``) by the A/B update work.
 """
 
 from __future__ import annotations
@@ -42,16 +42,6 @@ class Platform(Protocol):
         ...
 
 
-class Slots(Protocol):
-    """An A/B pair of OS image slots (partitions, or files in a vdevice)."""
-
-    def booted(self) -> SlotName: ...
-
-    def other(self) -> SlotName: ...
-
-    def size(self, slot: SlotName) -> int: ...
-
-
 class BootEnv(Protocol):
     """The bootloader's persistent variables (GRUB env block, U-Boot env)."""
 
@@ -62,8 +52,32 @@ class BootEnv(Protocol):
         ...
 
 
-class Reboot(Protocol):
-    def reboot(self, reason: str) -> None: ...
+class ABSystem(Protocol):
+    """An A/B pair of OS image slots (partitions, or files in a vdevice), the bootloader
+    environment that chooses between them, and the means to reboot."""
+
+    @property
+    def bootenv(self) -> BootEnv: ...
+
+    def booted(self) -> SlotName: ...
+
+    def slot_device(self, slot: SlotName) -> Path:
+        """The block device (or file) holding ``slot``."""
+        ...
+
+    def slot_size(self, slot: SlotName) -> int: ...
+
+    def boot_id(self) -> str:
+        """Different at every boot (``/proc/sys/kernel/random/boot_id``)."""
+        ...
+
+    def image_health_checks(self) -> list[dict[str, object]]:
+        """Health checks the booted image ships (greenboot's check directories)."""
+        ...
+
+    def reboot(self, reason: str) -> None:
+        """Ask for a reboot; the agent stops taking actions after this."""
+        ...
 
 
 class Tpm(Protocol):

@@ -1,11 +1,17 @@
-"""The real platform: a Linux host's machine id, os-release and hostname."""
+"""The real platform: a Linux host's machine id, os-release and hostname, and its A/B root
+partitions."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
+import subprocess
 from pathlib import Path
+from typing import cast
 
+from edgefleet.agent.hardware.interfaces import BootEnv, SlotName
 from edgefleet.errors import ConfigError
 
 
@@ -62,3 +68,57 @@ class LinuxHost:
 
     def hostname(self) -> str:
         return socket.gethostname()
+
+
+class LinuxABSystem:
+    """A/B root partitions on a Linux host. The bootloader script (``agent/boot/``) passes
+    ``edgefleet.slot=a|b`` on the kernel command line; greenboot-style checks shipped in
+    the image live in ``/etc/edgefleet/health.d/*.json`` (one object or a list each)."""
+
+    def __init__(self, slots: dict[SlotName, Path], bootenv: BootEnv, root: Path = Path("/")) -> None:
+        self.slots = slots
+        self._bootenv = bootenv
+        self.root = root
+
+    @property
+    def bootenv(self) -> BootEnv:
+        return self._bootenv
+
+    def booted(self) -> SlotName:
+        """Raises ConfigError when the kernel command line names no slot."""
+        try:
+            cmdline = (self.root / "proc/cmdline").read_text().split()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the kernel command line: {exc}") from exc
+        for arg in cmdline:
+            if arg in ("edgefleet.slot=a", "edgefleet.slot=b"):
+                return cast(SlotName, arg[-1])
+        raise ConfigError("kernel command line has no edgefleet.slot=a|b: is the A/B boot script installed?")
+
+    def slot_device(self, slot: SlotName) -> Path:
+        return self.slots[slot]
+
+    def slot_size(self, slot: SlotName) -> int:
+        with open(self.slots[slot], "rb") as handle:
+            return handle.seek(0, os.SEEK_END)
+
+    def boot_id(self) -> str:
+        return (self.root / "proc/sys/kernel/random/boot_id").read_text().strip()
+
+    def image_health_checks(self) -> list[dict[str, object]]:
+        checks: list[dict[str, object]] = []
+        for path in sorted((self.root / "etc/edgefleet/health.d").glob("*.json")):
+            try:
+                value = json.loads(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"health check file {path} is unreadable: {exc}") from exc
+            checks.extend(value if isinstance(value, list) else [value])
+        return checks
+
+    def reboot(self, reason: str) -> None:
+        """Raises ConfigError when systemd refuses the reboot."""
+        try:
+            subprocess.run(["systemctl", "reboot", f"--message=edgefleet: {reason}"],  # noqa: S603, S607
+                           check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ConfigError(f"reboot failed: {exc}") from exc

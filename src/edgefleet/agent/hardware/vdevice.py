@@ -2,11 +2,13 @@
 hardware, so the real agent code runs against it in tests, the demo and the simulator.
 
     <dir>/device.json     identity: hardware id and type, site, labels (what the factory burned in)
-    <dir>/slots/a.img     A/B slot images, with a.json / b.json naming their OS version and counter
+    <dir>/slots/a.img     A/B slot images (vimage.py: the header names version and counter)
     <dir>/trust/          TUF roots shipped read-only in the OS image
     <dir>/eventlog.bin    the boot event log the emulated firmware wrote (firmware.py)
     <dir>/booted          the slot the emulated firmware booted last
-    <dir>/grubenv         the bootloader environment, real GRUB format
+    <dir>/boot_id         changes at every emulated power-on
+    <dir>/grubenv         the bootloader environment, real GRUB format, or
+    <dir>/uboot.env       a redundant U-Boot environment (device.json "bootloader")
     <dir>/reboots.log     one JSON line per reboot request
     <dir>/agent/          the agent's own state directory
 """
@@ -16,14 +18,20 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
+from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.grubenv import GrubEnvFile
-from edgefleet.agent.hardware.interfaces import SlotName
+from edgefleet.agent.hardware.interfaces import BootEnv, SlotName
+from edgefleet.agent.hardware.ubootenv import UBootEnvFile
+from edgefleet.agent.slotenv import SlotEnv
 from edgefleet.errors import ConfigError
 from edgefleet.util.atomic import atomic_write_bytes, atomic_write_json
+
+Bootloader = Literal["grub", "uboot"]
 
 
 class VirtualDevice:
@@ -33,29 +41,34 @@ class VirtualDevice:
             self._identity: dict[str, Any] = json.loads((path / "device.json").read_bytes())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path} is not a vdevice directory: {exc}") from exc
-        self.bootenv = GrubEnvFile(path / "grubenv")
+        self._bootenv: BootEnv = (UBootEnvFile(path / "uboot.env") if self._identity.get("bootloader") == "uboot"
+                                  else GrubEnvFile(path / "grubenv"))
+        self.reboot_requested = False
 
     @classmethod
     def create(
         cls, path: Path, *, hardware_id: str, site: str, labels: Mapping[str, str] | None = None,
         os_version: str = "1.0.0", slot_bytes: int = 1 << 20, hardware_type: str = "vdevice-x86",
-        release_counter: int = 0,
+        release_counter: int = 0, bootloader: Bootloader = "grub",
     ) -> VirtualDevice:
-        """Lay out a new vdevice whose slot A holds ``os_version`` and is booted."""
+        """Lay out a new vdevice as the factory flashed it: slot A holds ``os_version``, is
+        good and booted; slot B is empty."""
         (path / "slots").mkdir(parents=True, exist_ok=True)
-        image = os_version.encode().ljust(slot_bytes, b"\0")
-        atomic_write_bytes(path / "slots" / "a.img", image)
-        atomic_write_json(path / "slots" / "a.json", {"version": os_version, "counter": release_counter})
+        atomic_write_bytes(path / "slots" / "a.img", vimage.build(os_version, release_counter, size=slot_bytes))
         with open(path / "slots" / "b.img", "wb") as handle:
             handle.truncate(slot_bytes)
         atomic_write_bytes(path / "booted", b"a\n")
-        GrubEnvFile(path / "grubenv").write(
-            {"ORDER": "A B", "A_OK": "1", "B_OK": "0", "A_TRY": "0", "B_TRY": "0"}
-        )
+        atomic_write_bytes(path / "boot_id", uuid.uuid4().hex.encode())
         identity = {"hardware_id": hardware_id, "hardware_type": hardware_type, "site": site,
-                    "labels": dict(labels or {})}
+                    "labels": dict(labels or {}), "bootloader": bootloader}
         atomic_write_json(path / "device.json", identity)
-        return cls(path)
+        device = cls(path)
+        device.bootenv.write(SlotEnv.factory("a").render())
+        return device
+
+    @property
+    def bootenv(self) -> BootEnv:
+        return self._bootenv
 
     # Platform
     def hardware_id(self) -> str:
@@ -65,12 +78,8 @@ class VirtualDevice:
         value = self._identity.get("hardware_type")
         return str(value) if value is not None else None
 
-    def _slot_meta(self) -> dict[str, Any]:
-        try:
-            meta = json.loads((self.path / "slots" / f"{self.booted()}.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return meta if isinstance(meta, dict) else {}
+    def _slot_meta(self, slot: SlotName | None = None) -> dict[str, Any]:
+        return vimage.read_header(self.slot_image(slot or self.booted())) or {}
 
     def os_version(self) -> str | None:
         version = self._slot_meta().get("version")
@@ -109,7 +118,7 @@ class VirtualDevice:
     def agent_dir(self) -> Path:
         return self.path / "agent"
 
-    # Slots
+    # ABSystem
     def booted(self) -> SlotName:
         value = (self.path / "booted").read_text().strip()
         if value not in ("a", "b"):
@@ -119,12 +128,34 @@ class VirtualDevice:
     def other(self) -> SlotName:
         return "b" if self.booted() == "a" else "a"
 
-    def size(self, slot: SlotName) -> int:
-        return os.path.getsize(self.path / "slots" / f"{slot}.img")
+    def slot_device(self, slot: SlotName) -> Path:
+        return self.slot_image(slot)
 
-    # Reboot
+    def slot_size(self, slot: SlotName) -> int:
+        return os.path.getsize(self.slot_image(slot))
+
+    def boot_id(self) -> str:
+        return (self.path / "boot_id").read_text().strip()
+
+    def image_health_checks(self) -> list[dict[str, object]]:
+        checks = self._slot_meta().get("health_checks", [])
+        return [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
+
+    def reaches_agent(self) -> bool:
+        """Whether the booted image's OS comes up far enough to start the agent."""
+        return self._slot_meta().get("boots", True) is not False
+
     def reboot(self, reason: str) -> None:
+        """Record the request; whoever runs the emulated device power-cycles it
+        (``firmware.power_on``) once the agent has stopped."""
         with open(self.path / "reboots.log", "a") as log:
             log.write(json.dumps({"at": time.time(), "reason": reason}) + "\n")
             log.flush()
             os.fsync(log.fileno())
+        self.reboot_requested = True
+
+    def mark_booted(self, slot: SlotName) -> None:
+        """The emulated firmware's record of what it booted, with a fresh boot id."""
+        atomic_write_bytes(self.path / "booted", f"{slot}\n".encode())
+        atomic_write_bytes(self.path / "boot_id", uuid.uuid4().hex.encode())
+        self.reboot_requested = False

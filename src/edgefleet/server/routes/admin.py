@@ -20,6 +20,8 @@ from edgefleet.protocol.v1 import (
     DeviceView,
     Name,
     SetDesired,
+    UpdateEvent,
+    UpdateHistory,
 )
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.state import server_state
@@ -29,6 +31,7 @@ from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
 from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
+from edgefleet.store.updates import forget_update_history, update_history
 
 log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
@@ -62,6 +65,21 @@ async def device(_: Viewer, device_id: DeviceIdPath, request: Request) -> Device
     return device_view(row, state.presence, attested)
 
 
+@router.get("/devices/{device_id}/updates")
+async def updates(
+    _: Viewer, device_id: DeviceIdPath, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> UpdateHistory:
+    """The device's A/B update transitions, newest first."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        if await get_device(conn, device_id) is None:
+            raise NotFound(f"device {device_id} not found")
+        rows = await update_history(conn, device_id, limit)
+    return UpdateHistory(device_id=device_id, events=[
+        UpdateEvent(seq=r.seq, phase=r.phase, at=r.at, release=r.release, reason=r.reason) for r in rows
+    ])
+
+
 @router.post("/devices/{device_id}/release-quarantine", status_code=204)
 async def release_quarantine(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
     """Let a quarantined device attest again (after an engineer looked at it)."""
@@ -87,7 +105,8 @@ async def put_desired(who: Operator, device_id: DeviceIdPath, body: SetDesired, 
 @router.put("/devices/{device_id}/assignment")
 async def assign(who: Operator, device_id: DeviceIdPath, body: AssignRelease, request: Request) -> AssignmentView:
     """Point a device's director at a published release (the device verifies it via TUF)."""
-    result = await server_state(request).director.assign(device_id, body.release)
+    result = await server_state(request).director.assign(device_id, body.release, force_reboot=body.force_reboot,
+                                                         retry_failed=body.retry_failed)
     log.info("%s assigned release %s to %s (director version %d)", who.name, body.release, device_id, result.version)
     return AssignmentView(device_id=device_id, release=body.release, director_version=result.version)
 
@@ -99,6 +118,7 @@ async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) ->
     async with state.db.transaction() as conn:
         found = await delete_device(conn, device_id, state.clock.now())
         await forget_director(conn, device_id)
+        await forget_update_history(conn, device_id)
     if not found:
         raise NotFound(f"device {device_id} not found")
     state.presence.forget(device_id)

@@ -14,6 +14,7 @@ from edgefleet.server.enrollment import enroll_device
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.devices import apply_status, desired_state, get_device
+from edgefleet.store.updates import record_update_events
 
 router = APIRouter(prefix="/api/v1", tags=["device"])
 
@@ -70,6 +71,8 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     columns = {"running_version": body.running_version, "health": body.health, "update_state": body.update_state}
     async with state.db.transaction() as conn:
         accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), columns, now)
+        if accepted and body.update is not None and body.update.events:
+            await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq)
 

@@ -1,0 +1,109 @@
+"""A/B updates end to end: a real control plane, releases made with the CLI, and emulated
+devices that really reboot (``EmulatedDevice``) between the agent's runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.emulated import EmulatedDevice
+from edgefleet.agent.hardware import VirtualDevice, vimage
+from edgefleet.agent.hardware.vdevice import Bootloader
+from edgefleet.credentials import Role
+from edgefleet.protocol.v1 import DeviceView
+from tests.cli_helpers import keys_init, release, server_args
+from tests.conftest import Fleet
+
+SLOT_BYTES = 256 * 1024
+HARDWARE = "hw-x86"
+RUNNING = "2026.11.0"
+
+
+@dataclass
+class AbWorld:
+    plane: Fleet
+    tmp: Path
+    keys: str = ""
+    ws: str = ""
+    devices: list[EmulatedDevice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keys, self.ws = keys_init(self.plane, self.tmp)
+
+    @property
+    def server(self) -> list[str]:
+        return server_args(self.plane)
+
+    def publish(self, version: str, counter: int, *, boots: bool = True,
+                health_checks: Sequence[Mapping[str, Any]] = ()) -> Path:
+        image = self.tmp / f"{version}.img"
+        image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, boots=boots, health_checks=health_checks,
+                                       filler=version.encode()))
+        release(self.ws, self.keys, image, version, counter, HARDWARE, publish_to=self.plane)
+        return image
+
+    def device(self, name: str, *, bootloader: Bootloader = "grub", **settings: Any) -> EmulatedDevice:
+        device = VirtualDevice.create(self.tmp / name, hardware_id=f"hw-{name}", site="store-1",
+                                      hardware_type=HARDWARE, os_version=RUNNING, release_counter=1,
+                                      slot_bytes=SLOT_BYTES, bootloader=bootloader)
+        device.install_trust((Path(self.ws) / "image" / "metadata" / "1.root.json").read_bytes(),
+                             (Path(self.ws) / "director" / "metadata" / "1.root.json").read_bytes())
+        agent_settings = AgentSettings(
+            server_url=self.plane.url, ca_file=self.plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+            bootstrap_token=self.plane.bootstrap_token("store-1"), long_poll_seconds=2,
+            backoff_initial_seconds=0.05, backoff_max_seconds=0.2, update_check_seconds=3600, **settings,
+        )
+        emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device),
+                                  hang_seconds=0.2)
+        self.devices.append(emulated)
+        return emulated
+
+    def record(self, device: EmulatedDevice) -> DeviceView:
+        assert device.agent is not None
+        assert device.agent.device_id is not None
+        response = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{device.agent.device_id}")
+        return DeviceView.model_validate(response.json())
+
+    def history(self, device: EmulatedDevice) -> list[dict[str, Any]]:
+        assert device.agent is not None
+        response = self.plane.client(role=Role.VIEWER).get(
+            f"/api/v1/admin/devices/{device.agent.device_id}/updates")
+        events: list[dict[str, Any]] = response.json()["events"]
+        return list(reversed(events))
+
+    def assign(self, device: EmulatedDevice, version: str, **options: bool) -> None:
+        assert device.agent is not None
+        response = self.plane.client(role=Role.OPERATOR).put(
+            f"/api/v1/admin/devices/{device.agent.device_id}/assignment", json={"release": version, **options})
+        assert response.status_code == 200, response.text
+
+
+def run(world: AbWorld, device: EmulatedDevice, steps: Callable[[], Any], timeout: float = 60) -> None:
+    """Run ``device`` (boot, agent, reboots) while ``steps`` (a coroutine function) runs."""
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(device.run(stop))
+        try:
+            await asyncio.wait_for(steps(), timeout)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    asyncio.run(scenario())
+
+
+async def until(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        await asyncio.sleep(0.05)
+
+
+async def enrolled(device: EmulatedDevice) -> None:
+    await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")

@@ -1,0 +1,126 @@
+"""A/B updates on emulated devices against a real control plane: commit, automatic
+rollback on a failed health check, on a boot that never reaches the agent, and at the
+trial deadline; failed releases are not retried unless the operator asks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from edgefleet.agent.slotenv import SlotEnv
+from tests.ab_world import AbWorld, enrolled, run, until
+from tests.conftest import Fleet, start_fleet
+
+FAILING = [{"name": "app-ready", "kind": "command", "command": ["sh", "-c", "echo 'port 8443 in use' >&2; exit 3"],
+            "timeout_seconds": 5}]
+PASSING = [{"name": "app-ready", "kind": "command", "command": ["true"], "timeout_seconds": 5},
+           {"name": "metrics-exporter", "kind": "command", "command": ["false"], "required": False}]
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = start_fleet(tmp_path_factory.mktemp("ab-plane"), None)
+    yield fleet
+    fleet.close()
+
+
+@pytest.fixture(scope="module")
+def world(plane: Fleet, tmp_path_factory: pytest.TempPathFactory) -> AbWorld:
+    world = AbWorld(plane, tmp_path_factory.mktemp("ab"))
+    world.publish("2026.12.0", 12, health_checks=PASSING)
+    world.publish("2026.12.1", 13, health_checks=FAILING)
+    world.publish("2026.12.2", 14, boots=False)
+    world.publish("2026.12.3", 15, health_checks=[
+        {"name": "stuck", "kind": "command", "command": ["sleep", "60"], "timeout_seconds": 120}])
+    return world
+
+
+def phases(world: AbWorld, device: object) -> list[str]:
+    return [e["phase"] for e in world.history(device)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bootloader", ["grub", "uboot"])
+def test_device_updates_a_to_b_commits_and_keeps_a_as_fallback(world: AbWorld, bootloader: str) -> None:
+    device = world.device(f"commit-{bootloader}", bootloader=bootloader)  # type: ignore[arg-type]
+
+    async def steps() -> None:
+        await enrolled(device)
+        await asyncio.to_thread(world.assign, device, "2026.12.0")
+        await until(lambda: world.record(device).update_state == "committed", what="commit")
+
+    run(world, device, steps)
+    record = world.record(device)
+    assert record.running_version == "2026.12.0"
+    assert device.device.booted() == "b"
+    env = SlotEnv.parse(device.device.bootenv.read())
+    assert (env.order, env.good) == (("b", "a"), frozenset({"a", "b"}))
+    assert phases(world, device) == ["downloading", "downloaded", "installing", "installed", "rebooting",
+                                     "trial_boot", "health_checking", "attesting", "committed"]
+    assert record.update is not None
+    checks = {c["name"]: c["passed"] for c in record.update["health_checks"]}
+    assert checks == {"app-ready": True, "metrics-exporter": False}  # a wanted check may fail
+    assert device.boots == 2
+
+
+def test_failed_required_health_check_rolls_back_by_itself_and_is_not_retried(world: AbWorld) -> None:
+    device = world.device("unhealthy")
+
+    async def steps() -> None:
+        await enrolled(device)
+        await asyncio.to_thread(world.assign, device, "2026.12.1")
+        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback")
+        boots = device.boots
+        await asyncio.sleep(1.0)  # the director still assigns it: the device must not try again
+        assert device.boots == boots
+        await until(lambda: (world.record(device).update or {}).get("refused") is not None, what="refusal")
+        await asyncio.to_thread(world.assign, device, "2026.12.1", retry_failed=True)
+        await until(lambda: phases(world, device).count("rolled_back") == 2, what="second attempt")
+
+    run(world, device, steps, timeout=90)
+    record = world.record(device)
+    assert record.running_version == "2026.11.0"
+    assert device.device.booted() == "a"
+    assert record.update is not None
+    assert "app-ready" in record.update["reason"]
+    assert "port 8443 in use" in record.update["reason"]
+    assert record.update["failed_releases"] == ["2026.12.1"]
+    history = world.history(device)
+    assert [e["phase"] for e in history[:10]] == ["downloading", "downloaded", "installing", "installed",
+                                                   "rebooting", "trial_boot", "health_checking", "rolling_back",
+                                                   "rolled_back", "downloading"]
+    env = SlotEnv.parse(device.device.bootenv.read())
+    assert (env.order, env.good) == (("a",), frozenset({"a"}))
+
+
+def test_release_that_never_boots_rolls_back_when_its_try_is_used_up(world: AbWorld) -> None:
+    device = world.device("panics", bootloader="uboot")
+
+    async def steps() -> None:
+        await enrolled(device)
+        await asyncio.to_thread(world.assign, device, "2026.12.2")
+        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback")
+
+    run(world, device, steps)
+    record = world.record(device)
+    assert record.update is not None
+    assert "tries exhausted" in record.update["reason"]
+    assert record.running_version == "2026.11.0"
+    assert device.boots == 3  # factory boot, the one try of B (never reached the agent), back on A
+    assert phases(world, device)[-2:] == ["rebooting", "rolled_back"]
+
+
+def test_hung_trial_is_rolled_back_by_the_watchdog_at_its_deadline(world: AbWorld) -> None:
+    device = world.device("hung", trial_deadline_seconds=2)
+
+    async def steps() -> None:
+        await enrolled(device)
+        await asyncio.to_thread(world.assign, device, "2026.12.3")
+        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback", timeout=40)
+
+    run(world, device, steps)
+    record = world.record(device)
+    assert record.update is not None
+    assert "deadline" in record.update["reason"]
+    assert device.device.booted() == "a"
