@@ -107,3 +107,11 @@ async def until(check: Callable[[], bool], timeout: float = 30, what: str = "") 
 
 async def enrolled(device: EmulatedDevice) -> None:
     await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
+
+
+async def assign_until(world: AbWorld, device: EmulatedDevice, version: str, state: str, timeout: float = 30,
+                       **options: bool) -> None:
+    """Enrolled, assign ``version``, wait until the server shows ``state``."""
+    await enrolled(device)
+    await asyncio.to_thread(world.assign, device, version, **options)
+    await until(lambda: world.record(device).update_state == state, timeout=timeout, what=state)

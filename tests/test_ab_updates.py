@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from edgefleet.agent.slotenv import SlotEnv
-from tests.ab_world import AbWorld, enrolled, run, until
+from tests.ab_world import AbWorld, assign_until, run, until
+from tests.cli_helpers import cli
 from tests.conftest import Fleet, start_fleet
 
 FAILING = [{"name": "app-ready", "kind": "command", "command": ["sh", "-c", "echo 'port 8443 in use' >&2; exit 3"],
@@ -46,9 +47,7 @@ def test_device_updates_a_to_b_commits_and_keeps_a_as_fallback(world: AbWorld, b
     device = world.device(f"commit-{bootloader}", bootloader=bootloader)  # type: ignore[arg-type]
 
     async def steps() -> None:
-        await enrolled(device)
-        await asyncio.to_thread(world.assign, device, "2026.12.0")
-        await until(lambda: world.record(device).update_state == "committed", what="commit")
+        await assign_until(world, device, "2026.12.0", "committed")
 
     run(world, device, steps)
     record = world.record(device)
@@ -62,15 +61,18 @@ def test_device_updates_a_to_b_commits_and_keeps_a_as_fallback(world: AbWorld, b
     checks = {c["name"]: c["passed"] for c in record.update["health_checks"]}
     assert checks == {"app-ready": True, "metrics-exporter": False}  # a wanted check may fail
     assert device.boots == 2
+    assert device.agent is not None
+    assert device.agent.device_id is not None
+    shown = cli("devices", "updates", device.agent.device_id, *world.server)
+    assert "committed" in shown
+    assert "running 2026.12.0" in shown
 
 
 def test_failed_required_health_check_rolls_back_by_itself_and_is_not_retried(world: AbWorld) -> None:
     device = world.device("unhealthy")
 
     async def steps() -> None:
-        await enrolled(device)
-        await asyncio.to_thread(world.assign, device, "2026.12.1")
-        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback")
+        await assign_until(world, device, "2026.12.1", "rolled_back")
         boots = device.boots
         await asyncio.sleep(1.0)  # the director still assigns it: the device must not try again
         assert device.boots == boots
@@ -98,9 +100,7 @@ def test_release_that_never_boots_rolls_back_when_its_try_is_used_up(world: AbWo
     device = world.device("panics", bootloader="uboot")
 
     async def steps() -> None:
-        await enrolled(device)
-        await asyncio.to_thread(world.assign, device, "2026.12.2")
-        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback")
+        await assign_until(world, device, "2026.12.2", "rolled_back")
 
     run(world, device, steps)
     record = world.record(device)
@@ -115,9 +115,7 @@ def test_hung_trial_is_rolled_back_by_the_watchdog_at_its_deadline(world: AbWorl
     device = world.device("hung", trial_deadline_seconds=2)
 
     async def steps() -> None:
-        await enrolled(device)
-        await asyncio.to_thread(world.assign, device, "2026.12.3")
-        await until(lambda: world.record(device).update_state == "rolled_back", what="rollback", timeout=40)
+        await assign_until(world, device, "2026.12.3", "rolled_back", timeout=40)
 
     run(world, device, steps)
     record = world.record(device)

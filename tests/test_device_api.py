@@ -121,3 +121,47 @@ def test_device_reads_its_own_record(fleet: Fleet) -> None:
     assert record.status_code == 200
     assert record.json()["id"] == device.id
     assert record.json()["site"] == "pop-1"
+
+
+def update_report(phase: str, seqs: range) -> dict[str, object]:
+    events = [{"seq": s, "phase": p, "at": f"2026-11-26T12:00:{s:02d}+00:00", "release": "2.0", "reason": f"step {s}"}
+              for s, p in zip(seqs, ["downloading", "downloaded", "installing", "installed", "rebooting",
+                                     "trial_boot", "health_checking", "attesting", "committed"], strict=False)]
+    return {"phase": phase, "release": "2.0", "from_slot": "a", "to_slot": "b", "events": events}
+
+
+def test_update_history_is_stored_once_per_event_newest_first_and_goes_with_the_device(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    url = f"/api/v1/devices/{device.id}/status"
+    viewer = fleet.client(role="viewer")
+    assert device.client.post(url, json={"seq": 1, "update_state": "installing",
+                                         "update": update_report("installing", range(1, 4))}).json()["accepted"]
+    # Reports repeat the recent history; each event is stored once.
+    assert device.client.post(url, json={"seq": 2, "update_state": "committed",
+                                         "update": update_report("committed", range(1, 10))}).json()["accepted"]
+    before = fleet.rows()
+    stale = {"seq": 1, "update_state": "failed", "update": {**update_report("failed", range(1, 10)),
+             "events": [{"seq": 10, "phase": "failed", "at": "2026-11-26T12:01:00+00:00"}]}}
+    assert not device.client.post(url, json=stale).json()["accepted"]
+    assert fleet.rows() == before  # a stale report adds no history either
+    history = viewer.get(f"/api/v1/admin/devices/{device.id}/updates").json()
+    assert [e["seq"] for e in history["events"]] == list(range(9, 0, -1))
+    assert history["events"][0]["phase"] == "committed"
+    record = viewer.get(f"/api/v1/admin/devices/{device.id}").json()
+    assert record["update"]["to_slot"] == "b"
+    assert "events" not in record["update"]
+    assert viewer.get("/api/v1/admin/devices/dev-nope/updates").status_code == 404
+    assert fleet.client(role="admin").delete(f"/api/v1/admin/devices/{device.id}").status_code == 204
+    assert not [r for r in fleet.rows()["update_events"] if r["device_id"] == device.id]
+
+
+def test_malformed_update_reports_are_refused_and_change_nothing(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    url = f"/api/v1/devices/{device.id}/status"
+    before = fleet.rows()
+    for bad in ({"phase": "Rolled Back!"}, {"phase": "idle", "to_slot": "c"},
+                {"phase": "idle", "events": [{"seq": 0, "phase": "idle", "at": "2026-11-26T12:00:00Z"}]},
+                {"phase": "idle", "events": [{"seq": 1, "phase": "idle", "at": "yesterday"}]},
+                {"phase": "idle", "reason": "x" * 5000}):
+        assert device.client.post(url, json={"seq": 1, "update": bad}).status_code == 422, bad
+    assert fleet.rows() == before

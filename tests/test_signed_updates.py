@@ -87,7 +87,7 @@ def run_agent_until_assigned(plane: Fleet, tmp_path: Path, server: list[str], *,
     return agent, device
 
 
-def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_and_verifies(
+def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_verifies_and_installs(
     plane: Fleet, published: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     image, server = published

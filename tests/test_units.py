@@ -16,7 +16,7 @@ from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, encode
 from edgefleet.agent.hardware.vdevice import VirtualDevice
 from edgefleet.agent.state import StateDir
-from edgefleet.errors import EdgefleetError, InvalidRequest, PersistError
+from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, PersistError
 from edgefleet.util.atomic import atomic_write_bytes
 from tests.conftest import need
 
@@ -107,3 +107,30 @@ def test_error_module_exports_exactly_the_documented_hierarchy() -> None:
     assert exported == declared
     for cls in declared:
         assert cls.__name__ in (edgefleet.errors.__doc__ or "")
+
+
+def test_linux_ab_system_reads_the_slot_from_the_kernel_command_line(tmp_path: Path) -> None:
+    from edgefleet.agent.hardware import LinuxABSystem
+
+    (tmp_path / "proc/sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "proc/cmdline").write_text("BOOT_IMAGE=/boot/vmlinuz root=PARTLABEL=root-b ro edgefleet.slot=b quiet\n")
+    (tmp_path / "proc/sys/kernel/random/boot_id").write_text("5f1c\n")
+    (tmp_path / "etc/edgefleet/health.d").mkdir(parents=True)
+    (tmp_path / "etc/edgefleet/health.d/10-app.json").write_text('[{"name": "app", "kind": "command", '
+                                                                 '"command": ["true"]}]')
+    slot_a, slot_b = tmp_path / "root-a", tmp_path / "root-b"
+    slot_a.write_bytes(b"\0" * 4096)
+    slot_b.write_bytes(b"\0" * 8192)
+    system = LinuxABSystem({"a": slot_a, "b": slot_b}, GrubEnvFile(tmp_path / "grubenv"), root=tmp_path)
+    assert (system.booted(), system.boot_id(), system.slot_size("a")) == ("b", "5f1c", 4096)
+    assert system.image_health_checks() == [{"name": "app", "kind": "command", "command": ["true"]}]
+    (tmp_path / "proc/cmdline").write_text("root=/dev/sda2 ro\n")
+    with pytest.raises(ConfigError, match=r"edgefleet\.slot"):
+        system.booted()
+
+
+def test_agent_state_from_an_older_agent_loads_without_its_retired_keys(tmp_path: Path) -> None:
+    state_dir = StateDir(tmp_path)
+    state_dir.state_file.write_text('{"device_id": "dev-1", "downloaded": {"version": "1"}, "status_seq": 4}')
+    state = state_dir.load()
+    assert (state.device_id, state.status_seq, state.update) == ("dev-1", 4, {})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.protocol.v1 import DeviceView
+from edgefleet.protocol.v1 import DeviceView, UpdateEvent
 
 # Piped output (CI logs) gets room for the device tables instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -47,4 +48,17 @@ def device_table(devices: list[DeviceView], title: str | None = None) -> Table:
             desired = f"v{d.desired_version} (has {has})"
         table.add_row(d.id, d.site, d.running_version or "?", d.health, attested(d), desired, d.update_state,
                       ago(d.last_seen_at))
+    return table
+
+
+def update_history_table(events: Sequence[UpdateEvent], *, title: str) -> Table:
+    """A device's A/B update transitions, oldest first; failures stand out."""
+    table = Table(title=title)
+    for column in ("#", "at", "release", "phase", "reason"):
+        table.add_column(column)
+    for event in events:
+        style = "red" if event.phase in ("rolling_back", "rolled_back", "failed") else \
+            "green" if event.phase == "committed" else ""
+        table.add_row(str(event.seq), event.at.strftime("%Y-%m-%d %H:%M:%S"), event.release or "",
+                      f"[{style}]{event.phase}[/]" if style else event.phase, event.reason or "")
     return table

@@ -9,7 +9,7 @@ import typer
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.client import AdminClient
-from edgefleet.ui import console, device_table
+from edgefleet.ui import console, device_table, update_history_table
 
 app = typer.Typer(help="Devices of the fleet (admin API, role viewer or more).")
 
@@ -42,3 +42,19 @@ def show(
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         device = client.device(device_id)
     typer.echo(json.dumps(device.model_dump(mode="json"), indent=2))
+
+
+@app.command("updates")
+def updates(
+    device_id: Annotated[str, typer.Argument(help="Device id (dev-...).")],
+    server: ServerUrl,
+    token: AdminToken,
+    ca_file: CaFile,
+    limit: Annotated[int, typer.Option(help="Newest N transitions.")] = 50,
+) -> None:
+    """A device's A/B update history: every phase it went through, and why."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        history = client.update_history(device_id, limit)
+        device = client.device(device_id)
+    title = f"{device_id}: running {device.running_version or '?'}, update {device.update_state}"
+    console.print(update_history_table(list(reversed(history.events)), title=title))

@@ -17,21 +17,24 @@ log = logging.getLogger("edgefleet.server")
 class Presence:
     def __init__(self) -> None:
         self._pending: dict[str, datetime] = {}
+        self._inflight: dict[str, datetime] = {}  # being written: still overlaid until committed
 
     def seen(self, device_id: str, at: datetime) -> None:
         self._pending[device_id] = at
 
     def latest(self, device_id: str) -> datetime | None:
-        return self._pending.get(device_id)
+        return self._pending.get(device_id) or self._inflight.get(device_id)
 
     def forget(self, device_id: str) -> None:
         self._pending.pop(device_id, None)
+        self._inflight.pop(device_id, None)
 
     async def flush(self, db: Database) -> int:
         """Write pending times; on failure they stay pending (newest time wins)."""
         batch, self._pending = self._pending, {}
         if not batch:
             return 0
+        self._inflight = batch
         try:
             async with db.transaction() as conn:
                 await record_presence(conn, batch)
@@ -40,6 +43,8 @@ class Presence:
                 if device_id not in self._pending or self._pending[device_id] < at:
                     self._pending[device_id] = at
             raise
+        finally:
+            self._inflight = {}
         return len(batch)
 
     async def run(self, db: Database, interval: float) -> None:
