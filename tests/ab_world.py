@@ -13,6 +13,7 @@ from typing import Any
 from edgefleet.agent import Agent, AgentSettings
 from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import VirtualDevice, vimage
+from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.hardware.vdevice import Bootloader
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import DeviceView
@@ -40,14 +41,19 @@ class AbWorld:
         return server_args(self.plane)
 
     def publish(self, version: str, counter: int, *, boots: bool = True,
-                health_checks: Sequence[Mapping[str, Any]] = ()) -> Path:
-        image = self.tmp / f"{version}.img"
-        image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, boots=boots, health_checks=health_checks,
-                                       filler=version.encode()))
-        release(self.ws, self.keys, image, version, counter, HARDWARE, publish_to=self.plane)
+                health_checks: Sequence[Mapping[str, Any]] = (), measurements: Mapping[int, str] | None = None,
+                image: Path | None = None) -> Path:
+        """Sign and publish a release; ``image`` defaults to a fresh emulated image."""
+        if image is None:
+            image = self.tmp / f"{version}.img"
+            image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, boots=boots,
+                                           health_checks=health_checks, filler=version.encode()))
+        extra = [arg for pcr, value in (measurements or {}).items() for arg in ("--measurement", f"{pcr}={value}")]
+        release(self.ws, self.keys, image, version, counter, HARDWARE, *extra, publish_to=self.plane)
         return image
 
-    def device(self, name: str, *, bootloader: Bootloader = "grub", **settings: Any) -> EmulatedDevice:
+    def device(self, name: str, *, bootloader: Bootloader = "grub", tpm: InsecureSoftwareTpm | None = None,
+               **settings: Any) -> EmulatedDevice:
         device = VirtualDevice.create(self.tmp / name, hardware_id=f"hw-{name}", site="store-1",
                                       hardware_type=HARDWARE, os_version=RUNNING, release_counter=1,
                                       slot_bytes=SLOT_BYTES, bootloader=bootloader)
@@ -58,8 +64,8 @@ class AbWorld:
             bootstrap_token=self.plane.bootstrap_token("store-1"), long_poll_seconds=2,
             backoff_initial_seconds=0.05, backoff_max_seconds=0.2, update_check_seconds=3600, **settings,
         )
-        emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device),
-                                  hang_seconds=0.2)
+        emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device,
+                                                        tpm=tpm), tpm=tpm, hang_seconds=0.2)
         self.devices.append(emulated)
         return emulated
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.hardware import vimage
+from edgefleet.agent.hardware.firmware import reference_pcrs
+from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.slotenv import SlotEnv
-from tests.ab_world import AbWorld, assign_until, run, until
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, run, until
 from tests.cli_helpers import cli
 from tests.conftest import Fleet, start_fleet
 
@@ -30,6 +34,10 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 @pytest.fixture(scope="module")
 def world(plane: Fleet, tmp_path_factory: pytest.TempPathFactory) -> AbWorld:
     world = AbWorld(plane, tmp_path_factory.mktemp("ab"))
+    factory = world.tmp / "factory.img"  # what VirtualDevice.create flashes into slot A
+    factory.write_bytes(vimage.build(RUNNING, 1, size=SLOT_BYTES))
+    running = reference_pcrs(factory)
+    world.publish(RUNNING, 1, image=factory, measurements={0: running[0].hex(), 4: running[4].hex()})
     world.publish("2026.12.0", 12, health_checks=PASSING)
     world.publish("2026.12.1", 13, health_checks=FAILING)
     world.publish("2026.12.2", 14, boots=False)
@@ -122,3 +130,23 @@ def test_hung_trial_is_rolled_back_by_the_watchdog_at_its_deadline(world: AbWorl
     assert record.update is not None
     assert "deadline" in record.update["reason"]
     assert device.device.booted() == "a"
+
+
+def test_trial_that_fails_attestation_against_the_new_release_rolls_back(world: AbWorld, tmp_path: Path) -> None:
+    tpm = InsecureSoftwareTpm(tmp_path / "tpm")
+    device = world.device("attested", tpm=tpm)
+    # The new release's signed reference measurement is not what its image measures.
+    world.publish("2026.12.4", 16, health_checks=PASSING, measurements={4: "ab" * 32})
+
+    async def steps() -> None:
+        await until(lambda: device.agent is not None and device.agent.attested is True, what="first attestation")
+        await assign_until(world, device, "2026.12.4", "rolled_back")
+
+    run(world, device, steps)
+    record = world.record(device)
+    assert record.update is not None
+    assert record.update["reason"] == "attestation against the new release failed"
+    assert record.running_version == "2026.11.0"
+    assert record.attestation is not None
+    assert record.attestation["quarantined"]  # an operator looks before it gets configuration again
+    assert phases(world, device)[-4:] == ["health_checking", "attesting", "rolling_back", "rolled_back"]
