@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edgefleet import __version__
+from edgefleet.agent import osconfig
 from edgefleet.agent.abupdate import Action, Offer, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.backoff import Backoff, jittered
@@ -31,7 +32,7 @@ from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
 from edgefleet.pki import make_csr, new_device_key
-from edgefleet.protocol.v1 import EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
+from edgefleet.protocol.v1 import ConfigReport, EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -363,6 +364,7 @@ class Agent:
                     state.desired, state.desired_version = desired.document, desired.version
                     self.dir.save(state)
                     log.info("received desired state version %d", desired.version)
+                    await asyncio.to_thread(self._apply_os_config, state)
                     next_report = next_update = self.clock.monotonic()
                 if self.updates is not None and self.clock.monotonic() >= next_update:
                     before = (state.update_state, state.update_error)
@@ -405,6 +407,24 @@ class Agent:
             details["update_error"] = state.update_error
         return details
 
+    def _os_config_dir(self) -> Path:
+        return self.settings.os_config_dir or self.platform.os_config_dir()
+
+    def _apply_os_config(self, state: AgentState) -> None:
+        """Put the rendered OS configuration in place when it differs from what is there."""
+        config = state.desired.get("config")
+        if not isinstance(config, dict) or not isinstance(config.get("os"), dict):
+            return
+        if osconfig.in_sync(self._os_config_dir(), config["os"]):
+            return
+        osconfig.apply(self._os_config_dir(), config["os"], instance=str(config.get("os_hash", ""))[:16])
+        log.info("applied OS configuration of commit %s", (config.get("commits") or {}))
+
+    def _config_report(self, state: AgentState) -> ConfigReport | None:
+        if not isinstance(state.desired.get("config"), dict):
+            return None
+        return ConfigReport(parts=osconfig.observe(self._os_config_dir()))
+
     def _update_report(self, state: AgentState) -> UpdateReport | None:
         runner = self.runner
         if runner is None:
@@ -431,6 +451,7 @@ class Agent:
                 desired_version_applied=state.desired_version if state.desired_version >= 0 else None,
                 details=self._details(state),
                 update=self._update_report(state),
+                config=self._config_report(state),
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1

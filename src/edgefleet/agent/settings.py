@@ -40,4 +40,5 @@ class AgentSettings(BaseSettings):
     grubenv: Path = Field(Path("/boot/grub/grubenv"), description="GRUB environment block (bootloader=grub)")
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
     health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")
+    os_config_dir: Path | None = Field(None, description="where rendered OS config goes; default per platform")
     trial_deadline_seconds: float = Field(900.0, gt=0, description="a trial boot not committed by then rolls back")

@@ -76,6 +76,16 @@ class UpdateReport(Strict):
     events: Annotated[list[UpdateEvent], Field(max_length=64)] = []
 
 
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ConfigReport(Strict):
+    """Hashes of the OS configuration the device really has on disk, per part
+    (``ignition``, ``cloud_init``), for drift detection."""
+
+    parts: Annotated[dict[Name, Sha256Hex], Field(max_length=16)] = {}
+
+
 class StatusReport(Strict):
     seq: Annotated[int, Field(ge=1, le=2**62)]
     running_version: ShortText | None = None
@@ -84,6 +94,7 @@ class StatusReport(Strict):
     desired_version_applied: Annotated[int, Field(ge=0)] | None = None
     details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
     update: UpdateReport | None = None
+    config: ConfigReport | None = None
 
 
 class StatusAck(Strict):
@@ -109,6 +120,45 @@ class DeviceView(Strict):
     inventory: dict[str, Any]
     attestation: dict[str, Any] | None = None
     update: dict[str, Any] | None = None  # the last reported UpdateReport, without its events
+
+
+class GitOpsCommitView(Strict):
+    sync: str
+    commit: str
+    accepted: bool
+    reasons: list[str]
+    processed_at: datetime
+
+
+class GitOpsLog(Strict):
+    commits: list[GitOpsCommitView]  # newest first
+
+
+class DriftView(Strict):
+    device_id: str
+    state: str
+    differences: dict[str, Any]
+    since: datetime
+    heals: int
+
+
+class DriftList(Strict):
+    devices: list[DriftView]
+
+
+class AlertView(Strict):
+    id: int
+    kind: str
+    subject: str
+    message: str
+    details: dict[str, Any]
+    created_at: datetime
+    delivered_at: datetime | None
+    attempts: int
+
+
+class AlertList(Strict):
+    alerts: list[AlertView]
 
 
 class UpdateHistory(Strict):

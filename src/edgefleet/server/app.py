@@ -14,16 +14,18 @@ from starlette.staticfiles import StaticFiles
 from edgefleet import __version__
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
+from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.errors import install_error_handlers
+from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
-from edgefleet.server.routes import admin, attestation, device, health, repository
+from edgefleet.server.routes import admin, attestation, device, gitops, health, repository
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.server.workload import WorkloadIssuer
@@ -60,6 +62,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     long_polls = LongPolls(settings.max_long_polls, metrics)
     devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)
     repository_service = RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes)
+    alerts = Alerts(settings, db, clock, metrics)
     state = ServerState(
         settings=settings,
         db=db,
@@ -75,6 +78,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         attestation=AttestationService(settings, db, clock, repository_service, devices, metrics),
         workload=WorkloadIssuer(settings.data_dir / "keys" / "workload.key", settings.trust_domain,
                                 timedelta(seconds=settings.workload_token_seconds)),
+        alerts=alerts,
+        gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, devices, long_polls),
     )
 
     @contextlib.asynccontextmanager
@@ -87,7 +92,11 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
             asyncio.create_task(state.presence.run(state.db, settings.presence_flush_seconds)),
             asyncio.create_task(state.changes.run(settings.device_cache_sync_seconds)),
             asyncio.create_task(_refresh_timestamps(state, settings.timestamp_check_seconds)),
+            asyncio.create_task(state.alerts.run()),
         ]
+        if settings.gitops:
+            await restore_self_heal(state.gitops)
+            background.append(asyncio.create_task(state.gitops.run()))
         log.info("control plane ready on %s", state.db.backend)
         try:
             yield
@@ -119,6 +128,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(admin.router)
     app.include_router(repository.router)
     app.include_router(attestation.router)
+    app.include_router(gitops.router)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
     for part in ("metadata", "targets"):

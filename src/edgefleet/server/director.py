@@ -16,7 +16,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, NotFound
+from edgefleet.errors import Conflict, NotFound, StoreError
 from edgefleet.releases.director import DirectorFiles, resign_timestamp, sign_assignment
 from edgefleet.releases.metadata import EXPIRY
 from edgefleet.releases.workspace import release_fields
@@ -67,18 +67,32 @@ class DirectorService:
         metadata says *what* to install, the desired state says *when* (windows, force).
         """
         targets = await asyncio.to_thread(self.release_targets, release)
-        async with self.db.transaction() as conn:
-            device = await get_device(conn, device_id)
-            current = await director_state(conn, device_id)
-        if device is None:
-            raise NotFound(f"device {device_id} not found")
-        hardware_type = device.inventory.get("hardware_type")
-        image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
-        fits = release_fields(image).get("hardware_ids", [])
-        if hardware_type not in (fits if isinstance(fits, list) else []):
-            raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
-                           code="hardware_mismatch")
-        files = await self._sign(device_id, targets, current)
+        for attempt in range(3):
+            async with self.db.transaction() as conn:
+                device = await get_device(conn, device_id)
+                current = await director_state(conn, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found")
+            hardware_type = device.inventory.get("hardware_type")
+            image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
+            fits = release_fields(image).get("hardware_ids", [])
+            if hardware_type not in (fits if isinstance(fits, list) else []):
+                raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
+                               code="hardware_mismatch")
+            files = await self._sign(device_id, targets, current)
+            try:
+                return await self._store(device_id, release, files, current, force_reboot, retry_failed)
+            except StoreError as exc:
+                # The device's first metadata fetch created its director state meanwhile.
+                if exc.code != "integrity_error" or attempt == 2:
+                    raise
+            except Conflict:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _store(self, device_id: str, release: str, files: DirectorFiles, current: Any, force_reboot: bool,
+                     retry_failed: bool) -> Assignment:
         now = self.clock.now()
         async with self.db.transaction() as conn:
             stored = await save_assignment(conn, device_id, release, files, now,

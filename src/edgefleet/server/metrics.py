@@ -25,3 +25,10 @@ class Metrics:
         self.quarantines = Counter("edgefleet_quarantines", "Devices quarantined by a failed attestation (alert "
                                    "on increase)", registry=r)
         self.long_polls = Gauge("edgefleet_long_polls", "Check-ins waiting in a long poll", registry=r)
+        self.gitops_commits = Counter("edgefleet_gitops_commits", "Fleet repository commits processed by verdict",
+                                      ["sync", "verdict"], registry=r)
+        self.alerts = Counter("edgefleet_alerts", "Alerts raised by kind", ["kind"], registry=r)
+        self.alert_deliveries = Counter("edgefleet_alert_deliveries", "Alert webhook deliveries by result",
+                                        ["result"], registry=r)
+        self.drift = Counter("edgefleet_drift_events", "Devices found out of sync with their desired configuration",
+                             registry=r)

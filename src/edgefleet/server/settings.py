@@ -5,11 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.pki import FleetPki
 from edgefleet.store import default_sqlite_url
+
+
+class GitSyncSettings(BaseModel):
+    """One GitOps sync: a branch of a fleet repository and the signers allowed for it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    kind: Literal["root", "app"]
+    url: str = Field(description="anything git fetch takes: https://, ssh://, a path")
+    branch: str = "main"
+    allowed_signers: Path = Field(description="ssh allowed_signers file pinned on the server")
 
 
 class ServerSettings(BaseSettings):
@@ -52,6 +63,18 @@ class ServerSettings(BaseSettings):
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
     log_level: str = "info"
     access_log: bool = False
+    gitops: list[GitSyncSettings] = Field([], description="fleet repository syncs (at most one root sync)")
+    gitops_interval_seconds: float = Field(60.0, gt=0, description="fetch this often (and on each webhook)")
+    gitops_webhook_secret: str | None = Field(None, description="HMAC key of the push webhook (GitHub style)")
+    alert_webhooks: list[str] = Field([], description="URLs that receive every alert as signed JSON")
+    alert_webhook_secret: str | None = Field(None, description="HMAC-SHA256 key for X-Edgefleet-Signature")
+
+    @model_validator(mode="after")
+    def _one_root_sync(self) -> ServerSettings:
+        roots = [s for s in self.gitops if s.kind == "root"]
+        if len(roots) > 1 or len({s.name for s in self.gitops}) != len(self.gitops):
+            raise ValueError("gitops: at most one root sync, and unique sync names")
+        return self
 
     @property
     def pki(self) -> FleetPki:

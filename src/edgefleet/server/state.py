@@ -10,9 +10,11 @@ from starlette.requests import Request
 
 from edgefleet.clock import Clock
 from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
+from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
+from edgefleet.server.gitops import GitOpsService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
@@ -37,6 +39,8 @@ class ServerState:
     director: DirectorService
     attestation: AttestationService
     workload: WorkloadIssuer
+    alerts: Alerts
+    gitops: GitOpsService
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

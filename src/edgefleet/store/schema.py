@@ -170,3 +170,55 @@ class UpdateEventRow(Base):
     reason: Mapped[str | None] = mapped_column(String(1000))
     at: Mapped[datetime]
     received_at: Mapped[datetime]
+
+
+class GitOpsSync(Base):
+    """The last accepted commit of each sync: the desired state in force comes from it."""
+
+    __tablename__ = "gitops_syncs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    accepted_commit: Mapped[str] = mapped_column(String(64))
+    accepted_at: Mapped[datetime]
+
+
+class GitOpsCommit(Base):
+    """Every commit a sync processed, with the verdict and all reasons: once, except that a
+    commit accepted long ago is refused when the branch moves back to it."""
+
+    __tablename__ = "gitops_commits"
+
+    sync: Mapped[str] = mapped_column(String(64), primary_key=True)
+    commit_sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    accepted: Mapped[bool] = mapped_column(primary_key=True)
+    reasons: Mapped[dict[str, Any]]
+    processed_at: Mapped[datetime]
+
+
+class Alert(Base):
+    """Something an engineer must hear about, with its webhook delivery state."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(String(2000))
+    details: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+
+
+class DriftStatus(Base):
+    """Per device: does what it reports running match its desired configuration?"""
+
+    __tablename__ = "drift_status"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # in_sync | out_of_sync | unknown
+    differences: Mapped[dict[str, Any]]
+    since: Mapped[datetime]
+    heals: Mapped[int] = mapped_column(Integer, default=0)

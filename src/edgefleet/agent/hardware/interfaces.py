@@ -41,6 +41,10 @@ class Platform(Protocol):
         """The firmware's TCG boot event log (binary_bios_measurements)."""
         ...
 
+    def os_config_dir(self) -> Path:
+        """Where the agent puts the rendered OS configuration (``agent/osconfig.py``)."""
+        ...
+
 
 class BootEnv(Protocol):
     """The bootloader's persistent variables (GRUB env block, U-Boot env)."""

@@ -66,6 +66,9 @@ class LinuxHost:
     def event_log(self) -> Path:
         return self.root / "sys/kernel/security/tpm0/binary_bios_measurements"
 
+    def os_config_dir(self) -> Path:
+        return self.root / "var/lib/edgefleet/os-config"
+
     def hostname(self) -> str:
         return socket.gethostname()
 

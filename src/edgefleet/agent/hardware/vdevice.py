@@ -10,6 +10,7 @@ hardware, so the real agent code runs against it in tests, the demo and the simu
     <dir>/grubenv         the bootloader environment, real GRUB format, or
     <dir>/uboot.env       a redundant U-Boot environment (device.json "bootloader")
     <dir>/reboots.log     one JSON line per reboot request
+    <dir>/config/         the rendered OS configuration (Ignition, cloud-init NoCloud seed)
     <dir>/agent/          the agent's own state directory
 """
 
@@ -94,6 +95,9 @@ class VirtualDevice:
 
     def event_log(self) -> Path:
         return self.path / "eventlog.bin"
+
+    def os_config_dir(self) -> Path:
+        return self.path / "config"
 
     def slot_image(self, slot: SlotName) -> Path:
         return self.path / "slots" / f"{slot}.img"

@@ -28,7 +28,14 @@ from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.attestation import statuses as attestation_statuses
-from edgefleet.store.devices import count_devices, delete_device, get_device, list_devices, set_desired
+from edgefleet.store.devices import (
+    count_devices,
+    delete_device,
+    desired_state,
+    get_device,
+    list_devices,
+    set_desired,
+)
 from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
 from edgefleet.store.updates import forget_update_history, update_history
@@ -86,6 +93,16 @@ async def release_quarantine(who: Admin, device_id: DeviceIdPath, request: Reque
     await server_state(request).attestation.release_quarantine(device_id)
     log.warning("%s released %s from quarantine", who.name, device_id)
     return Response(status_code=204)
+
+
+@router.get("/devices/{device_id}/desired")
+async def get_desired(_: Viewer, device_id: DeviceIdPath, request: Request) -> DesiredState:
+    """A device's desired state as it will receive it (rendered configuration included)."""
+    async with server_state(request).db.transaction() as conn:
+        found = await desired_state(conn, device_id)
+    if found is None:
+        raise NotFound(f"device {device_id} not found")
+    return DesiredState(version=found[0], document=found[1])
 
 
 @router.put("/devices/{device_id}/desired")

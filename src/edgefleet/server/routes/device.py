@@ -22,7 +22,10 @@ router = APIRouter(prefix="/api/v1", tags=["device"])
 @router.post("/enroll", status_code=201)
 async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
     """Trade a single-use bootstrap token and a CSR for a device certificate."""
-    return await enroll_device(server_state(request), body)
+    state = server_state(request)
+    response = await enroll_device(state, body)
+    state.gitops.device_joined(response.device_id)
+    return response
 
 
 @router.get(
@@ -73,6 +76,8 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
         accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), columns, now)
         if accepted and body.update is not None and body.update.events:
             await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
+    if accepted and body.config is not None:
+        await state.gitops.observe(device.id, body.config.model_dump())
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq)
 

@@ -1,0 +1,241 @@
+"""GitOps on the control plane: fetch each sync on an interval and on the push webhook,
+decide each new commit once (``gitops.sync``), record it, alert on a refusal, and write the
+rendered configuration into each device's desired state, versioned by commit. Devices'
+reports of what they really run are compared with it (drift), with alerts and optional
+self-heal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.clock import Clock
+from edgefleet.errors import EdgefleetError, StoreError, TransportError
+from edgefleet.gitops.git import GitMirror
+from edgefleet.gitops.hashing import config_hash, part_hashes
+from edgefleet.gitops.render import DeviceInfo, Rendering, render
+from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
+from edgefleet.releases.workspace import release_fields
+from edgefleet.server.alerts import Alerts
+from edgefleet.server.devicecache import DeviceCache
+from edgefleet.server.longpoll import LongPolls
+from edgefleet.server.metrics import Metrics
+from edgefleet.server.repository import RepositoryService
+from edgefleet.server.settings import ServerSettings
+from edgefleet.store import Database
+from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
+from edgefleet.store.gitops import accepted_commits, drift_of, record_commit, refused_before, set_drift
+
+log = logging.getLogger("edgefleet.server.gitops")
+
+
+@dataclass
+class GitOpsService:
+    settings: ServerSettings
+    db: Database
+    clock: Clock
+    metrics: Metrics
+    alerts: Alerts
+    repository: RepositoryService
+    devices: DeviceCache
+    long_polls: LongPolls
+    self_heal: bool = False  # from fleet.yaml of the accepted root commit
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def sources(self) -> list[SyncSource]:
+        """Root first: application commits are judged against the accepted root."""
+        sources = [SyncSource(s.name, s.kind, s.url, s.branch, s.allowed_signers,
+                              ROOT_PATHS if s.kind == "root" else APP_PATHS) for s in self.settings.gitops]
+        return sorted(sources, key=lambda s: s.kind != "root")
+
+    def mirror(self, source: SyncSource) -> GitMirror:
+        return GitMirror(self.settings.data_dir / "gitops" / f"{source.name}.git", source.url, source.branch)
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def device_joined(self, device_id: str) -> None:
+        """A new device gets the accepted configuration of its group without waiting for
+        the next commit (in the background: enrollment does not wait for git)."""
+        if not self.settings.gitops:
+            return
+        task = asyncio.create_task(self._refresh(device_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, device_id: str) -> None:
+        try:
+            async with self._lock:
+                async with self.db.transaction() as conn:
+                    accepted = await accepted_commits(conn)
+                    device = await get_device(conn, device_id)
+                if not accepted or device is None:
+                    return
+                info = DeviceInfo(device.id, device.site, str(device.inventory.get("hostname") or device.id),
+                                  device.labels)
+                rendering = await asyncio.to_thread(self._render_accepted, accepted, [info])
+                if rendering.errors:
+                    log.error("accepted configuration no longer renders for %s: %s", device_id,
+                              "; ".join(str(e) for e in rendering.errors[:3]))
+                    return
+                await self._apply(rendering, accepted, only={device_id})
+        except (EdgefleetError, OSError) as exc:
+            log.warning("could not render the accepted configuration for %s: %s", device_id, exc)
+
+    def _render_accepted(self, accepted: dict[str, str], devices: list[DeviceInfo]) -> Rendering:
+        files: dict[str, bytes] = {}
+        for source in self.sources:
+            if source.name in accepted:
+                files.update(files_for(self.mirror(source), source, accepted[source.name]))
+        return render(files, devices)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except EdgefleetError as exc:
+                log.warning("GitOps sync failed, will retry: %s", exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.gitops_interval_seconds)
+
+    async def sync_once(self) -> list[Decision]:
+        """Fetch every sync and decide each new tip; returns the decisions made.
+
+        Raises TransportError (a remote could not be fetched) or StoreError.
+        """
+        async with self._lock:
+            decisions, failures = [], []
+            for source in self.sources:
+                try:
+                    decision = await self._sync(source)
+                except TransportError as exc:
+                    log.warning("sync %s: %s", source.name, exc)  # the others go on
+                    failures.append(exc)
+                    continue
+                if decision is not None:
+                    decisions.append(decision)
+            if failures and not decisions and len(failures) == len(self.sources):
+                raise failures[0]
+            return decisions
+
+    async def _sync(self, source: SyncSource) -> Decision | None:
+        mirror = self.mirror(source)
+        tip = await asyncio.to_thread(mirror.fetch)
+        async with self.db.transaction() as conn:
+            accepted = await accepted_commits(conn)
+            # Decided once: a refusal is final; an old acceptance is judged again (moving back).
+            if accepted.get(source.name) == tip or await refused_before(conn, source.name, tip):
+                return None
+            rows = await list_devices(conn, site=None, limit=1_000_000, offset=0)
+        devices = [DeviceInfo(d.id, d.site, str(d.inventory.get("hostname") or d.id), d.labels) for d in rows]
+        decision = await asyncio.to_thread(self._decide, source, mirror, accepted, tip, devices)
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            await record_commit(conn, source.name, tip, decision.accepted, decision.reasons, now)
+            if not decision.accepted:
+                await self.alerts.raise_alert(conn, "gitops_refused", f"{source.name}@{tip[:12]}",
+                                              f"commit {tip[:12]} of sync {source.name} refused: "
+                                              + "; ".join(decision.reasons[:5]),
+                                              {"sync": source.name, "commit": tip, "reasons": decision.reasons})
+        self.alerts.wake()
+        self.metrics.gitops_commits.labels(source.name, "accepted" if decision.accepted else "refused").inc()
+        if decision.accepted and decision.rendering is not None:
+            commits = {**accepted, source.name: tip}
+            await self._apply(decision.rendering, commits)
+            log.info("sync %s accepted %s", source.name, tip[:12])
+        else:
+            log.warning("sync %s refused %s: %s", source.name, tip[:12], "; ".join(decision.reasons))
+        return decision
+
+    def _decide(self, source: SyncSource, mirror: GitMirror, accepted: dict[str, str], tip: str,
+                devices: list[DeviceInfo]) -> Decision:
+        other: dict[str, bytes] = {}
+        for other_source in self.sources:
+            commit = accepted.get(other_source.name)
+            if other_source.name != source.name and commit is not None:
+                other.update(files_for(self.mirror(other_source), other_source, commit))
+        published = self.repository.published()
+        targets = [] if published is None else [
+            path for path, target in published.signed.targets.items() if release_fields(target)]
+        return decide(mirror, source, accepted.get(source.name), tip, other, devices, targets)
+
+    async def _apply(self, rendering: Rendering, commits: dict[str, str], only: set[str] | None = None) -> None:
+        """Write each device's rendered configuration into its desired state if it changed."""
+        self.self_heal = rendering.fleet.self_heal
+        now = self.clock.now()
+        changed = []
+        async with self.db.transaction() as conn:
+            for device in await list_devices(conn, site=None, limit=1_000_000, offset=0):
+                if only is not None and device.id not in only:
+                    continue
+                found = await desired_state(conn, device.id)
+                current = dict(found[1]) if found else {}
+                config = rendering.documents.get(device.id)
+                document = dict(current)
+                if config is None:
+                    document.pop("config", None)
+                else:
+                    document["config"] = {**config, "commits": commits, "os_hash": config_hash(config["os"])}
+                    document["maintenance"] = config["maintenance"]
+                if document != current:
+                    await set_desired(conn, device.id, document, now)
+                    changed.append(device.id)
+        for device_id in changed:
+            self.devices.forget(device_id)
+            self.long_polls.notify(device_id)
+
+    async def observe(self, device_id: str, reported: dict[str, Any] | None) -> None:
+        """Compare what a device reports running with its desired configuration."""
+        async with self.db.transaction() as conn:
+            found = await desired_state(conn, device_id)
+            config = (found[1] if found else {}).get("config")
+            before = await drift_of(conn, device_id)
+            if not isinstance(config, dict) or reported is None:
+                state, differences = "unknown", {}
+            else:
+                desired_parts = part_hashes(config["os"])
+                reported_parts = reported.get("parts", {})
+                differences = {part: {"desired": desired_parts.get(part), "reported": reported_parts.get(part)}
+                               for part in sorted(set(desired_parts) | set(reported_parts))
+                               if desired_parts.get(part) != reported_parts.get(part)}
+                state = "out_of_sync" if differences else "in_sync"
+            if before is not None and before.state == state and before.differences == differences:
+                return
+            heals = before.heals if before is not None else 0
+            if state == "out_of_sync":
+                self.metrics.drift.inc()
+                await self.alerts.raise_alert(conn, "drift", device_id,
+                                              f"{device_id} runs configuration that differs from its desired state: "
+                                              + ", ".join(differences), {"device_id": device_id,
+                                                                          "differences": differences})
+                if self.self_heal and isinstance(config, dict) and found is not None:
+                    heals += 1
+                    await set_desired(conn, device_id, {**found[1], "config": {**config, "heal": heals}},
+                                      self.clock.now())
+            await set_drift(conn, device_id, state, differences, self.clock.now(), heals)
+        self.alerts.wake()
+        if state == "out_of_sync" and self.self_heal:
+            self.devices.forget(device_id)
+            self.long_polls.notify(device_id)
+
+
+async def restore_self_heal(service: GitOpsService) -> None:
+    """At start: self-heal follows the fleet.yaml of the accepted root commit."""
+    root = next((s for s in service.sources if s.kind == "root"), None)
+    if root is None:
+        return
+    try:
+        async with service.db.transaction() as conn:
+            commit = (await accepted_commits(conn)).get(root.name)
+        if commit is not None:
+            files = await asyncio.to_thread(files_for, service.mirror(root), root, commit)
+            service.self_heal = render({k: v for k, v in files.items() if k == "fleet.yaml"}, []).fleet.self_heal
+    except (EdgefleetError, StoreError, OSError) as exc:
+        log.warning("cannot read the accepted fleet settings: %s", exc)

@@ -1,0 +1,129 @@
+"""Drift: an emulated device whose OS configuration is changed behind the platform's back
+is out of sync within one status report, an HMAC-signed alert webhook arrives, and
+self-heal brings the device back in sync."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.credentials import Role
+from tests.conftest import Fleet, start_fleet
+from tests.gitops_world import FleetRepo
+from tests.test_gitops import BASE
+
+SECRET = "alert-hmac-key"
+
+
+class Receiver:
+    """An alert webhook endpoint that keeps what arrives with a valid signature."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.forged = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                if hmac.compare_digest(self.headers.get("x-edgefleet-signature", ""), expected):
+                    outer.alerts.append(json.loads(body))
+                    self.send_response(204)
+                else:
+                    outer.forged += 1
+                    self.send_response(401)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def test_config_changed_behind_the_platforms_back_is_drift_alerted_and_healed(tmp_path: Path,
+                                                                               receiver: Receiver) -> None:
+    repo = FleetRepo(tmp_path / "git")
+    repo.commit({**BASE, "fleet.yaml": "self_heal: true\n"}, "fleet", signer="alice")
+    plane: Fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600,
+                               alert_webhooks=[receiver.url], alert_webhook_secret=SECRET,
+                               gitops=[{"name": "platform", "kind": "root", "url": str(repo.path),
+                                        "allowed_signers": str(repo.allowed_signers("alice"))}])
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-drift", site="store-1", os_version="1.0")
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), long_poll_seconds=2,
+                             status_interval_seconds=0.3, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
+    agent = Agent(settings, device, site="store-1")
+    viewer = plane.client(role=Role.VIEWER)
+    user_data = device.os_config_dir() / "nocloud" / "user-data"
+
+    def drift_state() -> str | None:
+        rows = viewer.get("/api/v1/admin/drift").json()["devices"]
+        return rows[0]["state"] if rows else None
+
+    async def until(check: Any, what: str, timeout: float = 20) -> float:
+        started = time.monotonic()
+        while not await asyncio.to_thread(check):
+            assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await until(lambda: agent.reports >= 1, "enrollment")
+            await asyncio.to_thread(plane.client(role=Role.OPERATOR).post, "/api/v1/admin/gitops/sync")
+            log = (await asyncio.to_thread(viewer.get, "/api/v1/admin/gitops/commits")).json()["commits"]
+            assert [c["accepted"] for c in log] == [True]
+            await until(lambda: user_data.exists(), "configuration applied")
+            desired_text = user_data.read_text()
+            assert "hostname: hw-drift" in desired_text  # the device's own hostname, rendered per device
+            reports = agent.reports
+            user_data.write_text(desired_text.replace("content: store-1", "content: hacked"))  # behind our back
+            await until(lambda: drift_state() == "out_of_sync" or receiver.alerts, "drift seen")
+            assert agent.reports - reports <= 2  # within one report (plus the one in flight)
+            await until(lambda: receiver.alerts, "drift alert webhook", timeout=5)
+            await until(lambda: user_data.read_text() == desired_text, "self-heal")
+            await until(lambda: drift_state() is None, "back in sync")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    try:
+        asyncio.run(scenario())
+        alert = receiver.alerts[0]
+        assert alert["kind"] == "drift"
+        assert alert["subject"] == agent.device_id
+        assert list(alert["details"]["differences"]) == ["cloud_init"]
+        assert receiver.forged == 0
+        drift = viewer.get("/api/v1/admin/alerts").json()["alerts"]
+        assert drift[0]["delivered_at"] is not None
+        assert b"edgefleet_drift_events_total 1.0" in viewer.get("/metrics").content
+    finally:
+        plane.close()

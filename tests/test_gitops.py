@@ -1,0 +1,202 @@
+"""GitOps against real git repositories with real SSH commit signatures and a real
+control plane: what is accepted, what is refused and why, and that the last accepted
+state stays in force."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.credentials import Role
+from tests.conftest import Fleet, start_fleet
+from tests.gitops_world import FleetRepo
+
+GROUP = "selector: {matchLabels: {site: store-1}}\nrelease: '2026.12.0'\nmaintenance: {install: []}\n"
+IGNITION = ('{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "/etc/motd", '
+            '"contents": {"source": "data:,hello"}, "mode": 420}]}}')
+CLOUD_INIT = "#cloud-config\nhostname: {{ hostname }}\nwrite_files:\n  - path: /etc/site\n    content: {{ site }}\n"
+NO_PRIVILEGED = """name: no-privileged-pods
+match: {kinds: [Pod]}
+expression: >-
+  object.spec.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged)
+  || !c.securityContext.privileged)
+message: privileged containers are not allowed
+"""
+PINNED = """name: images-pinned-by-digest
+match: {kinds: [Pod, Deployment]}
+expression: >-
+  (object.kind == 'Pod' ? object.spec.containers : object.spec.template.spec.containers)
+  .all(c, c.image.contains('@sha256:'))
+message: container images must be pinned by digest
+"""
+BASE = {"fleet.yaml": "self_heal: false\n", "groups/stores.yaml": GROUP, "os/stores/ignition.json": IGNITION,
+        "os/stores/cloud-init.yaml.j2": CLOUD_INIT, "policies/no-privileged.yaml": NO_PRIVILEGED,
+        "policies/pinned.yaml": PINNED}
+
+
+def pod(name: str, image: str, privileged: bool = False) -> str:
+    return (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n"
+            f"    image: {image}\n    securityContext: {{privileged: {str(privileged).lower()}}}\n")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> FleetRepo:
+    return FleetRepo(tmp_path / "git")
+
+
+@pytest.fixture
+def plane(tmp_path: Path, repo: FleetRepo) -> Iterator[Fleet]:
+    fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
+        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
+         "allowed_signers": str(repo.allowed_signers("alice"))},
+        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
+         "allowed_signers": str(repo.allowed_signers("bob"))},
+    ])
+    yield fleet
+    fleet.close()
+
+
+def sync(plane: Fleet) -> list[dict[str, Any]]:
+    response = plane.client(role=Role.OPERATOR).post("/api/v1/admin/gitops/sync")
+    assert response.status_code == 200, response.text
+    commits: list[dict[str, Any]] = response.json()["commits"]
+    return commits
+
+
+def config_of(plane: Fleet, device_id: str) -> dict[str, Any] | None:
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{device_id}").json()
+    desired = plane.client(role=Role.OPERATOR).get(f"/api/v1/admin/devices/{device_id}/desired")
+    assert record["id"] == device_id
+    config: dict[str, Any] | None = desired.json()["document"].get("config")
+    return config
+
+
+def refused(plane: Fleet, repo: FleetRepo, files: dict[str, str | None], *, signer: str | None,
+            accepted: str) -> list[str]:
+    """Commit, sync, expect a refusal; the branch is then put back (a fresh attempt)."""
+    sha = repo.commit(files, "attempt", signer=signer)
+    decisions = [d for d in sync(plane) if d["sync"] == "platform"]
+    assert decisions, "nothing was decided"
+    assert decisions[0]["commit"] == sha
+    assert not decisions[0]["accepted"]
+    repo.force_reset(accepted)
+    reasons: list[str] = decisions[0]["reasons"]
+    return reasons
+
+
+def test_signed_commit_is_rendered_into_the_desired_state_of_the_groups_devices(plane: Fleet,
+                                                                                  repo: FleetRepo) -> None:
+    inside, outside = plane.enroll(site="store-1"), plane.enroll(site="store-2")
+    sha = repo.commit(BASE, "fleet", signer="alice")
+    decisions = sync(plane)
+    assert [(d["sync"], d["commit"], d["accepted"]) for d in decisions] == [("platform", sha, True)]
+    config = config_of(plane, inside.id)
+    assert config is not None
+    assert config["commits"] == {"platform": sha}
+    assert config["group"] == "stores"
+    assert config["os"]["ignition"]["storage"]["files"][0]["path"] == "/etc/motd"
+    assert config["os"]["cloud_init"].splitlines()[1] == f"hostname: {inside.id}"
+    assert "content: store-1" in config["os"]["cloud_init"]
+    assert config_of(plane, outside.id) is None
+    assert sync(plane) == []  # each commit is processed once
+    log = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
+    assert [(c["commit"], c["accepted"]) for c in log] == [(sha, True)]
+
+
+def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refused_and_nothing_changes(
+    plane: Fleet, repo: FleetRepo
+) -> None:
+    device = plane.enroll(site="store-1")
+    first = repo.commit(BASE, "fleet", signer="alice")
+    sync(plane)
+    accepted = repo.commit({"platform/stores/agent.yaml": pod("agent", "agent@sha256:" + "a" * 64)}, "agent",
+                           signer="alice")
+    assert sync(plane)[0]["accepted"]
+    in_force = config_of(plane, device.id)
+    assert in_force is not None
+
+    assert refused(plane, repo, {"groups/stores.yaml": GROUP + "priority: 5\n"}, signer=None,
+                   accepted=accepted) == [f"commit {repo.git('rev-parse', 'HEAD@{1}')[:12]} ('attempt') changes "
+                                          "groups/stores.yaml and is not signed"]
+    reasons = refused(plane, repo, {"groups/stores.yaml": GROUP + "priority: 5\n"}, signer="mallory",
+                      accepted=accepted)
+    assert "signed by a key not allowed for the root sync 'platform'" in reasons[0]
+    violations = refused(plane, repo, {"platform/stores/bad.yaml": pod("bad", "nginx:latest", privileged=True)},
+                         signer="alice", accepted=accepted)
+    assert sorted(v.split(":")[0] for v in violations) == ["images-pinned-by-digest", "no-privileged-pods"]
+    assert all("Pod/bad in group stores (platform/stores/bad.yaml)" in v for v in violations)
+    errors = refused(plane, repo, {"os/stores/ignition.json": IGNITION.replace("/etc/motd", "etc/motd")},
+                     signer="alice", accepted=accepted)
+    assert errors == ["os/stores/ignition.json:1: Ignition: error at $.storage.files.0.path: path not absolute"]
+    errors = refused(plane, repo, {"os/stores/cloud-init.yaml.j2": CLOUD_INIT + "ntp: {{ ntp_servers }}\n"},
+                     signer="alice", accepted=accepted)
+    assert errors[0].startswith("os/stores/cloud-init.yaml.j2:6: template for ")
+    assert "'ntp_servers' is undefined" in errors[0]
+    # A move back to an older commit, and a rewritten history (force push).
+    repo.force_reset(first)
+    decision = sync(plane)[0]
+    assert "older than the last accepted commit" in decision["reasons"][0]
+    rewritten = repo.commit({"platform/stores/agent.yaml": pod("agent", "agent@sha256:" + "b" * 64)}, "rewrite",
+                            signer="alice")
+    decision = sync(plane)[0]
+    assert decision["commit"] == rewritten
+    assert "history was rewritten (force push)" in decision["reasons"][0]
+
+    assert config_of(plane, device.id) == in_force  # the last accepted state stayed in force
+    alerts = plane.client(role=Role.VIEWER).get("/api/v1/admin/alerts").json()["alerts"]
+    assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 7
+    commits = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
+    assert [c["accepted"] for c in commits].count(False) == 7
+
+
+def test_root_and_application_syncs_cannot_write_each_others_paths(plane: Fleet, repo: FleetRepo) -> None:
+    device = plane.enroll(site="store-1")
+    root = repo.commit(BASE, "fleet", signer="alice")
+    repo.git("checkout", "-q", "-b", "apps")
+    app = repo.commit({"apps/stores/web.yaml": pod("web", "web@sha256:" + "c" * 64)}, "web", signer="bob")
+    assert {d["sync"]: d["accepted"] for d in sync(plane)} == {"platform": True, "apps": True}
+    config = config_of(plane, device.id)
+    assert config is not None
+    assert config["commits"] == {"platform": root, "apps": app}
+    assert [m["metadata"]["name"] for m in config["workloads"]["manifests"]] == ["web"]
+    # The application team changes a root path on its branch: the app sync does not read it.
+    repo.commit({"groups/stores.yaml": "selector: {}\nrelease: evil\n", "apps/stores/web.yaml":
+                 pod("web", "web@sha256:" + "d" * 64)}, "sneaky", signer="bob")
+    assert [d["accepted"] for d in sync(plane)] == [True]
+    config = config_of(plane, device.id)
+    assert config is not None
+    assert config["release"] == "2026.12.0"
+    assert config["workloads"]["manifests"][0]["spec"]["containers"][0]["image"].endswith("d" * 64)
+    # The platform team's key cannot change application paths, nor the app team's root paths.
+    repo.git("checkout", "-q", "apps")
+    alice_app = repo.commit({"apps/stores/web.yaml": pod("web", "web@sha256:" + "e" * 64)}, "alice", signer="alice")
+    decision = sync(plane)[0]
+    assert (decision["sync"], decision["commit"], decision["accepted"]) == ("apps", alice_app, False)
+    assert "signed by a key not allowed for the app sync 'apps'" in decision["reasons"][0]
+    repo.git("checkout", "-q", "main")
+    repo.commit({"groups/stores.yaml": GROUP.replace("2026.12.0", "evil")}, "bob on main", signer="bob")
+    decision = sync(plane)[0]
+    assert (decision["sync"], decision["accepted"]) == ("platform", False)
+    assert "signed by a key not allowed for the root sync 'platform'" in decision["reasons"][0]
+
+
+def test_push_webhook_needs_a_valid_signature(tmp_path: Path, repo: FleetRepo) -> None:
+    fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops_webhook_secret="s3cret",
+                        gitops=[{"name": "platform", "kind": "root", "url": str(repo.path),
+                                 "allowed_signers": str(repo.allowed_signers("alice"))}])
+    try:
+        body = b'{"ref": "refs/heads/main"}'
+        good = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        anonymous = fleet.client()
+        assert anonymous.post("/api/v1/gitops/webhook", content=body,
+                              headers={"x-hub-signature-256": "sha256=" + "0" * 64}).status_code == 401
+        assert anonymous.post("/api/v1/gitops/webhook", content=body).status_code == 401
+        assert anonymous.post("/api/v1/gitops/webhook", content=body,
+                              headers={"x-hub-signature-256": good}).status_code == 202
+    finally:
+        fleet.close()
