@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from edgefleet.credentials import Role
+from tests.cli_helpers import cli, server_args
 from tests.conftest import Fleet, start_fleet
-from tests.gitops_world import FleetRepo
+from tests.gitops_world import FleetRepo, tools
 
 GROUP = "selector: {matchLabels: {site: store-1}}\nrelease: '2026.12.0'\nmaintenance: {install: []}\n"
 IGNITION = ('{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "/etc/motd", '
@@ -152,6 +153,10 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
     assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 7
     commits = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
     assert [c["accepted"] for c in commits].count(False) == 7
+    shown = cli("gitops", "log", *server_args(plane))
+    assert "history was rewritten (force push)" in shown
+    assert "gitops_refused" in cli("alerts", *server_args(plane))
+    assert "0 devices out of sync" in cli("drift", *server_args(plane))
 
 
 def test_root_and_application_syncs_cannot_write_each_others_paths(plane: Fleet, repo: FleetRepo) -> None:
@@ -200,3 +205,25 @@ def test_push_webhook_needs_a_valid_signature(tmp_path: Path, repo: FleetRepo) -
                               headers={"x-hub-signature-256": good}).status_code == 202
     finally:
         fleet.close()
+
+
+def test_repo_init_scaffold_renders_cleanly_and_its_policies_bite(tmp_path: Path) -> None:
+    from edgefleet.gitops.policy import evaluate, load_policies
+    from edgefleet.gitops.render import DeviceInfo, RenderedObject, render
+    tools()
+    cli("repo", "init", str(tmp_path / "fleet"))
+    files = {str(p.relative_to(tmp_path / "fleet")): p.read_bytes() for p in (tmp_path / "fleet").rglob("*")
+             if p.is_file() and ".git" not in p.parts}
+    device = DeviceInfo("dev-1", "berlin-01", "pos-1", {"role": "store"})
+    rendering = render(files, [device])
+    policies, errors = load_policies(files)
+    assert rendering.errors == []
+    assert errors == []
+    assert evaluate(policies, rendering.objects, []) == []
+    assert "time1.example.net" in rendering.documents["dev-1"]["os"]["cloud_init"]
+    assert (tmp_path / "fleet" / ".git").is_dir()
+    unsigned = RenderedObject("WasmModule", "rules", "stores", "apps/stores/wasm.yaml",
+                              {"kind": "WasmModule", "name": "rules", "target": "wasm/rules-1.wasm"})
+    assert [v.policy for v in evaluate(policies, [unsigned], ["os/2026.12.0/2026.12.0.img"])] == [
+        "wasm-modules-are-signed-targets"]
+    assert evaluate(policies, [unsigned], ["wasm/rules-1.wasm"]) == []

@@ -107,6 +107,11 @@ class AdminClient:
         result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)
         return int(result.root["snapshot_version"])
 
+    def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """An admin API call whose answer is shown as it is (the CLI's GitOps views)."""
+        result: _Json = self._call(method, path, _Json, **kwargs)
+        return result.root
+
     def update_history(self, device_id: str, limit: int = 100) -> UpdateHistory:
         result: UpdateHistory = self._call("GET", f"/api/v1/admin/devices/{device_id}/updates", UpdateHistory,
                                            params={"limit": limit})

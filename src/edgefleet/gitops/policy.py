@@ -22,7 +22,7 @@ import cel
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.gitops.render import RenderedObject, SourceError
+from edgefleet.gitops.render import RenderedObject, SourceError, YamlLoader
 
 
 class _Match(BaseModel):
@@ -65,7 +65,7 @@ def load_policies(files: Mapping[str, bytes]) -> tuple[list[Policy], list[Source
         if not path.startswith("policies/") or not path.endswith((".yaml", ".yml")):
             continue
         try:
-            spec = PolicySpec.model_validate(yaml.safe_load(data))
+            spec = PolicySpec.model_validate(yaml.load(data, Loader=YamlLoader))  # noqa: S506 - a safe loader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             errors.append(SourceError(path, mark.line + 1 if mark else None, f"YAML: {exc}"))
@@ -85,12 +85,14 @@ def load_policies(files: Mapping[str, bytes]) -> tuple[list[Policy], list[Source
 def evaluate(policies: Sequence[Policy], objects: Iterable[RenderedObject], targets: Sequence[str]) -> list[Violation]:
     """Every violation of every policy by every object (not just the first)."""
     violations = []
-    target_list = list(targets)
+    # One context, updated per object: converting the object into CEL values is most of the
+    # cost, and the target list is converted once, not once per object.
+    context = cel.Context({"targets": list(targets)})
     for obj in objects:
         applicable = [p for p in policies if p.applies(obj)]
         if not applicable:
             continue
-        context = cel.Context({"object": obj.body, "group": obj.group, "targets": target_list})
+        context.update({"object": obj.body, "group": obj.group})
         for policy in applicable:
             try:
                 passed = policy.program.execute(context) is True
