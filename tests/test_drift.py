@@ -127,3 +127,37 @@ def test_config_changed_behind_the_platforms_back_is_drift_alerted_and_healed(tm
         assert b"edgefleet_drift_events_total 1.0" in viewer.get("/metrics").content
     finally:
         plane.close()
+
+
+def test_device_applies_only_configuration_the_director_signed(tmp_path: Path) -> None:
+    from tests.ab_world import AbWorld, run, until
+
+    repo = FleetRepo(tmp_path / "git")
+    repo.commit(BASE, "fleet", signer="alice")
+    plane: Fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600,
+                               gitops=[{"name": "platform", "kind": "root", "url": str(repo.path),
+                                        "allowed_signers": str(repo.allowed_signers("alice"))}])
+    try:
+        world = AbWorld(plane, tmp_path / "releases")
+        world.publish("2026.12.0", 12)  # roots and a release: the device verifies the director
+        device = world.device("signed-config", status_interval_seconds=0.3, update_check_seconds=0.5)
+        user_data = device.device.os_config_dir() / "nocloud" / "user-data"
+        operator = plane.client(role=Role.OPERATOR)
+
+        async def steps() -> None:
+            await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
+            await until(lambda: user_data.exists(), what="signed configuration applied")
+            assert device.agent is not None
+            url = f"/api/v1/admin/devices/{device.agent.device_id}/desired"
+            document = (await asyncio.to_thread(operator.get, url)).json()["document"]
+            forged = {**document["config"], "os": {**document["config"]["os"], "cloud_init": "#cloud-config\n"
+                                                   "users: [{name: intruder}]\n"}}
+            assert (await asyncio.to_thread(operator.put, url, json={"document": {**document, "config": forged}})
+                    ).status_code == 200
+            await asyncio.sleep(2.0)  # several update checks and reports
+            assert "intruder" not in user_data.read_text()
+
+        run(world, device, steps)
+        assert "hostname: hw-signed-config" in user_data.read_text()
+    finally:
+        plane.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import threading
@@ -31,6 +32,7 @@ from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
+from edgefleet.gitops.hashing import canonical
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import ConfigReport, EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
 
@@ -364,11 +366,13 @@ class Agent:
                     state.desired, state.desired_version = desired.document, desired.version
                     self.dir.save(state)
                     log.info("received desired state version %d", desired.version)
-                    await asyncio.to_thread(self._apply_os_config, state)
+                    if self.updates is None:
+                        await asyncio.to_thread(self._apply_os_config, state)
                     next_report = next_update = self.clock.monotonic()
                 if self.updates is not None and self.clock.monotonic() >= next_update:
                     before = (state.update_state, state.update_error)
                     await self._check_update(state, self.updates)
+                    await asyncio.to_thread(self._apply_os_config, state)  # verified against the director
                     next_update = self.clock.monotonic() + settings.update_check_seconds
                     if self.runner is not None and self.runner.job.active:
                         await self._drive_update(state, transport, attestor, stop)
@@ -411,12 +415,27 @@ class Agent:
         return self.settings.os_config_dir or self.platform.os_config_dir()
 
     def _apply_os_config(self, state: AgentState) -> None:
-        """Put the rendered OS configuration in place when it differs from what is there."""
+        """Put the rendered OS configuration in place when it differs from what is there.
+
+        With TUF roots, the configuration must be exactly the director's signed config
+        target (length and sha256 of its canonical bytes); otherwise it waits. Without roots
+        (no signed updates on this device), mTLS is all there is, and that is logged.
+        """
         config = state.desired.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("os"), dict):
             return
         if osconfig.in_sync(self._os_config_dir(), config["os"]):
             return
+        if self.updates is not None:
+            signed = self.updates.assigned_config()
+            data = canonical(config)
+            if signed is None or signed.length != len(data) or \
+                    signed.hashes.get("sha256") != hashlib.sha256(data).hexdigest():
+                log.warning("configuration in the desired state is not what the director signed; not applied")
+                state.update_error = "config_not_signed"
+                return
+        else:
+            log.warning("no TUF roots: applying configuration verified by mTLS only")
         osconfig.apply(self._os_config_dir(), config["os"], instance=str(config.get("os_hash", ""))[:16])
         log.info("applied OS configuration of commit %s", (config.get("commits") or {}))
 

@@ -185,6 +185,15 @@ class UpdateClient:
         self._last = (key, plan)
         return plan
 
+    def assigned_config(self) -> TargetFile | None:
+        """The configuration target of the director metadata the last check verified."""
+        try:
+            targets: Metadata[Targets] = Metadata.from_file(str(self.dir / "director" / "targets.json"))
+        except (OSError, tuf_errors.RepositoryError):
+            return None
+        found = [t for t in targets.signed.targets.values() if release_fields(t).get("kind") == "config"]
+        return found[0] if len(found) == 1 else None
+
     def _assigned_image(self) -> TargetFile | None:
         # ngclient persists the director targets it has just verified; read that copy.
         targets: Metadata[Targets] = Metadata.from_file(str(self.dir / "director" / "targets.json"))

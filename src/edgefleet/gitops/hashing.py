@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def canonical(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
 def config_hash(document: Mapping[str, Any]) -> str:
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()
+    return hashlib.sha256(canonical(document)).hexdigest()
 
 
 def part_hashes(os_config: Mapping[str, Any]) -> dict[str, str]:

@@ -9,12 +9,16 @@ the director root, signed offline by the release owners, delegates them to it.
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from edgefleet.gitops.hashing import canonical
 from edgefleet.releases.metadata import EXPIRY, WIRE, new_snapshot, new_timestamp, sign
 
 
@@ -36,6 +40,15 @@ def bind(target: TargetFile, device_id: str) -> TargetFile:
     custom["director"] = {"device_id": device_id}
     bound.unrecognized_fields["custom"] = custom
     return bound
+
+
+def config_target(config: Mapping[str, Any]) -> TargetFile:
+    """The rendered configuration a device's desired state carries, as a director target:
+    the device applies it only if its canonical bytes have this length and hash."""
+    data = canonical(config)
+    return TargetFile(len(data), {"sha256": hashlib.sha256(data).hexdigest()},
+                      f"config/{hashlib.sha256(data).hexdigest()}.json",
+                      {"custom": {"edgefleet": {"kind": "config", "commits": dict(config.get("commits") or {})}}})
 
 
 def sign_assignment(device_id: str, targets: list[TargetFile], version: int, timestamp_version: int,

@@ -63,6 +63,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)
     repository_service = RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes)
     alerts = Alerts(settings, db, clock, metrics)
+    director = DirectorService(db, repository_service, clock, devices, long_polls)
     state = ServerState(
         settings=settings,
         db=db,
@@ -74,12 +75,13 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         devices=devices,
         changes=ChangeFeed(db, devices, long_polls, clock),
         repository=repository_service,
-        director=DirectorService(db, repository_service, clock, devices, long_polls),
+        director=director,
         attestation=AttestationService(settings, db, clock, repository_service, devices, metrics),
         workload=WorkloadIssuer(settings.data_dir / "keys" / "workload.key", settings.trust_domain,
                                 timedelta(seconds=settings.workload_token_seconds)),
         alerts=alerts,
-        gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, devices, long_polls),
+        gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
+                             long_polls),
     )
 
     @contextlib.asynccontextmanager

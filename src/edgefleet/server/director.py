@@ -17,7 +17,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, NotFound, StoreError
-from edgefleet.releases.director import DirectorFiles, resign_timestamp, sign_assignment
+from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.metadata import EXPIRY
 from edgefleet.releases.workspace import release_fields
 from edgefleet.server.devicecache import DeviceCache
@@ -79,7 +79,11 @@ class DirectorService:
             if hardware_type not in (fits if isinstance(fits, list) else []):
                 raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
                                code="hardware_mismatch")
-            files = await self._sign(device_id, targets, current)
+            async with self.db.transaction() as conn:
+                found = await desired_state(conn, device_id)
+            config = (found[1] if found else {}).get("config")
+            signed = targets + ([config_target(config)] if isinstance(config, dict) else [])
+            files = await self._sign(device_id, signed, current)
             try:
                 return await self._store(device_id, release, files, current, force_reboot, retry_failed)
             except StoreError as exc:
@@ -106,6 +110,36 @@ class DirectorService:
         self.devices.forget(device_id)
         self.long_polls.notify(device_id)
         return Assignment(device_id, release, files.version)
+
+    async def sign_config(self, device_id: str) -> None:
+        """Re-sign a device's director metadata after its rendered configuration changed:
+        the assigned release's targets (if any) plus the configuration target. A fleet whose
+        release owners have not published a director root yet has nothing to sign with:
+        its devices have no director root either, and take configuration over mTLS."""
+        if not self.repository.director.exists():
+            return
+        for attempt in range(3):
+            async with self.db.transaction() as conn:
+                current = await director_state(conn, device_id)
+                found = await desired_state(conn, device_id)
+            if found is None:
+                return
+            release = current.release if current is not None else None
+            targets = await asyncio.to_thread(self.release_targets, release) if release else []
+            config = found[1].get("config")
+            if isinstance(config, dict):
+                targets.append(config_target(config))
+            files = await self._sign(device_id, targets, current)
+            try:
+                async with self.db.transaction() as conn:
+                    if await save_assignment(conn, device_id, release, files, self.clock.now(),
+                                             previous_version=None if current is None else current.version):
+                        return
+            except StoreError as exc:
+                if exc.code != "integrity_error":
+                    raise
+            if attempt == 2:
+                raise Conflict(f"director metadata of {device_id} changed concurrently", code="concurrent_change")
 
     async def _sign(self, device_id: str, targets: list[TargetFile], current: Any) -> DirectorFiles:
         signer = self.repository.online_signer("director", "targets")

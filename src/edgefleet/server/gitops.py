@@ -21,6 +21,7 @@ from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, d
 from edgefleet.releases.workspace import release_fields
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.devicecache import DeviceCache
+from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
@@ -40,6 +41,7 @@ class GitOpsService:
     metrics: Metrics
     alerts: Alerts
     repository: RepositoryService
+    director: DirectorService
     devices: DeviceCache
     long_polls: LongPolls
     self_heal: bool = False  # from fleet.yaml of the accepted root commit
@@ -188,6 +190,7 @@ class GitOpsService:
                     await set_desired(conn, device.id, document, now)
                     changed.append(device.id)
         for device_id in changed:
+            await self.director.sign_config(device_id)  # before the device hears of it
             self.devices.forget(device_id)
             self.long_polls.notify(device_id)
 
@@ -222,6 +225,7 @@ class GitOpsService:
             await set_drift(conn, device_id, state, differences, self.clock.now(), heals)
         self.alerts.wake()
         if state == "out_of_sync" and self.self_heal:
+            await self.director.sign_config(device_id)
             self.devices.forget(device_id)
             self.long_polls.notify(device_id)
 
