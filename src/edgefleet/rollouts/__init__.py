@@ -1,0 +1,1 @@
+"""Wave rollouts: a pure planner (``planner``) and the controller that applies it."""

@@ -1,0 +1,283 @@
+"""The wave rollout planner: state, time and device observations in, a new state and
+decisions out. Pure: no clock, no database, no network; the controller applies the
+decisions through the director and stores the state.
+
+Per device, in the wave it was placed in:
+
+    pending    placed in the wave, not yet told (waiting for the disruption budget)
+    updating   told to install the release; no verdict yet
+    offline    told, but not seen since the wave started (never "failed" before the deadline)
+    succeeded  runs the release, committed, and attested against the release's measurements
+    failed     rolled back, update failed, or attestation failed
+    timed_out  no verdict by the wave's deadline
+
+The rollout halts at once on a failed attestation beyond the tolerance, or when failures
+cross the failure threshold; a halted rollout never places or tells another device.
+Between waves it bakes (the wave's devices must stay healthy for the bake time after the
+last one committed) and, if asked, waits for an operator's approval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+
+class DeviceState(StrEnum):
+    PENDING = "pending"
+    UPDATING = "updating"
+    OFFLINE = "offline"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+class Status(StrEnum):
+    RUNNING = "running"
+    BAKING = "baking"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+FINAL = frozenset({DeviceState.SUCCEEDED, DeviceState.FAILED, DeviceState.TIMED_OUT})
+IN_FLIGHT = frozenset({DeviceState.UPDATING, DeviceState.OFFLINE})
+STOPPED = frozenset({Status.HALTED, Status.COMPLETED, Status.ABORTED})
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A count, or a percentage of a base (rounded up, at least 1 of a non-empty base)."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def of(self, base: int) -> int:
+        if self.count is not None:
+            return min(self.count, base)
+        assert self.percent is not None
+        return min(base, max(1, math.ceil(base * self.percent / 100))) if base else 0
+
+
+@dataclass(frozen=True)
+class Wave:
+    size: Amount
+    selector: Mapping[str, str] = field(default_factory=dict)
+    success_threshold: float = 100.0  # percent of the wave's devices that must succeed
+    bake: timedelta = timedelta(0)
+    deadline: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``max_updating`` devices in flight per value of label ``group_by``."""
+
+    group_by: str
+    max_updating: int
+
+
+@dataclass(frozen=True)
+class Spec:
+    release: str
+    waves: tuple[Wave, ...]
+    failure_threshold: Amount = Amount(percent=10)  # of all devices in the rollout
+    attestation_failures_tolerated: int = 0
+    budgets: tuple[Budget, ...] = ()
+    approval_between_waves: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the control plane knows of a device right now."""
+
+    id: str
+    labels: Mapping[str, str]
+    last_seen: datetime | None
+    running_version: str | None
+    update_state: str  # the A/B phase the device reports
+    update_release: str | None  # the release that phase is about
+    attestation: Literal["passed", "failed"] | None = None
+    attested_release: str | None = None
+    health: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Placement:
+    wave: int
+    state: DeviceState = DeviceState.PENDING
+    reason: str | None = None
+    told_at: datetime | None = None
+    succeeded_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    status: Status = Status.RUNNING
+    wave: int = -1  # the current wave; -1 before the first starts
+    wave_started: datetime | None = None
+    baking_since: datetime | None = None
+    approved_wave: int = -1  # the operator approved moving past this wave
+    devices: Mapping[str, Placement] = field(default_factory=dict)
+    reason: str | None = None  # why halted, paused or aborted
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Literal["assign", "halt", "wave_started", "baking", "awaiting_approval", "completed", "device"]
+    device_id: str | None = None
+    reason: str = ""
+
+
+def _halt(state: State, decisions: list[Decision], reason: str) -> tuple[State, list[Decision]]:
+    return replace(state, status=Status.HALTED, reason=reason), [*decisions, Decision("halt", reason=reason)]
+
+
+def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, now: datetime,
+             started: datetime) -> tuple[DeviceState, str | None]:
+    if place.state in FINAL or place.state is DeviceState.PENDING:
+        return place.state, place.reason
+    if obs is not None and obs.attestation == "failed" and obs.attested_release == spec.release:
+        return DeviceState.FAILED, "attestation against the new release failed"
+    if obs is not None and obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
+        return DeviceState.FAILED, f"update {obs.update_state} on the device"
+    if (obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
+            and obs.attestation != "failed"):
+        return DeviceState.SUCCEEDED, None
+    if now >= started + wave.deadline:
+        return DeviceState.TIMED_OUT, f"no verdict within the wave's deadline of {wave.deadline}"
+    seen = obs is not None and obs.last_seen is not None and obs.last_seen >= started
+    return (DeviceState.UPDATING, None) if seen else (DeviceState.OFFLINE, "not seen since the wave started")
+
+
+def _budget_allows(spec: Spec, devices: Mapping[str, Placement], labels: Mapping[str, Mapping[str, str]],
+                   candidate: str) -> bool:
+    for budget in spec.budgets:
+        value = labels.get(candidate, {}).get(budget.group_by)
+        in_flight = sum(1 for d, p in devices.items() if p.state in IN_FLIGHT
+                        and labels.get(d, {}).get(budget.group_by) == value)
+        if in_flight >= budget.max_updating:
+            return False
+    return True
+
+
+def plan(spec: Spec, state: State, observations: Sequence[Observation], now: datetime) -> tuple[State,
+                                                                                              list[Decision]]:
+    """One step of the controller."""
+    decisions: list[Decision] = []
+    seen = {o.id: o for o in observations}
+    labels = {o.id: o.labels for o in observations}
+    devices = dict(state.devices)
+    # 1. Accounting for every placed device (even when stopped: the view stays true).
+    if state.wave >= 0 and state.wave_started is not None:
+        for device_id, place in devices.items():
+            if place.wave > state.wave:
+                continue
+            new_state, reason = _verdict(spec, place, seen.get(device_id), spec.waves[place.wave], now,
+                                         state.wave_started if place.wave == state.wave else place.told_at or now)
+            if new_state != place.state:
+                devices[device_id] = replace(place, state=new_state, reason=reason,
+                                             succeeded_at=now if new_state is DeviceState.SUCCEEDED else None)
+                decisions.append(Decision("device", device_id, f"{new_state}{f': {reason}' if reason else ''}"))
+    state = replace(state, devices=devices)
+    if state.status is Status.COMPLETED:
+        # Every wave passed: a device that joins now gets the release straight away.
+        return _join_last_wave(spec, state, observations, now, decisions), decisions
+    if state.status in STOPPED or state.status is Status.PAUSED:
+        return state, decisions
+    # 2. Halts.
+    attestation_failures = [d for d, p in devices.items() if p.reason == "attestation against the new release failed"]
+    if len(attestation_failures) > spec.attestation_failures_tolerated:
+        reason = (f"attestation failed on {', '.join(sorted(attestation_failures)[:5])} "
+                  f"(tolerated: {spec.attestation_failures_tolerated})")
+        return _halt(state, decisions, reason)
+    total = len({o.id for o in observations} | set(devices))
+    failures = sum(1 for p in devices.values() if p.state in (DeviceState.FAILED, DeviceState.TIMED_OUT))
+    threshold = spec.failure_threshold.of(total)
+    if failures and failures >= threshold:
+        reason = f"{failures} devices failed or timed out, threshold {threshold}"
+        return _halt(state, decisions, reason)
+    # 3. Wave progress.
+    if state.wave >= 0:
+        members = [p for p in devices.values() if p.wave == state.wave]
+        if all(p.state in FINAL for p in members):
+            wave = spec.waves[state.wave]
+            succeeded = [p for p in members if p.state is DeviceState.SUCCEEDED]
+            rate = 100.0 * len(succeeded) / len(members) if members else 100.0
+            if rate < wave.success_threshold:
+                reason = f"wave {state.wave + 1}: {rate:.0f}% succeeded, needs {wave.success_threshold:g}%"
+                return _halt(state, decisions, reason)
+            unhealthy = [o.id for o in observations if devices.get(o.id, Placement(-1)).wave == state.wave
+                         and o.health == "failed"]
+            if unhealthy:
+                reason = f"wave {state.wave + 1} went unhealthy while baking: {', '.join(sorted(unhealthy)[:5])}"
+                return _halt(state, decisions, reason)
+            last_commit = max((p.succeeded_at for p in succeeded if p.succeeded_at), default=now)
+            if now < last_commit + wave.bake:
+                if state.status is not Status.BAKING:
+                    decisions.append(Decision("baking", reason=f"wave {state.wave + 1} bakes until "
+                                                              f"{(last_commit + wave.bake).isoformat()}"))
+                return replace(state, status=Status.BAKING, baking_since=last_commit), decisions
+            if state.wave + 1 >= len(spec.waves):
+                return (replace(state, status=Status.COMPLETED, reason=None),
+                        [*decisions, Decision("completed", reason="every wave succeeded")])
+            if spec.approval_between_waves and state.approved_wave < state.wave:
+                if state.status is not Status.AWAITING_APPROVAL:
+                    decisions.append(Decision("awaiting_approval", reason=f"wave {state.wave + 1} done; "
+                                                                          "approve to continue"))
+                return replace(state, status=Status.AWAITING_APPROVAL), decisions
+            state = _start_wave(spec, state, observations, now, decisions)
+    else:
+        state = _start_wave(spec, state, observations, now, decisions)
+    if state.wave == len(spec.waves) - 1:
+        state = _join_last_wave(spec, state, observations, None, decisions)
+    # 4. Tell the current wave's pending devices, within the disruption budgets.
+    devices = dict(state.devices)
+    for device_id in sorted(d for d, p in devices.items() if p.wave == state.wave and p.state is DeviceState.PENDING):
+        if not _budget_allows(spec, devices, labels, device_id):
+            continue
+        devices[device_id] = replace(devices[device_id], state=DeviceState.UPDATING, told_at=now)
+        decisions.append(Decision("assign", device_id, f"wave {state.wave + 1}"))
+    return replace(state, devices=devices, status=Status.RUNNING), decisions
+
+
+def _join_last_wave(spec: Spec, state: State, observations: Sequence[Observation], now: datetime | None,
+                    decisions: list[Decision]) -> State:
+    """Devices that joined after the last wave started belong to it; once the rollout has
+    completed (``now`` given) they are told at once."""
+    last = len(spec.waves) - 1
+    joined = sorted(o.id for o in observations if o.id not in state.devices and _matches(o.labels,
+                                                                                         spec.waves[last].selector))
+    if not joined:
+        return state
+    placement = Placement(last) if now is None else Placement(last, DeviceState.UPDATING, told_at=now)
+    for device_id in joined:
+        decisions.append(Decision("assign", device_id, "joined after the rollout completed") if now is not None
+                         else Decision("device", device_id, f"joined: placed in wave {last + 1}"))
+    return replace(state, devices={**state.devices, **{d: placement for d in joined}})
+
+
+def _start_wave(spec: Spec, state: State, observations: Sequence[Observation], now: datetime,
+                decisions: list[Decision]) -> State:
+    """Place devices in the next wave: its share of those not yet placed (devices that
+    joined mid-rollout are simply not placed yet), matching its selector."""
+    number = state.wave + 1
+    wave = spec.waves[number]
+    placed = set(state.devices)
+    remaining = sorted(o.id for o in observations if o.id not in placed)
+    eligible = [o.id for o in sorted(observations, key=lambda o: o.id)
+                if o.id not in placed and _matches(o.labels, wave.selector)]
+    last = number == len(spec.waves) - 1
+    chosen = eligible if last else eligible[:wave.size.of(len(remaining))]
+    devices = {**state.devices, **{d: Placement(number) for d in chosen}}
+    decisions.append(Decision("wave_started", reason=f"wave {number + 1}: {len(chosen)} devices"))
+    return replace(state, wave=number, wave_started=now, baking_since=None, devices=devices)
