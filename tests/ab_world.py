@@ -53,7 +53,7 @@ class AbWorld:
         return image
 
     def device(self, name: str, *, bootloader: Bootloader = "grub", tpm: InsecureSoftwareTpm | None = None,
-               **settings: Any) -> EmulatedDevice:
+               labels: dict[str, str] | None = None, **settings: Any) -> EmulatedDevice:
         device = VirtualDevice.create(self.tmp / name, hardware_id=f"hw-{name}", site="store-1",
                                       hardware_type=HARDWARE, os_version=RUNNING, release_counter=1,
                                       slot_bytes=SLOT_BYTES, bootloader=bootloader)
@@ -65,7 +65,7 @@ class AbWorld:
             "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2, "update_check_seconds": 3600, **settings,
         })
         emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device,
-                                                        tpm=tpm), tpm=tpm, hang_seconds=0.2)
+                                                        tpm=tpm, labels=labels), tpm=tpm, hang_seconds=0.2)
         self.devices.append(emulated)
         return emulated
 

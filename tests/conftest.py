@@ -33,7 +33,8 @@ POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL", "postgresql:/
 TABLES = {"devices": "id", "bootstrap_tokens": "id", "admin_tokens": "id", "device_changes": "id",
           "director_state": "device_id", "attestation_identities": "device_id", "attestation_nonces": "nonce",
           "attestation_status": "device_id", "update_events": "device_id", "gitops_syncs": "name",
-          "gitops_commits": "commit_sha", "alerts": "id", "drift_status": "device_id"}
+          "gitops_commits": "commit_sha", "alerts": "id", "drift_status": "device_id", "rollouts": "id",
+          "rollout_events": "id"}
 
 
 def need(component: str, reason: str) -> None:

@@ -139,11 +139,34 @@ class UpdateRunner:
             if failed_under is not None and not (retry_failed and self.failed_under > failed_under):
                 return Refusal("release_failed_before", f"release {offer.version} failed on this device before; "
                                "assign it again with retry to try once more")
-            self.job = self.job.start(offer.version, offer.counter, offer.sha256, offer.length, self.clock.now())
+            self.job = self.job.start(offer.version, offer.counter, offer.sha256, offer.length, self.clock.now(),
+                                      previous=running)
             self.failed.pop(offer.version, None)
             self.save(self.job, self.failed)
             log.info("update %s: downloading", offer.version)
             return None
+
+    def revert(self, version: str) -> Action | Refusal:
+        """Go back to ``version``, the release that ran before the last committed update and
+        is still in the other, good slot: no download, just the other slot first again."""
+        with self._lock:
+            job = self.job
+            _, env = self._env()
+            if job.phase is P.REVERTED and job.version == version:
+                return Action.WAIT
+            if job.phase is not P.COMMITTED or job.previous_version != version or job.from_slot is None \
+                    or job.from_slot not in env.good or self.system.booted() != job.to_slot:
+                return Refusal("cannot_revert", f"release {version} is not in a good slot to go back to "
+                               f"(update {job.version} is {job.phase})")
+            self._to(P.REVERTING, f"operator: back to {version}", version=version, from_slot=job.to_slot,
+                     to_slot=job.from_slot, previous_version=job.version)
+        return Action.CONTINUE  # step() switches the slot and asks for the reboot
+
+    def _switch_back(self) -> Action:
+        slot = self._target()
+        self._write_env(lambda env: env.commit(slot))
+        self.system.reboot(f"reverting to {self.job.version} in slot {slot}")
+        return Action.REBOOTING
 
     def step(self, download: Callable[[], Path]) -> Action:
         """One action of the current phase. ``download`` fetches and verifies the image.
@@ -191,6 +214,8 @@ class UpdateRunner:
             return self._commit("no TPM: committed on health checks alone")
         if phase is P.ROLLING_BACK:
             return self._roll_back()
+        if phase is P.REVERTING:
+            return self._switch_back()
         return Action.WAIT
 
     def attestation_result(self, passed: bool) -> Action:

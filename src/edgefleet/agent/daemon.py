@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from edgefleet import __version__
 from edgefleet.agent import osconfig
-from edgefleet.agent.abupdate import Action, Offer, UpdateRunner
+from edgefleet.agent.abupdate import Action, Offer, Refusal, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.fetcher import https_client
@@ -232,6 +232,18 @@ class Agent:
         """Verify what the director assigns and hand it to the installer; refusals are
         reported, and the device keeps running what it has."""
         runner = self.runner
+        options = state.desired.get("update")
+        options = options if isinstance(options, dict) else {}
+        revert_to = options.get("revert_to")
+        if runner is not None and isinstance(revert_to, str) and revert_to != self.platform.os_version():
+            # Going back to the slot that still holds it needs no download and no director
+            # plan (the director names the older release, which a counter check would refuse).
+            result = await asyncio.to_thread(runner.revert, revert_to)
+            if isinstance(result, Refusal):
+                log.warning("revert refused (%s): %s", result.code, result.message)
+                state.update_error, state.update_refused = result.code, result.message
+                self.dir.save(state)
+            return
         try:
             plan = await asyncio.to_thread(updates.check, self.platform.release_counter())
         except UpdateRefused as exc:
@@ -249,8 +261,6 @@ class Agent:
             state.update_state, state.update_error = "idle" if plan is None else "verified", None
             self.dir.save(state)
             return
-        options = state.desired.get("update")
-        options = options if isinstance(options, dict) else {}
         try:
             runner.policy = MaintenancePolicy.parse(state.desired.get("maintenance"))
         except InvalidRequest as exc:

@@ -6,6 +6,8 @@ and what a (re)started agent must conclude from the slot it finds itself booted 
                     \\-> rolling_back -> rolled_back       (any trial phase)
     downloading / installing / installed / waiting_window -> failed   (never left the slot)
     rebooting -> rolled_back                              (tries exhausted: never reached us)
+    committed -> reverting -> reverted                    (the operator sends it back to the
+                                                           previous release, still in the other slot)
 
 Nothing here touches a disk or a clock: the agent persists the job after every transition
 (``UpdateRunner``) and acts on it afterwards, so a power cut at any instant resumes from a
@@ -41,14 +43,18 @@ class Phase(StrEnum):
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    REVERTING = "reverting"
+    REVERTED = "reverted"
 
 
 P = Phase
 TRIAL = frozenset({P.TRIAL_BOOT, P.HEALTH_CHECKING, P.ATTESTING})
-DONE = frozenset({P.IDLE, P.COMMITTED, P.ROLLED_BACK, P.FAILED})
+DONE = frozenset({P.IDLE, P.COMMITTED, P.ROLLED_BACK, P.FAILED, P.REVERTED})
 _BEFORE_SWITCH = frozenset({P.DOWNLOADING, P.DOWNLOADED, P.INSTALLING, P.INSTALLED, P.WAITING_WINDOW})
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     **{done: frozenset({P.DOWNLOADING}) for done in DONE},
+    P.COMMITTED: frozenset({P.DOWNLOADING, P.REVERTING}),
+    P.REVERTING: frozenset({P.REVERTED}),
     P.DOWNLOADING: frozenset({P.DOWNLOADED, P.FAILED}),
     P.DOWNLOADED: frozenset({P.INSTALLING, P.FAILED}),
     P.INSTALLING: frozenset({P.INSTALLED, P.FAILED}),
@@ -72,6 +78,7 @@ class UpdateJob:
     download: str | None = None  # the verified image file
     from_slot: SlotName | None = None
     to_slot: SlotName | None = None
+    previous_version: str | None = None  # what ran before: the release a revert goes back to
     boot_id: str | None = None  # boot in which the trial started
     trial_deadline: str | None = None  # ISO time after which the trial rolls back
     reason: str | None = None
@@ -93,11 +100,12 @@ class UpdateJob:
         return replace(self, phase=phase, reason=reason, seq=seq, history=(*self.history, event)[-HISTORY:],
                        **changes)
 
-    def start(self, version: str, counter: int, sha256: str, length: int, now: datetime) -> UpdateJob:
+    def start(self, version: str, counter: int, sha256: str, length: int, now: datetime,
+              previous: str | None = None) -> UpdateJob:
         """A new update; the history and sequence carry on from the last one."""
         fresh = replace(self, phase=P.IDLE if self.phase in DONE else self.phase, version=version, counter=counter,
                         sha256=sha256, length=length, download=None, from_slot=None, to_slot=None, boot_id=None,
-                        trial_deadline=None, failed_counts=False)
+                        trial_deadline=None, failed_counts=False, previous_version=previous)
         return fresh.to(P.DOWNLOADING, now, version=version)
 
     def dump(self) -> dict[str, Any]:
@@ -138,6 +146,10 @@ def after_start(job: UpdateJob, booted: SlotName, boot_id: str, env: SlotEnv, no
         if env.order[:1] == (job.to_slot,):
             return Resume(P.ROLLED_BACK, "tries exhausted: the new slot never started the agent", failed_counts=True)
         return Resume(None, rearm=True)  # cut before the trial was armed
+    if job.phase is P.REVERTING:
+        if booted == job.to_slot:
+            return Resume(P.REVERTED, job.reason)
+        return Resume(None)  # the switch has not happened yet: do it
     if job.phase is P.ROLLING_BACK:
         if booted == job.from_slot:
             return Resume(P.ROLLED_BACK, job.reason, failed_counts=job.failed_counts)

@@ -161,6 +161,69 @@ class AlertList(Strict):
     alerts: list[AlertView]
 
 
+Size = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,6}%?$")]  # "25" devices or "25%"
+
+
+class WaveRequest(Strict):
+    size: Size
+    selector: Annotated[dict[Name, ShortText], Field(max_length=16)] = {}
+    success_threshold: Annotated[float, Field(ge=0, le=100)] = 100.0
+    bake_seconds: Annotated[float, Field(ge=0, le=30 * 86400)] = 0.0
+    deadline_seconds: Annotated[float, Field(gt=0, le=30 * 86400)] = 86400.0
+
+
+class BudgetRequest(Strict):
+    group_by: Name
+    max_updating: Annotated[int, Field(ge=1, le=100000)]
+
+
+class RolloutRequest(Strict):
+    release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
+    selector: Annotated[dict[Name, ShortText], Field(max_length=16)] = {}  # device labels; "site" too
+    waves: Annotated[list[WaveRequest], Field(min_length=1, max_length=20)]
+    failure_threshold: Size = "10%"
+    attestation_failures_tolerated: Annotated[int, Field(ge=0, le=100000)] = 0
+    budgets: Annotated[list[BudgetRequest], Field(max_length=8)] = []
+    approval_between_waves: bool = False
+
+
+class RolloutWaveView(Strict):
+    wave: int
+    counts: dict[str, int]
+    failed: list[dict[str, Any]]  # device_id, state, reason
+
+
+class RolloutView(Strict):
+    id: str
+    release: str
+    status: str
+    reason: str | None
+    wave: int  # 1-based; 0 before the first wave
+    waves: list[RolloutWaveView]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class RolloutList(Strict):
+    rollouts: list[RolloutView]
+
+
+class RolloutEventView(Strict):
+    at: datetime
+    kind: str
+    device_id: str | None
+    reason: str
+
+
+class RolloutEvents(Strict):
+    events: list[RolloutEventView]  # newest first
+
+
+class RolloutAbort(Strict):
+    revert: bool = False  # send devices already on the release back to their previous slot
+
+
 class UpdateHistory(Strict):
     device_id: str
     events: list[UpdateEvent]  # newest first

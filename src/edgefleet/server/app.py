@@ -25,7 +25,8 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
-from edgefleet.server.routes import admin, attestation, device, gitops, health, repository
+from edgefleet.server.rollouts import RolloutController
+from edgefleet.server.routes import admin, attestation, device, gitops, health, repository, rollouts
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.server.workload import WorkloadIssuer
@@ -63,6 +64,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)
     repository_service = RepositoryService(settings.data_dir, clock, settings.max_artifact_bytes)
     alerts = Alerts(settings, db, clock, metrics)
+    presence = Presence()
     director = DirectorService(db, repository_service, clock, devices, long_polls)
     state = ServerState(
         settings=settings,
@@ -70,7 +72,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         ca=settings.pki.load_ca(),
         clock=clock,
         metrics=metrics,
-        presence=Presence(),
+        presence=presence,
         long_polls=long_polls,
         devices=devices,
         changes=ChangeFeed(db, devices, long_polls, clock),
@@ -82,6 +84,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         alerts=alerts,
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
                              long_polls),
+        rollouts=RolloutController(db, clock, director, alerts, presence, settings.rollout_tick_seconds),
     )
 
     @contextlib.asynccontextmanager
@@ -95,6 +98,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
             asyncio.create_task(state.changes.run(settings.device_cache_sync_seconds)),
             asyncio.create_task(_refresh_timestamps(state, settings.timestamp_check_seconds)),
             asyncio.create_task(state.alerts.run()),
+            asyncio.create_task(state.rollouts.run()),
         ]
         if settings.gitops:
             await restore_self_heal(state.gitops)
@@ -115,6 +119,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
                 await state.presence.flush(state.db)
             except StoreError as exc:
                 log.error("could not persist last-seen times at shutdown: %s", exc)
+            await state.rollouts.leadership.release()
             await state.db.close()
             log.info("control plane stopped")
 
@@ -131,6 +136,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(repository.router)
     app.include_router(attestation.router)
     app.include_router(gitops.router)
+    app.include_router(rollouts.router)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
     for part in ("metadata", "targets"):

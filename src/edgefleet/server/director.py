@@ -59,8 +59,14 @@ class DirectorService:
             raise NotFound(f"release {release} is not published", code="unknown_release")
         return found
 
+    async def revert(self, device_id: str, release: str) -> Assignment:
+        """Send a device back to ``release``, which it ran before and still holds in its
+        other slot: the director names it again and the desired state asks the device to
+        switch back to that slot now (no download, no maintenance window)."""
+        return await self.assign(device_id, release, force_reboot=True, revert=True)
+
     async def assign(self, device_id: str, release: str, *, force_reboot: bool = False,
-                     retry_failed: bool = False) -> Assignment:
+                     retry_failed: bool = False, revert: bool = False) -> Assignment:
         """Raises NotFound (device or release) or Conflict (hardware type, concurrent change).
 
         The options travel in the desired state's ``update`` object: the director's
@@ -85,7 +91,9 @@ class DirectorService:
             signed = targets + ([config_target(config)] if isinstance(config, dict) else [])
             files = await self._sign(device_id, signed, current)
             try:
-                return await self._store(device_id, release, files, current, force_reboot, retry_failed)
+                return await self._store(device_id, release, files, current,
+                                         {"force_reboot": force_reboot, "retry_failed": retry_failed,
+                                          "revert_to": release if revert else None})
             except StoreError as exc:
                 # The device's first metadata fetch created its director state meanwhile.
                 if exc.code != "integrity_error" or attempt == 2:
@@ -95,8 +103,8 @@ class DirectorService:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _store(self, device_id: str, release: str, files: DirectorFiles, current: Any, force_reboot: bool,
-                     retry_failed: bool) -> Assignment:
+    async def _store(self, device_id: str, release: str, files: DirectorFiles, current: Any,
+                     options: dict[str, Any]) -> Assignment:
         now = self.clock.now()
         async with self.db.transaction() as conn:
             stored = await save_assignment(conn, device_id, release, files, now,
@@ -104,8 +112,7 @@ class DirectorService:
             if not stored:
                 raise Conflict(f"device {device_id} was reassigned concurrently; retry", code="concurrent_change")
             found = await desired_state(conn, device_id)
-            document: dict[str, Any] = {**(found[1] if found else {}), "release": release,
-                                        "update": {"force_reboot": force_reboot, "retry_failed": retry_failed}}
+            document: dict[str, Any] = {**(found[1] if found else {}), "release": release, "update": options}
             await set_desired(conn, device_id, document, now)
         self.devices.forget(device_id)
         self.long_polls.notify(device_id)

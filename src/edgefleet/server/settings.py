@@ -63,6 +63,7 @@ class ServerSettings(BaseSettings):
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
     log_level: str = "info"
     access_log: bool = False
+    rollout_tick_seconds: float = Field(2.0, gt=0, description="how often the rollout controller looks")
     gitops: list[GitSyncSettings] = Field([], description="fleet repository syncs (at most one root sync)")
     gitops_interval_seconds: float = Field(60.0, gt=0, description="fetch this often (and on each webhook)")
     gitops_webhook_secret: str | None = Field(None, description="HMAC key of the push webhook (GitHub style)")

@@ -19,6 +19,7 @@ from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
+from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
@@ -41,6 +42,7 @@ class ServerState:
     workload: WorkloadIssuer
     alerts: Alerts
     gitops: GitOpsService
+    rollouts: RolloutController
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

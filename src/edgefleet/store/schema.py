@@ -222,3 +222,37 @@ class DriftStatus(Base):
     differences: Mapped[dict[str, Any]]
     since: Mapped[datetime]
     heals: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RolloutRow(Base):
+    """A rollout: its spec, the planner's state, and a version for compare-and-swap, so
+    two controllers can never both act on the same step."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    release: Mapped[str] = mapped_column(String(128))
+    selector: Mapped[dict[str, Any]]
+    spec: Mapped[dict[str, Any]]
+    state: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    previous: Mapped[dict[str, Any]]  # device -> release it ran before the rollout told it
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class RolloutEvent(Base):
+    """The audit trail: every decision of the controller and every operator verb, with why."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(1000))

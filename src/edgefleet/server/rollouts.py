@@ -1,0 +1,237 @@
+"""The rollout controller: runs the pure planner over what devices report, stores its state
+(compare-and-swap, so two controllers never both act on a step) and applies its decisions
+through the director. One controller acts at a time: on PostgreSQL the process holding an
+advisory lock on a dedicated connection; a lost connection hands leadership over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edgefleet.clock import Clock
+from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
+from edgefleet.protocol.v1 import RolloutRequest
+from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
+from edgefleet.rollouts.planner import Observation, State, Status, plan
+from edgefleet.server.alerts import Alerts
+from edgefleet.server.director import DirectorService
+from edgefleet.server.presence import Presence
+from edgefleet.store import Database
+from edgefleet.store.attestation import statuses as attestation_statuses
+from edgefleet.store.devices import list_devices
+from edgefleet.store.director import assigned_releases
+from edgefleet.store.rollouts import add_events, create_rollout, get_rollout, list_rollouts, save_rollout
+from edgefleet.store.schema import RolloutRow
+
+log = logging.getLogger("edgefleet.server.rollouts")
+LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
+
+
+class Leadership:
+    """Who may act. SQLite serves one process; PostgreSQL elects with an advisory lock held
+    by a dedicated session, which the database releases if the process dies."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: AsyncConnection | None = None
+
+    async def held(self) -> bool:
+        if self.db.backend != "postgresql":
+            return True
+        try:
+            if self._conn is not None:
+                await self._conn.execute(text("SELECT 1"))
+                return True
+            conn = await self.db.engine.connect()
+            got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK})).scalar()
+            await conn.commit()
+            if got:
+                self._conn = conn
+                log.info("this process is the rollout controller")
+                return True
+            await conn.close()
+            return False
+        except Exception as exc:  # noqa: BLE001 - any database failure means: not the leader now
+            log.warning("rollout controller lost its database session: %s", exc)
+            await self.release()
+            return False
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+
+def _observations(rows: list[Any], attested: dict[str, Any], presence: Presence) -> list[Observation]:
+    observations = []
+    for row in rows:
+        status = row.status or {}
+        update = status.get("update") or {}
+        att = attested.get(row.id)
+        seen = presence.latest(row.id) or row.last_seen_at
+        observations.append(Observation(
+            row.id, {**row.labels, "site": row.site}, seen, row.running_version, str(update.get("phase", "idle")),
+            update.get("release"),
+            None if att is None else ("passed" if att.passed else "failed"), None if att is None else att.release,
+            row.health))
+    return observations
+
+
+@dataclass
+class RolloutController:
+    db: Database
+    clock: Clock
+    director: DirectorService
+    alerts: Alerts
+    presence: Presence
+    tick_seconds: float = 2.0
+    leadership: Leadership = field(init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.leadership = Leadership(self.db)
+
+    async def start(self, request: RolloutRequest, who: str) -> RolloutRow:
+        """Raises NotFound when the release is not published."""
+        await asyncio.to_thread(self.director.release_targets, request.release)
+        now = self.clock.now()
+        rollout_id = f"ro-{secrets.token_hex(6)}"
+        row: dict[str, Any] = {"id": rollout_id, "release": request.release, "selector": dict(request.selector),
+               "spec": request.model_dump(mode="json"), "state": state_to_json(State()), "status": "running",
+               "version": 0, "previous": {}, "created_by": who, "created_at": now, "updated_at": now}
+        async with self.db.transaction() as conn:
+            await create_rollout(conn, row)
+            await add_events(conn, rollout_id, [("started", None, f"{who} started release {request.release} in "
+                                                                   f"{len(request.waves)} waves")], now)
+            created = await get_rollout(conn, rollout_id)
+        assert created is not None
+        self._wake.set()
+        return created
+
+    async def operate(self, rollout_id: str, verb: str, who: str, *, revert: bool = False) -> RolloutRow:
+        """pause, resume, approve or abort. Raises NotFound or Conflict (not possible now)."""
+        row: RolloutRow | None = None
+        for _ in range(5):
+            async with self.db.transaction() as conn:
+                row = await get_rollout(conn, rollout_id)
+                if row is None:
+                    raise NotFound(f"rollout {rollout_id} not found")
+                state = state_from_json(row.state)
+                changed = self._verb(state, verb, who)
+                reason = f"{who}: {verb}{' with revert' if revert else ''}"
+                if await save_rollout(conn, rollout_id, row.version, self.clock.now(), state=state_to_json(changed),
+                                      status=str(changed.status)):
+                    await add_events(conn, rollout_id, [(verb, None, reason)], self.clock.now())
+                    break
+        else:
+            raise Conflict(f"rollout {rollout_id} keeps changing; retry", code="concurrent_change")
+        if verb == "abort" and revert:
+            await self._revert(row)
+        self._wake.set()
+        async with self.db.transaction() as conn:
+            fresh = await get_rollout(conn, rollout_id)
+        assert fresh is not None
+        return fresh
+
+    @staticmethod
+    def _verb(state: State, verb: str, who: str) -> State:
+        terminal = state.status in (Status.COMPLETED, Status.ABORTED)
+        if verb == "pause" and not terminal and state.status is not Status.HALTED:
+            return replace(state, status=Status.PAUSED, reason=f"paused by {who}")
+        if verb == "resume" and state.status in (Status.PAUSED, Status.HALTED):
+            return replace(state, status=Status.RUNNING, reason=None)
+        if verb == "approve" and state.status is Status.AWAITING_APPROVAL:
+            return replace(state, approved_wave=state.wave, status=Status.RUNNING)
+        if verb == "abort" and not terminal:
+            return replace(state, status=Status.ABORTED, reason=f"aborted by {who}")
+        raise Conflict(f"cannot {verb} a rollout that is {state.status}", code="rollout_state")
+
+    async def _revert(self, row: RolloutRow) -> None:
+        """Devices the rollout told go back to the release they ran before (the director
+        assigns it again; the device switches back to that slot)."""
+        state = state_from_json(row.state)
+        events = []
+        for device_id, place in state.devices.items():
+            previous = row.previous.get(device_id)
+            if place.told_at is None or not previous:
+                continue
+            try:
+                await self.director.revert(device_id, previous)
+                events.append(("revert", device_id, f"back to {previous}"))
+            except EdgefleetError as exc:
+                events.append(("revert_failed", device_id, exc.message))
+        async with self.db.transaction() as conn:
+            await add_events(conn, row.id, events, self.clock.now())
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except (StoreError, EdgefleetError) as exc:
+                log.warning("rollout controller step failed, will retry: %s", exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
+
+    async def tick(self) -> int:
+        """One step of every active rollout, if this process leads; returns decisions made."""
+        if not await self.leadership.held():
+            return 0
+        async with self.db.transaction() as conn:
+            rows = await list_rollouts(conn, active_only=True)
+        return sum([await self._step(row) for row in rows])
+
+    async def _step(self, row: RolloutRow) -> int:
+        spec = spec_from_request(RolloutRequest.model_validate(row.spec))
+        state = state_from_json(row.state)
+        async with self.db.transaction() as conn:
+            devices = [d for d in await list_devices(conn, site=None, limit=1_000_000, offset=0)
+                       if all({**d.labels, "site": d.site}.get(k) == v for k, v in row.selector.items())]
+            attested = await attestation_statuses(conn, [d.id for d in devices])
+        observations = _observations(devices, attested, self.presence)
+        now = self.clock.now()
+        new_state, decisions = plan(spec, state, observations, now)
+        previous = dict(row.previous)
+        running = {o.id: o.running_version for o in observations}
+        for decision in decisions:
+            if decision.kind == "assign" and decision.device_id is not None:
+                previous.setdefault(decision.device_id, running.get(decision.device_id))
+        if new_state != state or previous != row.previous:
+            async with self.db.transaction() as conn:
+                if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(new_state),
+                                          status=str(new_state.status), previous=previous):
+                    return 0  # another controller took this step
+                await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)
+                for decision in decisions:
+                    if decision.kind == "halt":
+                        await self.alerts.raise_alert(conn, "rollout_halted", row.id,
+                                                      f"rollout {row.id} of {row.release} halted: {decision.reason}",
+                                                      {"rollout": row.id, "reason": decision.reason})
+            self.alerts.wake()
+        await self._reconcile(row.release, new_state)
+        return len(decisions)
+
+    async def _reconcile(self, release: str, state: State) -> None:
+        """Every device the plan told has the release in its director metadata (idempotent:
+        a controller that died between saving and assigning is made good here)."""
+        if state.status is Status.ABORTED:
+            return
+        told = [d for d, p in state.devices.items() if p.told_at is not None]
+        async with self.db.transaction() as conn:
+            assigned = await assigned_releases(conn, told)
+        for device_id in told:
+            if assigned.get(device_id) == release:
+                continue
+            try:
+                await self.director.assign(device_id, release)
+            except EdgefleetError as exc:
+                log.warning("could not assign %s to %s: %s", release, device_id, exc)

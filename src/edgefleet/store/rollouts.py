@@ -1,0 +1,52 @@
+"""Rollouts and their audit events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edgefleet.store.schema import RolloutEvent, RolloutRow
+
+ACTIVE = ("running", "baking", "awaiting_approval", "paused")
+
+
+async def create_rollout(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(RolloutRow).values(**row))
+
+
+async def get_rollout(conn: AsyncConnection, rollout_id: str) -> RolloutRow | None:
+    found = (await conn.execute(select(RolloutRow.__table__).where(RolloutRow.id == rollout_id))).first()
+    return None if found is None else RolloutRow(**found._mapping)
+
+
+async def list_rollouts(conn: AsyncConnection, *, active_only: bool = False) -> list[RolloutRow]:
+    stmt = select(RolloutRow.__table__).order_by(RolloutRow.created_at.desc())
+    if active_only:
+        stmt = stmt.where(RolloutRow.status.in_(ACTIVE))
+    return [RolloutRow(**row._mapping) for row in await conn.execute(stmt)]
+
+
+async def save_rollout(conn: AsyncConnection, rollout_id: str, version: int, now: datetime,
+                       **values: Any) -> bool:
+    """Compare-and-swap on ``version``: False when another controller moved it first."""
+    result = await conn.execute(update(RolloutRow).where(RolloutRow.id == rollout_id, RolloutRow.version == version)
+                                .values(version=version + 1, updated_at=now, **values).returning(RolloutRow.id))
+    return result.first() is not None
+
+
+async def add_events(conn: AsyncConnection, rollout_id: str, events: Sequence[tuple[str, str | None, str]],
+                     now: datetime) -> None:
+    if events:
+        await conn.execute(insert(RolloutEvent), [
+            {"rollout_id": rollout_id, "at": now, "kind": kind, "device_id": device, "reason": reason[:1000]}
+            for kind, device, reason in events])
+
+
+async def rollout_events(conn: AsyncConnection, rollout_id: str, limit: int) -> list[RolloutEvent]:
+    rows = await conn.execute(select(RolloutEvent.__table__).where(RolloutEvent.rollout_id == rollout_id)
+                              .order_by(RolloutEvent.id.desc()).limit(limit))
+    return [RolloutEvent(**row._mapping) for row in rows]

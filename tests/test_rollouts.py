@@ -1,0 +1,192 @@
+"""Wave rollouts with emulated devices (real agents, software TPMs, A/B slots) against a
+real control plane: clean waves with bake time, a tampered boot halting the rollout before
+the next wave, the failure threshold, and abort with revert."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from edgefleet.agent.emulated import EmulatedDevice
+from edgefleet.agent.hardware import vimage
+from edgefleet.agent.hardware.firmware import reference_pcrs
+from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
+from edgefleet.credentials import Role
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
+from tests.conftest import start_fleet
+
+CHECKS = [{"name": "app", "kind": "command", "command": ["true"], "timeout_seconds": 5}]
+FAILING = [{"name": "app", "kind": "command", "command": ["false"], "timeout_seconds": 5}]
+
+
+class TamperedDevice(EmulatedDevice):
+    """A device whose new slot is changed between install and boot (an implant)."""
+
+    def boot(self) -> None:
+        image = self.device.slot_image("b")
+        header = vimage.read_header(image) or {}
+        if header.get("version") == "2026.12.0":
+            data = bytearray(image.read_bytes())
+            data[SLOT_BYTES - 8:] = b"implant!"
+            image.write_bytes(bytes(data))
+        super().boot()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
+    plane = start_fleet(tmp_path_factory.mktemp("rollout-plane"), None, rollout_tick_seconds=0.2)
+    world = AbWorld(plane, tmp_path_factory.mktemp("rollouts"))
+    factory = world.tmp / "factory.img"
+    factory.write_bytes(vimage.build(RUNNING, 1, size=SLOT_BYTES))
+    for version, counter, image, checks in ((RUNNING, 1, factory, ()), ("2026.12.0", 12, None, CHECKS),
+                                            ("2026.12.1", 13, None, FAILING)):
+        if image is None:
+            image = world.tmp / f"{version}.img"
+            image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, health_checks=checks,
+                                           filler=version.encode()))
+        pcrs = reference_pcrs(image)
+        world.publish(version, counter, image=image, measurements={0: pcrs[0].hex(), 4: pcrs[4].hex()})
+    yield world
+    plane.close()
+
+
+def fleet_of(world: AbWorld, name: str, count: int, tampered: int | None = None) -> list[EmulatedDevice]:
+    devices = []
+    for i in range(count):
+        tpm = InsecureSoftwareTpm(world.tmp / f"{name}-{i}-tpm")
+        emulated = world.device(f"{name}-{i}", tpm=tpm, labels={"fleet": name}, status_interval_seconds=0.5,
+                                update_check_seconds=1)
+        if i == tampered:
+            emulated = TamperedDevice(emulated.device, emulated.make_agent, tpm=tpm, hang_seconds=0.2)
+        devices.append(emulated)
+    return devices
+
+
+def api(world: AbWorld, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = world.plane.client(role=Role.OPERATOR).request(method, path, **kwargs)
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def run_fleet(devices: list[EmulatedDevice], steps: Any, timeout: float = 90) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(d.run(stop)) for d in devices]
+        try:
+            await asyncio.wait_for(steps(), timeout)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(scenario())
+
+
+async def enrolled(devices: list[EmulatedDevice]) -> None:
+    await until(lambda: all(d.agent is not None and d.agent.attested is not None and d.agent.reports >= 2
+                            for d in devices), timeout=30, what="enrollment and attestation")
+
+
+def rollout(world: AbWorld, name: str, release: str, waves: list[dict[str, Any]], **extra: Any) -> str:
+    body = {"release": release, "selector": {"fleet": name}, "waves": waves, **extra}
+    return str(api(world, "POST", "/api/v1/admin/rollouts", json=body)["id"])
+
+
+def status(world: AbWorld, rollout_id: str) -> dict[str, Any]:
+    return api(world, "GET", f"/api/v1/admin/rollouts/{rollout_id}")
+
+
+def events(world: AbWorld, rollout_id: str) -> list[dict[str, Any]]:
+    return list(reversed(api(world, "GET", f"/api/v1/admin/rollouts/{rollout_id}/events")["events"]))
+
+
+def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWorld) -> None:
+    devices = fleet_of(world, "clean", 3)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "clean", "2026.12.0", [{"size": "1", "bake_seconds": 2}, {"size": "100%"}])
+        await until(lambda: status(world, rollout_id)["status"] == "completed", timeout=60, what="completion")
+
+    run_fleet(devices, steps)
+    for emulated in devices:
+        assert emulated.device.os_version() == "2026.12.0"
+    trail = events(world, rollout_id)
+    kinds = [e["kind"] for e in trail]
+    assert kinds.count("wave_started") == 2
+    assert "baking" in kinds
+    first_commit = next(e for e in trail if e["kind"] == "device" and e["reason"] == "succeeded")
+    second_wave = [e for e in trail if e["kind"] == "wave_started"][1]
+    assert (datetime.fromisoformat(second_wave["at"]) - datetime.fromisoformat(first_commit["at"])).total_seconds() >= 2
+    view = status(world, rollout_id)
+    assert [w["counts"]["succeeded"] for w in view["waves"]] == [1, 2]
+
+
+def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: AbWorld) -> None:
+    devices = fleet_of(world, "tampered", 4, tampered=0)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "tampered", "2026.12.0", [{"size": "2"}, {"size": "100%"}])
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="halt")
+        await asyncio.sleep(1.0)  # the controller keeps looking: nothing more may happen
+
+    run_fleet(devices, steps)
+    view = status(world, rollout_id)
+    assert "attestation failed on" in view["reason"]
+    assert view["wave"] == 1
+    assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
+    untouched = [d for d in devices if d.boots == 1]
+    assert len(untouched) == 2  # the next wave's devices never got the release
+    assert all(d.device.os_version() == RUNNING for d in untouched)
+    assert devices[0].device.os_version() == RUNNING  # the tampered device rolled back by itself
+    alerts = world.plane.client(role=Role.VIEWER).get("/api/v1/admin/alerts").json()["alerts"]
+    assert any(a["kind"] == "rollout_halted" and a["subject"] == rollout_id for a in alerts)
+
+
+def test_crossing_the_failure_threshold_halts_the_rollout(world: AbWorld) -> None:
+    devices = fleet_of(world, "failing", 4)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "failing", "2026.12.1", [{"size": "2", "success_threshold": 0},
+                                                             {"size": "100%"}], failure_threshold="2")
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="halt")
+
+    run_fleet(devices, steps)
+    view = status(world, rollout_id)
+    assert view["reason"] == "2 devices failed or timed out, threshold 2"
+    assert {f["reason"] for f in view["waves"][0]["failed"]} == {"update rolled_back on the device"}
+
+
+def test_abort_with_revert_returns_updated_devices_to_the_previous_release(world: AbWorld) -> None:
+    devices = fleet_of(world, "revert", 3)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "revert", "2026.12.0", [{"size": "1"}, {"size": "100%"}],
+                             approval_between_waves=True)
+        await until(lambda: status(world, rollout_id)["status"] == "awaiting_approval", timeout=60, what="wave 1")
+        api(world, "POST", f"/api/v1/admin/rollouts/{rollout_id}/abort/now", json={"revert": True})
+        await until(lambda: all(d.device.os_version() == RUNNING for d in devices) and
+                    any(d.boots >= 3 for d in devices), timeout=60, what="revert")
+
+    run_fleet(devices, steps)
+    assert status(world, rollout_id)["status"] == "aborted"
+    reverted = [d for d in devices if d.boots >= 3]
+    assert len(reverted) == 1
+    assert reverted[0].device.booted() == "a"
+    kinds = [e["kind"] for e in events(world, rollout_id)]
+    assert kinds[-2:] == ["abort", "revert"]
