@@ -17,6 +17,7 @@ from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.credentials import Role
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
+from tests.cli_helpers import cli
 from tests.conftest import start_fleet
 
 CHECKS = [{"name": "app", "kind": "command", "command": ["true"], "timeout_seconds": 5}]
@@ -58,7 +59,8 @@ def fleet_of(world: AbWorld, name: str, count: int, tampered: int | None = None)
     devices = []
     for i in range(count):
         tpm = InsecureSoftwareTpm(world.tmp / f"{name}-{i}-tpm")
-        emulated = world.device(f"{name}-{i}", tpm=tpm, labels={"fleet": name}, status_interval_seconds=0.5,
+        labels = {"fleet": name, "ring": "canary" if i < 2 else "main"}
+        emulated = world.device(f"{name}-{i}", tpm=tpm, labels=labels, status_interval_seconds=0.5,
                                 update_check_seconds=1)
         if i == tampered:
             emulated = TamperedDevice(emulated.device, emulated.make_agent, tpm=tpm, hang_seconds=0.2)
@@ -126,6 +128,10 @@ def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWo
     assert (datetime.fromisoformat(second_wave["at"]) - datetime.fromisoformat(first_commit["at"])).total_seconds() >= 2
     view = status(world, rollout_id)
     assert [w["counts"]["succeeded"] for w in view["waves"]] == [1, 2]
+    assert "completed" in cli("rollout", "watch", rollout_id, *world.server)  # returns once stopped
+    shown = cli("rollout", "status", rollout_id, "--events", *world.server)
+    assert "wave_started" in shown
+    assert "baking" in shown
 
 
 def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: AbWorld) -> None:
@@ -135,7 +141,8 @@ def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: A
     async def steps() -> None:
         nonlocal rollout_id
         await enrolled(devices)
-        rollout_id = rollout(world, "tampered", "2026.12.0", [{"size": "2"}, {"size": "100%"}])
+        rollout_id = rollout(world, "tampered", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
+                                                              {"size": "100%"}])
         await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="halt")
         await asyncio.sleep(1.0)  # the controller keeps looking: nothing more may happen
 
@@ -179,7 +186,7 @@ def test_abort_with_revert_returns_updated_devices_to_the_previous_release(world
         rollout_id = rollout(world, "revert", "2026.12.0", [{"size": "1"}, {"size": "100%"}],
                              approval_between_waves=True)
         await until(lambda: status(world, rollout_id)["status"] == "awaiting_approval", timeout=60, what="wave 1")
-        api(world, "POST", f"/api/v1/admin/rollouts/{rollout_id}/abort/now", json={"revert": True})
+        await asyncio.to_thread(cli, "rollout", "abort", rollout_id, "--revert", *world.server)
         await until(lambda: all(d.device.os_version() == RUNNING for d in devices) and
                     any(d.boots >= 3 for d in devices), timeout=60, what="revert")
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import agent_cmd, demo_cmd, devices_cmd, gitops_cmd, release_cmd, server_cmd, tokens_cmd
+from edgefleet.cli import (
+    agent_cmd,
+    demo_cmd,
+    devices_cmd,
+    gitops_cmd,
+    release_cmd,
+    rollout_cmd,
+    server_cmd,
+    tokens_cmd,
+)
 
 app = typer.Typer(
     name="edgefleet",
@@ -21,6 +30,7 @@ app.add_typer(release_cmd.release_app, name="release")
 app.command("agent")(agent_cmd.agent)
 app.command("assign")(release_cmd.assign)
 app.command("demo")(demo_cmd.demo)
+app.add_typer(rollout_cmd.app, name="rollout")
 app.add_typer(gitops_cmd.repo_app, name="repo")
 app.add_typer(gitops_cmd.gitops_app, name="gitops")
 app.command("drift")(gitops_cmd.drift)

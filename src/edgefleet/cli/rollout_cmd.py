@@ -1,0 +1,139 @@
+"""``edgefleet rollout start|status|watch|pause|resume|approve|abort``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
+from edgefleet.client import AdminClient
+from edgefleet.ui import console
+
+app = typer.Typer(help="Wave rollouts of a release (admin API, operator role to act).")
+STOPPED = ("halted", "completed", "aborted")
+
+
+def rollout_table(view: dict[str, Any]) -> Table:
+    """Per wave: device counts by state, and why each failed device failed."""
+    reason = f" ({view['reason']})" if view.get("reason") else ""
+    table = Table(title=f"{view['id']}: {view['release']} {view['status']}{reason}, wave {view['wave']}")
+    states = ["pending", "updating", "offline", "succeeded", "failed", "timed_out"]
+    table.add_column("wave")
+    for state in states:
+        table.add_column(state, justify="right")
+    table.add_column("failures")
+    for wave in view["waves"]:
+        failures = "\n".join(f"{f['device_id']}: {f['state']} {f['reason'] or ''}" for f in wave["failed"][:5])
+        table.add_row(str(wave["wave"]), *(str(wave["counts"].get(s, 0)) for s in states), failures)
+    return table
+
+
+def _size(text: str) -> dict[str, Any]:
+    size, _, bake = text.partition("/")
+    wave: dict[str, Any] = {"size": size}
+    if bake:
+        wave["bake_seconds"] = float(bake.rstrip("s"))
+    return wave
+
+
+@app.command("start")
+def start(
+    release: Annotated[str, typer.Option(help="Published release version.")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    waves: Annotated[list[str] | None, typer.Option("--wave", help="Size[/bake seconds], e.g. 1/600, 10%/1800, "
+                                                                   "100% (repeat, in order).")] = None,
+    selector: Annotated[list[str] | None, typer.Option("--selector", "-l", help="label=value of target devices "
+                                                                                "(site too).")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Full rollout spec as JSON (the API's body).")] = None,
+    failure_threshold: Annotated[str, typer.Option(help="Count or percent that halts.")] = "10%",
+    max_per: Annotated[list[str] | None, typer.Option(help="Disruption budget label=N, e.g. site=1.")] = None,
+    approval: Annotated[bool, typer.Option(help="Wait for `approve` between waves.")] = False,
+) -> None:
+    """Start a rollout: waves in order; it halts by itself on a failed attestation or
+    failures over the threshold."""
+    with shown_errors():
+        if spec is not None:
+            body = json.loads(spec.read_text())
+        else:
+            body = {"release": release, "waves": [_size(w) for w in waves or ["1", "10%", "100%"]],
+                    "selector": dict(s.split("=", 1) for s in selector or []),
+                    "failure_threshold": failure_threshold, "approval_between_waves": approval,
+                    "budgets": [{"group_by": k, "max_updating": int(v)}
+                                for k, v in (m.split("=", 1) for m in max_per or [])]}
+        with AdminClient(server, token, ca_file) as client:
+            view = client.call_json("POST", "/api/v1/admin/rollouts", json=body)
+    console.print(rollout_table(view))
+
+
+@app.command("status")
+def status(
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    rollout_id: Annotated[str | None, typer.Argument(help="Rollout id; all rollouts when omitted.")] = None,
+    events: Annotated[bool, typer.Option(help="Also the audit trail of decisions and verbs.")] = False,
+) -> None:
+    """Counts per wave and why each failed device failed."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        if rollout_id is None:
+            for view in client.call_json("GET", "/api/v1/admin/rollouts")["rollouts"]:
+                console.print(rollout_table(view))
+            return
+        console.print(rollout_table(client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")))
+        if events:
+            trail = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}/events")["events"]
+            table = Table(title="decisions")
+            for column in ("at", "kind", "device", "reason"):
+                table.add_column(column)
+            for event in reversed(trail):
+                table.add_row(event["at"][:19], event["kind"], event["device_id"] or "", event["reason"])
+            console.print(table)
+
+
+@app.command("watch")
+def watch(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """Live progress per wave until the rollout completes, halts or is aborted."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        view = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
+        with Live(rollout_table(view), console=console, refresh_per_second=4) as live:
+            while view["status"] not in STOPPED:
+                time.sleep(interval)
+                view = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
+                live.update(rollout_table(view))
+
+
+def _verb(verb: str) -> Any:
+    def command(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")], server: ServerUrl,
+                token: AdminToken, ca_file: CaFile) -> None:
+        with shown_errors(), AdminClient(server, token, ca_file) as client:
+            view = client.call_json("POST", f"/api/v1/admin/rollouts/{rollout_id}/{verb}")
+        console.print(rollout_table(view))
+
+    command.__doc__ = {"pause": "Stop telling devices; accounting goes on.",
+                       "resume": "Continue a paused or halted rollout (after an engineer looked).",
+                       "approve": "Let a rollout waiting between waves go on."}[verb]
+    return command
+
+
+for _name in ("pause", "resume", "approve"):
+    app.command(_name)(_verb(_name))
+
+
+@app.command("abort")
+def abort(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    revert: Annotated[bool, typer.Option(help="Send devices already updated back to their previous release.")] = False,
+) -> None:
+    """Stop the rollout for good."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        view = client.call_json("POST", f"/api/v1/admin/rollouts/{rollout_id}/abort/now", json={"revert": revert})
+    console.print(rollout_table(view))
