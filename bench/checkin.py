@@ -66,7 +66,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length) if length else b""
 
 
-async def enroll_all(url: str, ca: Path, admin_token: str, count: int, workdir: Path) -> list[tuple[str, Path, Path]]:
+async def enroll_all(url: str, ca: Path, admin_token: str, count: int, workdir: Path,
+                     inventory: dict[str, object] | None = None) -> list[tuple[str, Path, Path]]:
     context = ssl.create_default_context(cafile=str(ca))
     devices: list[tuple[str, Path, Path]] = []
     sem = asyncio.Semaphore(16)
@@ -79,7 +80,8 @@ async def enroll_all(url: str, ca: Path, admin_token: str, count: int, workdir: 
                                            json={"site": f"site-{i % 50}"})).json()["token"]
                 key = new_device_key()
                 body = {"token": token, "csr_pem": make_csr(key, f"hw-{i}").decode(),
-                        "inventory": {"hardware_id": f"bench-{i}-{secrets.token_hex(3)}", "site": f"site-{i % 50}"}}
+                        "inventory": {"hardware_id": f"bench-{i}-{secrets.token_hex(3)}", "site": f"site-{i % 50}",
+                                      **(inventory or {})}}
                 response = await client.post("/api/v1/enroll", json=body, headers={"authorization": ""})
                 response.raise_for_status()
                 answer = response.json()
