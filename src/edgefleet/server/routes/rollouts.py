@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -31,13 +31,14 @@ RolloutId = Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]
 
 def rollout_view(row: RolloutRow) -> RolloutView:
     state = state_from_json(row.state)
-    waves = []
-    for number in range(len(row.spec.get("waves", []))):
-        members = {d: p for d, p in state.devices.items() if p.wave == number}
-        counts = {str(s): sum(1 for p in members.values() if p.state is s) for s in DeviceState}
-        failed = [{"device_id": d, "state": str(p.state), "reason": p.reason} for d, p in sorted(members.items())
-                  if p.state in FINAL and p.state is not DeviceState.SUCCEEDED]
-        waves.append(RolloutWaveView(wave=number + 1, counts=counts, failed=failed))
+    count = len(row.spec.get("waves", []))
+    counts = [{str(s): 0 for s in DeviceState} for _ in range(count)]
+    failed: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+    for device_id, place in sorted(state.devices.items()):  # one pass, however many waves
+        counts[place.wave][str(place.state)] += 1
+        if place.state in FINAL and place.state is not DeviceState.SUCCEEDED and len(failed[place.wave]) < 100:
+            failed[place.wave].append({"device_id": device_id, "state": str(place.state), "reason": place.reason})
+    waves = [RolloutWaveView(wave=n + 1, counts=counts[n], failed=failed[n]) for n in range(count)]
     return RolloutView(id=row.id, release=row.release, status=row.status, reason=state.reason, wave=state.wave + 1,
                        waves=waves, created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at)
 
