@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import ssl
 import sys
 import tempfile
@@ -76,6 +77,7 @@ class FleetSim:
         self.port, self.ca, self.devices = port, ca, devices
         self.committed: dict[str, set[str]] = {r: set() for r in RELEASES}
         self.skip: set[str] = set()  # devices that do not answer (the canary of phase 2)
+        self.errors = 0  # answers other than 200/204 (an overloaded server says 503)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,7 +103,11 @@ class FleetSim:
                 status, body = await read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return  # the server went away (the end of the bench)
+            if status == 204:
+                continue
             if status != 200:
+                self.errors += 1
+                await asyncio.sleep(random.uniform(1, 5))  # back off, as agents do
                 continue
             answer = json.loads(body)
             known = answer["version"]
@@ -219,7 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "devices_updated": updated, "server_cpu_s": round(cpu_used, 2),
         "server_cpu_ms_per_device_update": round(1000 * cpu_used / max(updated, 1), 3),
         "halt_after_failed_attestation_s": round(halted_at - failed_at, 3), "controller_tick_s": args.tick,
-        "halt_reason": halted_view["reason"],
+        "halt_reason": halted_view["reason"], "device_errors": sim.errors,
     }
 
 
@@ -235,7 +241,7 @@ def main() -> None:
           "(goal: under 5 ms)")
     print(f"failed attestation -> halt: {figures['halt_after_failed_attestation_s']} s (controller tick "
           f"{figures['controller_tick_s']} s; an agent checks in every 30 s by default)")
-    print(f"  halt reason: {figures['halt_reason']}")
+    print(f"  halt reason: {figures['halt_reason']}; device requests refused (overload): {figures['device_errors']}")
     figures.pop("halt_reason")
     print(json.dumps(figures))
 

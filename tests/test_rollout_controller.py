@@ -172,6 +172,9 @@ def test_two_server_processes_elect_one_controller_and_hand_over_when_it_dies(
         eventually(lambda: other.leads(), "handover", timeout=30)
         eventually(lambda: len(assigned(other, rollout_id)) == 4, "wave 2 told by the new leader")
         assert sorted(assigned(other, rollout_id)) == sorted(d.id for d in devices)
+        # the director assignment follows the recorded decision; each device exactly once
+        eventually(lambda: director_versions(other, devices) == [1, 1, 1, 1], "assignments")
+        time.sleep(0.5)
         assert director_versions(other, devices) == [1, 1, 1, 1]
     finally:
         one.stop()

@@ -106,17 +106,26 @@ def events(world: AbWorld, rollout_id: str) -> list[dict[str, Any]]:
     return list(reversed(api(world, "GET", f"/api/v1/admin/rollouts/{rollout_id}/events")["events"]))
 
 
-def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWorld) -> None:
-    devices = fleet_of(world, "clean", 3)
+def roll(world: AbWorld, devices: list[EmulatedDevice], name: str, release: str, waves: list[dict[str, Any]],
+         until_status: str, **extra: Any) -> str:
+    """Run the fleet, start a rollout over it, and wait for ``until_status``."""
     rollout_id = ""
 
     async def steps() -> None:
         nonlocal rollout_id
         await enrolled(devices)
-        rollout_id = rollout(world, "clean", "2026.12.0", [{"size": "1", "bake_seconds": 2}, {"size": "100%"}])
-        await until(lambda: status(world, rollout_id)["status"] == "completed", timeout=60, what="completion")
+        rollout_id = rollout(world, name, release, waves, **extra)
+        await until(lambda: status(world, rollout_id)["status"] == until_status, timeout=60, what=until_status)
+        await asyncio.sleep(1.0)  # the controller keeps looking: nothing more may happen
 
     run_fleet(devices, steps)
+    return rollout_id
+
+
+def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWorld) -> None:
+    devices = fleet_of(world, "clean", 3)
+    rollout_id = roll(world, devices, "clean", "2026.12.0", [{"size": "1", "bake_seconds": 2}, {"size": "100%"}],
+                      "completed")
     for emulated in devices:
         assert emulated.device.os_version() == "2026.12.0"
     trail = events(world, rollout_id)
@@ -136,17 +145,8 @@ def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWo
 
 def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: AbWorld) -> None:
     devices = fleet_of(world, "tampered", 4, tampered=0)
-    rollout_id = ""
-
-    async def steps() -> None:
-        nonlocal rollout_id
-        await enrolled(devices)
-        rollout_id = rollout(world, "tampered", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
-                                                              {"size": "100%"}])
-        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="halt")
-        await asyncio.sleep(1.0)  # the controller keeps looking: nothing more may happen
-
-    run_fleet(devices, steps)
+    rollout_id = roll(world, devices, "tampered", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
+                                                                 {"size": "100%"}], "halted")
     view = status(world, rollout_id)
     assert "attestation failed on" in view["reason"]
     assert view["wave"] == 1
@@ -161,16 +161,8 @@ def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: A
 
 def test_crossing_the_failure_threshold_halts_the_rollout(world: AbWorld) -> None:
     devices = fleet_of(world, "failing", 4)
-    rollout_id = ""
-
-    async def steps() -> None:
-        nonlocal rollout_id
-        await enrolled(devices)
-        rollout_id = rollout(world, "failing", "2026.12.1", [{"size": "2", "success_threshold": 0},
-                                                             {"size": "100%"}], failure_threshold="2")
-        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="halt")
-
-    run_fleet(devices, steps)
+    rollout_id = roll(world, devices, "failing", "2026.12.1", [{"size": "2", "success_threshold": 0},
+                                                                {"size": "100%"}], "halted", failure_threshold="2")
     view = status(world, rollout_id)
     assert view["reason"] == "2 devices failed or timed out, threshold 2"
     assert {f["reason"] for f in view["waves"][0]["failed"]} == {"update rolled_back on the device"}
