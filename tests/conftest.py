@@ -70,9 +70,8 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+def fresh_postgres() -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards."""
     name = f"edgefleet_test_{secrets.token_hex(4)}"
     import asyncpg
 
@@ -83,6 +82,19 @@ def postgres_url() -> Iterator[str]:
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     yield f"{base}/{name}"
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, shared by its tests."""
+    yield from fresh_postgres()
+
+
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A database of this test alone: for tests whose server processes must be the only
+    ones on it (every process on a database takes part in electing the rollout controller)."""
+    yield from fresh_postgres()
 
 
 def database_url(backend: str, request: pytest.FixtureRequest, data_dir: Path) -> str | None:

@@ -21,7 +21,7 @@ import pytest
 
 from edgefleet.credentials import Role
 from tests.ab_world import HARDWARE, AbWorld
-from tests.conftest import Device, Fleet, database_url, start_fleet
+from tests.conftest import Device, Fleet, start_fleet
 
 RELEASE = "2026.12.0"
 
@@ -121,8 +121,10 @@ def director_versions(server: ServerProcess, devices: list[Device]) -> list[int]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    return database_url(request.param, request, tmp_path)
+def backend(request: pytest.FixtureRequest) -> str | None:
+    # Every server process on a database takes part in electing the controller, so these
+    # tests get a database of their own (not the session's, where other servers run).
+    return None if request.param == "sqlite" else str(request.getfixturevalue("own_postgres_url"))
 
 
 def test_controller_killed_mid_wave_resumes_without_repeating_or_skipping(tmp_path: Path,
@@ -154,9 +156,9 @@ def test_controller_killed_mid_wave_resumes_without_repeating_or_skipping(tmp_pa
 
 @pytest.mark.postgres
 def test_two_server_processes_elect_one_controller_and_hand_over_when_it_dies(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, own_postgres_url: str
 ) -> None:
-    plane, devices, label = prepared(tmp_path, database_url("postgresql", request, tmp_path), 4)
+    plane, devices, label = prepared(tmp_path, own_postgres_url, 4)
     one = ServerProcess(plane, tmp_path / "one.log")
     two = ServerProcess(plane, tmp_path / "two.log")
     try:
