@@ -28,6 +28,7 @@ from edgefleet.agent.update_flow import TRIAL, Phase, UpdateJob, after_start
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, InstallError, PersistError, UpdateRefused
+from edgefleet.protocol.v1 import ATTESTATION_ROLLBACK
 
 log = logging.getLogger("edgefleet.agent.update")
 
@@ -224,7 +225,7 @@ class UpdateRunner:
                 return Action.WAIT
             if passed:
                 return self._commit("health checks and attestation passed")
-            self._to(P.ROLLING_BACK, "attestation against the new release failed", failed_counts=True)
+            self._to(P.ROLLING_BACK, ATTESTATION_ROLLBACK, failed_counts=True)
             return Action.CONTINUE
 
     def trial_expired(self) -> Action:

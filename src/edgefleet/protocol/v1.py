@@ -51,6 +51,12 @@ PhaseName = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
 
 
+# The reason a device gives when it rolls back because its attestation against the new
+# release failed; the rollout planner counts it as an attestation failure even when the
+# server's attestation record has since moved on (the device attests again after rollback).
+ATTESTATION_ROLLBACK = "attestation against the new release failed"
+
+
 class UpdateEvent(Strict):
     """One transition of a device's A/B update, numbered per device."""
 

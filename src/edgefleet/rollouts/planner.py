@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from edgefleet.protocol.v1 import ATTESTATION_ROLLBACK
+
 
 class DeviceState(StrEnum):
     PENDING = "pending"
@@ -46,6 +48,7 @@ class Status(StrEnum):
     ABORTED = "aborted"
 
 
+ATTESTATION_FAILED = ATTESTATION_ROLLBACK
 FINAL = frozenset({DeviceState.SUCCEEDED, DeviceState.FAILED, DeviceState.TIMED_OUT})
 IN_FLIGHT = frozenset({DeviceState.UPDATING, DeviceState.OFFLINE})
 STOPPED = frozenset({Status.HALTED, Status.COMPLETED, Status.ABORTED})
@@ -105,6 +108,7 @@ class Observation:
     attestation: Literal["passed", "failed"] | None = None
     attested_release: str | None = None
     health: str = "unknown"
+    update_reason: str | None = None  # why the device's update is in its phase
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,10 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
     if place.state in FINAL or place.state is DeviceState.PENDING:
         return place.state, place.reason
     if obs is not None and obs.attestation == "failed" and obs.attested_release == spec.release:
-        return DeviceState.FAILED, "attestation against the new release failed"
+        return DeviceState.FAILED, ATTESTATION_FAILED
     if obs is not None and obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
+        if obs.update_reason == ATTESTATION_ROLLBACK:
+            return DeviceState.FAILED, ATTESTATION_FAILED
         return DeviceState.FAILED, f"update {obs.update_state} on the device"
     if (obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
             and obs.attestation != "failed"):
@@ -195,7 +201,7 @@ def plan(spec: Spec, state: State, observations: Sequence[Observation], now: dat
     if state.status in STOPPED or state.status is Status.PAUSED:
         return state, decisions
     # 2. Halts.
-    attestation_failures = [d for d, p in devices.items() if p.reason == "attestation against the new release failed"]
+    attestation_failures = [d for d, p in devices.items() if p.reason == ATTESTATION_FAILED]
     if len(attestation_failures) > spec.attestation_failures_tolerated:
         reason = (f"attestation failed on {', '.join(sorted(attestation_failures)[:5])} "
                   f"(tolerated: {spec.attestation_failures_tolerated})")

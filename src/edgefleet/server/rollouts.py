@@ -82,7 +82,7 @@ def _observations(rows: list[Any], attested: dict[str, Any], presence: Presence)
             row.id, {**row.labels, "site": row.site}, seen, row.running_version, str(update.get("phase", "idle")),
             update.get("release"),
             None if att is None else ("passed" if att.passed else "failed"), None if att is None else att.release,
-            row.health))
+            row.health, update.get("reason")))
     return observations
 
 
