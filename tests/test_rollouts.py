@@ -5,6 +5,7 @@ the next wave, the failure threshold, and abort with revert."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
         pcrs = reference_pcrs(image)
         world.publish(version, counter, image=image, measurements={0: pcrs[0].hex(), 4: pcrs[4].hex()})
     yield world
+    time.sleep(3)  # let the devices' last long polls (2 s) end before the server stops
     plane.close()
 
 
