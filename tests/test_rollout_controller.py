@@ -46,7 +46,8 @@ class ServerProcess:
         self.log = log
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(command, env=env, stdout=stderr, stderr=stderr)
-        tls = ssl.create_default_context(cafile=str(fleet.settings.pki.ca_cert))
+        self.ca = fleet.settings.pki.ca_cert
+        tls = ssl.create_default_context(cafile=str(self.ca))
         self.client = httpx.Client(base_url=self.url, verify=tls, timeout=10,
                                    headers={"authorization": f"Bearer {fleet.tokens[Role.OPERATOR]}"})
         deadline = time.monotonic() + 30
@@ -89,15 +90,19 @@ def prepared(tmp: Path, database: str | None, count: int) -> tuple[Fleet, list[D
     AbWorld(plane, tmp / "releases").publish(RELEASE, 12)
     label = f"ctl-{secrets.token_hex(4)}"
     devices = [plane.enroll(labels={"fleet": label}, hardware_type=HARDWARE) for _ in range(count)]
+    for client in plane.clients:  # no connection may outlive the server's event loop
+        client.close()
     plane.server.stop()
     return plane, devices, label
 
 
 def report_committed(server: ServerProcess, device: Device, seq: int) -> None:
-    device.client.base_url = httpx.URL(server.url)
+    tls = ssl.create_default_context(cafile=str(server.ca))
+    tls.load_cert_chain(str(device.directory / "cert.pem"), str(device.directory / "key.pem"))
     body = {"seq": seq, "running_version": RELEASE, "update_state": "committed",
             "update": {"phase": "committed", "release": RELEASE}}
-    assert device.client.post(f"/api/v1/devices/{device.id}/status", json=body).json()["accepted"]
+    with httpx.Client(base_url=server.url, verify=tls, timeout=10) as client:
+        assert client.post(f"/api/v1/devices/{device.id}/status", json=body).json()["accepted"]
 
 
 def assigned(server: ServerProcess, rollout_id: str) -> list[str]:
