@@ -256,8 +256,7 @@ class UpdateRunner:
             write_slot(Path(job.download), self.system.slot_device(slot), job.length, job.sha256,
                        self.system.slot_size(slot))
         except (InstallError, PersistError) as exc:
-            self._to(P.FAILED, f"install failed: {exc.message}", failed_counts=True)
-            self._forget_failed()
+            self._end(P.FAILED, f"install failed: {exc.message}", failed_counts=True)
             return Action.WAIT
         self._to(P.INSTALLED, f"slot {slot} written and re-verified")
         return Action.CONTINUE
@@ -300,10 +299,10 @@ class UpdateRunner:
 
     def _roll_back(self) -> Action:
         job, slot = self.job, self._target()
-        self._write_env(lambda env: env.mark_bad(slot))
         if self.system.booted() == job.from_slot:
-            self._rolled_back(job.reason, job.failed_counts)
+            self._rolled_back(job.reason, job.failed_counts)  # cleans the environment itself
             return Action.WAIT
+        self._write_env(lambda env: env.mark_bad(slot))
         self.system.reboot(f"rolling back to slot {job.from_slot}: {job.reason}")
         return Action.REBOOTING
 
@@ -311,14 +310,14 @@ class UpdateRunner:
         to_slot = self.job.to_slot
         if to_slot is not None:
             self._write_env(lambda env: env.mark_bad(to_slot))
-        self._to(P.ROLLED_BACK, reason, failed_counts=failed_counts)
-        self._forget_failed()
+        self._end(P.ROLLED_BACK, reason, failed_counts=failed_counts)
 
-    def _forget_failed(self) -> None:
-        """Remember a release that failed on its own account; drop its download."""
-        if self.job.failed_counts and self.job.version is not None:
+    def _end(self, phase: Phase, reason: str | None, *, failed_counts: bool) -> None:
+        """End the job. A release that failed on its own account is remembered in the same
+        save as the transition (a crash cannot keep one without the other); its download goes."""
+        if failed_counts and self.job.version is not None:
             self.failed[self.job.version] = self.failed_under
-            self.save(self.job, self.failed)
+        self._to(phase, reason, failed_counts=failed_counts)
         self._forget_download()
 
     def _forget_download(self) -> None:

@@ -29,8 +29,14 @@ from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
 from edgefleet.store.gitops import accepted_commits, drift_of, record_commit, refused_before, set_drift
+from edgefleet.store.schema import Device
 
 log = logging.getLogger("edgefleet.server.gitops")
+
+
+def device_info(device: Device) -> DeviceInfo:
+    """What templates and selectors see of a device."""
+    return DeviceInfo(device.id, device.site, str(device.inventory.get("hostname") or device.id), device.labels)
 
 
 @dataclass
@@ -79,9 +85,8 @@ class GitOpsService:
                     device = await get_device(conn, device_id)
                 if not accepted or device is None:
                     return
-                info = DeviceInfo(device.id, device.site, str(device.inventory.get("hostname") or device.id),
-                                  device.labels)
-                rendering = await asyncio.to_thread(self._render_accepted, accepted, [info])
+                files = await asyncio.to_thread(self.accepted_files, accepted)
+                rendering = await asyncio.to_thread(render, files, [device_info(device)])
                 if rendering.errors:
                     log.error("accepted configuration no longer renders for %s: %s", device_id,
                               "; ".join(str(e) for e in rendering.errors[:3]))
@@ -90,12 +95,13 @@ class GitOpsService:
         except (EdgefleetError, OSError) as exc:
             log.warning("could not render the accepted configuration for %s: %s", device_id, exc)
 
-    def _render_accepted(self, accepted: dict[str, str], devices: list[DeviceInfo]) -> Rendering:
+    def accepted_files(self, accepted: dict[str, str], skip: str | None = None) -> dict[str, bytes]:
+        """Each sync's own files at its accepted commit (but ``skip``'s)."""
         files: dict[str, bytes] = {}
         for source in self.sources:
-            if source.name in accepted:
+            if source.name in accepted and source.name != skip:
                 files.update(files_for(self.mirror(source), source, accepted[source.name]))
-        return render(files, devices)
+        return files
 
     async def run(self) -> None:
         while True:
@@ -136,7 +142,7 @@ class GitOpsService:
             if accepted.get(source.name) == tip or await refused_before(conn, source.name, tip):
                 return None
             rows = await list_devices(conn, site=None, limit=1_000_000, offset=0)
-        devices = [DeviceInfo(d.id, d.site, str(d.inventory.get("hostname") or d.id), d.labels) for d in rows]
+        devices = [device_info(d) for d in rows]
         decision = await asyncio.to_thread(self._decide, source, mirror, accepted, tip, devices)
         now = self.clock.now()
         async with self.db.transaction() as conn:
@@ -158,11 +164,7 @@ class GitOpsService:
 
     def _decide(self, source: SyncSource, mirror: GitMirror, accepted: dict[str, str], tip: str,
                 devices: list[DeviceInfo]) -> Decision:
-        other: dict[str, bytes] = {}
-        for other_source in self.sources:
-            commit = accepted.get(other_source.name)
-            if other_source.name != source.name and commit is not None:
-                other.update(files_for(self.mirror(other_source), other_source, commit))
+        other = self.accepted_files(accepted, skip=source.name)
         published = self.repository.published()
         targets = [] if published is None else [
             path for path, target in published.signed.targets.items() if release_fields(target)]
@@ -239,7 +241,7 @@ async def restore_self_heal(service: GitOpsService) -> None:
         async with service.db.transaction() as conn:
             commit = (await accepted_commits(conn)).get(root.name)
         if commit is not None:
-            files = await asyncio.to_thread(files_for, service.mirror(root), root, commit)
+            files = await asyncio.to_thread(service.accepted_files, {root.name: commit})
             service.self_heal = render({k: v for k, v in files.items() if k == "fleet.yaml"}, []).fleet.self_heal
     except (EdgefleetError, StoreError, OSError) as exc:
         log.warning("cannot read the accepted fleet settings: %s", exc)
