@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
@@ -35,6 +36,31 @@ class Assignment:
     device_id: str
     release: str | None
     version: int
+
+
+T = TypeVar("T")
+
+
+def _with_config(targets: list[TargetFile], desired: tuple[int, dict[str, Any]] | None) -> list[TargetFile]:
+    """The release's targets plus, when the desired state carries rendered configuration,
+    its config target."""
+    config = (desired[1] if desired else {}).get("config")
+    return targets + ([config_target(config)] if isinstance(config, dict) else [])
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """A read-sign-store step races the device's first metadata fetch (which creates its
+    director state) and other writers (compare-and-swap on the version): retry it."""
+    for n in range(3):
+        try:
+            return await attempt()
+        except StoreError as exc:
+            if exc.code != "integrity_error" or n == 2:
+                raise
+        except Conflict as exc:
+            if exc.code != "concurrent_change" or n == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass
@@ -73,10 +99,13 @@ class DirectorService:
         metadata says *what* to install, the desired state says *when* (windows, force).
         """
         targets = await asyncio.to_thread(self.release_targets, release)
-        for attempt in range(3):
+        options = {"force_reboot": force_reboot, "retry_failed": retry_failed, "revert_to": release if revert else None}
+
+        async def attempt() -> Assignment:
             async with self.db.transaction() as conn:
                 device = await get_device(conn, device_id)
                 current = await director_state(conn, device_id)
+                found = await desired_state(conn, device_id)
             if device is None:
                 raise NotFound(f"device {device_id} not found")
             hardware_type = device.inventory.get("hardware_type")
@@ -85,23 +114,10 @@ class DirectorService:
             if hardware_type not in (fits if isinstance(fits, list) else []):
                 raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
                                code="hardware_mismatch")
-            async with self.db.transaction() as conn:
-                found = await desired_state(conn, device_id)
-            config = (found[1] if found else {}).get("config")
-            signed = targets + ([config_target(config)] if isinstance(config, dict) else [])
-            files = await self._sign(device_id, signed, current)
-            try:
-                return await self._store(device_id, release, files, current,
-                                         {"force_reboot": force_reboot, "retry_failed": retry_failed,
-                                          "revert_to": release if revert else None})
-            except StoreError as exc:
-                # The device's first metadata fetch created its director state meanwhile.
-                if exc.code != "integrity_error" or attempt == 2:
-                    raise
-            except Conflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+            files = await self._sign(device_id, _with_config(targets, found), current)
+            return await self._store(device_id, release, files, current, options)
+
+        return await _retrying(attempt)
 
     async def _store(self, device_id: str, release: str, files: DirectorFiles, current: Any,
                      options: dict[str, Any]) -> Assignment:
@@ -125,7 +141,8 @@ class DirectorService:
         its devices have no director root either, and take configuration over mTLS."""
         if not self.repository.director.exists():
             return
-        for attempt in range(3):
+
+        async def attempt() -> None:
             async with self.db.transaction() as conn:
                 current = await director_state(conn, device_id)
                 found = await desired_state(conn, device_id)
@@ -133,20 +150,14 @@ class DirectorService:
                 return
             release = current.release if current is not None else None
             targets = await asyncio.to_thread(self.release_targets, release) if release else []
-            config = found[1].get("config")
-            if isinstance(config, dict):
-                targets.append(config_target(config))
-            files = await self._sign(device_id, targets, current)
-            try:
-                async with self.db.transaction() as conn:
-                    if await save_assignment(conn, device_id, release, files, self.clock.now(),
+            files = await self._sign(device_id, _with_config(targets, found), current)
+            async with self.db.transaction() as conn:
+                if not await save_assignment(conn, device_id, release, files, self.clock.now(),
                                              previous_version=None if current is None else current.version):
-                        return
-            except StoreError as exc:
-                if exc.code != "integrity_error":
-                    raise
-            if attempt == 2:
-                raise Conflict(f"director metadata of {device_id} changed concurrently", code="concurrent_change")
+                    raise Conflict(f"director metadata of {device_id} changed concurrently",
+                                   code="concurrent_change")
+
+        await _retrying(attempt)
 
     async def _sign(self, device_id: str, targets: list[TargetFile], current: Any) -> DirectorFiles:
         signer = self.repository.online_signer("director", "targets")
