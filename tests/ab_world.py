@@ -104,6 +104,15 @@ def run(world: AbWorld, device: EmulatedDevice, steps: Callable[[], Any], timeou
     asyncio.run(scenario())
 
 
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Wait (blocking) until ``check`` returns something true, and return it."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return result
+
+
 async def until(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(check):

@@ -12,15 +12,13 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from edgefleet.credentials import Role
-from tests.ab_world import HARDWARE, AbWorld
+from tests.ab_world import HARDWARE, AbWorld, eventually
 from tests.conftest import Device, Fleet, start_fleet
 
 RELEASE = "2026.12.0"
@@ -73,14 +71,6 @@ class ServerProcess:
 
     def leads(self) -> bool:
         return "this process is the rollout controller" in " ".join(self.log.read_text().split())
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return result
 
 
 def prepared(tmp: Path, database: str | None, count: int) -> tuple[Fleet, list[Device], str]:

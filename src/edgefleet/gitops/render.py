@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import ConfigError
+from edgefleet.protocol.v1 import RolloutPlan
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class GroupSpec(BaseModel):
     selector: _Selector = _Selector()
     release: str | None = Field(None, max_length=128)
     priority: int = 0
-    rollout: dict[str, Any] = {}
+    rollout: RolloutPlan | None = None  # how ``release`` moves through the group (one wave if absent)
     maintenance: dict[str, Any] = {}
 
 
@@ -211,6 +212,17 @@ def select_group(device: DeviceInfo, groups: Mapping[str, GroupSpec]) -> str | N
     return min(matching)[1] if matching else None
 
 
+def parse_groups(files: Mapping[str, bytes], errors: list[SourceError]) -> dict[str, GroupSpec]:
+    """``groups/<group>.yaml`` of the repository's files, by group name."""
+    groups = {}
+    for path, data in sorted(files.items()):
+        if (found := _GROUP.match(path)) is not None:
+            spec = _model(GroupSpec, path, _load_yaml(path, data, errors), errors)
+            if spec is not None:
+                groups[found.group(1)] = spec
+    return groups
+
+
 def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Rendering:
     """Parse, validate and render; ``errors`` lists every problem found, and a rendering
     with errors must not be applied."""
@@ -219,13 +231,10 @@ def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Renderi
     if "fleet.yaml" in files:
         fleet = _model(FleetSpec, "fleet.yaml", _load_yaml("fleet.yaml", files["fleet.yaml"], errors), errors)
         out.fleet = fleet or FleetSpec()
+    out.groups = parse_groups(files, errors)
     per_group: dict[str, dict[str, dict[str, bytes]]] = {}
     for path, data in sorted(files.items()):
-        if (found := _GROUP.match(path)) is not None:
-            spec = _model(GroupSpec, path, _load_yaml(path, data, errors), errors)
-            if spec is not None:
-                out.groups[found.group(1)] = spec
-        elif (part := _PER_GROUP.match(path)) is not None:
+        if (part := _PER_GROUP.match(path)) is not None:
             per_group.setdefault(part.group(2), {}).setdefault(part.group(1), {})[part.group(3)] = data
     for name in sorted(set(per_group) - set(out.groups)):
         errors.append(SourceError(f"os|platform|apps/{name}/", None, f"no group {name} in groups/"))

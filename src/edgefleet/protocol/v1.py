@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -167,7 +167,13 @@ class AlertList(Strict):
     alerts: list[AlertView]
 
 
-Size = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,6}%?$")]  # "25" devices or "25%"
+def _count_as_text(value: Any) -> Any:
+    """A YAML file says ``size: 1``; the API says ``"1"``: both mean one device."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size = Annotated[str, BeforeValidator(_count_as_text),
+                 StringConstraints(pattern=r"^[0-9]{1,6}%?$")]  # "25" devices or "25%"
 
 
 class WaveRequest(Strict):
@@ -183,14 +189,21 @@ class BudgetRequest(Strict):
     max_updating: Annotated[int, Field(ge=1, le=100000)]
 
 
-class RolloutRequest(Strict):
-    release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
-    selector: Annotated[dict[Name, ShortText], Field(max_length=16)] = {}  # device labels; "site" too
+class RolloutPlan(Strict):
+    """How a release moves through a group: from the admin API, or a group's ``rollout:``
+    in the fleet repository."""
+
     waves: Annotated[list[WaveRequest], Field(min_length=1, max_length=20)]
     failure_threshold: Size = "10%"
     attestation_failures_tolerated: Annotated[int, Field(ge=0, le=100000)] = 0
     budgets: Annotated[list[BudgetRequest], Field(max_length=8)] = []
     approval_between_waves: bool = False
+
+
+class RolloutRequest(RolloutPlan):
+    release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
+    selector: Annotated[dict[Name, ShortText], Field(max_length=16)] = {}  # device labels; "site" too
+    group: Name | None = None  # only devices the accepted fleet repository puts in this group
 
 
 class RolloutWaveView(Strict):
@@ -206,6 +219,7 @@ class RolloutView(Strict):
     reason: str | None
     wave: int  # 1-based; 0 before the first wave
     waves: list[RolloutWaveView]
+    group: str | None = None  # a rollout of a group of the fleet repository
     created_by: str
     created_at: datetime
     updated_at: datetime

@@ -66,6 +66,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     alerts = Alerts(settings, db, clock, metrics)
     presence = Presence()
     director = DirectorService(db, repository_service, clock, devices, long_polls)
+    controller = RolloutController(db, clock, director, alerts, presence, settings.rollout_tick_seconds)
     state = ServerState(
         settings=settings,
         db=db,
@@ -83,8 +84,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
                                 timedelta(seconds=settings.workload_token_seconds)),
         alerts=alerts,
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
-                             long_polls),
-        rollouts=RolloutController(db, clock, director, alerts, presence, settings.rollout_tick_seconds),
+                             long_polls, controller),
+        rollouts=controller,
     )
 
     @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, StoreError, TransportError
 from edgefleet.gitops.git import GitMirror
 from edgefleet.gitops.hashing import config_hash, part_hashes
-from edgefleet.gitops.render import DeviceInfo, Rendering, render
+from edgefleet.gitops.render import DeviceInfo, Rendering, SourceError, parse_groups, render
 from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
 from edgefleet.releases.workspace import release_fields
 from edgefleet.server.alerts import Alerts
@@ -25,6 +25,7 @@ from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
+from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
@@ -50,7 +51,9 @@ class GitOpsService:
     director: DirectorService
     devices: DeviceCache
     long_polls: LongPolls
+    rollouts: RolloutController | None = None  # starts the groups' rollouts from accepted commits
     self_heal: bool = False  # from fleet.yaml of the accepted root commit
+    _rolled_out: str | None = None  # the root commit whose groups' rollouts have all been started
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -129,9 +132,28 @@ class GitOpsService:
                     continue
                 if decision is not None:
                     decisions.append(decision)
+            await self._start_rollouts()
             if failures and not decisions and len(failures) == len(self.sources):
                 raise failures[0]
             return decisions
+
+    async def _start_rollouts(self) -> None:
+        """Each group's release in the accepted root commit goes out as a wave rollout (on the
+        one process that leads the rollout controllers)."""
+        root = next((s for s in self.sources if s.kind == "root"), None)
+        if self.rollouts is None or root is None or not await self.rollouts.leadership.held():
+            return
+        async with self.db.transaction() as conn:
+            commit = (await accepted_commits(conn)).get(root.name)
+        if commit is None or commit == self._rolled_out:
+            return
+        errors: list[SourceError] = []
+        groups = parse_groups(await asyncio.to_thread(files_for, self.mirror(root), root, commit), errors)
+        if errors:  # cannot happen to an accepted commit unless the code changed since
+            log.error("accepted commit %s no longer parses: %s", commit[:12], "; ".join(map(str, errors[:3])))
+            return
+        if not await self.rollouts.from_git(groups, commit):
+            self._rolled_out = commit
 
     async def _sync(self, source: SyncSource) -> Decision | None:
         mirror = self.mirror(source)

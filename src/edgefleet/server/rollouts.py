@@ -10,25 +10,33 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
-from edgefleet.protocol.v1 import RolloutRequest
+from edgefleet.gitops.render import GroupSpec
+from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
 from edgefleet.rollouts.planner import Observation, State, Status, plan
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.presence import Presence
 from edgefleet.store import Database
-from edgefleet.store.attestation import statuses as attestation_statuses
-from edgefleet.store.devices import list_devices
-from edgefleet.store.director import assigned_releases
-from edgefleet.store.rollouts import add_events, create_rollout, get_rollout, list_rollouts, save_rollout
+from edgefleet.store.rollouts import (
+    ACTIVE,
+    add_events,
+    create_rollout,
+    get_rollout,
+    list_rollouts,
+    rollout_devices,
+    save_rollout,
+)
 from edgefleet.store.schema import RolloutRow
 
 log = logging.getLogger("edgefleet.server.rollouts")
@@ -71,19 +79,18 @@ class Leadership:
             self._conn = None
 
 
-def _observations(rows: list[Any], attested: dict[str, Any], presence: Presence) -> list[Observation]:
-    observations = []
-    for row in rows:
-        status = row.status or {}
-        update = status.get("update") or {}
-        att = attested.get(row.id)
-        seen = presence.latest(row.id) or row.last_seen_at
-        observations.append(Observation(
-            row.id, {**row.labels, "site": row.site}, seen, row.running_version, str(update.get("phase", "idle")),
-            update.get("release"),
-            None if att is None else ("passed" if att.passed else "failed"), None if att is None else att.release,
-            row.health, update.get("reason")))
-    return observations
+def _selected(device: Row[Any], selector: dict[str, Any], group: str | None) -> bool:
+    labels = {**device.labels, "site": device.site}
+    return all(labels.get(k) == v for k, v in selector.items()) and (group is None or device.group == group)
+
+
+def _observation(device: Row[Any], presence: Presence) -> Observation:
+    update = device.update if isinstance(device.update, dict) else {}
+    return Observation(
+        device.id, {**device.labels, "site": device.site}, presence.latest(device.id) or device.last_seen_at,
+        device.running_version, str(update.get("phase", "idle")), update.get("release"),
+        None if device.attested is None else ("passed" if device.attested else "failed"), device.attested_release,
+        device.health, update.get("reason"))
 
 
 @dataclass
@@ -116,6 +123,37 @@ class RolloutController:
         assert created is not None
         self._wake.set()
         return created
+
+    async def from_git(self, groups: Mapping[str, GroupSpec], commit: str) -> list[str]:
+        """Start a rollout for each group whose release in the accepted fleet repository has
+        none yet (its ``rollout:`` plan, or one wave of the whole group), superseding the
+        group's active rollout of another release. Idempotent: a group's release is rolled
+        out once, whatever an operator later does with that rollout. Returns the groups
+        whose release is not published yet (tried again on the next pass)."""
+        async with self.db.transaction() as conn:
+            existing = await list_rollouts(conn)
+        waiting = []
+        for name, group in sorted(groups.items()):
+            if group.release is None:
+                continue
+            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")]
+            if any(r.release == group.release for r in mine):
+                continue
+            plan_ = group.rollout or RolloutPlan(waves=[WaveRequest(size="100%")])
+            request = RolloutRequest(release=group.release, selector=dict(group.selector.matchLabels), group=name,
+                                     **plan_.model_dump())
+            try:
+                row = await self.start(request, f"gitops@{commit[:12]}")
+            except NotFound as exc:
+                log.warning("group %s: cannot roll out %s yet: %s", name, group.release, exc.message)
+                waiting.append(name)
+                continue
+            log.info("group %s: rollout %s of %s from commit %s", name, row.id, group.release, commit[:12])
+            for old in mine:
+                if old.status in ACTIVE:
+                    with contextlib.suppress(Conflict):
+                        await self.operate(old.id, "abort", f"gitops@{commit[:12]} (superseded by {row.id})")
+        return waiting
 
     async def operate(self, rollout_id: str, verb: str, who: str, *, revert: bool = False) -> RolloutRow:
         """pause, resume, approve or abort. Raises NotFound or Conflict (not possible now)."""
@@ -191,13 +229,12 @@ class RolloutController:
         return sum([await self._step(row) for row in rows])
 
     async def _step(self, row: RolloutRow) -> int:
-        spec = spec_from_request(RolloutRequest.model_validate(row.spec))
+        request = RolloutRequest.model_validate(row.spec)
+        spec = spec_from_request(request)
         state = state_from_json(row.state)
         async with self.db.transaction() as conn:
-            devices = [d for d in await list_devices(conn, site=None, limit=1_000_000, offset=0)
-                       if all({**d.labels, "site": d.site}.get(k) == v for k, v in row.selector.items())]
-            attested = await attestation_statuses(conn, [d.id for d in devices])
-        observations = _observations(devices, attested, self.presence)
+            devices = [d for d in await rollout_devices(conn) if _selected(d, row.selector, request.group)]
+        observations = [_observation(d, self.presence) for d in devices]
         now = self.clock.now()
         new_state, decisions = plan(spec, state, observations, now)
         previous = dict(row.previous)
@@ -217,20 +254,17 @@ class RolloutController:
                                                       f"rollout {row.id} of {row.release} halted: {decision.reason}",
                                                       {"rollout": row.id, "reason": decision.reason})
             self.alerts.wake()
-        await self._reconcile(row.release, new_state)
+        if new_state.status is not Status.ABORTED:
+            # Every device the plan told has the release in its director metadata. Idempotent:
+            # a controller that died between saving a step and assigning is made good here.
+            assigned = {d.id: d.assigned for d in devices}
+            await self._assign([d for d, p in new_state.devices.items()
+                                if p.told_at is not None and d in assigned and assigned[d] != row.release],
+                               row.release)
         return len(decisions)
 
-    async def _reconcile(self, release: str, state: State) -> None:
-        """Every device the plan told has the release in its director metadata (idempotent:
-        a controller that died between saving and assigning is made good here)."""
-        if state.status is Status.ABORTED:
-            return
-        told = [d for d, p in state.devices.items() if p.told_at is not None]
-        async with self.db.transaction() as conn:
-            assigned = await assigned_releases(conn, told)
-        for device_id in told:
-            if assigned.get(device_id) == release:
-                continue
+    async def _assign(self, device_ids: list[str], release: str) -> None:
+        for device_id in device_ids:
             try:
                 await self.director.assign(device_id, release)
             except EdgefleetError as exc:

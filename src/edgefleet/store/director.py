@@ -16,13 +16,6 @@ async def director_state(conn: AsyncConnection, device_id: str) -> DirectorState
     return None if row is None else DirectorState(**row._mapping)
 
 
-async def assigned_releases(conn: AsyncConnection, device_ids: list[str]) -> dict[str, str | None]:
-    """The release each device's director metadata names (devices without one are absent)."""
-    rows = await conn.execute(select(DirectorState.device_id, DirectorState.release)
-                              .where(DirectorState.device_id.in_(device_ids)))
-    return {device_id: release for device_id, release in rows}
-
-
 async def save_assignment(conn: AsyncConnection, device_id: str, release: str | None, files: DirectorFiles,
                           now: datetime, *, previous_version: int | None) -> bool:
     """Insert, or replace only if nobody else moved the device on meanwhile; True if stored."""

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.store.schema import RolloutEvent, RolloutRow
+from edgefleet.store.schema import AttestationStatus, Device, DirectorState, RolloutEvent, RolloutRow
 
 ACTIVE = ("running", "baking", "awaiting_approval", "paused")
 
@@ -50,3 +51,18 @@ async def rollout_events(conn: AsyncConnection, rollout_id: str, limit: int) -> 
     rows = await conn.execute(select(RolloutEvent.__table__).where(RolloutEvent.rollout_id == rollout_id)
                               .order_by(RolloutEvent.id.desc()).limit(limit))
     return [RolloutEvent(**row._mapping) for row in rows]
+
+
+async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
+    """Every device as the rollout controller sees it, in one query: labels, presence, what it
+    runs and reports about its update, its accepted GitOps group, its last attestation
+    verdict and the release its director metadata names. Only the fields it needs: the
+    controller reads this on every step."""
+    stmt = (select(Device.id, Device.site, Device.labels, Device.last_seen_at, Device.running_version,
+                   Device.health, Device.status["update"].label("update"),
+                   Device.desired["config"]["group"].as_string().label("group"),
+                   AttestationStatus.passed.label("attested"), AttestationStatus.release.label("attested_release"),
+                   DirectorState.release.label("assigned"))
+            .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
+            .outerjoin(DirectorState, DirectorState.device_id == Device.id))
+    return (await conn.execute(stmt)).all()
