@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import socket
 import ssl
@@ -82,7 +83,11 @@ async def enroll_all(url: str, ca: Path, admin_token: str, count: int, workdir: 
                 body = {"token": token, "csr_pem": make_csr(key, f"hw-{i}").decode(),
                         "inventory": {"hardware_id": f"bench-{i}-{secrets.token_hex(3)}", "site": f"site-{i % 50}",
                                       **(inventory or {})}}
-                response = await client.post("/api/v1/enroll", json=body, headers={"authorization": ""})
+                for attempt in range(5):  # an overloaded server says 503: back off and retry, as agents do
+                    response = await client.post("/api/v1/enroll", json=body, headers={"authorization": ""})
+                    if response.status_code != 503 or attempt == 4:
+                        break
+                    await asyncio.sleep(random.uniform(0.5, 2.0))
                 response.raise_for_status()
                 answer = response.json()
                 keyfile, certfile = workdir / f"{i}.key", workdir / f"{i}.pem"

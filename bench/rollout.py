@@ -175,6 +175,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(1.0)
 
                 # Phase 1: a clean 4-wave rollout.
+                print(f"enrolled {len(devices)} devices in {enroll_s:.1f} s; phase 1: a 4-wave rollout (server pid "
+                      f"{server.pid})", file=sys.stderr, flush=True)
                 cpu_before = cpu_seconds(server.pid)
                 started = time.perf_counter()
                 waves = [{"size": "1%"}, {"size": "10%"}, {"size": "50%"}, {"size": "100%"}]
@@ -187,6 +189,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert view["status"] == "completed", view
 
                 # Phase 2: the canary's TPM shows what the next release does not allow.
+                print("phase 2: a canary fails attestation", file=sys.stderr, flush=True)
                 sim.skip.add(canary_id)
                 tpm = InsecureSoftwareTpm(workdir / "canary-tpm")
                 image = workdir / "canary-slot.img"

@@ -157,14 +157,40 @@ def test_offline_devices_neither_stall_nor_fail_before_the_deadline() -> None:
     state, _ = plan(spec, State(), list(devices.values()), T0)
     devices["dev-000"] = commit(devices["dev-000"], T0 + timedelta(minutes=1))
     devices["dev-001"] = commit(devices["dev-001"], T0 + timedelta(minutes=1))
-    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=30))
+    state, decisions = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=30))
     assert state.devices["dev-002"].state is DeviceState.OFFLINE  # counted apart, not failed
-    assert state.status is Status.RUNNING
-    assert state.wave == 0
-    state, decisions = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=61))
-    assert state.devices["dev-002"].state is DeviceState.TIMED_OUT
-    assert state.wave == 1  # 2 of 3 succeeded, the threshold is 50%: the rollout moves on
+    assert state.wave == 1  # the two that answered succeeded: the wave does not wait for it
     assert len([d for d in decisions if d.kind == "assign"]) == 3
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=59))
+    assert state.devices["dev-002"].state is DeviceState.OFFLINE
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=61))
+    assert state.devices["dev-002"].state is DeviceState.TIMED_OUT  # only at its deadline
+    assert state.status is Status.RUNNING  # 1 of the 5 failures the threshold allows
+
+
+def test_an_offline_device_that_returns_catches_up() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))))
+    devices = {o.id: o for o in fleet(3, 1)}
+    state, _ = plan(spec, State(), list(devices.values()), T0)
+    devices["dev-000"] = commit(devices["dev-000"], T0 + timedelta(minutes=1))
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=2))
+    devices["dev-002"] = commit(devices["dev-002"], T0 + timedelta(minutes=3))
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=4))
+    assert state.status is Status.COMPLETED
+    assert state.devices["dev-001"].state is DeviceState.OFFLINE
+    devices["dev-001"] = commit(devices["dev-001"], T0 + timedelta(hours=5))
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(hours=5))
+    assert state.devices["dev-001"].state is DeviceState.SUCCEEDED
+
+
+def test_a_wave_whose_devices_are_all_offline_waits() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))))
+    devices = {o.id: o for o in fleet(3, 1)}
+    state, _ = plan(spec, State(), list(devices.values()), T0)
+    state, decisions = plan(spec, state, list(devices.values()), T0 + timedelta(hours=1))
+    assert {p.state for p in state.devices.values() if p.wave == 0} == {DeviceState.OFFLINE}
+    assert (state.wave, state.status) == (0, Status.RUNNING)
+    assert [d for d in decisions if d.kind == "assign"] == []
 
 
 def test_crossing_the_failure_threshold_halts() -> None:

@@ -191,3 +191,41 @@ def test_abort_with_revert_returns_updated_devices_to_the_previous_release(world
     assert reverted[0].device.booted() == "a"
     kinds = [e["kind"] for e in events(world, rollout_id)]
     assert kinds[-2:] == ["abort", "revert"]
+
+
+def test_an_offline_device_neither_stalls_its_wave_nor_fails_and_a_late_joiner_gets_the_release(
+        world: AbWorld) -> None:
+    devices = fleet_of(world, "offline", 4)
+    present, away, late = devices[:3], devices[1], devices[3]
+    rollout_id = ""
+
+    async def scenario() -> None:
+        nonlocal rollout_id
+        stop, link_down = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(d.run(stop)) for d in present if d is not away]
+        absent = asyncio.create_task(away.run(link_down))
+        try:
+            await enrolled(present)
+            link_down.set()  # the canary store's link goes down before the rollout starts
+            await asyncio.wait_for(absent, 30)
+            rollout_id = rollout(world, "offline", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
+                                                                 {"size": "100%"}])
+            await until(lambda: status(world, rollout_id)["status"] == "completed", timeout=60, what="completion")
+            view = status(world, rollout_id)
+            assert view["waves"][0]["counts"]["offline"] == 1  # counted apart, and not waited for
+            assert view["waves"][0]["counts"]["succeeded"] == 1
+            # The link comes back, and a new device joins the group after the rollout completed.
+            tasks += [asyncio.create_task(away.run(stop)), asyncio.create_task(late.run(stop))]
+            await until(lambda: [w["counts"]["succeeded"] for w in status(world, rollout_id)["waves"]] == [2, 2],
+                        timeout=60, what="the returning and the joining device on the release")
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert all(d.device.os_version() == "2026.12.0" for d in devices)
+    assert away.agent is not None
+    trail = events(world, rollout_id)
+    assert [e["reason"] for e in trail if e["device_id"] == away.agent.device_id and e["kind"] == "device"] == [
+        "offline: not seen since the wave started", "updating", "succeeded"]
+    assert any(e["kind"] == "assign" and e["reason"] == "joined after the rollout completed" for e in trail)

@@ -101,3 +101,26 @@ def test_a_bad_rollout_plan_in_git_is_refused_with_its_file(world: AbWorld, repo
     assert not decision["accepted"]
     assert any(r.startswith("groups/stores.yaml") and "size" in r for r in decision["reasons"]), decision["reasons"]
     assert git_rollouts(plane) == []
+
+
+def test_overlapping_rollouts_are_refused_and_a_group_waits_for_the_operators_rollout(
+        world: AbWorld, repo: FleetRepo) -> None:
+    plane = world.plane
+    world.publish("2026.12.0", 12)
+    plane.enroll(site="store-0", labels={"role": "store"}, hardware_type=HARDWARE)
+    client = plane.client(role=Role.OPERATOR)
+    body = {"release": "2026.12.0", "selector": {"role": "store"}, "waves": [{"size": "100%"}]}
+    first = client.post("/api/v1/admin/rollouts", json=body)
+    assert first.status_code == 201, first.text
+    overlapping = client.post("/api/v1/admin/rollouts", json={**body, "selector": {"site": "store-0"}})
+    assert overlapping.status_code == 409
+    assert overlapping.json()["error"]["code"] == "rollout_overlap"
+    assert first.json()["id"] in overlapping.json()["error"]["message"]
+
+    repo.commit({"groups/stores.yaml": STORES % "2026.12.0"}, "roll", signer="alice")
+    api(plane, "POST", "/api/v1/admin/gitops/sync")
+    assert git_rollouts(plane) == []  # the operator's rollout has the devices: the group waits
+    aborted = client.post(f"/api/v1/admin/rollouts/{first.json()['id']}/abort/now", json={})
+    assert aborted.status_code == 200, aborted.text
+    api(plane, "POST", "/api/v1/admin/gitops/sync")
+    assert [r["group"] for r in git_rollouts(plane)] == ["stores"]

@@ -6,7 +6,8 @@ Per device, in the wave it was placed in:
 
     pending    placed in the wave, not yet told (waiting for the disruption budget)
     updating   told to install the release; no verdict yet
-    offline    told, but not seen since the wave started (never "failed" before the deadline)
+    offline    told, but not seen since the wave started (never "failed" before the deadline;
+               the wave does not wait for it: it is judged on the devices that answered)
     succeeded  runs the release, committed, and attested against the release's measurements
     failed     rolled back, update failed, or attestation failed
     timed_out  no verdict by the wave's deadline
@@ -215,10 +216,15 @@ def plan(spec: Spec, state: State, observations: Sequence[Observation], now: dat
     # 3. Wave progress.
     if state.wave >= 0:
         members = [p for p in devices.values() if p.wave == state.wave]
-        if all(p.state in FINAL for p in members):
+        judged = [p for p in members if p.state in FINAL]
+        offline = sum(1 for p in members if p.state is DeviceState.OFFLINE)
+        # Offline devices do not hold the wave: it is judged on the devices that answered
+        # (at least one must have); they stay in the rollout and catch up when they return,
+        # or time out at their deadline.
+        if len(judged) + offline == len(members) and (judged or not members):
             wave = spec.waves[state.wave]
-            succeeded = [p for p in members if p.state is DeviceState.SUCCEEDED]
-            rate = 100.0 * len(succeeded) / len(members) if members else 100.0
+            succeeded = [p for p in judged if p.state is DeviceState.SUCCEEDED]
+            rate = 100.0 * len(succeeded) / len(judged) if judged else 100.0
             if rate < wave.success_threshold:
                 reason = f"wave {state.wave + 1}: {rate:.0f}% succeeded, needs {wave.success_threshold:g}%"
                 return _halt(state, decisions, reason)

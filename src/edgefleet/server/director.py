@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, NotFound, StoreError
+from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.metadata import EXPIRY
 from edgefleet.releases.workspace import release_fields
@@ -25,8 +25,15 @@ from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
-from edgefleet.store.devices import desired_state, get_device, set_desired
-from edgefleet.store.director import all_director_states, director_state, save_assignment, save_timestamp
+from edgefleet.store.devices import desired_documents, desired_state, get_devices, set_desired
+from edgefleet.store.director import (
+    all_director_states,
+    director_state,
+    director_states,
+    save_assignment,
+    save_timestamp,
+)
+from edgefleet.store.schema import DirectorState
 
 _ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
@@ -39,6 +46,12 @@ class Assignment:
 
 
 T = TypeVar("T")
+ASSIGN_BATCH = 500  # devices per round trip of assign_many
+
+
+def _next_versions(current: DirectorState | None) -> tuple[int, int]:
+    """The targets/snapshot and timestamp versions after ``current``."""
+    return (1, 1) if current is None else (current.version + 1, current.timestamp_version + 1)
 
 
 def _with_config(targets: list[TargetFile], desired: tuple[int, dict[str, Any]] | None) -> list[TargetFile]:
@@ -98,41 +111,73 @@ class DirectorService:
         The options travel in the desired state's ``update`` object: the director's
         metadata says *what* to install, the desired state says *when* (windows, force).
         """
-        targets = await asyncio.to_thread(self.release_targets, release)
         options = {"force_reboot": force_reboot, "retry_failed": retry_failed, "revert_to": release if revert else None}
 
         async def attempt() -> Assignment:
-            async with self.db.transaction() as conn:
-                device = await get_device(conn, device_id)
-                current = await director_state(conn, device_id)
-                found = await desired_state(conn, device_id)
-            if device is None:
-                raise NotFound(f"device {device_id} not found")
-            hardware_type = device.inventory.get("hardware_type")
-            image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
-            fits = release_fields(image).get("hardware_ids", [])
-            if hardware_type not in (fits if isinstance(fits, list) else []):
-                raise Conflict(f"release {release} fits {fits}, device {device_id} is {hardware_type}",
-                               code="hardware_mismatch")
-            files = await self._sign(device_id, _with_config(targets, found), current)
-            return await self._store(device_id, release, files, current, options)
+            done, failed = await self._assign_batch([device_id], release, options)
+            if device_id in failed:
+                raise failed[device_id]
+            return done[0]
 
         return await _retrying(attempt)
 
-    async def _store(self, device_id: str, release: str, files: DirectorFiles, current: Any,
-                     options: dict[str, Any]) -> Assignment:
-        now = self.clock.now()
+    async def assign_many(self, device_ids: Sequence[str], release: str) -> dict[str, EdgefleetError]:
+        """Assign one release to many devices in a few round trips per batch (the rollout
+        controller's path). Raises NotFound when the release is not published; returns
+        the devices that could not be assigned, and why."""
+        failed: dict[str, EdgefleetError] = {}
+        options = {"force_reboot": False, "retry_failed": False, "revert_to": None}
+        for start in range(0, len(device_ids), ASSIGN_BATCH):
+            batch = device_ids[start:start + ASSIGN_BATCH]
+
+            async def attempt() -> tuple[list[Assignment], dict[str, EdgefleetError]]:
+                return await self._assign_batch(batch, release, options)  # noqa: B023 - awaited at once
+
+            failed.update((await _retrying(attempt))[1])
+        return failed
+
+    async def _assign_batch(self, device_ids: Sequence[str], release: str, options: dict[str, Any]) -> tuple[
+            list[Assignment], dict[str, EdgefleetError]]:
+        """Read, check, sign (in one worker thread) and store a batch; each device's
+        director state moves by compare-and-swap, so a concurrent change fails only it."""
+        targets = await asyncio.to_thread(self.release_targets, release)
+        image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
+        fits = release_fields(image).get("hardware_ids", [])
         async with self.db.transaction() as conn:
-            stored = await save_assignment(conn, device_id, release, files, now,
-                                           previous_version=None if current is None else current.version)
-            if not stored:
-                raise Conflict(f"device {device_id} was reassigned concurrently; retry", code="concurrent_change")
-            found = await desired_state(conn, device_id)
-            document: dict[str, Any] = {**(found[1] if found else {}), "release": release, "update": options}
-            await set_desired(conn, device_id, document, now)
-        self.devices.forget(device_id)
-        self.long_polls.notify(device_id)
-        return Assignment(device_id, release, files.version)
+            devices = {d.id: d for d in await get_devices(conn, device_ids)}
+            states = await director_states(conn, device_ids)
+        failed: dict[str, EdgefleetError] = {}
+        todo: list[tuple[str, list[TargetFile], DirectorState | None]] = []
+        for device_id in device_ids:
+            device = devices.get(device_id)
+            if device is None:
+                failed[device_id] = NotFound(f"device {device_id} not found")
+            elif device.inventory.get("hardware_type") not in (fits if isinstance(fits, list) else []):
+                failed[device_id] = Conflict(f"release {release} fits {fits}, device {device_id} is "
+                                             f"{device.inventory.get('hardware_type')}", code="hardware_mismatch")
+            else:
+                desired = (device.desired_version, device.desired)
+                todo.append((device_id, _with_config(targets, desired), states.get(device_id)))
+        signer = self.repository.online_signer("director", "targets")
+        now = self.clock.now()
+        signed = await asyncio.to_thread(lambda: [sign_assignment(d, t, *_next_versions(c), now, signer)
+                                                  for d, t, c in todo])
+        done = []
+        async with self.db.transaction() as conn:
+            documents = await desired_documents(conn, [d for d, _, _ in todo])
+            for (device_id, _, current), files in zip(todo, signed, strict=True):
+                if not await save_assignment(conn, device_id, release, files, now,
+                                             previous_version=None if current is None else current.version):
+                    failed[device_id] = Conflict(f"device {device_id} was reassigned concurrently; retry",
+                                                 code="concurrent_change")
+                    continue
+                document = {**documents.get(device_id, {}), "release": release, "update": options}
+                await set_desired(conn, device_id, document, now)
+                done.append(Assignment(device_id, release, files.version))
+        for assignment in done:
+            self.devices.forget(assignment.device_id)
+            self.long_polls.notify(assignment.device_id)
+        return done, failed
 
     async def sign_config(self, device_id: str) -> None:
         """Re-sign a device's director metadata after its rendered configuration changed:
@@ -159,11 +204,9 @@ class DirectorService:
 
         await _retrying(attempt)
 
-    async def _sign(self, device_id: str, targets: list[TargetFile], current: Any) -> DirectorFiles:
+    async def _sign(self, device_id: str, targets: list[TargetFile], current: DirectorState | None) -> DirectorFiles:
         signer = self.repository.online_signer("director", "targets")
-        version = 1 if current is None else current.version + 1
-        timestamp_version = 1 if current is None else current.timestamp_version + 1
-        return await asyncio.to_thread(sign_assignment, device_id, targets, version, timestamp_version,
+        return await asyncio.to_thread(sign_assignment, device_id, targets, *_next_versions(current),
                                        self.clock.now(), signer)
 
     async def file(self, device_id: str, name: str) -> bytes:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +42,12 @@ from edgefleet.store.schema import RolloutRow
 
 log = logging.getLogger("edgefleet.server.rollouts")
 LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
+FOLLOW_EVERY = 5  # ticks between steps of a completed rollout
+FOLLOWED = 20  # completed rollouts followed at most (the newest per selection)
+
+
+def new_rollout_id() -> str:
+    return f"ro-{secrets.token_hex(6)}"
 
 
 class Leadership:
@@ -103,15 +110,26 @@ class RolloutController:
     tick_seconds: float = 2.0
     leadership: Leadership = field(init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _ticks: int = 0
 
     def __post_init__(self) -> None:
         self.leadership = Leadership(self.db)
 
-    async def start(self, request: RolloutRequest, who: str) -> RolloutRow:
-        """Raises NotFound when the release is not published."""
+    async def start(self, request: RolloutRequest, who: str, rollout_id: str | None = None) -> RolloutRow:
+        """Raises NotFound when the release is not published, Conflict when an active
+        rollout already covers some of the same devices (each device follows one rollout)."""
         await asyncio.to_thread(self.director.release_targets, request.release)
+        async with self.db.transaction() as conn:
+            active = await list_rollouts(conn, statuses=ACTIVE)
+            devices = await rollout_devices(conn)
+        mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
+        for other in active:
+            shared = mine & {d.id for d in devices if _selected(d, other.selector, other.spec.get("group"))}
+            if shared:
+                raise Conflict(f"rollout {other.id} of {other.release} is active for {len(shared)} of the same "
+                               f"devices (e.g. {min(shared)}); let it finish or abort it first", code="rollout_overlap")
         now = self.clock.now()
-        rollout_id = f"ro-{secrets.token_hex(6)}"
+        rollout_id = rollout_id or new_rollout_id()
         row: dict[str, Any] = {"id": rollout_id, "release": request.release, "selector": dict(request.selector),
                "spec": request.model_dump(mode="json"), "state": state_to_json(State()), "status": "running",
                "version": 0, "previous": {}, "created_by": who, "created_at": now, "updated_at": now}
@@ -129,10 +147,11 @@ class RolloutController:
         none yet (its ``rollout:`` plan, or one wave of the whole group), superseding the
         group's active rollout of another release. Idempotent: a group's release is rolled
         out once, whatever an operator later does with that rollout. Returns the groups
-        whose release is not published yet (tried again on the next pass)."""
+        that must wait (release not published yet, or an operator's rollout covers their
+        devices); they are tried again on the next pass."""
         async with self.db.transaction() as conn:
             existing = await list_rollouts(conn)
-        waiting = []
+        waiting, who = [], f"gitops@{commit[:12]}"
         for name, group in sorted(groups.items()):
             if group.release is None:
                 continue
@@ -142,17 +161,19 @@ class RolloutController:
             plan_ = group.rollout or RolloutPlan(waves=[WaveRequest(size="100%")])
             request = RolloutRequest(release=group.release, selector=dict(group.selector.matchLabels), group=name,
                                      **plan_.model_dump())
+            rollout_id = new_rollout_id()
             try:
-                row = await self.start(request, f"gitops@{commit[:12]}")
-            except NotFound as exc:
+                await asyncio.to_thread(self.director.release_targets, group.release)
+                for old in mine:
+                    if old.status in ACTIVE:
+                        with contextlib.suppress(Conflict):
+                            await self.operate(old.id, "abort", f"{who} (superseded by {rollout_id})")
+                await self.start(request, who, rollout_id)
+            except (NotFound, Conflict) as exc:
                 log.warning("group %s: cannot roll out %s yet: %s", name, group.release, exc.message)
                 waiting.append(name)
                 continue
-            log.info("group %s: rollout %s of %s from commit %s", name, row.id, group.release, commit[:12])
-            for old in mine:
-                if old.status in ACTIVE:
-                    with contextlib.suppress(Conflict):
-                        await self.operate(old.id, "abort", f"gitops@{commit[:12]} (superseded by {row.id})")
+            log.info("group %s: rollout %s of %s from commit %s", name, rollout_id, group.release, commit[:12])
         return waiting
 
     async def operate(self, rollout_id: str, verb: str, who: str, *, revert: bool = False) -> RolloutRow:
@@ -221,19 +242,40 @@ class RolloutController:
                 await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
 
     async def tick(self) -> int:
-        """One step of every active rollout, if this process leads; returns decisions made."""
+        """One step of every active rollout, if this process leads; returns decisions made.
+
+        Completed rollouts are followed too (every ``FOLLOW_EVERY`` ticks; the newest per
+        selection, at most ``FOLLOWED``): offline devices that return are counted, and a
+        device that joins their selection later, and that no rollout has assigned anything
+        yet, gets their release. Devices read once per tick for all rollouts."""
         if not await self.leadership.held():
             return 0
+        self._ticks += 1
         async with self.db.transaction() as conn:
-            rows = await list_rollouts(conn, active_only=True)
-        return sum([await self._step(row) for row in rows])
+            rows = await list_rollouts(conn, statuses=(*ACTIVE, Status.COMPLETED))
+            devices = await rollout_devices(conn)
+        decisions, taken, followed = 0, set[str](), set[str]()
+        for row in rows:  # newest first
+            if row.status == Status.COMPLETED:
+                key = json.dumps([row.selector, row.spec.get("group")], sort_keys=True)
+                if key in followed or len(followed) >= FOLLOWED:
+                    continue
+                followed.add(key)
+                if self._ticks % FOLLOW_EVERY:
+                    continue
+            count, told = await self._step(row, devices, taken)
+            decisions += count
+            taken |= told
+        return decisions
 
-    async def _step(self, row: RolloutRow) -> int:
+    async def _step(self, row: RolloutRow, everyone: Sequence[Row[Any]], taken: set[str]) -> tuple[int, set[str]]:
+        """Plan and apply one step; returns the decisions made and the devices told now."""
         request = RolloutRequest.model_validate(row.spec)
         spec = spec_from_request(request)
         state = state_from_json(row.state)
-        async with self.db.transaction() as conn:
-            devices = [d for d in await rollout_devices(conn) if _selected(d, row.selector, request.group)]
+        devices = [d for d in everyone if _selected(d, row.selector, request.group)]
+        if state.status is Status.COMPLETED:  # only its own devices, and joiners nobody assigned
+            devices = [d for d in devices if d.id in state.devices or (d.assigned is None and d.id not in taken)]
         observations = [_observation(d, self.presence) for d in devices]
         now = self.clock.now()
         new_state, decisions = plan(spec, state, observations, now)
@@ -246,7 +288,7 @@ class RolloutController:
             async with self.db.transaction() as conn:
                 if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(new_state),
                                           status=str(new_state.status), previous=previous):
-                    return 0  # another controller took this step
+                    return 0, set()  # another controller took this step
                 await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)
                 for decision in decisions:
                     if decision.kind == "halt":
@@ -254,18 +296,24 @@ class RolloutController:
                                                       f"rollout {row.id} of {row.release} halted: {decision.reason}",
                                                       {"rollout": row.id, "reason": decision.reason})
             self.alerts.wake()
+        told = {d.device_id for d in decisions if d.kind == "assign" and d.device_id is not None}
         if new_state.status is not Status.ABORTED:
             # Every device the plan told has the release in its director metadata. Idempotent:
             # a controller that died between saving a step and assigning is made good here.
+            # A completed rollout only makes good its joiners: its other devices may since
+            # have been moved on by a newer rollout.
             assigned = {d.id: d.assigned for d in devices}
             await self._assign([d for d, p in new_state.devices.items()
-                                if p.told_at is not None and d in assigned and assigned[d] != row.release],
+                                if p.told_at is not None and d in assigned and assigned[d] != row.release
+                                and (state.status is not Status.COMPLETED or d in told or assigned[d] is None)],
                                row.release)
-        return len(decisions)
+        return len(decisions), told
 
     async def _assign(self, device_ids: list[str], release: str) -> None:
-        for device_id in device_ids:
-            try:
-                await self.director.assign(device_id, release)
-            except EdgefleetError as exc:
-                log.warning("could not assign %s to %s: %s", release, device_id, exc)
+        try:
+            failed = await self.director.assign_many(device_ids, release)
+        except EdgefleetError as exc:  # the release was withdrawn, the database went away: next tick
+            log.warning("could not assign %s to %d devices: %s", release, len(device_ids), exc)
+            return
+        for device_id, error in failed.items():
+            log.warning("could not assign %s to %s: %s", release, device_id, error)

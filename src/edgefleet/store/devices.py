@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,6 +138,16 @@ async def count_devices(conn: AsyncConnection, *, site: str | None = None) -> in
 async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:
     row = (await conn.execute(select(Device.__table__).where(Device.id == device_id))).first()
     return None if row is None else Device(**row._mapping)
+
+
+async def get_devices(conn: AsyncConnection, device_ids: Sequence[str]) -> list[Device]:
+    rows = await conn.execute(select(Device.__table__).where(Device.id.in_(device_ids)))
+    return [Device(**row._mapping) for row in rows]
+
+
+async def desired_documents(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.execute(select(Device.id, Device.desired).where(Device.id.in_(device_ids)))
+    return {device_id: desired for device_id, desired in rows}
 
 
 async def delete_device(conn: AsyncConnection, device_id: str, now: datetime) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
@@ -14,6 +15,11 @@ from edgefleet.store.schema import DirectorState
 async def director_state(conn: AsyncConnection, device_id: str) -> DirectorState | None:
     row = (await conn.execute(select(DirectorState.__table__).where(DirectorState.device_id == device_id))).first()
     return None if row is None else DirectorState(**row._mapping)
+
+
+async def director_states(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, DirectorState]:
+    rows = await conn.execute(select(DirectorState.__table__).where(DirectorState.device_id.in_(device_ids)))
+    return {row.device_id: DirectorState(**row._mapping) for row in rows}
 
 
 async def save_assignment(conn: AsyncConnection, device_id: str, release: str | None, files: DirectorFiles,

@@ -24,10 +24,11 @@ async def get_rollout(conn: AsyncConnection, rollout_id: str) -> RolloutRow | No
     return None if found is None else RolloutRow(**found._mapping)
 
 
-async def list_rollouts(conn: AsyncConnection, *, active_only: bool = False) -> list[RolloutRow]:
-    stmt = select(RolloutRow.__table__).order_by(RolloutRow.created_at.desc())
-    if active_only:
-        stmt = stmt.where(RolloutRow.status.in_(ACTIVE))
+async def list_rollouts(conn: AsyncConnection, *, statuses: Sequence[str] | None = None) -> list[RolloutRow]:
+    """Newest first; only those in ``statuses`` if given."""
+    stmt = select(RolloutRow.__table__).order_by(RolloutRow.created_at.desc(), RolloutRow.id)
+    if statuses is not None:
+        stmt = stmt.where(RolloutRow.status.in_([str(s) for s in statuses]))
     return [RolloutRow(**row._mapping) for row in await conn.execute(stmt)]
 
 

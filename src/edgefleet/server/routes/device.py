@@ -46,7 +46,9 @@ async def check_in(
     if version == known and wait > 0:
 
         async def read_version() -> int:
-            auth = await fresh_device_auth(state, device.id)
+            # The change feed evicts a changed device from the cache (and wakes this wait),
+            # so a cached entry is current: a re-check costs no query until something changed.
+            auth = state.devices.get(device.id) or await fresh_device_auth(state, device.id)
             return known if auth is None else auth.desired_version
 
         version = await state.long_polls.wait(
