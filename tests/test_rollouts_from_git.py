@@ -12,6 +12,7 @@ import pytest
 
 from edgefleet.credentials import Role
 from tests.ab_world import HARDWARE, AbWorld, eventually
+from tests.cli_helpers import cli
 from tests.conftest import Fleet, start_fleet
 from tests.gitops_world import FleetRepo, tools
 
@@ -74,6 +75,9 @@ def test_group_release_in_git_rolls_out_in_the_groups_waves_to_the_groups_device
     assert assigned(plane, lab.id) is None  # the lab group has priority, and no release
     view = api(plane, "GET", f"/api/v1/admin/rollouts/{started['id']}")
     assert sum(view["waves"][0]["counts"].values()) == 1
+    shown = " ".join(cli("rollout", "status", started["id"], *world.server).split())
+    assert "of group stores" in shown
+    assert f"gitops@{sha[:12]}" in shown
 
     # Syncing again starts nothing new: a group's release is rolled out once.
     api(plane, "POST", "/api/v1/admin/gitops/sync")

@@ -17,6 +17,7 @@ from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, en
 from edgefleet.agent.hardware.vdevice import VirtualDevice
 from edgefleet.agent.state import StateDir
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, PersistError
+from edgefleet.server.errors import OverloadLog
 from edgefleet.util.atomic import atomic_write_bytes
 from tests.conftest import need
 
@@ -134,3 +135,13 @@ def test_agent_state_from_an_older_agent_loads_without_its_retired_keys(tmp_path
     state_dir.state_file.write_text('{"device_id": "dev-1", "downloaded": {"version": "1"}, "status_seq": 4}')
     state = state_dir.load()
     assert (state.device_id, state.status_seq, state.update) == ("dev-1", 4, {})
+
+
+def test_overload_refusals_are_logged_once_per_window_with_the_count_left_out() -> None:
+    now = [100.0]
+    log = OverloadLog(window=5, monotonic=lambda: now[0])
+    assert log.should_log("store_error") == (True, 0)
+    assert [log.should_log("store_error") for _ in range(3)] == [(False, 0)] * 3
+    assert log.should_log("store_unreachable") == (True, 0)  # each kind has its own window
+    now[0] += 5
+    assert log.should_log("store_error") == (True, 3)

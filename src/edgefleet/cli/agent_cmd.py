@@ -91,7 +91,7 @@ def agent(
 
     Settings: flags > EDGEFLEET_AGENT_* env > --config file.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, daemon=True)
     with shown_errors():
         settings = load_settings(AgentSettings, config, flags(
             server_url=server_url, ca_file=ca_file, state_dir=state_dir, device_dir=device_dir,

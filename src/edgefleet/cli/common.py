@@ -36,7 +36,12 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", *, daemon: bool = False) -> None:
+    """Rich output for people at a terminal; plain lines for daemons (the server and the
+    agent log under load, to journald: rendering each line with rich costs a core)."""
+    if daemon:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
     logging.basicConfig(
         level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],

@@ -22,7 +22,9 @@ STOPPED = ("halted", "completed", "aborted")
 def rollout_table(view: dict[str, Any]) -> Table:
     """Per wave: device counts by state, and why each failed device failed."""
     reason = f" ({view['reason']})" if view.get("reason") else ""
-    table = Table(title=f"{view['id']}: {view['release']} {view['status']}{reason}, wave {view['wave']}")
+    group = f" of group {view['group']}" if view.get("group") else ""
+    table = Table(title=f"{view['id']}: {view['release']}{group} {view['status']}{reason}, wave {view['wave']}",
+                  caption=f"started by {view['created_by']}")
     states = ["pending", "updating", "offline", "succeeded", "failed", "timed_out"]
     table.add_column("wave")
     for state in states:
@@ -54,6 +56,7 @@ def start(
     failure_threshold: Annotated[str, typer.Option(help="Count or percent that halts.")] = "10%",
     max_per: Annotated[list[str] | None, typer.Option(help="Disruption budget label=N, e.g. site=1.")] = None,
     approval: Annotated[bool, typer.Option(help="Wait for `approve` between waves.")] = False,
+    group: Annotated[str | None, typer.Option(help="Only devices the fleet repository puts in this group.")] = None,
 ) -> None:
     """Start a rollout: waves in order; it halts by itself on a failed attestation or
     failures over the threshold."""
@@ -65,7 +68,7 @@ def start(
                     "selector": dict(s.split("=", 1) for s in selector or []),
                     "failure_threshold": failure_threshold, "approval_between_waves": approval,
                     "budgets": [{"group_by": k, "max_updating": int(v)}
-                                for k, v in (m.split("=", 1) for m in max_per or [])]}
+                                for k, v in (m.split("=", 1) for m in max_per or [])], "group": group}
         with AdminClient(server, token, ca_file) as client:
             view = client.call_json("POST", "/api/v1/admin/rollouts", json=body)
     console.print(rollout_table(view))

@@ -49,7 +49,7 @@ def run(
     with shown_errors():
         settings = server_settings(config, data_dir=data_dir, database_url=database_url, host=host, port=port,
                                    log_level=log_level)
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, daemon=True)
         serve(settings)
 
 

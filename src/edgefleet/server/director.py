@@ -25,12 +25,13 @@ from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
-from edgefleet.store.devices import desired_documents, desired_state, get_devices, set_desired
+from edgefleet.store.devices import desired_documents, desired_state, get_devices, set_desired_many
 from edgefleet.store.director import (
     all_director_states,
     director_state,
     director_states,
     save_assignment,
+    save_assignments,
     save_timestamp,
 )
 from edgefleet.store.schema import DirectorState
@@ -162,18 +163,19 @@ class DirectorService:
         now = self.clock.now()
         signed = await asyncio.to_thread(lambda: [sign_assignment(d, t, *_next_versions(c), now, signer)
                                                   for d, t, c in todo])
-        done = []
+        writes = [(d, files, None if current is None else current.version)
+                  for (d, _, current), files in zip(todo, signed, strict=True)]
         async with self.db.transaction() as conn:
-            documents = await desired_documents(conn, [d for d, _, _ in todo])
-            for (device_id, _, current), files in zip(todo, signed, strict=True):
-                if not await save_assignment(conn, device_id, release, files, now,
-                                             previous_version=None if current is None else current.version):
-                    failed[device_id] = Conflict(f"device {device_id} was reassigned concurrently; retry",
-                                                 code="concurrent_change")
-                    continue
-                document = {**documents.get(device_id, {}), "release": release, "update": options}
-                await set_desired(conn, device_id, document, now)
-                done.append(Assignment(device_id, release, files.version))
+            stored = await save_assignments(conn, release, writes, now)
+            documents = await desired_documents(conn, list(stored))
+            await set_desired_many(conn, {d: {**documents.get(d, {}), "release": release, "update": options}
+                                          for d in stored}, now)
+        done = [Assignment(d, release, files.version) for (d, _, _), files in zip(todo, signed, strict=True)
+                if d in stored]
+        for device_id, _, _ in todo:
+            if device_id not in stored:
+                failed[device_id] = Conflict(f"device {device_id} was reassigned concurrently; retry",
+                                             code="concurrent_change")
         for assignment in done:
             self.devices.forget(assignment.device_id)
             self.long_polls.notify(assignment.device_id)

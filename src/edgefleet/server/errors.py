@@ -6,7 +6,8 @@ Authentication failures show the caller a generic message; the log carries the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -57,14 +58,45 @@ def error_response(status: int, code: str, message: str, details: list[dict[str,
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+class OverloadLog:
+    """One log line per kind of 503 per ``window`` seconds, then how many were left out: an
+    overloaded server that logs every refusal spends its last CPU on logging. The metric
+    counts every one."""
+
+    def __init__(self, window: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def should_log(self, code: str) -> tuple[bool, int]:
+        """(log this one?, how many like it were left out since the last line)."""
+        now = self.monotonic()
+        if now - self._last.get(code, -self.window) < self.window:
+            self._quiet[code] = self._quiet.get(code, 0) + 1
+            return False, 0
+        self._last[code] = now
+        return True, self._quiet.pop(code, 0)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    overload = OverloadLog()
+
     async def on_edgefleet_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EdgefleetError)
         status = status_for(exc)
         server_state(request).metrics.refusals.labels(exc.code).inc()
         # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
         level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
-        log.log(level, "refused %s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message)
+        if status == 503:
+            shown, left_out = overload.should_log(exc.code)
+            if shown:
+                more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
+                log.log(level, "refused %s %s -> %d %s: %s%s", request.method, request.url.path, status, exc.code,
+                        exc.message, more)
+        else:
+            log.log(level, "refused %s %s -> %d %s: %s", request.method, request.url.path, status, exc.code,
+                    exc.message)
         bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
         headers = {"www-authenticate": "Bearer"} if bearer else None
         return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)

@@ -30,5 +30,8 @@ class Metrics:
         self.alerts = Counter("edgefleet_alerts", "Alerts raised by kind", ["kind"], registry=r)
         self.alert_deliveries = Counter("edgefleet_alert_deliveries", "Alert webhook deliveries by result",
                                         ["result"], registry=r)
+        self.rollout_ticks = Histogram("edgefleet_rollout_tick_seconds", "Time of one rollout controller step over "
+                                       "every rollout it follows", registry=r,
+                                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.drift = Counter("edgefleet_drift_events", "Devices found out of sync with their desired configuration",
                              registry=r)

@@ -27,6 +27,7 @@ from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_t
 from edgefleet.rollouts.planner import Observation, State, Status, plan
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
+from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.store import Database
 from edgefleet.store.rollouts import (
@@ -92,12 +93,11 @@ def _selected(device: Row[Any], selector: dict[str, Any], group: str | None) -> 
 
 
 def _observation(device: Row[Any], presence: Presence) -> Observation:
-    update = device.update if isinstance(device.update, dict) else {}
     return Observation(
         device.id, {**device.labels, "site": device.site}, presence.latest(device.id) or device.last_seen_at,
-        device.running_version, str(update.get("phase", "idle")), update.get("release"),
+        device.running_version, device.update_phase or "idle", device.update_release,
         None if device.attested is None else ("passed" if device.attested else "failed"), device.attested_release,
-        device.health, update.get("reason"))
+        device.health, device.update_reason)
 
 
 @dataclass
@@ -107,6 +107,7 @@ class RolloutController:
     director: DirectorService
     alerts: Alerts
     presence: Presence
+    metrics: Metrics
     tick_seconds: float = 2.0
     leadership: Leadership = field(init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -234,7 +235,8 @@ class RolloutController:
     async def run(self) -> None:
         while True:
             try:
-                await self.tick()
+                with self.metrics.rollout_ticks.time():
+                    await self.tick()
             except (StoreError, EdgefleetError) as exc:
                 log.warning("rollout controller step failed, will retry: %s", exc)
             self._wake.clear()
@@ -253,8 +255,7 @@ class RolloutController:
         self._ticks += 1
         async with self.db.transaction() as conn:
             rows = await list_rollouts(conn, statuses=(*ACTIVE, Status.COMPLETED))
-            devices = await rollout_devices(conn)
-        decisions, taken, followed = 0, set[str](), set[str]()
+        due, followed = [], set[str]()
         for row in rows:  # newest first
             if row.status == Status.COMPLETED:
                 key = json.dumps([row.selector, row.spec.get("group")], sort_keys=True)
@@ -263,6 +264,13 @@ class RolloutController:
                 followed.add(key)
                 if self._ticks % FOLLOW_EVERY:
                     continue
+            due.append(row)
+        if not due:
+            return 0
+        async with self.db.transaction() as conn:
+            devices = await rollout_devices(conn)
+        decisions, taken = 0, set[str]()
+        for row in due:
             count, told = await self._step(row, devices, taken)
             decisions += count
             taken |= told

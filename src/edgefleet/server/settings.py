@@ -37,7 +37,9 @@ class ServerSettings(BaseSettings):
     long_poll_recheck_seconds: float = Field(5.0, gt=0)
     max_long_polls: int = Field(10_000, ge=0)
     presence_flush_seconds: float = Field(1.0, gt=0)
-    device_cache_seconds: float = Field(60.0, ge=0, description="max age of a cached device entry; 0: no cache")
+    # A backstop only (the change feed evicts changed devices): well above the long-poll bound,
+    # or every device's next long poll would miss the cache at once.
+    device_cache_seconds: float = Field(600.0, ge=0, description="max age of a cached device entry; 0: no cache")
     device_cache_sync_seconds: float = Field(1.0, gt=0, description="staleness bound across server processes")
     device_cache_entries: int = Field(200_000, ge=1)
     device_cert_days: int = Field(365, ge=1, le=3650)

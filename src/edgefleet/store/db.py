@@ -35,7 +35,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # A writer waits its turn up to 30 s (bursts of enrollments, a rollout's batch) before a 503.
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -53,7 +54,10 @@ class Database:
         self.url = url
         try:
             if url.startswith("sqlite"):
-                self.engine: AsyncEngine = create_async_engine(url)
+                # A fixed pool: overflow connections would be opened and closed under load,
+                # each with its own thread and pragmas. A request that cannot get one within
+                # 10 s is refused (503) and the device backs off, rather than piling up.
+                self.engine: AsyncEngine = create_async_engine(url, pool_size=16, max_overflow=0, pool_timeout=10)
                 event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             else:
                 self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

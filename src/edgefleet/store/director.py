@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.releases.director import DirectorFiles
@@ -25,21 +26,33 @@ async def director_states(conn: AsyncConnection, device_ids: Sequence[str]) -> d
 async def save_assignment(conn: AsyncConnection, device_id: str, release: str | None, files: DirectorFiles,
                           now: datetime, *, previous_version: int | None) -> bool:
     """Insert, or replace only if nobody else moved the device on meanwhile; True if stored."""
-    values = {
-        "release": release, "version": files.version, "targets": files.targets, "snapshot": files.snapshot,
-        "timestamp_version": files.timestamp_version, "timestamp": files.timestamp,
-        "timestamp_expires": files.timestamp_expires, "assigned_at": now,
-    }
-    if previous_version is None:
-        await conn.execute(insert(DirectorState).values(device_id=device_id, **values))
-        return True
-    result = await conn.execute(
-        update(DirectorState)
-        .where(DirectorState.device_id == device_id, DirectorState.version == previous_version)
-        .values(**values)
-        .returning(DirectorState.device_id)
-    )
-    return result.first() is not None
+    return device_id in await save_assignments(conn, release, [(device_id, files, previous_version)], now)
+
+
+async def save_assignments(conn: AsyncConnection, release: str | None,
+                           assignments: Sequence[tuple[str, DirectorFiles, int | None]], now: datetime) -> set[str]:
+    """``save_assignment`` for many devices (device, files, previous version) in a few
+    statements; returns the devices stored (the others moved on meanwhile)."""
+    def values(files: DirectorFiles) -> dict[str, Any]:
+        return {"release": release, "version": files.version, "targets": files.targets, "snapshot": files.snapshot,
+                "timestamp_version": files.timestamp_version, "timestamp": files.timestamp,
+                "timestamp_expires": files.timestamp_expires, "assigned_at": now}
+
+    updates = [{"b_id": d, "b_previous": previous, **values(files)} for d, files, previous in assignments
+               if previous is not None]
+    if updates:
+        stmt = (update(DirectorState)
+                .where(DirectorState.device_id == bindparam("b_id"), DirectorState.version == bindparam("b_previous"))
+                .values({column: bindparam(column) for column in values(assignments[0][1])})
+                .execution_options(synchronize_session=False))
+        await conn.execute(stmt, updates)
+    inserts = [{"device_id": d, **values(files)} for d, files, previous in assignments if previous is None]
+    if inserts:
+        await conn.execute(insert(DirectorState), inserts)
+    wanted = {d: files.targets for d, files, _ in assignments}  # signed now: unique to this write
+    rows = await conn.execute(select(DirectorState.device_id, DirectorState.targets)
+                              .where(DirectorState.device_id.in_(list(wanted))))
+    return {d for d, targets in rows if targets == wanted[d]}
 
 
 async def save_timestamp(conn: AsyncConnection, device_id: str, previous_version: int, version: int, data: bytes,

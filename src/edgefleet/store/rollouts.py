@@ -60,7 +60,9 @@ async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
     verdict and the release its director metadata names. Only the fields it needs: the
     controller reads this on every step."""
     stmt = (select(Device.id, Device.site, Device.labels, Device.last_seen_at, Device.running_version,
-                   Device.health, Device.status["update"].label("update"),
+                   Device.health, Device.status["update"]["phase"].as_string().label("update_phase"),
+                   Device.status["update"]["release"].as_string().label("update_release"),
+                   Device.status["update"]["reason"].as_string().label("update_reason"),
                    Device.desired["config"]["group"].as_string().label("group"),
                    AttestationStatus.passed.label("attested"), AttestationStatus.release.label("attested_release"),
                    DirectorState.release.label("assigned"))
