@@ -91,7 +91,8 @@ class FleetSim:
         self.port, self.ca, self.devices = port, ca, devices
         self.committed: dict[str, set[str]] = {r: set() for r in RELEASES}
         self.skip: set[str] = set()  # devices that do not answer (the canary of phase 2)
-        self.errors = 0  # answers other than 200/204 (an overloaded server says 503)
+        self.errors = 0  # answers other than 200/204 (an overloaded server says 503), lost connections
+        self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -99,54 +100,58 @@ class FleetSim:
         await asyncio.gather(*(self._connect(d, sem) for d in self.devices))
 
     async def _connect(self, device: tuple[str, Path, Path], sem: asyncio.Semaphore) -> None:
-        device_id, cert, key = device
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.load_cert_chain(str(cert), str(key))
         async with sem:  # at most 64 devices connecting and checking in for the first time at once
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=context,
-                                                          server_hostname="localhost")
             answered = asyncio.Event()
-            self.tasks.append(asyncio.create_task(self._live(device_id, reader, writer, answered)))
+            self.tasks.append(asyncio.create_task(self._live(device, answered)))
             await answered.wait()
 
-    async def _live(self, device_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    answered: asyncio.Event) -> None:
-        host = f"Host: 127.0.0.1:{self.port}\r\n"
+    async def _open(self, device: tuple[str, Path, Path]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(device[1]), str(device[2]))
+        return await asyncio.open_connection("127.0.0.1", self.port, ssl=context, server_hostname="localhost")
+
+    async def _live(self, device: tuple[str, Path, Path], answered: asyncio.Event) -> None:
+        """One device: long polls; after a refusal it backs off and, as an agent does,
+        reconnects (the server drops idle keep-alive connections meanwhile)."""
+        device_id, host = device[0], f"Host: 127.0.0.1:{self.port}\r\n"
         known, seq = -1, 0
         backoff = Backoff(1.0, 300.0)  # the agent's own: exponential with full jitter
+        reader, writer = await self._open(device)
         while True:
-            writer.write(f"GET /api/v1/devices/{device_id}/desired?known={known}&wait=300 HTTP/1.1\r\n{host}\r\n"
-                         .encode())
             try:
+                writer.write(f"GET /api/v1/devices/{device_id}/desired?known={known}&wait=300 HTTP/1.1\r\n"
+                             f"{host}\r\n".encode())
                 status, body = await read_response(reader)
+                answered.set()
+                if status == 200:
+                    backoff.reset()
+                    answer = json.loads(body)
+                    known = answer["version"]
+                    release = answer["document"].get("release")
+                    if (release in RELEASES and device_id not in self.skip
+                            and device_id not in self.committed[release]):
+                        seq += 1
+                        report = json.dumps({"seq": seq, "running_version": release, "update_state": "committed",
+                                             "update": {"phase": "committed", "release": release}}).encode()
+                        writer.write(f"POST /api/v1/devices/{device_id}/status HTTP/1.1\r\n{host}content-type: "
+                                     f"application/json\r\ncontent-length: {len(report)}\r\n\r\n".encode()
+                                     + report)
+                        status = (await read_response(reader))[0]
+                        if status == 200:
+                            self.committed[release].add(device_id)
+                if status in (200, 204):
+                    continue
             except (asyncio.IncompleteReadError, ConnectionError):
                 answered.set()
-                return  # the server went away (the end of the bench)
-            answered.set()
-            if status == 204:
-                continue
-            if status != 200:
-                self.errors += 1
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            backoff.reset()
-            answer = json.loads(body)
-            known = answer["version"]
-            release = answer["document"].get("release")
-            if release in RELEASES and device_id not in self.skip and device_id not in self.committed[release]:
-                seq += 1
-                report = json.dumps({"seq": seq, "running_version": release, "update_state": "committed",
-                                     "update": {"phase": "committed", "release": release}}).encode()
-                while True:  # a report the server could not take (503) is sent again, as agents do
-                    writer.write(f"POST /api/v1/devices/{device_id}/status HTTP/1.1\r\n{host}content-type: "
-                                 f"application/json\r\ncontent-length: {len(report)}\r\n\r\n".encode() + report)
-                    if (await read_response(reader))[0] == 200:
-                        break
-                    self.errors += 1
-                    await asyncio.sleep(backoff.next_delay())
-                self.committed[release].add(device_id)
+                if self.closing:
+                    return
+            self.errors += 1
+            await asyncio.sleep(backoff.next_delay())
+            writer.close()
+            reader, writer = await self._open(device)
 
     def close(self) -> None:
+        self.closing = True
         for task in self.tasks:
             task.cancel()
 
