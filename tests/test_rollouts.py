@@ -226,6 +226,9 @@ def test_an_offline_device_neither_stalls_its_wave_nor_fails_and_a_late_joiner_g
     assert all(d.device.os_version() == "2026.12.0" for d in devices)
     assert away.agent is not None
     trail = events(world, rollout_id)
-    assert [e["reason"] for e in trail if e["device_id"] == away.agent.device_id and e["kind"] == "device"] == [
-        "offline: not seen since the wave started", "updating", "succeeded"]
+    verdicts = [e["reason"] for e in trail if e["device_id"] == away.agent.device_id and e["kind"] == "device"]
+    # "updating" in between is seen only if a step falls inside its update.
+    assert verdicts[0] == "offline: not seen since the wave started"
+    assert verdicts[-1] == "succeeded"
+    assert set(verdicts[1:-1]) <= {"updating"}
     assert any(e["kind"] == "assign" and e["reason"] == "joined after the rollout completed" for e in trail)
