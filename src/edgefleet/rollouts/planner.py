@@ -143,7 +143,7 @@ def _halt(state: State, decisions: list[Decision], reason: str) -> tuple[State, 
     return replace(state, status=Status.HALTED, reason=reason), [*decisions, Decision("halt", reason=reason)]
 
 
-def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
@@ -267,7 +267,7 @@ def _join_last_wave(spec: Spec, state: State, observations: Sequence[Observation
     """Devices that joined after the last wave started belong to it; once the rollout has
     completed (``now`` given) they are told at once."""
     last = len(spec.waves) - 1
-    joined = sorted(o.id for o in observations if o.id not in state.devices and _matches(o.labels,
+    joined = sorted(o.id for o in observations if o.id not in state.devices and matches(o.labels,
                                                                                          spec.waves[last].selector))
     if not joined:
         return state
@@ -287,7 +287,7 @@ def _start_wave(spec: Spec, state: State, observations: Sequence[Observation], n
     placed = set(state.devices)
     remaining = sorted(o.id for o in observations if o.id not in placed)
     eligible = [o.id for o in sorted(observations, key=lambda o: o.id)
-                if o.id not in placed and _matches(o.labels, wave.selector)]
+                if o.id not in placed and matches(o.labels, wave.selector)]
     last = number == len(spec.waves) - 1
     chosen = eligible if last else eligible[:wave.size.of(len(remaining))]
     devices = {**state.devices, **{d: Placement(number) for d in chosen}}

@@ -137,18 +137,26 @@ class GitOpsService:
                 raise failures[0]
             return decisions
 
+    async def accepted_root(self) -> tuple[SyncSource, str] | None:
+        """The root sync and its accepted commit, if there are both."""
+        root = next((s for s in self.sources if s.kind == "root"), None)
+        if root is None:
+            return None
+        async with self.db.transaction() as conn:
+            commit = (await accepted_commits(conn)).get(root.name)
+        return None if commit is None else (root, commit)
+
     async def _start_rollouts(self) -> None:
         """Each group's release in the accepted root commit goes out as a wave rollout (on the
         one process that leads the rollout controllers)."""
-        root = next((s for s in self.sources if s.kind == "root"), None)
-        if self.rollouts is None or root is None or not await self.rollouts.leadership.held():
+        if self.rollouts is None or not await self.rollouts.leadership.held():
             return
-        async with self.db.transaction() as conn:
-            commit = (await accepted_commits(conn)).get(root.name)
-        if commit is None or commit == self._rolled_out:
+        found = await self.accepted_root()
+        if found is None or found[1] == self._rolled_out:
             return
+        root, commit = found
         errors: list[SourceError] = []
-        groups = parse_groups(await asyncio.to_thread(files_for, self.mirror(root), root, commit), errors)
+        groups = parse_groups(await asyncio.to_thread(self.accepted_files, {root.name: commit}), errors)
         if errors:  # cannot happen to an accepted commit unless the code changed since
             log.error("accepted commit %s no longer parses: %s", commit[:12], "; ".join(map(str, errors[:3])))
             return
@@ -256,13 +264,10 @@ class GitOpsService:
 
 async def restore_self_heal(service: GitOpsService) -> None:
     """At start: self-heal follows the fleet.yaml of the accepted root commit."""
-    root = next((s for s in service.sources if s.kind == "root"), None)
-    if root is None:
-        return
     try:
-        async with service.db.transaction() as conn:
-            commit = (await accepted_commits(conn)).get(root.name)
-        if commit is not None:
+        found = await service.accepted_root()
+        if found is not None:
+            root, commit = found
             files = await asyncio.to_thread(service.accepted_files, {root.name: commit})
             service.self_heal = render({k: v for k, v in files.items() if k == "fleet.yaml"}, []).fleet.self_heal
     except (EdgefleetError, StoreError, OSError) as exc:

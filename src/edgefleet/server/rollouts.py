@@ -24,7 +24,7 @@ from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.gitops.render import GroupSpec
 from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
-from edgefleet.rollouts.planner import Observation, State, Status, plan
+from edgefleet.rollouts.planner import Observation, State, Status, matches, plan
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics
@@ -88,8 +88,7 @@ class Leadership:
 
 
 def _selected(device: Row[Any], selector: dict[str, Any], group: str | None) -> bool:
-    labels = {**device.labels, "site": device.site}
-    return all(labels.get(k) == v for k, v in selector.items()) and (group is None or device.group == group)
+    return matches({**device.labels, "site": device.site}, selector) and (group is None or device.group == group)
 
 
 def _observation(device: Row[Any], presence: Presence) -> Observation:
@@ -308,12 +307,12 @@ class RolloutController:
         if new_state.status is not Status.ABORTED:
             # Every device the plan told has the release in its director metadata. Idempotent:
             # a controller that died between saving a step and assigning is made good here.
-            # A completed rollout only makes good its joiners: its other devices may since
-            # have been moved on by a newer rollout.
+            # A completed rollout only makes good its joiners (never assigned anything): its
+            # other devices may since have been moved on by a newer rollout.
             assigned = {d.id: d.assigned for d in devices}
             await self._assign([d for d, p in new_state.devices.items()
                                 if p.told_at is not None and d in assigned and assigned[d] != row.release
-                                and (state.status is not Status.COMPLETED or d in told or assigned[d] is None)],
+                                and (state.status is not Status.COMPLETED or assigned[d] is None)],
                                row.release)
         return len(decisions), told
 
