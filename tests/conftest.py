@@ -211,7 +211,7 @@ def start_fleet(tmp: Path, database: str | None, **overrides: Any) -> Fleet:
     # Most test devices have no TPM: the attestation gate is tested where they do.
     overrides.setdefault("attestation_required", False)
     settings = ServerSettings(data_dir=tmp / "server", database_url=database, port=0,
-                              presence_flush_seconds=0.2, long_poll_recheck_seconds=0.5, **overrides)
+                              presence_flush_seconds=0.2, **overrides)
     clock = FakeClock()
     init_server(settings, clock.now())
     tokens = {role: asyncio.run(create_admin_token(settings, name=f"test-{role}", role=role, now=clock.now(),

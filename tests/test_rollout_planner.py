@@ -193,6 +193,20 @@ def test_a_wave_whose_devices_are_all_offline_waits() -> None:
     assert [d for d in decisions if d.kind == "assign"] == []
 
 
+def test_a_told_device_not_seen_yet_holds_its_wave_until_the_offline_grace_passes() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))), offline_after=timedelta(minutes=2))
+    devices = {o.id: o for o in fleet(3, 1)}
+    state, _ = plan(spec, State(), list(devices.values()), T0)
+    devices["dev-000"] = commit(devices["dev-000"], T0 + timedelta(seconds=5))
+    state, decisions = plan(spec, state, list(devices.values()), T0 + timedelta(seconds=10))
+    assert state.devices["dev-001"].state is DeviceState.UPDATING  # between two check-ins, maybe
+    assert state.wave == 0
+    assert [d for d in decisions if d.kind == "assign"] == []
+    state, decisions = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=2))
+    assert state.devices["dev-001"].state is DeviceState.OFFLINE
+    assert state.wave == 1
+
+
 def test_crossing_the_failure_threshold_halts() -> None:
     spec = Spec(RELEASE, (Wave(Amount(count=4), success_threshold=0), Wave(Amount(percent=100))),
                 failure_threshold=Amount(count=2))

@@ -209,7 +209,7 @@ def test_an_offline_device_neither_stalls_its_wave_nor_fails_and_a_late_joiner_g
             link_down.set()  # the canary store's link goes down before the rollout starts
             await asyncio.wait_for(absent, 30)
             rollout_id = rollout(world, "offline", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
-                                                                 {"size": "100%"}])
+                                                                 {"size": "100%"}], offline_after_seconds=3)
             await until(lambda: status(world, rollout_id)["status"] == "completed", timeout=60, what="completion")
             view = status(world, rollout_id)
             assert view["waves"][0]["counts"]["offline"] == 1  # counted apart, and not waited for

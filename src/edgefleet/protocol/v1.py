@@ -198,6 +198,9 @@ class RolloutPlan(Strict):
     attestation_failures_tolerated: Annotated[int, Field(ge=0, le=100000)] = 0
     budgets: Annotated[list[BudgetRequest], Field(max_length=8)] = []
     approval_between_waves: bool = False
+    # A device told to update and not heard from for this long counts as offline: its wave
+    # stops waiting for it (it catches up when it returns, or times out at the deadline).
+    offline_after_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 120
 
 
 class RolloutRequest(RolloutPlan):

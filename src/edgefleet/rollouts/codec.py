@@ -18,7 +18,7 @@ def spec_from_request(request: RolloutRequest) -> Spec:
                        timedelta(seconds=w.deadline_seconds)) for w in request.waves)
     return Spec(request.release, waves, amount(request.failure_threshold), request.attestation_failures_tolerated,
                 tuple(Budget(b.group_by, b.max_updating) for b in request.budgets),
-                request.approval_between_waves)
+                request.approval_between_waves, timedelta(seconds=request.offline_after_seconds))
 
 
 def _time(value: str | None) -> datetime | None:

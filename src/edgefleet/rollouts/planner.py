@@ -6,8 +6,9 @@ Per device, in the wave it was placed in:
 
     pending    placed in the wave, not yet told (waiting for the disruption budget)
     updating   told to install the release; no verdict yet
-    offline    told, but not seen since the wave started (never "failed" before the deadline;
-               the wave does not wait for it: it is judged on the devices that answered)
+    offline    told, but not seen since the wave started, and the offline grace has passed
+               since it was told (never "failed" before the deadline; the wave does not wait
+               for it: it is judged on the devices that answered)
     succeeded  runs the release, committed, and attested against the release's measurements
     failed     rolled back, update failed, or attestation failed
     timed_out  no verdict by the wave's deadline
@@ -94,6 +95,9 @@ class Spec:
     attestation_failures_tolerated: int = 0
     budgets: tuple[Budget, ...] = ()
     approval_between_waves: bool = False
+    # A told device still unseen after this long counts as offline. Until then it is
+    # updating: it may be between two check-ins, or on its way to the first after waking.
+    offline_after: timedelta = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,9 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
     if now >= started + wave.deadline:
         return DeviceState.TIMED_OUT, f"no verdict within the wave's deadline of {wave.deadline}"
     seen = obs is not None and obs.last_seen is not None and obs.last_seen >= started
-    return (DeviceState.UPDATING, None) if seen else (DeviceState.OFFLINE, "not seen since the wave started")
+    if seen or now < (place.told_at or started) + spec.offline_after:
+        return DeviceState.UPDATING, None
+    return DeviceState.OFFLINE, "not seen since the wave started"
 
 
 def _budget_allows(spec: Spec, devices: Mapping[str, Placement], labels: Mapping[str, Mapping[str, str]],

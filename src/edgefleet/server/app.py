@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
@@ -26,6 +29,7 @@ from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
+from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.routes import admin, attestation, device, gitops, health, repository, rollouts
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
@@ -49,6 +53,17 @@ async def _refresh_timestamps(state: ServerState, interval: float) -> None:
 def _streams_large_bodies(path: str) -> bool:
     """Routes that read their (larger) bodies with their own bounds."""
     return path.startswith("/api/v1/admin/repository/") or path.endswith("/attestation/quote")
+
+
+def _telemetry_options() -> dict[str, Any]:
+    """FastAPI's native OpenTelemetry (0.165 and later) asks the global providers on every
+    request, a few percent of a check-in's cost. Where nothing configures OpenTelemetry (no
+    ``OTEL_*`` variable in the environment) it is switched off; set one to keep it."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if any(name.startswith("OTEL_") or name == "FASTAPI_OTEL_AUTO_CONFIGURE" for name in os.environ):
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastAPI:
@@ -86,6 +101,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
                              long_polls, controller),
         rollouts=controller,
+        rollout_views=RolloutViews(db),
     )
 
     @contextlib.asynccontextmanager
@@ -129,6 +145,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         version=__version__,
         lifespan=lifespan,
         description="Device API (mTLS) and admin API (bearer tokens) of an edgefleet control plane.",
+        **_telemetry_options(),
     )
     app.state.edgefleet = state
     app.include_router(health.router)

@@ -94,6 +94,7 @@ class ChangeFeed:
                 if not self.cache.synced:
                     self.cache.clear()
                     await self.start()
+                    self.long_polls.notify_all()  # what changed meanwhile is unknown: all re-read
                     log.info("device cache resynchronised with the change feed")
                 while await self.poll() == FEED_BATCH:
                     pass

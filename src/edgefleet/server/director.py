@@ -25,11 +25,12 @@ from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
-from edgefleet.store.devices import desired_documents, desired_state, get_devices, set_desired_many
+from edgefleet.store.devices import desired_documents, desired_state, hardware_and_config, set_desired_many
 from edgefleet.store.director import (
+    Versions,
     all_director_states,
     director_state,
-    director_states,
+    director_versions,
     save_assignment,
     save_assignments,
     save_timestamp,
@@ -50,15 +51,14 @@ T = TypeVar("T")
 ASSIGN_BATCH = 500  # devices per round trip of assign_many
 
 
-def _next_versions(current: DirectorState | None) -> tuple[int, int]:
+def _next_versions(current: DirectorState | Versions | None) -> tuple[int, int]:
     """The targets/snapshot and timestamp versions after ``current``."""
     return (1, 1) if current is None else (current.version + 1, current.timestamp_version + 1)
 
 
-def _with_config(targets: list[TargetFile], desired: tuple[int, dict[str, Any]] | None) -> list[TargetFile]:
+def _with_config(targets: list[TargetFile], config: Any) -> list[TargetFile]:
     """The release's targets plus, when the desired state carries rendered configuration,
     its config target."""
-    config = (desired[1] if desired else {}).get("config")
     return targets + ([config_target(config)] if isinstance(config, dict) else [])
 
 
@@ -145,20 +145,20 @@ class DirectorService:
         image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
         fits = release_fields(image).get("hardware_ids", [])
         async with self.db.transaction() as conn:
-            devices = {d.id: d for d in await get_devices(conn, device_ids)}
-            states = await director_states(conn, device_ids)
+            devices = await hardware_and_config(conn, device_ids)
+            states = await director_versions(conn, device_ids)
         failed: dict[str, EdgefleetError] = {}
-        todo: list[tuple[str, list[TargetFile], DirectorState | None]] = []
+        todo: list[tuple[str, list[TargetFile], Versions | None]] = []
         for device_id in device_ids:
-            device = devices.get(device_id)
-            if device is None:
+            if device_id not in devices:
                 failed[device_id] = NotFound(f"device {device_id} not found")
-            elif device.inventory.get("hardware_type") not in (fits if isinstance(fits, list) else []):
-                failed[device_id] = Conflict(f"release {release} fits {fits}, device {device_id} is "
-                                             f"{device.inventory.get('hardware_type')}", code="hardware_mismatch")
+                continue
+            hardware, config = devices[device_id]
+            if hardware not in (fits if isinstance(fits, list) else []):
+                failed[device_id] = Conflict(f"release {release} fits {fits}, device {device_id} is {hardware}",
+                                             code="hardware_mismatch")
             else:
-                desired = (device.desired_version, device.desired)
-                todo.append((device_id, _with_config(targets, desired), states.get(device_id)))
+                todo.append((device_id, _with_config(targets, config), states.get(device_id)))
         signer = self.repository.online_signer("director", "targets")
         now = self.clock.now()
         signed = await asyncio.to_thread(lambda: [sign_assignment(d, t, *_next_versions(c), now, signer)
@@ -197,7 +197,7 @@ class DirectorService:
                 return
             release = current.release if current is not None else None
             targets = await asyncio.to_thread(self.release_targets, release) if release else []
-            files = await self._sign(device_id, _with_config(targets, found), current)
+            files = await self._sign(device_id, _with_config(targets, found[1].get("config")), current)
             async with self.db.transaction() as conn:
                 if not await save_assignment(conn, device_id, release, files, self.clock.now(),
                                              previous_version=None if current is None else current.version):

@@ -1,14 +1,16 @@
 """Long-poll check-ins: a device waits until its desired state changes or the bound passes.
 
-Changes made in this process wake waiters at once; changes made by another server process
-(several behind one PostgreSQL) are seen at the next re-check. The number of waiters is
-bounded; over the bound a check-in answers "nothing new" at once, as if the wait expired.
+A waiter costs nothing while it waits: no timer task, no periodic re-read. Every change
+reaches ``notify``: changes made in this process at once, changes made by another server
+process (several behind one PostgreSQL) through the change feed within its sync interval.
+If the feed was unreadable, every waiter is woken to re-read when it is back, and each
+re-reads when its wait ends. The number of waiters is bounded; over the bound a check-in
+answers "nothing new" at once, as if the wait expired.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from edgefleet.server.metrics import Metrics
@@ -26,32 +28,33 @@ class LongPolls:
         for event in self._waiters.get(device_id, ()):
             event.set()
 
-    def close(self) -> None:
-        """Release every waiter (server shutdown must not wait for long polls)."""
-        self.closed = True
+    def notify_all(self) -> None:
+        """Every waiter re-reads its device's desired version."""
         for events in self._waiters.values():
             for event in events:
                 event.set()
 
+    def close(self) -> None:
+        """Release every waiter (server shutdown must not wait for long polls)."""
+        self.closed = True
+        self.notify_all()
+
     async def wait(
-        self, device_id: str, known: int, current: int, timeout: float, recheck: float,
-        read_version: Callable[[], Awaitable[int]],
+        self, device_id: str, known: int, current: int, timeout: float, read_version: Callable[[], Awaitable[int]],
     ) -> int:
         """Return the device's desired version once it differs from ``known`` or time is up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while current == known and not self.closed and self._count < self.limit:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        while current == known and not self.closed and self._count < self.limit and loop.time() < deadline:
             event = asyncio.Event()
+            timer = loop.call_at(deadline, event.set)
             self._waiters.setdefault(device_id, set()).add(event)
             self._count += 1
             self.metrics.long_polls.set(self._count)
             try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, recheck))
+                await event.wait()
             finally:
+                timer.cancel()
                 self._count -= 1
                 self.metrics.long_polls.set(self._count)
                 waiters = self._waiters[device_id]

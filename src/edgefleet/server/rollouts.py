@@ -35,8 +35,8 @@ from edgefleet.store.rollouts import (
     add_events,
     create_rollout,
     get_rollout,
-    list_rollouts,
     rollout_devices,
+    rollout_heads,
     save_rollout,
 )
 from edgefleet.store.schema import RolloutRow
@@ -120,7 +120,7 @@ class RolloutController:
         rollout already covers some of the same devices (each device follows one rollout)."""
         await asyncio.to_thread(self.director.release_targets, request.release)
         async with self.db.transaction() as conn:
-            active = await list_rollouts(conn, statuses=ACTIVE)
+            active = await rollout_heads(conn, statuses=ACTIVE)
             devices = await rollout_devices(conn)
         mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
         for other in active:
@@ -150,7 +150,7 @@ class RolloutController:
         that must wait (release not published yet, or an operator's rollout covers their
         devices); they are tried again on the next pass."""
         async with self.db.transaction() as conn:
-            existing = await list_rollouts(conn)
+            existing = await rollout_heads(conn)
         waiting, who = [], f"gitops@{commit[:12]}"
         for name, group in sorted(groups.items()):
             if group.release is None:
@@ -253,24 +253,28 @@ class RolloutController:
             return 0
         self._ticks += 1
         async with self.db.transaction() as conn:
-            rows = await list_rollouts(conn, statuses=(*ACTIVE, Status.COMPLETED))
+            heads = await rollout_heads(conn, statuses=(*ACTIVE, Status.COMPLETED))
         due, followed = [], set[str]()
-        for row in rows:  # newest first
-            if row.status == Status.COMPLETED:
-                key = json.dumps([row.selector, row.spec.get("group")], sort_keys=True)
+        for head in heads:  # newest first
+            if head.status == Status.COMPLETED:
+                key = json.dumps([head.selector, head.spec.get("group")], sort_keys=True)
                 if key in followed or len(followed) >= FOLLOWED:
                     continue
                 followed.add(key)
                 if self._ticks % FOLLOW_EVERY:
                     continue
-            due.append(row)
+            due.append(head.id)
         if not due:
             return 0
         async with self.db.transaction() as conn:
             devices = await rollout_devices(conn)
         decisions, taken = 0, set[str]()
-        for row in due:
-            count, told = await self._step(row, devices, taken)
+        for rollout_id in due:
+            async with self.db.transaction() as conn:
+                found = await get_rollout(conn, rollout_id)
+            if found is None:
+                continue
+            count, told = await self._step(found, devices, taken)
             decisions += count
             taken |= told
         return decisions

@@ -34,7 +34,6 @@ class ServerSettings(BaseSettings):
     server_names: list[str] = ["localhost", "127.0.0.1", "::1"]
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     long_poll_max_seconds: float = Field(60.0, ge=0, le=900)
-    long_poll_recheck_seconds: float = Field(5.0, gt=0)
     max_long_polls: int = Field(10_000, ge=0)
     presence_flush_seconds: float = Field(1.0, gt=0)
     # A backstop only (the change feed evicts changed devices): well above the long-poll bound,

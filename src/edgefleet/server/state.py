@@ -20,6 +20,7 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
+from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
@@ -43,6 +44,7 @@ class ServerState:
     alerts: Alerts
     gitops: GitOpsService
     rollouts: RolloutController
+    rollout_views: RolloutViews
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

@@ -47,8 +47,13 @@ async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | Non
                       bool(row.quarantined))
 
 
+# Statements of the check-in path are built once: SQLAlchemy then computes each one's cache
+# key once, not on every execution.
+_DESIRED = select(Device.desired_version, Device.desired).where(Device.id == bindparam("id"))
+
+
 async def desired_state(conn: AsyncConnection, device_id: str) -> tuple[int, dict[str, Any]] | None:
-    row = (await conn.execute(select(Device.desired_version, Device.desired).where(Device.id == device_id))).first()
+    row = (await conn.execute(_DESIRED, {"id": device_id})).first()
     return None if row is None else (row.desired_version, row.desired)
 
 
@@ -101,36 +106,45 @@ async def prune_changes(conn: AsyncConnection, before: datetime) -> None:
     await conn.execute(delete(DeviceChange).where(DeviceChange.changed_at < before))
 
 
-async def apply_status(
-    conn: AsyncConnection, device_id: str, seq: int, report: dict[str, Any], columns: Mapping[str, Any], now: datetime
-) -> tuple[bool, int]:
+_STATUS = (
+    update(Device)
+    .where(Device.id == bindparam("b_id"), Device.status_seq < bindparam("b_seq"))
+    .values(status=bindparam("b_status", type_=Device.status.type), status_seq=bindparam("b_seq"),
+            status_at=bindparam("b_at"), running_version=bindparam("b_running"), health=bindparam("b_health"),
+            update_state=bindparam("b_update"))
+    .returning(Device.status_seq)
+)
+_STATUS_SEQ = select(Device.status_seq).where(Device.id == bindparam("id"))
+
+
+async def apply_status(conn: AsyncConnection, device_id: str, seq: int, report: dict[str, Any], now: datetime, *,
+                       running_version: str | None, health: str, update_state: str) -> tuple[bool, int]:
     """Store a report only if its sequence number is newer; returns (accepted, stored seq).
 
     The comparison happens in the UPDATE itself, so concurrent or replayed reports can
     never move a device's status backwards.
     """
-    result = await conn.execute(
-        update(Device)
-        .where(Device.id == device_id, Device.status_seq < seq)
-        .values(status=report, status_seq=seq, status_at=now, **columns)
-        .returning(Device.status_seq)
-    )
+    result = await conn.execute(_STATUS, {"b_id": device_id, "b_seq": seq, "b_status": report, "b_at": now,
+                                          "b_running": running_version, "b_health": health,
+                                          "b_update": update_state})
     if result.first() is not None:
         return True, seq
-    current = (await conn.execute(select(Device.status_seq).where(Device.id == device_id))).scalar_one()
+    current = (await conn.execute(_STATUS_SEQ, {"id": device_id})).scalar_one()
     return False, int(current)
+
+
+_PRESENCE = (
+    update(Device)
+    .where(Device.id == bindparam("device_id"))
+    .values(last_seen_at=bindparam("seen_at"))
+    .execution_options(synchronize_session=False)
+)
 
 
 async def record_presence(conn: AsyncConnection, seen: Mapping[str, datetime]) -> None:
     if not seen:
         return
-    stmt = (
-        update(Device)
-        .where(Device.id == bindparam("device_id"))
-        .values(last_seen_at=bindparam("seen_at"))
-        .execution_options(synchronize_session=False)
-    )
-    await conn.execute(stmt, [{"device_id": d, "seen_at": t} for d, t in seen.items()])
+    await conn.execute(_PRESENCE, [{"device_id": d, "seen_at": t} for d, t in seen.items()])
 
 
 async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, offset: int) -> list[Device]:
@@ -152,9 +166,13 @@ async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:
     return None if row is None else Device(**row._mapping)
 
 
-async def get_devices(conn: AsyncConnection, device_ids: Sequence[str]) -> list[Device]:
-    rows = await conn.execute(select(Device.__table__).where(Device.id.in_(device_ids)))
-    return [Device(**row._mapping) for row in rows]
+async def hardware_and_config(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[
+        str, tuple[str | None, dict[str, Any] | None]]:
+    """Each device's hardware type and the rendered configuration its desired state carries
+    (what the director signs for it besides the release): two fields, not whole rows."""
+    rows = await conn.execute(select(Device.id, Device.inventory["hardware_type"].as_string(),
+                                     Device.desired["config"]).where(Device.id.in_(device_ids)))
+    return {device_id: (hardware, config) for device_id, hardware, config in rows}
 
 
 async def desired_documents(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

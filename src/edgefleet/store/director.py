@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,9 +18,16 @@ async def director_state(conn: AsyncConnection, device_id: str) -> DirectorState
     return None if row is None else DirectorState(**row._mapping)
 
 
-async def director_states(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, DirectorState]:
-    rows = await conn.execute(select(DirectorState.__table__).where(DirectorState.device_id.in_(device_ids)))
-    return {row.device_id: DirectorState(**row._mapping) for row in rows}
+class Versions(NamedTuple):
+    version: int  # of targets and snapshot
+    timestamp_version: int
+
+
+async def director_versions(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, Versions]:
+    """The metadata versions of these devices' director states (those that have one)."""
+    rows = await conn.execute(select(DirectorState.device_id, DirectorState.version, DirectorState.timestamp_version)
+                              .where(DirectorState.device_id.in_(device_ids)))
+    return {device_id: Versions(version, timestamp) for device_id, version, timestamp in rows}
 
 
 async def save_assignment(conn: AsyncConnection, device_id: str, release: str | None, files: DirectorFiles,

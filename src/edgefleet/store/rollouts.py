@@ -24,12 +24,21 @@ async def get_rollout(conn: AsyncConnection, rollout_id: str) -> RolloutRow | No
     return None if found is None else RolloutRow(**found._mapping)
 
 
-async def list_rollouts(conn: AsyncConnection, *, statuses: Sequence[str] | None = None) -> list[RolloutRow]:
-    """Newest first; only those in ``statuses`` if given."""
-    stmt = select(RolloutRow.__table__).order_by(RolloutRow.created_at.desc(), RolloutRow.id)
+async def rollout_heads(conn: AsyncConnection, *, statuses: Sequence[str] | None = None) -> Sequence[Row[Any]]:
+    """Rollouts newest first (only those in ``statuses`` if given), without the planner's
+    state and the previous releases, which hold an entry per device."""
+    stmt = select(RolloutRow.id, RolloutRow.release, RolloutRow.selector, RolloutRow.spec, RolloutRow.status,
+                  RolloutRow.version, RolloutRow.created_by, RolloutRow.created_at)
+    stmt = stmt.order_by(RolloutRow.created_at.desc(), RolloutRow.id)
     if statuses is not None:
         stmt = stmt.where(RolloutRow.status.in_([str(s) for s in statuses]))
-    return [RolloutRow(**row._mapping) for row in await conn.execute(stmt)]
+    return (await conn.execute(stmt)).all()
+
+
+async def rollout_version(conn: AsyncConnection, rollout_id: str) -> int | None:
+    """A rollout's version: it changes with every change of the rollout."""
+    found = (await conn.execute(select(RolloutRow.version).where(RolloutRow.id == rollout_id))).first()
+    return None if found is None else int(found[0])
 
 
 async def save_rollout(conn: AsyncConnection, rollout_id: str, version: int, now: datetime,

@@ -52,9 +52,7 @@ async def check_in(
             return known if auth is None else auth.desired_version
 
         version = await state.long_polls.wait(
-            device.id, known, version, min(wait, state.settings.long_poll_max_seconds),
-            state.settings.long_poll_recheck_seconds, read_version,
-        )
+            device.id, known, version, min(wait, state.settings.long_poll_max_seconds), read_version)
         state.presence.seen(device.id, state.clock.now())  # it was connected all along
     if version == known:
         state.metrics.checkins.labels("not_modified").inc()
@@ -73,9 +71,10 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     state = server_state(request)
     now = state.clock.now()
     state.presence.seen(device.id, now)
-    columns = {"running_version": body.running_version, "health": body.health, "update_state": body.update_state}
     async with state.db.transaction() as conn:
-        accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), columns, now)
+        accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), now,
+                                           running_version=body.running_version, health=body.health,
+                                           update_state=body.update_state)
         if accepted and body.update is not None and body.update.events:
             await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
     if accepted and body.config is not None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
-from edgefleet.errors import NotFound
 from edgefleet.protocol.v1 import (
     RolloutAbort,
     RolloutEvents,
@@ -15,33 +14,14 @@ from edgefleet.protocol.v1 import (
     RolloutList,
     RolloutRequest,
     RolloutView,
-    RolloutWaveView,
 )
-from edgefleet.rollouts.codec import state_from_json
-from edgefleet.rollouts.planner import FINAL, DeviceState
 from edgefleet.server.auth import Operator, Viewer
 from edgefleet.server.state import server_state
-from edgefleet.store.rollouts import get_rollout, list_rollouts, rollout_events
-from edgefleet.store.schema import RolloutRow
+from edgefleet.store.rollouts import rollout_events
 
 log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/admin/rollouts", tags=["rollouts"])
 RolloutId = Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]
-
-
-def rollout_view(row: RolloutRow) -> RolloutView:
-    state = state_from_json(row.state)
-    count = len(row.spec.get("waves", []))
-    counts = [{str(s): 0 for s in DeviceState} for _ in range(count)]
-    failed: list[list[dict[str, Any]]] = [[] for _ in range(count)]
-    for device_id, place in sorted(state.devices.items()):  # one pass, however many waves
-        counts[place.wave][str(place.state)] += 1
-        if place.state in FINAL and place.state is not DeviceState.SUCCEEDED and len(failed[place.wave]) < 100:
-            failed[place.wave].append({"device_id": device_id, "state": str(place.state), "reason": place.reason})
-    waves = [RolloutWaveView(wave=n + 1, counts=counts[n], failed=failed[n]) for n in range(count)]
-    return RolloutView(id=row.id, release=row.release, status=row.status, reason=state.reason, wave=state.wave + 1,
-                       waves=waves, group=row.spec.get("group"), created_by=row.created_by,
-                       created_at=row.created_at, updated_at=row.updated_at)
 
 
 @router.post("", status_code=201)
@@ -49,23 +29,18 @@ async def start(who: Operator, body: RolloutRequest, request: Request) -> Rollou
     """Start rolling a published release out to the devices matching ``selector``, in waves."""
     row = await server_state(request).rollouts.start(body, who.name)
     log.info("%s started rollout %s of %s", who.name, row.id, body.release)
-    return rollout_view(row)
+    return server_state(request).rollout_views.of(row)
 
 
 @router.get("")
 async def rollouts(_: Viewer, request: Request) -> RolloutList:
-    async with server_state(request).db.transaction() as conn:
-        rows = await list_rollouts(conn)
-    return RolloutList(rollouts=[rollout_view(r) for r in rows])
+    return RolloutList(rollouts=await server_state(request).rollout_views.all())
 
 
 @router.get("/{rollout_id}")
 async def rollout(_: Viewer, rollout_id: RolloutId, request: Request) -> RolloutView:
-    async with server_state(request).db.transaction() as conn:
-        row = await get_rollout(conn, rollout_id)
-    if row is None:
-        raise NotFound(f"rollout {rollout_id} not found")
-    return rollout_view(row)
+    """A rollout's status: counts per wave and why each failed device failed."""
+    return await server_state(request).rollout_views.get(rollout_id)
 
 
 @router.get("/{rollout_id}/events")
@@ -83,7 +58,7 @@ async def operate(who: Operator, rollout_id: RolloutId, verb: Literal["pause", "
                   request: Request) -> RolloutView:
     row = await server_state(request).rollouts.operate(rollout_id, verb, who.name)
     log.info("%s: %s rollout %s", who.name, verb, rollout_id)
-    return rollout_view(row)
+    return server_state(request).rollout_views.of(row)
 
 
 @router.post("/{rollout_id}/abort/now")
@@ -91,4 +66,4 @@ async def abort(who: Operator, rollout_id: RolloutId, body: RolloutAbort, reques
     """Stop the rollout; with ``revert``, devices it updated go back to their previous release."""
     row = await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=body.revert)
     log.warning("%s aborted rollout %s%s", who.name, rollout_id, " with revert" if body.revert else "")
-    return rollout_view(row)
+    return server_state(request).rollout_views.of(row)
