@@ -55,12 +55,13 @@ def _presented_certificate(state: ServerState, request: Request) -> DeviceCertif
 
 async def fresh_device_auth(state: ServerState, device_id: str) -> DeviceAuth | None:
     """Read a device's serial and desired version from the database, refreshing the cache."""
+    read_at = state.devices.generation
     async with state.db.transaction() as conn:
         auth = await device_auth(conn, device_id)
     if auth is None:
         state.devices.forget(device_id)
     else:
-        state.devices.put(device_id, auth)
+        state.devices.put(device_id, auth, read_at)
     return auth
 
 

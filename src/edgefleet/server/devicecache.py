@@ -8,6 +8,11 @@ once; every server process sharing the database polls the feed each
 That interval bounds how stale another process's cache can be. Entries also expire after
 ``device_cache_seconds`` as a backstop, and if the feed cannot be read the cache is
 emptied and bypassed until it can. The cache is bounded; the oldest entries go first.
+
+A read that overlaps an eviction is not cached (it may have read the row before the
+change): each eviction bumps a generation, and ``put`` takes the generation its read
+began at. Changes this process made and already applied (evicted and woken) are noted,
+so that the feed does not evict and wake their devices a second time.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class DeviceCache:
         self._monotonic = monotonic
         self._entries: dict[str, tuple[float, DeviceAuth]] = {}
         self.synced = False  # only trust entries while the change feed is being read
+        self.generation = 0  # of evictions: a read that began before the latest is not cached
+        self.applied: set[int] = set()  # ids of changes made here, already evicted and woken
 
     def get(self, device_id: str) -> DeviceAuth | None:
         entry = self._entries.get(device_id)
@@ -46,8 +53,9 @@ class DeviceCache:
             return None
         return entry[1]
 
-    def put(self, device_id: str, auth: DeviceAuth) -> None:
-        if self.ttl <= 0 or not self.synced:
+    def put(self, device_id: str, auth: DeviceAuth, read_at: int) -> None:
+        """Cache ``auth``, read by a query that began at generation ``read_at``."""
+        if self.ttl <= 0 or not self.synced or read_at != self.generation:
             return
         self._entries.pop(device_id, None)
         while len(self._entries) >= self.max_entries:
@@ -55,9 +63,11 @@ class DeviceCache:
         self._entries[device_id] = (self._monotonic(), auth)
 
     def forget(self, device_id: str) -> None:
+        self.generation += 1
         self._entries.pop(device_id, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 
@@ -74,16 +84,23 @@ class ChangeFeed:
     async def start(self) -> None:
         async with self.db.transaction() as conn:
             self.last_id = await latest_change(conn)
+        self.cache.applied.clear()
         self.cache.synced = True
 
     async def poll(self) -> int:
         """Evict and wake what changed since the last poll; returns how many changes."""
         async with self.db.transaction() as conn:
             changes = await changes_since(conn, self.last_id, FEED_BATCH)
+        applied = self.cache.applied
         for change_id, device_id in changes:
-            self.cache.forget(device_id)
-            self.long_polls.notify(device_id)
+            if change_id in applied:
+                applied.discard(change_id)
+            else:
+                self.cache.forget(device_id)
+                self.long_polls.notify(device_id)
             self.last_id = change_id
+        if applied and min(applied) <= self.last_id:  # noted after this feed had passed them
+            applied.difference_update([i for i in applied if i <= self.last_id])
         return len(changes)
 
     async def run(self, interval: float) -> None:

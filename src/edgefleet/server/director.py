@@ -168,8 +168,8 @@ class DirectorService:
         async with self.db.transaction() as conn:
             stored = await save_assignments(conn, release, writes, now)
             documents = await desired_documents(conn, list(stored))
-            await set_desired_many(conn, {d: {**documents.get(d, {}), "release": release, "update": options}
-                                          for d in stored}, now)
+            changes = await set_desired_many(conn, {d: {**documents.get(d, {}), "release": release,
+                                                        "update": options} for d in stored}, now)
         done = [Assignment(d, release, files.version) for (d, _, _), files in zip(todo, signed, strict=True)
                 if d in stored]
         for device_id, _, _ in todo:
@@ -179,6 +179,7 @@ class DirectorService:
         for assignment in done:
             self.devices.forget(assignment.device_id)
             self.long_polls.notify(assignment.device_id)
+        self.devices.applied.update(changes)  # the change feed need not do it again
         return done, failed
 
     async def sign_config(self, device_id: str) -> None:

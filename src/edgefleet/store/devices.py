@@ -72,16 +72,20 @@ async def set_desired(conn: AsyncConnection, device_id: str, document: dict[str,
     return int(row[0])
 
 
-async def set_desired_many(conn: AsyncConnection, documents: Mapping[str, dict[str, Any]], now: datetime) -> None:
-    """``set_desired`` for many devices in two statements (the rollout controller's path)."""
+async def set_desired_many(conn: AsyncConnection, documents: Mapping[str, dict[str, Any]],
+                           now: datetime) -> list[int]:
+    """``set_desired`` for many devices in two statements (the rollout controller's path);
+    returns the ids of the change feed entries it wrote."""
     if not documents:
-        return
+        return []
     stmt = (update(Device).where(Device.id == bindparam("b_id"))
             .values(desired=bindparam("b_desired", type_=Device.desired.type),
                     desired_version=Device.desired_version + 1, desired_at=now)
             .execution_options(synchronize_session=False))
     await conn.execute(stmt, [{"b_id": d, "b_desired": doc} for d, doc in documents.items()])
-    await conn.execute(insert(DeviceChange), [{"device_id": d, "changed_at": now} for d in documents])
+    rows = await conn.execute(insert(DeviceChange).returning(DeviceChange.id),
+                              [{"device_id": d, "changed_at": now} for d in documents])
+    return [int(change_id) for change_id in rows.scalars()]
 
 
 async def changed(conn: AsyncConnection, device_id: str, now: datetime) -> None:
