@@ -1,0 +1,1 @@
+"""Workloads on the device: WebAssembly modules (wasmtime), supervised."""

@@ -1,0 +1,171 @@
+"""Supervision of a device's workloads: run exactly the declared set, restart each by its
+policy with exponential backoff, replace a version atomically, and say what runs.
+
+Replacing a version: the new bytes are verified and compiled while the old version keeps
+running; only then is the old one stopped and the new one started. A version that does
+not verify is refused and the old one keeps running. A run that lasted ``stable_seconds``
+resets the backoff, so only a crash loop backs off to ``max_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuf.api.metadata import TargetFile
+
+from edgefleet.agent.backoff import Backoff
+from edgefleet.protocol.workloads import State, WorkloadSpec, WorkloadStatus
+from edgefleet.workloads.wasm import RunResult, WasmModule, WorkloadRefused
+
+log = logging.getLogger("edgefleet.workloads")
+
+OUTPUT_LINES = 20  # kept per workload, for its status
+
+
+class _Output:
+    """A workload's stdout and stderr files, read as they grow."""
+
+    def __init__(self, log_dir: Path, name: str) -> None:
+        self.name = name
+        self.files = [log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"]
+        self.offsets = [0, 0]
+        self.lines: deque[str] = deque(maxlen=OUTPUT_LINES)
+
+    def restart(self) -> None:
+        """A run truncates the files as it starts."""
+        self.read()
+        self.offsets = [0, 0]
+
+    def read(self) -> None:
+        for n, path in enumerate(self.files):
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(self.offsets[n])
+                    data = stream.read(1 << 20)
+            except FileNotFoundError:
+                continue
+            complete = data[:data.rfind(b"\n") + 1]
+            self.offsets[n] += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                self.lines.append(line)
+                log.info("workload %s: %s", self.name, line)
+
+
+@dataclass
+class _Workload:
+    spec: WorkloadSpec
+    module: WasmModule
+    output: _Output
+    state: State = "starting"
+    restarts: int = 0
+    last: RunResult | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def status(self) -> WorkloadStatus:
+        last = self.last
+        return WorkloadStatus(name=self.spec.name, kind=self.spec.kind, target=self.spec.target,
+                              sha256=self.module.sha256, state=self.state, restarts=self.restarts,
+                              last_exit=None if last is None else last.reason,
+                              exit_code=None if last is None else last.exit_code,
+                              detail=None if last is None else last.detail, output=list(self.output.lines))
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, log_dir: Path, rng: random.Random | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.rng = rng or random.Random()
+        self._workloads: dict[str, _Workload] = {}
+        self._refused: dict[str, WorkloadStatus] = {}
+
+    async def apply(self, wanted: Sequence[tuple[WorkloadSpec, bytes, TargetFile]]) -> None:
+        """Make the running set exactly ``wanted`` (spec, artifact bytes, signed target)."""
+        for spec, data, target in wanted:
+            current = self._workloads.get(spec.name)
+            if current is not None and current.spec == spec and target.hashes.get("sha256") == current.module.sha256:
+                continue
+            try:
+                module = await asyncio.to_thread(WasmModule, spec, data, target)
+            except WorkloadRefused as exc:
+                log.warning("workload %s refused, %s: %s", spec.name,
+                            "the running version stays" if current else "not started", exc.message)
+                self._refused[spec.name] = WorkloadStatus(
+                    name=spec.name, kind=spec.kind, target=spec.target, sha256=None, state="refused",
+                    last_exit="refused", detail=exc.message)
+                continue
+            self._refused.pop(spec.name, None)
+            if current is not None:
+                await self._stop(current)
+                log.info("workload %s: replacing %s with %s", spec.name, current.module.sha256[:12],
+                         module.sha256[:12])
+            self._start(spec, module)
+        names = {spec.name for spec, _, _ in wanted}
+        for name in [n for n in self._workloads if n not in names]:
+            await self._stop(self._workloads.pop(name))
+            log.info("workload %s removed", name)
+        for name in [n for n in self._refused if n not in names]:
+            del self._refused[name]
+
+    def status(self) -> list[WorkloadStatus]:
+        """What runs, and what was refused (a running workload whose new version was
+        refused shows the version that runs, and why the new one was refused)."""
+        for workload in self._workloads.values():
+            workload.output.read()
+        shown = [w.status().model_copy(update={"update_refused": self._refused[n].detail})
+                 if n in self._refused else w.status() for n, w in self._workloads.items()]
+        shown += [s for name, s in self._refused.items() if name not in self._workloads]
+        return sorted(shown, key=lambda s: s.name)
+
+    async def close(self) -> None:
+        for workload in list(self._workloads.values()):
+            await self._stop(workload)
+        self._workloads.clear()
+
+    def _start(self, spec: WorkloadSpec, module: WasmModule) -> None:
+        workload = _Workload(spec, module, _Output(self.log_dir, spec.name))
+        self._workloads[spec.name] = workload
+        workload.task = asyncio.create_task(self._supervise(workload), name=f"workload-{spec.name}")
+
+    async def _stop(self, workload: _Workload) -> None:
+        workload.stopping.set()
+        workload.module.stop()
+        if workload.task is not None:
+            await workload.task
+        workload.output.read()
+
+    async def _supervise(self, workload: _Workload) -> None:
+        spec = workload.spec
+        backoff = Backoff(spec.restart.initial_seconds, spec.restart.max_seconds, self.rng)
+        while True:
+            workload.output.restart()
+            workload.state = "running"
+            result = await asyncio.to_thread(workload.module.run, self.data_dir, self.log_dir)
+            workload.last = result
+            workload.output.read()
+            if result.reason == "stopped" or workload.stopping.is_set():
+                workload.state = "stopped"
+                return
+            failed = result.reason != "exited" or result.exit_code != 0
+            log.log(logging.WARNING if failed else logging.INFO, "workload %s %s%s%s", spec.name, result.reason,
+                    f" with code {result.exit_code}" if result.exit_code is not None else "",
+                    f": {result.detail}" if result.detail else "")
+            if spec.restart.policy == "never" or (spec.restart.policy == "on-failure" and not failed):
+                workload.state = "exited"
+                return
+            if result.seconds >= spec.restart.stable_seconds:
+                backoff.reset()
+            workload.state = "backing_off"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(workload.stopping.wait(), backoff.next_delay())
+            if workload.stopping.is_set():
+                workload.state = "stopped"
+                return
+            workload.restarts += 1
