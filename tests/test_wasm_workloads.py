@@ -12,6 +12,7 @@ from typing import Any
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.workloads.supervisor import Supervisor
 from edgefleet.workloads.wasm import WasmModule
+from tests.ab_world import until
 from tests.wasm_modules import module, signed_target
 
 
@@ -130,8 +131,7 @@ def test_a_new_version_replaces_the_running_one_only_once_it_verifies(tmp_path: 
         assert (kept.state, kept.sha256) == ("running", first.sha256)
         stdout = tmp_path / "logs" / "svc.stdout"
         size = stdout.stat().st_size
-        while stdout.stat().st_size <= size:  # still serving
-            await asyncio.sleep(0.02)
+        await until(lambda: stdout.stat().st_size > size, what="v1 still serving")
         # The real new version: verified and compiled, then swapped in.
         await supervisor.apply([(spec("svc"), v2, target_v2)])
         swapped = await settled(supervisor, "svc", lambda s: "v2 serving" in s.output)
@@ -153,3 +153,15 @@ def test_a_module_gets_only_the_arguments_and_environment_declared(tmp_path: Pat
     assert (result.reason, result.exit_code) == ("exited", 0)
     compiled.stop()
     assert compiled.run(tmp_path / "data", tmp_path / "logs").reason == "stopped"  # a stopped version stays so
+
+
+def test_more_services_than_worker_threads_all_run(tmp_path: Path) -> None:
+    services = {f"svc{n}": module("serves", f"service {n}") for n in range(12)}
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await supervisor.apply([(spec(name), data, signed_target(f"workloads/{name}.wasm", data))
+                                for name, data in services.items()])
+        for n, name in enumerate(services):
+            await settled(supervisor, name, lambda s, n=n: f"service {n}" in s.output)
+
+    run_with(tmp_path, scenario)

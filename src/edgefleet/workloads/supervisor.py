@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tuf.api.metadata import TargetFile
 
@@ -27,6 +29,33 @@ from edgefleet.workloads.wasm import RunResult, WasmModule, WorkloadRefused
 log = logging.getLogger("edgefleet.workloads")
 
 OUTPUT_LINES = 20  # kept per workload, for its status
+T = TypeVar("T")
+
+
+async def _in_own_thread(name: str, run: Callable[[], T]) -> T:
+    """``run()`` in a thread of its own: a workload runs for as long as it likes, and must
+    not hold one of the event loop's few default worker threads meanwhile."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            result = run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
 
 
 class _Output:
@@ -147,7 +176,8 @@ class Supervisor:
         while True:
             workload.output.restart()
             workload.state = "running"
-            result = await asyncio.to_thread(workload.module.run, self.data_dir, self.log_dir)
+            result = await _in_own_thread(f"workload-{spec.name}",
+                                          lambda: workload.module.run(self.data_dir, self.log_dir))
             workload.last = result
             workload.output.read()
             if result.reason == "stopped" or workload.stopping.is_set():
