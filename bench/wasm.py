@@ -28,7 +28,7 @@ import wasmtime
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from tests.wasm_modules import module, signed_target
 
-from edgefleet.protocol.workloads import WorkloadSpec
+from edgefleet.protocol.workloads import WasmWorkload
 from edgefleet.workloads.supervisor import Supervisor
 from edgefleet.workloads.wasm import WasmModule
 
@@ -40,8 +40,8 @@ def rss_mib() -> float:
     return 0.0
 
 
-def spec(name: str) -> WorkloadSpec:
-    return WorkloadSpec(name=name, kind="wasm", target=f"workloads/{name}.wasm")
+def spec(name: str) -> WasmWorkload:
+    return WasmWorkload(name=name, kind="wasm", target=f"workloads/{name}.wasm")
 
 
 def direct_run(engine: wasmtime.Engine, compiled: wasmtime.Module) -> None:
@@ -69,14 +69,14 @@ def main() -> None:
         cold_ours, cold_direct = [], []
         for n in range(20):
             started = time.perf_counter()
-            ours = WasmModule(spec(f"cold{n}"), data, target)
+            ours = WasmModule(spec(f"cold{n}"), [(data, target)])
             assert ours.run(work / "data", work / "logs").reason == "exited"
             cold_ours.append(time.perf_counter() - started)
             started = time.perf_counter()
             engine = wasmtime.Engine()
             direct_run(engine, wasmtime.Module(engine, data))
             cold_direct.append(time.perf_counter() - started)
-        warm = WasmModule(spec("warm"), data, target)
+        warm = WasmModule(spec("warm"), [(data, target)])
         engine = wasmtime.Engine()
         compiled = wasmtime.Module(engine, data)
         runs_ours, runs_direct = [], []
@@ -92,7 +92,7 @@ def main() -> None:
             supervisor = Supervisor(work / "data", work / "logs")
             before = rss_mib()
             services = [module("serves", f"service {n} serving") for n in range(10)]
-            await supervisor.apply([(spec(f"svc{n}"), m, signed_target(f"workloads/svc{n}.wasm", m))
+            await supervisor.apply([(spec(f"svc{n}"), [(m, signed_target(f"workloads/svc{n}.wasm", m))])
                                     for n, m in enumerate(services)])
             await asyncio.sleep(1.0)
             assert all(s.state == "running" for s in supervisor.status())

@@ -9,15 +9,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
+from edgefleet.protocol.workloads import WasmWorkload, WorkloadStatus
 from edgefleet.workloads.supervisor import Supervisor
 from edgefleet.workloads.wasm import WasmModule
 from tests.ab_world import until
 from tests.wasm_modules import module, signed_target
 
 
-def spec(name: str, **fields: Any) -> WorkloadSpec:
-    return WorkloadSpec.model_validate({"name": name, "kind": "wasm", "target": f"workloads/{name}.wasm", **fields})
+def spec(name: str, **fields: Any) -> WasmWorkload:
+    return WasmWorkload.model_validate({"name": name, "kind": "wasm", "target": f"workloads/{name}.wasm", **fields})
 
 
 def run_with(tmp: Path, scenario: Callable[[Supervisor], Awaitable[None]]) -> None:
@@ -43,8 +43,8 @@ def test_a_signed_module_runs_with_its_output_captured(tmp_path: Path) -> None:
     data = module("hello", "hello from the edge")
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec("hello", restart={"policy": "never"}), data,
-                                 signed_target("workloads/hello.wasm", data))])
+        await supervisor.apply([(spec("hello", restart={"policy": "never"}),
+                                 [(data, signed_target("workloads/hello.wasm", data))])])
         status = await settled(supervisor, "hello", lambda s: s.state == "exited")
         assert (status.last_exit, status.exit_code) == ("exited", 0)
         assert status.output == ["hello from the edge"]
@@ -58,7 +58,7 @@ def test_a_module_that_does_not_match_its_signed_target_is_refused(tmp_path: Pat
     tampered = good.replace(b"hello from wasm", b"jello from wasm")
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec("hello"), tampered, signed_target("workloads/hello.wasm", good))])
+        await supervisor.apply([(spec("hello"), [(tampered, signed_target("workloads/hello.wasm", good))])])
         [status] = supervisor.status()
         assert status.state == "refused"
         assert status.detail is not None
@@ -72,8 +72,8 @@ def test_a_module_over_its_memory_limit_is_stopped_and_reported(tmp_path: Path) 
     data = module("grows")
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec("grows", limits={"memory_mib": 2}, restart={"policy": "never"}), data,
-                                 signed_target("workloads/grows.wasm", data))])
+        await supervisor.apply([(spec("grows", limits={"memory_mib": 2}, restart={"policy": "never"}),
+                                 [(data, signed_target("workloads/grows.wasm", data))])])
         status = await settled(supervisor, "grows", lambda s: s.state == "exited")
         assert status.last_exit == "memory_limit"
         assert status.detail == "needed more than its 2 MiB of memory"
@@ -87,8 +87,8 @@ def test_a_module_over_its_cpu_or_wall_time_limit_is_stopped_and_reported(tmp_pa
     async def scenario(supervisor: Supervisor) -> None:
         target = signed_target("workloads/spins.wasm", data)
         await supervisor.apply([
-            (spec("fuel", limits={"fuel": 5_000_000}, restart={"policy": "never"}), data, target),
-            (spec("wall", limits={"wall_seconds": 0.3}, restart={"policy": "never"}), data, target),
+            (spec("fuel", limits={"fuel": 5_000_000}, restart={"policy": "never"}), [(data, target)]),
+            (spec("wall", limits={"wall_seconds": 0.3}, restart={"policy": "never"}), [(data, target)]),
         ])
         fuel = await settled(supervisor, "fuel", lambda s: s.state == "exited")
         assert (fuel.last_exit, fuel.detail) == ("cpu_limit", "used its 5000000 units of fuel")
@@ -105,7 +105,7 @@ def test_a_crash_looping_module_backs_off(tmp_path: Path) -> None:
     restart = {"policy": "always", "initial_seconds": 0.05, "max_seconds": 0.4}
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec("crashes", restart=restart), data, signed_target("workloads/c.wasm", data))])
+        await supervisor.apply([(spec("crashes", restart=restart), [(data, signed_target("workloads/c.wasm", data))])])
         await asyncio.sleep(2.0)
         status = await settled(supervisor, "crashes", lambda s: True)
         assert status.last_exit == "crashed"
@@ -123,17 +123,17 @@ def test_a_new_version_replaces_the_running_one_only_once_it_verifies(tmp_path: 
     target_v2 = signed_target("workloads/svc.wasm", v2)
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec("svc"), v1, signed_target("workloads/svc.wasm", v1))])
+        await supervisor.apply([(spec("svc"), [(v1, signed_target("workloads/svc.wasm", v1))])])
         first = await settled(supervisor, "svc", lambda s: s.state == "running" and "v1 serving" in s.output)
         # The new version's bytes are tampered with: refused, and v1 keeps serving.
-        await supervisor.apply([(spec("svc"), v2.replace(b"v2 serving", b"v3 serving"), target_v2)])
+        await supervisor.apply([(spec("svc"), [(v2.replace(b"v2 serving", b"v3 serving"), target_v2)])])
         kept = await settled(supervisor, "svc", lambda s: s.update_refused is not None)
         assert (kept.state, kept.sha256) == ("running", first.sha256)
         stdout = tmp_path / "logs" / "svc.stdout"
         size = stdout.stat().st_size
         await until(lambda: stdout.stat().st_size > size, what="v1 still serving")
         # The real new version: verified and compiled, then swapped in.
-        await supervisor.apply([(spec("svc"), v2, target_v2)])
+        await supervisor.apply([(spec("svc"), [(v2, target_v2)])])
         swapped = await settled(supervisor, "svc", lambda s: "v2 serving" in s.output)
         assert swapped.sha256 == target_v2.hashes["sha256"]
         assert swapped.update_refused is None
@@ -147,8 +147,8 @@ def test_a_new_version_replaces_the_running_one_only_once_it_verifies(tmp_path: 
 
 def test_a_module_gets_only_the_arguments_and_environment_declared(tmp_path: Path) -> None:
     data = module("hello")
-    compiled = WasmModule(spec("env", args=["--port", "80"], env={"SITE": "store-1"}), data,
-                          signed_target("workloads/env.wasm", data))
+    compiled = WasmModule(spec("env", args=["--port", "80"], env={"SITE": "store-1"}),
+                          [(data, signed_target("workloads/env.wasm", data))])
     result = compiled.run(tmp_path / "data", tmp_path / "logs")
     assert (result.reason, result.exit_code) == ("exited", 0)
     compiled.stop()
@@ -159,7 +159,7 @@ def test_more_services_than_worker_threads_all_run(tmp_path: Path) -> None:
     services = {f"svc{n}": module("serves", f"service {n}") for n in range(12)}
 
     async def scenario(supervisor: Supervisor) -> None:
-        await supervisor.apply([(spec(name), data, signed_target(f"workloads/{name}.wasm", data))
+        await supervisor.apply([(spec(name), [(data, signed_target(f"workloads/{name}.wasm", data))])
                                 for name, data in services.items()])
         for n, name in enumerate(services):
             await settled(supervisor, name, lambda s, n=n: f"service {n}" in s.output)

@@ -1,12 +1,12 @@
 """Workloads as a group's configuration declares them, and as a device reports them.
 
-A workload's code is a signed release artifact: ``target`` names a target of the image
-repository (TUF), and the device runs exactly those bytes or nothing.
+A workload's code is signed release artifacts: each target path names a target of the
+image repository (TUF), and the device runs exactly those bytes or nothing.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias
 
 from pydantic import Field, StringConstraints
 
@@ -39,7 +39,9 @@ class Restart(Strict):
     stable_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
 
-class WorkloadSpec(Strict):
+class WasmWorkload(Strict):
+    """A WebAssembly module run under WASI."""
+
     name: Name
     kind: Literal["wasm"]
     target: TargetPath
@@ -50,6 +52,33 @@ class WorkloadSpec(Strict):
     limits: Limits = Limits()
     restart: Restart = Restart()
 
+    @property
+    def targets(self) -> list[str]:
+        return [self.target]
+
+
+class MicroVmWorkload(Strict):
+    """A microVM: a kernel and an initramfs (its root filesystem), both signed targets,
+    booted by QEMU's ``microvm`` machine. It is healthy once its serial console prints
+    ``health_marker`` on a line."""
+
+    name: Name
+    kind: Literal["microvm"]
+    kernel: TargetPath
+    initrd: TargetPath
+    cmdline: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ._=,:/+-]{0,512}$")] = ""
+    vcpus: Annotated[int, Field(ge=1, le=64)] = 1
+    memory_mib: Annotated[int, Field(ge=32, le=262144)] = 128
+    health_marker: Annotated[str, StringConstraints(min_length=4, max_length=64)] = "EDGEFLEET-HEALTHY"
+    restart: Restart = Restart()
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.kernel, self.initrd]
+
+
+WorkloadSpec: TypeAlias = Annotated[WasmWorkload | MicroVmWorkload, Field(discriminator="kind")]
+
 
 State = Literal["starting", "running", "backing_off", "exited", "stopped", "refused"]
 Reason = Literal["exited", "crashed", "memory_limit", "cpu_limit", "wall_time", "stopped", "refused"]
@@ -58,8 +87,8 @@ Reason = Literal["exited", "crashed", "memory_limit", "cpu_limit", "wall_time", 
 class WorkloadStatus(Strict):
     name: Name
     kind: str
-    target: str
-    sha256: str | None  # of the bytes that run (or were refused)
+    targets: list[str]
+    sha256: str | None  # of the bytes that run: one artifact's sha256, or that of several's in order
     state: State
     restarts: int = 0
     last_exit: Reason | None = None
@@ -67,3 +96,4 @@ class WorkloadStatus(Strict):
     detail: str | None = None  # why it last stopped, or why it was refused
     output: list[str] = []  # its last lines of stdout and stderr
     update_refused: str | None = None  # why the version declared now does not run instead
+    healthy: bool | None = None  # None: the workload has no health signal

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from tuf.api.metadata import TargetFile
-
 from edgefleet.agent.backoff import Backoff
-from edgefleet.protocol.workloads import State, WorkloadSpec, WorkloadStatus
-from edgefleet.workloads.wasm import RunResult, WasmModule, WorkloadRefused
+from edgefleet.protocol.workloads import MicroVmWorkload, State, WasmWorkload, WorkloadSpec, WorkloadStatus
+from edgefleet.workloads.common import Artifact, Runnable, RunResult, WorkloadRefused, version_of
+from edgefleet.workloads.microvm import MicroVm
+from edgefleet.workloads.wasm import WasmModule
 
 log = logging.getLogger("edgefleet.workloads")
 
@@ -61,16 +61,19 @@ async def _in_own_thread(name: str, run: Callable[[], T]) -> T:
 class _Output:
     """A workload's stdout and stderr files, read as they grow."""
 
-    def __init__(self, log_dir: Path, name: str) -> None:
+    def __init__(self, log_dir: Path, name: str, marker: str | None) -> None:
         self.name = name
         self.files = [log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"]
         self.offsets = [0, 0]
         self.lines: deque[str] = deque(maxlen=OUTPUT_LINES)
+        self.marker = marker  # the line that says the workload is healthy, if it has one
+        self.healthy: bool | None = None if marker is None else False
 
     def restart(self) -> None:
         """A run truncates the files as it starts."""
         self.read()
         self.offsets = [0, 0]
+        self.healthy = None if self.marker is None else False
 
     def read(self) -> None:
         for n, path in enumerate(self.files):
@@ -84,13 +87,15 @@ class _Output:
             self.offsets[n] += len(complete)
             for line in complete.decode(errors="replace").splitlines():
                 self.lines.append(line)
+                if self.marker is not None and self.marker in line:
+                    self.healthy = True
                 log.info("workload %s: %s", self.name, line)
 
 
 @dataclass
 class _Workload:
     spec: WorkloadSpec
-    module: WasmModule
+    module: Runnable
     output: _Output
     state: State = "starting"
     restarts: int = 0
@@ -100,34 +105,38 @@ class _Workload:
 
     def status(self) -> WorkloadStatus:
         last = self.last
-        return WorkloadStatus(name=self.spec.name, kind=self.spec.kind, target=self.spec.target,
+        return WorkloadStatus(name=self.spec.name, kind=self.spec.kind, targets=self.spec.targets,
                               sha256=self.module.sha256, state=self.state, restarts=self.restarts,
                               last_exit=None if last is None else last.reason,
                               exit_code=None if last is None else last.exit_code,
-                              detail=None if last is None else last.detail, output=list(self.output.lines))
+                              detail=None if last is None else last.detail, output=list(self.output.lines),
+                              healthy=self.output.healthy if self.state == "running" else None)
 
 
 class Supervisor:
     def __init__(self, data_dir: Path, log_dir: Path, rng: random.Random | None = None) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir  # workloads' directories: <data>/<name>/...
         self.log_dir = log_dir
+        self.cache_dir = data_dir / ".artifacts"  # verified artifacts a hypervisor boots from
         self.rng = rng or random.Random()
         self._workloads: dict[str, _Workload] = {}
         self._refused: dict[str, WorkloadStatus] = {}
 
-    async def apply(self, wanted: Sequence[tuple[WorkloadSpec, bytes, TargetFile]]) -> None:
-        """Make the running set exactly ``wanted`` (spec, artifact bytes, signed target)."""
-        for spec, data, target in wanted:
+    async def apply(self, wanted: Sequence[tuple[WorkloadSpec, Sequence[Artifact]]]) -> None:
+        """Make the running set exactly ``wanted``: each spec with its artifacts (bytes and
+        signed target) in the order of ``spec.targets``."""
+        for spec, artifacts in wanted:
             current = self._workloads.get(spec.name)
-            if current is not None and current.spec == spec and target.hashes.get("sha256") == current.module.sha256:
+            signed = [target.hashes.get("sha256", "") for _, target in artifacts]
+            if current is not None and current.spec == spec and version_of(signed) == current.module.sha256:
                 continue
             try:
-                module = await asyncio.to_thread(WasmModule, spec, data, target)
+                module = await asyncio.to_thread(self._load, spec, artifacts)
             except WorkloadRefused as exc:
                 log.warning("workload %s refused, %s: %s", spec.name,
                             "the running version stays" if current else "not started", exc.message)
                 self._refused[spec.name] = WorkloadStatus(
-                    name=spec.name, kind=spec.kind, target=spec.target, sha256=None, state="refused",
+                    name=spec.name, kind=spec.kind, targets=spec.targets, sha256=None, state="refused",
                     last_exit="refused", detail=exc.message)
                 continue
             self._refused.pop(spec.name, None)
@@ -136,7 +145,7 @@ class Supervisor:
                 log.info("workload %s: replacing %s with %s", spec.name, current.module.sha256[:12],
                          module.sha256[:12])
             self._start(spec, module)
-        names = {spec.name for spec, _, _ in wanted}
+        names = {spec.name for spec, _ in wanted}
         for name in [n for n in self._workloads if n not in names]:
             await self._stop(self._workloads.pop(name))
             log.info("workload %s removed", name)
@@ -158,8 +167,17 @@ class Supervisor:
             await self._stop(workload)
         self._workloads.clear()
 
-    def _start(self, spec: WorkloadSpec, module: WasmModule) -> None:
-        workload = _Workload(spec, module, _Output(self.log_dir, spec.name))
+    def _load(self, spec: WorkloadSpec, artifacts: Sequence[Artifact]) -> Runnable:
+        if len(artifacts) != len(spec.targets):
+            raise WorkloadRefused(f"workload {spec.name} needs {len(spec.targets)} artifacts, got {len(artifacts)}",
+                                  code="invalid_workload")
+        if isinstance(spec, WasmWorkload):
+            return WasmModule(spec, artifacts)
+        return MicroVm(spec, artifacts, self.cache_dir)
+
+    def _start(self, spec: WorkloadSpec, module: Runnable) -> None:
+        marker = spec.health_marker if isinstance(spec, MicroVmWorkload) else None
+        workload = _Workload(spec, module, _Output(self.log_dir, spec.name, marker))
         self._workloads[spec.name] = workload
         workload.task = asyncio.create_task(self._supervise(workload), name=f"workload-{spec.name}")
 

@@ -14,54 +14,27 @@ supervisor reads them after each run.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import wasmtime
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
 
-from edgefleet.errors import PeerError
-from edgefleet.protocol.workloads import Reason, WorkloadSpec
+from edgefleet.protocol.workloads import Reason, WasmWorkload
+from edgefleet.workloads.common import Artifact, RunResult, WorkloadRefused, verify
 
 MIB = 1024 * 1024
 PAGE = 65536  # a WebAssembly memory page
 UNMETERED = 2**63 - 1  # fuel of a run without a CPU limit
 
 
-class WorkloadRefused(PeerError):
-    """A workload's artifact does not verify, or is not a module this runtime can run."""
-
-    code = "workload_refused"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    reason: Reason
-    exit_code: int | None = None
-    detail: str | None = None
-    seconds: float = 0.0
-
-
-def verify(data: bytes, target: TargetFile) -> str:
-    """Raises WorkloadRefused unless ``data`` has the target's length and hashes; returns
-    its sha256."""
-    try:
-        target.verify_length_and_hashes(data)
-    except tuf_errors.LengthOrHashMismatchError as exc:
-        raise WorkloadRefused(f"artifact {target.path} does not match its signed target: {exc}",
-                              code="artifact_mismatch") from exc
-    return hashlib.sha256(data).hexdigest()
-
-
 class WasmModule:
     """One verified, compiled version of a workload."""
 
-    def __init__(self, spec: WorkloadSpec, data: bytes, target: TargetFile) -> None:
+    def __init__(self, spec: WasmWorkload, artifacts: Sequence[Artifact]) -> None:
         """Raises WorkloadRefused (hash mismatch, or not a WebAssembly module)."""
+        [(data, target)] = artifacts
         self.spec = spec
         self.sha256 = verify(data, target)
         config = wasmtime.Config()

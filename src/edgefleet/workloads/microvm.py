@@ -1,0 +1,102 @@
+"""microVM workloads: a kernel and an initramfs, both signed targets, booted by QEMU's
+``microvm`` machine (no PCI, no firmware, virtio-mmio and a serial console).
+
+Both artifacts are verified before anything is written; the verified bytes are kept
+content-addressed and read-only in the cache directory, and QEMU boots those files. KVM
+is used when ``/dev/kvm`` is usable, software emulation (TCG) otherwise; a KVM that fails
+before the guest printed anything (nested virtualisation often does) is given up for TCG
+for the rest of the process, and the run is retried at once. CPU and memory
+are the VM's (``vcpus``, ``memory_mib``). The serial console goes to the workload's
+stdout file, where the supervisor looks for the health marker.
+
+Firecracker is not used here: it is not packaged for Debian, and QEMU's ``microvm``
+boots the same kind of kernel the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgefleet.protocol.workloads import MicroVmWorkload
+from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.workloads.common import Artifact, RunResult, WorkloadRefused, verify, version_of
+
+QEMU = "qemu-system-x86_64"
+log = logging.getLogger("edgefleet.workloads")
+_kvm_failed = threading.Event()  # this process saw KVM fail: software emulation from now on
+
+
+def _kvm() -> bool:
+    return not _kvm_failed.is_set() and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def _kept(cache_dir: Path, sha256: str, data: bytes) -> Path:
+    path = cache_dir / sha256
+    if not path.exists():
+        atomic_write_bytes(path, data)
+        path.chmod(0o444)
+    return path
+
+
+class MicroVm:
+    def __init__(self, spec: MicroVmWorkload, artifacts: Sequence[Artifact], cache_dir: Path) -> None:
+        """Raises WorkloadRefused: an artifact does not verify, or QEMU is not installed."""
+        self.spec = spec
+        shas = [verify(data, target) for data, target in artifacts]
+        if len(shas) != 2:
+            raise WorkloadRefused(f"microVM {spec.name} needs a kernel and an initramfs", code="invalid_workload")
+        self.sha256 = version_of(shas)
+        qemu = shutil.which(QEMU)
+        if qemu is None:
+            raise WorkloadRefused(f"microVM {spec.name} cannot run: {QEMU} is not installed", code="no_hypervisor")
+        self.qemu = qemu
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.kernel, self.initrd = (_kept(cache_dir, sha, data) for sha, (data, _) in zip(shas, artifacts, strict=True))
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self, console: Path, kvm: bool) -> list[str]:
+        spec = self.spec
+        return [self.qemu, "-machine", "microvm", "-accel", "kvm" if kvm else "tcg", "-cpu", "host" if kvm else "max",
+                "-smp", str(spec.vcpus), "-m", f"{spec.memory_mib}M", "-nodefaults", "-no-user-config",
+                "-nographic", "-no-reboot", "-serial", f"file:{console}", "-kernel", str(self.kernel),
+                "-initrd", str(self.initrd), "-append", f"console=ttyS0 panic=-1 {spec.cmdline}".strip()]
+
+    def run(self, data_dir: Path, log_dir: Path) -> RunResult:
+        started = time.monotonic()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        console, errors = log_dir / f"{self.spec.name}.stdout", log_dir / f"{self.spec.name}.stderr"
+        kvm = _kvm()
+        with self._lock:
+            if self._stopping:
+                return RunResult("stopped")
+            with errors.open("wb") as stderr:
+                self._process = subprocess.Popen(self.command(console, kvm), stdin=subprocess.DEVNULL,  # noqa: S603
+                                                 stdout=subprocess.DEVNULL, stderr=stderr)
+        code = self._process.wait()
+        seconds = time.monotonic() - started
+        if self._stopping:
+            return RunResult("stopped", seconds=seconds)
+        if kvm and code != 0 and (not console.exists() or not console.stat().st_size):
+            log.warning("KVM failed before %s printed anything (%s); using software emulation",
+                        self.spec.name, errors.read_text(errors="replace").strip().splitlines()[-1:])
+            _kvm_failed.set()
+            return self.run(data_dir, log_dir)
+        if code == 0:  # the guest powered off
+            return RunResult("exited", 0, seconds=seconds)
+        last = (errors.read_text(errors="replace").strip().splitlines() or [""])[-1][:300]
+        return RunResult("crashed", code, f"{QEMU} exited with {code}" + (f": {last}" if last else ""), seconds)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            if self._process is not None and self._process.poll() is None:
+                self._process.terminate()
