@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from edgefleet.protocol.workloads import WasmWorkload, WorkloadStatus
+from edgefleet.protocol.workloads import WasmWorkload
 from edgefleet.workloads.supervisor import Supervisor
 from edgefleet.workloads.wasm import WasmModule
 from tests.ab_world import until
-from tests.wasm_modules import module, signed_target
+from tests.wasm_modules import module, settled, signed_target
 
 
 def spec(name: str, **fields: Any) -> WasmWorkload:
@@ -29,14 +29,6 @@ def run_with(tmp: Path, scenario: Callable[[Supervisor], Awaitable[None]]) -> No
             await supervisor.close()
 
     asyncio.run(main())
-
-
-async def settled(supervisor: Supervisor, name: str, test: Callable[[WorkloadStatus], bool]) -> WorkloadStatus:
-    while True:
-        found = [s for s in supervisor.status() if s.name == name]
-        if found and test(found[0]):
-            return found[0]
-        await asyncio.sleep(0.02)
 
 
 def test_a_signed_module_runs_with_its_output_captured(tmp_path: Path) -> None:

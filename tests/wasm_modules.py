@@ -3,12 +3,17 @@ assembles them), and their targets signed with python-tuf like any release artif
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import wasmtime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile, Targets
+
+from edgefleet.protocol.workloads import WorkloadStatus
+from edgefleet.workloads.supervisor import Supervisor
 
 _PRELUDE = r"""
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -67,3 +72,12 @@ def signed_target(path: str, data: bytes) -> TargetFile:
     parsed = Metadata[Targets].from_bytes(md.to_bytes())
     signer.public_key.verify_signature(parsed.signatures[signer.public_key.keyid], parsed.signed_bytes)
     return parsed.signed.targets[path]
+
+
+async def settled(supervisor: Supervisor, name: str, test: Callable[[WorkloadStatus], bool]) -> WorkloadStatus:
+    """The workload's status once ``test`` holds (in the supervisor's own event loop)."""
+    while True:
+        found = [s for s in supervisor.status() if s.name == name]
+        if found and test(found[0]):
+            return found[0]
+        await asyncio.sleep(0.02)

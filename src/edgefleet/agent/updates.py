@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.workspace import release_fields
 from edgefleet.util.atomic import atomic_write_json
+
+log = logging.getLogger("edgefleet.agent")
 
 # Bounds on what any repository may make a device download (TUF endless-data attack).
 LIMITS = UpdaterConfig(max_root_rotations=32, root_max_length=512_000, timestamp_max_length=16_384,
@@ -228,6 +231,30 @@ class UpdateClient:
     def download(self, plan: UpdatePlan, stop: threading.Event | None = None) -> tuple[Path, int]:
         """Fetch and verify the planned image; returns (file, bytes fetched now)."""
         return fetch_target(self._mirror_tls, self.mirrors, plan.target, self.dir.parent / "downloads", stop)
+
+    def artifact(self, path: str) -> tuple[bytes, TargetFile]:
+        """A release artifact the image repository lists (a workload's module, kernel or
+        initramfs): the repository is refreshed (TUF client workflow), the bytes fetched
+        from the mirrors and verified against the signed target. A kept copy that changed
+        on disk since is fetched again.
+
+        Raises:
+            UpdateRefused: the repository does not verify, does not list ``path``, or the
+                mirrors serve other bytes.
+            TransportError: no mirror could be reached.
+        """
+        image = self._repository("image")
+        image.refresh_if_changed()
+        target = image.target(path)
+        if target is None:
+            raise UpdateRefused(f"{path} is not in the image repository", code="artifact_unknown")
+        directory = self.dir.parent / "artifacts"
+        if (directory / target.hashes["sha256"]).exists():
+            try:
+                return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
+            except UpdateRefused:  # the kept copy was changed behind our back, and is gone now
+                log.warning("kept copy of %s did not match its signed target; fetching it again", path)
+        return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
 
     def close(self) -> None:
         self._director_tls.close()

@@ -1,0 +1,79 @@
+"""A workload's module travels as a release artifact: signed offline into the image
+repository, published to the control plane's mirror, fetched and verified by the device's
+TUF client, and run by the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from edgefleet.client import AdminClient
+from edgefleet.credentials import Role
+from edgefleet.errors import UpdateRefused
+from edgefleet.protocol.workloads import WasmWorkload
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
+from edgefleet.workloads.supervisor import Supervisor
+from tests.conftest import start_fleet
+from tests.uptane_world import Setup
+from tests.wasm_modules import module, settled
+
+MODULE = "artifacts/7.0/meter.wasm"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    plane = start_fleet(tmp_path / "plane", None)
+    keys = Keystore(tmp_path / "keys")
+    workspace = Workspace(tmp_path / "ws")
+    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
+    image, meter = tmp_path / "7.0.img", tmp_path / "meter.wasm"
+    image.write_bytes(b"image 7.0 " * 5000)
+    meter.write_bytes(module("hello", "meter reading 42"))
+    workspace.create_release(image, ReleaseInfo("7.0", 7, ("hw-x86",), {}), datetime.now(UTC), artifacts=[meter])
+    workspace.sign_targets(keys.signer("targets-1"))
+    with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as client:
+        publish_workspace(workspace, client)
+    yield Setup(plane, workspace, plane.enroll(hardware_type="hw-x86"), tmp_path)
+    plane.close()
+
+
+def test_a_module_published_as_a_release_artifact_is_fetched_verified_and_run(setup: Setup) -> None:
+    client = setup.client()
+    data, target = client.artifact(MODULE)
+    assert target.hashes == setup.workspace.image.targets().signed.targets[MODULE].hashes
+
+    async def run() -> list[str]:
+        supervisor = Supervisor(setup.tmp / "data", setup.tmp / "logs")
+        spec = WasmWorkload(name="meter", kind="wasm", target=MODULE, restart={"policy": "never"})
+        await supervisor.apply([(spec, [(data, target)])])
+        return (await settled(supervisor, "meter", lambda s: s.state == "exited")).output
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == ["meter reading 42"]
+    client.close()
+
+
+def test_a_kept_artifact_changed_on_disk_is_fetched_again(setup: Setup) -> None:
+    client = setup.client()
+    data, target = client.artifact(MODULE)
+    kept = setup.device.directory / "artifacts" / target.hashes["sha256"]
+    kept.write_bytes(data.replace(b"meter reading 42", b"meter reading 99"))
+    again, _ = client.artifact(MODULE)
+    assert again == data
+    assert kept.read_bytes() == data
+    client.close()
+
+
+def test_an_artifact_the_image_repository_does_not_list_is_refused(setup: Setup) -> None:
+    client = setup.client()
+    with pytest.raises(UpdateRefused) as refused:
+        client.artifact("artifacts/7.0/implant.wasm")
+    assert refused.value.code == "artifact_unknown"
+    assert not (setup.device.directory / "artifacts").exists()
+    client.close()
