@@ -32,7 +32,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from checkin import enroll_all, free_port, read_response
 from edgefleet.agent.attestor import Attestor
-from edgefleet.agent.backoff import Backoff
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import measured_boot
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
@@ -46,6 +45,7 @@ from edgefleet.releases.publish import publish_workspace
 from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.settings import ServerSettings
+from edgefleet.util.backoff import Backoff
 
 HARDWARE = "bench-x86"
 RELEASES = ("2026.12.0", "2026.12.1")

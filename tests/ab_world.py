@@ -42,13 +42,14 @@ class AbWorld:
 
     def publish(self, version: str, counter: int, *, boots: bool = True,
                 health_checks: Sequence[Mapping[str, Any]] = (), measurements: Mapping[int, str] | None = None,
-                image: Path | None = None) -> Path:
+                image: Path | None = None, artifacts: Sequence[Path] = ()) -> Path:
         """Sign and publish a release; ``image`` defaults to a fresh emulated image."""
         if image is None:
             image = self.tmp / f"{version}.img"
             image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, boots=boots,
                                            health_checks=health_checks, filler=version.encode()))
         extra = [arg for pcr, value in (measurements or {}).items() for arg in ("--measurement", f"{pcr}={value}")]
+        extra += [arg for artifact in artifacts for arg in ("--artifact", str(artifact))]
         release(self.ws, self.keys, image, version, counter, HARDWARE, *extra, publish_to=self.plane)
         return image
 

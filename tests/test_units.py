@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import edgefleet.errors
-from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, encode
 from edgefleet.agent.hardware.vdevice import VirtualDevice
 from edgefleet.agent.state import StateDir
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, PersistError
 from edgefleet.server.errors import OverloadLog
 from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.util.backoff import Backoff, jittered
 from tests.conftest import need
 
 

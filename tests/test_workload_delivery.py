@@ -5,9 +5,11 @@ TUF client, and run by the supervisor."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,10 @@ from edgefleet.releases.keys import Keystore
 from edgefleet.releases.publish import publish_workspace
 from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.workloads.supervisor import Supervisor
+from tests.ab_world import AbWorld, run, until
 from tests.conftest import start_fleet
+from tests.gitops_world import FleetRepo
+from tests.test_gitops import BASE
 from tests.uptane_world import Setup
 from tests.wasm_modules import module, settled
 
@@ -77,3 +82,50 @@ def test_an_artifact_the_image_repository_does_not_list_is_refused(setup: Setup)
     assert refused.value.code == "artifact_unknown"
     assert not (setup.device.directory / "artifacts").exists()
     client.close()
+
+
+def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Path) -> None:
+    """From the fleet repository (apps/<group>/wasm.yaml) through the director-signed
+    configuration and the image repository to a running module, and back in the status
+    report; a kept module changed on disk is fetched again."""
+    repo = FleetRepo(tmp_path / "git")
+    wasm = ("- {name: meter, target: artifacts/2026.12.0/meter.wasm, limits: {memory_mib: 4},\n"
+            "   restart: {policy: always, initial_seconds: 0.2, max_seconds: 0.5}}\n")
+    repo.commit(BASE, "fleet", signer="alice")
+    repo.git("checkout", "-q", "-b", "apps")  # the application team's branch
+    repo.commit({"apps/stores/wasm.yaml": wasm}, "meter module", signer="bob")
+    repo.git("checkout", "-q", "main")
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
+        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
+         "allowed_signers": str(repo.allowed_signers("alice"))},
+        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
+         "allowed_signers": str(repo.allowed_signers("bob"))}])
+    try:
+        world = AbWorld(plane, tmp_path / "releases")
+        meter = tmp_path / "meter.wasm"
+        meter.write_bytes(module("hello", "meter reading 42"))
+        world.publish("2026.12.0", 12, artifacts=[meter])
+        device = world.device("workloads", status_interval_seconds=0.3, update_check_seconds=0.5)
+        viewer = plane.client(role=Role.VIEWER)
+
+        def reported() -> dict[str, Any] | None:
+            assert device.agent is not None
+            view = viewer.get(f"/api/v1/admin/devices/{device.agent.device_id}").json()
+            found = [w for w in view.get("workloads") or [] if w["name"] == "meter"]
+            return found[0] if found else None
+
+        async def steps() -> None:
+            await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
+            await until(lambda: (reported() or {}).get("restarts", 0) >= 1, what="the module running, reported")
+            status = reported()
+            assert status is not None
+            assert status["output"][-1] == "meter reading 42"
+            assert status["sha256"] == hashlib.sha256(meter.read_bytes()).hexdigest()
+            assert status["targets"] == ["artifacts/2026.12.0/meter.wasm"]
+            kept = device.device.agent_dir / "artifacts" / status["sha256"]
+            kept.write_bytes(b"\\0asm tampered")  # behind the agent's back
+            await until(lambda: kept.read_bytes() == meter.read_bytes(), what="the kept module fetched again")
+
+        run(world, device, steps)
+    finally:
+        plane.close()

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import ValidationError
+
 from edgefleet import __version__
 from edgefleet.agent import osconfig
 from edgefleet.agent.abupdate import Action, Offer, Refusal, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
-from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import parse_checks
@@ -35,6 +36,9 @@ from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, Transpo
 from edgefleet.gitops.hashing import canonical
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import ConfigReport, EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
+from edgefleet.protocol.workloads import WasmWorkload
+from edgefleet.util.backoff import Backoff, jittered
+from edgefleet.workloads.supervisor import Supervisor
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -77,6 +81,7 @@ class Agent:
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
+        self.workloads: Supervisor | None = None
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
@@ -127,11 +132,14 @@ class Agent:
             transport = self._transport_factory(self.settings, self.dir, True)
             self.updates = self._update_client(state)
             self.runner = self._update_runner(state) if self.updates is not None else None
+            self.workloads = Supervisor(self.dir.path / "workloads" / "data", self.dir.path / "workloads" / "logs",
+                                        self.rng)
             try:
                 if self.runner is not None:
                     await asyncio.to_thread(self.runner.resume)
                 await self._loop(state, transport, halt)
             finally:
+                await self.workloads.close()
                 await transport.aclose()
                 if self.updates is not None:
                     self.updates.close()
@@ -383,6 +391,7 @@ class Agent:
                     before = (state.update_state, state.update_error)
                     await self._check_update(state, self.updates)
                     await asyncio.to_thread(self._apply_os_config, state)  # verified against the director
+                    await self._apply_workloads(state, self.updates)
                     next_update = self.clock.monotonic() + settings.update_check_seconds
                     if self.runner is not None and self.runner.job.active:
                         await self._drive_update(state, transport, attestor, stop)
@@ -437,10 +446,7 @@ class Agent:
         if osconfig.in_sync(self._os_config_dir(), config["os"]):
             return
         if self.updates is not None:
-            signed = self.updates.assigned_config()
-            data = canonical(config)
-            if signed is None or signed.length != len(data) or \
-                    signed.hashes.get("sha256") != hashlib.sha256(data).hexdigest():
+            if not self._director_signed(config, self.updates):
                 log.warning("configuration in the desired state is not what the director signed; not applied")
                 state.update_error = "config_not_signed"
                 return
@@ -448,6 +454,47 @@ class Agent:
             log.warning("no TUF roots: applying configuration verified by mTLS only")
         osconfig.apply(self._os_config_dir(), config["os"], instance=str(config.get("os_hash", ""))[:16])
         log.info("applied OS configuration of commit %s", (config.get("commits") or {}))
+
+    @staticmethod
+    def _director_signed(config: dict[str, object], updates: UpdateClient) -> bool:
+        """Is ``config`` exactly the director's signed config target (length and sha256 of
+        its canonical bytes)?"""
+        signed = updates.assigned_config()
+        data = canonical(config)
+        return signed is not None and signed.length == len(data) and \
+            signed.hashes.get("sha256") == hashlib.sha256(data).hexdigest()
+
+    async def _apply_workloads(self, state: AgentState, updates: UpdateClient) -> None:
+        """Run exactly the workloads of the director-signed configuration, their artifacts
+        fetched from the image repository and verified. A workload whose artifacts cannot
+        be fetched now keeps running as it is; one that does not verify is refused."""
+        config = state.desired.get("config")
+        if self.workloads is None or not isinstance(config, dict):
+            return
+        declared = (config.get("workloads") or {}).get("wasm") or []
+        if not declared and not self.workloads.status():
+            return
+        if not self._director_signed(config, updates):
+            return  # the configuration step logs and reports it
+        wanted, keep = [], set()
+        for entry in declared:
+            try:
+                spec = WasmWorkload.model_validate({**{k: v for k, v in entry.items() if k != "kind"}, "kind": "wasm"})
+            except ValidationError as exc:
+                log.error("a workload in the signed configuration is invalid, skipped: %s", exc.errors()[0]["msg"])
+                continue
+            try:
+                artifacts = [await asyncio.to_thread(updates.artifact, path) for path in spec.targets]
+            except UpdateRefused as exc:
+                self.workloads.refuse(spec, exc.message)
+                keep.add(spec.name)
+                continue
+            except TransportError as exc:
+                log.warning("workload %s: artifacts unreachable now, keeping what runs: %s", spec.name, exc)
+                keep.add(spec.name)
+                continue
+            wanted.append((spec, artifacts))
+        await self.workloads.apply(wanted, keep)
 
     def _config_report(self, state: AgentState) -> ConfigReport | None:
         if not isinstance(state.desired.get("config"), dict):
@@ -481,6 +528,7 @@ class Agent:
                 details=self._details(state),
                 update=self._update_report(state),
                 config=self._config_report(state),
+                workloads=(self.workloads.status()[:32] or None) if self.workloads is not None else None,
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1

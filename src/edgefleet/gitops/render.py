@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import ConfigError
 from edgefleet.protocol.v1 import RolloutPlan
+from edgefleet.protocol.workloads import WasmWorkload
 
 
 @dataclass(frozen=True)
@@ -174,11 +175,18 @@ def _wasm_objects(path: str, group: str, data: bytes, errors: list[SourceError])
     value = _load_yaml(path, data, errors)
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
-                                              and isinstance(m.get("target"), str) for m in value):
-        errors.append(SourceError(path, None, "wasm.yaml is a list of {name, target} objects"))
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        errors.append(SourceError(path, None, "wasm.yaml is a list of {name, target, ...} objects"))
         return []
-    return [RenderedObject("WasmModule", m["name"], group, path, {"kind": "WasmModule", **m}) for m in value]
+    objects = []
+    for n, module in enumerate(value):
+        # Each entry is a WebAssembly workload (protocol/workloads.py): limits, args, env,
+        # directories and restart policy as the device will run it.
+        spec = _model(WasmWorkload, f"{path} [{n}]", {**module, "kind": "wasm"}, errors)
+        if spec is not None:
+            body = spec.model_dump(mode="json", exclude_defaults=True)
+            objects.append(RenderedObject("WasmModule", spec.name, group, path, {**body, "kind": "WasmModule"}))
+    return objects
 
 
 def _template_line(exc: BaseException, name: str) -> int | None:

@@ -5,19 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+from edgefleet.protocol.base import Name as Name
+from edgefleet.protocol.base import ShortText as ShortText
+from edgefleet.protocol.base import Strict as Strict
+from edgefleet.protocol.workloads import WorkloadStatus
+
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9./_-]{0,61}[A-Za-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{0,63}$")]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=32)]
 Health = Literal["unknown", "ok", "degraded", "failed"]
-ShortText = Annotated[str, StringConstraints(max_length=128)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Inventory(Strict):
@@ -101,6 +100,7 @@ class StatusReport(Strict):
     details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
     update: UpdateReport | None = None
     config: ConfigReport | None = None
+    workloads: Annotated[list[WorkloadStatus], Field(max_length=32)] | None = None
 
 
 class StatusAck(Strict):
@@ -126,6 +126,7 @@ class DeviceView(Strict):
     inventory: dict[str, Any]
     attestation: dict[str, Any] | None = None
     update: dict[str, Any] | None = None  # the last reported UpdateReport, without its events
+    workloads: list[WorkloadStatus] | None = None  # as the device last reported them
 
 
 class GitOpsCommitView(Strict):

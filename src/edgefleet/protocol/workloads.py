@@ -10,7 +10,7 @@ from typing import Annotated, Literal, TypeAlias
 
 from pydantic import Field, StringConstraints
 
-from edgefleet.protocol.v1 import Name, ShortText, Strict
+from edgefleet.protocol.base import Name, ShortText, Strict
 
 TargetPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
@@ -80,6 +80,9 @@ class MicroVmWorkload(Strict):
 WorkloadSpec: TypeAlias = Annotated[WasmWorkload | MicroVmWorkload, Field(discriminator="kind")]
 
 
+OUTPUT_LINES = 5  # a workload's last lines of output in its status (a status report is at most 64 KiB)
+OUTPUT_WIDTH = 200  # characters kept of each
+
 State = Literal["starting", "running", "backing_off", "exited", "stopped", "refused"]
 Reason = Literal["exited", "crashed", "memory_limit", "cpu_limit", "wall_time", "stopped", "refused"]
 
@@ -93,7 +96,9 @@ class WorkloadStatus(Strict):
     restarts: int = 0
     last_exit: Reason | None = None
     exit_code: int | None = None
-    detail: str | None = None  # why it last stopped, or why it was refused
-    output: list[str] = []  # its last lines of stdout and stderr
-    update_refused: str | None = None  # why the version declared now does not run instead
+    detail: Annotated[str, StringConstraints(max_length=1000)] | None = None  # why it last stopped, or was refused
+    output: Annotated[list[Annotated[str, StringConstraints(max_length=OUTPUT_WIDTH)]],
+                      Field(max_length=OUTPUT_LINES)] = []  # its last lines of stdout and stderr
+    # why the version declared now does not run instead
+    update_refused: Annotated[str, StringConstraints(max_length=1000)] | None = None
     healthy: bool | None = None  # None: the workload has no health signal

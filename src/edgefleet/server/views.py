@@ -40,6 +40,7 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         inventory=device.inventory,
         attestation=attestation_view(status),
         update=_update_view(device.status),
+        workloads=(device.status or {}).get("workloads"),
     )
 
 

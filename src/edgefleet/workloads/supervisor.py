@@ -15,20 +15,27 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from edgefleet.agent.backoff import Backoff
-from edgefleet.protocol.workloads import MicroVmWorkload, State, WasmWorkload, WorkloadSpec, WorkloadStatus
+from edgefleet.protocol.workloads import (
+    OUTPUT_LINES,
+    OUTPUT_WIDTH,
+    MicroVmWorkload,
+    State,
+    WasmWorkload,
+    WorkloadSpec,
+    WorkloadStatus,
+)
+from edgefleet.util.backoff import Backoff
 from edgefleet.workloads.common import Artifact, Runnable, RunResult, WorkloadRefused, version_of
 from edgefleet.workloads.microvm import MicroVm
 from edgefleet.workloads.wasm import WasmModule
 
 log = logging.getLogger("edgefleet.workloads")
 
-OUTPUT_LINES = 20  # kept per workload, for its status
 T = TypeVar("T")
 
 
@@ -86,7 +93,7 @@ class _Output:
             complete = data[:data.rfind(b"\n") + 1]
             self.offsets[n] += len(complete)
             for line in complete.decode(errors="replace").splitlines():
-                self.lines.append(line)
+                self.lines.append(line[:OUTPUT_WIDTH])
                 if self.marker is not None and self.marker in line:
                     self.healthy = True
                 log.info("workload %s: %s", self.name, line)
@@ -109,7 +116,8 @@ class _Workload:
                               sha256=self.module.sha256, state=self.state, restarts=self.restarts,
                               last_exit=None if last is None else last.reason,
                               exit_code=None if last is None else last.exit_code,
-                              detail=None if last is None else last.detail, output=list(self.output.lines),
+                              detail=None if last is None or last.detail is None else last.detail[:1000],
+                              output=list(self.output.lines),
                               healthy=self.output.healthy if self.state == "running" else None)
 
 
@@ -122,22 +130,21 @@ class Supervisor:
         self._workloads: dict[str, _Workload] = {}
         self._refused: dict[str, WorkloadStatus] = {}
 
-    async def apply(self, wanted: Sequence[tuple[WorkloadSpec, Sequence[Artifact]]]) -> None:
+    async def apply(self, wanted: Sequence[tuple[WorkloadSpec, Sequence[Artifact]]],
+                    keep: Collection[str] = ()) -> None:
         """Make the running set exactly ``wanted``: each spec with its artifacts (bytes and
-        signed target) in the order of ``spec.targets``."""
+        signed target) in the order of ``spec.targets``. Workloads named in ``keep`` are
+        left as they are (their new artifacts could not be fetched this time)."""
         for spec, artifacts in wanted:
             current = self._workloads.get(spec.name)
             signed = [target.hashes.get("sha256", "") for _, target in artifacts]
             if current is not None and current.spec == spec and version_of(signed) == current.module.sha256:
+                self._refused.pop(spec.name, None)
                 continue
             try:
                 module = await asyncio.to_thread(self._load, spec, artifacts)
             except WorkloadRefused as exc:
-                log.warning("workload %s refused, %s: %s", spec.name,
-                            "the running version stays" if current else "not started", exc.message)
-                self._refused[spec.name] = WorkloadStatus(
-                    name=spec.name, kind=spec.kind, targets=spec.targets, sha256=None, state="refused",
-                    last_exit="refused", detail=exc.message)
+                self.refuse(spec, exc.message)
                 continue
             self._refused.pop(spec.name, None)
             if current is not None:
@@ -145,12 +152,19 @@ class Supervisor:
                 log.info("workload %s: replacing %s with %s", spec.name, current.module.sha256[:12],
                          module.sha256[:12])
             self._start(spec, module)
-        names = {spec.name for spec, _ in wanted}
+        names = {spec.name for spec, _ in wanted} | set(keep)
         for name in [n for n in self._workloads if n not in names]:
             await self._stop(self._workloads.pop(name))
             log.info("workload %s removed", name)
         for name in [n for n in self._refused if n not in names]:
             del self._refused[name]
+
+    def refuse(self, spec: WorkloadSpec, why: str) -> None:
+        """Record that this version of ``spec`` will not run; a running version stays."""
+        log.warning("workload %s refused, %s: %s", spec.name,
+                    "the running version stays" if spec.name in self._workloads else "not started", why)
+        self._refused[spec.name] = WorkloadStatus(name=spec.name, kind=spec.kind, targets=spec.targets, sha256=None,
+                                                  state="refused", last_exit="refused", detail=why[:1000])
 
     def status(self) -> list[WorkloadStatus]:
         """What runs, and what was refused (a running workload whose new version was
