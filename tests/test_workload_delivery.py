@@ -87,11 +87,11 @@ def test_an_artifact_the_image_repository_does_not_list_is_refused(setup: Setup)
 def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Path) -> None:
     """From the fleet repository (apps/<group>/wasm.yaml) through the director-signed
     configuration and the image repository to a running module, and back in the status
-    report; a kept module changed on disk is fetched again."""
+    report. A kept module changed behind the agent's back is drift: alerted, healed."""
     repo = FleetRepo(tmp_path / "git")
     wasm = ("- {name: meter, target: artifacts/2026.12.0/meter.wasm, limits: {memory_mib: 4},\n"
             "   restart: {policy: always, initial_seconds: 0.2, max_seconds: 0.5}}\n")
-    repo.commit(BASE, "fleet", signer="alice")
+    repo.commit({**BASE, "fleet.yaml": "self_heal: true\n"}, "fleet", signer="alice")
     repo.git("checkout", "-q", "-b", "apps")  # the application team's branch
     repo.commit({"apps/stores/wasm.yaml": wasm}, "meter module", signer="bob")
     repo.git("checkout", "-q", "main")
@@ -114,6 +114,10 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
             found = [w for w in view.get("workloads") or [] if w["name"] == "meter"]
             return found[0] if found else None
 
+        def drifted() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = viewer.get("/api/v1/admin/drift").json()["devices"]
+            return [row for row in rows if row["state"] == "out_of_sync"]
+
         async def steps() -> None:
             await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
             await until(lambda: (reported() or {}).get("restarts", 0) >= 1, what="the module running, reported")
@@ -122,9 +126,14 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
             assert status["output"][-1] == "meter reading 42"
             assert status["sha256"] == hashlib.sha256(meter.read_bytes()).hexdigest()
             assert status["targets"] == ["artifacts/2026.12.0/meter.wasm"]
+            assert await asyncio.to_thread(drifted) == []  # it runs as declared
             kept = device.device.agent_dir / "artifacts" / status["sha256"]
             kept.write_bytes(b"\\0asm tampered")  # behind the agent's back
+            await until(lambda: any(a["kind"] == "drift" and "workload.meter" in a["details"]["differences"]
+                                    for a in viewer.get("/api/v1/admin/alerts").json()["alerts"]),
+                        what="drift alerted")
             await until(lambda: kept.read_bytes() == meter.read_bytes(), what="the kept module fetched again")
+            await until(lambda: drifted() == [], what="back in sync")
 
         run(world, device, steps)
     finally:

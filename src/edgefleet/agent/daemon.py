@@ -12,9 +12,9 @@ import hashlib
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -33,7 +33,7 @@ from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
-from edgefleet.gitops.hashing import canonical
+from edgefleet.gitops.hashing import canonical, declared_workloads, workload_part
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import ConfigReport, EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
 from edgefleet.protocol.workloads import WasmWorkload
@@ -44,6 +44,20 @@ log = logging.getLogger("edgefleet.agent")
 
 T = TypeVar("T")
 TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
+
+
+def _declared(config: dict[str, Any]) -> list[tuple[Mapping[str, Any], WasmWorkload]]:
+    """The WebAssembly workloads a configuration declares, each with its entry (invalid
+    ones are logged and left out)."""
+    found = []
+    for entry in declared_workloads(config):
+        try:
+            spec = WasmWorkload.model_validate({**{k: v for k, v in entry.items() if k != "kind"}, "kind": "wasm"})
+        except ValidationError as exc:
+            log.error("a workload in the configuration is invalid, left out: %s", exc.errors()[0]["msg"])
+            continue
+        found.append((entry, spec))
+    return found
 
 
 class _Stopped(Exception):
@@ -82,6 +96,7 @@ class Agent:
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
         self.workloads: Supervisor | None = None
+        self._workloads_changed: set[str] = set()  # artifacts found changed on disk, not yet reported
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
@@ -471,18 +486,13 @@ class Agent:
         config = state.desired.get("config")
         if self.workloads is None or not isinstance(config, dict):
             return
-        declared = (config.get("workloads") or {}).get("wasm") or []
+        declared = _declared(config)
         if not declared and not self.workloads.status():
             return
         if not self._director_signed(config, updates):
             return  # the configuration step logs and reports it
         wanted, keep = [], set()
-        for entry in declared:
-            try:
-                spec = WasmWorkload.model_validate({**{k: v for k, v in entry.items() if k != "kind"}, "kind": "wasm"})
-            except ValidationError as exc:
-                log.error("a workload in the signed configuration is invalid, skipped: %s", exc.errors()[0]["msg"])
-                continue
+        for _, spec in declared:
             try:
                 artifacts = [await asyncio.to_thread(updates.artifact, path) for path in spec.targets]
             except UpdateRefused as exc:
@@ -494,12 +504,23 @@ class Agent:
                 keep.add(spec.name)
                 continue
             wanted.append((spec, artifacts))
+            if updates.refetched & set(spec.targets):
+                self._workloads_changed.add(spec.name)  # drift: reported once, then healed
+                updates.refetched -= set(spec.targets)
         await self.workloads.apply(wanted, keep)
 
     def _config_report(self, state: AgentState) -> ConfigReport | None:
-        if not isinstance(state.desired.get("config"), dict):
+        """The OS configuration on disk, and each declared workload that runs exactly as
+        declared (its part is left out otherwise: the server sees the difference)."""
+        config = state.desired.get("config")
+        if not isinstance(config, dict):
             return None
-        return ConfigReport(parts=osconfig.observe(self._os_config_dir()))
+        parts = osconfig.observe(self._os_config_dir())
+        for entry, spec in _declared(config):
+            if self.workloads is not None and self.workloads.runs(spec) and spec.name not in self._workloads_changed:
+                name, digest = workload_part(entry)
+                parts[name] = digest
+        return ConfigReport(parts=parts)
 
     def _update_report(self, state: AgentState) -> UpdateReport | None:
         runner = self.runner
@@ -532,6 +553,7 @@ class Agent:
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1
+            self._workloads_changed.clear()  # the server has seen them out of sync once
             if ack.accepted or ack.seq < state.status_seq:
                 return
             # The server has seen a higher seq than ours (state restored from an old

@@ -159,6 +159,7 @@ class UpdateClient:
         self._director_tls = director_tls
         self._mirror_tls = mirror_tls
         self._last: tuple[tuple[int, str], UpdatePlan] | None = None
+        self.refetched: set[str] = set()  # artifacts whose kept copy had changed on disk (the agent drains it)
 
     def _repository(self, name: str) -> _Repository:
         if name == "director":
@@ -254,6 +255,7 @@ class UpdateClient:
                 return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
             except UpdateRefused:  # the kept copy was changed behind our back, and is gone now
                 log.warning("kept copy of %s did not match its signed target; fetching it again", path)
+                self.refetched.add(path)
         return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
 
     def close(self) -> None:

@@ -19,3 +19,23 @@ def config_hash(document: Mapping[str, Any]) -> str:
 def part_hashes(os_config: Mapping[str, Any]) -> dict[str, str]:
     """Per part (``ignition``, ``cloud_init``): what drift detection compares."""
     return {part: config_hash({part: value}) for part, value in os_config.items()}
+
+
+def declared_workloads(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The WebAssembly workloads a rendered configuration declares."""
+    workloads = config.get("workloads")
+    wasm = workloads.get("wasm") if isinstance(workloads, Mapping) else None
+    return [entry for entry in wasm or [] if isinstance(entry, Mapping)]
+
+
+def workload_part(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """A declared workload as a drift part: ``workload.<name>`` and the hash of its entry.
+    A device reports that hash only while it runs exactly that version, verified."""
+    return f"workload.{entry.get('name')}", config_hash({"workload": entry})
+
+
+def desired_parts(config: Mapping[str, Any]) -> dict[str, str]:
+    """Every part drift detection compares: the OS configuration's and the workloads'."""
+    os_config = config.get("os")
+    return {**part_hashes(os_config if isinstance(os_config, Mapping) else {}),
+            **dict(workload_part(entry) for entry in declared_workloads(config))}

@@ -84,11 +84,15 @@ class UpdateReport(Strict):
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class ConfigReport(Strict):
-    """Hashes of the OS configuration the device really has on disk, per part
-    (``ignition``, ``cloud_init``), for drift detection."""
+PartName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")]
 
-    parts: Annotated[dict[Name, Sha256Hex], Field(max_length=16)] = {}
+
+class ConfigReport(Strict):
+    """Hashes of the configuration the device really has, per part, for drift detection:
+    the OS configuration on disk (``ignition``, ``cloud_init``), and each workload that
+    runs exactly as declared and verified (``workload.<name>``)."""
+
+    parts: Annotated[dict[PartName, Sha256Hex], Field(max_length=48)] = {}
 
 
 class StatusReport(Strict):

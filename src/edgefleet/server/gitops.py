@@ -15,7 +15,7 @@ from typing import Any
 from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, StoreError, TransportError
 from edgefleet.gitops.git import GitMirror
-from edgefleet.gitops.hashing import config_hash, part_hashes
+from edgefleet.gitops.hashing import config_hash, desired_parts
 from edgefleet.gitops.render import DeviceInfo, Rendering, SourceError, parse_groups, render
 from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
 from edgefleet.releases.workspace import release_fields
@@ -235,11 +235,11 @@ class GitOpsService:
             if not isinstance(config, dict) or reported is None:
                 state, differences = "unknown", {}
             else:
-                desired_parts = part_hashes(config["os"])
+                wanted = desired_parts(config)
                 reported_parts = reported.get("parts", {})
-                differences = {part: {"desired": desired_parts.get(part), "reported": reported_parts.get(part)}
-                               for part in sorted(set(desired_parts) | set(reported_parts))
-                               if desired_parts.get(part) != reported_parts.get(part)}
+                differences = {part: {"desired": wanted.get(part), "reported": reported_parts.get(part)}
+                               for part in sorted(set(wanted) | set(reported_parts))
+                               if wanted.get(part) != reported_parts.get(part)}
                 state = "out_of_sync" if differences else "in_sync"
             if before is not None and before.state == state and before.differences == differences:
                 return

@@ -159,6 +159,14 @@ class Supervisor:
         for name in [n for n in self._refused if n not in names]:
             del self._refused[name]
 
+    def runs(self, spec: WorkloadSpec) -> bool:
+        """Is this exact version the one supervised (running, between runs, or ended by its
+        policy), with no newer version refused? Only verified versions ever start. Whether
+        it is healthy is another question (its status says)."""
+        workload = self._workloads.get(spec.name)
+        return (workload is not None and workload.spec == spec and spec.name not in self._refused
+                and workload.state != "stopped")
+
     def refuse(self, spec: WorkloadSpec, why: str) -> None:
         """Record that this version of ``spec`` will not run; a running version stays."""
         log.warning("workload %s refused, %s: %s", spec.name,
