@@ -51,8 +51,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
 
 def test_a_module_published_as_a_release_artifact_is_fetched_verified_and_run(setup: Setup) -> None:
     client = setup.client()
-    data, target = client.artifact(MODULE)
+    [(data, target)], changed = client.artifacts([MODULE])
     assert target.hashes == setup.workspace.image.targets().signed.targets[MODULE].hashes
+    assert not changed
 
     async def run() -> list[str]:
         supervisor = Supervisor(setup.tmp / "data", setup.tmp / "logs")
@@ -66,11 +67,12 @@ def test_a_module_published_as_a_release_artifact_is_fetched_verified_and_run(se
 
 def test_a_kept_artifact_changed_on_disk_is_fetched_again(setup: Setup) -> None:
     client = setup.client()
-    data, target = client.artifact(MODULE)
+    [(data, target)], _ = client.artifacts([MODULE])
     kept = setup.device.directory / "artifacts" / target.hashes["sha256"]
     kept.write_bytes(data.replace(b"meter reading 42", b"meter reading 99"))
-    again, _ = client.artifact(MODULE)
+    [(again, _)], changed = client.artifacts([MODULE])
     assert again == data
+    assert changed
     assert kept.read_bytes() == data
     client.close()
 
@@ -78,7 +80,7 @@ def test_a_kept_artifact_changed_on_disk_is_fetched_again(setup: Setup) -> None:
 def test_an_artifact_the_image_repository_does_not_list_is_refused(setup: Setup) -> None:
     client = setup.client()
     with pytest.raises(UpdateRefused) as refused:
-        client.artifact("artifacts/7.0/implant.wasm")
+        client.artifacts(["artifacts/7.0/implant.wasm"])
     assert refused.value.code == "artifact_unknown"
     assert not (setup.device.directory / "artifacts").exists()
     client.close()

@@ -46,18 +46,16 @@ T = TypeVar("T")
 TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
 
 
-def _declared(config: dict[str, Any]) -> list[tuple[Mapping[str, Any], WasmWorkload]]:
-    """The WebAssembly workloads a configuration declares, each with its entry (invalid
-    ones are logged and left out)."""
-    found = []
+def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WasmWorkload]], list[str]]:
+    """The WebAssembly workloads a configuration declares, each with its entry (its kind
+    reads ``WasmModule`` there), and why any invalid ones are left out."""
+    found, invalid = [], []
     for entry in declared_workloads(config):
         try:
-            spec = WasmWorkload.model_validate({**{k: v for k, v in entry.items() if k != "kind"}, "kind": "wasm"})
+            found.append((entry, WasmWorkload.model_validate({**entry, "kind": "wasm"})))
         except ValidationError as exc:
-            log.error("a workload in the configuration is invalid, left out: %s", exc.errors()[0]["msg"])
-            continue
-        found.append((entry, spec))
-    return found
+            invalid.append(f"{entry.get('name')}: {exc.errors()[0]['msg']}")
+    return found, invalid
 
 
 class _Stopped(Exception):
@@ -96,7 +94,7 @@ class Agent:
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
         self.workloads: Supervisor | None = None
-        self._workloads_changed: set[str] = set()  # artifacts found changed on disk, not yet reported
+        self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
@@ -486,15 +484,17 @@ class Agent:
         config = state.desired.get("config")
         if self.workloads is None or not isinstance(config, dict):
             return
-        declared = _declared(config)
-        if not declared and not self.workloads.status():
+        declared, invalid = _declared(config)
+        if not declared and self.workloads.idle:
             return
         if not self._director_signed(config, updates):
             return  # the configuration step logs and reports it
+        for why in invalid:
+            log.error("a workload in the configuration is invalid, left out: %s", why)
         wanted, keep = [], set()
         for _, spec in declared:
             try:
-                artifacts = [await asyncio.to_thread(updates.artifact, path) for path in spec.targets]
+                artifacts, changed = await asyncio.to_thread(updates.artifacts, spec.targets)
             except UpdateRefused as exc:
                 self.workloads.refuse(spec, exc.message)
                 keep.add(spec.name)
@@ -504,9 +504,8 @@ class Agent:
                 keep.add(spec.name)
                 continue
             wanted.append((spec, artifacts))
-            if updates.refetched & set(spec.targets):
+            if changed:
                 self._workloads_changed.add(spec.name)  # drift: reported once, then healed
-                updates.refetched -= set(spec.targets)
         await self.workloads.apply(wanted, keep)
 
     def _config_report(self, state: AgentState) -> ConfigReport | None:
@@ -516,7 +515,7 @@ class Agent:
         if not isinstance(config, dict):
             return None
         parts = osconfig.observe(self._os_config_dir())
-        for entry, spec in _declared(config):
+        for entry, spec in _declared(config)[0]:
             if self.workloads is not None and self.workloads.runs(spec) and spec.name not in self._workloads_changed:
                 name, digest = workload_part(entry)
                 parts[name] = digest

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,7 +160,6 @@ class UpdateClient:
         self._director_tls = director_tls
         self._mirror_tls = mirror_tls
         self._last: tuple[tuple[int, str], UpdatePlan] | None = None
-        self.refetched: set[str] = set()  # artifacts whose kept copy had changed on disk (the agent drains it)
 
     def _repository(self, name: str) -> _Repository:
         if name == "director":
@@ -233,30 +233,37 @@ class UpdateClient:
         """Fetch and verify the planned image; returns (file, bytes fetched now)."""
         return fetch_target(self._mirror_tls, self.mirrors, plan.target, self.dir.parent / "downloads", stop)
 
-    def artifact(self, path: str) -> tuple[bytes, TargetFile]:
-        """A release artifact the image repository lists (a workload's module, kernel or
-        initramfs): the repository is refreshed (TUF client workflow), the bytes fetched
-        from the mirrors and verified against the signed target. A kept copy that changed
-        on disk since is fetched again.
+    def artifacts(self, paths: Sequence[str]) -> tuple[list[tuple[bytes, TargetFile]], bool]:
+        """Release artifacts the image repository lists (a workload's module, or kernel and
+        initramfs), each with its signed target: the repository is refreshed once (TUF
+        client workflow), the bytes fetched from the mirrors and verified. Also says
+        whether a kept copy had changed on disk since (it is fetched again).
 
         Raises:
-            UpdateRefused: the repository does not verify, does not list ``path``, or the
+            UpdateRefused: the repository does not verify, does not list a path, or the
                 mirrors serve other bytes.
             TransportError: no mirror could be reached.
         """
         image = self._repository("image")
         image.refresh_if_changed()
-        target = image.target(path)
-        if target is None:
-            raise UpdateRefused(f"{path} is not in the image repository", code="artifact_unknown")
         directory = self.dir.parent / "artifacts"
-        if (directory / target.hashes["sha256"]).exists():
+        found, changed = [], False
+        for path in paths:
+            target = image.target(path)
+            if target is None:
+                raise UpdateRefused(f"{path} is not in the image repository", code="artifact_unknown")
+            kept = (directory / target.hashes["sha256"]).exists()
             try:
-                return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
-            except UpdateRefused:  # the kept copy was changed behind our back, and is gone now
+                file = fetch_target(self._mirror_tls, self.mirrors, target, directory)[0]
+            except UpdateRefused:
+                if not kept:
+                    raise
+                # The kept copy was changed behind our back (and is gone now): fetch it again.
                 log.warning("kept copy of %s did not match its signed target; fetching it again", path)
-                self.refetched.add(path)
-        return fetch_target(self._mirror_tls, self.mirrors, target, directory)[0].read_bytes(), target
+                changed = True
+                file = fetch_target(self._mirror_tls, self.mirrors, target, directory)[0]
+            found.append((file.read_bytes(), target))
+        return found, changed
 
     def close(self) -> None:
         self._director_tls.close()

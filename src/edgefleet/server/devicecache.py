@@ -93,14 +93,12 @@ class ChangeFeed:
             changes = await changes_since(conn, self.last_id, FEED_BATCH)
         applied = self.cache.applied
         for change_id, device_id in changes:
-            if change_id in applied:
-                applied.discard(change_id)
-            else:
+            if change_id not in applied:  # those were evicted and woken when they were made
                 self.cache.forget(device_id)
                 self.long_polls.notify(device_id)
             self.last_id = change_id
-        if applied and min(applied) <= self.last_id:  # noted after this feed had passed them
-            applied.difference_update([i for i in applied if i <= self.last_id])
+        # Done with what this feed has passed (some were noted only after it passed them).
+        applied.difference_update([i for i in applied if i <= self.last_id])
         return len(changes)
 
     async def run(self, interval: float) -> None:

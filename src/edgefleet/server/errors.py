@@ -88,15 +88,11 @@ def install_error_handlers(app: FastAPI) -> None:
         server_state(request).metrics.refusals.labels(exc.code).inc()
         # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
         level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
-        if status == 503:
-            shown, left_out = overload.should_log(exc.code)
-            if shown:
-                more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
-                log.log(level, "refused %s %s -> %d %s: %s%s", request.method, request.url.path, status, exc.code,
-                        exc.message, more)
-        else:
-            log.log(level, "refused %s %s -> %d %s: %s", request.method, request.url.path, status, exc.code,
-                    exc.message)
+        shown, left_out = overload.should_log(exc.code) if status == 503 else (True, 0)
+        if shown:
+            more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
+            log.log(level, "refused %s %s -> %d %s: %s%s", request.method, request.url.path, status, exc.code,
+                    exc.message, more)
         bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
         headers = {"www-authenticate": "Bearer"} if bearer else None
         return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)

@@ -44,9 +44,9 @@ class RolloutViews:
         self._views: OrderedDict[str, tuple[int, RolloutView]] = OrderedDict()
 
     def of(self, row: RolloutRow) -> RolloutView:
-        cached = self._views.get(row.id)
-        if cached is not None and cached[0] == row.version:
-            return cached[1]
+        view = self._current(row.id, row.version)
+        if view is not None:
+            return view
         view = rollout_view(row)
         self._views[row.id] = (row.version, view)
         self._views.move_to_end(row.id)

@@ -159,6 +159,11 @@ class Supervisor:
         for name in [n for n in self._refused if n not in names]:
             del self._refused[name]
 
+    @property
+    def idle(self) -> bool:
+        """Nothing supervised, nothing refused."""
+        return not self._workloads and not self._refused
+
     def runs(self, spec: WorkloadSpec) -> bool:
         """Is this exact version the one supervised (running, between runs, or ended by its
         policy), with no newer version refused? Only verified versions ever start. Whether
