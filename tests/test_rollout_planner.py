@@ -193,6 +193,17 @@ def test_a_wave_whose_devices_are_all_offline_waits() -> None:
     assert [d for d in decisions if d.kind == "assign"] == []
 
 
+def test_a_wave_that_found_no_devices_bakes_from_its_start_and_moves_on() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=1), bake=timedelta(minutes=5)), Wave(Amount(percent=100))))
+    state, _ = plan(spec, State(), [], T0)  # nobody in the selection yet
+    state, _ = plan(spec, state, [], T0 + timedelta(minutes=1))
+    assert (state.wave, state.status) == (0, Status.BAKING)
+    devices = fleet(2, 1)  # they enrol while the empty first wave bakes
+    state, decisions = plan(spec, state, devices, T0 + timedelta(minutes=6))
+    assert (state.wave, state.status) == (1, Status.RUNNING)
+    assert sorted(d.device_id for d in decisions if d.kind == "assign") == ["dev-000", "dev-001"]
+
+
 def test_a_told_device_not_seen_yet_holds_its_wave_until_the_offline_grace_passes() -> None:
     spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))), offline_after=timedelta(minutes=2))
     devices = {o.id: o for o in fleet(3, 1)}

@@ -35,7 +35,15 @@ from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
 from edgefleet.gitops.hashing import canonical, declared_workloads, workload_part
 from edgefleet.pki import make_csr, new_device_key
-from edgefleet.protocol.v1 import ConfigReport, EnrollRequest, Inventory, StatusReport, UpdateEvent, UpdateReport
+from edgefleet.protocol.v1 import (
+    ConfigReport,
+    DesiredState,
+    EnrollRequest,
+    Inventory,
+    StatusReport,
+    UpdateEvent,
+    UpdateReport,
+)
 from edgefleet.protocol.workloads import WasmWorkload
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.workloads.supervisor import Supervisor
@@ -95,6 +103,7 @@ class Agent:
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
         self.workloads: Supervisor | None = None
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
+        self._applied = -1  # the desired state version whose configuration the agent has acted on
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
@@ -121,6 +130,28 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         raise _Stopped
+
+    async def _poll_desired(self, state: AgentState, transport: DeviceTransport,
+                            stop: asyncio.Event) -> tuple[DesiredState | None, bool]:
+        """Check in (a long poll): the new desired state if there is one, and whether a
+        workload failed meanwhile (that ends the poll early, so it is reported at once)."""
+        assert state.device_id is not None
+        poll = asyncio.ensure_future(
+            transport.fetch_desired(state.device_id, state.desired_version, self.settings.long_poll_seconds))
+        failed = self.workloads.failed if self.workloads is not None else asyncio.Event()
+        watcher = asyncio.ensure_future(failed.wait())
+        try:
+            await self._until_stopped(asyncio.wait({poll, watcher}, return_when=asyncio.FIRST_COMPLETED), stop)
+        finally:
+            watcher.cancel()
+            if not poll.done():
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
+        if failed.is_set():
+            failed.clear()
+            return (poll.result() if not poll.cancelled() else None), True
+        return poll.result(), False
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -150,6 +181,9 @@ class Agent:
             try:
                 if self.runner is not None:
                     await asyncio.to_thread(self.runner.resume)
+                elif state.desired_version >= 0:  # no signed updates: mTLS-verified config, applied as received
+                    await asyncio.to_thread(self._apply_os_config, state)
+                    self._applied = state.desired_version
                 await self._loop(state, transport, halt)
             finally:
                 await self.workloads.close()
@@ -389,9 +423,9 @@ class Agent:
                     await self._until_stopped(self._report(state, transport), stop)
                 if stop.is_set():
                     break
-                desired = await self._until_stopped(
-                    transport.fetch_desired(state.device_id, state.desired_version, settings.long_poll_seconds), stop
-                )
+                desired, failed = await self._poll_desired(state, transport, stop)
+                if failed:
+                    next_report = self.clock.monotonic()
                 self.checkins += 1
                 if desired is not None:
                     state.desired, state.desired_version = desired.document, desired.version
@@ -399,12 +433,16 @@ class Agent:
                     log.info("received desired state version %d", desired.version)
                     if self.updates is None:
                         await asyncio.to_thread(self._apply_os_config, state)
+                        self._applied = state.desired_version
                     next_report = next_update = self.clock.monotonic()
                 if self.updates is not None and self.clock.monotonic() >= next_update:
                     before = (state.update_state, state.update_error)
                     await self._check_update(state, self.updates)
                     await asyncio.to_thread(self._apply_os_config, state)  # verified against the director
                     await self._apply_workloads(state, self.updates)
+                    config = state.desired.get("config")
+                    if not isinstance(config, dict) or self._director_signed(config, self.updates):
+                        self._applied = state.desired_version  # else it waits for the director's signature
                     next_update = self.clock.monotonic() + settings.update_check_seconds
                     if self.runner is not None and self.runner.job.active:
                         await self._drive_update(state, transport, attestor, stop)
@@ -544,7 +582,7 @@ class Agent:
                 running_version=self.platform.os_version(),
                 health="ok",
                 update_state=state.update_state,
-                desired_version_applied=state.desired_version if state.desired_version >= 0 else None,
+                desired_version_applied=self._applied if self._applied >= 0 else None,
                 details=self._details(state),
                 update=self._update_report(state),
                 config=self._config_report(state),

@@ -94,6 +94,7 @@ class Rendering:
     fleet: FleetSpec = field(default_factory=FleetSpec)
     objects: list[RenderedObject] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # device id -> its config
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> its workload set
     errors: list[SourceError] = field(default_factory=list)
 
 
@@ -282,6 +283,7 @@ def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Renderi
                     out.objects.extend(manifests)
                     config["workloads"]["manifests"] += [o.body for o in manifests]
         group_configs[name] = config
+        out.workloads[name] = config["workloads"]
     for device in devices:
         group = select_group(device, out.groups)
         if group is None:

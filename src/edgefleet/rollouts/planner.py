@@ -239,7 +239,9 @@ def plan(spec: Spec, state: State, observations: Sequence[Observation], now: dat
             if unhealthy:
                 reason = f"wave {state.wave + 1} went unhealthy while baking: {', '.join(sorted(unhealthy)[:5])}"
                 return _halt(state, decisions, reason)
-            last_commit = max((p.succeeded_at for p in succeeded if p.succeeded_at), default=now)
+            # An empty wave bakes from its start (with nobody to commit, it would bake forever).
+            last_commit = max((p.succeeded_at for p in succeeded if p.succeeded_at),
+                              default=state.wave_started or now)
             if now < last_commit + wave.bake:
                 if state.status is not Status.BAKING:
                     decisions.append(Decision("baking", reason=f"wave {state.wave + 1} bakes until "

@@ -137,6 +137,23 @@ class DirectorService:
             failed.update((await _retrying(attempt))[1])
         return failed
 
+    async def assign_workloads(self, device_ids: Sequence[str], workloads: dict[str, Any]) -> list[str]:
+        """Tell devices to run workload set ``workloads`` (a workload rollout's step): it
+        replaces the ``workloads`` of each one's rendered configuration, which is signed
+        again before the device hears of it. Devices without configuration are left out.
+        Returns the devices told."""
+        async with self.db.transaction() as conn:
+            documents = await desired_documents(conn, device_ids)
+            changed = {d: {**doc, "config": {**doc["config"], "workloads": workloads}}
+                       for d, doc in documents.items()
+                       if isinstance(doc.get("config"), dict) and doc["config"].get("workloads") != workloads}
+            await set_desired_many(conn, changed, self.clock.now())
+        for device_id in changed:
+            await self.sign_config(device_id)  # before the device hears of it
+            self.devices.forget(device_id)
+            self.long_polls.notify(device_id)
+        return list(changed)
+
     async def _assign_batch(self, device_ids: Sequence[str], release: str, options: dict[str, Any]) -> tuple[
             list[Assignment], dict[str, EdgefleetError]]:
         """Read, check, sign (in one worker thread) and store a batch; each device's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,20 +17,22 @@ from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, StoreError, TransportError
 from edgefleet.gitops.git import GitMirror
 from edgefleet.gitops.hashing import config_hash, desired_parts
-from edgefleet.gitops.render import DeviceInfo, Rendering, SourceError, parse_groups, render
+from edgefleet.gitops.render import DeviceInfo, Rendering, render
 from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
 from edgefleet.releases.workspace import release_fields
+from edgefleet.rollouts.workloads import EMPTY
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
-from edgefleet.server.rollouts import RolloutController
+from edgefleet.server.rollouts import RolloutController, workloads_of
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
 from edgefleet.store.gitops import accepted_commits, drift_of, record_commit, refused_before, set_drift
+from edgefleet.store.rollouts import rollout_heads
 from edgefleet.store.schema import Device
 
 log = logging.getLogger("edgefleet.server.gitops")
@@ -53,7 +56,7 @@ class GitOpsService:
     long_polls: LongPolls
     rollouts: RolloutController | None = None  # starts the groups' rollouts from accepted commits
     self_heal: bool = False  # from fleet.yaml of the accepted root commit
-    _rolled_out: str | None = None  # the root commit whose groups' rollouts have all been started
+    _rolled_out: str | None = None  # the accepted commits whose groups' rollouts have all been started
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -147,21 +150,45 @@ class GitOpsService:
         return None if commit is None else (root, commit)
 
     async def _start_rollouts(self) -> None:
-        """Each group's release in the accepted root commit goes out as a wave rollout (on the
-        one process that leads the rollout controllers)."""
+        """Each group's release in the accepted root commit goes out as a wave rollout, and so
+        does the workload set of each group with a ``rollout:`` plan (on the one process
+        that leads the rollout controllers)."""
         if self.rollouts is None or not await self.rollouts.leadership.held():
             return
-        found = await self.accepted_root()
-        if found is None or found[1] == self._rolled_out:
+        root = next((s for s in self.sources if s.kind == "root"), None)
+        async with self.db.transaction() as conn:
+            accepted = await accepted_commits(conn)
+        if root is None or root.name not in accepted or json.dumps(accepted, sort_keys=True) == self._rolled_out:
             return
-        root, commit = found
-        errors: list[SourceError] = []
-        groups = parse_groups(await asyncio.to_thread(self.accepted_files, {root.name: commit}), errors)
-        if errors:  # cannot happen to an accepted commit unless the code changed since
-            log.error("accepted commit %s no longer parses: %s", commit[:12], "; ".join(map(str, errors[:3])))
+        rendering = await asyncio.to_thread(render, await asyncio.to_thread(self.accepted_files, accepted), [])
+        if rendering.errors:  # cannot happen to accepted commits unless the code changed since
+            log.error("accepted commits %s no longer render: %s", accepted,
+                      "; ".join(map(str, rendering.errors[:3])))
             return
-        if not await self.rollouts.from_git(groups, commit):
-            self._rolled_out = commit
+        waiting = await self.rollouts.from_git(rendering.groups, accepted[root.name])
+        await self.rollouts.workloads_from_git(rendering.groups, rendering.workloads, "gitops@" + "+".join(
+            accepted[s.name][:12] for s in self.sources if s.name in accepted))
+        if not waiting:
+            self._rolled_out = json.dumps(accepted, sort_keys=True)
+
+    async def _workload_bases(self, rendering: Rendering) -> dict[str, dict[str, Any]]:
+        """Per group whose workloads roll out in waves: the set a device that runs none of
+        the group's yet starts with (the last set rolled out to the whole group; until a
+        first rollout, the rendered one). Devices running a set keep it until a rollout
+        tells them otherwise."""
+        planned = [name for name, group in rendering.groups.items() if group.rollout is not None]
+        if self.rollouts is None or not planned:
+            return {}
+        async with self.db.transaction() as conn:
+            heads = await rollout_heads(conn)  # newest first
+        bases = {}
+        for name in planned:
+            latest = next((r for r in heads if r.spec.get("group") == name and r.created_by.startswith("gitops")
+                           and workloads_of(r.spec) is not None), None)
+            settled = None if latest is None else (
+                latest.spec["workloads"] if latest.status == "completed" else latest.spec.get("workloads_before"))
+            bases[name] = settled if isinstance(settled, dict) else rendering.workloads.get(name, EMPTY)
+        return bases
 
     async def _sync(self, source: SyncSource) -> Decision | None:
         mirror = self.mirror(source)
@@ -203,6 +230,7 @@ class GitOpsService:
     async def _apply(self, rendering: Rendering, commits: dict[str, str], only: set[str] | None = None) -> None:
         """Write each device's rendered configuration into its desired state if it changed."""
         self.self_heal = rendering.fleet.self_heal
+        bases = await self._workload_bases(rendering)
         now = self.clock.now()
         changed = []
         async with self.db.transaction() as conn:
@@ -212,6 +240,10 @@ class GitOpsService:
                 found = await desired_state(conn, device.id)
                 current = dict(found[1]) if found else {}
                 config = rendering.documents.get(device.id)
+                if config is not None and config["group"] in bases:
+                    running = current.get("config")
+                    config = {**config, "workloads": running["workloads"] if isinstance(running, dict) and running.get(
+                        "group") == config["group"] else bases[config["group"]]}
                 document = dict(current)
                 if config is None:
                     document.pop("config", None)
@@ -226,10 +258,13 @@ class GitOpsService:
             self.devices.forget(device_id)
             self.long_polls.notify(device_id)
 
-    async def observe(self, device_id: str, reported: dict[str, Any] | None) -> None:
-        """Compare what a device reports running with its desired configuration."""
+    async def observe(self, device_id: str, reported: dict[str, Any] | None, applied: int | None) -> None:
+        """Compare what a device reports running with its desired configuration, once it
+        has acted on that version (``applied``; before, it is on its way: not drift)."""
         async with self.db.transaction() as conn:
             found = await desired_state(conn, device_id)
+            if found is not None and reported is not None and (applied is None or applied < found[0]):
+                return
             config = (found[1] if found else {}).get("config")
             before = await drift_of(conn, device_id)
             if not isinstance(config, dict) or reported is None:

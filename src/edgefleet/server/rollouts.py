@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -25,6 +26,7 @@ from edgefleet.gitops.render import GroupSpec
 from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
 from edgefleet.rollouts.planner import Observation, State, Status, matches, plan
+from edgefleet.rollouts.workloads import EMPTY, judge, revision
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics
@@ -38,6 +40,7 @@ from edgefleet.store.rollouts import (
     rollout_devices,
     rollout_heads,
     save_rollout,
+    workload_reports,
 )
 from edgefleet.store.schema import RolloutRow
 
@@ -99,6 +102,32 @@ def _observation(device: Row[Any], presence: Presence) -> Observation:
         device.health, device.update_reason)
 
 
+def _workload_observation(device: Row[Any], presence: Presence, release: str, workloads: dict[str, Any],
+                          report: tuple[Any, Any, Any] | None) -> Observation:
+    """A device in a workload rollout: where it stands with the rollout's workload set."""
+    _, parts, statuses = report or (None, None, None)
+    verdict = judge(workloads, parts, statuses)
+    return Observation(
+        device.id, {**device.labels, "site": device.site}, presence.latest(device.id) or device.last_seen_at,
+        release if verdict.phase == "committed" else None, verdict.phase, release,
+        health="failed" if verdict.phase == "failed" else "ok", update_reason=verdict.reason)
+
+
+def workloads_of(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The workload set a rollout moves (None: it moves a release)."""
+    found = spec.get("workloads")
+    return found if isinstance(found, dict) else None
+
+
+def request_of(spec: dict[str, Any]) -> RolloutRequest:
+    """A stored rollout's request (a workload rollout also stores its sets beside it)."""
+    return RolloutRequest.model_validate({k: v for k, v in spec.items() if k not in ("workloads", "workloads_before")})
+
+
+def _kind(spec: dict[str, Any]) -> str:
+    return "release" if workloads_of(spec) is None else "workloads"
+
+
 @dataclass
 class RolloutController:
     db: Database
@@ -115,12 +144,20 @@ class RolloutController:
     def __post_init__(self) -> None:
         self.leadership = Leadership(self.db)
 
-    async def start(self, request: RolloutRequest, who: str, rollout_id: str | None = None) -> RolloutRow:
+    async def start(self, request: RolloutRequest, who: str, rollout_id: str | None = None, *,
+                    workloads: dict[str, Any] | None = None,
+                    workloads_before: dict[str, Any] | None = None) -> RolloutRow:
         """Raises NotFound when the release is not published, Conflict when an active
-        rollout already covers some of the same devices (each device follows one rollout)."""
-        await asyncio.to_thread(self.director.release_targets, request.release)
+        rollout already covers some of the same devices (each device follows one rollout
+        of a release and one of a workload set). With ``workloads``, the rollout moves that
+        workload set (named ``request.release``) instead of a release; an abort with revert
+        then tells its devices to run ``workloads_before``."""
+        if workloads is None:
+            await asyncio.to_thread(self.director.release_targets, request.release)
+        spec = {**request.model_dump(mode="json"),
+                **({} if workloads is None else {"workloads": workloads, "workloads_before": workloads_before})}
         async with self.db.transaction() as conn:
-            active = await rollout_heads(conn, statuses=ACTIVE)
+            active = [r for r in await rollout_heads(conn, statuses=ACTIVE) if _kind(r.spec) == _kind(spec)]
             devices = await rollout_devices(conn)
         mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
         for other in active:
@@ -131,7 +168,7 @@ class RolloutController:
         now = self.clock.now()
         rollout_id = rollout_id or new_rollout_id()
         row: dict[str, Any] = {"id": rollout_id, "release": request.release, "selector": dict(request.selector),
-               "spec": request.model_dump(mode="json"), "state": state_to_json(State()), "status": "running",
+               "spec": spec, "state": state_to_json(State()), "status": "running",
                "version": 0, "previous": {}, "created_by": who, "created_at": now, "updated_at": now}
         async with self.db.transaction() as conn:
             await create_rollout(conn, row)
@@ -155,7 +192,8 @@ class RolloutController:
         for name, group in sorted(groups.items()):
             if group.release is None:
                 continue
-            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")]
+            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")
+                    and _kind(r.spec) == "release"]
             if any(r.release == group.release for r in mine):
                 continue
             plan_ = group.rollout or RolloutPlan(waves=[WaveRequest(size="100%")])
@@ -164,10 +202,7 @@ class RolloutController:
             rollout_id = new_rollout_id()
             try:
                 await asyncio.to_thread(self.director.release_targets, group.release)
-                for old in mine:
-                    if old.status in ACTIVE:
-                        with contextlib.suppress(Conflict):
-                            await self.operate(old.id, "abort", f"{who} (superseded by {rollout_id})")
+                await self._supersede(mine, f"{who} (superseded by {rollout_id})")
                 await self.start(request, who, rollout_id)
             except (NotFound, Conflict) as exc:
                 log.warning("group %s: cannot roll out %s yet: %s", name, group.release, exc.message)
@@ -175,6 +210,41 @@ class RolloutController:
                 continue
             log.info("group %s: rollout %s of %s from commit %s", name, rollout_id, group.release, commit[:12])
         return waiting
+
+    async def workloads_from_git(self, groups: Mapping[str, GroupSpec], sets: Mapping[str, dict[str, Any]],
+                                 who: str) -> None:
+        """Each group with a ``rollout:`` plan whose workload set in the accepted repository
+        is not the one its last workload rollout moved gets a rollout of that set with the
+        group's plan, superseding the group's active one. An abort with revert goes back to
+        the set the last rollout moved."""
+        async with self.db.transaction() as conn:
+            existing = await rollout_heads(conn)  # newest first
+        for name, group in sorted(groups.items()):
+            workloads = sets.get(name)
+            if group.rollout is None or workloads is None:
+                continue
+            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")
+                    and _kind(r.spec) == "workloads"]
+            release = revision(workloads)
+            if (mine and mine[0].release == release) or (not mine and workloads == EMPTY):
+                continue
+            request = RolloutRequest(release=release, selector=dict(group.selector.matchLabels), group=name,
+                                     **group.rollout.model_dump())
+            rollout_id = new_rollout_id()
+            await self._supersede(mine, f"{who} (superseded by {rollout_id})")
+            try:
+                await self.start(request, who, rollout_id, workloads=workloads,
+                                 workloads_before=workloads_of(mine[0].spec) if mine else None)
+            except Conflict as exc:
+                log.warning("group %s: cannot roll out its workloads %s: %s", name, release, exc.message)
+                continue
+            log.info("group %s: rollout %s of workloads %s (%s)", name, rollout_id, release, who)
+
+    async def _supersede(self, rollouts: Sequence[Row[Any]], why: str) -> None:
+        for old in rollouts:
+            if old.status in ACTIVE:
+                with contextlib.suppress(Conflict):
+                    await self.operate(old.id, "abort", why)
 
     async def operate(self, rollout_id: str, verb: str, who: str, *, revert: bool = False) -> RolloutRow:
         """pause, resume, approve or abort. Raises NotFound or Conflict (not possible now)."""
@@ -218,6 +288,9 @@ class RolloutController:
         """Devices the rollout told go back to the release they ran before (the director
         assigns it again; the device switches back to that slot)."""
         state = state_from_json(row.state)
+        if workloads_of(row.spec) is not None:
+            await self._revert_workloads(row, [d for d, p in state.devices.items() if p.told_at is not None])
+            return
         events = []
         for device_id, place in state.devices.items():
             previous = row.previous.get(device_id)
@@ -228,6 +301,17 @@ class RolloutController:
                 events.append(("revert", device_id, f"back to {previous}"))
             except EdgefleetError as exc:
                 events.append(("revert_failed", device_id, exc.message))
+        async with self.db.transaction() as conn:
+            await add_events(conn, row.id, events, self.clock.now())
+
+    async def _revert_workloads(self, row: RolloutRow, told: list[str]) -> None:
+        before = row.spec.get("workloads_before")
+        events: list[tuple[str, str | None, str]]
+        if not isinstance(before, dict):
+            events = [("revert_failed", None, "no workload set before this rollout to go back to")]
+        else:
+            reverted = await self.director.assign_workloads(told, before)
+            events = [("revert", d, f"back to workloads {revision(before)}") for d in reverted]
         async with self.db.transaction() as conn:
             await add_events(conn, row.id, events, self.clock.now())
 
@@ -257,7 +341,7 @@ class RolloutController:
         due, followed = [], set[str]()
         for head in heads:  # newest first
             if head.status == Status.COMPLETED:
-                key = json.dumps([head.selector, head.spec.get("group")], sort_keys=True)
+                key = json.dumps([head.selector, head.spec.get("group"), _kind(head.spec)], sort_keys=True)
                 if key in followed or len(followed) >= FOLLOWED:
                     continue
                 followed.add(key)
@@ -280,8 +364,12 @@ class RolloutController:
         return decisions
 
     async def _step(self, row: RolloutRow, everyone: Sequence[Row[Any]], taken: set[str]) -> tuple[int, set[str]]:
-        """Plan and apply one step; returns the decisions made and the devices told now."""
-        request = RolloutRequest.model_validate(row.spec)
+        """Plan and apply one step; returns the decisions made and the devices told a release
+        now."""
+        request = request_of(row.spec)
+        workloads = workloads_of(row.spec)
+        if workloads is not None:
+            return await self._workload_step(row, request, workloads, everyone), set()
         spec = spec_from_request(request)
         state = state_from_json(row.state)
         devices = [d for d in everyone if _selected(d, row.selector, request.group)]
@@ -295,18 +383,9 @@ class RolloutController:
         for decision in decisions:
             if decision.kind == "assign" and decision.device_id is not None:
                 previous.setdefault(decision.device_id, running.get(decision.device_id))
-        if new_state != state or previous != row.previous:
-            async with self.db.transaction() as conn:
-                if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(new_state),
-                                          status=str(new_state.status), previous=previous):
-                    return 0, set()  # another controller took this step
-                await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)
-                for decision in decisions:
-                    if decision.kind == "halt":
-                        await self.alerts.raise_alert(conn, "rollout_halted", row.id,
-                                                      f"rollout {row.id} of {row.release} halted: {decision.reason}",
-                                                      {"rollout": row.id, "reason": decision.reason})
-            self.alerts.wake()
+        if (new_state != state or previous != row.previous) and not await self._save(row, new_state, decisions,
+                                                                                     previous, now):
+            return 0, set()  # another controller took this step
         told = {d.device_id for d in decisions if d.kind == "assign" and d.device_id is not None}
         if new_state.status is not Status.ABORTED:
             # Every device the plan told has the release in its director metadata. Idempotent:
@@ -319,6 +398,46 @@ class RolloutController:
                                 and (state.status is not Status.COMPLETED or assigned[d] is None)],
                                row.release)
         return len(decisions), told
+
+    async def _workload_step(self, row: RolloutRow, request: RolloutRequest, workloads: dict[str, Any],
+                             everyone: Sequence[Row[Any]]) -> int:
+        """One step of a workload rollout: the same planner, over what devices report of their
+        workloads; told devices get the set in their signed configuration."""
+        state = state_from_json(row.state)
+        devices = [d for d in everyone if _selected(d, row.selector, request.group)]  # joiners too
+        async with self.db.transaction() as conn:
+            reports = await workload_reports(conn, [d.id for d in devices])
+        observations = [_workload_observation(d, self.presence, row.release, workloads, reports.get(d.id))
+                        for d in devices]
+        now = self.clock.now()
+        new_state, decisions = plan(spec_from_request(request), state, observations, now)
+        if new_state != state and not await self._save(row, new_state, decisions, row.previous, now):
+            return 0
+        if new_state.status is not Status.ABORTED:
+            # Idempotent like releases; a completed rollout only tells the joiners it told now.
+            told = ({d.device_id for d in decisions if d.kind == "assign"} if state.status is Status.COMPLETED
+                    else {d for d, p in new_state.devices.items() if p.told_at is not None})
+            behind = sorted(d for d in told if d is not None and d in reports and reports[d][0] != workloads)
+            if behind:
+                await self.director.assign_workloads(behind, workloads)
+        return len(decisions)
+
+    async def _save(self, row: RolloutRow, state: State, decisions: Sequence[Any], previous: dict[str, Any],
+                    now: datetime) -> bool:
+        """Store a step (compare-and-swap), its audit events and any halt alert; False when
+        another controller took this step."""
+        async with self.db.transaction() as conn:
+            if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(state),
+                                      status=str(state.status), previous=previous):
+                return False
+            await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)
+            for decision in decisions:
+                if decision.kind == "halt":
+                    await self.alerts.raise_alert(conn, "rollout_halted", row.id,
+                                                  f"rollout {row.id} of {row.release} halted: {decision.reason}",
+                                                  {"rollout": row.id, "reason": decision.reason})
+        self.alerts.wake()
+        return True
 
     async def _assign(self, device_ids: list[str], release: str) -> None:
         try:

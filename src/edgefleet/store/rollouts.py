@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,3 +78,15 @@ async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
             .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
             .outerjoin(DirectorState, DirectorState.device_id == Device.id))
     return (await conn.execute(stmt)).all()
+
+
+async def workload_reports(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, tuple[Any, Any, Any]]:
+    """Per device: the workloads its desired configuration names, and from its last status
+    report its drift parts and its workloads' statuses (a workload rollout's view)."""
+    stmt = select(Device.id, Device.desired["config"]["workloads"], Device.status["config"]["parts"],
+                  Device.status["workloads"]).where(Device.id.in_(bindparam("ids", expanding=True)))
+    found: dict[str, tuple[Any, Any, Any]] = {}
+    for start in range(0, len(device_ids), 1000):
+        for row in await conn.execute(stmt, {"ids": list(device_ids[start:start + 1000])}):
+            found[row[0]] = (row[1], row[2], row[3])
+    return found

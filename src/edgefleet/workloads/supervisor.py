@@ -129,6 +129,9 @@ class Supervisor:
         self.rng = rng or random.Random()
         self._workloads: dict[str, _Workload] = {}
         self._refused: dict[str, WorkloadStatus] = {}
+        # Set when a workload first fails (a crash after clean runs, a refusal): the agent
+        # reports it now rather than at its next report. Not at every crash of a loop.
+        self.failed = asyncio.Event()
 
     async def apply(self, wanted: Sequence[tuple[WorkloadSpec, Sequence[Artifact]]],
                     keep: Collection[str] = ()) -> None:
@@ -176,6 +179,7 @@ class Supervisor:
         """Record that this version of ``spec`` will not run; a running version stays."""
         log.warning("workload %s refused, %s: %s", spec.name,
                     "the running version stays" if spec.name in self._workloads else "not started", why)
+        self.failed.set()
         self._refused[spec.name] = WorkloadStatus(name=spec.name, kind=spec.kind, targets=spec.targets, sha256=None,
                                                   state="refused", last_exit="refused", detail=why[:1000])
 
@@ -223,12 +227,14 @@ class Supervisor:
             workload.state = "running"
             result = await _in_own_thread(f"workload-{spec.name}",
                                           lambda: workload.module.run(self.data_dir, self.log_dir))
-            workload.last = result
+            before, workload.last = workload.last, result
             workload.output.read()
             if result.reason == "stopped" or workload.stopping.is_set():
                 workload.state = "stopped"
                 return
             failed = result.reason != "exited" or result.exit_code != 0
+            if failed and (before is None or (before.reason == "exited" and before.exit_code == 0)):
+                self.failed.set()
             log.log(logging.WARNING if failed else logging.INFO, "workload %s %s%s%s", spec.name, result.reason,
                     f" with code {result.exit_code}" if result.exit_code is not None else "",
                     f": {result.detail}" if result.detail else "")

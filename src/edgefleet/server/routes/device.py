@@ -78,7 +78,7 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
         if accepted and body.update is not None and body.update.events:
             await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
     if accepted and body.config is not None:
-        await state.gitops.observe(device.id, body.config.model_dump())
+        await state.gitops.observe(device.id, body.config.model_dump(), body.desired_version_applied)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq)
 
