@@ -227,3 +227,23 @@ def test_repo_init_scaffold_renders_cleanly_and_its_policies_bite(tmp_path: Path
     assert [v.policy for v in evaluate(policies, [unsigned], ["os/2026.12.0/2026.12.0.img"])] == [
         "wasm-modules-are-signed-targets"]
     assert evaluate(policies, [unsigned], ["wasm/rules-1.wasm"]) == []
+    vm = RenderedObject("MicroVM", "edge-vm", "stores", "apps/stores/microvm.yaml",
+                        {"kind": "MicroVM", "name": "edge-vm", "kernel": "vm/vmlinuz", "initrd": "vm/initrd.gz"})
+    assert [v.policy for v in evaluate(policies, [vm], ["vm/vmlinuz"])] == ["microvms-are-signed-targets"]
+    assert evaluate(policies, [vm], ["vm/vmlinuz", "vm/initrd.gz"]) == []
+
+
+def test_microvms_and_modules_in_apps_render_as_the_workloads_the_device_runs() -> None:
+    from edgefleet.gitops.render import DeviceInfo, render
+    files = {"groups/stores.yaml": b"selector: {matchLabels: {site: s1}}\n",
+             "apps/stores/wasm.yaml": b"- {name: meter, target: a/meter.wasm}\n",
+             "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, initrd: a/initrd.gz, vcpus: 2}\n"}
+    rendering = render(files, [DeviceInfo("dev-1", "s1", "h", {})])
+    assert rendering.errors == []
+    workloads = rendering.documents["dev-1"]["workloads"]
+    assert workloads["microvm"] == [{"name": "edge-vm", "kind": "MicroVM", "kernel": "a/vmlinuz",
+                                     "initrd": "a/initrd.gz", "vcpus": 2}]
+    assert [o.kind for o in rendering.objects] == ["MicroVM", "WasmModule"]
+    bad = render({**files, "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, vcpus: 0}\n"}, [])
+    assert [e.path for e in bad.errors] == ["apps/stores/microvm.yaml [0]"] * len(bad.errors)
+    assert len(bad.errors) >= 1

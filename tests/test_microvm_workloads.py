@@ -104,3 +104,61 @@ def test_a_tampered_kernel_is_refused_and_never_boots(tmp_path: Path, images: tu
     assert "workloads/edge-vm/vmlinuz does not match its signed target" in status.detail
     assert not (tmp_path / "logs" / "edge-vm.stdout").exists()  # QEMU never started
     assert not (tmp_path / "data" / ".artifacts").exists()  # nothing unverified was written
+
+
+MICROVM_YAML = """- name: edge-vm
+  kernel: artifacts/2026.12.0/vmlinuz
+  initrd: artifacts/2026.12.0/initrd.gz
+  cmdline: quiet site=store-0042
+  memory_mib: 128
+"""
+
+
+def test_a_microvm_declared_in_the_fleet_repository_boots_on_the_device(tmp_path: Path,
+                                                                         images: tuple[bytes, bytes]) -> None:
+    """apps/<group>/microvm.yaml -> director-signed configuration -> kernel and initramfs
+    fetched as release artifacts and verified -> QEMU -> healthy, reported, in sync."""
+    from edgefleet.credentials import Role
+    from tests.ab_world import AbWorld, run, until
+    from tests.conftest import start_fleet
+    from tests.gitops_world import FleetRepo
+    from tests.test_gitops import BASE
+
+    repo = FleetRepo(tmp_path / "git")
+    repo.commit(BASE, "fleet", signer="alice")
+    repo.git("checkout", "-q", "-b", "apps")
+    repo.commit({"apps/stores/microvm.yaml": MICROVM_YAML}, "edge vm", signer="bob")
+    repo.git("checkout", "-q", "main")
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
+        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
+         "allowed_signers": str(repo.allowed_signers("alice"))},
+        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
+         "allowed_signers": str(repo.allowed_signers("bob"))}])
+    try:
+        world = AbWorld(plane, tmp_path / "releases")
+        artifacts = tmp_path / "vm"
+        artifacts.mkdir()
+        (artifacts / "vmlinuz").write_bytes(images[0])
+        (artifacts / "initrd.gz").write_bytes(images[1])
+        world.publish("2026.12.0", 12, artifacts=[artifacts / "vmlinuz", artifacts / "initrd.gz"])
+        device = world.device("vm", status_interval_seconds=0.5, update_check_seconds=0.5)
+        viewer = plane.client(role=Role.VIEWER)
+
+        def reported() -> dict[str, object]:
+            assert device.agent is not None
+            view = viewer.get(f"/api/v1/admin/devices/{device.agent.device_id}").json()
+            return next((w for w in view.get("workloads") or [] if w["name"] == "edge-vm"), {})
+
+        async def steps() -> None:
+            await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
+            assert plane.client(role=Role.OPERATOR).post("/api/v1/admin/gitops/sync").status_code == 200
+            await until(lambda: reported().get("healthy") is True, timeout=120, what="the VM healthy, reported")
+            assert viewer.get("/api/v1/admin/drift").json()["devices"] == []  # in sync: nothing listed
+
+        run(world, device, steps, timeout=150)
+        status = reported()
+        assert status["kind"] == "microvm"
+        assert status["targets"] == ["artifacts/2026.12.0/vmlinuz", "artifacts/2026.12.0/initrd.gz"]
+        assert "EDGEFLEET-HEALTHY site=store-0042" in status["output"]  # type: ignore[operator]
+    finally:
+        plane.close()

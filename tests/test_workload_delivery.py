@@ -65,7 +65,7 @@ def test_a_module_published_as_a_release_artifact_is_fetched_verified_and_run(se
     client.close()
 
 
-def test_a_kept_artifact_changed_on_disk_is_fetched_again(setup: Setup) -> None:
+def test_a_kept_artifact_changed_or_removed_on_disk_is_fetched_again(setup: Setup) -> None:
     client = setup.client()
     [(data, target)], _ = client.artifacts([MODULE])
     kept = setup.device.directory / "artifacts" / target.hashes["sha256"]
@@ -74,6 +74,11 @@ def test_a_kept_artifact_changed_on_disk_is_fetched_again(setup: Setup) -> None:
     assert again == data
     assert changed
     assert kept.read_bytes() == data
+    kept.unlink()  # removed behind the agent's back
+    [(again, _)], changed = client.artifacts([MODULE])
+    assert (again, changed) == (data, True)
+    assert kept.read_bytes() == data
+    assert client.artifacts([MODULE])[1] is False  # nothing changed since
     client.close()
 
 
@@ -120,6 +125,10 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
             rows: list[dict[str, Any]] = viewer.get("/api/v1/admin/drift").json()["devices"]
             return [row for row in rows if row["state"] == "out_of_sync"]
 
+        def meter_drift_alerts() -> list[dict[str, Any]]:
+            return [a for a in viewer.get("/api/v1/admin/alerts").json()["alerts"]
+                    if a["kind"] == "drift" and "workload.meter" in a["details"]["differences"]]
+
         async def steps() -> None:
             await until(lambda: device.agent is not None and device.agent.reports >= 1, what="enrollment")
             await until(lambda: (reported() or {}).get("restarts", 0) >= 1, what="the module running, reported")
@@ -131,11 +140,13 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
             assert await asyncio.to_thread(drifted) == []  # it runs as declared
             kept = device.device.agent_dir / "artifacts" / status["sha256"]
             kept.write_bytes(b"\\0asm tampered")  # behind the agent's back
-            await until(lambda: any(a["kind"] == "drift" and "workload.meter" in a["details"]["differences"]
-                                    for a in viewer.get("/api/v1/admin/alerts").json()["alerts"]),
-                        what="drift alerted")
+            await until(lambda: len(meter_drift_alerts()) == 1, what="drift alerted")
             await until(lambda: kept.read_bytes() == meter.read_bytes(), what="the kept module fetched again")
             await until(lambda: drifted() == [], what="back in sync")
+            kept.unlink()  # removed behind the agent's back: drift again, healed again
+            await until(lambda: len(meter_drift_alerts()) == 2, what="the removal alerted")
+            await until(lambda: kept.exists() and kept.read_bytes() == meter.read_bytes(), what="fetched again")
+            await until(lambda: drifted() == [], what="back in sync after the removal")
 
         run(world, device, steps)
     finally:

@@ -52,8 +52,8 @@ def test_a_device_has_taken_a_workload_set_when_it_runs_each_declared_version_an
     assert judge(SET, {part: digest}, [status(last_exit="exited", exit_code=2)]).phase == "failed"
     refused = judge(SET, {}, [status(update_refused="hash mismatch")])  # the old version runs on
     assert (refused.phase, refused.reason) == ("failed", "workload meter refused: hash mismatch")
-    assert judge({"manifests": [], "wasm": []}, None, None).phase == "committed"
-    assert revision(SET) != revision({"manifests": [], "wasm": []})
+    assert judge({"manifests": [], "wasm": [], "microvm": []}, None, None).phase == "committed"
+    assert revision(SET) != revision({"manifests": [], "wasm": [], "microvm": []})
 
 
 def test_a_workload_update_rolls_out_in_waves_halts_on_the_canarys_failure_and_reverts(tmp_path: Path) -> None:

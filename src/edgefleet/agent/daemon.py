@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from edgefleet import __version__
 from edgefleet.agent import osconfig
@@ -44,7 +44,7 @@ from edgefleet.protocol.v1 import (
     UpdateEvent,
     UpdateReport,
 )
-from edgefleet.protocol.workloads import WasmWorkload
+from edgefleet.protocol.workloads import WorkloadSpec
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.workloads.supervisor import Supervisor
 
@@ -54,13 +54,18 @@ T = TypeVar("T")
 TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
 
 
-def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WasmWorkload]], list[str]]:
-    """The WebAssembly workloads a configuration declares, each with its entry (its kind
-    reads ``WasmModule`` there), and why any invalid ones are left out."""
-    found, invalid = [], []
+_SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
+_KINDS = {"WasmModule": "wasm", "MicroVM": "microvm"}  # as rendered -> as the supervisor runs it
+
+
+def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:
+    """The workloads a configuration declares, each with its entry (its kind reads
+    ``WasmModule`` or ``MicroVM`` there), and why any invalid ones are left out."""
+    found: list[tuple[Mapping[str, Any], WorkloadSpec]] = []
+    invalid = []
     for entry in declared_workloads(config):
         try:
-            found.append((entry, WasmWorkload.model_validate({**entry, "kind": "wasm"})))
+            found.append((entry, _SPEC.validate_python({**entry, "kind": _KINDS.get(str(entry.get("kind")))})))
         except ValidationError as exc:
             invalid.append(f"{entry.get('name')}: {exc.errors()[0]['msg']}")
     return found, invalid

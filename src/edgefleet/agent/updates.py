@@ -237,7 +237,8 @@ class UpdateClient:
         """Release artifacts the image repository lists (a workload's module, or kernel and
         initramfs), each with its signed target: the repository is refreshed once (TUF
         client workflow), the bytes fetched from the mirrors and verified. Also says
-        whether a kept copy had changed on disk since (it is fetched again).
+        whether a kept copy had changed on disk, or vanished, since it was fetched (it is
+        fetched again). ``artifacts/kept.json`` lists what was fetched, across restarts.
 
         Raises:
             UpdateRefused: the repository does not verify, does not list a path, or the
@@ -247,12 +248,21 @@ class UpdateClient:
         image = self._repository("image")
         image.refresh_if_changed()
         directory = self.dir.parent / "artifacts"
+        index = directory / "kept.json"
+        try:
+            known = set(json.loads(index.read_bytes()))
+        except (OSError, ValueError, TypeError):
+            known = set()  # first fetch, or an unreadable index: a missing copy is simply fetched
         found, changed = [], False
         for path in paths:
             target = image.target(path)
             if target is None:
                 raise UpdateRefused(f"{path} is not in the image repository", code="artifact_unknown")
-            kept = (directory / target.hashes["sha256"]).exists()
+            sha = target.hashes["sha256"]
+            kept = (directory / sha).exists()
+            if not kept and sha in known:
+                log.warning("kept copy of %s was removed; fetching it again", path)
+                changed = True
             try:
                 file = fetch_target(self._mirror_tls, self.mirrors, target, directory)[0]
             except UpdateRefused:
@@ -263,6 +273,9 @@ class UpdateClient:
                 changed = True
                 file = fetch_target(self._mirror_tls, self.mirrors, target, directory)[0]
             found.append((file.read_bytes(), target))
+        fetched = {target.hashes["sha256"] for _, target in found}
+        if not fetched <= known:
+            atomic_write_json(index, sorted({sha for sha in known if (directory / sha).exists()} | fetched))
         return found, changed
 
     def close(self) -> None:

@@ -22,10 +22,12 @@ def part_hashes(os_config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def declared_workloads(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The WebAssembly workloads a rendered configuration declares."""
+    """The workloads a rendered configuration declares the agent runs (WebAssembly
+    modules and microVMs)."""
     workloads = config.get("workloads")
-    wasm = workloads.get("wasm") if isinstance(workloads, Mapping) else None
-    return [entry for entry in wasm or [] if isinstance(entry, Mapping)]
+    if not isinstance(workloads, Mapping):
+        return []
+    return [entry for key in ("wasm", "microvm") for entry in workloads.get(key) or [] if isinstance(entry, Mapping)]
 
 
 def workload_part(entry: Mapping[str, Any]) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import ConfigError
 from edgefleet.protocol.v1 import RolloutPlan
-from edgefleet.protocol.workloads import WasmWorkload
+from edgefleet.protocol.workloads import MicroVmWorkload, WasmWorkload
 
 
 @dataclass(frozen=True)
@@ -172,21 +172,29 @@ def _k8s_objects(path: str, group: str, data: bytes, errors: list[SourceError]) 
     return objects
 
 
-def _wasm_objects(path: str, group: str, data: bytes, errors: list[SourceError]) -> list[RenderedObject]:
+# The workload files of apps/<group>/: the key in ``config.workloads``, the spec each entry
+# is validated as, and the kind policies and the device see.
+WORKLOAD_FILES: dict[str, tuple[str, type[WasmWorkload] | type[MicroVmWorkload], str]] = {
+    "wasm.yaml": ("wasm", WasmWorkload, "WasmModule"),
+    "microvm.yaml": ("microvm", MicroVmWorkload, "MicroVM"),
+}
+
+
+def _workload_objects(path: str, group: str, data: bytes, errors: list[SourceError]) -> list[RenderedObject]:
+    key, model, kind = WORKLOAD_FILES[path.rsplit("/", 1)[-1]]
     value = _load_yaml(path, data, errors)
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-        errors.append(SourceError(path, None, "wasm.yaml is a list of {name, target, ...} objects"))
+        errors.append(SourceError(path, None, f"{key}.yaml is a list of workload objects (name, ...)"))
         return []
     objects = []
-    for n, module in enumerate(value):
-        # Each entry is a WebAssembly workload (protocol/workloads.py): limits, args, env,
-        # directories and restart policy as the device will run it.
-        spec = _model(WasmWorkload, f"{path} [{n}]", {**module, "kind": "wasm"}, errors)
+    for n, entry in enumerate(value):
+        # Each entry is a workload as the device will run it (protocol/workloads.py).
+        spec = _model(model, f"{path} [{n}]", {**entry, "kind": key}, errors)
         if spec is not None:
             body = spec.model_dump(mode="json", exclude_defaults=True)
-            objects.append(RenderedObject("WasmModule", spec.name, group, path, {**body, "kind": "WasmModule"}))
+            objects.append(RenderedObject(kind, spec.name, group, path, {**body, "kind": kind}))
     return objects
 
 
@@ -253,7 +261,7 @@ def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Renderi
     for name, spec in out.groups.items():
         parts = per_group.get(name, {})
         config: dict[str, Any] = {"group": name, "release": spec.release, "maintenance": spec.maintenance,
-                                  "os": {}, "workloads": {"manifests": [], "wasm": []}}
+                                  "os": {}, "workloads": {"manifests": [], "wasm": [], "microvm": []}}
         os_files = parts.get("os", {})
         if "ignition.json" in os_files:
             path = f"os/{name}/ignition.json"
@@ -274,10 +282,10 @@ def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Renderi
         for kind in ("platform", "apps"):
             for file_name, data in sorted(parts.get(kind, {}).items()):
                 path = f"{kind}/{name}/{file_name}"
-                if kind == "apps" and file_name == "wasm.yaml":
-                    wasm = _wasm_objects(path, name, data, errors)
-                    out.objects.extend(wasm)
-                    config["workloads"]["wasm"] += [o.body for o in wasm]
+                if kind == "apps" and file_name in WORKLOAD_FILES:
+                    workloads = _workload_objects(path, name, data, errors)
+                    out.objects.extend(workloads)
+                    config["workloads"][WORKLOAD_FILES[file_name][0]] += [o.body for o in workloads]
                 elif file_name.endswith((".yaml", ".yml")):
                     manifests = _k8s_objects(path, name, data, errors)
                     out.objects.extend(manifests)

@@ -24,6 +24,7 @@ keyring, GPG) by a key the server pins for the sync that owns the paths it chang
 | `policies/*.yaml` | root | CEL policies every rendered object must pass |
 | `apps/<group>/*.yaml` | app | Kubernetes manifests of business workloads |
 | `apps/<group>/wasm.yaml` | app | WASM modules: `[{name, target}]`, each a signed release target |
+| `apps/<group>/microvm.yaml` | app | microVMs: `[{name, kernel, initrd}]`, signed release targets |
 
 Template variables: `device_id`, `hostname`, `site`, `labels`, `group`, and `fleet.yaml`'s
 `variables`. A device belongs to the matching group with the highest `priority`; `site` is
@@ -101,6 +102,12 @@ spec:
 # - {name: price-rules, target: wasm/price-rules-1.4.0.wasm}
 []
 """,
+    "apps/stores/microvm.yaml": """# microVMs of this group (QEMU microvm): kernel and initramfs are targets
+# of a signed release, e.g.
+# - {name: edge-vm, kernel: artifacts/2026.12.0/vmlinuz, initrd: artifacts/2026.12.0/initrd.gz,
+#    vcpus: 1, memory_mib: 128}
+[]
+""",
     "policies/images-pinned.yaml": """name: images-pinned-by-digest
 match: {kinds: [Pod, Deployment, DaemonSet, StatefulSet]}
 expression: >-
@@ -119,6 +126,11 @@ message: privileged containers are not allowed
 match: {kinds: [WasmModule]}
 expression: "object.target in targets"
 message: WASM modules must be targets of a signed release
+""",
+    "policies/microvm-signed.yaml": """name: microvms-are-signed-targets
+match: {kinds: [MicroVM]}
+expression: "object.kernel in targets && object.initrd in targets"
+message: a microVM's kernel and initramfs must be targets of a signed release
 """,
 }
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from edgefleet.gitops.hashing import config_hash, declared_workloads, workload_part
 
 PREFIX = "workloads-"
-EMPTY: dict[str, Any] = {"manifests": [], "wasm": []}
+EMPTY: dict[str, Any] = {"manifests": [], "wasm": [], "microvm": []}
 
 
 def revision(workloads: Mapping[str, Any] | None) -> str:

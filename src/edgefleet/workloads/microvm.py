@@ -67,8 +67,9 @@ class MicroVm:
         spec = self.spec
         # acpi=off: the kernel finds its devices from the MP table and the command line; with
         # ACPI, Debian's 6.1 kernels wait forever for a timer under software emulation.
-        return [self.qemu, "-machine", "microvm,acpi=off", "-accel", "kvm" if kvm else "tcg", "-cpu", "host" if kvm else "max",
-                "-smp", str(spec.vcpus), "-m", f"{spec.memory_mib}M", "-nodefaults", "-no-user-config",
+        return [self.qemu, "-machine", "microvm,acpi=off", "-accel", "kvm" if kvm else "tcg",
+                "-cpu", "host" if kvm else "max", "-smp", str(spec.vcpus), "-m", f"{spec.memory_mib}M",
+                "-nodefaults", "-no-user-config",
                 "-nographic", "-no-reboot", "-serial", f"file:{console}", "-kernel", str(self.kernel),
                 "-initrd", str(self.initrd), "-append", f"console=ttyS0 panic=-1 {spec.cmdline}".strip()]
 
