@@ -233,17 +233,21 @@ def test_repo_init_scaffold_renders_cleanly_and_its_policies_bite(tmp_path: Path
     assert evaluate(policies, [vm], ["vm/vmlinuz", "vm/initrd.gz"]) == []
 
 
-def test_microvms_and_modules_in_apps_render_as_the_workloads_the_device_runs() -> None:
+def test_microvms_services_and_modules_in_apps_render_as_the_workloads_the_device_runs() -> None:
     from edgefleet.gitops.render import DeviceInfo, render
     files = {"groups/stores.yaml": b"selector: {matchLabels: {site: s1}}\n",
              "apps/stores/wasm.yaml": b"- {name: meter, target: a/meter.wasm}\n",
-             "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, initrd: a/initrd.gz, vcpus: 2}\n"}
+             "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, initrd: a/initrd.gz, vcpus: 2}\n",
+             "apps/stores/services.yaml": b"- {name: printer, command: [/usr/bin/lpd, -F]}\n"}
     rendering = render(files, [DeviceInfo("dev-1", "s1", "h", {})])
     assert rendering.errors == []
     workloads = rendering.documents["dev-1"]["workloads"]
     assert workloads["microvm"] == [{"name": "edge-vm", "kind": "MicroVM", "kernel": "a/vmlinuz",
                                      "initrd": "a/initrd.gz", "vcpus": 2}]
-    assert [o.kind for o in rendering.objects] == ["MicroVM", "WasmModule"]
+    assert workloads["native"] == [{"name": "printer", "kind": "NativeService", "command": ["/usr/bin/lpd", "-F"]}]
+    assert [o.kind for o in rendering.objects] == ["MicroVM", "NativeService", "WasmModule"]
+    relative = render({**files, "apps/stores/services.yaml": b"- {name: printer, command: [lpd]}\n"}, [])
+    assert "absolute path" in str(relative.errors[0])
     bad = render({**files, "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, vcpus: 0}\n"}, [])
     assert [e.path for e in bad.errors] == ["apps/stores/microvm.yaml [0]"] * len(bad.errors)
     assert len(bad.errors) >= 1

@@ -55,7 +55,8 @@ TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
 
 
 _SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
-_KINDS = {"WasmModule": "wasm", "MicroVM": "microvm"}  # as rendered -> as the supervisor runs it
+# a workload's kind as rendered -> as the supervisor runs it
+_KINDS = {"WasmModule": "wasm", "MicroVM": "microvm", "NativeService": "native"}
 
 
 def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:

@@ -23,11 +23,12 @@ def part_hashes(os_config: Mapping[str, Any]) -> dict[str, str]:
 
 def declared_workloads(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The workloads a rendered configuration declares the agent runs (WebAssembly
-    modules and microVMs)."""
+    modules, microVMs and native services)."""
     workloads = config.get("workloads")
     if not isinstance(workloads, Mapping):
         return []
-    return [entry for key in ("wasm", "microvm") for entry in workloads.get(key) or [] if isinstance(entry, Mapping)]
+    return [entry for key in ("wasm", "microvm", "native") for entry in workloads.get(key) or []
+            if isinstance(entry, Mapping)]
 
 
 def workload_part(entry: Mapping[str, Any]) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import ConfigError
 from edgefleet.protocol.v1 import RolloutPlan
-from edgefleet.protocol.workloads import MicroVmWorkload, WasmWorkload
+from edgefleet.protocol.workloads import MicroVmWorkload, NativeWorkload, WasmWorkload
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,10 @@ def _k8s_objects(path: str, group: str, data: bytes, errors: list[SourceError]) 
 
 # The workload files of apps/<group>/: the key in ``config.workloads``, the spec each entry
 # is validated as, and the kind policies and the device see.
-WORKLOAD_FILES: dict[str, tuple[str, type[WasmWorkload] | type[MicroVmWorkload], str]] = {
+WORKLOAD_FILES: dict[str, tuple[str, type[WasmWorkload] | type[MicroVmWorkload] | type[NativeWorkload], str]] = {
     "wasm.yaml": ("wasm", WasmWorkload, "WasmModule"),
     "microvm.yaml": ("microvm", MicroVmWorkload, "MicroVM"),
+    "services.yaml": ("native", NativeWorkload, "NativeService"),
 }
 
 
@@ -261,7 +262,8 @@ def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Renderi
     for name, spec in out.groups.items():
         parts = per_group.get(name, {})
         config: dict[str, Any] = {"group": name, "release": spec.release, "maintenance": spec.maintenance,
-                                  "os": {}, "workloads": {"manifests": [], "wasm": [], "microvm": []}}
+                                  "os": {}, "workloads": {"manifests": [], "wasm": [], "microvm": [],
+                                                                             "native": []}}
         os_files = parts.get("os", {})
         if "ignition.json" in os_files:
             path = f"os/{name}/ignition.json"

@@ -25,6 +25,7 @@ keyring, GPG) by a key the server pins for the sync that owns the paths it chang
 | `apps/<group>/*.yaml` | app | Kubernetes manifests of business workloads |
 | `apps/<group>/wasm.yaml` | app | WASM modules: `[{name, target}]`, each a signed release target |
 | `apps/<group>/microvm.yaml` | app | microVMs: `[{name, kernel, initrd}]`, signed release targets |
+| `apps/<group>/services.yaml` | app | native services: `[{name, target or command}]` |
 
 Template variables: `device_id`, `hostname`, `site`, `labels`, `group`, and `fleet.yaml`'s
 `variables`. A device belongs to the matching group with the highest `priority`; `site` is

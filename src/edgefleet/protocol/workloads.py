@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from edgefleet.protocol.base import Name, ShortText, Strict
 
@@ -77,7 +77,39 @@ class MicroVmWorkload(Strict):
         return [self.kernel, self.initrd]
 
 
-WorkloadSpec: TypeAlias = Annotated[WasmWorkload | MicroVmWorkload, Field(discriminator="kind")]
+class NativeLimits(Strict):
+    memory_mib: Annotated[int, Field(ge=1, le=262144)] | None = None  # address space (RLIMIT_AS)
+    cpu_seconds: Annotated[int, Field(ge=1, le=31 * 86400)] | None = None  # CPU time per run (RLIMIT_CPU)
+    wall_seconds: Annotated[float, Field(gt=0, le=31 * 86400)] | None = None  # per run
+
+
+class NativeWorkload(Strict):
+    """A native service: a program run as a child process of the agent, in a session of
+    its own, in ``<data>/<name>`` with only the declared environment. The program is a
+    signed artifact (``target``; ``command`` are its arguments) or, without one, a program
+    of the device's signed OS image (``command[0]``, an absolute path)."""
+
+    name: Name
+    kind: Literal["native"]
+    target: TargetPath | None = None
+    command: Annotated[list[ShortText], Field(max_length=64)] = []
+    env: Annotated[dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], ShortText],
+                   Field(max_length=64)] = {}
+    limits: NativeLimits = NativeLimits()
+    restart: Restart = Restart()
+
+    @model_validator(mode="after")
+    def _a_program(self) -> NativeWorkload:
+        if self.target is None and (not self.command or not self.command[0].startswith("/")):
+            raise ValueError("a native service needs a target, or a command whose first word is an absolute path")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.target] if self.target else []
+
+
+WorkloadSpec: TypeAlias = Annotated[WasmWorkload | MicroVmWorkload | NativeWorkload, Field(discriminator="kind")]
 
 
 OUTPUT_LINES = 5  # a workload's last lines of output in its status (a status report is at most 64 KiB)

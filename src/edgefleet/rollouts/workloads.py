@@ -18,7 +18,7 @@ from typing import Any, Literal
 from edgefleet.gitops.hashing import config_hash, declared_workloads, workload_part
 
 PREFIX = "workloads-"
-EMPTY: dict[str, Any] = {"manifests": [], "wasm": [], "microvm": []}
+EMPTY: dict[str, Any] = {"manifests": [], "wasm": [], "microvm": [], "native": []}
 
 
 def revision(workloads: Mapping[str, Any] | None) -> str:

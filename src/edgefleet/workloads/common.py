@@ -14,6 +14,7 @@ from tuf.api.metadata import TargetFile
 
 from edgefleet.errors import PeerError
 from edgefleet.protocol.workloads import Reason
+from edgefleet.util.atomic import atomic_write_bytes
 
 Artifact = tuple[bytes, TargetFile]  # the bytes, and the signed target they must match
 
@@ -61,3 +62,13 @@ def version_of(sha256s: Sequence[str]) -> str:
     """A workload version's digest: its one artifact's sha256, or the sha256 of its
     artifacts' sha256s in order."""
     return sha256s[0] if len(sha256s) == 1 else hashlib.sha256("\n".join(sha256s).encode()).hexdigest()
+
+
+def keep(cache_dir: Path, sha256: str, data: bytes, mode: int = 0o444) -> Path:
+    """Verified bytes, kept read-only and content-addressed for a program to use by path."""
+    path = cache_dir / sha256
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        path.chmod(mode)
+    return path

@@ -18,15 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgefleet.protocol.workloads import MicroVmWorkload
-from edgefleet.util.atomic import atomic_write_bytes
-from edgefleet.workloads.common import Artifact, RunResult, WorkloadRefused, verify, version_of
+from edgefleet.workloads.common import Artifact, RunResult, WorkloadRefused, keep, verify, version_of
+from edgefleet.workloads.process import Child
 
 QEMU = "qemu-system-x86_64"
 log = logging.getLogger("edgefleet.workloads")
@@ -35,14 +34,6 @@ _kvm_failed = threading.Event()  # this process saw KVM fail: software emulation
 
 def _kvm() -> bool:
     return not _kvm_failed.is_set() and os.access("/dev/kvm", os.R_OK | os.W_OK)
-
-
-def _kept(cache_dir: Path, sha256: str, data: bytes) -> Path:
-    path = cache_dir / sha256
-    if not path.exists():
-        atomic_write_bytes(path, data)
-        path.chmod(0o444)
-    return path
 
 
 class MicroVm:
@@ -58,10 +49,8 @@ class MicroVm:
             raise WorkloadRefused(f"microVM {spec.name} cannot run: {QEMU} is not installed", code="no_hypervisor")
         self.qemu = qemu
         cache_dir.mkdir(parents=True, exist_ok=True)
-        self.kernel, self.initrd = (_kept(cache_dir, sha, data) for sha, (data, _) in zip(shas, artifacts, strict=True))
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._process: subprocess.Popen[bytes] | None = None
+        self.kernel, self.initrd = (keep(cache_dir, sha, data) for sha, (data, _) in zip(shas, artifacts, strict=True))
+        self._child = Child()
 
     def command(self, console: Path, kvm: bool) -> list[str]:
         spec = self.spec
@@ -78,15 +67,9 @@ class MicroVm:
         log_dir.mkdir(parents=True, exist_ok=True)
         console, errors = log_dir / f"{self.spec.name}.stdout", log_dir / f"{self.spec.name}.stderr"
         kvm = _kvm()
-        with self._lock:
-            if self._stopping:
-                return RunResult("stopped")
-            with errors.open("wb") as stderr:
-                self._process = subprocess.Popen(self.command(console, kvm), stdin=subprocess.DEVNULL,  # noqa: S603
-                                                 stdout=subprocess.DEVNULL, stderr=stderr)
-        code = self._process.wait()
-        seconds = time.monotonic() - started
-        if self._stopping:
+        ended = self._child.run(self.command(console, kvm), stderr=errors)
+        code, seconds = ended.code, time.monotonic() - started
+        if ended.stopped:
             return RunResult("stopped", seconds=seconds)
         if kvm and code != 0 and (not console.exists() or not console.stat().st_size):
             log.warning("KVM failed before %s printed anything (%s); using software emulation",
@@ -99,7 +82,4 @@ class MicroVm:
         return RunResult("crashed", code, f"{QEMU} exited with {code}" + (f": {last}" if last else ""), seconds)
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            if self._process is not None and self._process.poll() is None:
-                self._process.terminate()
+        self._child.stop()

@@ -24,6 +24,7 @@ from edgefleet.protocol.workloads import (
     OUTPUT_LINES,
     OUTPUT_WIDTH,
     MicroVmWorkload,
+    NativeWorkload,
     State,
     WasmWorkload,
     WorkloadSpec,
@@ -32,6 +33,7 @@ from edgefleet.protocol.workloads import (
 from edgefleet.util.backoff import Backoff
 from edgefleet.workloads.common import Artifact, Runnable, RunResult, WorkloadRefused, version_of
 from edgefleet.workloads.microvm import MicroVm
+from edgefleet.workloads.native import NativeService
 from edgefleet.workloads.wasm import WasmModule
 
 log = logging.getLogger("edgefleet.workloads")
@@ -204,6 +206,8 @@ class Supervisor:
                                   code="invalid_workload")
         if isinstance(spec, WasmWorkload):
             return WasmModule(spec, artifacts)
+        if isinstance(spec, NativeWorkload):
+            return NativeService(spec, artifacts, self.cache_dir)
         return MicroVm(spec, artifacts, self.cache_dir)
 
     def _start(self, spec: WorkloadSpec, module: Runnable) -> None:
