@@ -44,8 +44,9 @@ from edgefleet.protocol.v1 import (
     UpdateEvent,
     UpdateReport,
 )
-from edgefleet.protocol.workloads import WorkloadSpec
+from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.util.backoff import Backoff, jittered
+from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
 
 log = logging.getLogger("edgefleet.agent")
@@ -110,6 +111,8 @@ class Agent:
         self.workloads: Supervisor | None = None
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
         self._applied = -1  # the desired state version whose configuration the agent has acted on
+        self.manifests = (ManifestSync(settings.kubernetes, settings.kubeconfig, settings.kubernetes_git_dir,
+                                       settings.kubernetes_resync_seconds) if settings.kubernetes != "off" else None)
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
 
@@ -449,6 +452,7 @@ class Agent:
                     config = state.desired.get("config")
                     if not isinstance(config, dict) or self._director_signed(config, self.updates):
                         self._applied = state.desired_version  # else it waits for the director's signature
+                        await self._apply_manifests(config)
                     next_update = self.clock.monotonic() + settings.update_check_seconds
                     if self.runner is not None and self.runner.job.active:
                         await self._drive_update(state, transport, attestor, stop)
@@ -552,6 +556,21 @@ class Agent:
                 self._workloads_changed.add(spec.name)  # drift: reported once, then healed
         await self.workloads.apply(wanted, keep)
 
+    async def _apply_manifests(self, config: object) -> None:
+        """The group's Kubernetes manifests of the director-signed configuration, to the
+        device's cluster or to the repository its Argo CD / Flux watch."""
+        if self.manifests is None or not isinstance(config, dict):
+            return
+        workloads = config.get("workloads")
+        manifests = workloads.get("manifests") if isinstance(workloads, dict) else None
+        if isinstance(manifests, list):
+            await asyncio.to_thread(self.manifests.sync, str(config.get("group")), manifests, self.clock.monotonic())
+
+    def _workload_statuses(self) -> list[WorkloadStatus] | None:
+        found = self.workloads.status() if self.workloads is not None else []
+        kubernetes = self.manifests.status() if self.manifests is not None else None
+        return [*found, *([kubernetes] if kubernetes else [])][:32] or None
+
     def _config_report(self, state: AgentState) -> ConfigReport | None:
         """The OS configuration on disk, and each declared workload that runs exactly as
         declared (its part is left out otherwise: the server sees the difference)."""
@@ -592,7 +611,7 @@ class Agent:
                 details=self._details(state),
                 update=self._update_report(state),
                 config=self._config_report(state),
-                workloads=(self.workloads.status()[:32] or None) if self.workloads is not None else None,
+                workloads=self._workload_statuses(),
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1

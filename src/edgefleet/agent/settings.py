@@ -41,4 +41,9 @@ class AgentSettings(BaseSettings):
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
     health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")
     os_config_dir: Path | None = Field(None, description="where rendered OS config goes; default per platform")
+    kubernetes: Literal["off", "kubectl", "git"] = Field(
+        "off", description="the group's Kubernetes manifests: server-side apply with kubectl, or commits for Argo/Flux")
+    kubeconfig: Path | None = Field(None, description="the device cluster's kubeconfig (kubernetes=kubectl)")
+    kubernetes_git_dir: Path | None = Field(None, description="the local repository Argo CD / Flux watch (=git)")
+    kubernetes_resync_seconds: float = Field(300.0, gt=0, description="apply again this often (undoes drift)")
     trial_deadline_seconds: float = Field(900.0, gt=0, description="a trial boot not committed by then rolls back")
