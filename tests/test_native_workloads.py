@@ -121,3 +121,17 @@ def test_stopping_a_service_ends_everything_it_started(tmp_path: Path) -> None:
         assert sleepers() == []
 
     run_with(tmp_path, scenario)
+
+
+def test_a_service_with_a_health_marker_is_healthy_once_its_output_says_so(tmp_path: Path) -> None:
+    spec = service("bridge", command=["/bin/sh", "-c", "echo warming; sleep 0.5; echo READY; exec sleep 30"],
+                   health_marker="READY")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await supervisor.apply([(spec, [])])
+        warming = await settled(supervisor, "bridge", lambda s: s.output == ["warming"])
+        assert (warming.state, warming.healthy) == ("running", False)
+        ready = await settled(supervisor, "bridge", lambda s: s.healthy is True)
+        assert ready.output == ["warming", "READY"]
+
+    run_with(tmp_path, scenario)

@@ -157,3 +157,22 @@ def test_more_services_than_worker_threads_all_run(tmp_path: Path) -> None:
             await settled(supervisor, name, lambda s, n=n: f"service {n}" in s.output)
 
     run_with(tmp_path, scenario)
+
+
+def test_a_module_with_a_health_marker_is_healthy_once_its_output_says_so(tmp_path: Path) -> None:
+    ready, silent = module("spins", "READY to serve"), module("spins", "warming up")
+
+    async def scenario(supervisor: Supervisor) -> None:
+        await supervisor.apply([(spec("ready", health_marker="READY"), [(ready, signed_target(
+                                     "workloads/ready.wasm", ready))]),
+                                (spec("silent", health_marker="READY"), [(silent, signed_target(
+                                    "workloads/silent.wasm", silent))]),
+                                (spec("plain"), [(silent, signed_target("workloads/plain.wasm", silent))])])
+        healthy = await settled(supervisor, "ready", lambda s: s.healthy is True)
+        assert healthy.state == "running"
+        statuses = {s.name: s for s in supervisor.status()}
+        assert statuses["silent"].output == ["warming up"]
+        assert statuses["silent"].healthy is False  # running, but it never said it is ready
+        assert statuses["plain"].healthy is None  # no health signal declared
+
+    run_with(tmp_path, scenario)

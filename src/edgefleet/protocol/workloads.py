@@ -15,6 +15,7 @@ from edgefleet.protocol.base import Name, ShortText, Strict
 TargetPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
 Relative = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Marker = Annotated[str, StringConstraints(min_length=4, max_length=64)]  # a health marker in a workload's output
 
 
 class Limits(Strict):
@@ -51,6 +52,7 @@ class WasmWorkload(Strict):
     dirs: Annotated[list[Directory], Field(max_length=16)] = []
     limits: Limits = Limits()
     restart: Restart = Restart()
+    health_marker: Marker | None = None  # healthy once a line of its output holds this (no signal without)
 
     @property
     def targets(self) -> list[str]:
@@ -69,7 +71,7 @@ class MicroVmWorkload(Strict):
     cmdline: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ._=,:/+-]{0,512}$")] = ""
     vcpus: Annotated[int, Field(ge=1, le=64)] = 1
     memory_mib: Annotated[int, Field(ge=32, le=262144)] = 128
-    health_marker: Annotated[str, StringConstraints(min_length=4, max_length=64)] = "EDGEFLEET-HEALTHY"
+    health_marker: Marker = "EDGEFLEET-HEALTHY"
     restart: Restart = Restart()
 
     @property
@@ -97,6 +99,7 @@ class NativeWorkload(Strict):
                    Field(max_length=64)] = {}
     limits: NativeLimits = NativeLimits()
     restart: Restart = Restart()
+    health_marker: Marker | None = None  # healthy once a line of its output holds this (no signal without)
 
     @model_validator(mode="after")
     def _a_program(self) -> NativeWorkload:

@@ -23,7 +23,6 @@ from typing import TypeVar
 from edgefleet.protocol.workloads import (
     OUTPUT_LINES,
     OUTPUT_WIDTH,
-    MicroVmWorkload,
     NativeWorkload,
     State,
     WasmWorkload,
@@ -211,8 +210,7 @@ class Supervisor:
         return MicroVm(spec, artifacts, self.cache_dir)
 
     def _start(self, spec: WorkloadSpec, module: Runnable) -> None:
-        marker = spec.health_marker if isinstance(spec, MicroVmWorkload) else None
-        workload = _Workload(spec, module, _Output(self.log_dir, spec.name, marker))
+        workload = _Workload(spec, module, _Output(self.log_dir, spec.name, spec.health_marker))
         self._workloads[spec.name] = workload
         workload.task = asyncio.create_task(self._supervise(workload), name=f"workload-{spec.name}")
 
