@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import need
 
@@ -62,3 +63,24 @@ class FleetRepo:
     def force_reset(self, sha: str) -> None:
         """What a force push does to the remote branch."""
         self.git("reset", "-q", "--hard", sha)
+
+    def commit_app(self, files: Mapping[str, str | None], message: str) -> str:
+        """A commit of the application team (bob) on its own branch, ``apps``."""
+        self.git("checkout", "-q", "apps")
+        try:
+            return self.commit(files, message, signer="bob")
+        finally:
+            self.git("checkout", "-q", "main")
+
+    def with_apps(self, root: Mapping[str, str], apps: Mapping[str, str]) -> None:
+        """The platform team's ``root`` files on main (alice), the app team's on ``apps``."""
+        self.commit(root, "fleet", signer="alice")
+        self.git("branch", "apps")
+        self.commit_app(apps, "apps")
+
+    def syncs(self) -> list[dict[str, Any]]:
+        """The server's syncs of ``with_apps``: root on main, app on apps."""
+        return [{"name": "platform", "kind": "root", "url": str(self.path), "branch": "main",
+                 "allowed_signers": str(self.allowed_signers("alice"))},
+                {"name": "apps", "kind": "app", "url": str(self.path), "branch": "apps",
+                 "allowed_signers": str(self.allowed_signers("bob"))}]

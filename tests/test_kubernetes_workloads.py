@@ -182,17 +182,10 @@ def test_a_device_hands_its_groups_manifests_to_a_local_repository_and_reports_i
     from tests.test_gitops import BASE
 
     repo = FleetRepo(tmp_path / "git")
-    repo.commit(BASE, "fleet", signer="alice")
-    repo.git("checkout", "-q", "-b", "apps")
     prices = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: prices}\ndata: {currency: EUR}\n"
-    repo.commit({"apps/stores/prices.yaml": prices, "apps/stores/hours.yaml": prices.replace("prices", "hours")},
-                "prices", signer="bob")
-    repo.git("checkout", "-q", "main")
-    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
-        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
-         "allowed_signers": str(repo.allowed_signers("alice"))},
-        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
-         "allowed_signers": str(repo.allowed_signers("bob"))}])
+    repo.with_apps(BASE, {"apps/stores/prices.yaml": prices, "apps/stores/hours.yaml": prices.replace("prices",
+                                                                                                     "hours")})
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=repo.syncs())
     local = tmp_path / "device-gitops"
     try:
         world = AbWorld(plane, tmp_path / "releases")
@@ -216,9 +209,7 @@ def test_a_device_hands_its_groups_manifests_to_a_local_repository_and_reports_i
                                             "stores/default/configmap-prices.yaml"], what="handed over")
             await until(lambda: "2 objects handed to Argo CD / Flux" in (reported().get("detail") or ""),
                         what="reported")
-            repo.git("checkout", "-q", "apps")
-            repo.commit({"apps/stores/hours.yaml": None}, "no more hours", signer="bob")
-            repo.git("checkout", "-q", "main")
+            repo.commit_app({"apps/stores/hours.yaml": None}, "no more hours")
             assert operator.post("/api/v1/admin/gitops/sync").status_code == 200
             await until(lambda: files() == ["stores/default/configmap-prices.yaml"], what="removed")
 

@@ -125,15 +125,8 @@ def test_a_microvm_declared_in_the_fleet_repository_boots_on_the_device(tmp_path
     from tests.test_gitops import BASE
 
     repo = FleetRepo(tmp_path / "git")
-    repo.commit(BASE, "fleet", signer="alice")
-    repo.git("checkout", "-q", "-b", "apps")
-    repo.commit({"apps/stores/microvm.yaml": MICROVM_YAML}, "edge vm", signer="bob")
-    repo.git("checkout", "-q", "main")
-    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
-        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
-         "allowed_signers": str(repo.allowed_signers("alice"))},
-        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
-         "allowed_signers": str(repo.allowed_signers("bob"))}])
+    repo.with_apps(BASE, {"apps/stores/microvm.yaml": MICROVM_YAML})
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=repo.syncs())
     try:
         world = AbWorld(plane, tmp_path / "releases")
         artifacts = tmp_path / "vm"

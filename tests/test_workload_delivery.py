@@ -98,15 +98,8 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
     repo = FleetRepo(tmp_path / "git")
     wasm = ("- {name: meter, target: artifacts/2026.12.0/meter.wasm, limits: {memory_mib: 4},\n"
             "   restart: {policy: always, initial_seconds: 0.2, max_seconds: 0.5}}\n")
-    repo.commit({**BASE, "fleet.yaml": "self_heal: true\n"}, "fleet", signer="alice")
-    repo.git("checkout", "-q", "-b", "apps")  # the application team's branch
-    repo.commit({"apps/stores/wasm.yaml": wasm}, "meter module", signer="bob")
-    repo.git("checkout", "-q", "main")
-    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
-        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
-         "allowed_signers": str(repo.allowed_signers("alice"))},
-        {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
-         "allowed_signers": str(repo.allowed_signers("bob"))}])
+    repo.with_apps({**BASE, "fleet.yaml": "self_heal: true\n"}, {"apps/stores/wasm.yaml": wasm})
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=repo.syncs())
     try:
         world = AbWorld(plane, tmp_path / "releases")
         meter = tmp_path / "meter.wasm"

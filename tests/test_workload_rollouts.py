@@ -58,15 +58,9 @@ def test_a_device_has_taken_a_workload_set_when_it_runs_each_declared_version_an
 
 def test_a_workload_update_rolls_out_in_waves_halts_on_the_canarys_failure_and_reverts(tmp_path: Path) -> None:
     repo = FleetRepo(tmp_path / "git")
-    repo.commit({**BASE, "groups/stores.yaml": PLANNED}, "fleet", signer="alice")
-    repo.git("checkout", "-q", "-b", "apps")
-    repo.commit({"apps/stores/wasm.yaml": meter("2026.12.1")}, "meter 1", signer="bob")
-    repo.git("checkout", "-q", "main")
+    repo.with_apps({**BASE, "groups/stores.yaml": PLANNED}, {"apps/stores/wasm.yaml": meter("2026.12.1")})
     plane: Fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, rollout_tick_seconds=0.2,
-                               gitops=[{"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
-                                        "allowed_signers": str(repo.allowed_signers("alice"))},
-                                       {"name": "apps", "kind": "app", "url": str(repo.path), "branch": "apps",
-                                        "allowed_signers": str(repo.allowed_signers("bob"))}])
+                               gitops=repo.syncs())
     operator = plane.client(role=Role.OPERATOR)
     world = AbWorld(plane, tmp_path / "releases")
     sha = {}
@@ -100,9 +94,7 @@ def test_a_workload_update_rolls_out_in_waves_halts_on_the_canarys_failure_and_r
         return next((r for r in rollouts() if r["release"] == wanted), None)
 
     def publish_meter(version: str) -> None:
-        repo.git("checkout", "-q", "apps")
-        repo.commit({"apps/stores/wasm.yaml": meter(f"2026.12.{version}")}, f"meter {version}", signer="bob")
-        repo.git("checkout", "-q", "main")
+        repo.commit_app({"apps/stores/wasm.yaml": meter(f"2026.12.{version}")}, f"meter {version}")
         assert operator.post("/api/v1/admin/gitops/sync").status_code == 200
 
     async def scenario() -> None:
@@ -130,6 +122,10 @@ def test_a_workload_update_rolls_out_in_waves_halts_on_the_canarys_failure_and_r
             events = operator.get(f"/api/v1/admin/rollouts/{halted['id']}/events").json()["events"]
             assert any(e["device_id"] == canary and "workload meter crashed" in e["reason"] for e in events) or \
                 halted["reason"].startswith("wave 1 went unhealthy"), [(e["device_id"], e["reason"]) for e in events]
+            if not halted["reason"].startswith("wave 1 went unhealthy"):
+                [failed] = halted["waves"][0]["failed"]
+                assert failed["device_id"] == canary
+                assert failed["reason"].startswith("update failed on the device: workload meter crashed"), failed
 
             # Abort with revert: the canary goes back to meter 1.
             response = operator.post(f"/api/v1/admin/rollouts/{halted['id']}/abort/now", json={"revert": True})

@@ -160,7 +160,8 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
     if obs is not None and obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
         if obs.update_reason == ATTESTATION_ROLLBACK:
             return DeviceState.FAILED, ATTESTATION_FAILED
-        return DeviceState.FAILED, f"update {obs.update_state} on the device"
+        why = f": {obs.update_reason}" if obs.update_reason else ""
+        return DeviceState.FAILED, f"update {obs.update_state} on the device{why}"
     if (obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
             and obs.attestation != "failed"):
         return DeviceState.SUCCEEDED, None
