@@ -144,3 +144,58 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
         run(world, device, steps)
     finally:
         plane.close()
+
+
+def test_a_trial_boot_whose_workloads_do_not_come_up_healthy_rolls_back(tmp_path: Path) -> None:
+    """A ``workloads`` health check: the new release commits only once every workload of
+    the device's configuration runs; a crashing one rolls the update back."""
+    repo = FleetRepo(tmp_path / "git")
+    group = "selector: {matchLabels: {tier: %s}}\npriority: 10\nmaintenance: {install: []}\n"
+    module_of = "- {name: meter, target: artifacts/2026.12.1/%s.wasm, restart: {policy: %s, initial_seconds: 0.2}}\n"
+    repo.with_apps({**BASE, "groups/good.yaml": group % "good", "groups/bad.yaml": group % "bad"},
+                   {"apps/good/wasm.yaml": module_of % ("good", "never"),
+                    "apps/bad/wasm.yaml": module_of % ("bad", "always")})
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=repo.syncs())
+    try:
+        world = AbWorld(plane, tmp_path / "releases")
+        good, bad = tmp_path / "good.wasm", tmp_path / "bad.wasm"
+        good.write_bytes(module("hello", "meter ok"))
+        bad.write_bytes(module("crashes", "meter crashing"))
+        world.publish("2026.12.1", 13, artifacts=[good, bad])
+        checks = [{"name": "workloads", "kind": "workloads", "timeout_seconds": 20}]
+        devices = {tier: world.device(tier, labels={"tier": tier}, status_interval_seconds=0.3,
+                                      update_check_seconds=0.5, health_checks=checks) for tier in ("good", "bad")}
+
+        def meter(tier: str) -> dict[str, Any]:
+            view = world.record(devices[tier])
+            return next((w.model_dump() for w in view.workloads or [] if w.name == "meter"), {})
+
+        async def steps() -> None:
+            await until(lambda: all(d.agent is not None and d.agent.reports >= 1 for d in devices.values()),
+                        what="enrolled")
+            assert plane.client(role=Role.OPERATOR).post("/api/v1/admin/gitops/sync").status_code == 200
+            await until(lambda: meter("good").get("last_exit") == "exited", what="the good meter ran")
+            await until(lambda: meter("bad").get("last_exit") == "crashed", what="the bad meter crashed")
+            for tier in devices:
+                await asyncio.to_thread(world.assign, devices[tier], "2026.12.1")
+            await until(lambda: world.record(devices["good"]).update_state == "committed", timeout=60,
+                        what="the good device committed")
+            await until(lambda: world.record(devices["bad"]).update_state == "rolled_back", timeout=60,
+                        what="the bad device rolled back")
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(d.run(stop)) for d in devices.values()]
+            try:
+                await asyncio.wait_for(steps(), 120)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        asyncio.run(scenario())
+        update = world.record(devices["bad"]).update or {}
+        assert "required health check failed: workloads (workload meter crashed" in update["reason"], update
+        assert world.record(devices["good"]).running_version == "2026.12.1"
+        assert world.record(devices["bad"]).running_version == "2026.11.0"
+    finally:
+        plane.close()

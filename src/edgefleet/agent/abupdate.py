@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from edgefleet.agent.hardware.interfaces import ABSystem, SlotName
-from edgefleet.agent.health import HealthCheck, parse_checks, run_checks, verdict
+from edgefleet.agent.health import HealthCheck, Probe, parse_checks, run_checks, verdict
 from edgefleet.agent.slotenv import SlotEnv
 from edgefleet.agent.update_flow import TRIAL, Phase, UpdateJob, after_start
 from edgefleet.agent.windows import MaintenancePolicy
@@ -75,6 +75,7 @@ class UpdateRunner:
     attestation: bool = False  # attest before commit (the device has a TPM)
     failed_under: int = 0  # the desired-state version in force, recorded with a failed release
     last_checks: list[dict[str, object]] = field(default_factory=list)
+    workloads_probe: Probe | None = None  # answers ``workloads`` health checks (the agent's supervisor)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _cancel: threading.Event = field(default_factory=threading.Event)  # stops running health checks
 
@@ -276,7 +277,7 @@ class UpdateRunner:
         except EdgefleetError as exc:
             self._to(P.ROLLING_BACK, f"the image's health checks are malformed: {exc.message}", failed_counts=True)
             return Action.CONTINUE
-        results = run_checks(checks, self._cancel)
+        results = run_checks(checks, self._cancel, self.workloads_probe)
         self.last_checks = [r.summary() for r in results]
         failure = verdict(results)
         with self._lock:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from edgefleet.agent.abupdate import Action, Offer, Refusal, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
-from edgefleet.agent.health import parse_checks
+from edgefleet.agent.health import Probe, parse_checks
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
@@ -45,6 +46,7 @@ from edgefleet.protocol.v1 import (
     UpdateReport,
 )
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
+from edgefleet.rollouts.workloads import Verdict, judge
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
@@ -189,6 +191,10 @@ class Agent:
                                         self.rng)
             try:
                 if self.runner is not None:
+                    self.runner.workloads_probe = self._workloads_probe(state, asyncio.get_running_loop())
+                    # The workloads start before a trial boot's health checks, which may wait for them.
+                    assert self.updates is not None
+                    await self._apply_workloads(state, self.updates)
                     await asyncio.to_thread(self.runner.resume)
                 elif state.desired_version >= 0:  # no signed updates: mTLS-verified config, applied as received
                     await asyncio.to_thread(self._apply_os_config, state)
@@ -555,6 +561,32 @@ class Agent:
             if changed:
                 self._workloads_changed.add(spec.name)  # drift: reported once, then healed
         await self.workloads.apply(wanted, keep)
+
+    def _workloads_probe(self, state: AgentState, loop: asyncio.AbstractEventLoop) -> Probe:
+        """A ``workloads`` health check (run in a worker thread): passes once every workload
+        of the configuration runs, verified and healthy; fails at once when one failed."""
+
+        async def verdict() -> Verdict:
+            config = state.desired.get("config")
+            workloads = config.get("workloads") if isinstance(config, dict) else None
+            report = self._config_report(state)
+            statuses = [s.model_dump() for s in self.workloads.status()] if self.workloads is not None else []
+            return judge(workloads if isinstance(workloads, dict) else None,
+                         report.parts if report is not None else {}, statuses)
+
+        def probe(timeout: float, cancel: threading.Event) -> tuple[bool, str]:
+            deadline = time.monotonic() + timeout
+            while True:
+                found = asyncio.run_coroutine_threadsafe(verdict(), loop).result(timeout)
+                if found.phase == "committed":
+                    return True, "every workload of the configuration runs"
+                if found.phase == "failed":
+                    return False, found.reason or "a workload failed"
+                if cancel.is_set() or time.monotonic() >= deadline:
+                    return False, f"workloads not all running and healthy after {timeout:g}s"
+                cancel.wait(0.2)
+
+        return probe
 
     async def _apply_manifests(self, config: object) -> None:
         """The group's Kubernetes manifests of the director-signed configuration, to the

@@ -2,8 +2,10 @@
 rolls the update back, a failed *wanted* check is reported and tolerated.
 
 Kinds: ``command`` (exit status 0), ``http`` (a 2xx answer), ``systemd`` (the unit is
-active). Every check has a timeout; a check still running at its timeout has failed (a
-hung command is killed with its whole process group).
+active), ``workloads`` (every workload of the device's configuration runs, healthy: the
+agent answers it; it waits for them up to its timeout). Every check has a timeout; a
+check still running at its timeout has failed (a hung command is killed with its whole
+process group).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -27,7 +29,7 @@ class HealthCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    kind: Literal["command", "http", "systemd"]
+    kind: Literal["command", "http", "systemd", "workloads"]
     required: bool = True
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     command: Annotated[list[str], Field(min_length=1, max_length=64)] | None = None
@@ -36,7 +38,7 @@ class HealthCheck(BaseModel):
 
     @model_validator(mode="after")
     def _target(self) -> HealthCheck:
-        needs = {"command": self.command, "http": self.url, "systemd": self.unit}
+        needs = {"command": self.command, "http": self.url, "systemd": self.unit, "workloads": True}
         if needs[self.kind] is None:
             field = {"command": "command", "http": "url", "systemd": "unit"}[self.kind]
             raise ValueError(f"a {self.kind} check needs '{field}'")
@@ -101,9 +103,13 @@ def _http(url: str, timeout: float) -> tuple[bool, str]:
     return response.is_success, f"HTTP {response.status_code}"
 
 
-def run_check(check: HealthCheck, cancel: threading.Event | None = None) -> CheckResult:
+Probe = Callable[[float, threading.Event], tuple[bool, str]]  # (timeout, cancel) -> passed, detail
+
+
+def run_check(check: HealthCheck, cancel: threading.Event | None = None, workloads: Probe | None = None) -> CheckResult:
     """Runs ``check`` with its timeout enforced around the whole check, not per phase;
-    ``cancel`` kills a running command (the trial was rolled back meanwhile)."""
+    ``cancel`` kills a running command (the trial was rolled back meanwhile);
+    ``workloads`` answers a ``workloads`` check."""
     cancel = cancel or threading.Event()
     started = time.monotonic()
     outcome: list[tuple[bool, str]] = []
@@ -112,6 +118,9 @@ def run_check(check: HealthCheck, cancel: threading.Event | None = None) -> Chec
         if check.kind == "command":
             assert check.command is not None
             outcome.append(_command(check.command, check.timeout_seconds, cancel))
+        elif check.kind == "workloads":
+            outcome.append(workloads(check.timeout_seconds, cancel) if workloads is not None
+                           else (False, "this agent supervises no workloads"))
         elif check.kind == "systemd":
             assert check.unit is not None
             outcome.append(_command(["systemctl", "is-active", "--quiet", check.unit], check.timeout_seconds,
@@ -127,8 +136,9 @@ def run_check(check: HealthCheck, cancel: threading.Event | None = None) -> Chec
     return CheckResult(check.name, check.required, passed, detail, time.monotonic() - started)
 
 
-def run_checks(checks: Iterable[HealthCheck], cancel: threading.Event | None = None) -> list[CheckResult]:
-    return [run_check(check, cancel) for check in checks]
+def run_checks(checks: Iterable[HealthCheck], cancel: threading.Event | None = None,
+               workloads: Probe | None = None) -> list[CheckResult]:
+    return [run_check(check, cancel, workloads) for check in checks]
 
 
 def verdict(results: Iterable[CheckResult]) -> str | None:
