@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from edgefleet import __version__
 from edgefleet.errors import InvalidRequest, TransportError
+from edgefleet.protocol.telemetry import TelemetryAck
 from edgefleet.protocol.v1 import (
     DesiredState,
     EnrollRequest,
@@ -41,6 +42,10 @@ class DeviceTransport(Protocol):
         ...
 
     async def workload_token(self, device_id: str) -> WorkloadToken: ...
+
+    async def ship_telemetry(self, device_id: str, gzipped: bytes) -> TelemetryAck:
+        """POST a gzip-compressed telemetry batch; how far the receiver has stored."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -100,6 +105,12 @@ class HttpsTransport:
             "POST", f"/api/v1/devices/{device_id}/status", json=report.model_dump(mode="json")
         )
         result: StatusAck = self._parse(StatusAck, response)
+        return result
+
+    async def ship_telemetry(self, device_id: str, gzipped: bytes) -> TelemetryAck:
+        response = await self._request("POST", f"/api/v1/devices/{device_id}/telemetry", content=gzipped,
+                                       headers={"content-type": "application/json", "content-encoding": "gzip"})
+        result: TelemetryAck = self._parse(TelemetryAck, response)
         return result
 
     async def attestation(self, device_id: str, step: str, body: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from edgefleet.server.presence import Presence
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
-from edgefleet.server.routes import admin, attestation, device, gitops, health, repository, rollouts
+from edgefleet.server.routes import admin, attestation, device, gitops, health, repository, rollouts, telemetry
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.server.workload import WorkloadIssuer
@@ -155,6 +155,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(attestation.router)
     app.include_router(gitops.router)
     app.include_router(rollouts.router)
+    app.include_router(telemetry.router)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
     for part in ("metadata", "targets"):

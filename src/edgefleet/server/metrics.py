@@ -19,6 +19,8 @@ class Metrics:
         self.enrollments = Counter("edgefleet_enrollments", "Enrollment attempts by result", ["result"], registry=r)
         self.checkins = Counter("edgefleet_checkins", "Device check-ins by result", ["result"], registry=r)
         self.status_reports = Counter("edgefleet_status_reports", "Status reports by result", ["result"], registry=r)
+        self.telemetry_records = Counter("edgefleet_telemetry_records", "Telemetry records received from devices",
+                                         registry=r)
         self.refusals = Counter("edgefleet_refusals", "Refused requests by error code", ["code"], registry=r)
         self.devices = Gauge("edgefleet_devices", "Enrolled devices", registry=r)
         self.attestations = Counter("edgefleet_attestations", "Quote verifications by result", ["result"], registry=r)

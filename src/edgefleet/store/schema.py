@@ -256,3 +256,29 @@ class RolloutEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     device_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(1000))
+
+
+class TelemetryRecordRow(Base):
+    """A device's telemetry record as the device numbered it (once: the key de-duplicates)."""
+
+    __tablename__ = "telemetry_records"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    body: Mapped[str] = mapped_column(String(16384))
+    received_at: Mapped[datetime]
+
+
+class TelemetryStream(Base):
+    """Per device: the highest sequence number stored, and how many records the device's
+    buffer dropped (its cumulative count, as last shipped)."""
+
+    __tablename__ = "telemetry_streams"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stored_through: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    batches: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]

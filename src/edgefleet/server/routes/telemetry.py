@@ -1,0 +1,71 @@
+"""Telemetry: devices ship gzip batches of their buffered records (stored once each, by
+sequence number); operators read a device's records back."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import ValidationError
+
+from edgefleet.errors import InvalidRequest, NotFound
+from edgefleet.protocol.telemetry import MAX_DECOMPRESSED, TelemetryAck, TelemetryBatch, TelemetryPage, TelemetryRecord
+from edgefleet.server.auth import CurrentDevice, Viewer
+from edgefleet.server.state import server_state
+from edgefleet.store.telemetry import store_batch, telemetry_records, telemetry_stream
+
+log = logging.getLogger("edgefleet.server.telemetry")
+router = APIRouter(prefix="/api/v1", tags=["telemetry"])
+
+
+def _inflate(data: bytes, encoding: str) -> bytes:
+    if encoding in ("", "identity"):
+        return data
+    if encoding != "gzip":
+        raise InvalidRequest(f"unsupported content-encoding {encoding!r} (gzip or none)", code="bad_encoding")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, MAX_DECOMPRESSED)
+    except zlib.error as exc:
+        raise InvalidRequest(f"telemetry batch is not valid gzip: {exc}", code="bad_encoding") from exc
+    if inflater.unconsumed_tail:
+        raise InvalidRequest(f"telemetry batch inflates beyond {MAX_DECOMPRESSED} bytes", code="batch_too_large")
+    if not inflater.eof:
+        raise InvalidRequest("telemetry batch is truncated gzip", code="bad_encoding")
+    return out
+
+
+@router.post("/devices/{device_id}/telemetry")
+async def ship(device: CurrentDevice, request: Request) -> TelemetryAck:
+    """Store a batch (records above what is stored already; a batch sent again adds
+    nothing) and say how far this device's records are stored."""
+    state = server_state(request)
+    data = _inflate(await request.body(), request.headers.get("content-encoding", "").strip().lower())
+    try:
+        batch = TelemetryBatch.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"malformed telemetry batch: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                             code="invalid_telemetry") from exc
+    now = state.clock.now()
+    async with state.db.transaction() as conn:
+        through = await store_batch(conn, device.id, [r.model_dump() for r in batch.records], batch.dropped, now)
+    state.metrics.telemetry_records.inc(len(batch.records))
+    return TelemetryAck(stored_through=through)
+
+
+@router.get("/admin/devices/{device_id}/telemetry")
+async def read(_: Viewer, request: Request, device_id: Annotated[str, Path(max_length=64)],
+               after: Annotated[int, Query(ge=0)] = 0,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> TelemetryPage:
+    """A device's stored records after ``after``, in order."""
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        stream = await telemetry_stream(conn, device_id)
+        rows = await telemetry_records(conn, device_id, after, limit)
+    if stream is None:
+        raise NotFound(f"no telemetry from {device_id}")
+    return TelemetryPage(records=[TelemetryRecord(seq=r.seq, kind=r.kind, at=r.at, body=r.body)
+                                  for r in rows], stored_through=stream.stored_through, dropped=stream.dropped)

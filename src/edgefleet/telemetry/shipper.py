@@ -1,0 +1,100 @@
+"""Shipping the durable buffer: batches by size and age, gzip-compressed, each with an id
+naming its device and sequence numbers; sent until the receiver acknowledges them, with
+jittered exponential backoff and no limit on retries. Records leave the buffer only once
+the receiver says it has stored them, so the wire is at-least-once and, with the
+receiver's de-duplication by sequence number, the whole path is exactly-once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from edgefleet.errors import EdgefleetError, TransportError
+from edgefleet.protocol.telemetry import MAX_RECORDS, TelemetryAck, TelemetryBatch, TelemetryRecord
+from edgefleet.telemetry.buffer import Batch, DurableBuffer
+from edgefleet.util.backoff import Backoff
+
+log = logging.getLogger("edgefleet.telemetry")
+MAX_WIRE_BYTES = 60 * 1024  # a compressed batch stays under the server's 64 KiB body limit
+Send = Callable[[str, bytes], Awaitable[TelemetryAck]]  # device id, gzip body -> ack
+
+
+def encode(device_id: str, batch: Batch) -> bytes:
+    """The batch as the wire carries it: JSON, gzip-compressed."""
+    wire = TelemetryBatch(
+        batch_id=f"{device_id}:{batch.first_seq}-{batch.last_seq}", dropped=batch.dropped,
+        records=[TelemetryRecord(seq=r.seq, kind=r.kind, at=r.at, body=r.body.decode("utf-8", "replace"))
+                 for r in batch.records])
+    return gzip.compress(wire.model_dump_json().encode(), compresslevel=6)
+
+
+@dataclass
+class Shipper:
+    buffer: DurableBuffer
+    send: Send
+    device_id: str
+    max_records: int = 1000
+    max_age_seconds: float = 5.0  # a partial batch waits this long for company
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    rng: random.Random = field(default_factory=random.Random)
+    last_success: float | None = None  # monotonic time of the last acknowledged batch
+    shipped: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """New records: ship now if a batch is full."""
+        self._wake.set()
+
+    async def ship_once(self) -> int:
+        """Send the oldest batch and remove what the receiver stored; returns how many
+        records left the buffer (0 when it is empty). Raises TransportError (link down)
+        or another EdgefleetError (the receiver refused)."""
+        count = min(self.max_records, MAX_RECORDS)
+        while True:
+            batch = await asyncio.to_thread(self.buffer.batch, count, 4 * MAX_WIRE_BYTES)
+            if batch is None:
+                return 0
+            body = await asyncio.to_thread(encode, self.device_id, batch)
+            if len(body) <= MAX_WIRE_BYTES or len(batch.records) == 1:
+                break
+            count = max(1, len(batch.records) // 2)
+        ack = await self.send(self.device_id, body)
+        through = min(ack.stored_through, batch.last_seq)
+        removed = await asyncio.to_thread(self.buffer.ack, through) if through >= batch.first_seq else 0
+        self.last_success, self.shipped = time.monotonic(), self.shipped + removed
+        return removed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ship until ``stop``: full batches at once, a partial one after ``max_age_seconds``,
+        and after a failure again and again, backing off (never giving up)."""
+        backoff = Backoff(self.backoff_initial_seconds, self.backoff_max_seconds, self.rng)
+        while not stop.is_set():
+            failed = False
+            try:
+                figures = await asyncio.to_thread(self.buffer.figures)
+                full = figures.queued >= self.max_records
+                old = figures.oldest_age_seconds is not None and figures.oldest_age_seconds >= self.max_age_seconds
+                if full or old:
+                    await self.ship_once()
+                    backoff.reset()
+                    continue
+                delay = self.max_age_seconds if figures.queued == 0 else max(
+                    0.05, self.max_age_seconds - (figures.oldest_age_seconds or 0.0))
+            except (TransportError, EdgefleetError) as exc:
+                delay, failed = backoff.next_delay(), True
+                log.warning("telemetry not shipped, retrying in %.1fs: %s", delay, exc)
+            self._wake.clear()
+            # New records do not cut a backoff short (they would, all through an outage).
+            waiters = [asyncio.ensure_future(stop.wait()), *([] if failed else [asyncio.ensure_future(
+                self._wake.wait())])]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), delay)
+            for waiter in waiters:
+                waiter.cancel()

@@ -1,0 +1,134 @@
+"""The device's durable telemetry buffer (real SQLite files): order by sequence number,
+removal only on acknowledgement, a byte bound that drops the oldest and counts them,
+appends that survive kill -9, a full disk that changes nothing, and a corrupt file moved
+aside."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgefleet.telemetry.buffer import OVERHEAD, BufferError, DurableBuffer, Record, open_buffer
+
+
+def records(first: int, count: int, size: int = 20) -> list[Record]:
+    return [Record("log", 1_800_000_000.0 + n, json.dumps({"n": n}).encode().ljust(size)) for n in
+            range(first, first + count)]
+
+
+def numbers(buffer: DurableBuffer) -> list[int]:
+    batch = buffer.batch(max_records=1_000_000, max_bytes=1 << 40)
+    return [] if batch is None else [int(json.loads(r.body)["n"]) for r in batch.records]
+
+
+def test_records_leave_in_order_and_only_when_acknowledged(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path / "t.db", 1 << 20)
+    assert buffer.append(records(0, 5)) == 5
+    assert buffer.append(records(5, 5)) == 10
+    batch = buffer.batch(max_records=4)
+    assert batch is not None
+    assert [r.seq for r in batch.records] == [1, 2, 3, 4]
+    assert buffer.batch(max_records=4) == batch  # not acknowledged: the same batch again
+    assert buffer.ack(batch.last_seq) == 4
+    assert numbers(buffer) == list(range(4, 10))
+    small = buffer.batch(max_bytes=2 * (20 + OVERHEAD))
+    assert small is not None
+    assert len(small.records) == 2
+    buffer.close()
+    reopened = DurableBuffer(tmp_path / "t.db", 1 << 20)
+    assert numbers(reopened) == list(range(4, 10))
+    assert reopened.append(records(10, 1)) == 11  # sequence numbers go on after a restart
+    figures = reopened.figures(now=1_800_000_100.0)
+    assert (figures.queued, figures.bytes, figures.dropped) == (7, 7 * (20 + OVERHEAD), 0)
+    assert figures.oldest_age_seconds == pytest.approx(96.0)
+    reopened.close()
+
+
+def test_a_full_buffer_drops_the_oldest_records_and_counts_them(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    buffer = DurableBuffer(tmp_path / "t.db", 10 * (20 + OVERHEAD))
+    buffer.append(records(0, 8))
+    with caplog.at_level(logging.WARNING, "edgefleet.telemetry"):
+        buffer.append(records(8, 5))
+    assert numbers(buffer) == list(range(3, 13))
+    assert "dropped the 3 oldest records" in caplog.text
+    batch = buffer.batch()
+    assert batch is not None
+    assert batch.dropped == 3  # travels with every batch
+    buffer.ack(batch.last_seq)
+    buffer.append(records(13, 6))
+    buffer.append(records(19, 6))
+    assert numbers(buffer) == list(range(15, 25))
+    assert buffer.figures().dropped == 5  # cumulative
+    with pytest.raises(BufferError, match="does not fit"):
+        buffer.append(records(0, 11))
+    buffer.close()
+
+
+def test_a_full_disk_changes_nothing_and_says_why(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path / "t.db", 1 << 30)
+    buffer.append(records(0, 3))
+    pages = buffer._db.execute("PRAGMA page_count").fetchone()[0]
+    buffer._db.execute(f"PRAGMA max_page_count = {pages + 1}")  # the disk fills up
+    with pytest.raises(BufferError, match="full"):
+        buffer.append(records(3, 2000, size=200))
+    assert numbers(buffer) == [0, 1, 2]
+    assert buffer.last_seq() == 3
+    assert buffer.figures().bytes == 3 * (20 + OVERHEAD)
+    buffer.close()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from edgefleet.telemetry.buffer import DurableBuffer, Record
+buffer = DurableBuffer(Path(sys.argv[1]), 1 << 30)
+n = 0
+while True:
+    last = buffer.append([Record("metric", time.time(), b"x" * 40) for _ in range(50)])
+    print(last, flush=True)
+"""
+
+
+def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    for _ in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None
+        confirmed = [int(writer.stdout.readline()) for _ in range(5)]
+        time.sleep(0.05)
+        writer.send_signal(signal.SIGKILL)
+        rest = writer.stdout.read().split()
+        writer.stdout.close()
+        writer.wait()
+        confirmed += [int(x) for x in rest]
+        buffer = DurableBuffer(path, 1 << 30)
+        batch = buffer.batch(max_records=10_000_000, max_bytes=1 << 40)
+        assert batch is not None
+        seqs = [r.seq for r in batch.records]
+        assert seqs == list(range(1, len(seqs) + 1))  # no gap, nothing out of order
+        assert seqs[-1] >= confirmed[-1]  # everything the writer was told is stored, is
+        assert len(seqs) % 50 == 0  # no half batch
+        buffer.close()
+
+
+def test_a_corrupt_buffer_is_moved_aside_and_a_new_one_started(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "t.db"
+    path.write_bytes(b"this is not a database, it was overwritten" * 100)
+    with caplog.at_level(logging.ERROR, "edgefleet.telemetry"):
+        buffer = open_buffer(path, 1 << 20)
+    assert "is unreadable" in caplog.text
+    assert len(list(tmp_path.glob("t.db.corrupt-*"))) == 1
+    assert buffer.append(records(0, 2)) == 2
+    buffer.close()
+    again = open_buffer(path, 1 << 20)
+    assert numbers(again) == [0, 1]  # a sound buffer is kept
+    again.close()

@@ -1,0 +1,228 @@
+"""Telemetry from the durable buffer to the control plane over a link that keeps failing:
+ten outages of random length, the shipping process killed with -9 during some of them,
+and every record written arrives exactly once, in order. A buffer that reached its cap
+drops its oldest records and the receiver learns how many."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent.transport import HttpsTransport
+from edgefleet.credentials import Role
+from edgefleet.telemetry.buffer import DurableBuffer, Record
+from edgefleet.telemetry.shipper import Shipper
+from tests.conftest import Device, Fleet, start_fleet
+
+
+class Link:
+    """A TCP link to the control plane that can be cut: open connections are closed and
+    new ones refused until it is restored."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.up = threading.Event()
+        self.up.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+        with self.lock:
+            self.open -= {source, sink}
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self.lock:
+            for end in self.open:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = start_fleet(tmp_path / "plane", None)
+    yield fleet
+    fleet.close()
+
+
+def stored(plane: Fleet, device_id: str) -> dict[str, Any]:
+    viewer, after, records = plane.client(role=Role.VIEWER), 0, []
+    while True:
+        page = viewer.get(f"/api/v1/admin/devices/{device_id}/telemetry", params={"after": after, "limit": 10000})
+        assert page.status_code == 200, page.text
+        answer = page.json()
+        records += answer["records"]
+        if not answer["records"]:
+            return {**answer, "records": records}
+        after = answer["records"][-1]["seq"]
+
+
+SHIPPER = """
+import asyncio, json, sys, time
+from pathlib import Path
+from edgefleet.agent.transport import HttpsTransport
+from edgefleet.telemetry.buffer import DurableBuffer, Record
+from edgefleet.telemetry.shipper import Shipper
+
+path, url, ca, cert, key, device_id, done = sys.argv[1:8]
+buffer = DurableBuffer(Path(path), 1 << 30)
+
+async def main() -> None:
+    transport = HttpsTransport(url, Path(ca), cert_file=Path(cert), key_file=Path(key), timeout=2)
+    shipper = Shipper(buffer, transport.ship_telemetry, device_id, max_records=200, max_age_seconds=0.1,
+                      backoff_initial_seconds=0.05, backoff_max_seconds=0.4)
+    stop = asyncio.Event()
+    task = asyncio.create_task(shipper.run(stop))
+    while not Path(done).exists():
+        first = buffer.last_seq() + 1
+        buffer.append([Record("log", time.time(), json.dumps({"n": first + i}).encode()) for i in range(20)])
+        shipper.wake()
+        await asyncio.sleep(0.02)
+    while buffer.figures().queued:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    await transport.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_every_record_arrives_once_in_order_through_outages_and_kill_9(plane: Fleet, tmp_path: Path) -> None:
+    device: Device = plane.enroll()
+    link = Link(("127.0.0.1", int(plane.url.rsplit(":", 1)[1].rstrip("/"))))
+    path, done = tmp_path / "buffer.db", tmp_path / "done"
+    command = [sys.executable, "-c", SHIPPER, str(path), f"https://127.0.0.1:{link.port}",
+               str(plane.settings.pki.ca_cert), str(device.directory / "cert.pem"), str(device.directory / "key.pem"),
+               device.id, str(done)]
+    rng = random.Random(7)
+    kills = 0
+    process = subprocess.Popen(command)
+    try:
+        for outage in range(10):
+            time.sleep(rng.uniform(0.3, 0.8))  # link up
+            link.cut()
+            time.sleep(rng.uniform(0.2, 0.5))
+            if outage % 3 == 1:  # killed while the link is down, and started again
+                process.kill()
+                process.wait()
+                kills += 1
+                process = subprocess.Popen(command)
+            time.sleep(rng.uniform(0.1, 0.8))
+            link.restore()
+        done.touch()
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        link.close()
+    buffer = DurableBuffer(path, 1 << 30)
+    written = buffer.last_seq()
+    assert buffer.figures().queued == 0
+    buffer.close()
+    answer = stored(plane, device.id)
+    seqs = [r["seq"] for r in answer["records"]]
+    assert kills == 3
+    assert written > 1000
+    assert seqs == list(range(1, written + 1))  # every record, once, in order
+    assert [json.loads(r["body"])["n"] for r in answer["records"]] == seqs
+    assert (answer["stored_through"], answer["dropped"]) == (written, 0)
+
+
+def test_a_full_buffer_ships_its_newest_records_and_how_many_it_dropped(plane: Fleet, tmp_path: Path) -> None:
+    device: Device = plane.enroll()
+    buffer = DurableBuffer(tmp_path / "buffer.db", 100 * 64)  # about 100 records of 32 bytes
+    for n in range(0, 300, 10):  # the link is down meanwhile
+        buffer.append([Record("metric", time.time(), json.dumps({"n": n + i}).encode().ljust(32)) for i in range(10)])
+    dropped = buffer.figures().dropped
+    assert dropped == 200
+
+    async def ship() -> None:
+        transport = HttpsTransport(plane.url, plane.settings.pki.ca_cert, cert_file=device.directory / "cert.pem",
+                                   key_file=device.directory / "key.pem")
+        shipper = Shipper(buffer, transport.ship_telemetry, device.id, max_records=40)
+        while await shipper.ship_once():
+            pass
+        await transport.aclose()
+
+    asyncio.run(ship())
+    answer = stored(plane, device.id)
+    assert [r["seq"] for r in answer["records"]] == list(range(201, 301))  # the newest, in order
+    assert answer["dropped"] == 200
+    buffer.close()
+
+
+def test_malformed_or_oversized_batches_are_refused_and_change_nothing(plane: Fleet) -> None:
+    device: Device = plane.enroll()
+    url = f"/api/v1/devices/{device.id}/telemetry"
+    record = {"seq": 1, "kind": "log", "at": "2026-11-26T12:00:00Z", "body": "x"}
+    good = {"batch_id": "a:1-1", "records": [record]}
+    cases = [
+        (gzip.compress(json.dumps(good).encode())[:-9], "gzip"),  # truncated
+        (gzip.compress(b"\0" * (5 << 20)), "gzip"),  # a gzip bomb
+        (gzip.compress(json.dumps({**good, "records": [record, record]}).encode()), "gzip"),  # out of order
+        (gzip.compress(json.dumps({**good, "records": []}).encode()), "gzip"),
+        (json.dumps(good).encode(), "br"),
+    ]
+    before = plane.rows()
+    for body, encoding in cases:
+        response = device.client.post(url, content=body, headers={"content-encoding": encoding,
+                                                                  "content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] in ("bad_encoding", "batch_too_large", "invalid_telemetry")
+    assert plane.rows() == before
+    again = [device.client.post(url, content=gzip.compress(json.dumps(good).encode()),
+                                headers={"content-encoding": "gzip"}) for _ in range(2)]
+    assert [r.json() for r in again] == [{"stored_through": 1}, {"stored_through": 1}]  # sent twice, stored once
+    assert [r["seq"] for r in stored(plane, device.id)["records"]] == [1]
