@@ -130,6 +130,9 @@ class FlakyTransport:
     async def report_status(self, device_id, report):  # type: ignore[no-untyped-def]
         return await self.inner.report_status(device_id, report)
 
+    async def ship_telemetry(self, device_id, gzipped):  # type: ignore[no-untyped-def]
+        return await self.inner.ship_telemetry(device_id, gzipped)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

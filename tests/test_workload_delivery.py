@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,7 +106,8 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
         meter = tmp_path / "meter.wasm"
         meter.write_bytes(module("hello", "meter reading 42"))
         world.publish("2026.12.0", 12, artifacts=[meter])
-        device = world.device("workloads", status_interval_seconds=0.3, update_check_seconds=0.5)
+        device = world.device("workloads", status_interval_seconds=0.3, update_check_seconds=0.5,
+                              telemetry_batch_seconds=0.2)
         viewer = plane.client(role=Role.VIEWER)
 
         def reported() -> dict[str, Any] | None:
@@ -117,6 +119,11 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
         def drifted() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = viewer.get("/api/v1/admin/drift").json()["devices"]
             return [row for row in rows if row["state"] == "out_of_sync"]
+
+        def telemetry() -> list[dict[str, Any]]:
+            assert device.agent is not None
+            response = viewer.get(f"/api/v1/admin/devices/{device.agent.device_id}/telemetry")
+            return response.json()["records"] if response.status_code == 200 else []
 
         def meter_drift_alerts() -> list[dict[str, Any]]:
             return [a for a in viewer.get("/api/v1/admin/alerts").json()["alerts"]
@@ -140,6 +147,12 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
             await until(lambda: len(meter_drift_alerts()) == 2, what="the removal alerted")
             await until(lambda: kept.exists() and kept.read_bytes() == meter.read_bytes(), what="fetched again")
             await until(lambda: drifted() == [], what="back in sync after the removal")
+            # Its output went into the device's durable buffer and from there to the control plane.
+            await until(lambda: any(json.loads(r["body"]) == {"level": "info", "source": "workload/meter",
+                                                              "message": "meter reading 42"}
+                                    for r in telemetry()), what="the module's output in telemetry")
+            assert {json.loads(r["body"]).get("name") for r in telemetry() if r["kind"] == "metric"} >= {
+                "edgefleet_agent_telemetry_queued", "edgefleet_agent_telemetry_dropped_total"}
 
         run(world, device, steps)
     finally:

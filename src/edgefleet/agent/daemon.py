@@ -47,6 +47,9 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.rollouts.workloads import Verdict, judge
+from edgefleet.telemetry.buffer import open_buffer
+from edgefleet.telemetry.recorder import Recorder, RecordingHandler
+from edgefleet.telemetry.shipper import Shipper
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
@@ -91,6 +94,7 @@ class Agent:
         self, settings: AgentSettings, platform: Platform, *, site: str, labels: dict[str, str] | None = None,
         transport_factory: TransportFactory = https_transport, clock: Clock | None = None,
         rng: random.Random | None = None, tpm: AttestingTpm | None = None, system: ABSystem | None = None,
+        capture_logs: bool = False,
     ) -> None:
         self.settings = settings
         self.platform = platform
@@ -113,6 +117,11 @@ class Agent:
         self.workloads: Supervisor | None = None
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
         self._applied = -1  # the desired state version whose configuration the agent has acted on
+        self.capture_logs = capture_logs  # the agent's own warnings into telemetry (one agent per process)
+        self._log_handler: logging.Handler | None = None
+        self.recorder: Recorder | None = None
+        self.shipper: Shipper | None = None
+        self._reported_phase: str | None = None
         self.manifests = (ManifestSync(settings.kubernetes, settings.kubeconfig, settings.kubernetes_git_dir,
                                        settings.kubernetes_resync_seconds) if settings.kubernetes != "off" else None)
         self._plan: UpdatePlan | None = None
@@ -187,8 +196,10 @@ class Agent:
             transport = self._transport_factory(self.settings, self.dir, True)
             self.updates = self._update_client(state)
             self.runner = self._update_runner(state) if self.updates is not None else None
+            recorder, telemetry = await self._start_telemetry(state, transport, halt)
             self.workloads = Supervisor(self.dir.path / "workloads" / "data", self.dir.path / "workloads" / "logs",
-                                        self.rng)
+                                        self.rng, on_line=lambda name, line: recorder.log("info", f"workload/{name}",
+                                                                                          line))
             try:
                 if self.runner is not None:
                     self.runner.workloads_probe = self._workloads_probe(state, asyncio.get_running_loop())
@@ -202,6 +213,7 @@ class Agent:
                 await self._loop(state, transport, halt)
             finally:
                 await self.workloads.close()
+                await self._stop_telemetry(recorder, telemetry)
                 await transport.aclose()
                 if self.updates is not None:
                     self.updates.close()
@@ -210,6 +222,32 @@ class Agent:
         finally:
             forward.cancel()
         log.info("agent %s stopped%s", self.device_id or "(not enrolled)", " for a reboot" if self.rebooting else "")
+
+    async def _start_telemetry(self, state: AgentState, transport: DeviceTransport,
+                               halt: asyncio.Event) -> tuple[Recorder, list[asyncio.Task[None]]]:
+        """The durable buffer, what writes into it and what ships it, until ``halt``."""
+        assert state.device_id is not None
+        buffer = await asyncio.to_thread(open_buffer, self.dir.path / "telemetry.db", self.settings.telemetry_max_bytes)
+        recorder = Recorder(buffer)
+        self.recorder, self.shipper = recorder, Shipper(
+            buffer, transport.ship_telemetry, state.device_id, max_age_seconds=self.settings.telemetry_batch_seconds,
+            backoff_initial_seconds=self.settings.backoff_initial_seconds,
+            backoff_max_seconds=self.settings.backoff_max_seconds, rng=self.rng)
+        handler = RecordingHandler(recorder) if self.capture_logs else None
+        if handler is not None:
+            logging.getLogger("edgefleet").addHandler(handler)
+        self._log_handler = handler
+        return recorder, [asyncio.create_task(recorder.run(halt), name="telemetry-flush"),
+                          asyncio.create_task(self.shipper.run(halt), name="telemetry-ship")]
+
+    async def _stop_telemetry(self, recorder: Recorder, tasks: list[asyncio.Task[None]]) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("edgefleet").removeHandler(self._log_handler)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(recorder.flush)
+        recorder.buffer.close()
 
     async def _forward(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
         await stop.wait()
@@ -629,8 +667,25 @@ class Agent:
             events=[UpdateEvent.model_validate(event) for event in job.history],
         )
 
+    async def _record(self, state: AgentState) -> None:
+        """Events and the agent's own figures into telemetry, with each status report."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        if state.update_state != self._reported_phase:
+            recorder.event("update_phase", phase=state.update_state, error=state.update_error)
+            self._reported_phase = state.update_state
+        figures = await asyncio.to_thread(recorder.buffer.figures)
+        recorder.metric("edgefleet_agent_telemetry_queued", figures.queued)
+        recorder.metric("edgefleet_agent_telemetry_dropped_total", figures.dropped)
+        recorder.metric("edgefleet_agent_telemetry_oldest_age_seconds", figures.oldest_age_seconds or 0.0)
+        if self.shipper is not None and self.shipper.last_success is not None:
+            recorder.metric("edgefleet_agent_telemetry_last_ship_age_seconds",
+                            round(time.monotonic() - self.shipper.last_success, 3))
+
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:
         assert state.device_id is not None
+        await self._record(state)
         for _ in range(2):
             state.status_seq += 1
             self.dir.save(state)
@@ -647,7 +702,8 @@ class Agent:
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1
-            self._workloads_changed.clear()  # the server has seen them out of sync once
+            if self._applied == state.desired_version:  # a report the server judges drift on
+                self._workloads_changed.clear()  # the server has seen them out of sync once
             if ack.accepted or ack.seq < state.status_seq:
                 return
             # The server has seen a higher seq than ours (state restored from an old

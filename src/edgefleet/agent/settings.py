@@ -41,6 +41,8 @@ class AgentSettings(BaseSettings):
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
     health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")
     os_config_dir: Path | None = Field(None, description="where rendered OS config goes; default per platform")
+    telemetry_max_bytes: int = Field(64 << 20, ge=1 << 16, description="the durable telemetry buffer's bound")
+    telemetry_batch_seconds: float = Field(10.0, gt=0, description="a partial telemetry batch waits this long")
     kubernetes: Literal["off", "kubectl", "git"] = Field(
         "off", description="the group's Kubernetes manifests: server-side apply with kubectl, or commits for Argo/Flux")
     kubeconfig: Path | None = Field(None, description="the device cluster's kubeconfig (kubernetes=kubectl)")

@@ -71,7 +71,7 @@ def build_agent(settings: AgentSettings) -> Agent:
         except ImportError as exc:
             raise ConfigError(f"attestation needs tpm2-pytss (pip install 'edgefleet[tpm]'): {exc}") from exc
         tpm = Tpm2(settings.tpm)
-    return Agent(settings, platform, site=site, labels=labels, tpm=tpm, system=system)
+    return Agent(settings, platform, site=site, labels=labels, tpm=tpm, system=system, capture_logs=True)
 
 
 def agent(

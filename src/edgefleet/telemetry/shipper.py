@@ -90,6 +90,9 @@ class Shipper:
             except (TransportError, EdgefleetError) as exc:
                 delay, failed = backoff.next_delay(), True
                 log.warning("telemetry not shipped, retrying in %.1fs: %s", delay, exc)
+            except Exception:  # a bug must not end shipping for good: log it, back off, go on
+                delay, failed = backoff.next_delay(), True
+                log.exception("telemetry shipping failed unexpectedly, retrying in %.1fs", delay)
             self._wake.clear()
             # New records do not cut a backoff short (they would, all through an outage).
             waiters = [asyncio.ensure_future(stop.wait()), *([] if failed else [asyncio.ensure_future(

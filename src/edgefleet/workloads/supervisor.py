@@ -69,8 +69,10 @@ async def _in_own_thread(name: str, run: Callable[[], T]) -> T:
 class _Output:
     """A workload's stdout and stderr files, read as they grow."""
 
-    def __init__(self, log_dir: Path, name: str, marker: str | None) -> None:
+    def __init__(self, log_dir: Path, name: str, marker: str | None,
+                 on_line: Callable[[str, str], None] | None = None) -> None:
         self.name = name
+        self.on_line = on_line  # every line, as it is read (into telemetry)
         self.files = [log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"]
         self.offsets = [0, 0]
         self.lines: deque[str] = deque(maxlen=OUTPUT_LINES)
@@ -98,6 +100,8 @@ class _Output:
                 if self.marker is not None and self.marker in line:
                     self.healthy = True
                 log.info("workload %s: %s", self.name, line)
+                if self.on_line is not None:
+                    self.on_line(self.name, line)
 
 
 @dataclass
@@ -123,7 +127,9 @@ class _Workload:
 
 
 class Supervisor:
-    def __init__(self, data_dir: Path, log_dir: Path, rng: random.Random | None = None) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, rng: random.Random | None = None,
+                 on_line: Callable[[str, str], None] | None = None) -> None:
+        self.on_line = on_line  # each line a workload prints: (workload, line)
         self.data_dir = data_dir  # workloads' directories: <data>/<name>/...
         self.log_dir = log_dir
         self.cache_dir = data_dir / ".artifacts"  # verified artifacts a hypervisor boots from
@@ -210,7 +216,7 @@ class Supervisor:
         return MicroVm(spec, artifacts, self.cache_dir)
 
     def _start(self, spec: WorkloadSpec, module: Runnable) -> None:
-        workload = _Workload(spec, module, _Output(self.log_dir, spec.name, spec.health_marker))
+        workload = _Workload(spec, module, _Output(self.log_dir, spec.name, spec.health_marker, self.on_line))
         self._workloads[spec.name] = workload
         workload.task = asyncio.create_task(self._supervise(workload), name=f"workload-{spec.name}")
 

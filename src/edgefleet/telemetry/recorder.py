@@ -1,0 +1,87 @@
+"""What the agent records: logs (its own warnings and errors, and every line its workloads
+print), events and metrics, as JSON records staged in memory and written to the durable
+buffer in batches (every ``flush_seconds``, or at ``flush_records``), so that a chatty
+workload costs one transaction per batch and not one per line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.telemetry.buffer import DurableBuffer, Kind, Record
+
+log = logging.getLogger("edgefleet.telemetry")
+
+
+class Recorder:
+    def __init__(self, buffer: DurableBuffer, flush_records: int = 500) -> None:
+        self.buffer = buffer
+        self.flush_records = flush_records
+        self._staged: list[Record] = []
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def _add(self, kind: Kind, body: Mapping[str, Any]) -> None:
+        record = Record(kind, time.time(), json.dumps(body, separators=(",", ":"), default=str).encode())
+        with self._lock:
+            self._staged.append(record)
+            full = len(self._staged) >= self.flush_records
+        if full:
+            self.flush()
+
+    def log(self, level: str, source: str, message: str) -> None:
+        self._add("log", {"level": level, "source": source, "message": message[:4000]})
+
+    def event(self, name: str, **fields: Any) -> None:
+        self._add("event", {"event": name, **fields})
+
+    def metric(self, name: str, value: float, **labels: str) -> None:
+        self._add("metric", {"name": name, "value": value, "labels": labels})
+
+    def flush(self) -> int:
+        """Write what is staged (one transaction); returns how many records. A buffer that
+        fails keeps them staged for the next flush."""
+        with self._lock:
+            staged, self._staged = self._staged, []
+        if not staged:
+            return 0
+        try:
+            self.buffer.append(staged)
+        except EdgefleetError as exc:
+            with self._lock:
+                self._staged = staged + self._staged
+                del self._staged[:-100_000]  # bounded in memory too, while the disk is full
+            log.debug("telemetry staged, not written yet: %s", exc)
+            return 0
+        self.written += len(staged)
+        return len(staged)
+
+    async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), flush_seconds)
+            await asyncio.to_thread(self.flush)
+
+
+class RecordingHandler(logging.Handler):
+    """The agent process's own warnings and errors into the recorder (attached by the
+    agent command, where one agent owns the process)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(logging.WARNING)
+        self.recorder = recorder
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "edgefleet.telemetry":
+            return  # never about itself: a failing buffer would feed itself
+        try:
+            self.recorder.log(record.levelname.lower(), record.name, record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
