@@ -170,9 +170,9 @@ def test_a_module_with_a_health_marker_is_healthy_once_its_output_says_so(tmp_pa
                                 (spec("plain"), [(silent, signed_target("workloads/plain.wasm", silent))])])
         healthy = await settled(supervisor, "ready", lambda s: s.healthy is True)
         assert healthy.state == "running"
-        statuses = {s.name: s for s in supervisor.status()}
-        assert statuses["silent"].output == ["warming up"]
-        assert statuses["silent"].healthy is False  # running, but it never said it is ready
-        assert statuses["plain"].healthy is None  # no health signal declared
+        warming = await settled(supervisor, "silent", lambda s: s.output == ["warming up"])
+        assert (warming.state, warming.healthy) == ("running", False)  # running, but it never said it is ready
+        plain = await settled(supervisor, "plain", lambda s: s.output == ["warming up"])
+        assert (plain.state, plain.healthy) == ("running", None)  # no health signal declared
 
     run_with(tmp_path, scenario)
