@@ -206,6 +206,7 @@ class Agent:
                     # The workloads start before a trial boot's health checks, which may wait for them.
                     assert self.updates is not None
                     await self._apply_workloads(state, self.updates)
+                    self._mark_applied(state, self.updates)  # what it runs after a restart, it has acted on
                     await asyncio.to_thread(self.runner.resume)
                 elif state.desired_version >= 0:  # no signed updates: mTLS-verified config, applied as received
                     await asyncio.to_thread(self._apply_os_config, state)
@@ -493,10 +494,8 @@ class Agent:
                     await self._check_update(state, self.updates)
                     await asyncio.to_thread(self._apply_os_config, state)  # verified against the director
                     await self._apply_workloads(state, self.updates)
-                    config = state.desired.get("config")
-                    if not isinstance(config, dict) or self._director_signed(config, self.updates):
-                        self._applied = state.desired_version  # else it waits for the director's signature
-                        await self._apply_manifests(config)
+                    if self._mark_applied(state, self.updates):
+                        await self._apply_manifests(state.desired.get("config"))
                     next_update = self.clock.monotonic() + settings.update_check_seconds
                     if self.runner is not None and self.runner.job.active:
                         await self._drive_update(state, transport, attestor, stop)
@@ -559,6 +558,15 @@ class Agent:
             log.warning("no TUF roots: applying configuration verified by mTLS only")
         osconfig.apply(self._os_config_dir(), config["os"], instance=str(config.get("os_hash", ""))[:16])
         log.info("applied OS configuration of commit %s", (config.get("commits") or {}))
+
+    def _mark_applied(self, state: AgentState, updates: UpdateClient) -> bool:
+        """The agent has acted on the desired state it holds, unless its configuration waits
+        for the director's signature; returns whether it has."""
+        config = state.desired.get("config")
+        if state.desired_version < 0 or (isinstance(config, dict) and not self._director_signed(config, updates)):
+            return False
+        self._applied = state.desired_version
+        return True
 
     @staticmethod
     def _director_signed(config: dict[str, object], updates: UpdateClient) -> bool:
