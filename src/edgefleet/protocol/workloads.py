@@ -122,6 +122,11 @@ State = Literal["starting", "running", "backing_off", "exited", "stopped", "refu
 Reason = Literal["exited", "crashed", "memory_limit", "cpu_limit", "wall_time", "stopped", "refused"]
 
 
+def failed_run(reason: str, exit_code: int | None) -> bool:
+    """Did a run end badly? Only a clean exit (code 0) and a stop that was asked for did not."""
+    return reason != "stopped" and (reason != "exited" or exit_code not in (0, None))
+
+
 class WorkloadStatus(Strict):
     name: Name
     kind: str

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgefleet.gitops.hashing import config_hash, declared_workloads, workload_part
+from edgefleet.protocol.workloads import failed_run
 
 PREFIX = "workloads-"
 EMPTY: dict[str, Any] = {"manifests": [], "wasm": [], "microvm": [], "native": []}
@@ -32,16 +33,21 @@ class Verdict:
     reason: str | None = None
 
 
-def _failure(status: Mapping[str, Any]) -> str | None:
-    name = status.get("name")
+def _refusal(status: Mapping[str, Any]) -> str | None:
+    """Why the declared version was refused (the device may run an older one), if it was."""
     if status.get("update_refused") or status.get("state") == "refused":
-        return f"workload {name} refused: {status.get('update_refused') or status.get('detail')}"
-    last, code = status.get("last_exit"), status.get("exit_code")
-    if last is not None and last != "stopped" and (last != "exited" or code not in (0, None)):
-        detail = status.get("detail")
-        return (f"workload {name} {last}{f' with code {code}' if code is not None else ''}"
-                f"{f': {detail}' if detail else ''} (restarts: {status.get('restarts', 0)})")
+        return f"workload {status.get('name')} refused: {status.get('update_refused') or status.get('detail')}"
     return None
+
+
+def _run_failure(status: Mapping[str, Any]) -> str | None:
+    """How the running version's last run ended badly, if it did."""
+    last, code = status.get("last_exit"), status.get("exit_code")
+    if last is None or not failed_run(str(last), code):
+        return None
+    detail = status.get("detail")
+    return (f"workload {status.get('name')} {last}{f' with code {code}' if code is not None else ''}"
+            f"{f': {detail}' if detail else ''} (restarts: {status.get('restarts', 0)})")
 
 
 def judge(workloads: Mapping[str, Any] | None, parts: Mapping[str, Any] | None,
@@ -56,12 +62,12 @@ def judge(workloads: Mapping[str, Any] | None, parts: Mapping[str, Any] | None,
         if status is None:
             waiting = True
             continue
-        if status.get("update_refused") or status.get("state") == "refused":
-            return Verdict("failed", _failure(status))
+        if (refused := _refusal(status)) is not None:
+            return Verdict("failed", refused)
         if (parts or {}).get(part) != digest:
             waiting = True  # an older version still runs: the new one is on its way
             continue
-        if (failure := _failure(status)) is not None:
+        if (failure := _run_failure(status)) is not None:
             return Verdict("failed", failure)
         if status.get("healthy") is False or status.get("state") == "starting":
             waiting = True

@@ -13,7 +13,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
 from edgefleet.errors import PeerError
-from edgefleet.protocol.workloads import Reason
+from edgefleet.protocol.workloads import Reason, failed_run
 from edgefleet.util.atomic import atomic_write_bytes
 
 Artifact = tuple[bytes, TargetFile]  # the bytes, and the signed target they must match
@@ -31,6 +31,10 @@ class RunResult:
     exit_code: int | None = None
     detail: str | None = None
     seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return failed_run(self.reason, self.exit_code)
 
 
 class Runnable(Protocol):

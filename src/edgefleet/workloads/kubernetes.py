@@ -16,6 +16,7 @@ objects no longer declared are removed in the same commit, and the tools prune.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import PeerError
-from edgefleet.gitops.hashing import canonical
+from edgefleet.gitops.hashing import config_hash
 from edgefleet.protocol.workloads import WorkloadStatus
 
 log = logging.getLogger("edgefleet.workloads.kubernetes")
@@ -62,14 +63,15 @@ def group_kind(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('kind')}.{group}" if group else str(obj.get("kind"))
 
 
-def ref(obj: Mapping[str, Any], default_namespace: str = "default", cluster_scoped: bool = False) -> Ref:
-    metadata = obj.get("metadata") or {}
-    namespace = "" if cluster_scoped else str(metadata.get("namespace") or default_namespace)
-    return Ref(group_kind(obj), namespace, str(metadata.get("name")))
-
-
 CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                             "PersistentVolume", "StorageClass", "PriorityClass"})
+DEFAULT_NAMESPACE = "default"  # of a namespaced object that names none
+
+
+def ref(obj: Mapping[str, Any]) -> Ref:
+    metadata = obj.get("metadata") or {}
+    namespace = "" if obj.get("kind") in CLUSTER_SCOPED else str(metadata.get("namespace") or DEFAULT_NAMESPACE)
+    return Ref(group_kind(obj), namespace, str(metadata.get("name")))
 
 
 def applyset_id(group: str) -> str:
@@ -99,14 +101,13 @@ def plan_apply(group: str, manifests: Sequence[Mapping[str, Any]], previous_kind
     set_id = applyset_id(group)
     objects, digests = [], {}
     for manifest in manifests:
-        obj = json.loads(canonical(manifest))  # a deep copy
-        cluster_scoped = obj.get("kind") in CLUSTER_SCOPED
+        obj = copy.deepcopy(dict(manifest))
+        key = ref(obj)
         metadata = obj.setdefault("metadata", {})
-        if not cluster_scoped:
-            metadata.setdefault("namespace", "default")
+        if key.namespace:
+            metadata["namespace"] = key.namespace
         metadata.setdefault("labels", {})[PART_OF] = set_id
-        key = ref(obj, cluster_scoped=cluster_scoped)
-        digests[key] = hashlib.sha256(canonical(manifest)).hexdigest()
+        digests[key] = config_hash(manifest)
         objects.append(obj)
     kinds = sorted({r.group_kind for r in digests} | set(previous_kinds))
     parent = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -118,13 +119,13 @@ def plan_apply(group: str, manifests: Sequence[Mapping[str, Any]], previous_kind
 
 def to_prune(plan: ApplyPlan, live: Sequence[Mapping[str, Any]]) -> list[Ref]:
     """Live objects labelled as part of the plan's apply set that it no longer declares."""
-    found = []
+    found, wanted = [], plan.refs()
     for obj in live:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         if labels.get(PART_OF) != plan.id:
             continue
-        key = ref(obj, cluster_scoped=obj.get("kind") in CLUSTER_SCOPED)
-        if key not in plan.refs():
+        key = ref(obj)
+        if key not in wanted:
             found.append(key)
     return sorted(found)
 
@@ -207,7 +208,7 @@ class KubectlApplier:
             log.info("pruned %s (no longer declared by group %s)", target.arg(), group)
         wanted = plan.refs()
         health = {key: healthy(obj) for obj in live
-                  if (key := ref(obj, cluster_scoped=obj.get("kind") in CLUSTER_SCOPED)) in wanted}
+                  if (key := ref(obj)) in wanted}
         return Applied(plan.digests, pruned, health)
 
 
@@ -231,7 +232,7 @@ class GitHandoff:
         directory = self.repository / group
         wanted: dict[Path, bytes] = {}
         for manifest in manifests:
-            key = ref(manifest, cluster_scoped=manifest.get("kind") in CLUSTER_SCOPED)
+            key = ref(manifest)
             name = f"{key.group_kind.lower()}-{key.name}.yaml"
             wanted[directory / (key.namespace or "_cluster") / name] = json.dumps(manifest, indent=2,
                                                                                    sort_keys=True).encode() + b"\n"
@@ -267,7 +268,7 @@ class ManifestSync:
 
     def sync(self, group: str, manifests: Sequence[Mapping[str, Any]], now: float) -> None:
         """Blocking (run it in a worker thread). Never raises: failures are its status."""
-        digest = hashlib.sha256(canonical({"manifests": list(manifests)})).hexdigest()
+        digest = config_hash({"manifests": list(manifests)})
         if digest == self._digest and now - self._at < self.resync_seconds:
             return
         try:

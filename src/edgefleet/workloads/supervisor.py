@@ -240,8 +240,8 @@ class Supervisor:
             if result.reason == "stopped" or workload.stopping.is_set():
                 workload.state = "stopped"
                 return
-            failed = result.reason != "exited" or result.exit_code != 0
-            if failed and (before is None or (before.reason == "exited" and before.exit_code == 0)):
+            failed = result.failed
+            if failed and (before is None or not before.failed):
                 self.failed.set()
             log.log(logging.WARNING if failed else logging.INFO, "workload %s %s%s%s", spec.name, result.reason,
                     f" with code {result.exit_code}" if result.exit_code is not None else "",
