@@ -27,7 +27,7 @@ from edgefleet.server.director import DirectorService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
-from edgefleet.server.rollouts import RolloutController, workloads_of
+from edgefleet.server.rollouts import RolloutController, group_rollouts
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
@@ -158,7 +158,8 @@ class GitOpsService:
         root = next((s for s in self.sources if s.kind == "root"), None)
         async with self.db.transaction() as conn:
             accepted = await accepted_commits(conn)
-        if root is None or root.name not in accepted or json.dumps(accepted, sort_keys=True) == self._rolled_out:
+        key = json.dumps(accepted, sort_keys=True)
+        if root is None or root.name not in accepted or key == self._rolled_out:
             return
         rendering = await asyncio.to_thread(render, await asyncio.to_thread(self.accepted_files, accepted), [])
         if rendering.errors:  # cannot happen to accepted commits unless the code changed since
@@ -169,7 +170,7 @@ class GitOpsService:
         await self.rollouts.workloads_from_git(rendering.groups, rendering.workloads, "gitops@" + "+".join(
             accepted[s.name][:12] for s in self.sources if s.name in accepted))
         if not waiting:
-            self._rolled_out = json.dumps(accepted, sort_keys=True)
+            self._rolled_out = key
 
     async def _workload_bases(self, rendering: Rendering) -> dict[str, dict[str, Any]]:
         """Per group whose workloads roll out in waves: the set a device that runs none of
@@ -183,8 +184,7 @@ class GitOpsService:
             heads = await rollout_heads(conn)  # newest first
         bases = {}
         for name in planned:
-            latest = next((r for r in heads if r.spec.get("group") == name and r.created_by.startswith("gitops")
-                           and workloads_of(r.spec) is not None), None)
+            latest = next(iter(group_rollouts(heads, name, "workloads")), None)
             settled = None if latest is None else (
                 latest.spec["workloads"] if latest.status == "completed" else latest.spec.get("workloads_before"))
             bases[name] = settled if isinstance(settled, dict) else rendering.workloads.get(name, EMPTY)

@@ -128,6 +128,13 @@ def _kind(spec: dict[str, Any]) -> str:
     return "release" if workloads_of(spec) is None else "workloads"
 
 
+def group_rollouts(heads: Sequence[Row[Any]], group: str, kind: str) -> list[Row[Any]]:
+    """The rollouts GitOps started for ``group`` of ``kind`` ("release" or "workloads"),
+    in the order of ``heads`` (newest first)."""
+    return [r for r in heads if r.spec.get("group") == group and r.created_by.startswith("gitops")
+            and _kind(r.spec) == kind]
+
+
 @dataclass
 class RolloutController:
     db: Database
@@ -192,8 +199,7 @@ class RolloutController:
         for name, group in sorted(groups.items()):
             if group.release is None:
                 continue
-            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")
-                    and _kind(r.spec) == "release"]
+            mine = group_rollouts(existing, name, "release")
             if any(r.release == group.release for r in mine):
                 continue
             plan_ = group.rollout or RolloutPlan(waves=[WaveRequest(size="100%")])
@@ -223,8 +229,7 @@ class RolloutController:
             workloads = sets.get(name)
             if group.rollout is None or workloads is None:
                 continue
-            mine = [r for r in existing if r.spec.get("group") == name and r.created_by.startswith("gitops")
-                    and _kind(r.spec) == "workloads"]
+            mine = group_rollouts(existing, name, "workloads")
             release = revision(workloads)
             if (mine and mine[0].release == release) or (not mine and workloads == EMPTY):
                 continue

@@ -26,7 +26,6 @@ class Recorder:
         self.flush_records = flush_records
         self._staged: list[Record] = []
         self._lock = threading.Lock()
-        self.written = 0
 
     def _add(self, kind: Kind, body: Mapping[str, Any]) -> None:
         record = Record(kind, time.time(), json.dumps(body, separators=(",", ":"), default=str).encode())
@@ -60,7 +59,6 @@ class Recorder:
                 del self._staged[:-100_000]  # bounded in memory too, while the disk is full
             log.debug("telemetry staged, not written yet: %s", exc)
             return 0
-        self.written += len(staged)
         return len(staged)
 
     async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5) -> None:

@@ -45,7 +45,6 @@ class Shipper:
     backoff_max_seconds: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
     last_success: float | None = None  # monotonic time of the last acknowledged batch
-    shipped: int = 0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
@@ -68,7 +67,7 @@ class Shipper:
         ack = await self.send(self.device_id, body)
         through = min(ack.stored_through, batch.last_seq)
         removed = await asyncio.to_thread(self.buffer.ack, through) if through >= batch.first_seq else 0
-        self.last_success, self.shipped = time.monotonic(), self.shipped + removed
+        self.last_success = time.monotonic()
         return removed
 
     async def run(self, stop: asyncio.Event) -> None:
