@@ -147,7 +147,8 @@ class DirectorService:
             changed = {d: {**doc, "config": {**doc["config"], "workloads": workloads}}
                        for d, doc in documents.items()
                        if isinstance(doc.get("config"), dict) and doc["config"].get("workloads") != workloads}
-            await set_desired_many(conn, changed, self.clock.now())
+            changes = await set_desired_many(conn, changed, self.clock.now())
+        self.devices.applied.update(changes)  # the change feed need not (and must not, before signing) do it
         for device_id in changed:
             await self.sign_config(device_id)  # before the device hears of it
             self.devices.forget(device_id)
