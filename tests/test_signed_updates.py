@@ -20,6 +20,7 @@ from edgefleet.credentials import Role
 from tests.cli_helpers import cli, keys_init, release, server_args
 from tests.conftest import Fleet, start_fleet
 from tests.releases_world import StaticMirror
+from tests.test_telemetry_exports import start_hub
 
 
 @pytest.fixture
@@ -108,6 +109,24 @@ def test_release_made_with_the_cli_reaches_a_device_through_a_hub_mirror_verifie
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["update_state"] == "rebooting"
     assert record["desired_version"] >= 1
+
+
+def test_a_release_reaches_a_device_through_a_real_hubs_pull_through_cache(
+    plane: Fleet, published: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    image, server = published
+    hub = start_hub(plane, tmp_path / "hub")
+    try:
+        _, device = run_agent_until_assigned(plane, tmp_path, server, release_counter=11,
+                                             mirrors=[f"https://127.0.0.1:{hub.port}/repository"], until="rebooting")
+        mirror = hub.hub.mirror
+        assert mirror is not None
+        assert mirror.misses >= 4  # root, timestamp, snapshot, targets metadata and the image, each fetched upstream
+        cached = [p for p in (tmp_path / "hub" / "data" / "mirror" / "targets").rglob("*") if p.is_file()]
+    finally:
+        hub.stop()
+    assert device.slot_image("b").read_bytes()[:image.stat().st_size] == image.read_bytes()  # installed
+    assert [path.read_bytes() for path in cached] == [image.read_bytes()]  # kept for the site's next device
 
 
 def test_device_refuses_a_lower_release_counter_reports_why_and_keeps_its_release(

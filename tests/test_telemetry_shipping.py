@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import gzip
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.state import StateDir
 from edgefleet.agent.transport import HttpsTransport
 from edgefleet.credentials import Role
 from edgefleet.telemetry.buffer import DurableBuffer, Record
@@ -110,6 +114,8 @@ def stored(plane: Fleet, device_id: str) -> dict[str, Any]:
 SHIPPER = """
 import asyncio, json, sys, time
 from pathlib import Path
+from edgefleet.agent.hardware import VirtualDevice
+from edgefleet.agent.state import StateDir
 from edgefleet.agent.transport import HttpsTransport
 from edgefleet.telemetry.buffer import DurableBuffer, Record
 from edgefleet.telemetry.shipper import Shipper
@@ -206,12 +212,13 @@ def test_a_full_buffer_ships_its_newest_records_and_how_many_it_dropped(plane: F
 def test_malformed_or_oversized_batches_are_refused_and_change_nothing(plane: Fleet) -> None:
     device: Device = plane.enroll()
     url = f"/api/v1/devices/{device.id}/telemetry"
-    record = {"seq": 1, "kind": "log", "at": "2026-11-26T12:00:00Z", "body": "x"}
-    good = {"batch_id": "a:1-1", "records": [record]}
+    record = {"kind": "log", "dt_ms": 0, "body": {"message": "x"}}
+    good = {"batch_id": "a:1-1", "first_seq": 1, "at_ms": 1_795_000_000_000, "records": [record]}
     cases = [
         (gzip.compress(json.dumps(good).encode())[:-9], "gzip"),  # truncated
         (gzip.compress(b"\0" * (5 << 20)), "gzip"),  # a gzip bomb
-        (gzip.compress(json.dumps({**good, "records": [record, record]}).encode()), "gzip"),  # out of order
+        (gzip.compress(json.dumps({**good, "first_seq": 0}).encode()), "gzip"),  # no seq 0
+        (gzip.compress(json.dumps({**good, "records": [{**record, "body": "x"}]}).encode()), "gzip"),  # no object
         (gzip.compress(json.dumps({**good, "records": []}).encode()), "gzip"),
         (json.dumps(good).encode(), "br"),
     ]
@@ -226,3 +233,71 @@ def test_malformed_or_oversized_batches_are_refused_and_change_nothing(plane: Fl
                                 headers={"content-encoding": "gzip"}) for _ in range(2)]
     assert [r.json() for r in again] == [{"stored_through": 1}, {"stored_through": 1}]  # sent twice, stored once
     assert [r["seq"] for r in stored(plane, device.id)["records"]] == [1]
+
+
+def test_the_whole_agent_killed_with_9_during_outages_loses_no_record_it_wrote(plane: Fleet, tmp_path: Path) -> None:
+    """`edgefleet agent` itself (its own figures and warnings are the records), through ten
+    outages of random length, killed with -9 during three of them."""
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id=f"hw-tel-{os.getpid()}-{tmp_path.name}"[:60],
+                                  site="store-1")
+    link = Link(("127.0.0.1", int(plane.url.rsplit(":", 1)[1].rstrip("/"))))
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'server_url = "https://127.0.0.1:{link.port}"\nca_file = "{plane.settings.pki.ca_cert}"\n'
+        f'state_dir = "{device.agent_dir}"\ndevice_dir = "{device.path}"\n'
+        f'bootstrap_token = "{plane.bootstrap_token()}"\ncheckin_interval_seconds = 0.2\n'
+        "status_interval_seconds = 0.1\ntelemetry_batch_seconds = 0.1\nbackoff_initial_seconds = 0.05\n"
+        "backoff_max_seconds = 0.4\nrequest_timeout_seconds = 2\n")
+    command = [sys.executable, "-m", "edgefleet", "agent", "--config", str(config)]
+    buffer_path = device.agent_dir / "telemetry.db"
+    rng = random.Random(11)
+    kills = 0
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not buffer_path.exists():
+            assert process.poll() is None, "the agent exited"
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.1)
+        for outage in range(10):
+            time.sleep(rng.uniform(0.3, 0.8))  # link up
+            link.cut()
+            time.sleep(rng.uniform(0.2, 0.5))
+            if outage % 3 == 1:  # the agent killed while the link is down, and started again
+                process.kill()
+                process.wait()
+                kills += 1
+                process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.1, 0.8))
+            link.restore()
+        # The link is back: wait for a moment when all the agent wrote so far has arrived.
+        buffer = DurableBuffer(buffer_path, 64 << 20)
+        deadline = time.monotonic() + 60
+        device_id = StateDir(device.agent_dir).load().device_id or ""
+        while True:
+            written = buffer.last_seq()
+            if stored(plane, device_id)["stored_through"] >= written:
+                break
+            assert time.monotonic() < deadline, "the agent's records did not arrive"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        link.close()
+    answer = stored(plane, device_id)
+    seqs = [r["seq"] for r in answer["records"]]
+    assert kills == 3
+    assert written > 50
+    assert seqs == list(range(1, answer["stored_through"] + 1))  # once each, in order, no gap
+    assert answer["stored_through"] >= written
+    assert answer["dropped"] == 0
+    left = buffer.batch(100_000)  # written while stopping, shipped at the next start
+    assert left is None or left.first_seq == answer["stored_through"] + 1
+    kinds = {r["kind"] for r in answer["records"]}
+    names = {json.loads(r["body"]).get("name") for r in answer["records"] if r["kind"] == "metric"}
+    assert "log" in kinds
+    assert "edgefleet_agent_telemetry_queued_records" in names
+    buffer.close()

@@ -152,7 +152,7 @@ def test_a_workload_of_the_group_runs_on_the_device_and_is_reported(tmp_path: Pa
                                                               "message": "meter reading 42"}
                                     for r in telemetry()), what="the module's output in telemetry")
             assert {json.loads(r["body"]).get("name") for r in telemetry() if r["kind"] == "metric"} >= {
-                "edgefleet_agent_telemetry_queued", "edgefleet_agent_telemetry_dropped_total"}
+                "edgefleet_agent_telemetry_queued_records", "edgefleet_agent_telemetry_dropped_records_total"}
 
         run(world, device, steps)
     finally:

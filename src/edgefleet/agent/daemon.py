@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry, write_to_textfile
 from pydantic import TypeAdapter, ValidationError
 
 from edgefleet import __version__
@@ -48,6 +49,7 @@ from edgefleet.protocol.v1 import (
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.rollouts.workloads import Verdict, judge
 from edgefleet.telemetry.buffer import open_buffer
+from edgefleet.telemetry.health import BufferHealth, BufferHealthCollector
 from edgefleet.telemetry.recorder import Recorder, RecordingHandler
 from edgefleet.telemetry.shipper import Shipper
 from edgefleet.util.backoff import Backoff, jittered
@@ -119,6 +121,7 @@ class Agent:
         self._applied = -1  # the desired state version whose configuration the agent has acted on
         self.capture_logs = capture_logs  # the agent's own warnings into telemetry (one agent per process)
         self._log_handler: logging.Handler | None = None
+        self._telemetry_transport: HttpsTransport | None = None
         self.recorder: Recorder | None = None
         self.shipper: Shipper | None = None
         self._reported_phase: str | None = None
@@ -230,8 +233,15 @@ class Agent:
         assert state.device_id is not None
         buffer = await asyncio.to_thread(open_buffer, self.dir.path / "telemetry.db", self.settings.telemetry_max_bytes)
         recorder = Recorder(buffer)
+        settings = self.settings
+        if settings.telemetry_url:  # the site's hub receives it; the hub forwards summaries upstream
+            self._telemetry_transport = HttpsTransport(
+                settings.telemetry_url, settings.telemetry_ca_file or self.dir.ca, cert_file=self.dir.cert,
+                key_file=self.dir.key, timeout=settings.request_timeout_seconds)
+            transport = self._telemetry_transport
         self.recorder, self.shipper = recorder, Shipper(
-            buffer, transport.ship_telemetry, state.device_id, max_age_seconds=self.settings.telemetry_batch_seconds,
+            buffer, transport.ship_telemetry, state.device_id, site=self.site,
+            max_age_seconds=self.settings.telemetry_batch_seconds,
             backoff_initial_seconds=self.settings.backoff_initial_seconds,
             backoff_max_seconds=self.settings.backoff_max_seconds, rng=self.rng)
         handler = RecordingHandler(recorder) if self.capture_logs else None
@@ -248,6 +258,9 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(recorder.flush)
+        if self._telemetry_transport is not None:
+            await self._telemetry_transport.aclose()
+            self._telemetry_transport = None
         recorder.buffer.close()
 
     async def _forward(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
@@ -684,12 +697,21 @@ class Agent:
             recorder.event("update_phase", phase=state.update_state, error=state.update_error)
             self._reported_phase = state.update_state
         figures = await asyncio.to_thread(recorder.buffer.figures)
-        recorder.metric("edgefleet_agent_telemetry_queued", figures.queued)
-        recorder.metric("edgefleet_agent_telemetry_dropped_total", figures.dropped)
-        recorder.metric("edgefleet_agent_telemetry_oldest_age_seconds", figures.oldest_age_seconds or 0.0)
-        if self.shipper is not None and self.shipper.last_success is not None:
-            recorder.metric("edgefleet_agent_telemetry_last_ship_age_seconds",
-                            round(time.monotonic() - self.shipper.last_success, 3))
+        health = BufferHealth(figures, self.shipper.last_success if self.shipper is not None else None)
+        for name, value in health.samples().items():
+            recorder.metric(f"edgefleet_agent_telemetry_{name}", value)
+        if self.settings.metrics_file is not None:
+            await asyncio.to_thread(self._write_metrics_file, self.settings.metrics_file, health)
+
+    @staticmethod
+    def _write_metrics_file(path: Path, health: BufferHealth) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(BufferHealthCollector("edgefleet_agent_telemetry", lambda: health))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_to_textfile(str(path), registry)  # a temporary file renamed over it
+        except OSError as exc:
+            log.warning("cannot write the metrics file %s: %s", path, exc)
 
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:
         assert state.device_id is not None

@@ -15,16 +15,23 @@ from tuf.ngclient import FetcherInterface
 CHUNK = 64 * 1024
 
 
-def https_client(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None,
-                 timeout: float = 30.0, *, system_cas: bool = False) -> httpx.Client:
-    """An httpx client trusting the fleet CA (and, for mirrors such as CDNs, the system's
-    CAs), presenting the device certificate if given."""
+def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None, *,
+                system_cas: bool = False) -> ssl.SSLContext:
+    """Trusting the fleet CA (and, for mirrors such as CDNs, the system's CAs), presenting
+    the device certificate if given."""
     context = ssl.create_default_context() if system_cas else ssl.create_default_context(cafile=str(ca_file))
     if system_cas:
         context.load_verify_locations(cafile=str(ca_file))
     if cert_file is not None and key_file is not None:
         context.load_cert_chain(str(cert_file), str(key_file))
-    return httpx.Client(verify=context, timeout=timeout, follow_redirects=False)
+    return context
+
+
+def https_client(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None,
+                 timeout: float = 30.0, *, system_cas: bool = False) -> httpx.Client:
+    """An httpx client with ``tls_context``."""
+    return httpx.Client(verify=tls_context(ca_file, cert_file, key_file, system_cas=system_cas), timeout=timeout,
+                        follow_redirects=False)
 
 
 class MirrorFetcher(FetcherInterface):

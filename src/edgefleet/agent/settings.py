@@ -43,6 +43,11 @@ class AgentSettings(BaseSettings):
     os_config_dir: Path | None = Field(None, description="where rendered OS config goes; default per platform")
     telemetry_max_bytes: int = Field(64 << 20, ge=1 << 16, description="the durable telemetry buffer's bound")
     telemetry_batch_seconds: float = Field(10.0, gt=0, description="a partial telemetry batch waits this long")
+    telemetry_url: str | None = Field(None, description="the site's regional hub (edgefleet hub); unset: the server")
+    telemetry_ca_file: Path | None = Field(None, description="CA the hub's TLS certificate chains to; unset: fleet CA")
+    metrics_file: Path | None = Field(
+        None, description="the agent's own figures as Prometheus text (node_exporter textfile collector), rewritten "
+                          "with each status report")
     kubernetes: Literal["off", "kubectl", "git"] = Field(
         "off", description="the group's Kubernetes manifests: server-side apply with kubectl, or commits for Argo/Flux")
     kubeconfig: Path | None = Field(None, description="the device cluster's kubeconfig (kubernetes=kubectl)")

@@ -10,6 +10,7 @@ from edgefleet.cli import (
     demo_cmd,
     devices_cmd,
     gitops_cmd,
+    hub_cmd,
     release_cmd,
     rollout_cmd,
     server_cmd,
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(server_cmd.app, name="server")
+app.add_typer(hub_cmd.app, name="hub")
 app.add_typer(tokens_cmd.app, name="tokens")
 app.add_typer(devices_cmd.app, name="devices")
 app.add_typer(release_cmd.keys_app, name="keys")

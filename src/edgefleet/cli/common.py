@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.logging import RichHandler
 
 from edgefleet.errors import ConfigError, EdgefleetError, PeerError, TransportError
 from edgefleet.ui import err_console
+from edgefleet.util.jsonlog import JsonFormatter
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", envvar="EDGEFLEET_CONFIG", help="TOML settings file.")
@@ -40,6 +42,11 @@ def setup_logging(level: str = "info", *, daemon: bool = False) -> None:
     """Rich output for people at a terminal; plain lines for daemons (the server and the
     agent log under load, to journald: rendering each line with rich costs a core)."""
     if daemon:
+        if os.environ.get("EDGEFLEET_LOG_FORMAT") == "json":
+            handler = logging.StreamHandler()
+            handler.setFormatter(JsonFormatter())
+            logging.basicConfig(level=level.upper(), handlers=[handler])
+            return
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return
     logging.basicConfig(

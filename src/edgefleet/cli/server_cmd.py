@@ -75,6 +75,26 @@ def init(
                       f"--data-dir {settings.data_dir}")
 
 
+@app.command("hub-cert")
+def hub_cert(
+    name: Annotated[list[str], typer.Argument(help="DNS names or IPs the site's devices reach the hub at.")],
+    out: Annotated[Path, typer.Option(help="Directory for hub.pem and hub.key.")],
+    config: ConfigOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Issue a regional hub's TLS certificate from the fleet CA (devices trust only it)."""
+    from edgefleet.pki import issue_server_certificate
+    from edgefleet.util.atomic import atomic_write_bytes
+
+    with shown_errors():
+        settings = server_settings(config, data_dir=data_dir)
+        issued = issue_server_certificate(settings.pki.load_ca(), name, SystemClock().now())
+        atomic_write_bytes(out / "hub.key", issued.key_pem, mode=0o600)
+        atomic_write_bytes(out / "hub.pem", issued.cert_pem)
+    console.print(f"hub certificate for {', '.join(name)} in {out}: edgefleet hub --tls-cert {out / 'hub.pem'} "
+                  f"--tls-key {out / 'hub.key'} ...")
+
+
 @app.command("rotate-key")
 def rotate_key(
     role: Annotated[str, typer.Option(help="snapshot, timestamp or director.")],

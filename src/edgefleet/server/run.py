@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Self
 
 import uvicorn
 from fastapi import FastAPI
@@ -88,17 +89,45 @@ def serve(settings: ServerSettings) -> None:
         raise ConfigError("the control plane failed to start; see the log above")
 
 
-class ServerThread:
+class UvicornThread:
+    """A uvicorn server on a background thread (tests, the demo), listening on ``sock``."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self._server = server
+        self._name = name
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"{self._name} failed to start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerThread(UvicornThread):
     """A control plane on a background thread, for tests and the demo."""
 
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.app = create_app(settings, clock=clock)
-        self.sock = bind(settings.host, settings.port)
-        self.port: int = self.sock.getsockname()[1]
-        self._server = _build(settings, self.app, log_config=False)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.sock]},
-                                        name="edgefleet-server", daemon=True)
+        super().__init__(_build(settings, self.app, log_config=False), bind(settings.host, settings.port),
+                         "edgefleet-server")
 
     @property
     def state(self) -> ServerState:
@@ -109,23 +138,3 @@ class ServerThread:
     def url(self) -> str:
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
         return f"https://{host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> ServerThread:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ConfigError("the control plane failed to start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        self.sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

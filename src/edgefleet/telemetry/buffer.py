@@ -15,17 +15,16 @@ started (``open_buffer``), loudly.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from edgefleet.errors import PersistError
+from edgefleet.telemetry.sqlitefile import SqliteFile
 
 log = logging.getLogger("edgefleet.telemetry")
 OVERHEAD = 32  # bytes counted per record besides its body (seq, kind, time, index)
@@ -93,45 +92,26 @@ class DurableBuffer:
             raise ValueError("max_bytes is too small to hold anything")
         self.path = path
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise BufferError(f"telemetry buffer {path}: {exc}") from exc
+        self._file = SqliteFile(path, _SCHEMA, BufferError)
+        self._lock = self._file.lock
+        self._db = self._file.db
+        self._transaction = self._file.transaction
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                log.error("telemetry buffer %s: %s failed, nothing changed: %s", self.path, what, exc)
-                raise BufferError(f"telemetry buffer {self.path}: {what} failed: {exc}") from exc
+        self._file.close()
 
     def _meta(self, db: sqlite3.Connection) -> dict[str, int]:
         return {key: int(value) for key, value in db.execute("SELECT key, value FROM meta")}
 
-    def append(self, records: Sequence[Record]) -> int:
+    def append(self, records: Sequence[Record], marks: Mapping[str, int] | None = None) -> int:
         """Store ``records`` in one transaction; returns the last sequence number given.
-        Drops the oldest records if the bound requires it. Raises BufferError (nothing
-        was stored)."""
+        Drops the oldest records if the bound requires it. ``marks`` are set in the same
+        transaction (a producer's own cursor: what it has appended so far). Raises
+        BufferError (nothing was stored)."""
         if not records:
+            if marks:
+                with self._transaction("mark") as db:
+                    self._set_marks(db, marks)
             return self.last_seq()
         incoming = sum(_size(r.body) for r in records)
         if incoming > self.max_bytes:
@@ -157,9 +137,21 @@ class DurableBuffer:
             last = first + len(records) - 1
             db.executemany("UPDATE meta SET value = ? WHERE key = ?",
                            [(last + 1, "next_seq"), (total, "bytes"), (meta["dropped"] + dropped, "dropped")])
+            self._set_marks(db, marks or {})
         if dropped:
             log.warning("telemetry buffer full (%d bytes): dropped the %d oldest records", self.max_bytes, dropped)
         return last
+
+    @staticmethod
+    def _set_marks(db: sqlite3.Connection, marks: Mapping[str, int]) -> None:
+        db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [(f"mark:{key}", value) for key, value in marks.items()])
+
+    def mark(self, key: str) -> int:
+        """A mark set with ``append`` (0 if never set)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"mark:{key}",)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def last_seq(self) -> int:
         """The sequence number of the last record ever appended (0 before the first)."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgefleet.errors import EdgefleetError, TransportError
-from edgefleet.protocol.telemetry import MAX_RECORDS, TelemetryAck, TelemetryBatch, TelemetryRecord
+from edgefleet.protocol.telemetry import MAX_RECORDS, TelemetryAck
 from edgefleet.telemetry.buffer import Batch, DurableBuffer
 from edgefleet.util.backoff import Backoff
 
@@ -25,13 +27,30 @@ MAX_WIRE_BYTES = 60 * 1024  # a compressed batch stays under the server's 64 KiB
 Send = Callable[[str, bytes], Awaitable[TelemetryAck]]  # device id, gzip body -> ack
 
 
-def encode(device_id: str, batch: Batch) -> bytes:
-    """The batch as the wire carries it: JSON, gzip-compressed."""
-    wire = TelemetryBatch(
-        batch_id=f"{device_id}:{batch.first_seq}-{batch.last_seq}", dropped=batch.dropped,
-        records=[TelemetryRecord(seq=r.seq, kind=r.kind, at=r.at, body=r.body.decode("utf-8", "replace"))
-                 for r in batch.records])
-    return gzip.compress(wire.model_dump_json().encode(), compresslevel=6)
+def _body(raw: bytes) -> dict[str, Any]:
+    """A record's JSON object; anything else a producer stored travels as ``{"raw": text}``
+    (one unreadable record must not hold up the stream)."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {"raw": text}
+
+
+def encode(device_id: str, batch: Batch, site: str | None = None) -> bytes:
+    """The batch as the wire carries it (``TelemetryBatch``): JSON, gzip-compressed. The
+    buffer gives consecutive records, so the first seq numbers them all."""
+    if batch.last_seq - batch.first_seq + 1 != len(batch.records):
+        raise ValueError("a telemetry batch must be consecutive records")
+    times = [int(r.at * 1000) for r in batch.records]
+    wire = {"batch_id": f"{device_id}:{batch.first_seq}-{batch.last_seq}", "dropped": batch.dropped,
+            "first_seq": batch.first_seq, "at_ms": times[0],
+            "records": [{"kind": r.kind, "dt_ms": at - before, "body": _body(r.body)}
+                        for r, before, at in zip(batch.records, [times[0], *times], times, strict=False)]}
+    if site is not None:
+        wire["site"] = site
+    return gzip.compress(json.dumps(wire, separators=(",", ":")).encode(), compresslevel=6)
 
 
 @dataclass
@@ -39,12 +58,13 @@ class Shipper:
     buffer: DurableBuffer
     send: Send
     device_id: str
+    site: str | None = None  # tells a regional hub which site's summaries the records join
     max_records: int = 1000
     max_age_seconds: float = 5.0  # a partial batch waits this long for company
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
-    last_success: float | None = None  # monotonic time of the last acknowledged batch
+    last_success: float | None = None  # unix time of the last acknowledged batch
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
@@ -60,14 +80,14 @@ class Shipper:
             batch = await asyncio.to_thread(self.buffer.batch, count, 4 * MAX_WIRE_BYTES)
             if batch is None:
                 return 0
-            body = await asyncio.to_thread(encode, self.device_id, batch)
+            body = await asyncio.to_thread(encode, self.device_id, batch, self.site)
             if len(body) <= MAX_WIRE_BYTES or len(batch.records) == 1:
                 break
             count = max(1, len(batch.records) // 2)
         ack = await self.send(self.device_id, body)
         through = min(ack.stored_through, batch.last_seq)
         removed = await asyncio.to_thread(self.buffer.ack, through) if through >= batch.first_seq else 0
-        self.last_success = time.monotonic()
+        self.last_success = time.time()
         return removed
 
     async def run(self, stop: asyncio.Event) -> None:

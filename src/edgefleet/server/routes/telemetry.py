@@ -4,14 +4,12 @@ sequence number); operators read a device's records back."""
 from __future__ import annotations
 
 import logging
-import zlib
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import ValidationError
 
-from edgefleet.errors import InvalidRequest, NotFound
-from edgefleet.protocol.telemetry import MAX_DECOMPRESSED, TelemetryAck, TelemetryBatch, TelemetryPage, TelemetryRecord
+from edgefleet.errors import NotFound
+from edgefleet.protocol.telemetry import TelemetryAck, TelemetryPage, TelemetryRecord, parse_batch
 from edgefleet.server.auth import CurrentDevice, Viewer
 from edgefleet.server.state import server_state
 from edgefleet.store.telemetry import store_batch, telemetry_records, telemetry_stream
@@ -20,38 +18,15 @@ log = logging.getLogger("edgefleet.server.telemetry")
 router = APIRouter(prefix="/api/v1", tags=["telemetry"])
 
 
-def _inflate(data: bytes, encoding: str) -> bytes:
-    if encoding in ("", "identity"):
-        return data
-    if encoding != "gzip":
-        raise InvalidRequest(f"unsupported content-encoding {encoding!r} (gzip or none)", code="bad_encoding")
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, MAX_DECOMPRESSED)
-    except zlib.error as exc:
-        raise InvalidRequest(f"telemetry batch is not valid gzip: {exc}", code="bad_encoding") from exc
-    if inflater.unconsumed_tail:
-        raise InvalidRequest(f"telemetry batch inflates beyond {MAX_DECOMPRESSED} bytes", code="batch_too_large")
-    if not inflater.eof:
-        raise InvalidRequest("telemetry batch is truncated gzip", code="bad_encoding")
-    return out
-
-
 @router.post("/devices/{device_id}/telemetry")
 async def ship(device: CurrentDevice, request: Request) -> TelemetryAck:
     """Store a batch (records above what is stored already; a batch sent again adds
     nothing) and say how far this device's records are stored."""
     state = server_state(request)
-    data = _inflate(await request.body(), request.headers.get("content-encoding", "").strip().lower())
-    try:
-        batch = TelemetryBatch.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequest(f"malformed telemetry batch: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                             code="invalid_telemetry") from exc
+    batch = parse_batch(await request.body(), request.headers.get("content-encoding", ""))
     now = state.clock.now()
     async with state.db.transaction() as conn:
-        through = await store_batch(conn, device.id, [r.model_dump() for r in batch.records], batch.dropped, now)
+        through = await store_batch(conn, device.id, batch.rows(), batch.dropped, now)
     state.metrics.telemetry_records.inc(len(batch.records))
     return TelemetryAck(stored_through=through)
 
