@@ -9,9 +9,11 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from edgefleet import __version__
@@ -19,6 +21,7 @@ from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
+from edgefleet.server.dashboard import routes as dashboard
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.errors import install_error_handlers
@@ -64,6 +67,10 @@ def _telemetry_options() -> dict[str, Any]:
     if any(name.startswith("OTEL_") or name == "FASTAPI_OTEL_AUTO_CONFIGURE" for name in os.environ):
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
+async def _to_login(request: Request, exc: Exception) -> Response:
+    return RedirectResponse("/ui/login", status_code=303)
 
 
 def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastAPI:
@@ -156,6 +163,9 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(gitops.router)
     app.include_router(rollouts.router)
     app.include_router(telemetry.router)
+    app.include_router(dashboard.router)
+    app.mount("/ui/static", StaticFiles(directory=Path(dashboard.__file__).parent / "static"), name="ui-static")
+    app.add_exception_handler(dashboard.LoginRequired, _to_login)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
     for part in ("metadata", "targets"):

@@ -89,28 +89,37 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
     return AuthenticatedDevice(device_id, auth.desired_version, auth)
 
 
+async def admin_principal(state: ServerState, presented: str) -> AdminPrincipal:
+    """The operator an admin token names (from a bearer header or the dashboard's cookie).
+
+    Raises:
+        Unauthenticated: malformed, unknown, revoked or expired token.
+    """
+    token = parse_token(TokenKind.ADMIN, presented.strip())
+    async with state.db.transaction() as conn:
+        row = await admin_token(conn, token.id)
+    now = state.clock.now()
+    if row is None or not secret_matches(token, row.secret_hash):
+        raise Unauthenticated(f"unknown admin token {token.id}", code="invalid_token")
+    if row.revoked_at is not None:
+        raise Unauthenticated(f"admin token {token.id} was revoked", code="invalid_token")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthenticated(f"admin token {token.id} expired", code="invalid_token")
+    return AdminPrincipal(token.id, row.name, Role(row.role))
+
+
 def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]:
     """A dependency admitting bearer tokens whose role includes ``needed``."""
 
     async def dependency(request: Request) -> AdminPrincipal:
-        state = server_state(request)
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value:
             raise Unauthenticated("bearer token required", code="token_required")
-        token = parse_token(TokenKind.ADMIN, value.strip())
-        async with state.db.transaction() as conn:
-            row = await admin_token(conn, token.id)
-        now = state.clock.now()
-        if row is None or not secret_matches(token, row.secret_hash):
-            raise Unauthenticated(f"unknown admin token {token.id}", code="invalid_token")
-        if row.revoked_at is not None:
-            raise Unauthenticated(f"admin token {token.id} was revoked", code="invalid_token")
-        if row.expires_at is not None and row.expires_at <= now:
-            raise Unauthenticated(f"admin token {token.id} expired", code="invalid_token")
-        role = Role(row.role)
-        if not role.allows(needed):
-            raise Forbidden(f"token {row.name!r} has role {role}, needs {needed}", code="insufficient_role")
-        return AdminPrincipal(token.id, row.name, role)
+        principal = await admin_principal(server_state(request), value)
+        if not principal.role.allows(needed):
+            raise Forbidden(f"token {principal.name!r} has role {principal.role}, needs {needed}",
+                            code="insufficient_role")
+        return principal
 
     return dependency
 

@@ -1,0 +1,130 @@
+"""The fleet dashboard in Debian's Chromium, driven by Playwright, against a real control
+plane and emulated devices: log in, see the fleet, open a device, watch a rollout advance
+to its approval gate, approve the next wave, see it halt on a tampered device's failed
+attestation with the reason; a viewer sees no operator buttons and cannot use the verbs.
+Screenshots go to .cache/screenshots/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgefleet.agent.hardware import vimage
+from edgefleet.agent.hardware.firmware import reference_pcrs
+from edgefleet.credentials import Role
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld
+from tests.conftest import need, start_fleet
+from tests.test_rollouts import CHECKS, enrolled, fleet_of, rollout, run_fleet, status
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / ".cache" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
+    if shutil.which("chromium") is None:
+        need("chromium", "Debian's chromium is not installed")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        need("playwright", "the playwright package is not installed")
+    plane = start_fleet(tmp_path_factory.mktemp("ui-plane"), None, rollout_tick_seconds=0.2)
+    world = AbWorld(plane, tmp_path_factory.mktemp("ui"))
+    factory = world.tmp / "factory.img"
+    factory.write_bytes(vimage.build(RUNNING, 1, size=SLOT_BYTES))
+    update = world.tmp / "2026.12.0.img"
+    update.write_bytes(vimage.build("2026.12.0", 12, size=SLOT_BYTES, health_checks=CHECKS, filler=b"2026.12.0"))
+    for version, counter, image in ((RUNNING, 1, factory), ("2026.12.0", 12, update)):
+        pcrs = reference_pcrs(image)
+        world.publish(version, counter, image=image, measurements={0: pcrs[0].hex(), 4: pcrs[4].hex()})
+    yield world
+    time.sleep(3)  # the devices' last long polls end before the server stops
+    plane.close()
+
+
+def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_buttons(world: AbWorld) -> None:
+    from playwright.async_api import Page, async_playwright, expect
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    devices = fleet_of(world, "ui", 4, tampered=3)  # the tampered device is in the second wave
+    base = world.plane.url
+
+    async def login(page: Page, role: Role) -> None:
+        await page.goto(f"{base}/ui/")
+        await expect(page).to_have_url(f"{base}/ui/login")
+        await page.fill("input[name=token]", world.plane.tokens[role])
+        await page.click("button[type=submit]")
+        await expect(page.locator("h1")).to_contain_text("Fleet:")
+
+    async def steps() -> None:
+        await enrolled(devices)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
+            operator = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            await login(operator, Role.OPERATOR)
+            await expect(operator.locator("#total")).to_have_text("4")
+            await operator.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
+            await operator.click("text=Devices")
+            await operator.click(f"text={devices[0].agent.device_id}")  # type: ignore[union-attr]
+            await expect(operator.locator("#device-id")).to_have_text(str(devices[0].agent.device_id))  # type: ignore[union-attr]
+            await expect(operator.locator("#attestation")).to_contain_text("passed")
+            await operator.screenshot(path=SCREENSHOTS / "device.png", full_page=True)
+
+            rollout_id = rollout(world, "ui", "2026.12.0", [{"size": "1", "selector": {"ring": "canary"}},
+                                                            {"size": "100%"}], approval_between_waves=True)
+            await operator.goto(f"{base}/ui/rollouts/{rollout_id}")
+            status_text = operator.locator("#rollout-status")
+            await expect(status_text).to_have_text("awaiting_approval", timeout=60_000)  # it advanced, by itself
+            await expect(operator.locator("svg.chart")).to_contain_text("succeeded: 1")
+            await operator.screenshot(path=SCREENSHOTS / "rollout-awaiting-approval.png", full_page=True)
+
+            viewer = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            await login(viewer, Role.VIEWER)
+            await viewer.goto(f"{base}/ui/rollouts/{rollout_id}")
+            await expect(viewer.locator("#rollout-status")).to_have_text("awaiting_approval")
+            assert await viewer.locator(".verbs button").count() == 0
+            refused = await viewer.request.post(f"{base}/ui/rollouts/{rollout_id}/approve")
+            assert refused.status == 403
+            await viewer.screenshot(path=SCREENSHOTS / "rollout-viewer.png", full_page=True)
+
+            await operator.click("#approve")
+            await expect(status_text).to_have_text("halted", timeout=90_000)
+            await expect(operator.locator("#rollout-reason")).to_contain_text("attestation failed on")
+            await operator.screenshot(path=SCREENSHOTS / "rollout-halted.png", full_page=True)
+            await browser.close()
+        assert status(world, rollout_id)["status"] == "halted"
+
+    run_fleet(devices, steps, timeout=240)
+
+
+def test_pages_without_a_session_send_the_browser_to_the_login_form(world: AbWorld) -> None:
+    with httpx.Client(base_url=world.plane.url, verify=world.plane.tls()) as client:
+        for path in ("/ui/", "/ui/devices", "/ui/rollouts"):
+            answer = client.get(path)
+            assert answer.status_code == 303
+            assert answer.headers["location"] == "/ui/login"
+        refused = client.post("/ui/login", data={"token": "efa_0123456789abcdef_" + "x" * 43})
+        assert refused.status_code == 401
+        assert "not valid" in refused.text
+        client.cookies.set("edgefleet_session", "forged", path="/ui")
+        assert client.get("/ui/").status_code == 303
+
+
+def test_a_session_sees_the_pages_and_a_device_that_does_not_exist_is_404(world: AbWorld) -> None:
+    with httpx.Client(base_url=world.plane.url, verify=world.plane.tls()) as client:
+        answer = client.post("/ui/login", data={"token": world.plane.tokens[Role.VIEWER]})
+        assert answer.status_code == 303
+        cookie = answer.headers["set-cookie"].lower()
+        assert "httponly" in cookie
+        assert "samesite=strict" in cookie
+        assert "secure" in cookie
+        for path in ("/ui/", "/ui/devices?site=nowhere", "/ui/rollouts"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("/ui/devices/dev-missing").status_code == 404
+
