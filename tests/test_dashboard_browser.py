@@ -2,10 +2,12 @@
 plane and emulated devices: log in, see the fleet, open a device, watch a rollout advance
 to its approval gate, approve the next wave, see it halt on a tampered device's failed
 attestation with the reason; a viewer sees no operator buttons and cannot use the verbs.
+The technician's page, served by the agent, works with the control plane stopped.
 Screenshots go to .cache/screenshots/."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,12 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgefleet.agent.hardware import vimage
+from edgefleet.agent import Agent, AgentSettings
+from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.credentials import Role
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld
 from tests.conftest import need, start_fleet
 from tests.test_rollouts import CHECKS, enrolled, fleet_of, rollout, run_fleet, status
+from tests.test_telemetry_hub import free_port
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / ".cache" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -128,3 +132,61 @@ def test_a_session_sees_the_pages_and_a_device_that_does_not_exist_is_404(world:
             assert client.get(path).status_code == 200, path
         assert client.get("/ui/devices/dev-missing").status_code == 404
 
+
+
+def test_the_technician_page_works_with_the_control_plane_stopped(tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        need("chromium", "Debian's chromium is not installed")
+    from playwright.async_api import async_playwright, expect
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    plane = start_fleet(tmp_path / "plane", None)
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-technician-1", site="store-7",
+                                  os_version="2026.11.1")
+    (tmp_path / "technician").write_text("open-sesame-42\n")
+    port = free_port()
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-7"), checkin_interval_seconds=0.2,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.3, status_interval_seconds=0.5,
+                             local_ui=f"127.0.0.1:{port}", local_ui_token_file=tmp_path / "technician")
+    agent = Agent(settings, device, site="store-7", capture_logs=True)
+    page_url = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            while agent.reports < 1:
+                assert not task.done(), task
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(plane.server.stop)  # the uplink is gone
+            while agent.last_error is None:  # noqa: ASYNC110 - the agent's own attribute, polled
+                await asyncio.sleep(0.05)
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
+                page = await browser.new_page()
+                await page.goto(page_url)
+                await expect(page).to_have_url(f"{page_url}/login")
+                await page.fill("input[name=credential]", "wrong-credential")
+                await page.click("button[type=submit]")
+                await expect(page.locator(".error")).to_contain_text("not valid")
+                await page.fill("input[name=credential]", "open-sesame-42")
+                await page.click("button[type=submit]")
+                await expect(page.locator("#device-id")).to_have_text(str(agent.device_id))
+                await expect(page.locator("#os-version")).to_have_text("2026.11.1")
+                await expect(page.locator("#uplink")).to_contain_text("unreachable")
+                await expect(page.locator("#logs")).to_contain_text("edgefleet.agent")  # its own warnings
+                assert int(await page.locator("#queued").inner_text()) >= 0
+                await page.screenshot(path=SCREENSHOTS / "technician.png", full_page=True)
+                await browser.close()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        plane.close()
+    with httpx.Client() as client, pytest.raises(httpx.TransportError):  # the page is gone with the agent
+        client.get(page_url)

@@ -11,9 +11,9 @@ from rich.console import Console
 from edgefleet.demo.runner import DemoOptions, run_demo
 
 
-def test_headless_demo_enrolls_every_device_and_pushes_desired_state(tmp_path: Path) -> None:
+def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implant(tmp_path: Path) -> None:
     output = io.StringIO()
-    ok = asyncio.run(run_demo(DemoOptions(devices=6, sites=3, data_dir=tmp_path, headless=True, duration=5),
+    ok = asyncio.run(run_demo(DemoOptions(devices=12, sites=3, data_dir=tmp_path, headless=True, duration=5),
                               Console(file=output, width=160)))
     text = output.getvalue()
     assert ok, text
@@ -22,4 +22,7 @@ def test_headless_demo_enrolls_every_device_and_pushes_desired_state(tmp_path: P
     assert "each verified it" in text
     assert "attestation" in text
     assert "quarantined" in text  # the device that booted a tampered image
-    assert "devices: 6" in text
+    assert "rollout halted by itself in wave 2" in text
+    assert "attestation failed on" in text
+    assert "/ui/" in text  # the dashboard
+    assert "devices: 12" in text

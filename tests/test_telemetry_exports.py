@@ -232,9 +232,11 @@ def test_prometheus_scraping_the_hub_shows_the_site_summaries_and_promtool_accep
         def scraped() -> bool:
             for query in ("edgefleet_site_metric_count", "edgefleet_site_metric_max",
                           'edgefleet_site_metric{quantile="0.9"}'):
-                try:
+                try:  # while starting, Prometheus answers 503 with a plain-text body
                     answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}).json()
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
+                    return False
+                if answer.get("status") != "success":
                     return False
                 found[query] = {r["metric"]["site"]: float(r["value"][1]) for r in answer["data"]["result"]}
             return all(len(v) == 2 for v in found.values())

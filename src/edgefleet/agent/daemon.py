@@ -27,6 +27,7 @@ from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import Probe, parse_checks
+from edgefleet.agent.localui import serve_local_ui
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
@@ -123,6 +124,7 @@ class Agent:
         self._log_handler: logging.Handler | None = None
         self._telemetry_transport: HttpsTransport | None = None
         self.recorder: Recorder | None = None
+        self.last_contact: float | None = None  # unix time of the last check-in the control plane answered
         self.shipper: Shipper | None = None
         self._reported_phase: str | None = None
         self.manifests = (ManifestSync(settings.kubernetes, settings.kubeconfig, settings.kubernetes_git_dir,
@@ -192,6 +194,8 @@ class Agent:
         state = self.dir.load()
         halt = asyncio.Event()  # ``stop``, or a reboot the agent asked for
         forward = asyncio.ensure_future(self._forward(stop, halt))
+        local = asyncio.ensure_future(serve_local_ui(self, self.settings.local_ui, self.settings.local_ui_token_file,
+                                                     halt)) if self.settings.local_ui else None
         try:
             if state.device_id is None or not self.dir.cert.exists():
                 state = await self._enroll(state, halt)
@@ -225,6 +229,9 @@ class Agent:
             pass
         finally:
             forward.cancel()
+            if local is not None:
+                halt.set()
+                await asyncio.gather(local, return_exceptions=True)
         log.info("agent %s stopped%s", self.device_id or "(not enrolled)", " for a reboot" if self.rebooting else "")
 
     async def _start_telemetry(self, state: AgentState, transport: DeviceTransport,
@@ -494,6 +501,7 @@ class Agent:
                 if failed:
                     next_report = self.clock.monotonic()
                 self.checkins += 1
+                self.last_contact = time.time()
                 if desired is not None:
                     state.desired, state.desired_version = desired.document, desired.version
                     self.dir.save(state)
@@ -674,6 +682,29 @@ class Agent:
                 name, digest = workload_part(entry)
                 parts[name] = digest
         return ConfigReport(parts=parts)
+
+    def local_view(self) -> dict[str, Any]:
+        """What the technician's page shows, from the agent alone (the uplink may be down)."""
+        state = self.dir.load()
+        report = self._update_report(state)
+        recorder = self.recorder
+        figures = recorder.buffer.figures() if recorder is not None else None
+        return {
+            "device_id": state.device_id, "site": self.site, "os_version": self.platform.os_version(),
+            "desired_version": state.desired_version, "applied": self._applied, "update_state": state.update_state,
+            "update_error": state.update_error, "update_refused": state.update_refused,
+            "update": None if report is None else report.model_dump(mode="json", exclude={"events", "health_checks"}),
+            "history": [] if report is None else [e.model_dump(mode="json") for e in reversed(report.events)],
+            "health_checks": [] if report is None else report.health_checks,
+            "attested": self.attested, "checkins": self.checkins, "last_contact": self.last_contact,
+            "last_error": self.last_error,
+            "telemetry": None if figures is None else {
+                "queued": figures.queued, "bytes": figures.bytes, "dropped": figures.dropped,
+                "oldest_age_seconds": figures.oldest_age_seconds,
+                "last_ship": self.shipper.last_success if self.shipper is not None else None},
+            "logs": [] if recorder is None else [{"at": at, "level": level, "source": source, "message": message}
+                                                 for at, level, source, message in reversed(recorder.recent)][:100],
+        }
 
     def _update_report(self, state: AgentState) -> UpdateReport | None:
         runner = self.runner

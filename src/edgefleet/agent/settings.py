@@ -48,6 +48,8 @@ class AgentSettings(BaseSettings):
     metrics_file: Path | None = Field(
         None, description="the agent's own figures as Prometheus text (node_exporter textfile collector), rewritten "
                           "with each status report")
+    local_ui: str | None = Field(None, description="serve the technician's page here, e.g. 0.0.0.0:8088")
+    local_ui_token_file: Path | None = Field(None, description="the technician's credential (required with local_ui)")
     kubernetes: Literal["off", "kubectl", "git"] = Field(
         "off", description="the group's Kubernetes manifests: server-side apply with kubectl, or commits for Argo/Flux")
     kubeconfig: Path | None = Field(None, description="the device cluster's kubeconfig (kubernetes=kubectl)")

@@ -15,7 +15,12 @@
    new release's measurements and commits;
 8. a broken release (its required health check fails) goes to one device of another site:
    it boots it once, fails the check and rolls back to its good slot by itself;
-9. summary; with --headless the demo stops by itself after --duration seconds.
+9. the release rolls out to the other sites in waves, one site per wave; in the second
+   wave one store's device has an implant written into its new slot before it boots: it
+   fails attestation against the release, the rollout halts by itself before the next
+   wave, and the operator sees why in the dashboard (approve, abort or revert there);
+10. summary, with the dashboard's URL; with --headless the demo stops by itself after
+   --duration seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -41,6 +47,7 @@ from edgefleet.agent.settings import AgentSettings
 from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
 from edgefleet.credentials import Role
+from edgefleet.pki import issue_server_certificate
 from edgefleet.protocol.v1 import DeviceList
 from edgefleet.releases.image import ReleaseInfo
 from edgefleet.releases.keys import Keystore
@@ -49,8 +56,11 @@ from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.run import ServerThread
 from edgefleet.server.settings import ServerSettings
+from edgefleet.telemetry.hub import HubSettings
+from edgefleet.telemetry.hubapp import HubThread
 from edgefleet.ui import console as default_console
 from edgefleet.ui import device_table
+from edgefleet.util.atomic import atomic_write_bytes
 
 RUNNING = "2026.11.0"
 RELEASE = "2026.12.0"
@@ -62,7 +72,7 @@ SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "facto
 
 @dataclass(frozen=True)
 class DemoOptions:
-    devices: int = 12
+    devices: int = 24
     sites: int = 3
     data_dir: Path | None = None
     port: int = 0
@@ -105,12 +115,18 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     ok = False
+    hub = await _start_hub(settings, server.url, client)
+    out.print(f"[bold green]regional hub[/] for {site_name(0)} on [bold]https://127.0.0.1:{hub.port}[/]: its devices "
+              "ship telemetry there and fetch releases through its cache")
     try:
-        devices = await _start_fleet(options, settings, server.url, client, stop, tasks)
+        devices = await _start_fleet(options, settings, server.url, client, stop, tasks,
+                                     hub_url=f"https://127.0.0.1:{hub.port}")
         out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
+        out.print("[bold yellow]TPMs: insecure software TPMs[/] in this process, for the demo only (real devices use "
+                  "/dev/tpmrm0; the test suite uses swtpm)")
 
         def all_checked_in() -> bool:
-            fleet = client.devices()
+            fleet = _fleet(client)
             return fleet.total == len(devices) and all(
                 d.last_seen_at is not None and d.status_seq > 0 for d in fleet.devices
             )
@@ -129,7 +145,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
         ok = await _roll_out_release(client, published.snapshot_version, site_name(0), out) and ok
         if options.sites > 1:
             ok = await _broken_release_rolls_back(client, site_name(1), tampered_index(options), out) and ok
-        fleet = await asyncio.to_thread(client.devices)
+            if implant_index(options) is not None:
+                ok = await _wave_rollout(client, options, server.url, out) and ok
+        ok = await _report_hub(hub, out) and ok
+        fleet = await asyncio.to_thread(_fleet, client)
         out.print(device_table(fleet.devices, title="fleet"))
         _print_summary(out, fleet, server.url, settings, admin_token)
         if options.headless:
@@ -140,6 +159,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(hub.stop)
         client.close()
         await asyncio.to_thread(server.stop)
     out.print(f"demo {'[bold green]succeeded' if ok else '[bold red]failed'}[/] after "
@@ -160,15 +180,48 @@ async def _until_interrupted() -> None:
             loop.remove_signal_handler(sig)
 
 
+async def _start_hub(settings: ServerSettings, url: str, client: AdminClient) -> HubThread:
+    """The first site's regional hub, enrolled with a bootstrap token like a device."""
+    directory = settings.data_dir / "hub"
+    directory.mkdir(parents=True, exist_ok=True)
+    issued = issue_server_certificate(settings.pki.load_ca(), ["127.0.0.1", "localhost"], SystemClock().now())
+    atomic_write_bytes(directory / "hub.pem", issued.cert_pem)
+    atomic_write_bytes(directory / "hub.key", issued.key_pem, mode=0o600)
+    token = await asyncio.to_thread(client.create_bootstrap_token, site_name(0), {"role": "hub"}, 3600)
+    atomic_write_bytes(directory / "token", token.token.encode(), mode=0o600)
+    hub_settings = HubSettings(
+        name=f"hub-{site_name(0)}", site=site_name(0), server_url=url, ca_file=settings.pki.ca_cert,
+        tls_cert=directory / "hub.pem", tls_key=directory / "hub.key", data_dir=directory / "data", host="127.0.0.1",
+        port=0, bootstrap_token_file=directory / "token", summary_interval_seconds=5, upstream_batch_seconds=2,
+        backoff_max_seconds=5)
+    return await asyncio.to_thread(HubThread(hub_settings).start)
+
+
+async def _report_hub(hub: HubThread, out: Console) -> bool:
+    """What the hub holds for its site, and what went upstream."""
+    def summarised() -> bool:
+        return bool(hub.hub.store.latest_summaries()) and hub.hub.upstream.figures().queued == 0
+
+    done = await _wait_for(summarised, timeout=30)
+    streams = await asyncio.to_thread(hub.hub.store.streams)
+    summaries = await asyncio.to_thread(hub.hub.store.latest_summaries)
+    mirror = hub.hub.mirror
+    out.print(f"[bold green]hub[/]: {sum(s.stored_through for s in streams)} telemetry records from "
+              f"{len(streams)} devices kept for local diagnosis; per-site summaries of {len(summaries)} metrics "
+              f"forwarded upstream; repository cache {mirror.hits if mirror else 0} hits, "
+              f"{mirror.misses if mirror else 0} fetched upstream", highlight=False)
+    return done
+
+
 async def _start_fleet(
     options: DemoOptions, settings: ServerSettings, url: str, client: AdminClient, stop: asyncio.Event,
-    tasks: list[asyncio.Task[None]],
+    tasks: list[asyncio.Task[None]], *, hub_url: str,
 ) -> list[EmulatedDevice]:
     devices = []
     for index in range(options.devices):
         site = site_name(index % options.sites)
         labels = {"role": site.split("-")[0], "ring": "canary" if index < options.sites else "main"}
-        token = await asyncio.to_thread(client.create_bootstrap_token, site, {"ring": labels["ring"]}, 3600)
+        token = await asyncio.to_thread(client.create_bootstrap_token, site, dict(labels), 3600)
         device = VirtualDevice.create(
             settings.data_dir / "devices" / f"{site}-{index:03d}",
             hardware_id=f"hw-{site}-{index:03d}", site=site, labels=labels, os_version=RUNNING,
@@ -182,26 +235,59 @@ async def _start_fleet(
             image.write_bytes(bytes(data))
         # Demo fleets use the insecure software TPM (a real device: /dev/tpmrm0; tests: swtpm).
         tpm = InsecureSoftwareTpm(device.path / "tpm-insecure")
+        via_hub = site == site_name(0)  # the first site has a hub: telemetry and releases go through it
         agent_settings = AgentSettings(
             server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
             bootstrap_token=token.token, checkin_interval_seconds=2, long_poll_seconds=20,
             status_interval_seconds=30, backoff_initial_seconds=0.2, backoff_max_seconds=5,
-            trial_deadline_seconds=60,
+            trial_deadline_seconds=60, telemetry_batch_seconds=2, telemetry_url=hub_url if via_hub else None,
+            mirrors=[f"{hub_url}/repository"] if via_hub else [],
         )
 
         def make_agent(s: AgentSettings = agent_settings, d: VirtualDevice = device, t: InsecureSoftwareTpm = tpm,
                        site: str = site, labels: dict[str, str] = labels) -> Agent:
             return Agent(s, d, site=site, labels=labels, tpm=t, system=d)
 
-        emulated = EmulatedDevice(device, make_agent, tpm=tpm)
+        kind = ImplantDevice if index == implant_index(options) else EmulatedDevice
+        emulated = kind(device, make_agent, tpm=tpm)
         devices.append(emulated)
         tasks.append(asyncio.create_task(emulated.run(stop), name=f"device-{index}"))
     return devices
 
 
+def _fleet(client: AdminClient, site: str | None = None) -> DeviceList:
+    """The emulated devices (the hub is enrolled as a device too, with the label role=hub)."""
+    listed = client.devices(site=site)
+    devices = [d for d in listed.devices if d.labels.get("role") != "hub"]
+    return DeviceList(total=len(devices), devices=devices)
+
+
 def tampered_index(options: DemoOptions) -> int | None:
-    """One device outside the canary site boots a tampered image (none with a single site)."""
+    """One device of the second site boots a tampered image from the start (none with a
+    single site): it is quarantined, and gets nothing."""
     return options.sites + 1 if options.sites > 1 and options.devices > options.sites + 1 else None
+
+
+def implant_index(options: DemoOptions) -> int | None:
+    """One device of the third site (the rollout's second wave) gets an implant in its new
+    slot (none with fewer than three sites)."""
+    index = 2 * options.sites + 2
+    return index if options.sites >= 3 and options.devices > index else None
+
+
+class ImplantDevice(EmulatedDevice):
+    """A device whose new slot is changed between install and boot, as an implant would:
+    the firmware measures what it boots, so its quote no longer matches the release."""
+
+    def boot(self) -> None:
+        image = self.device.slot_image("b")
+        header = vimage.read_header(image) or {}
+        if header.get("version") == RELEASE:
+            data = bytearray(image.read_bytes())
+            if data[-8:] != b"implant!":
+                data[-8:] = b"implant!"
+                image.write_bytes(bytes(data))
+        super().boot()
 
 
 def _sign_release(data_dir: Path, now: datetime) -> Workspace:
@@ -232,10 +318,10 @@ def _sign_release(data_dir: Path, now: datetime) -> Workspace:
 async def _report_attestation(client: AdminClient, expected: int, out: Console) -> bool:
     """Every device attested; exactly the tampered one (if any) is quarantined."""
     def all_attested() -> bool:
-        return all(d.attestation is not None for d in client.devices().devices)
+        return all(d.attestation is not None for d in _fleet(client).devices)
 
     await _wait_for(all_attested, timeout=30)
-    fleet = await asyncio.to_thread(client.devices)
+    fleet = await asyncio.to_thread(_fleet, client)
     passed = [d for d in fleet.devices if d.attestation and d.attestation.get("passed")]
     quarantined = [d for d in fleet.devices if d.attestation and d.attestation.get("quarantined")]
     out.print(f"[bold green]attestation[/]: {len(passed)} devices proved with TPM quotes that they booted signed "
@@ -254,22 +340,24 @@ def workspace_root(data_dir: Path, which: str) -> bytes:
 
 async def _roll_out_release(client: AdminClient, snapshot_version: int, site: str, out: Console) -> bool:
     started = time.monotonic()
-    fleet = await asyncio.to_thread(client.devices, site=site)
+    everyone = await asyncio.to_thread(_fleet, client, site)
+    fleet = DeviceList(total=0, devices=[d for d in everyone.devices if d.labels.get("ring") == "canary"])
     for device in fleet.devices:
         await asyncio.to_thread(client.assign, device.id, RELEASE)
 
     def committed() -> bool:
         return all(d.running_version == RELEASE and d.update_state == "committed"
-                   for d in client.devices(site=site).devices)
+                   for d in _fleet(client, site).devices if d.id in {f.id for f in fleet.devices})
 
     done = await _wait_for(committed, timeout=90, interval=0.2)
     took = time.monotonic() - started
     if not done:
-        states = sorted({f"{d.running_version}/{d.update_state}" for d in client.devices(site=site).devices})
+        states = sorted({f"{d.running_version}/{d.update_state}" for d in _fleet(client, site).devices})
         out.print(f"[bold red]release {RELEASE} not committed[/] at {site} within 90 s (states: {states})")
         return False
     out.print(f"[bold green]release {RELEASE}[/] signed offline (2-of-2 targets keys), published "
-              f"(snapshot v{snapshot_version}), assigned to {len(fleet.devices)} devices at {site}: each verified it "
+              f"(snapshot v{snapshot_version}), assigned to the canary ({len(fleet.devices)} device) at {site}: "
+              f"each verified it "
               f"(director and image repository agree), installed it into its other slot, rebooted into it once, "
               f"passed the image's health checks, attested against the new measurements and committed, "
               f"in {took:.1f}s")
@@ -281,7 +369,7 @@ async def _roll_out_release(client: AdminClient, snapshot_version: int, site: st
 
 async def _broken_release_rolls_back(client: AdminClient, site: str, skip: int | None, out: Console) -> bool:
     """A release whose required health check fails, on one device: it must come back by itself."""
-    fleet = await asyncio.to_thread(client.devices, site=site)
+    fleet = await asyncio.to_thread(_fleet, client, site)
     healthy = [d for d in fleet.devices if not (d.attestation or {}).get("quarantined")]
     if not healthy:
         return True
@@ -304,8 +392,42 @@ async def _broken_release_rolls_back(client: AdminClient, site: str, skip: int |
     return True
 
 
+async def _wave_rollout(client: AdminClient, options: DemoOptions, url: str, out: Console) -> bool:
+    """The release to the main ring of the other sites, one site per wave; the second wave
+    holds the implanted device, so the rollout must halt there, before the third."""
+    order = [site_name(0), site_name(2)]  # the canary's site first, then the implant's; the rest last
+    waves = [{"size": "100%", "selector": {"site": site}, "bake_seconds": 2} for site in order]
+    body = {"release": RELEASE, "selector": {"ring": "main"}, "waves": [*waves, {"size": "100%"}]}
+    started = time.monotonic()
+    rollout = await asyncio.to_thread(client.call_json, "POST", "/api/v1/admin/rollouts", json=body)
+    rollout_id = str(rollout["id"])
+    out.print(f"[bold]rollout {rollout_id}[/]: {RELEASE} to the main ring in {len(body['waves'])} waves "
+              f"({', '.join(order)}, then the rest), 2 s bake per wave; "
+              f"watch it at {url}/ui/rollouts/{rollout_id}")
+
+    def view() -> dict[str, Any]:
+        return client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
+
+    done = await _wait_for(lambda: view()["status"] in ("halted", "completed", "aborted"), timeout=180, interval=0.5)
+    now = await asyncio.to_thread(view)
+    took = time.monotonic() - started
+    counts = [f"wave {w['wave']}: {w['counts']['succeeded']} succeeded, {w['counts']['failed']} failed"
+              for w in now["waves"]]
+    if not done or now["status"] != "halted" or now["wave"] != 2 or "attestation failed" not in (now["reason"] or ""):
+        out.print(f"[bold red]rollout {rollout_id} did not halt on the implant[/]: {now['status']} in wave "
+                  f"{now['wave']} ({now.get('reason')}); {'; '.join(counts)}")
+        return False
+    rest = [d for d in (await asyncio.to_thread(_fleet, client)).devices
+            if d.labels.get("ring") == "main" and d.site not in order]
+    untouched = sum(d.running_version == RUNNING for d in rest)
+    out.print(f"[bold red]rollout halted by itself[/] in wave {now['wave']} after {took:.1f}s: {now['reason']}. "
+              f"{'; '.join(counts[:now['wave']])}; wave 3 never started: {untouched} of its {len(rest)} devices still "
+              f"run {RUNNING}. Approve, abort or revert it in the dashboard.", highlight=False)
+    return untouched == len(rest)
+
+
 async def _push_desired_state(client: AdminClient, site: str, out: Console) -> bool:
-    fleet = await asyncio.to_thread(client.devices, site=site)
+    fleet = await asyncio.to_thread(_fleet, client, site)
     document = {"motd": f"hello {site}", "ntp": ["time1.example", "time2.example"]}
     pushed = time.monotonic()
     versions = {}
@@ -313,7 +435,7 @@ async def _push_desired_state(client: AdminClient, site: str, out: Console) -> b
         versions[device.id] = (await asyncio.to_thread(client.set_desired, device.id, document)).version
 
     def applied() -> bool:
-        now = client.devices(site=site).devices
+        now = _fleet(client, site).devices
         return all(d.desired_version_applied == versions[d.id] for d in now)
 
     done = await _wait_for(applied, timeout=30, interval=0.05)
@@ -335,6 +457,8 @@ def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSe
         f"devices: {fleet.total}   healthy: {healthy}   sites: "
         + ", ".join(f"{s} ({n})" for s, n in sorted(sites.items())),
         f"server:  {url}   (OpenAPI: {url}/docs, metrics: {url}/metrics)",
+        f"dashboard: {url}/ui/   log in with the admin token below (the fleet CA signed the server's "
+        f"certificate: {settings.pki.ca_cert})",
         "try it (while the demo runs):",
         f"  export EDGEFLEET_SERVER_URL={url} EDGEFLEET_CA_FILE={settings.pki.ca_cert}",
         f"  export EDGEFLEET_ADMIN_TOKEN={token}",

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,11 +22,14 @@ log = logging.getLogger("edgefleet.telemetry")
 
 
 class Recorder:
-    def __init__(self, buffer: DurableBuffer, flush_records: int = 500) -> None:
+    def __init__(self, buffer: DurableBuffer, flush_records: int = 500, recent_logs: int = 200) -> None:
         self.buffer = buffer
         self.flush_records = flush_records
         self._staged: list[Record] = []
         self._lock = threading.Lock()
+        # The newest log lines, for the technician's page: shown with the uplink down and
+        # after they have been shipped (and left the buffer).
+        self.recent: deque[tuple[float, str, str, str]] = deque(maxlen=recent_logs)
 
     def _add(self, kind: Kind, body: Mapping[str, Any]) -> None:
         record = Record(kind, time.time(), json.dumps(body, separators=(",", ":"), default=str).encode())
@@ -36,6 +40,7 @@ class Recorder:
             self.flush()
 
     def log(self, level: str, source: str, message: str) -> None:
+        self.recent.append((time.time(), level, source, message[:1000]))
         self._add("log", {"level": level, "source": source, "message": message[:4000]})
 
     def event(self, name: str, **fields: Any) -> None:
