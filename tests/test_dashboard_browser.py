@@ -1,7 +1,8 @@
 """The fleet dashboard in Debian's Chromium, driven by Playwright, against a real control
 plane and emulated devices: log in, see the fleet, open a device, watch a rollout advance
 to its approval gate, approve the next wave, see it halt on a tampered device's failed
-attestation with the reason; a viewer sees no operator buttons and cannot use the verbs.
+attestation with the reason and the alert it raised; a viewer sees no operator buttons and
+cannot use the verbs.
 The technician's page, served by the agent, works with the control plane stopped.
 Screenshots go to .cache/screenshots/."""
 
@@ -101,6 +102,12 @@ def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_butto
             await expect(status_text).to_have_text("halted", timeout=90_000)
             await expect(operator.locator("#rollout-reason")).to_contain_text("attestation failed on")
             await operator.screenshot(path=SCREENSHOTS / "rollout-halted.png", full_page=True)
+            await operator.click("header >> text=Events")
+            await expect(operator.locator("#alerts")).to_contain_text("rollout_halted")
+            await expect(operator.locator("#trail")).to_contain_text("attestation failed on")
+            await operator.click("header >> text=Releases")
+            await expect(operator.locator("#releases")).to_contain_text("2026.12.0")
+            await operator.screenshot(path=SCREENSHOTS / "releases.png", full_page=True)
             await browser.close()
         assert status(world, rollout_id)["status"] == "halted"
 
@@ -128,8 +135,9 @@ def test_a_session_sees_the_pages_and_a_device_that_does_not_exist_is_404(world:
         assert "httponly" in cookie
         assert "samesite=strict" in cookie
         assert "secure" in cookie
-        for path in ("/ui/", "/ui/devices?site=nowhere", "/ui/rollouts"):
+        for path in ("/ui/", "/ui/devices?site=nowhere", "/ui/rollouts", "/ui/events"):
             assert client.get(path).status_code == 200, path
+        assert "2026.12.0" in client.get("/ui/releases").text
         assert client.get("/ui/devices/dev-missing").status_code == 404
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgefleet.demo.runner import DemoOptions, run_demo
+from edgefleet.demo.runner import DemoOptions, run_demo, swtpm_usable
 
 
 def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implant(tmp_path: Path) -> None:
@@ -26,3 +26,4 @@ def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implan
     assert "attestation failed on" in text
     assert "/ui/" in text  # the dashboard
     assert "devices: 12" in text
+    assert ("one swtpm (TPM 2.0 emulator) per device" in text) == swtpm_usable()

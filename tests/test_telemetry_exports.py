@@ -257,3 +257,34 @@ def test_prometheus_scraping_the_hub_shows_the_site_summaries_and_promtool_accep
             prometheus.terminate()
             prometheus.wait(20)
         hub.stop()
+
+
+def test_the_hubs_page_for_its_sites_shows_devices_and_summaries_with_the_uplink_down(
+        plane: Fleet, tmp_path: Path) -> None:
+    (tmp_path / "credential").write_text("site-tech-0042\n")
+    hub = start_hub(plane, tmp_path / "hub", local_ui_token_file=tmp_path / "credential")
+    try:
+        device = plane.enroll(site="store-a")
+        now = time.time()
+        records = [Record("metric", now, json.dumps({"name": "edge_temp_celsius", "value": v}).encode())
+                   for v in (40, 50, 60)]
+        records.append(Record("log", now, json.dumps({"level": "error", "source": "workload/pos",
+                                                      "message": "printer offline"}).encode()))
+        ship_to_hub(plane, device, hub, tmp_path / "device.db", records)
+        wait_until(lambda: len(hub.hub.store.latest_summaries()) == 1)
+        plane.server.stop()  # the uplink is gone; the page is the hub's own
+        with httpx.Client(base_url=f"https://127.0.0.1:{hub.port}", verify=plane.tls()) as client:
+            assert client.get("/site/").headers["location"] == "/site/login"
+            assert client.post("/site/login", data={"credential": "guess-guess"}).status_code == 401
+            assert client.get("/site/status.json").status_code == 401
+            answer = client.post("/site/login", data={"credential": "site-tech-0042"})
+            assert answer.status_code == 303
+            page = client.get("/site/")
+            assert page.status_code == 200
+            view = client.get("/site/status.json").json()
+    finally:
+        hub.stop()
+    assert device.id in page.text
+    assert "printer offline" in page.text
+    assert [(d["device_id"], d["site"], d["stored_through"]) for d in view["devices"]] == [(device.id, "store-a", 4)]
+    assert [(s["site"], s["count"], s["max"]) for s in view["summaries"]] == [("store-a", 3, 60)]

@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 
 from edgefleet.cli.common import setup_logging, shown_errors
-from edgefleet.demo.runner import DemoOptions, run_demo
+from edgefleet.demo.runner import DemoOptions, TpmChoice, run_demo
 
 
 def demo(
-    devices: Annotated[int, typer.Option(min=1, max=2000, help="Emulated devices to start.")] = 12,
+    devices: Annotated[int, typer.Option(min=1, max=2000, help="Emulated devices to start.")] = 24,
     sites: Annotated[int, typer.Option(min=1, max=100, help="Sites to spread them over.")] = 3,
     data_dir: Annotated[Path | None, typer.Option(help="Where to keep everything (default: a fresh temp dir).")]
     = None,
@@ -22,10 +22,16 @@ def demo(
     duration: Annotated[float, typer.Option(min=5, help="Seconds to run with --headless.")] = 30,
     log_level: Annotated[str, typer.Option(help="Log level of the server and agents (the demo narrates).")]
     = "error",
+    tpm: Annotated[str, typer.Option(help="auto (swtpm where installed), swtpm, or software (insecure).")] = "auto",
 ) -> None:
-    """Start a control plane on SQLite and a fleet of emulated devices that enroll over mTLS,
-    check in and take a desired-state change; print what happened and where to look."""
+    """The whole story: a control plane on SQLite, a regional hub and a fleet of emulated
+    devices that enroll, attest, take configuration and a release, and a wave rollout that
+    an implanted device halts; print what happens and where to look (the dashboard)."""
+    choices: dict[str, TpmChoice] = {"auto": "auto", "swtpm": "swtpm", "software": "software"}
+    if tpm not in choices:
+        raise typer.BadParameter("--tpm must be auto, swtpm or software")
     setup_logging(log_level)
     with shown_errors():
-        ok = asyncio.run(run_demo(DemoOptions(devices, sites, data_dir, port, headless, duration, log_level)))
+        ok = asyncio.run(run_demo(DemoOptions(devices, sites, data_dir, port, headless, duration, log_level,
+                                              choices[tpm])))
     raise typer.Exit(0 if ok else 1)

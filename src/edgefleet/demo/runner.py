@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import tempfile
@@ -34,14 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from rich.console import Console
 
+from edgefleet.agent.attestor import AttestingTpm
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.emulated import EmulatedDevice
-from edgefleet.agent.hardware import VirtualDevice, vimage
-from edgefleet.agent.hardware.firmware import reference_pcrs
+from edgefleet.agent.hardware import VirtualDevice, swtpm, vimage
+from edgefleet.agent.hardware.firmware import MeasuringTpm, reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.client import AdminClient
@@ -70,6 +72,9 @@ HARDWARE_TYPE = "vdevice-x86"
 SITE_NAMES = ["store-berlin", "factory-lyon", "pop-madrid", "store-oslo", "factory-turin", "pop-vienna"]
 
 
+TpmChoice = Literal["auto", "swtpm", "software"]
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     devices: int = 24
@@ -79,6 +84,7 @@ class DemoOptions:
     headless: bool = False
     duration: float = 30.0
     log_level: str = "warning"
+    tpm: TpmChoice = "auto"  # auto: swtpm where installed
 
 
 def site_name(index: int) -> str:
@@ -116,14 +122,20 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     tasks: list[asyncio.Task[None]] = []
     ok = False
     hub = await _start_hub(settings, server.url, client)
+    emulators: list[swtpm.Swtpm] | None = [] if options.tpm == "swtpm" or (
+        options.tpm == "auto" and swtpm_usable()) else None
     out.print(f"[bold green]regional hub[/] for {site_name(0)} on [bold]https://127.0.0.1:{hub.port}[/]: its devices "
               "ship telemetry there and fetch releases through its cache")
     try:
         devices = await _start_fleet(options, settings, server.url, client, stop, tasks,
-                                     hub_url=f"https://127.0.0.1:{hub.port}")
+                                     hub_url=f"https://127.0.0.1:{hub.port}", emulators=emulators)
         out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
-        out.print("[bold yellow]TPMs: insecure software TPMs[/] in this process, for the demo only (real devices use "
-                  "/dev/tpmrm0; the test suite uses swtpm)")
+        if emulators is not None:
+            out.print("[bold green]TPMs[/]: one swtpm (TPM 2.0 emulator) per device, driven through tpm2-tss")
+        else:
+            out.print("[bold yellow]TPMs: INSECURE software TPMs[/] in this process, because swtpm or tpm2-pytss is "
+                      "missing (Debian: swtpm swtpm-tools libtss2-dev; pip: tpm2-pytss). Keys are plain files: for "
+                      "this demo only")
 
         def all_checked_in() -> bool:
             fleet = _fleet(client)
@@ -160,6 +172,8 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(hub.stop)
+        for emulator in emulators or []:
+            await asyncio.to_thread(emulator.stop)
         client.close()
         await asyncio.to_thread(server.stop)
     out.print(f"demo {'[bold green]succeeded' if ok else '[bold red]failed'}[/] after "
@@ -213,9 +227,37 @@ async def _report_hub(hub: HubThread, out: Console) -> bool:
     return done
 
 
+class DemoTpm(AttestingTpm, MeasuringTpm, Protocol):
+    """What an emulated device's TPM must do: measure the boot and attest."""
+
+
+def swtpm_usable() -> bool:
+    """swtpm and tpm2-pytss are installed: the devices get real (emulated) TPMs."""
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        return False
+    return swtpm.available()
+
+
+def _device_tpm(device: VirtualDevice,
+                emulators: list[swtpm.Swtpm] | None) -> tuple[DemoTpm, Callable[[], None] | None]:
+    """A swtpm process per device when ``emulators`` collects them, else the insecure
+    in-process software TPM."""
+    if emulators is None:
+        return InsecureSoftwareTpm(device.path / "tpm-insecure"), None
+    # tpm2-tss logs expected misses (no EK certificate in swtpm's NV) to stderr; the demo narrates
+    os.environ.setdefault("TSS2_LOG", "all+none")
+    from edgefleet.agent.hardware.tpm import Tpm2
+
+    emulator = swtpm.Swtpm(device.path / "swtpm").start()
+    emulators.append(emulator)
+    return Tpm2(emulator.tcti), emulator.power_cycle
+
+
 async def _start_fleet(
     options: DemoOptions, settings: ServerSettings, url: str, client: AdminClient, stop: asyncio.Event,
-    tasks: list[asyncio.Task[None]], *, hub_url: str,
+    tasks: list[asyncio.Task[None]], *, hub_url: str, emulators: list[swtpm.Swtpm] | None,
 ) -> list[EmulatedDevice]:
     devices = []
     for index in range(options.devices):
@@ -233,8 +275,7 @@ async def _start_fleet(
             data = bytearray(image.read_bytes())
             data[-16:] = b"implant-implant!"  # same version header, different bytes: a tampered root
             image.write_bytes(bytes(data))
-        # Demo fleets use the insecure software TPM (a real device: /dev/tpmrm0; tests: swtpm).
-        tpm = InsecureSoftwareTpm(device.path / "tpm-insecure")
+        tpm, power_cycle = await asyncio.to_thread(_device_tpm, device, emulators)
         via_hub = site == site_name(0)  # the first site has a hub: telemetry and releases go through it
         agent_settings = AgentSettings(
             server_url=url, ca_file=settings.pki.ca_cert, state_dir=device.agent_dir,
@@ -244,12 +285,12 @@ async def _start_fleet(
             mirrors=[f"{hub_url}/repository"] if via_hub else [],
         )
 
-        def make_agent(s: AgentSettings = agent_settings, d: VirtualDevice = device, t: InsecureSoftwareTpm = tpm,
+        def make_agent(s: AgentSettings = agent_settings, d: VirtualDevice = device, t: DemoTpm = tpm,
                        site: str = site, labels: dict[str, str] = labels) -> Agent:
             return Agent(s, d, site=site, labels=labels, tpm=t, system=d)
 
         kind = ImplantDevice if index == implant_index(options) else EmulatedDevice
-        emulated = kind(device, make_agent, tpm=tpm)
+        emulated = kind(device, make_agent, tpm=tpm, power_cycle=power_cycle)
         devices.append(emulated)
         tasks.append(asyncio.create_task(emulated.run(stop), name=f"device-{index}"))
     return devices

@@ -40,6 +40,11 @@ ONLINE_KEYS = ("snapshot", "timestamp", "director")
 RepoName = Literal["image", "director"]
 
 
+def _counter(row: dict[str, object]) -> int:
+    counter = row.get("release_counter")
+    return counter if isinstance(counter, int) else -1
+
+
 def generations(keys: Keystore, role: str) -> list[str]:
     """Key names of an online role, oldest first: ``timestamp``, ``timestamp-2``, ..."""
     names = [n for n in keys.names() if n == role or re.fullmatch(rf"{role}-\d+", n)]
@@ -86,6 +91,20 @@ class RepositoryService:
     clock: Clock
     max_artifact_bytes: int
     _published: tuple[tuple[int, int, int], Metadata[Targets]] | None = field(default=None, init=False, repr=False)
+
+    def releases(self) -> tuple[int | None, list[dict[str, object]]]:
+        """The published targets' version and its releases (path, length, sha256 and our
+        custom fields), newest release counter first."""
+        published = self.published()
+        if published is None:
+            return None, []
+        rows: list[dict[str, object]] = []
+        for target in published.signed.targets.values():
+            fields = target.custom.get("edgefleet", {}) if isinstance(target.custom, dict) else {}
+            rows.append({"path": target.path, "length": target.length, "sha256": target.hashes.get("sha256"),
+                         **fields})
+        rows.sort(key=_counter, reverse=True)
+        return published.signed.version, rows
 
     def published(self) -> Metadata[Targets] | None:
         """The published targets metadata (None before the first publish), parsed once per

@@ -57,9 +57,12 @@ async def add_events(conn: AsyncConnection, rollout_id: str, events: Sequence[tu
             for kind, device, reason in events])
 
 
-async def rollout_events(conn: AsyncConnection, rollout_id: str, limit: int) -> list[RolloutEvent]:
-    rows = await conn.execute(select(RolloutEvent.__table__).where(RolloutEvent.rollout_id == rollout_id)
-                              .order_by(RolloutEvent.id.desc()).limit(limit))
+async def rollout_events(conn: AsyncConnection, rollout_id: str | None, limit: int) -> list[RolloutEvent]:
+    """A rollout's audit trail (every rollout's, with None), newest first."""
+    query = select(RolloutEvent.__table__)
+    if rollout_id is not None:
+        query = query.where(RolloutEvent.rollout_id == rollout_id)
+    rows = await conn.execute(query.order_by(RolloutEvent.id.desc()).limit(limit))
     return [RolloutEvent(**row._mapping) for row in rows]
 
 

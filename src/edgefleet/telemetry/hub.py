@@ -73,6 +73,7 @@ class HubSettings(BaseSettings):
     backoff_initial_seconds: float = Field(1.0, gt=0)
     backoff_max_seconds: float = Field(300.0, gt=0)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    local_ui_token_file: Path | None = Field(None, description="the page for the site's technicians at /site/")
 
 
 class Hub:
@@ -157,6 +158,22 @@ class Hub:
 
     def health(self) -> BufferHealth:
         return BufferHealth(self.upstream.figures(), self.shipper.last_success if self.shipper else None)
+
+    def local_view(self) -> dict[str, Any]:
+        """The page for the sites' technicians: every device that shipped here, the newest
+        summaries, the upstream buffer, the mirror and the newest log lines. From the hub
+        alone, so it works with the uplink down."""
+        mirror = self.mirror
+        return {
+            "name": self.settings.name, "device_id": self.device_id,
+            "devices": [vars(stream) for stream in self.store.streams()],
+            "summaries": self.store.latest_summaries(), "upstream": self.health().samples(),
+            "mirror": None if mirror is None else {"hits": mirror.hits, "misses": mirror.misses},
+            "raw_records": self.store.count(),
+            "logs": [{"at": r.at, "device": r.device_id, "site": r.site, "level": r.body.get("level", ""),
+                      "source": r.body.get("source", ""), "message": str(r.body.get("message", ""))[:1000]}
+                     for r in self.store.newest("log", 100)],
+        }
 
     # -- summaries upstream -----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgefleet.errors import ConfigError, EdgefleetError, Forbidden, Unauthenticated
+from edgefleet.localpage import create_local_app, read_credential
 from edgefleet.pki import device_identity_from_pem
 from edgefleet.protocol.telemetry import TelemetryAck, parse_batch
 from edgefleet.server.errors import error_response, status_for
@@ -136,6 +137,9 @@ def create_hub_app(hub: Hub) -> FastAPI:
 
     app.add_exception_handler(EdgefleetError, on_error)
     app.add_middleware(BodyLimit, max_bytes=1 << 20)
+    token = read_credential(hub.settings.local_ui_token_file)
+    if token is not None:
+        app.mount("/site", create_local_app(hub.local_view, token, "site.html", f"Sites of {hub.settings.name}"))
     return app
 
 

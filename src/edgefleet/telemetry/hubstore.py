@@ -55,6 +55,7 @@ class Stream:
     site: str | None
     stored_through: int
     dropped: int
+    updated_at: float  # unix time of its last batch
 
 
 class HubStore:
@@ -100,6 +101,13 @@ class HubStore:
             row = db.execute("SELECT coalesce(max(id), 0) FROM raw").fetchone()
         return int(row[0])
 
+    def newest(self, kind: str, limit: int) -> list[RawRecord]:
+        """The newest records of a kind, newest first (what a technician looks at)."""
+        with self._file.reading("read") as db:
+            rows = db.execute("SELECT id, device_id, site, seq, kind, at, body FROM raw WHERE kind = ? "
+                              "ORDER BY id DESC LIMIT ?", (kind, limit)).fetchall()
+        return self._raw(rows)
+
     def device_records(self, device_id: str, after_seq: int = 0, limit: int = 1000) -> list[RawRecord]:
         with self._file.reading("read") as db:
             rows = db.execute("SELECT id, device_id, site, seq, kind, at, body FROM raw WHERE device_id = ? "
@@ -108,8 +116,9 @@ class HubStore:
 
     def streams(self) -> list[Stream]:
         with self._file.reading("read") as db:
-            rows = db.execute("SELECT device_id, site, stored_through, dropped FROM streams ORDER BY device_id")
-            return [Stream(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+            rows = db.execute("SELECT device_id, site, stored_through, dropped, updated_at FROM streams "
+                              "ORDER BY site, device_id")
+            return [Stream(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     def cursor(self, name: str) -> int:
         with self._file.reading("read") as db:

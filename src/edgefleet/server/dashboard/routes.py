@@ -8,6 +8,7 @@ script refreshes the pages that change (``data-refresh``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path as FilePath
@@ -26,7 +27,7 @@ from edgefleet.server.views import device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import count_devices, get_device, list_devices
-from edgefleet.store.gitops import drift_of, list_alerts
+from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.rollouts import rollout_events
 from edgefleet.store.updates import update_history
@@ -138,6 +139,26 @@ def _short(body: str) -> str:
     if isinstance(value, dict) and "message" in value:
         return f"[{value.get('level', '')}] {value.get('source', '')}: {value['message']}"[:300]
     return json.dumps(value, separators=(", ", ": "))[:300]
+
+
+@router.get("/releases")
+async def releases(request: Request) -> HTMLResponse:
+    who = await _who(request)
+    state = server_state(request)
+    version, rows = await asyncio.to_thread(state.repository.releases)
+    async with state.db.transaction() as conn:
+        running = (await fleet_counts(conn)).by_release
+    return _page(request, "releases.html", who, targets_version=version, releases=rows, running=running)
+
+
+@router.get("/events")
+async def events(request: Request) -> HTMLResponse:
+    who = await _who(request)
+    async with server_state(request).db.transaction() as conn:
+        alerts = await list_alerts(conn, 100)
+        trail = await rollout_events(conn, None, 100)
+        commits = await commit_log(conn, 20)
+    return _page(request, "events.html", who, alerts=alerts, trail=trail, commits=commits)
 
 
 @router.get("/rollouts")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request, Response
 from starlette.responses import JSONResponse
@@ -61,14 +61,7 @@ async def put_targets(who: Operator, request: Request) -> dict[str, int]:
 @router.get("/releases")
 async def releases(_: Viewer, request: Request) -> Response:
     """The releases in the published targets, newest counter first."""
-    service = server_state(request).repository
-    published = await asyncio.to_thread(service.published)
-    if published is None:
+    version, rows = await asyncio.to_thread(server_state(request).repository.releases)
+    if version is None:
         return JSONResponse({"releases": []})
-    targets = published.signed
-    rows: list[dict[str, Any]] = []
-    for target in targets.targets.values():
-        fields = target.custom.get("edgefleet", {}) if isinstance(target.custom, dict) else {}
-        rows.append({"path": target.path, "length": target.length, "sha256": target.hashes.get("sha256"), **fields})
-    rows.sort(key=lambda r: r.get("release_counter", -1), reverse=True)
-    return JSONResponse({"targets_version": targets.version, "releases": rows})
+    return JSONResponse({"targets_version": version, "releases": rows})
