@@ -195,7 +195,9 @@ def test_a_device_hands_its_groups_manifests_to_a_local_repository_and_reports_i
         operator = plane.client(role=Role.OPERATOR)
 
         def files() -> list[str]:
-            return sorted(git(local, "ls-files").split()) if (local / ".git").exists() else []
+            # The agent may be creating the repository this very moment: not there yet.
+            listed = subprocess.run(["git", "-C", str(local), "ls-files"], capture_output=True, text=True)
+            return sorted(listed.stdout.split()) if listed.returncode == 0 and (local / ".git").exists() else []
 
         def reported() -> dict[str, Any]:
             assert device.agent is not None
