@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.releases.director import DirectorFiles
@@ -55,7 +56,11 @@ async def save_assignments(conn: AsyncConnection, release: str | None,
         await conn.execute(stmt, updates)
     inserts = [{"device_id": d, **values(files)} for d, files, previous in assignments if previous is None]
     if inserts:
-        await conn.execute(insert(DirectorState), inserts)
+        # Two first writes for one device can race (its first metadata request and an
+        # assignment, or two requests): the loser stores nothing and is told so below.
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        await conn.execute(dialect_insert(DirectorState).on_conflict_do_nothing(index_elements=["device_id"]),
+                           inserts)
     wanted = {d: files.targets for d, files, _ in assignments}  # signed now: unique to this write
     rows = await conn.execute(select(DirectorState.device_id, DirectorState.targets)
                               .where(DirectorState.device_id.in_(list(wanted))))
