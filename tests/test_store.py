@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 
 from edgefleet.releases.director import DirectorFiles
 from edgefleet.store import Database
-from edgefleet.store.director import director_state, save_assignment
+from edgefleet.store.director import director_state, forget_device, save_assignment
 from edgefleet.store.schema import Base
 from tests.conftest import Fleet
 
@@ -64,6 +64,8 @@ def test_two_first_director_writes_for_one_device_store_one_and_tell_the_other(f
             assert state is not None
             return first, second, state.targets
         finally:
+            async with db.transaction() as conn:  # the fleet is shared: leave no unsigned metadata behind
+                await forget_device(conn, device.id)
             await db.close()
 
     assert asyncio.run(race()) == (True, False, b"targets a")
