@@ -68,6 +68,15 @@ def test_nothing_assigned_means_nothing_to_do(setup: Setup) -> None:
         client.close()
 
 
+def test_before_the_first_check_no_configuration_is_director_signed_and_nothing_fails(setup: Setup) -> None:
+    client = setup.client()
+    try:
+        assert client.assigned_config() is None  # a desired state that arrives first waits for the check
+        client.check(0)
+    finally:
+        client.close()
+
+
 def test_director_assigning_an_image_for_another_hardware_type_is_refused(setup: Setup) -> None:
     setup.compromised_director([setup.image_target("arm-1")])  # the server itself would refuse this
     assert refused(setup) == "hardware_mismatch"

@@ -189,10 +189,17 @@ class UpdateClient:
         self._last = (key, plan)
         return plan
 
+    def _director_targets(self) -> Metadata[Targets]:
+        """The director targets ngclient persisted after verifying them. Raises OSError
+        (none yet: no check has run) or RepositoryError (unreadable)."""
+        targets: Metadata[Targets] = Metadata.from_bytes((self.dir / "director" / "targets.json").read_bytes())
+        return targets
+
     def assigned_config(self) -> TargetFile | None:
-        """The configuration target of the director metadata the last check verified."""
+        """The configuration target of the director metadata the last check verified (None
+        before the first check)."""
         try:
-            targets: Metadata[Targets] = Metadata.from_file(str(self.dir / "director" / "targets.json"))
+            targets = self._director_targets()
         except (OSError, tuf_errors.RepositoryError):
             return None
         found = [t for t in targets.signed.targets.values() if release_fields(t).get("kind") == "config"]
@@ -200,7 +207,7 @@ class UpdateClient:
 
     def _assigned_image(self) -> TargetFile | None:
         # ngclient persists the director targets it has just verified; read that copy.
-        targets: Metadata[Targets] = Metadata.from_file(str(self.dir / "director" / "targets.json"))
+        targets = self._director_targets()
         images = [t for t in targets.signed.targets.values() if release_fields(t).get("kind") == "os-image"]
         if len(images) > 1:
             raise UpdateRefused("director assigns more than one OS image", code="director_ambiguous")
