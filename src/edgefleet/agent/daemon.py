@@ -53,6 +53,7 @@ from edgefleet.telemetry.buffer import open_buffer
 from edgefleet.telemetry.health import BufferHealth, BufferHealthCollector
 from edgefleet.telemetry.recorder import Recorder, RecordingHandler
 from edgefleet.telemetry.shipper import Shipper
+from edgefleet.util.aio import pause
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
@@ -178,10 +179,6 @@ class Agent:
             return (poll.result() if not poll.cancelled() else None), True
         return poll.result(), False
 
-    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set.
 
@@ -300,7 +297,7 @@ class Agent:
                     self.last_error = str(exc)
                     delay = backoff.next_delay()
                     log.warning("enrollment failed, retrying in %.1fs: %s", delay, exc)
-                    await self._pause(delay, stop)
+                    await pause(stop, delay)
                     if stop.is_set():
                         raise _Stopped from None
         finally:
@@ -459,7 +456,7 @@ class Agent:
                 if await asyncio.to_thread(runner.trial_expired) is Action.REBOOTING:
                     await self._reboot(state, transport, halt)
                 return
-            await self._pause(1.0 if remaining is None else min(remaining, 1.0), halt)
+            await pause(halt, 1.0 if remaining is None else min(remaining, 1.0))
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -537,7 +534,7 @@ class Agent:
                 # logged once, then at debug level: edge disks and links are small.
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
-            await self._pause(delay, stop)
+            await pause(stop, delay)
         stop_watch.cancel()
         if watchdog is not None:
             watchdog.cancel()

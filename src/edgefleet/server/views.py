@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefleet.protocol.v1 import DeviceView
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edgefleet.protocol.v1 import DeviceList, DeviceView
 from edgefleet.server.presence import Presence
+from edgefleet.store.attestation import statuses as attestation_statuses
+from edgefleet.store.devices import count_devices, list_devices
 from edgefleet.store.schema import AttestationStatus, Device
 
 
@@ -49,3 +53,13 @@ def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(report, dict):
         return None
     return {k: v for k, v in report.items() if k != "events"}
+
+
+async def device_list(conn: AsyncConnection, presence: Presence, *, site: str | None, limit: int,
+                      offset: int) -> DeviceList:
+    """A page of devices, by site then id, with their attestation verdicts (the admin API's
+    list and the dashboard's)."""
+    rows = await list_devices(conn, site=site, limit=limit, offset=offset)
+    total = await count_devices(conn, site=site)
+    attested = await attestation_statuses(conn, [r.id for r in rows])
+    return DeviceList(total=total, devices=[device_view(r, presence, attested.get(r.id)) for r in rows])

@@ -14,7 +14,6 @@ cursors only after the receiver accepted a push."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import logging
@@ -42,6 +41,7 @@ from edgefleet.telemetry.hubstore import HubStore, RawRecord
 from edgefleet.telemetry.mirror import MirrorCache
 from edgefleet.telemetry.shipper import Shipper
 from edgefleet.telemetry.summary import summarise
+from edgefleet.util.aio import pause
 from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.util.backoff import Backoff
 
@@ -123,7 +123,7 @@ class Hub:
                 except TransportError as exc:
                     delay = backoff.next_delay()
                     log.warning("hub enrollment failed, retrying in %.1fs: %s", delay, exc)
-                    if await _wait(stop, delay):
+                    if await pause(stop, delay):
                         raise
         finally:
             await transport.aclose()
@@ -202,7 +202,7 @@ class Hub:
                     pass
             except EdgefleetError as exc:
                 log.error("hub summaries not queued, trying again next interval: %s", exc)
-            await _wait(stop, self.settings.summary_interval_seconds)
+            await pause(stop, self.settings.summary_interval_seconds)
 
     # -- exporters: Loki, OpenTelemetry -----------------------------------------------
 
@@ -268,7 +268,7 @@ class Hub:
             except EdgefleetError as exc:
                 delay = backoff.next_delay()
                 log.warning("%s export failed, retrying in %.1fs: %s", name, delay, exc)
-            await _wait(stop, delay)
+            await pause(stop, delay)
 
     # -- retention --------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class Hub:
         return removed
 
     async def _prune(self, stop: asyncio.Event) -> None:
-        while not await _wait(stop, min(60.0, self.settings.raw_retention_seconds / 4)):
+        while not await pause(stop, min(60.0, self.settings.raw_retention_seconds / 4)):
             try:
                 await asyncio.to_thread(self.prune_once, time.time())
             except EdgefleetError as exc:
@@ -299,11 +299,3 @@ class Hub:
 
 def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), default=str).encode()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True if ``stop`` was set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
-

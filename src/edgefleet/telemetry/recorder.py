@@ -6,7 +6,6 @@ workload costs one transaction per batch and not one per line."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry.buffer import DurableBuffer, Kind, Record
+from edgefleet.util.aio import pause
 
 log = logging.getLogger("edgefleet.telemetry")
 
@@ -68,8 +68,7 @@ class Recorder:
 
     async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), flush_seconds)
+            await pause(stop, flush_seconds)
             await asyncio.to_thread(self.flush)
 
 

@@ -23,10 +23,9 @@ from edgefleet.errors import EdgefleetError, Forbidden, NotFound, Unauthenticate
 from edgefleet.server.auth import AdminPrincipal, admin_principal
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_view
+from edgefleet.server.views import device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
-from edgefleet.store.attestation import statuses as attestation_statuses
-from edgefleet.store.devices import count_devices, get_device, list_devices
+from edgefleet.store.devices import get_device
 from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.rollouts import rollout_events
@@ -103,12 +102,9 @@ async def devices(request: Request, site: Annotated[str | None, Query(max_length
     state = server_state(request)
     site = site or None
     async with state.db.transaction() as conn:
-        rows = await list_devices(conn, site=site, limit=PAGE, offset=page * PAGE)
-        total = await count_devices(conn, site=site)
-        attested = await attestation_statuses(conn, [r.id for r in rows])
-    views = [device_view(r, state.presence, attested.get(r.id)) for r in rows]
-    return _page(request, "devices.html", who, devices=views, total=total, site=site, page=page,
-                 pages=max(1, -(-total // PAGE)))
+        listed = await device_list(conn, state.presence, site=site, limit=PAGE, offset=page * PAGE)
+    return _page(request, "devices.html", who, devices=listed.devices, total=listed.total, site=site, page=page,
+                 pages=max(1, -(-listed.total // PAGE)))
 
 
 @router.get("/devices/{device_id}")

@@ -25,15 +25,12 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_view
+from edgefleet.server.views import device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
-from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import (
-    count_devices,
     delete_device,
     desired_state,
     get_device,
-    list_devices,
     set_desired,
 )
 from edgefleet.store.director import forget_device as forget_director
@@ -55,10 +52,7 @@ async def devices(
     """List devices, by site then id."""
     state = server_state(request)
     async with state.db.transaction() as conn:
-        rows = await list_devices(conn, site=site, limit=limit, offset=offset)
-        total = await count_devices(conn, site=site)
-        attested = await attestation_statuses(conn, [r.id for r in rows])
-    return DeviceList(total=total, devices=[device_view(r, state.presence, attested.get(r.id)) for r in rows])
+        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset)
 
 
 @router.get("/devices/{device_id}")
