@@ -20,7 +20,7 @@ from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
 from edgefleet.agent.transport import DeviceTransport
 from edgefleet.credentials import Role
-from edgefleet.errors import ServerRefused, TransportError
+from edgefleet.errors import ServerRefused, Throttled, TransportError
 from tests.conftest import Fleet
 
 
@@ -186,3 +186,36 @@ def test_agent_command_enrolls_and_exits_cleanly_on_sigterm(fleet: Fleet, tmp_pa
         output = proc.communicate()[0]
     assert "stopped" in output
 
+
+
+class ThrottledTransport(FlakyTransport):
+    """The server says 429 with Retry-After to the first check-in."""
+
+    def __init__(self, inner: DeviceTransport, retry_after: float) -> None:
+        super().__init__(inner, failures=0)
+        self.retry_after = retry_after
+        self.at: list[float] = []
+
+    async def fetch_desired(self, device_id, known, wait):  # type: ignore[no-untyped-def]
+        self.at.append(time.monotonic())
+        if len(self.at) == 1:
+            raise Throttled("slow down", retry_after=self.retry_after)
+        return await self.inner.fetch_desired(device_id, known, wait)
+
+
+def test_agent_told_to_slow_down_waits_the_servers_retry_after_not_its_own_short_backoff(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    throttled: list[ThrottledTransport] = []
+
+    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
+        inner = https_transport(settings, state_dir, enrolled)
+        if not enrolled:
+            return inner
+        throttled.append(ThrottledTransport(inner, retry_after=1.0))
+        return throttled[-1]
+
+    agent = make_agent(fleet, tmp_path)  # its backoff: 0.05 s to 0.2 s
+    agent._transport_factory = factory
+    asyncio.run(run_until(agent, lambda: bool(throttled) and len(throttled[0].at) >= 2))
+    assert throttled[0].at[1] - throttled[0].at[0] >= 1.0

@@ -36,8 +36,10 @@ __all__ = [
     "PayloadTooLarge",
     "PeerError",
     "PersistError",
+    "RateLimited",
     "ServerRefused",
     "StoreError",
+    "Throttled",
     "TransportError",
     "Unauthenticated",
     "UpdateRefused",
@@ -86,6 +88,17 @@ class Conflict(PeerError):
     code = "conflict"
 
 
+class RateLimited(PeerError):
+    """The caller sends more requests than its limit allows; ``retry_after`` seconds from
+    now one more is admitted."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ServerRefused(PeerError):
     """The control plane answered a device or CLI request with a 4xx."""
 
@@ -114,6 +127,17 @@ class TransportError(EdgefleetError):
     """Could not talk to the peer: connection, TLS, timeout, or a 5xx answer."""
 
     code = "transport_error"
+
+
+class Throttled(TransportError):
+    """The server asked us to slow down (429, or 503 with Retry-After): retry, but not
+    before ``retry_after`` seconds."""
+
+    code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreError(EdgefleetError):

@@ -35,7 +35,14 @@ from edgefleet.agent.update_flow import UpdateJob
 from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
-from edgefleet.errors import ConfigError, InvalidRequest, ServerRefused, TransportError, UpdateRefused
+from edgefleet.errors import (
+    ConfigError,
+    InvalidRequest,
+    ServerRefused,
+    Throttled,
+    TransportError,
+    UpdateRefused,
+)
 from edgefleet.gitops.hashing import canonical, declared_workloads, workload_part
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import (
@@ -529,7 +536,7 @@ class Agent:
             except (TransportError, ServerRefused) as exc:
                 repeated = self.last_error == str(exc)
                 self.last_error = str(exc)
-                delay = backoff.next_delay()
+                delay = max(backoff.next_delay(), exc.retry_after if isinstance(exc, Throttled) else 0.0)
                 # The same failure again and again (a quarantined device, a long outage) is
                 # logged once, then at debug level: edge disks and links are small.
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING

@@ -50,6 +50,9 @@ class DeviceTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
+KEEPALIVE_SECONDS = 60.0
+
+
 class HttpsTransport:
     """mTLS once enrolled (``cert_file``/``key_file``), server-authenticated TLS before."""
 
@@ -66,7 +69,9 @@ class HttpsTransport:
             verify=context,
             timeout=timeout,
             headers={"user-agent": f"edgefleet-agent/{__version__}"},
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            # The agent drops an idle connection before the server would (it keeps them 75 s
+            # by default): a request never races the server closing the connection under it.
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )
 
     async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:

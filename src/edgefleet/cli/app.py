@@ -14,6 +14,7 @@ from edgefleet.cli import (
     release_cmd,
     rollout_cmd,
     server_cmd,
+    sim_cmd,
     tokens_cmd,
 )
 
@@ -32,6 +33,7 @@ app.add_typer(release_cmd.release_app, name="release")
 app.command("agent")(agent_cmd.agent)
 app.command("assign")(release_cmd.assign)
 app.command("demo")(demo_cmd.demo)
+app.command("sim")(sim_cmd.sim)
 app.add_typer(rollout_cmd.app, name="rollout")
 app.add_typer(gitops_cmd.repo_app, name="repo")
 app.add_typer(gitops_cmd.gitops_app, name="gitops")

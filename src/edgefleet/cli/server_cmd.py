@@ -39,6 +39,8 @@ def run(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8443).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    reuse_port: Annotated[bool | None, typer.Option(
+        "--reuse-port", help="Share the port with other server processes (SO_REUSEPORT).")] = None,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT (a second signal forces exit).
 
@@ -48,7 +50,7 @@ def run(
         return
     with shown_errors():
         settings = server_settings(config, data_dir=data_dir, database_url=database_url, host=host, port=port,
-                                   log_level=log_level)
+                                   log_level=log_level, reuse_port=reuse_port)
         setup_logging(settings.log_level, daemon=True)
         serve(settings)
 

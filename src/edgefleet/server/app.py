@@ -30,6 +30,7 @@ from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
+from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
@@ -109,6 +110,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
                              long_polls, controller),
         rollouts=controller,
         rollout_views=RolloutViews(db),
+        rate_limits=DeviceRateLimiter(settings.device_rate_per_second, settings.device_rate_burst,
+                                      monotonic=clock.monotonic),
     )
 
     @contextlib.asynccontextmanager

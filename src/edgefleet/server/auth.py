@@ -72,6 +72,7 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         Unauthenticated: no certificate, not a device certificate, device unknown or
             decommissioned, or the certificate was superseded by a newer enrollment.
         Forbidden: a valid device certificate for another device.
+        RateLimited: the device sends more than its rate limit allows.
     """
     state = server_state(request)
     identity = _presented_certificate(state, request)
@@ -79,6 +80,7 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         raise Forbidden(
             f"device {identity.device_id} may not access records of {device_id}", code="not_your_device"
         )
+    state.rate_limits.charge(device_id)
     auth = state.devices.get(device_id)
     if auth is None:
         auth = await fresh_device_auth(state, device_id)

@@ -6,6 +6,7 @@ Authentication failures show the caller a generic message; the log carries the r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from edgefleet.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     StoreError,
     Unauthenticated,
 )
@@ -37,6 +39,7 @@ STATUS: list[tuple[type[EdgefleetError], int]] = [
     (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (RateLimited, 429),
     (StoreError, 503),
 ]
 
@@ -88,13 +91,15 @@ def install_error_handlers(app: FastAPI) -> None:
         server_state(request).metrics.refusals.labels(exc.code).inc()
         # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
         level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
-        shown, left_out = overload.should_log(exc.code) if status == 503 else (True, 0)
+        shown, left_out = overload.should_log(exc.code) if status in (429, 503) else (True, 0)
         if shown:
             more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
             log.log(level, "refused %s %s -> %d %s: %s%s", request.method, request.url.path, status, exc.code,
                     exc.message, more)
         bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
         headers = {"www-authenticate": "Bearer"} if bearer else None
+        if isinstance(exc, RateLimited):
+            headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
         return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

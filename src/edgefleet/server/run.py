@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import ssl
 import threading
@@ -35,11 +36,14 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0 picks a free one)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket (port 0 picks a free one). With ``reuse_port``, other processes
+    may listen on the same port too, and the kernel spreads new connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -67,6 +71,7 @@ def _build(settings: ServerSettings, app: FastAPI, *, log_config: bool) -> _Serv
         server_header=False,
         proxy_headers=False,
         backlog=2048,
+        timeout_keep_alive=int(settings.keep_alive_seconds),
     )
     return _Server(config, app.state.edgefleet)
 
@@ -79,14 +84,30 @@ def serve(settings: ServerSettings) -> None:
     """
     if not settings.pki.exists():
         raise ConfigError(f"no PKI in {settings.pki.directory}; run `edgefleet server init` first")
+    raise_open_files_limit()
     app = create_app(settings)
-    sock = bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port, reuse_port=settings.reuse_port)
     server = _build(settings, app, log_config=True)
-    log.info("serving https://%s:%d (database %s)", settings.host, sock.getsockname()[1],
-             app.state.edgefleet.db.safe_url)
+    log.info("serving https://%s:%d (database %s%s)", settings.host, sock.getsockname()[1],
+             app.state.edgefleet.db.safe_url, "; port shared with other processes" if settings.reuse_port else "")
     server.run(sockets=[sock])
     if not server.started:
         raise ConfigError("the control plane failed to start; see the log above")
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's open-file limit to its hard limit: each device holds a
+    connection (the default soft limit, 1024, would cap a server near a thousand devices).
+    Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return int(soft)
 
 
 class UvicornThread:

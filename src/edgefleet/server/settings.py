@@ -30,8 +30,17 @@ class ServerSettings(BaseSettings):
     database_url: str | None = Field(None, description="default: SQLite in the data dir")
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=0, le=65535)
+    reuse_port: bool = Field(False, description="SO_REUSEPORT: several server processes share one port (the "
+                                                "kernel spreads connections over them)")
     fleet_name: str = "edgefleet"
     server_names: list[str] = ["localhost", "127.0.0.1", "::1"]
+    device_rate_per_second: float = Field(
+        2.0, ge=0, description="requests each device may make per second, on average (0: no limit); by device "
+                               "certificate, never by address: whole stores sit behind one NAT")
+    device_rate_burst: int = Field(60, ge=1, description="requests a device may make at once after a quiet spell")
+    keep_alive_seconds: float = Field(
+        75.0, ge=1, le=3600, description="an idle connection stays open this long (agents keep theirs 60 s: a "
+                                         "device checking in every minute does not pay a TLS handshake each time)")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     long_poll_max_seconds: float = Field(60.0, ge=0, le=900)
     max_long_polls: int = Field(10_000, ge=0)

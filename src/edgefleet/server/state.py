@@ -18,6 +18,7 @@ from edgefleet.server.gitops import GitOpsService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
+from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
@@ -45,6 +46,7 @@ class ServerState:
     gitops: GitOpsService
     rollouts: RolloutController
     rollout_views: RolloutViews
+    rate_limits: DeviceRateLimiter
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,12 +51,15 @@ class VirtualDevice:
     def create(
         cls, path: Path, *, hardware_id: str, site: str, labels: Mapping[str, str] | None = None,
         os_version: str = "1.0.0", slot_bytes: int = 1 << 20, hardware_type: str = "vdevice-x86",
-        release_counter: int = 0, bootloader: Bootloader = "grub",
+        release_counter: int = 0, bootloader: Bootloader = "grub", slot_a: Path | None = None,
     ) -> VirtualDevice:
-        """Lay out a new vdevice as the factory flashed it: slot A holds ``os_version``, is
-        good and booted; slot B is empty."""
+        """Lay out a new vdevice as the factory flashed it: slot A holds ``os_version`` (or,
+        shared by hard link, the image file ``slot_a``), is good and booted; slot B is empty."""
         (path / "slots").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "slots" / "a.img", vimage.build(os_version, release_counter, size=slot_bytes))
+        if slot_a is not None:
+            os.link(slot_a, path / "slots" / "a.img")
+        else:
+            atomic_write_bytes(path / "slots" / "a.img", vimage.build(os_version, release_counter, size=slot_bytes))
         with open(path / "slots" / "b.img", "wb") as handle:
             handle.truncate(slot_bytes)
         atomic_write_bytes(path / "booted", b"a\n")
@@ -133,7 +137,14 @@ class VirtualDevice:
         return "b" if self.booted() == "a" else "a"
 
     def slot_device(self, slot: SlotName) -> Path:
-        return self.slot_image(slot)
+        """The slot to write into: a slot still shared with other devices (a hard link) is
+        copied first, so that writing it changes this device only."""
+        image = self.slot_image(slot)
+        if image.stat().st_nlink > 1:
+            own = image.with_suffix(".own")
+            shutil.copyfile(image, own)
+            os.replace(own, image)
+        return image
 
     def slot_size(self, slot: SlotName) -> int:
         return os.path.getsize(self.slot_image(slot))
