@@ -5,7 +5,7 @@ generator (the simulated devices) on the same 2-core machine.
 
 Devices are pre-enrolled as a factory would (certificates signed by the fleet CA, rows in
 the database, no API calls), then each one keeps an mTLS connection open, as the agent does
-(it keeps an idle connection 60 s, the server 75 s), and checks in once per interval at
+(it keeps an idle connection 90 s, the server 120 s), and checks in once per interval at
 its own random phase: GET /desired?known=<version> (204, nothing new), and every fifth
 time a status report. The fleet grows step by step; at each step the devices check in for
 one whole interval and the p99 latency of that interval is measured. A step holds when
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import pstats
 import random
@@ -34,10 +36,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import contextlib
 
 from checkin import read_response
 from edgefleet.pki import make_csr, new_device_key
@@ -168,15 +170,11 @@ class Load:
                     await self.connect(device)
             await asyncio.sleep(max(0.0, self.interval - (time.perf_counter() - start)))
 
-    async def measure(self, seconds: float) -> dict[str, float]:
+    async def measure(self, seconds: float) -> tuple[list[float], int]:
+        """The latencies of the check-ins made in the next ``seconds``, and the errors."""
         self.latencies, self.errors = [], 0
         await asyncio.sleep(seconds)
-        latencies, errors = sorted(self.latencies), self.errors
-        if not latencies:
-            return {"checkins": 0, "p50_ms": 0.0, "p99_ms": float("inf"), "errors": errors, "per_s": 0.0}
-        return {"checkins": len(latencies), "per_s": len(latencies) / seconds,
-                "p50_ms": latencies[len(latencies) // 2] * 1000,
-                "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, "errors": errors}
+        return self.latencies, self.errors
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -185,6 +183,77 @@ class Load:
         for device in self.devices:
             if device.writer is not None:
                 device.writer.close()
+
+
+PER_WORKER = 12_000  # devices per load process: this machine allows 20,000 open files per process
+
+
+def worker_main(port: int, ca: str, key: str, interval: float, devices: list[tuple[str, str]],
+                pipe: Connection) -> None:
+    """One load process: connects its devices, reports, then measures when asked."""
+    raise_open_files_limit()
+    asyncio.run(_worker(port, ca, key, interval, devices, pipe))
+
+
+async def _worker(port: int, ca: str, key: str, interval: float, devices: list[tuple[str, str]],
+                  pipe: Connection) -> None:
+    load = Load(port, Path(ca), Path(key), interval)
+    pipe.send(("connected", await load.add([Device(i, Path(c)) for i, c in devices])))
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            command, seconds = await loop.run_in_executor(None, pipe.recv)
+            if command != "measure":
+                return
+            pipe.send(await load.measure(seconds))
+    finally:
+        await load.close()
+
+
+class LoadPool:
+    """The simulated devices, spread over as many processes as their connections need."""
+
+    def __init__(self, port: int, ca: Path, key: Path, interval: float) -> None:
+        self.port, self.ca, self.key, self.interval = port, ca, key, interval
+        self.workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        self.count = 0
+
+    async def add(self, devices: list[Device]) -> float:
+        began = time.perf_counter()
+        context = multiprocessing.get_context("spawn")
+        started = []
+        for offset in range(0, len(devices), PER_WORKER):
+            chunk = [(d.id, str(d.cert)) for d in devices[offset:offset + PER_WORKER]]
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=worker_main, args=(self.port, str(self.ca), str(self.key), self.interval,
+                                                             chunk, theirs), daemon=True)
+            proc.start()
+            started.append((proc, ours))
+        for _, pipe in started:
+            await asyncio.to_thread(pipe.recv)
+        self.workers += started
+        self.count += len(devices)
+        return time.perf_counter() - began
+
+    async def measure(self, seconds: float) -> dict[str, float]:
+        for _, pipe in self.workers:
+            pipe.send(("measure", seconds))
+        answers = [await asyncio.to_thread(pipe.recv) for _, pipe in self.workers]
+        latencies = sorted(x for lat, _ in answers for x in lat)
+        errors = sum(e for _, e in answers)
+        if not latencies:
+            return {"checkins": 0, "p50_ms": 0.0, "p99_ms": float("inf"), "errors": errors, "per_s": 0.0}
+        return {"checkins": len(latencies), "per_s": len(latencies) / seconds,
+                "p50_ms": latencies[len(latencies) // 2] * 1000,
+                "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, "errors": errors}
+
+    def close(self) -> None:
+        for proc, pipe in self.workers:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop", 0))
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def server_env() -> dict[str, str]:
@@ -206,11 +275,11 @@ async def run_config(backend: str, processes: int, steps: list[int], args: argpa
         pool.command_prefix = [sys.executable, str(Path(__file__).parent / "profiled_server.py"),
                                str(workdir / "server.prof")]
     await pool.start()
-    load = Load(pool.port, settings.pki.ca_cert, key, args.interval)
+    load = LoadPool(pool.port, settings.pki.ca_cert, key, args.interval)
     held, figures = 0, {}
     try:
         for size in ([profile_at] if profile_at is not None else steps):
-            fresh = await asyncio.to_thread(seed, settings, size - len(load.devices), len(load.devices), workdir, key)
+            fresh = await asyncio.to_thread(seed, settings, size - load.count, load.count, workdir, key)
             connect_s = await load.add(fresh)
             await asyncio.sleep(args.interval / 4)  # let the new devices' phases settle in
             cpu_before = sum(s.cpu_seconds for s in pool.samples())
@@ -229,7 +298,7 @@ async def run_config(backend: str, processes: int, steps: list[int], args: argpa
             figures = {"checkins_per_s": result["per_s"], "p99_ms": result["p99_ms"],
                        "server_cpu_ms_per_checkin": 1000 * cpu / max(result["checkins"], 1)}
     finally:
-        await load.close()
+        await asyncio.to_thread(load.close)
         await pool.stop(timeout=120, sig=signal.SIGINT if profile_at is not None else signal.SIGTERM)
         if db_name is not None:
             await drop_postgres_database(db_name)

@@ -50,7 +50,7 @@ class DeviceTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-KEEPALIVE_SECONDS = 60.0
+KEEPALIVE_SECONDS = 90.0  # above a jittered 60 s check-in interval, below the server's 120 s
 
 
 class HttpsTransport:
@@ -69,7 +69,7 @@ class HttpsTransport:
             verify=context,
             timeout=timeout,
             headers={"user-agent": f"edgefleet-agent/{__version__}"},
-            # The agent drops an idle connection before the server would (it keeps them 75 s
+            # The agent drops an idle connection before the server would (it keeps them 120 s
             # by default): a request never races the server closing the connection under it.
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )

@@ -39,8 +39,8 @@ class ServerSettings(BaseSettings):
                                "certificate, never by address: whole stores sit behind one NAT")
     device_rate_burst: int = Field(60, ge=1, description="requests a device may make at once after a quiet spell")
     keep_alive_seconds: float = Field(
-        75.0, ge=1, le=3600, description="an idle connection stays open this long (agents keep theirs 60 s: a "
-                                         "device checking in every minute does not pay a TLS handshake each time)")
+        120.0, ge=1, le=3600, description="an idle connection stays open this long (agents keep theirs 90 s: a "
+                                          "device checking in every minute does not pay a TLS handshake each time)")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     long_poll_max_seconds: float = Field(60.0, ge=0, le=900)
     max_long_polls: int = Field(10_000, ge=0)

@@ -148,7 +148,7 @@ def _config(settings: HubSettings, app: FastAPI, *, log_config: bool) -> uvicorn
         app, http=MutualTlsHttpProtocol, ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key),
         ssl_ca_certs=str(settings.ca_file), ssl_cert_reqs=ssl.CERT_OPTIONAL, lifespan="on", access_log=False,
         log_config=uvicorn.config.LOGGING_CONFIG if log_config else None, server_header=False,
-        timeout_graceful_shutdown=10, timeout_keep_alive=75)  # longer than agents keep idle connections
+        timeout_graceful_shutdown=10, timeout_keep_alive=120)  # longer than agents keep idle connections
 
 
 def serve_hub(settings: HubSettings) -> None:
