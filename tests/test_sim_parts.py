@@ -97,3 +97,19 @@ def test_devices_share_one_flashed_image_until_one_writes_its_own_slot(tmp_path:
     assert devices[0].os_version() == "2026.12.0"
     assert devices[1].os_version() == "2026.11.0"
     assert vimage.read_header(base)["version"] == "2026.11.0"  # type: ignore[index]
+
+
+def test_the_virtual_clock_keeps_real_time_until_its_epoch_then_runs_speed_times_faster() -> None:
+    from datetime import UTC, datetime
+
+    from edgefleet.clock import ScaledClock
+
+    clock = ScaledClock(60)
+    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 1  # not started: real time
+    clock.start(time.time() - 10)  # started 10 real seconds ago
+    ahead = (clock.now() - datetime.now(UTC)).total_seconds()
+    assert 580 <= ahead <= 600  # 10 s at 60x is 600 s of virtual time, 590 of them ahead of real time
+    before = clock.monotonic()
+    assert 0 <= time.monotonic() - before < 1  # intervals stay real
+    other = ScaledClock(60, clock.epoch)  # another process with the same epoch reads the same time
+    assert abs((other.now() - clock.now()).total_seconds()) < 1

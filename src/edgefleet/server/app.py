@@ -17,7 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from edgefleet import __version__
-from edgefleet.clock import Clock, SystemClock
+from edgefleet.clock import Clock, ScaledClock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
@@ -81,7 +81,9 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         ConfigError: no fleet CA in the data dir, or an unusable database URL.
     """
     metrics = Metrics()
-    clock = clock or SystemClock()
+    if clock is None:
+        clock = (ScaledClock(settings.clock_speed, settings.clock_epoch) if settings.clock_speed > 1
+                 else SystemClock())
     db = Database(settings.effective_database_url)
     long_polls = LongPolls(settings.max_long_polls, metrics)
     devices = DeviceCache(settings.device_cache_seconds, settings.device_cache_entries, clock.monotonic)

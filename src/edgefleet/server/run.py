@@ -85,6 +85,8 @@ def serve(settings: ServerSettings) -> None:
     if not settings.pki.exists():
         raise ConfigError(f"no PKI in {settings.pki.directory}; run `edgefleet server init` first")
     raise_open_files_limit()
+    if settings.clock_speed > 1:
+        log.warning("VIRTUAL CLOCK: %g times real time (a simulation, never a fleet)", settings.clock_speed)
     app = create_app(settings)
     sock = bind(settings.host, settings.port, reuse_port=settings.reuse_port)
     server = _build(settings, app, log_config=True)

@@ -73,6 +73,10 @@ class ServerSettings(BaseSettings):
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
     log_level: str = "info"
     access_log: bool = False
+    clock_speed: float = Field(1.0, ge=1, le=3600, description="simulation only: a virtual clock this many times "
+                                                             "faster than real time (edgefleet sim)")
+    clock_epoch: float | None = Field(None, description="simulation only: when (unix time) the virtual clock "
+                                                         "starts running fast")
     rollout_tick_seconds: float = Field(2.0, gt=0, description="how often the rollout controller looks")
     gitops: list[GitSyncSettings] = Field([], description="fleet repository syncs (at most one root sync)")
     gitops_interval_seconds: float = Field(60.0, gt=0, description="fetch this often (and on each webhook)")

@@ -193,9 +193,14 @@ class FleetBuilder:
             checkin_interval_seconds=timing.checkin_interval_seconds, long_poll_seconds=timing.long_poll_seconds,
             status_interval_seconds=timing.status_interval_seconds, update_check_seconds=timing.update_check_seconds,
             telemetry_batch_seconds=timing.telemetry_batch_seconds, backoff_initial_seconds=0.5,
-            backoff_max_seconds=timing.backoff_max_seconds, trial_deadline_seconds=timing.trial_deadline_seconds,
+            backoff_max_seconds=timing.backoff_max_seconds,
+            # the trial deadline is kept on the wall clock (it survives reboots): virtual time
+            trial_deadline_seconds=timing.trial_deadline_seconds * self.scenario.clock.speed,
             health_checks=_FAIL if "failing_health" in device.faults else [],
             request_timeout_seconds=max(10.0, timing.long_poll_seconds),
+            # under a virtual clock, attest often enough that the server's age bound (an
+            # hour of virtual time) still holds
+            attestation_interval_seconds=max(5.0, 1800.0 / self.scenario.clock.speed),
         )
         clock: Clock = SkewedClock(device.skew, self.clock) if device.skew else self.clock
         rng = random.Random(f"{self.scenario.seed}-{device.device.hardware_id()}")

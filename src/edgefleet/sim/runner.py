@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from edgefleet.client import AdminClient
-from edgefleet.clock import Clock, SystemClock
+from edgefleet.clock import ScaledClock
 from edgefleet.credentials import Role
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.protocol.v1 import RolloutView
@@ -43,7 +43,7 @@ class Run:
     scenario: Scenario
     out_dir: Path
     console: Console
-    clock: Clock = field(default_factory=SystemClock)
+    clock: ScaledClock = field(default_factory=lambda: ScaledClock(1.0))
     pool: ServerPool | None = None
     client: AdminClient | None = None
     links: dict[str, SiteLink] = field(default_factory=dict)
@@ -58,7 +58,8 @@ class Run:
         return time.monotonic() - self.started if self.started else 0.0
 
     def note(self, what: str, **details: Any) -> None:
-        self.timeline.append({"t_s": round(self.t(), 2), "event": what, **details})
+        virtual = {"virtual_t_s": round(self.t() * self.scenario.clock.speed)} if self.scenario.clock.speed > 1 else {}
+        self.timeline.append({"t_s": round(self.t(), 2), "event": what, **virtual, **details})
         self.console.print(f"[dim]t={self.t():7.1f}s[/] {what} {' '.join(f'{k}={v}' for k, v in details.items())}")
 
 
@@ -70,7 +71,7 @@ async def run_scenario(scenario: Scenario, out_dir: Path, console: Console) -> S
     """
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     raise_open_files_limit()
-    run = Run(scenario, out_dir, console)
+    run = Run(scenario, out_dir, console, clock=ScaledClock(scenario.clock.speed))
     data_dir = out_dir / "data"
     await asyncio.to_thread(shutil.rmtree, data_dir, ignore_errors=True)  # a previous run's
     db_name = None
@@ -98,7 +99,9 @@ async def _run(run: Run, settings: ServerSettings) -> SimReport:
     token = await create_admin_token(settings, name="sim", role=Role.ADMIN, now=run.clock.now(), ttl=None)
     env = {"EDGEFLEET_ROLLOUT_TICK_SECONDS": str(scenario.servers.rollout_tick_seconds),
            "EDGEFLEET_PRESENCE_FLUSH_SECONDS": "1",
-           "EDGEFLEET_DEVICE_RATE_PER_SECOND": str(scenario.servers.device_rate_per_second)}
+           "EDGEFLEET_DEVICE_RATE_PER_SECOND": str(scenario.servers.device_rate_per_second),
+           # a quote answers a nonce within this much virtual time: 10 s of real time at 60x
+           "EDGEFLEET_ATTESTATION_NONCE_SECONDS": "600"}
     run.pool = await ServerPool(settings, scenario.servers.processes, env, log_dir=run.out_dir).start()
     out.print(f"[bold green]control plane[/]: {scenario.servers.processes} process(es) on {run.pool.url} "
               f"({scenario.servers.database})")
@@ -115,6 +118,8 @@ async def _run(run: Run, settings: ServerSettings) -> SimReport:
     run.devices = await asyncio.to_thread(builder.build, images)
     out.print(f"{len(run.devices)} emulated devices in {len(sites)} sites; enrolling through their links ...")
     await _start_devices(run, builder)
+    if scenario.clock.speed > 1:
+        await _speed_up(run, settings, env)
     run.started = time.monotonic()
     run.note("fleet checked in", devices=len(run.devices))
     sampler = asyncio.ensure_future(_sample_forever(run))
@@ -133,6 +138,22 @@ async def _run(run: Run, settings: ServerSettings) -> SimReport:
     checks = check_expectations(scenario.expect, outcome)
     return SimReport(scenario=scenario, outcome=outcome, checks=checks, samples=run.samples,
                      timeline=run.timeline, figures=_figures(run))
+
+
+async def _speed_up(run: Run, settings: ServerSettings, env: dict[str, str]) -> None:
+    """Start the virtual clock: the devices enrolled on real time (TLS checks certificates
+    against real time); now the server processes restart on the shared virtual clock, and
+    the devices reconnect to them as after any server restart."""
+    assert run.pool is not None
+    epoch = time.time()
+    port = run.pool.port
+    await run.pool.stop()
+    clock_env = {**env, "EDGEFLEET_CLOCK_SPEED": str(run.scenario.clock.speed), "EDGEFLEET_CLOCK_EPOCH": str(epoch)}
+    run.pool = await ServerPool(settings, run.scenario.servers.processes, clock_env, log_dir=run.out_dir,
+                                port=port).start()
+    run.clock.start(epoch)
+    run.console.print(f"[bold green]virtual clock[/]: {run.scenario.clock.speed:g} virtual seconds per second "
+                      "(servers restarted on it; devices reconnect)")
 
 
 def nat_address(index: int) -> str:
@@ -335,7 +356,8 @@ async def _outcome(run: Run, telemetry: dict[str, int]) -> dict[str, Any]:
     versions = Counter(d.running_version or "none" for d in devices)
     quarantined = sum(1 for d in devices if d.attestation and d.attestation.get("quarantined"))
     attested = sum(1 for d in devices if d.attestation and d.attestation.get("passed"))
-    seen_after = run.clock.now() - timedelta(seconds=3 * run.scenario.agent.checkin_interval_seconds + 10)
+    seen_after = run.clock.now() - timedelta(
+        seconds=(3 * run.scenario.agent.checkin_interval_seconds + 10) * run.scenario.clock.speed)
     silent = sum(1 for d in devices if d.last_seen_at is None or d.last_seen_at < seen_after)
     rollout = None
     if run.rollout is not None:
@@ -352,6 +374,7 @@ def _figures(run: Run) -> dict[str, Any]:
     return {
         "devices": len(run.devices),
         "server_processes": run.scenario.servers.processes,
+        "clock_speed": run.scenario.clock.speed,
         "database": run.scenario.servers.database,
         "checkins_per_s_mean": round(sum(checkins) / len(checkins), 1) if checkins else 0.0,
         "server_cpu_percent_mean": round(sum(cpu) / len(cpu), 1) if cpu else 0.0,

@@ -98,7 +98,11 @@ class ServerSpec(_Strict):
 
 
 class ClockSpec(_Strict):
-    speed: float = Field(1.0, ge=1, le=120, description="virtual seconds per real second (server and devices)")
+    """A virtual clock for the control plane and the devices' wall clocks: the rollout's
+    bake times, deadlines and offline grace, and maintenance windows, are virtual time;
+    the scenario's own times (faults, start_after_seconds, duration) are real seconds."""
+
+    speed: float = Field(1.0, ge=1, le=120, description="virtual seconds per real second")
 
 
 class Expectations(_Strict):
@@ -148,6 +152,12 @@ class Scenario(_Strict):
                 raise ValueError(f"site {site.name}: no network profile named {site.network}")
         if len({s.name for s in self.sites}) != len(self.sites):
             raise ValueError("site names must be unique")
+        if self.rollout is not None:
+            between = self.agent.checkin_interval_seconds * 1.2 * self.clock.speed  # virtual seconds
+            if self.rollout.offline_after_seconds < 3 * between:
+                raise ValueError(f"rollout.offline_after_seconds ({self.rollout.offline_after_seconds}) must be at "
+                                 f"least 3 check-in intervals of virtual time ({3 * between:.0f} s), or devices "
+                                 "that check in on time count as offline")
         return self
 
     @property
