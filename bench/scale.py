@@ -101,8 +101,9 @@ async def insert_rows(settings: ServerSettings, rows: list[dict[str, object]]) -
 class Load:
     """The simulated devices: each keeps its connection and checks in once per interval."""
 
-    def __init__(self, port: int, ca: Path, key: Path, interval: float) -> None:
+    def __init__(self, port: int, ca: Path, key: Path, interval: float, source: str = "127.0.0.1") -> None:
         self.port, self.ca, self.key, self.interval = port, ca, key, interval
+        self.source = source  # this process's own address: one address has only ~28,000 ports to connect from
         self.devices: list[Device] = []
         self.latencies: list[float] = []
         self.errors = 0
@@ -114,8 +115,8 @@ class Load:
     async def connect(self, device: Device) -> None:
         context = ssl.create_default_context(cafile=str(self.ca))
         context.load_cert_chain(str(device.cert), str(self.key))
-        device.reader, device.writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=context,
-                                                                     server_hostname="localhost")
+        device.reader, device.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=context, server_hostname="localhost", local_addr=(self.source, 0))
 
     async def add(self, devices: list[Device]) -> float:
         """Connect ``devices`` (a few hundred handshakes at a time) and start their loops;
@@ -199,17 +200,17 @@ PER_WORKER = 12_000  # devices per load process: this machine allows 20,000 open
 
 
 def worker_main(port: int, ca: str, key: str, interval: float, devices: list[tuple[str, str]],
-                pipe: Connection) -> None:
+                pipe: Connection, source: str) -> None:
     """One load process: connects its devices, reports, then measures when asked."""
     raise_open_files_limit()
     # uvloop, as the server uses: asyncio's own TLS transport keeps a 256 KiB read buffer per
     # connection, which at tens of thousands of devices is gigabytes of load generator
-    uvloop.run(_worker(port, ca, key, interval, devices, pipe))
+    uvloop.run(_worker(port, ca, key, interval, devices, pipe, source))
 
 
 async def _worker(port: int, ca: str, key: str, interval: float, devices: list[tuple[str, str]],
-                  pipe: Connection) -> None:
-    load = Load(port, Path(ca), Path(key), interval)
+                  pipe: Connection, source: str) -> None:
+    load = Load(port, Path(ca), Path(key), interval, source)
     seconds = await load.add([Device(i, Path(c)) for i, c in devices])
     pipe.send(("connected", seconds, load.unconnected))
     loop = asyncio.get_running_loop()
@@ -239,8 +240,9 @@ class LoadPool:
         for offset in range(0, len(devices), PER_WORKER):
             chunk = [(d.id, str(d.cert)) for d in devices[offset:offset + PER_WORKER]]
             ours, theirs = context.Pipe()
+            source = f"127.0.{10 + len(self.workers) + len(started)}.1"
             proc = context.Process(target=worker_main, args=(self.port, str(self.ca), str(self.key), self.interval,
-                                                             chunk, theirs), daemon=True)
+                                                             chunk, theirs, source), daemon=True)
             proc.start()
             started.append((proc, ours))
         for _, pipe in started:

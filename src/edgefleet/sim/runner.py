@@ -27,7 +27,7 @@ from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.run import raise_open_files_limit
 from edgefleet.server.settings import ServerSettings
 from edgefleet.sim.checks import check_expectations
-from edgefleet.sim.fleet import FleetBuilder, SimDevice, power_cut, publish_releases, site_instances
+from edgefleet.sim.fleet import FleetBuilder, SimDevice, pick, power_cut, publish_releases, site_instances
 from edgefleet.sim.link import SiteLink
 from edgefleet.sim.report import Sample, SimReport, write_reports
 from edgefleet.sim.scenario import NetworkProfile, Scenario
@@ -211,8 +211,6 @@ async def _fault(run: Run, index: int) -> None:
             run.links[name].set_up(True)
         run.note("links back up", sites=len(sites))
     elif fault.kind == "power_cut":
-        from edgefleet.sim.fleet import pick
-
         hit = pick(run.devices, fault.sites, random.Random(f"{run.scenario.seed}-power-{index}"))
         await _at(run, fault.at_seconds)
         run.note("power cut", devices=len(hit), seconds=fault.duration_seconds)
@@ -290,10 +288,9 @@ async def _sample_forever(run: Run) -> None:
 
 def _phase(device: SimDevice) -> str:
     """What the device is doing, as its owner would see it from the site."""
-    site = device.site
     if not device.powered:
         return "powered off"
-    if site is not None and device.agent is not None and device.agent.last_error and device.agent.checkins:
+    if device.agent is not None and device.agent.last_error and device.agent.checkins:
         return "unreachable"
     if device.agent is None:
         return "booting"
