@@ -326,12 +326,12 @@ async def run_config(backend: str, processes: int, steps: list[int], args: argpa
     return {"devices_held": held, **figures}
 
 
-GROUPS = (("event loop: uvloop's C code (socket I/O, TLS records)", ("runners.py:run",)),
+GROUPS = (("event loop: uvloop's C code (socket I/O, TLS records)", ("runners.py:run", "uvloop")),
           ("ssl / TLS", ("ssl.py", "_ssl", "sslproto")), ("asyncpg / SQLAlchemy", ("asyncpg", "sqlalchemy")),
           ("aiosqlite / sqlite3", ("aiosqlite", "sqlite3")),
           ("uvicorn / HTTP parsing", ("uvicorn", "httptools", "h11")),
           ("FastAPI / Starlette / pydantic", ("fastapi", "starlette", "pydantic")),
-          ("edgefleet", ("edgefleet",)), ("asyncio event loop", ("asyncio", "uvloop", "selectors")))
+          ("edgefleet", ("edgefleet",)), ("asyncio", ("asyncio", "selectors")))
 
 
 def summarise_profile(path: Path) -> None:
@@ -340,7 +340,7 @@ def summarise_profile(path: Path) -> None:
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     by_group: dict[str, float] = {}
     for (filename, _, name), value in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(filename).name}:{name}"
+        where = f"{filename}:{name}"
         group = next((g for g, keys in GROUPS if any(k in where for k in keys)), "other")
         by_group[group] = by_group.get(group, 0.0) + value[2]
     print(f"  where the server's CPU time goes (cProfile own time, {total:.1f} CPU s in all):")
@@ -358,20 +358,21 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--configs", default="sqlite:1,postgresql:1,postgresql:2,postgresql:4")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-only", type=int, default=0, help="only profile one process at this many devices")
     args = parser.parse_args()
     raise_open_files_limit()
     steps = [int(s) for s in args.steps.split(",")]
     print(f"edgefleet scale bench: {os.cpu_count()} cores, check-in every {args.interval:.0f} s, "
           f"holds = p99 < {P99_LIMIT_S:.0f} s and < {100 * ERROR_LIMIT:.1f}% errors; steps {steps}")
     figures: dict[str, float] = {}
-    for config in args.configs.split(","):
+    for config in args.configs.split(",") if not args.profile_only else []:
         backend, processes = config.split(":")
         result = await run_config(backend, int(processes), steps, args)
         print(f"{backend} x{processes}: largest fleet held: {result['devices_held']} devices", flush=True)
         for name, value in result.items():
             figures[f"{backend}_{processes}proc_{name}"] = round(value, 2)
     if not args.no_profile:
-        at = int(figures.get("postgresql_1proc_devices_held", 0)) or steps[0]
+        at = args.profile_only or int(figures.get("postgresql_1proc_devices_held", 0)) or steps[0]
         print(f"profiling one PostgreSQL server process at {at} devices:")
         await run_config("postgresql", 1, steps, args, profile_at=at)
     print(json.dumps(figures))
