@@ -210,6 +210,9 @@ class Device:
 def start_fleet(tmp: Path, database: str | None, **overrides: Any) -> Fleet:
     # Most test devices have no TPM: the attestation gate is tested where they do.
     overrides.setdefault("attestation_required", False)
+    # Test agents check in every 0.1 s; the production limit (2/s) is tested on its own.
+    overrides.setdefault("device_rate_per_second", 50.0)
+    overrides.setdefault("device_rate_burst", 200)
     settings = ServerSettings(data_dir=tmp / "server", database_url=database, port=0,
                               presence_flush_seconds=0.2, **overrides)
     clock = FakeClock()

@@ -8,9 +8,11 @@
     │   ├── Forbidden           valid credentials, but not for this record or action
     │   ├── NotFound            the addressed record does not exist
     │   ├── Conflict            the change would violate uniqueness or current state
+    │   ├── RateLimited         the caller exceeds its request rate (retry_after says when to come back)
     │   ├── ServerRefused       (agent side) the control plane answered 4xx
     │   └── UpdateRefused       (agent side) an update failed verification (TUF, Uptane checks)
     ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
+    │   └── Throttled           (agent side) the server asked to slow down (429, 503 with Retry-After)
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
     ├── PersistError            local durable state could not be written (full disk, permissions)
     ├── InstallError            (agent side) an image could not be written to a slot, or does not verify there
