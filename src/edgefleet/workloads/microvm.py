@@ -29,6 +29,7 @@ from edgefleet.workloads.process import Child
 
 QEMU = "qemu-system-x86_64"
 log = logging.getLogger("edgefleet.workloads")
+KVM_FIRST_OUTPUT_SECONDS = 15.0
 _kvm_failed = threading.Event()  # this process saw KVM fail: software emulation from now on
 
 
@@ -67,8 +68,22 @@ class MicroVm:
         log_dir.mkdir(parents=True, exist_ok=True)
         console, errors = log_dir / f"{self.spec.name}.stdout", log_dir / f"{self.spec.name}.stderr"
         kvm = _kvm()
-        ended = self._child.run(self.command(console, kvm), stderr=errors)
+        silent = threading.Event()
+        watch = threading.Timer(KVM_FIRST_OUTPUT_SECONDS, self._give_up_if_silent, (console, silent)) if kvm else None
+        if watch is not None:
+            watch.start()
+        try:
+            ended = self._child.run(self.command(console, kvm), stderr=errors)
+        finally:
+            if watch is not None:
+                watch.cancel()
         code, seconds = ended.code, time.monotonic() - started
+        if silent.is_set():
+            log.warning("KVM guest %s printed nothing in %.0f s (nested virtualisation can hang); using software "
+                        "emulation", self.spec.name, KVM_FIRST_OUTPUT_SECONDS)
+            _kvm_failed.set()
+            self._child = Child()  # the old one was stopped for good
+            return self.run(data_dir, log_dir)
         if ended.stopped:
             return RunResult("stopped", seconds=seconds)
         if kvm and code != 0 and (not console.exists() or not console.stat().st_size):
@@ -80,6 +95,12 @@ class MicroVm:
             return RunResult("exited", 0, seconds=seconds)
         last = (errors.read_text(errors="replace").strip().splitlines() or [""])[-1][:300]
         return RunResult("crashed", code, f"{QEMU} exited with {code}" + (f": {last}" if last else ""), seconds)
+
+    def _give_up_if_silent(self, console: Path, silent: threading.Event) -> None:
+        """A KVM guest boots in well under a second; one that has printed nothing by now hangs."""
+        if not console.exists() or not console.stat().st_size:
+            silent.set()
+            self._child.stop()
 
     def stop(self) -> None:
         self._child.stop()
