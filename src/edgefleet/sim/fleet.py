@@ -124,12 +124,17 @@ class SimDevice(EmulatedDevice):
         return self.device.os_version()
 
 
+def site_matches(site: SiteInstance, selector: Selector) -> bool:
+    """Whether ``selector`` (region, and site by its own or its kind's name) names ``site``."""
+    return ((selector.region is None or site.spec.region == selector.region)
+            and (selector.site is None or selector.site in (site.name, site.spec.name)))
+
+
 def pick(devices: list[SimDevice], selector: Selector, rng: random.Random) -> list[SimDevice]:
     """The devices a fault hits, the same ones for the same seed."""
     def matches(d: SimDevice) -> bool:
         assert d.site is not None
-        return ((selector.region is None or d.site.spec.region == selector.region)
-                and (selector.site is None or selector.site in (d.site.name, d.site.spec.name)))
+        return site_matches(d.site, selector)
 
     matching = [d for d in devices if matches(d)]
     if selector.devices is None:

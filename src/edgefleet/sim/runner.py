@@ -27,7 +27,7 @@ from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.run import raise_open_files_limit
 from edgefleet.server.settings import ServerSettings
 from edgefleet.sim.checks import check_expectations
-from edgefleet.sim.fleet import FleetBuilder, SimDevice, pick, power_cut, publish_releases, site_instances
+from edgefleet.sim.fleet import FleetBuilder, SimDevice, pick, power_cut, publish_releases, site_instances, site_matches
 from edgefleet.sim.link import SiteLink
 from edgefleet.sim.report import Sample, SimReport, write_reports
 from edgefleet.sim.scenario import NetworkProfile, Scenario
@@ -199,9 +199,7 @@ async def _at(run: Run, seconds: float) -> None:
 async def _fault(run: Run, index: int) -> None:
     fault = run.scenario.faults[index]
     if fault.kind == "outage":
-        sites = {s.name for s in site_instances(run.scenario)
-                 if (fault.sites.region is None or s.spec.region == fault.sites.region)
-                 and (fault.sites.site is None or fault.sites.site in (s.name, s.spec.name))}
+        sites = {s.name for s in site_instances(run.scenario) if site_matches(s, fault.sites)}
         await _at(run, fault.at_seconds)
         for name in sorted(sites):
             run.links[name].set_up(False)
