@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from edgefleet.agent import Agent, AgentSettings
 from edgefleet.agent.emulated import EmulatedDevice
@@ -18,7 +20,7 @@ from edgefleet.agent.hardware.vdevice import Bootloader
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import DeviceView
 from tests.cli_helpers import keys_init, release, server_args
-from tests.conftest import Fleet
+from tests.conftest import Fleet, start_fleet
 
 SLOT_BYTES = 256 * 1024
 HARDWARE = "hw-x86"
@@ -42,22 +44,24 @@ class AbWorld:
 
     def publish(self, version: str, counter: int, *, boots: bool = True,
                 health_checks: Sequence[Mapping[str, Any]] = (), measurements: Mapping[int, str] | None = None,
-                image: Path | None = None, artifacts: Sequence[Path] = ()) -> Path:
+                image: Path | None = None, artifacts: Sequence[Path] = (), extra: Sequence[str] = ()) -> Path:
         """Sign and publish a release; ``image`` defaults to a fresh emulated image."""
         if image is None:
             image = self.tmp / f"{version}.img"
             image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, boots=boots,
                                            health_checks=health_checks, filler=version.encode()))
-        extra = [arg for pcr, value in (measurements or {}).items() for arg in ("--measurement", f"{pcr}={value}")]
-        extra += [arg for artifact in artifacts for arg in ("--artifact", str(artifact))]
-        release(self.ws, self.keys, image, version, counter, HARDWARE, *extra, publish_to=self.plane)
+        args = [arg for pcr, value in (measurements or {}).items() for arg in ("--measurement", f"{pcr}={value}")]
+        args += [arg for artifact in artifacts for arg in ("--artifact", str(artifact))]
+        release(self.ws, self.keys, image, version, counter, HARDWARE, *args, *extra, publish_to=self.plane)
         return image
 
     def device(self, name: str, *, bootloader: Bootloader = "grub", tpm: InsecureSoftwareTpm | None = None,
-               labels: dict[str, str] | None = None, **settings: Any) -> EmulatedDevice:
+               labels: dict[str, str] | None = None, slot_a: Path | None = None, slot_bytes: int = SLOT_BYTES,
+               **settings: Any) -> EmulatedDevice:
+        """A device as the factory flashed it: slot A holds RUNNING, or the image ``slot_a``."""
         device = VirtualDevice.create(self.tmp / name, hardware_id=f"hw-{name}", site="store-1",
                                       hardware_type=HARDWARE, os_version=RUNNING, release_counter=1,
-                                      slot_bytes=SLOT_BYTES, bootloader=bootloader)
+                                      slot_bytes=slot_bytes, bootloader=bootloader, slot_a=slot_a)
         device.install_trust((Path(self.ws) / "image" / "metadata" / "1.root.json").read_bytes(),
                              (Path(self.ws) / "director" / "metadata" / "1.root.json").read_bytes())
         agent_settings = AgentSettings(**{
@@ -88,6 +92,13 @@ class AbWorld:
         response = self.plane.client(role=Role.OPERATOR).put(
             f"/api/v1/admin/devices/{device.agent.device_id}/assignment", json={"release": version, **options})
         assert response.status_code == 200, response.text
+
+
+def sqlite_plane(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Fleet]:
+    """A control plane on SQLite for one test module (a module-scoped fixture's body)."""
+    fleet = start_fleet(tmp_path_factory.mktemp(name), None)
+    yield fleet
+    fleet.close()
 
 
 def run(world: AbWorld, device: EmulatedDevice, steps: Callable[[], Any], timeout: float = 60) -> None:

@@ -14,9 +14,9 @@ from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.slotenv import SlotEnv
-from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, run, until
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, run, sqlite_plane, until
 from tests.cli_helpers import cli
-from tests.conftest import Fleet, start_fleet
+from tests.conftest import Fleet
 
 FAILING = [{"name": "app-ready", "kind": "command", "command": ["sh", "-c", "echo 'port 8443 in use' >&2; exit 3"],
             "timeout_seconds": 5}]
@@ -26,9 +26,7 @@ PASSING = [{"name": "app-ready", "kind": "command", "command": ["true"], "timeou
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = start_fleet(tmp_path_factory.mktemp("ab-plane"), None)
-    yield fleet
-    fleet.close()
+    yield from sqlite_plane(tmp_path_factory, "ab-plane")
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,39 @@ def test_the_mirror_evicts_the_least_recently_used_beyond_its_bound(tmp_path: Pa
         asyncio.run(scenario())
     finally:
         upstream.close()
+
+
+def test_the_mirror_caches_pieces_with_their_dictionary_and_refuses_a_piece_that_is_not_its_chunk(
+        tmp_path: Path) -> None:
+    import random
+
+    from edgefleet.delta.index import build_index, dictionary_path, piece_path, train_dictionary
+
+    image = tmp_path / "image"
+    image.write_bytes(b"".join(random.Random(i % 7).randbytes(1024) * 4 for i in range(256)))
+    upstream_dir = tmp_path / "upstream"
+    dictionary = train_dictionary(image, "blocks")
+    assert dictionary is not None
+    info = build_index(image, tmp_path / "index", upstream_dir / "pieces", "blocks", dictionary)
+    pieces = sorted(p for p in (upstream_dir / "pieces").rglob("*") if p.is_file() and p.name != "dictionary")
+    good, bad = pieces[0], pieces[1]
+    bad.write_bytes(good.read_bytes())  # a valid piece under another chunk's name
+    upstream = StaticMirror(upstream_dir)
+
+    def path(file: Path) -> str:
+        return str(file.relative_to(upstream_dir))
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as client:
+            cache = MirrorCache(tmp_path / "cache", upstream.url, client, max_bytes=1 << 20)
+            assert (await cache.get(path(good))).read_bytes() == good.read_bytes()
+            assert (tmp_path / "cache" / path(dictionary_path(upstream_dir / "pieces", info.namespace))).exists()
+            with pytest.raises(TransportError):
+                await cache.get(path(bad))
+            assert not (tmp_path / "cache" / path(bad)).exists()
+            assert piece_path(tmp_path / "cache" / "pieces", info.namespace, good.name).exists()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        upstream.close()

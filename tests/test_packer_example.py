@@ -9,8 +9,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgefleet.releases.image import release_fields
 from edgefleet.releases.keys import Keystore
-from edgefleet.releases.workspace import Workspace, load_online_keys, release_fields
+from edgefleet.releases.workspace import Workspace, load_online_keys
 from tests.conftest import start_fleet
 
 SCRIPT = Path(__file__).parent.parent / "examples" / "packer" / "edgefleet-release.sh"

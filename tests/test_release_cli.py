@@ -47,7 +47,7 @@ def test_release_created_signed_by_two_owners_and_published_with_the_cli(plane: 
     assert "2 of 2" in second
     server = ["--server", plane.url, "--token", plane.tokens[Role.ADMIN], "--ca-file",
               str(plane.settings.pki.ca_cert)]
-    assert "1 artifacts uploaded" in run("release", "publish", "-w", ws, *server)
+    assert "2 artifacts uploaded" in run("release", "publish", "-w", ws, *server)  # the image and its index
     assert "2026.11.3" in run("release", "ls", "-w", ws)
     published = plane.client(role=Role.VIEWER).get("/api/v1/admin/repository/releases").json()
     assert published["releases"][0]["hardware_ids"] == ["hw-x86"]

@@ -170,3 +170,20 @@ def test_malformed_health_checks_are_refused_by_name() -> None:
         parse_checks([{"name": "web", "kind": "http"}])
     with pytest.raises(InvalidRequest):
         parse_checks([{"name": "x", "kind": "workload", "command": ["true"]}])
+
+
+def test_a_download_that_fills_the_disk_fails_the_job_and_the_next_offer_starts_again(tmp_path: Path) -> None:
+    runner, device, image, offer = runner_for(tmp_path)
+    runner.offer(offer, "1.0", False)
+
+    def full_disk() -> Path:
+        raise PersistError("cannot write downloads/image.assembling: No space left on device")
+
+    assert runner.step(full_disk) is Action.WAIT
+    assert runner.job.phase is Phase.FAILED
+    assert runner.job.reason is not None
+    assert "No space left on device" in runner.job.reason
+    assert "2.0" not in runner.failed  # not the release's fault: it is tried again
+    assert device.booted() == "a"
+    assert runner.offer(offer, "1.0", False) is None
+    assert drive(runner, image) is Action.REBOOTING

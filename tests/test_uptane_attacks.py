@@ -53,9 +53,9 @@ def test_genuine_assignment_verifies_and_downloads(setup: Setup) -> None:
         plan = client.check(installed_counter=4)
         assert plan is not None
         assert (plan.version, plan.counter) == ("5.0", 5)
-        path, fetched = client.download(plan)
-        assert path.read_bytes() == b"image 5.0 " * 5000
-        assert fetched == plan.target.length
+        delivery = client.download(plan)
+        assert delivery.path.read_bytes() == b"image 5.0 " * 5000
+        assert (delivery.method, delivery.downloaded_bytes) == ("full", plan.target.length)
     finally:
         client.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -102,6 +102,20 @@ class AdminClient:
         with open(path, "rb") as handle:
             self._call("PUT", f"/api/v1/admin/repository/blobs/{sha256}", content=_chunks(handle),
                        timeout=httpx.Timeout(30, read=600))
+
+    def missing_pieces(self, namespace: str, ids: list[str]) -> tuple[list[str], bool]:
+        """The pieces of ``ids`` the server lacks, and whether it has the namespace's dictionary."""
+        result = self._call("POST", f"/api/v1/admin/repository/pieces/{namespace}/missing", _Json,
+                            json={"ids": ids})
+        return [str(i) for i in result.root["missing"]], bool(result.root["dictionary"])
+
+    def put_dictionary(self, namespace: str, data: bytes) -> None:
+        self._call("PUT", f"/api/v1/admin/repository/pieces/{namespace}/dictionary", _Json, content=data)
+
+    def put_pieces(self, namespace: str, records: Iterable[bytes]) -> int:
+        result = self._call("PUT", f"/api/v1/admin/repository/pieces/{namespace}", _Json, content=iter(records),
+                            timeout=httpx.Timeout(30, read=600))
+        return int(result.root["stored"])
 
     def put_targets(self, data: bytes) -> int:
         result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)

@@ -11,6 +11,7 @@
     │   ├── RateLimited         the caller exceeds its request rate (retry_after says when to come back)
     │   ├── ServerRefused       (agent side) the control plane answered 4xx
     │   └── UpdateRefused       (agent side) an update failed verification (TUF, Uptane checks)
+    │       └── DeltaRefused    a delta, content index or piece is corrupt, truncated or for another base
     ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
     │   └── Throttled           (agent side) the server asked to slow down (429, 503 with Retry-After)
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
@@ -30,6 +31,7 @@ import json
 __all__ = [
     "ConfigError",
     "Conflict",
+    "DeltaRefused",
     "EdgefleetError",
     "Forbidden",
     "InstallError",
@@ -123,6 +125,13 @@ class UpdateRefused(PeerError):
     device keeps what it runs and reports this code to the server."""
 
     code = "update_refused"
+
+
+class DeltaRefused(UpdateRefused):
+    """A delta, content index or piece does not apply: corrupt, truncated, over its bounds,
+    or made for another base. The device falls back to the next way of getting the image."""
+
+    code = "delta_refused"
 
 
 class TransportError(EdgefleetError):

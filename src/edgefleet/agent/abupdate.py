@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
+from edgefleet.agent.delivery import Delivery
 from edgefleet.agent.hardware.interfaces import ABSystem, SlotName
 from edgefleet.agent.health import HealthCheck, Probe, parse_checks, run_checks, verdict
 from edgefleet.agent.slotenv import SlotEnv
@@ -170,8 +171,9 @@ class UpdateRunner:
         self.system.reboot(f"reverting to {self.job.version} in slot {slot}")
         return Action.REBOOTING
 
-    def step(self, download: Callable[[], Path]) -> Action:
-        """One action of the current phase. ``download`` fetches and verifies the image.
+    def step(self, download: Callable[[], Path | Delivery]) -> Action:
+        """One action of the current phase. ``download`` fetches and verifies the image
+        (a Delivery says how: delta, index or full, and the bytes it saved).
 
         Raises TransportError when the download cannot reach any mirror (retry later).
         """
@@ -181,11 +183,17 @@ class UpdateRunner:
             if not (self.force_reboot or self.policy.download.is_open(now)):
                 return Action.WAIT
             try:
-                path = download()
+                got = download()
             except UpdateRefused as exc:
                 self._to(P.FAILED, f"download refused: {exc.message}")
                 return Action.WAIT
-            self._to(P.DOWNLOADED, download=str(path))
+            except PersistError as exc:  # e.g. a full disk: nothing was applied; the next offer tries again
+                self._to(P.FAILED, f"download failed: {exc.message}")
+                return Action.WAIT
+            if isinstance(got, Delivery):
+                self._to(P.DOWNLOADED, download=str(got.path), delivery=got.report())
+            else:
+                self._to(P.DOWNLOADED, download=str(got))
             return Action.CONTINUE
         if phase is P.DOWNLOADED:
             if not (self.force_reboot or self.policy.install.is_open(now)):

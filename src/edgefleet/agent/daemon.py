@@ -24,6 +24,7 @@ from edgefleet import __version__
 from edgefleet.agent import osconfig
 from edgefleet.agent.abupdate import Action, Offer, Refusal, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
+from edgefleet.agent.delivery import Delivery
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import Probe, parse_checks
@@ -51,6 +52,7 @@ from edgefleet.protocol.v1 import (
     EnrollRequest,
     Inventory,
     StatusReport,
+    UpdateDelivery,
     UpdateEvent,
     UpdateReport,
 )
@@ -424,11 +426,14 @@ class Agent:
         while not self.rebooting:
             seq = runner.job.seq
 
-            def download() -> Path:
+            def download() -> Delivery:
                 plan = self._plan
                 if plan is None or plan.version != runner.job.version:
                     raise TransportError("the assignment is being re-verified")
-                return updates.download(plan, self._stop_downloads)[0]
+                running = None
+                if self.system is not None:
+                    running = (self.system.slot_source(self.system.booted()), self.platform.os_version())
+                return updates.download(plan, self._stop_downloads, running=running)
 
             action = await self._until_stopped(asyncio.to_thread(runner.step, download), halt)
             changed = changed or runner.job.seq != seq
@@ -721,6 +726,7 @@ class Agent:
             refused=state.update_refused, failed_releases=sorted(runner.failed)[-64:],
             health_checks=runner.last_checks[:64],
             events=[UpdateEvent.model_validate(event) for event in job.history],
+            delivery=None if job.delivery is None else UpdateDelivery.model_validate(job.delivery),
         )
 
     async def _record(self, state: AgentState) -> None:

@@ -76,6 +76,7 @@ class UpdateJob:
     sha256: str = ""
     length: int = 0
     download: str | None = None  # the verified image file
+    delivery: dict[str, Any] | None = None  # how it came: method, bytes downloaded and saved
     from_slot: SlotName | None = None
     to_slot: SlotName | None = None
     previous_version: str | None = None  # what ran before: the release a revert goes back to
@@ -104,8 +105,8 @@ class UpdateJob:
               previous: str | None = None) -> UpdateJob:
         """A new update; the history and sequence carry on from the last one."""
         fresh = replace(self, phase=P.IDLE if self.phase in DONE else self.phase, version=version, counter=counter,
-                        sha256=sha256, length=length, download=None, from_slot=None, to_slot=None, boot_id=None,
-                        trial_deadline=None, failed_counts=False, previous_version=previous)
+                        sha256=sha256, length=length, download=None, delivery=None, from_slot=None, to_slot=None,
+                        boot_id=None, trial_deadline=None, failed_counts=False, previous_version=previous)
         return fresh.to(P.DOWNLOADING, now, version=version)
 
     def dump(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Steps, each a typed refusal (``UpdateRefused``) that leaves the device on what i
 3. the director's OS image target must exist in the image repository with the same
    length, hashes and release fields, be bound to this device, fit its hardware type,
    and not lower the release counter (Uptane 5.4.4.2 "full verification");
-4. download it (bounded, resumable) and verify it against the signed hashes.
+4. download it (by delta, content index or in full; bounded, resumable) and verify it
+   against the signed hashes.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
+from edgefleet.agent.delivery import Deliverer, Delivery, Running
 from edgefleet.agent.download import fetch_target
 from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
-from edgefleet.releases.workspace import release_fields
+from edgefleet.releases.image import release_fields
 from edgefleet.util.atomic import atomic_write_json
 
 log = logging.getLogger("edgefleet.agent")
@@ -142,10 +144,14 @@ class _Repository:
         atomic_write_json(self._record, {"timestamp_sha256": hashlib.sha256(data).hexdigest(),
                                          "expires": min(expiries).isoformat()})
 
+    def targets_metadata(self) -> Metadata[Targets]:
+        """The targets metadata the last refresh verified."""
+        targets: Metadata[Targets] = Metadata.from_file(str(self.directory / "targets.json"))
+        return targets
+
     def target(self, path: str) -> TargetFile | None:
         """A target from the metadata the last refresh verified."""
-        targets: Metadata[Targets] = Metadata.from_file(str(self.directory / "targets.json"))
-        return targets.signed.targets.get(path)
+        return self.targets_metadata().signed.targets.get(path)
 
 
 class UpdateClient:
@@ -236,9 +242,27 @@ class UpdateClient:
                                 code="counter_rollback")
         return UpdatePlan(published, str(fields.get("version")), counter)
 
-    def download(self, plan: UpdatePlan, stop: threading.Event | None = None) -> tuple[Path, int]:
-        """Fetch and verify the planned image; returns (file, bytes fetched now)."""
-        return fetch_target(self._mirror_tls, self.mirrors, plan.target, self.dir.parent / "downloads", stop)
+    def download(self, plan: UpdatePlan, stop: threading.Event | None = None, *,
+                 running: tuple[Path, str | None] | None = None) -> Delivery:
+        """Fetch and verify the planned image, by delta or content index from ``running``
+        (the active slot and the release it holds) where the repository offers one, in
+        full otherwise (``agent.delivery``)."""
+        published = self._published()
+        seed = None
+        if running is not None:
+            slot, version = running
+            images = [t for t in published if release_fields(t).get("kind") == "os-image"
+                      and release_fields(t).get("version") == version]
+            seed = Running(slot, images[0] if len(images) == 1 else None)
+        deliverer = Deliverer(self._mirror_tls, self.mirrors, self.dir.parent / "downloads")
+        return deliverer.deliver(plan.target, published, seed, stop)
+
+    def _published(self) -> list[TargetFile]:
+        """The image repository's targets as last verified (empty before the first check)."""
+        try:
+            return list(self._repository("image").targets_metadata().signed.targets.values())
+        except (OSError, tuf_errors.RepositoryError):
+            return []
 
     def artifacts(self, paths: Sequence[str]) -> tuple[list[tuple[bytes, TargetFile]], bool]:
         """Release artifacts the image repository lists (a workload's module, or kernel and

@@ -57,4 +57,8 @@ def updates(
         history = client.update_history(device_id, limit)
         device = client.device(device_id)
     title = f"{device_id}: running {device.running_version or '?'}, update {device.update_state}"
+    how = (device.update or {}).get("delivery")
+    if isinstance(how, dict):
+        title += (f", image by {how.get('method')} ({how.get('downloaded_bytes', 0):,} of "
+                  f"{how.get('image_bytes', 0):,} bytes downloaded)")
     console.print(update_history_table(list(reversed(history.events)), title=title))

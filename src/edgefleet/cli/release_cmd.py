@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +14,11 @@ from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
 from edgefleet.errors import ConfigError
-from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.deltas import sizes
+from edgefleet.releases.image import ReleaseInfo, release_fields
 from edgefleet.releases.keys import Keystore
 from edgefleet.releases.publish import publish_workspace
-from edgefleet.releases.workspace import Workspace, load_online_keys, release_fields
+from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.ui import console
 
 keys_app = typer.Typer(help="Offline signing keys of the release owners (root, targets).")
@@ -104,6 +106,12 @@ def keys_rotate(
     console.print(f"root version {version}: {role} is now {threshold}-of-{len(keys)}; publish to hand it to devices")
 
 
+class Chunking(StrEnum):
+    auto = "auto"
+    blocks = "blocks"
+    cdc = "cdc"
+
+
 @release_app.command("create")
 def release_create(
     workspace: WorkspaceDir,
@@ -115,9 +123,17 @@ def release_create(
         help="Reference PCR value after booting it, PCR=sha256hex (repeat).")] = None,
     artifact: Annotated[list[Path] | None, typer.Option(exists=True, dir_okay=False,
                                                         help="Extra artifact (WASM module, bundle).")] = None,
+    deltas: Annotated[int, typer.Option(min=0, help="Build known-base deltas from this many earlier releases.")] = 2,
+    index: Annotated[bool, typer.Option(help="Build the content index and pieces (any-base updates).")] = True,
+    chunking: Annotated[Chunking, typer.Option(
+        help="How the index cuts the image: 4 KiB blocks (block-aligned images), content-defined chunks, "
+             "or auto (blocks for erofs).")] = Chunking.auto,
+    dictionary: Annotated[bool, typer.Option(
+        help="Compress pieces with the workspace's zstd dictionary (trained on the first release).")] = True,
 ) -> None:
     """Stream the image once, record its length, hashes and custom fields as a new,
-    unsigned targets version (sign it with `edgefleet release sign`)."""
+    unsigned targets version (sign it with `edgefleet release sign`), with its content
+    index and deltas from the last releases."""
     measurements = {}
     for item in measurement or []:
         pcr, sep, value = item.partition("=")
@@ -126,9 +142,16 @@ def release_create(
         measurements[pcr] = value.lower()
     with shown_errors():
         targets = Workspace(workspace).create_release(
-            image, ReleaseInfo(version, counter, tuple(hardware_id), measurements), SystemClock().now(), artifact
+            image, ReleaseInfo(version, counter, tuple(hardware_id), measurements), SystemClock().now(), artifact,
+            deltas=deltas, index=index, chunking=None if chunking is Chunking.auto else chunking.value,
+            dictionary=dictionary,
         )
+    made = sizes(targets.signed.targets.values()).get(f"os/{version}/{image.name}", {})
     console.print(f"release {version} added as targets version {targets.signed.version} (unsigned)")
+    if "index_bytes" in made:
+        console.print(f"  content index {made['index_bytes']:,} bytes; pieces {made['pieces_bytes']:,} bytes")
+    for base, length in made.get("deltas", {}).items():
+        console.print(f"  delta from {base}: {length:,} bytes")
 
 
 @release_app.command("sign")
@@ -152,7 +175,7 @@ def release_publish(workspace: WorkspaceDir, server: ServerUrl, token: AdminToke
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         result = publish_workspace(Workspace(workspace), client)
     console.print(f"published: snapshot version {result.snapshot_version}, {result.uploaded} artifacts uploaded, "
-                  f"{result.skipped} already there")
+                  f"{result.skipped} already there, {result.pieces} pieces uploaded")
 
 
 def assign(
@@ -185,14 +208,18 @@ def release_ls(workspace: WorkspaceDir) -> None:
     with shown_errors():
         releases = Workspace(workspace).releases()
     table = Table(title="releases")
-    for column in ("version", "counter", "hardware ids", "bytes", "sha256"):
+    for column in ("version", "counter", "hardware ids", "bytes", "index + pieces", "deltas (from: bytes)", "sha256"):
         table.add_column(column, no_wrap=True)
+    extra = sizes(releases)
     for target in releases:
         fields = release_fields(target)
         if fields.get("kind") != "os-image":
             continue
         hardware = fields.get("hardware_ids", [])
+        made = extra.get(target.path, {})
         table.add_row(str(fields.get("version")), str(fields.get("release_counter")),
                       ", ".join(hardware) if isinstance(hardware, list) else "", f"{target.length:,}",
+                      f"{made['index_bytes']:,} + {made['pieces_bytes']:,}" if "index_bytes" in made else "-",
+                      ", ".join(f"{b}: {n:,}" for b, n in made.get("deltas", {}).items()) or "-",
                       target.hashes["sha256"][:16])
     console.print(table)

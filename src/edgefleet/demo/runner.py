@@ -350,7 +350,8 @@ def _sign_release(data_dir: Path, now: datetime) -> Workspace:
     for version, counter, image in ((RUNNING, 1, running), (RELEASE, 2, new), (BROKEN, 3, broken)):
         reference = reference_pcrs(image)
         measurements = {"0": reference[0].hex(), "4": reference[4].hex()}
-        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE_TYPE,), measurements), now)
+        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE_TYPE,), measurements), now,
+                                 deltas=2, index=True)
     for name in ("targets-1", "targets-2"):
         workspace.sign_targets(keys.signer(name))
     return workspace
@@ -405,6 +406,11 @@ async def _roll_out_release(client: AdminClient, snapshot_version: int, site: st
     history = await asyncio.to_thread(client.update_history, fleet.devices[0].id)
     steps = " -> ".join(e.phase for e in reversed(history.events))
     out.print(f"  update history of {fleet.devices[0].id}: {steps}", highlight=False)
+    delivery = (await asyncio.to_thread(client.device, fleet.devices[0].id)).update or {}
+    how = delivery.get("delivery")
+    if isinstance(how, dict):
+        out.print(f"  image delivered by {how['method']}: {how['downloaded_bytes']:,} of {how['image_bytes']:,} "
+                  f"bytes downloaded", highlight=False)
     return True
 
 

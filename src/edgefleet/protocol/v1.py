@@ -66,6 +66,15 @@ class UpdateEvent(Strict):
     reason: Reason | None = None
 
 
+class UpdateDelivery(Strict):
+    """How the device got the image of its current update, and what that saved."""
+
+    method: Literal["delta", "index", "full", "kept"]
+    downloaded_bytes: Annotated[int, Field(ge=0)]
+    image_bytes: Annotated[int, Field(ge=0)]
+    saved_bytes: Annotated[int, Field(ge=0)]
+
+
 class UpdateReport(Strict):
     """Where a device's A/B update stands, with its most recent transitions."""
 
@@ -79,6 +88,7 @@ class UpdateReport(Strict):
     failed_releases: Annotated[list[ShortText], Field(max_length=64)] = []
     health_checks: Annotated[list[dict[Name, Any]], Field(max_length=64)] = []
     events: Annotated[list[UpdateEvent], Field(max_length=64)] = []
+    delivery: UpdateDelivery | None = None
 
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

@@ -41,6 +41,13 @@ class ReleaseInfo:
         }
 
 
+def release_fields(target: TargetFile) -> dict[str, Any]:
+    """edgefleet's custom fields of a target (empty when it has none)."""
+    custom = target.custom if isinstance(target.custom, dict) else {}
+    fields = custom.get("edgefleet", {})
+    return fields if isinstance(fields, dict) else {}
+
+
 def describe(path: Path, target_path: str, custom: dict[str, Any] | None = None) -> TargetFile:
     """Stream ``path`` once (constant memory) into a TargetFile named ``target_path``."""
     digests = [hashlib.new(name) for name in HASHES]

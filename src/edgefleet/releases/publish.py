@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.client import AdminClient
+from edgefleet.delta.index import Index, dictionary_path
+from edgefleet.delta.pieces import pack
 from edgefleet.errors import ConfigError
+from edgefleet.releases.image import release_fields
 from edgefleet.releases.repository import RepositoryDir
 from edgefleet.releases.workspace import Workspace
+
+PIECES_PER_REQUEST = 8192
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,7 @@ class Published:
     uploaded: int
     skipped: int
     snapshot_version: int
+    pieces: int = 0
 
 
 def _roots(repo: RepositoryDir) -> list[bytes]:
@@ -47,5 +53,28 @@ def publish_workspace(workspace: Workspace, client: AdminClient) -> Published:
             raise ConfigError(f"the workspace has no file for artifact {sha256[:16]}...; cannot publish")
         client.put_blob(sha256, source)
         uploaded += 1
+    pieces = _publish_pieces(workspace, client)
     snapshot = client.put_targets((workspace.image.metadata_dir / "targets.json").read_bytes())
-    return Published(roots, uploaded, skipped, snapshot)
+    return Published(roots, uploaded, skipped, snapshot, pieces)
+
+
+def _publish_pieces(workspace: Workspace, client: AdminClient) -> int:
+    """Upload the dictionaries and pieces of every content index that the server lacks,
+    before the targets that name the indexes become visible. Returns how many pieces."""
+    wanted: dict[str, set[bytes]] = {}
+    for target in workspace.image.targets().signed.targets.values():
+        if release_fields(target).get("kind") == "os-index":
+            index = Index.load(workspace.target_file(target))
+            wanted.setdefault(index.namespace, set()).update(index.id(i) for i in range(len(index)))
+    uploaded = 0
+    for namespace, ids in sorted(wanted.items()):
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), PIECES_PER_REQUEST):
+            batch = [i.hex() for i in ordered[start:start + PIECES_PER_REQUEST]]
+            missing, has_dictionary = client.missing_pieces(namespace, batch)
+            if not has_dictionary:
+                client.put_dictionary(namespace, dictionary_path(workspace.pieces_dir, namespace).read_bytes())
+            if missing:
+                records = pack(workspace.pieces_dir, namespace, [bytes.fromhex(i) for i in missing])
+                uploaded += client.put_pieces(namespace, records)
+    return uploaded

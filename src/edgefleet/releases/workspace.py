@@ -17,8 +17,10 @@ from pathlib import Path
 from securesystemslib.signer import Key, Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from edgefleet.delta.index import dictionary_path, store_dictionary, train_dictionary
 from edgefleet.errors import ConfigError, InvalidRequest
-from edgefleet.releases.image import ReleaseInfo, describe
+from edgefleet.releases.deltas import Base, build_delta_targets
+from edgefleet.releases.image import ReleaseInfo, describe, release_fields
 from edgefleet.releases.keys import Keystore, key_from_json
 from edgefleet.releases.metadata import (
     RolePolicy,
@@ -31,6 +33,7 @@ from edgefleet.releases.metadata import (
     with_target,
 )
 from edgefleet.releases.repository import RepositoryDir
+from edgefleet.util.atomic import atomic_write_bytes
 
 
 def load_online_keys(path: Path) -> dict[str, Key]:
@@ -40,12 +43,6 @@ def load_online_keys(path: Path) -> dict[str, Key]:
         return {role: key_from_json(data[role]) for role in ("snapshot", "timestamp", "director")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read the server's online keys from {path}: {exc}") from exc
-
-
-def release_fields(target: TargetFile) -> dict[str, object]:
-    custom = target.custom if isinstance(target.custom, dict) else {}
-    fields = custom.get("edgefleet", {})
-    return fields if isinstance(fields, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -97,8 +94,14 @@ class Workspace:
         return sorted(targets, key=lambda t: int(str(release_fields(t).get("release_counter", -1))), reverse=True)
 
     def create_release(self, image: Path, info: ReleaseInfo, now: datetime,
-                       artifacts: list[Path] | None = None) -> Metadata[Targets]:
-        """Add an OS image (and artifacts) as a new, unsigned targets version.
+                       artifacts: list[Path] | None = None, *, deltas: int = 0,
+                       index: bool = False, chunking: str | None = None,
+                       dictionary: bool = True) -> Metadata[Targets]:
+        """Add an OS image (and artifacts) as a new, unsigned targets version, with a
+        content index (``chunking``: blocks, cdc, or None to choose by the image; pieces
+        compressed with the workspace's dictionary, trained on this image if there is none
+        yet) and known-base deltas from the last ``deltas`` releases that fit the same
+        hardware (``releases.deltas``).
 
         Raises InvalidRequest if the counter is lower than an existing release's (devices
         would refuse it) or the version exists already.
@@ -113,8 +116,15 @@ class Workspace:
                     code="counter_decreases",
                 )
         target = describe(image, f"os/{info.version}/{image.name}", info.custom())
+        bases = self._delta_bases(info, deltas)
         self.image.add_target_file(image, target)
         targets = with_target(self.image.targets().signed, target, now)
+        trained = self._dictionary(image, chunking) if index and dictionary else None
+        for path, extra in build_delta_targets(image, target, info.version, bases, self.pieces_dir, index=index,
+                                               chunking=chunking, dictionary=trained):
+            self.image.add_target_file(path, extra)
+            targets.signed.targets[extra.path] = extra
+            path.unlink()
         for artifact in artifacts or []:
             extra = describe(artifact, f"artifacts/{info.version}/{artifact.name}",
                              {"edgefleet": {"kind": "artifact", "release": info.version}})
@@ -122,6 +132,40 @@ class Workspace:
             targets.signed.targets[extra.path] = extra
         self.image.write_targets(targets)
         return targets
+
+    @property
+    def pieces_dir(self) -> Path:
+        return self.image.path / "pieces"
+
+    def _dictionary(self, image: Path, chunking: str | None) -> bytes | None:
+        """The workspace's piece dictionary (``pieces/current-dictionary``), trained on
+        ``image`` the first time: later releases reuse it, so their pieces stay shared."""
+        current = self.pieces_dir / "current-dictionary"
+        try:
+            return dictionary_path(self.pieces_dir, current.read_text().strip()).read_bytes()
+        except OSError:
+            pass
+        data = train_dictionary(image, chunking)
+        if data is not None:
+            current.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(current, store_dictionary(self.pieces_dir, data).encode())
+        return data
+
+    def _delta_bases(self, info: ReleaseInfo, count: int) -> list[Base]:
+        """The newest ``count`` earlier OS images for the same hardware whose files are here."""
+        bases: list[Base] = []
+        for existing in self.releases():
+            fields = release_fields(existing)
+            hardware = fields.get("hardware_ids")
+            if len(bases) >= count:
+                break
+            if fields.get("kind") != "os-image" or not isinstance(hardware, list) \
+                    or not set(hardware) & set(info.hardware_ids):
+                continue
+            path = self.target_file(existing)
+            if path.exists():
+                bases.append(Base(str(fields.get("version")), path))
+        return bases
 
     def sign_targets(self, signer: Signer) -> tuple[int, int]:
         """Add a signature to the pending targets; returns (valid signatures, threshold)."""

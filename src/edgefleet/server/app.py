@@ -173,7 +173,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.add_exception_handler(dashboard.LoginRequired, _to_login)
     # The image repository as static files (Range requests supported, for resumable
     # downloads). Only verified metadata and targets live here; uploads wait in blobs/.
-    for part in ("metadata", "targets"):
+    # Pieces are checked against their content ids when uploaded (and again by devices).
+    for part in ("metadata", "targets", "pieces"):
         directory = settings.data_dir / "repository" / part
         directory.mkdir(parents=True, exist_ok=True)
         app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")

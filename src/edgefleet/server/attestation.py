@@ -27,7 +27,7 @@ from edgefleet.attestation.verifier import (
 )
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
-from edgefleet.releases.workspace import release_fields
+from edgefleet.releases.image import release_fields
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService

@@ -19,8 +19,8 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
+from edgefleet.releases.image import release_fields
 from edgefleet.releases.metadata import EXPIRY
-from edgefleet.releases.workspace import release_fields
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService

@@ -11,6 +11,7 @@ written and a new snapshot and timestamp signed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -27,7 +28,26 @@ from tuf.api.metadata import Metadata, Root, Targets
 from tuf.api.serialization import DeserializationError
 
 from edgefleet.clock import Clock
-from edgefleet.errors import ConfigError, Conflict, InvalidRequest, NotFound, PayloadTooLarge, PersistError
+from edgefleet.delta.index import dictionary_path, piece_path
+from edgefleet.delta.pieces import (
+    Unpacker,
+    check_dictionary,
+    decompressor,
+    keep_piece,
+    load_dictionary,
+    write_atomically,
+)
+from edgefleet.errors import (
+    ConfigError,
+    Conflict,
+    DeltaRefused,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PersistError,
+)
+from edgefleet.releases.deltas import sizes
+from edgefleet.releases.image import release_fields
 from edgefleet.releases.keys import Keystore, key_to_json
 from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_threshold, signing_status
 from edgefleet.releases.online import publish_online
@@ -94,15 +114,18 @@ class RepositoryService:
 
     def releases(self) -> tuple[int | None, list[dict[str, object]]]:
         """The published targets' version and its releases (path, length, sha256 and our
-        custom fields), newest release counter first."""
+        custom fields; an image's delta and index sizes), newest release counter first."""
         published = self.published()
         if published is None:
             return None, []
         rows: list[dict[str, object]] = []
+        extra = sizes(published.signed.targets.values())
         for target in published.signed.targets.values():
-            fields = target.custom.get("edgefleet", {}) if isinstance(target.custom, dict) else {}
-            rows.append({"path": target.path, "length": target.length, "sha256": target.hashes.get("sha256"),
-                         **fields})
+            fields = release_fields(target)
+            row = {"path": target.path, "length": target.length, "sha256": target.hashes.get("sha256"), **fields}
+            if fields.get("kind") == "os-image" and target.path in extra:
+                row["delivery"] = extra[target.path]  # index, pieces and delta sizes
+            rows.append(row)
         rows.sort(key=_counter, reverse=True)
         return published.signed.version, rows
 
@@ -144,6 +167,7 @@ class RepositoryService:
             repo.metadata_dir.mkdir(parents=True, exist_ok=True)
             repo.targets_dir.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.pieces.mkdir(parents=True, exist_ok=True)
 
     def _held(self, key_role: str) -> dict[str, str]:
         """keyid -> key name, for every generation of an online key this server holds."""
@@ -230,6 +254,46 @@ class RepositoryService:
             if os.path.exists(tmp):  # noqa: ASYNC240 - one stat of a local temp file
                 os.unlink(tmp)
         return size
+
+    @property
+    def pieces(self) -> Path:
+        return self.data_dir / "repository" / "pieces"
+
+    def missing_pieces(self, namespace: str, idents: list[str]) -> list[str]:
+        """Which of these pieces (hex ids) of ``namespace`` the repository lacks."""
+        return [i for i in idents if not piece_path(self.pieces, namespace, i).exists()]
+
+    def has_dictionary(self, namespace: str) -> bool:
+        return dictionary_path(self.pieces, namespace).exists()
+
+    def store_dictionary(self, namespace: str, data: bytes) -> None:
+        """Keep the dictionary of ``namespace``. Raises InvalidRequest when it is not it."""
+        try:
+            check_dictionary(namespace, data)
+            write_atomically(dictionary_path(self.pieces, namespace), data)
+        except DeltaRefused as exc:
+            raise InvalidRequest(exc.message, code=exc.code) from exc
+        except OSError as exc:
+            raise PersistError(f"cannot store the dictionary: {exc}") from exc
+
+    async def store_pieces(self, namespace: str, chunks: AsyncIterator[bytes]) -> int:
+        """Keep each piece of an uploaded pack that holds the chunk its id names; returns
+        how many were new. Raises InvalidRequest at the first one that does not (those
+        before it are kept: each was checked, and a piece is only ever its own content),
+        or when the namespace's dictionary was not uploaded first."""
+        unpacker, stored = Unpacker(), 0
+        try:
+            unpack = decompressor(load_dictionary(self.pieces, namespace))
+            async for chunk in chunks:
+                for ident, piece in unpacker.feed(chunk):
+                    stored += await asyncio.to_thread(keep_piece, self.pieces, namespace, ident, piece, unpack)
+        except DeltaRefused as exc:
+            raise InvalidRequest(exc.message, code=exc.code) from exc
+        except OSError as exc:
+            raise PersistError(f"cannot store pieces: {exc}") from exc
+        if not unpacker.finished():
+            raise InvalidRequest("the piece pack ends inside a record", code="piece_truncated")
+        return stored
 
     def accept_targets(self, data: bytes) -> int:
         """Verify and publish new image-repository targets; returns the new snapshot version."""

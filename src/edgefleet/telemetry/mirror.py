@@ -3,7 +3,9 @@ metadata and artifacts from the hub, which fetches each from upstream once.
 
 Safe without trusting the hub: devices verify everything with TUF. The hub still checks
 what it can before keeping a file: a target's name starts with its sha256 (consistent
-snapshots), and a file that does not match is not cached. Versioned metadata
+snapshots), a piece decompresses to the chunk its name is the hash of (with its
+namespace's dictionary, whose name is its own hash), and a file that does not match is not
+cached. Versioned metadata
 (``3.targets.json``) and targets never change, so they are kept until the cache's byte
 bound evicts the least recently used; ``timestamp.json`` changes, so it is fetched from
 upstream every time and the cached copy is served only while upstream is unreachable
@@ -21,10 +23,14 @@ from pathlib import Path
 
 import httpx
 
-from edgefleet.errors import InvalidRequest, NotFound, TransportError
+from edgefleet.delta.index import RAW
+from edgefleet.delta.pieces import check_dictionary, decompressor, unpack_piece
+from edgefleet.errors import DeltaRefused, InvalidRequest, NotFound, TransportError
 
 log = logging.getLogger("edgefleet.hub")
-_PATH = re.compile(r"^(metadata|targets)/([A-Za-z0-9._-]+/)*[A-Za-z0-9._-]+$")
+_PATH = re.compile(r"^(metadata|targets|pieces)/([A-Za-z0-9._-]+/)*[A-Za-z0-9._-]+$")
+_PIECE = re.compile(r"^pieces/(raw|[0-9a-f]{32})/[0-9a-f]{2}/([0-9a-f]{32})$")
+_DICTIONARY = re.compile(r"^pieces/([0-9a-f]{32})/dictionary$")
 _TARGET = re.compile(r"^([0-9a-f]{64})\.")
 _VERSIONED = re.compile(r"^\d+\.")
 
@@ -52,7 +58,7 @@ class MirrorCache:
         self._check(path)
         local = self.directory / path
         name = path.rsplit("/", 1)[-1]
-        immutable = path.startswith("targets/") or bool(_VERSIONED.match(name))
+        immutable = path.startswith(("targets/", "pieces/")) or bool(_VERSIONED.match(name))
         if immutable and local.exists():
             self.hits += 1
             os.utime(local)  # recently used
@@ -102,7 +108,25 @@ class MirrorCache:
             partial.unlink(missing_ok=True)
             log.error("upstream sent %s with sha256 %s: not cached, not served", path, digest.hexdigest())
             raise TransportError(f"upstream sent a corrupt {path}")
+        try:
+            await self._check_piece(path, partial)
+        except DeltaRefused as exc:
+            partial.unlink(missing_ok=True)
+            log.error("upstream sent a corrupt %s: not cached, not served (%s)", path, exc.message)
+            raise TransportError(f"upstream sent a corrupt {path}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(local)
+
+    async def _check_piece(self, path: str, partial: Path) -> None:
+        """A piece must hold the chunk it is named for (its namespace's dictionary, fetched
+        through this cache, decompresses it); a dictionary must be its namespace's."""
+        named = _PIECE.match(path)
+        dictionary = None
+        if named is not None and named.group(1) != RAW:
+            dictionary = await self.get(f"pieces/{named.group(1)}/dictionary")
+        await asyncio.to_thread(_verify_piece, path, partial, dictionary)
 
     def _evict(self) -> None:
         files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.rglob("*")
@@ -118,3 +142,11 @@ class MirrorCache:
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
 
+
+def _verify_piece(path: str, partial: Path, dictionary: Path | None) -> None:
+    """Raises DeltaRefused when ``partial`` is not what ``path`` names (pieces only)."""
+    if (named := _DICTIONARY.match(path)) is not None:
+        check_dictionary(named.group(1), partial.read_bytes())
+    elif (named := _PIECE.match(path)) is not None:
+        data = None if dictionary is None else check_dictionary(named.group(1), dictionary.read_bytes())
+        unpack_piece(bytes.fromhex(named.group(2)), partial.read_bytes(), unpacker=decompressor(data))

@@ -101,6 +101,9 @@ class LinuxABSystem:
     def slot_device(self, slot: SlotName) -> Path:
         return self.slots[slot]
 
+    def slot_source(self, slot: SlotName) -> Path:
+        return self.slots[slot]
+
     def slot_size(self, slot: SlotName) -> int:
         with open(self.slots[slot], "rb") as handle:
             return handle.seek(0, os.SEEK_END)

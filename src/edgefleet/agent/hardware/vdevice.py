@@ -146,6 +146,9 @@ class VirtualDevice:
             os.replace(own, image)
         return image
 
+    def slot_source(self, slot: SlotName) -> Path:
+        return self.slot_image(slot)  # reading never needs a copy of a shared slot
+
     def slot_size(self, slot: SlotName) -> int:
         return os.path.getsize(self.slot_image(slot))
 

@@ -5,12 +5,13 @@ under /repository/ by the app, so any mirror can copy it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.responses import JSONResponse
 
+from edgefleet.delta.index import MAX_DICTIONARY
 from edgefleet.server.auth import Admin, Operator, Viewer
 from edgefleet.server.bodies import bounded_body
 from edgefleet.server.state import server_state
@@ -41,13 +42,38 @@ async def has_blob(_: Operator, sha256: Sha256, request: Request) -> Response:
 @router.put("/blobs/{sha256}")
 async def put_blob(_: Operator, sha256: Sha256, request: Request) -> dict[str, int]:
     """Stream an artifact (image, module) named by its sha256; refused if the bytes differ."""
+    return {"length": await server_state(request).repository.store_blob(sha256, request.stream())}
+
+
+class PieceIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]], Field(max_length=1_000_000)]
+
+
+Namespace = Annotated[str, Path(pattern=r"^(raw|[0-9a-f]{32})$")]
+
+
+@router.post("/pieces/{namespace}/missing")
+async def missing_pieces(_: Operator, namespace: Namespace, body: PieceIds, request: Request) -> dict[str, object]:
+    """Which of these content-index pieces the repository lacks, and whether it has the
+    namespace's dictionary (a publisher uploads only what is missing)."""
     service = server_state(request).repository
+    missing = await asyncio.to_thread(service.missing_pieces, namespace, body.ids)
+    return {"missing": missing, "dictionary": namespace == "raw" or service.has_dictionary(namespace)}
 
-    async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in request.stream():
-            yield chunk
 
-    return {"length": await service.store_blob(sha256, chunks())}
+@router.put("/pieces/{namespace}/dictionary")
+async def put_dictionary(_: Operator, namespace: Namespace, request: Request) -> dict[str, bool]:
+    """The zstd dictionary the namespace's pieces are compressed with (its id is the namespace)."""
+    data = await bounded_body(request, MAX_DICTIONARY)
+    await asyncio.to_thread(server_state(request).repository.store_dictionary, namespace, data)
+    return {"stored": True}
+
+
+@router.put("/pieces/{namespace}")
+async def put_pieces(_: Operator, namespace: Namespace, request: Request) -> dict[str, int]:
+    """A pack of pieces (``delta.pieces``); each is checked against its id before it is kept."""
+    return {"stored": await server_state(request).repository.store_pieces(namespace, request.stream())}
 
 
 @router.put("/targets")
