@@ -25,6 +25,7 @@ from edgefleet.protocol.v1 import (
     StatusReport,
     WorkloadToken,
 )
+from edgefleet.util.cancelsafe import cancel_safe_transport
 from edgefleet.util.http import checked
 
 
@@ -66,12 +67,13 @@ class HttpsTransport:
         self._timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=server_url.rstrip("/"),
-            verify=context,
             timeout=timeout,
             headers={"user-agent": f"edgefleet-agent/{__version__}"},
             # The agent drops an idle connection before the server would (it keeps them 120 s
             # by default): a request never races the server closing the connection under it.
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
+            # Requests are cancelled whenever the agent stops: no socket may outlive that.
+            transport=cancel_safe_transport(verify=context, limits=httpx.Limits(
+                max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS)),
         )
 
     async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:

@@ -1,0 +1,68 @@
+"""An httpx transport that does not leak a socket when a request is cancelled.
+
+httpcore 1.0 closes a connection whose TLS handshake fails with an exception, but not one
+whose handshake is cancelled (``start_tls`` catches ``Exception``, and cancellation is a
+``BaseException``): the socket stays open until the garbage collector finds it. The agent
+cancels requests whenever it stops (a reboot, a power cut in the emulator), so it wraps
+httpcore's network backend and closes the stream itself.
+"""
+
+from __future__ import annotations
+
+import ssl
+import typing
+
+import anyio
+import httpcore
+import httpx
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._inner.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: typing.Iterable[typing.Any] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def cancel_safe_transport(**options: typing.Any) -> httpx.AsyncHTTPTransport:
+    """``httpx.AsyncHTTPTransport(**options)`` whose connections close when cancelled."""
+    transport = httpx.AsyncHTTPTransport(**options)
+    pool = transport._pool  # httpx offers no other way to choose httpcore's network backend
+    pool._network_backend = _Backend(pool._network_backend)
+    return transport
