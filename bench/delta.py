@@ -28,7 +28,6 @@ the full image and <= half of casync within 64 MiB.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -39,18 +38,10 @@ import time
 from pathlib import Path
 
 from delta_images import CACHE, image_pair
-from edgefleet.delta.bsdelta import build_delta
+from edgefleet.delta.bsdelta import build_delta, file_sha256
 from edgefleet.delta.index import build_index, dictionary_path, train_dictionary
 
 MIB = 1 << 20
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached(path: Path, make: list[str] | None = None, rebuild: bool = False) -> Path:
@@ -141,7 +132,7 @@ def ours_delta(work: Path, v1: Path, v2: Path, rebuild: bool) -> dict[str, float
         built = time.perf_counter() - started
     out = work / "ours" / "v2.from-delta"
     seconds, peak, _ = measured(APPLY_DELTA, str(delta), str(v1), str(out))
-    assert sha256(out) == sha256(v2), "the delta did not rebuild v2"
+    assert file_sha256(out) == file_sha256(v2), "the delta did not rebuild v2"
     out.unlink()
     return {"bytes": delta.stat().st_size, "apply_s": seconds, "peak_mib": peak,
             **({"build_s": built} if built is not None else {})}
@@ -161,7 +152,7 @@ def ours_index(work: Path, v1: Path, v2: Path, rebuild: bool, *, dictionary: boo
               f"{info.pieces_bytes / MIB:.1f} MiB of pieces", flush=True)
     out = work / "ours" / "v2.from-index"
     seconds, peak, printed = measured(APPLY_INDEX, str(index), str(store), str(v1), str(out))
-    assert sha256(out) == sha256(v2), "the index did not rebuild v2"
+    assert file_sha256(out) == file_sha256(v2), "the index did not rebuild v2"
     out.unlink()
     done = json.loads(printed)
     namespaces = [p for p in store.iterdir() if p.is_dir()]

@@ -17,7 +17,6 @@ the attempt (``TransportError``) and the next one resumes. The active slot is on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -26,16 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
-from edgefleet.agent.download import fetch_target
+from edgefleet.agent.download import fetch_target, verify_target
 from edgefleet.delta.assemble import assemble
-from edgefleet.delta.bsdelta import apply_delta
+from edgefleet.delta.bsdelta import apply_delta, file_sha256
 from edgefleet.delta.index import RAW, Index, dictionary_path, dictionary_url, piece_url
-from edgefleet.delta.pieces import Dictionary, check_dictionary, load_dictionary, write_atomically
+from edgefleet.delta.pieces import Dictionary, check_dictionary, load_dictionary
 from edgefleet.errors import DeltaRefused, PersistError, TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
+from edgefleet.util.atomic import atomic_write_bytes
 
 log = logging.getLogger("edgefleet.agent.delivery")
 
@@ -60,28 +59,15 @@ class Delivery:
                 "saved_bytes": max(0, self.image_bytes - self.downloaded_bytes)}
 
 
-def _verify(path: Path, target: TargetFile) -> None:
-    with open(path, "rb") as handle:
-        try:
-            target.verify_length_and_hashes(handle)
-        except tuf_errors.LengthOrHashMismatchError as exc:
-            raise DeltaRefused(f"the rebuilt image does not match {target.path}", code="delta_wrong_result") from exc
-
-
 def slot_matches(running: Running) -> bool:
     """Whether the active slot holds exactly the signed image of the running release."""
     target = running.target
     if target is None:
         return False
-    digest, left = hashlib.sha256(), target.length
     try:
-        with open(running.slot, "rb") as handle:
-            while left and (chunk := handle.read(min(1 << 20, left))):
-                digest.update(chunk)
-                left -= len(chunk)
+        return file_sha256(running.slot, target.length) == (target.hashes.get("sha256"), target.length)
     except OSError:
         return False
-    return not left and digest.hexdigest() == target.hashes.get("sha256")
 
 
 class PieceFetcher:
@@ -167,7 +153,7 @@ class Deliverer:
 
     def _finish(self, image: TargetFile, method: str, downloaded: int) -> Delivery:
         built = self._assembling(image)
-        _verify(built, image)
+        verify_target(built, image)  # removes it if it does not match
         final = self.directory / image.hashes["sha256"]
         os.replace(built, final)
         log.info("%s rebuilt by %s: %d of %d bytes downloaded", image.path, method, downloaded, image.length)
@@ -221,10 +207,7 @@ class Deliverer:
             pass  # not kept yet, or damaged: fetch it
         data = fetcher.dictionary(index.dictionary_length)
         dictionary = check_dictionary(index.namespace, data)
-        try:
-            write_atomically(dictionary_path(kept, index.namespace), data)
-        except OSError as exc:
-            raise PersistError(f"cannot keep the dictionary: {exc.strerror or exc}") from exc
+        atomic_write_bytes(dictionary_path(kept, index.namespace), data)
         return dictionary, len(data)
 
 

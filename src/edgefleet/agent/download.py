@@ -25,7 +25,8 @@ def target_url(base: str, target: TargetFile) -> str:
     return f"{base.rstrip('/')}/targets/{prefix}{target.hashes['sha256']}.{name}"
 
 
-def _verify(path: Path, target: TargetFile) -> None:
+def verify_target(path: Path, target: TargetFile) -> None:
+    """Raises UpdateRefused (and removes ``path``) unless it has ``target``'s length and hashes."""
     with open(path, "rb") as handle:
         try:
             target.verify_length_and_hashes(handle)
@@ -47,7 +48,7 @@ def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, d
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / target.hashes["sha256"]
     if final.exists():
-        _verify(final, target)
+        verify_target(final, target)
         return final, 0
     partial = directory / f"{target.hashes['sha256']}.partial"
     fetched = 0
@@ -65,7 +66,7 @@ def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, d
                     raise TransportError(f"download of {target.path} interrupted; will resume") from exc
                 errors.append(f"{mirror}: {exc}")
                 continue
-        _verify(partial, target)
+        verify_target(partial, target)
         os.replace(partial, final)
         return final, fetched
     raise TransportError(f"could not fetch {target.path}: {'; '.join(errors) or 'no mirrors'}")

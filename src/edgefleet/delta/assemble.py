@@ -39,14 +39,14 @@ class Assembled:
     pieces: int = 0  # pieces downloaded
 
 
-def _missing(index: Index, fd: int, fresh: bool, result: Assembled) -> dict[bytes, list[int]]:
-    """id -> offsets still to write."""
-    wanted: dict[bytes, list[int]] = {}
+def _missing(index: Index, fd: int, fresh: bool, result: Assembled) -> dict[bytes, tuple[int, list[int]]]:
+    """id -> (chunk length, offsets still to write)."""
+    wanted: dict[bytes, tuple[int, list[int]]] = {}
     for offset, length, ident in index.offsets():
         if not fresh and piece_id(os.pread(fd, length, offset)) == ident:
             result.kept_bytes += length
             continue
-        wanted.setdefault(ident, []).append(offset)
+        wanted.setdefault(ident, (length, []))[1].append(offset)
     return wanted
 
 
@@ -56,7 +56,7 @@ def _write(fd: int, data: bytes, offsets: list[int]) -> None:
             raise OSError(28, "short write")
 
 
-def _seed(index: Index, fd: int, seed: Path, seed_length: int | None, wanted: dict[bytes, list[int]],
+def _seed(index: Index, fd: int, seed: Path, seed_length: int | None, wanted: dict[bytes, tuple[int, list[int]]],
           result: Assembled, stop: threading.Event) -> None:
     try:
         source = os.open(seed, os.O_RDONLY)
@@ -69,8 +69,9 @@ def _seed(index: Index, fd: int, seed: Path, seed_length: int | None, wanted: di
             if stop.is_set():
                 raise TransportError("image assembly interrupted; it resumes from what is written")
             data = os.pread(source, length, offset)
-            offsets = wanted.pop(piece_id(data), None)
-            if offsets is not None:
+            found = wanted.pop(piece_id(data), None)
+            if found is not None:
+                offsets = found[1]
                 _write(fd, data, offsets)
                 result.seeded_bytes += length * len(offsets)
     finally:
@@ -112,7 +113,6 @@ def assemble(index: Index, out: Path, seeds: list[tuple[Path, int | None]], fetc
     stop = stop or threading.Event()
     unpacker = decompressor(dictionary)
     result = Assembled()
-    lengths = {ident: length for _, length, ident in index.offsets()}
     try:
         fresh = not out.exists()
         fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
@@ -123,7 +123,7 @@ def assemble(index: Index, out: Path, seeds: list[tuple[Path, int | None]], fetc
             wanted = _missing(index, fd, fresh, result)
             for seed, seed_length in seeds:
                 _seed(index, fd, seed, seed_length, wanted, result, stop)
-            todo = [(ident, lengths[ident], offsets) for ident, offsets in wanted.items()]
+            todo = [(ident, length, offsets) for ident, (length, offsets) in wanted.items()]
             for ident, length, offsets, piece in _fetched(fetch, todo, workers, stop):
                 _write(fd, unpack_piece(ident, piece, length, unpacker=unpacker), offsets)
                 result.fetched_bytes += len(piece)

@@ -27,6 +27,7 @@ import bsdiff4.core
 
 from edgefleet.delta import container
 from edgefleet.errors import DeltaRefused, PersistError, TransportError
+from edgefleet.util.atomic import atomic_write_bytes
 
 MAGIC = b"EFDELTA1"
 BATCH_OUT = 4 << 20
@@ -44,6 +45,8 @@ class DeltaInfo:
 
 
 def file_sha256(path: Path, length: int | None = None) -> tuple[str, int]:
+    """SHA-256 of the first ``length`` bytes of ``path`` (all of it when None) and how many
+    bytes there were. Raises OSError."""
     digest, total = hashlib.sha256(), 0
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20 if length is None else min(1 << 20, length - total)):
@@ -62,22 +65,8 @@ def build_delta(base: Path, target: Path, out: Path) -> DeltaInfo:
     header = {"base_sha256": info.base_sha256, "base_length": info.base_length, "target_sha256": info.target_sha256,
               "target_length": info.target_length, "triples": len(control) // _TRIPLE.size}
     sections = [compress.compress(control), compress.compress(diff), compress.compress(extra)]
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as handle:
-        container.write(handle, MAGIC, header, sections)
-    os.replace(partial, out)
+    atomic_write_bytes(out, container.encode(MAGIC, header, sections))
     return replace(info, size=out.stat().st_size)
-
-
-def read_info(delta: Path) -> DeltaInfo:
-    """The header of a delta file. Raises DeltaRefused."""
-    handle, header, _, _ = container.open_sections(delta, MAGIC, "delta")
-    handle.close()
-    try:
-        return DeltaInfo(str(header["base_sha256"]), int(header["base_length"]), str(header["target_sha256"]),
-                         int(header["target_length"]), delta.stat().st_size)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DeltaRefused(f"delta header lacks {exc}", code="delta_malformed") from exc
 
 
 def _signed(value: int) -> int:

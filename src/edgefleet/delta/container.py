@@ -34,12 +34,11 @@ def decompressor() -> zstandard.ZstdDecompressor:
     return zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
 
 
-def write(out: IO[bytes], magic: bytes, header: dict[str, Any], sections: list[bytes]) -> None:
+def encode(magic: bytes, header: dict[str, Any], sections: list[bytes]) -> bytes:
+    """The whole file (callers write it with ``util.atomic.atomic_write_bytes``)."""
     header = {**header, "sections": [len(s) for s in sections]}
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    out.write(magic + struct.pack("<I", len(encoded)) + encoded)
-    for section in sections:
-        out.write(section)
+    return b"".join([magic, struct.pack("<I", len(encoded)), encoded, *sections])
 
 
 def read_header(handle: IO[bytes], magic: bytes, what: str) -> tuple[dict[str, Any], list[int]]:

@@ -35,6 +35,7 @@ from fastcdc import fastcdc
 from edgefleet.delta import container
 from edgefleet.delta.erofs import BLOCK, is_erofs
 from edgefleet.errors import DeltaRefused
+from edgefleet.util.atomic import atomic_write_bytes
 
 MAGIC = b"EFINDEX1"
 ID_BYTES = 16
@@ -196,10 +197,7 @@ def store_dictionary(pieces_dir: Path, dictionary: bytes) -> str:
     namespace = namespace_of(dictionary)
     path = dictionary_path(pieces_dir, namespace)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(dictionary)
-        os.replace(partial, path)
+        atomic_write_bytes(path, dictionary)
     return namespace
 
 
@@ -228,17 +226,12 @@ def build_index(image: Path, out: Path, pieces_dir: Path, mode: str | None = Non
             seen.add(ident)
             path = piece_path(pieces_dir, namespace, ident)
             if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(path.name + ".partial")
-                partial.write_bytes(compress.compress(data))
-                os.replace(partial, path)
+                atomic_write_bytes(path, compress.compress(data))
             pieces_bytes += path.stat().st_size
     header = {"mode": mode, "block": BLOCK, "cdc": list(CDC), "entries": len(lengths) // 4,
               "image_sha256": digest.hexdigest(), "image_length": image.stat().st_size, "pieces": len(seen),
               "pieces_bytes": pieces_bytes, "id": "sha256-128", "namespace": namespace,
               "dictionary_length": 0 if dictionary is None else len(dictionary)}
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as handle:
-        container.write(handle, MAGIC, header, [container.compressor().compress(bytes(ids) + bytes(lengths))])
-    os.replace(partial, out)
+    table = container.compressor().compress(bytes(ids) + bytes(lengths))
+    atomic_write_bytes(out, container.encode(MAGIC, header, [table]))
     return IndexInfo(out.stat().st_size, len(lengths) // 4, len(seen), pieces_bytes, mode, namespace)

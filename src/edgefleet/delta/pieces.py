@@ -7,9 +7,7 @@ of one namespace (``delta.index``).
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from edgefleet.delta.index import (
     piece_path,
 )
 from edgefleet.errors import DeltaRefused
+from edgefleet.util.atomic import atomic_write_bytes
 
 _RECORD = struct.Struct(f"<{ID_BYTES}sI")
 MAX_PIECE = max_piece_bytes(MAX_CHUNK)
@@ -107,25 +106,13 @@ class Unpacker:
         return not self._buffer
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def keep_piece(root: Path, namespace: str, ident: bytes, piece: bytes,
                unpacker: zstandard.ZstdDecompressor) -> bool:
-    """Check a piece and store it under ``root`` (atomically); returns whether it was new.
-    Raises DeltaRefused when it does not hold its chunk, OSError on the disk."""
+    """Check a piece and store it under ``root`` (atomically, durably); returns whether it
+    was new. Raises DeltaRefused when it does not hold its chunk, PersistError on the disk."""
     path = piece_path(root, namespace, ident)
     if path.exists():
         return False
     unpack_piece(ident, piece, unpacker=unpacker)
-    write_atomically(path, piece)
+    atomic_write_bytes(path, piece)
     return True

@@ -35,7 +35,6 @@ from edgefleet.delta.pieces import (
     decompressor,
     keep_piece,
     load_dictionary,
-    write_atomically,
 )
 from edgefleet.errors import (
     ConfigError,
@@ -270,11 +269,9 @@ class RepositoryService:
         """Keep the dictionary of ``namespace``. Raises InvalidRequest when it is not it."""
         try:
             check_dictionary(namespace, data)
-            write_atomically(dictionary_path(self.pieces, namespace), data)
         except DeltaRefused as exc:
             raise InvalidRequest(exc.message, code=exc.code) from exc
-        except OSError as exc:
-            raise PersistError(f"cannot store the dictionary: {exc}") from exc
+        atomic_write_bytes(dictionary_path(self.pieces, namespace), data)
 
     async def store_pieces(self, namespace: str, chunks: AsyncIterator[bytes]) -> int:
         """Keep each piece of an uploaded pack that holds the chunk its id names; returns
