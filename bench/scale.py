@@ -67,7 +67,8 @@ class Device:
     checkins: int = 0
 
 
-def seed(settings: ServerSettings, count: int, start: int, workdir: Path, key: Path) -> list[Device]:
+def seed(settings: ServerSettings, count: int, start: int, workdir: Path, key: Path, *,
+         labels: dict[str, str] | None = None, inventory: dict[str, object] | None = None) -> list[Device]:
     """``count`` devices enrolled as at the factory: a certificate each (one shared key:
     the server's cost per handshake is the same), a row each."""
     ca = settings.pki.load_ca()
@@ -80,7 +81,8 @@ def seed(settings: ServerSettings, count: int, start: int, workdir: Path, key: P
         path = workdir / f"{i}.pem"
         path.write_bytes(pem)
         devices.append(Device(device_id, path))
-        rows.append(dict(id=device_id, hardware_id=f"bench-{i}", site=f"site-{i % 500}", labels={}, inventory={},
+        rows.append(dict(id=device_id, hardware_id=f"bench-{i}", site=f"site-{i % 500}", labels=labels or {},
+                         inventory=inventory or {},
                          cert_serial=cert.serial, cert_not_after=cert.not_after, enrolled_at=now, status_seq=0,
                          health="ok", update_state="idle", desired_version=0, desired={}))
     asyncio.run(insert_rows(settings, rows))

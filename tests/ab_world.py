@@ -17,6 +17,7 @@ from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.hardware.vdevice import Bootloader
+from edgefleet.agent.state import StateDir
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import DeviceView
 from tests.cli_helpers import keys_init, release, server_args
@@ -74,23 +75,26 @@ class AbWorld:
         self.devices.append(emulated)
         return emulated
 
+    @staticmethod
+    def device_id(device: EmulatedDevice) -> str:
+        """From the agent's state directory: a device that reboots gets a new Agent object,
+        which knows its id only once it has read that directory."""
+        found = StateDir(device.device.agent_dir).load().device_id
+        assert found is not None, "the device has not enrolled"
+        return found
+
     def record(self, device: EmulatedDevice) -> DeviceView:
-        assert device.agent is not None
-        assert device.agent.device_id is not None
-        response = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{device.agent.device_id}")
+        response = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{self.device_id(device)}")
         return DeviceView.model_validate(response.json())
 
     def history(self, device: EmulatedDevice) -> list[dict[str, Any]]:
-        assert device.agent is not None
-        response = self.plane.client(role=Role.VIEWER).get(
-            f"/api/v1/admin/devices/{device.agent.device_id}/updates")
+        response = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{self.device_id(device)}/updates")
         events: list[dict[str, Any]] = response.json()["events"]
         return list(reversed(events))
 
     def assign(self, device: EmulatedDevice, version: str, **options: bool) -> None:
-        assert device.agent is not None
         response = self.plane.client(role=Role.OPERATOR).put(
-            f"/api/v1/admin/devices/{device.agent.device_id}/assignment", json={"release": version, **options})
+            f"/api/v1/admin/devices/{self.device_id(device)}/assignment", json={"release": version, **options})
         assert response.status_code == 200, response.text
 
 

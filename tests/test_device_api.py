@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from edgefleet.pki import create_ca, issue_device_certificate, make_csr, new_device_key
+from edgefleet.server.longpoll import REREADS
+from edgefleet.server.routes import device as route
 from tests.conftest import Fleet
 
 
@@ -41,6 +45,42 @@ def test_long_poll_answers_as_soon_as_the_desired_state_changes(fleet: Fleet) ->
     assert not poller.is_alive()
     assert result["r"].status_code == 200
     assert result["r"].json()["version"] == 1
+
+
+def test_long_polls_woken_together_read_the_database_a_few_at_a_time_and_all_get_the_change(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices = [fleet.enroll() for _ in range(REREADS * 2 + 4)]
+    real, inside, most = route.fresh_device_state, [0], [0]
+
+    async def slow_read(state: Any, device_id: str) -> Any:  # a busy database: each read takes a while
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            await asyncio.sleep(0.4)
+            return await real(state, device_id)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(route, "fresh_device_state", slow_read)
+    answers: dict[str, httpx.Response] = {}
+
+    def poll(device: Any) -> None:
+        answers[device.id] = device.client.get(f"/api/v1/devices/{device.id}/desired",
+                                               params={"known": 0, "wait": 30})
+
+    pollers = [threading.Thread(target=poll, args=(d,)) for d in devices]
+    for poller in pollers:
+        poller.start()
+    time.sleep(0.5)
+    operator = fleet.client(role="operator")
+    for device in devices:  # every change lands while the first woken reads are still running
+        operator.put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"wave": 1}})
+    for poller in pollers:
+        poller.join(30)
+    assert {d: (r.status_code, r.json()) for d, r in answers.items()} == {
+        d.id: (200, {"version": 1, "document": {"wave": 1}}) for d in devices}
+    assert most[0] == REREADS
 
 
 def test_long_poll_ends_with_204_when_nothing_changes(fleet: Fleet) -> None:

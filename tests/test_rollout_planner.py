@@ -135,6 +135,31 @@ def test_clean_rollout_goes_wave_by_wave_and_honours_bake_time() -> None:
     assert state.status is Status.COMPLETED
 
 
+def test_in_an_attesting_fleet_a_committed_device_succeeds_only_once_attested_against_the_release() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=2), deadline=timedelta(hours=1)),), attestation_required=True)
+    devices = {o.id: o for o in fleet(2, 1)}
+    state, _ = plan(spec, State(), list(devices.values()), T0)
+    for device_id in devices:  # both commit; dev-001's last passing attestation was of the old release
+        devices[device_id] = seen(commit(devices[device_id], T0), T0, attestation=None, attested_release=None)
+    devices["dev-001"] = replace(devices["dev-001"], attestation="passed", attested_release="2026.11.0")
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=1))
+    assert {d: p.state for d, p in state.devices.items()} == {"dev-000": DeviceState.UPDATING,
+                                                               "dev-001": DeviceState.UPDATING}
+    devices["dev-000"] = commit(devices["dev-000"], T0 + timedelta(minutes=2))  # attested against RELEASE
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=3))
+    assert state.devices["dev-000"].state is DeviceState.SUCCEEDED
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(hours=2))
+    assert state.devices["dev-001"].state is DeviceState.TIMED_OUT
+    assert state.devices["dev-001"].reason is not None
+    assert "did not attest against it" in state.devices["dev-001"].reason
+    # A fleet without TPMs: committing on health checks is success.
+    unattested = {o.id: seen(commit(o, T0), T0, attestation=None, attested_release=None) for o in fleet(2, 1)}
+    no_tpm = replace(spec, attestation_required=False)
+    state, _ = plan(no_tpm, State(), list(unattested.values()), T0)
+    state, _ = plan(no_tpm, state, list(unattested.values()), T0 + timedelta(minutes=1))
+    assert all(p.state is DeviceState.SUCCEEDED for p in state.devices.values())
+
+
 def test_first_failed_attestation_halts_before_the_next_wave() -> None:
     spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))))
     devices = {o.id: o for o in fleet(6, 3)}

@@ -294,8 +294,11 @@ def test_the_whole_agent_killed_with_9_during_outages_loses_no_record_it_wrote(p
     assert seqs == list(range(1, answer["stored_through"] + 1))  # once each, in order, no gap
     assert answer["stored_through"] >= written
     assert answer["dropped"] == 0
-    left = buffer.batch(100_000)  # written while stopping, shipped at the next start
-    assert left is None or left.first_seq == answer["stored_through"] + 1
+    # What is left is shipped at the next start: written while stopping, and possibly some the
+    # server stored but whose acknowledgement the stopping agent did not receive (sent again,
+    # stored once). No gap between what the server stored and what the buffer still holds.
+    left = buffer.batch(100_000)
+    assert left is None or left.first_seq <= answer["stored_through"] + 1
     kinds = {r["kind"] for r in answer["records"]}
     names = {json.loads(r["body"]).get("name") for r in answer["records"] if r["kind"] == "metric"}
     assert "log" in kinds

@@ -98,6 +98,9 @@ class Spec:
     # A told device still unseen after this long counts as offline. Until then it is
     # updating: it may be between two check-ins, or on its way to the first after waking.
     offline_after: timedelta = timedelta(minutes=2)
+    # The fleet attests (the server's attestation_required): a device succeeds only once it
+    # attested against this release. Without TPMs, committing on health checks suffices.
+    attestation_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,14 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
             return DeviceState.FAILED, ATTESTATION_FAILED
         why = f": {obs.update_reason}" if obs.update_reason else ""
         return DeviceState.FAILED, f"update {obs.update_state} on the device{why}"
-    if (obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
-            and obs.attestation != "failed"):
+    committed = obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
+    attested = obs is not None and obs.attestation == "passed" and obs.attested_release == spec.release
+    if committed and obs is not None and obs.attestation != "failed" and (attested or not spec.attestation_required):
         return DeviceState.SUCCEEDED, None
     if now >= started + wave.deadline:
+        if committed:
+            return DeviceState.TIMED_OUT, (f"committed {spec.release} but did not attest against it within the "
+                                           f"wave's deadline of {wave.deadline}")
         return DeviceState.TIMED_OUT, f"no verdict within the wave's deadline of {wave.deadline}"
     seen = obs is not None and obs.last_seen is not None and obs.last_seen >= started
     if seen or now < (place.told_at or started) + spec.offline_after:

@@ -91,7 +91,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     alerts = Alerts(settings, db, clock, metrics)
     presence = Presence()
     director = DirectorService(db, repository_service, clock, devices, long_polls)
-    controller = RolloutController(db, clock, director, alerts, presence, metrics, settings.rollout_tick_seconds)
+    controller = RolloutController(db, clock, director, alerts, presence, metrics, settings.rollout_tick_seconds,
+                                   settings.attestation_required)
     state = ServerState(
         settings=settings,
         db=db,
@@ -111,7 +112,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
                              long_polls, controller),
         rollouts=controller,
-        rollout_views=RolloutViews(db),
+        rollout_views=RolloutViews(db, controller.decoded),
         rate_limits=DeviceRateLimiter(settings.device_rate_per_second, settings.device_rate_burst,
                                       monotonic=clock.monotonic),
     )

@@ -87,7 +87,7 @@ class AttestationService:
                                 code="ek_not_trusted")
             pool = await asyncio.to_thread(load_vendor_pool, self.settings.tpm_vendor_roots)
             verify_ek_certificate(ek_certificate, ek, pool, self.clock.now())
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             current = await store.identity(conn, device_id)
             owner = await store.identity_by_ek(conn, ek_public)
         if current is not None and current.state == "active":
@@ -127,7 +127,7 @@ class AttestationService:
         the PCR values that signed release and its hardware model require. A device that
         claims another release must then match that release's reference measurements; a
         release being rolled out to it is not the yardstick until it has installed it."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             device = await get_device(conn, device_id)
         if device is None:
             raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")

@@ -6,7 +6,7 @@ import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path
 from starlette.requests import Request
@@ -15,7 +15,7 @@ from edgefleet.credentials import Role, TokenKind, parse_token, secret_matches
 from edgefleet.errors import Forbidden, Unauthenticated
 from edgefleet.pki import DeviceCertificate, verify_device_certificate
 from edgefleet.server.state import ServerState, server_state
-from edgefleet.store.devices import DeviceAuth, device_auth
+from edgefleet.store.devices import DeviceAuth, device_auth, device_auth_and_desired
 from edgefleet.store.tokens import admin_token
 
 log = logging.getLogger("edgefleet.server")
@@ -56,13 +56,26 @@ def _presented_certificate(state: ServerState, request: Request) -> DeviceCertif
 async def fresh_device_auth(state: ServerState, device_id: str) -> DeviceAuth | None:
     """Read a device's serial and desired version from the database, refreshing the cache."""
     read_at = state.devices.generation
-    async with state.db.transaction() as conn:
+    async with state.db.transaction(readonly=True) as conn:
         auth = await device_auth(conn, device_id)
+    _remember(state, device_id, auth, read_at)
+    return auth
+
+
+async def fresh_device_state(state: ServerState, device_id: str) -> tuple[DeviceAuth, dict[str, Any]] | None:
+    """``fresh_device_auth`` and the desired document, in one read."""
+    read_at = state.devices.generation
+    async with state.db.transaction(readonly=True) as conn:
+        found = await device_auth_and_desired(conn, device_id)
+    _remember(state, device_id, None if found is None else found[0], read_at)
+    return found
+
+
+def _remember(state: ServerState, device_id: str, auth: DeviceAuth | None, read_at: int) -> None:
     if auth is None:
         state.devices.forget(device_id)
     else:
         state.devices.put(device_id, auth, read_at)
-    return auth
 
 
 async def authenticate_device(request: Request, device_id: DeviceIdPath) -> AuthenticatedDevice:

@@ -82,14 +82,14 @@ class ChangeFeed:
         self.last_id = 0
 
     async def start(self) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             self.last_id = await latest_change(conn)
         self.cache.applied.clear()
         self.cache.synced = True
 
     async def poll(self) -> int:
         """Evict and wake what changed since the last poll; returns how many changes."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             changes = await changes_since(conn, self.last_id, FEED_BATCH)
         applied = self.cache.applied
         for change_id, device_id in changes:

@@ -162,7 +162,7 @@ class DirectorService:
         targets = await asyncio.to_thread(self.release_targets, release)
         image = next(t for t in targets if release_fields(t).get("kind") == "os-image")
         fits = release_fields(image).get("hardware_ids", [])
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             devices = await hardware_and_config(conn, device_ids)
             states = await director_versions(conn, device_ids)
         failed: dict[str, EdgefleetError] = {}
@@ -241,7 +241,7 @@ class DirectorService:
             if not await asyncio.to_thread(path.exists):
                 raise NotFound(f"no director root {match.group(1)}")
             return await asyncio.to_thread(path.read_bytes)
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             state = await director_state(conn, device_id)
         if state is None:
             # Nothing assigned yet: an empty, signed targets list (the device then knows
@@ -264,7 +264,7 @@ class DirectorService:
         """After a director root change: re-sign every device's metadata with the key the
         new root delegates to, as new versions, so each device notices and follows the
         rotation. Returns how many devices were re-signed."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             states = await all_director_states(conn)
         count = 0
         for state in states:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from edgefleet.server.metrics import Metrics
 
+REREADS = 8  # woken waiters reading the database at once
+
 
 class LongPolls:
     def __init__(self, limit: int, metrics: Metrics) -> None:
@@ -23,6 +25,9 @@ class LongPolls:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._count = 0
         self.closed = False
+        # Waiters woken by a change re-read their device a few at a time: a wave of thousands
+        # woken together would otherwise queue on the database pool and time out.
+        self.rereads = asyncio.Semaphore(REREADS)
 
     def notify(self, device_id: str) -> None:
         for event in self._waiters.get(device_id, ()):

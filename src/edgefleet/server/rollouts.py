@@ -48,6 +48,7 @@ log = logging.getLogger("edgefleet.server.rollouts")
 LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
 FOLLOW_EVERY = 5  # ticks between steps of a completed rollout
 FOLLOWED = 20  # completed rollouts followed at most (the newest per selection)
+PACE = 4.0  # the controller rests at least this many times its last step's duration
 
 
 def new_rollout_id() -> str:
@@ -90,27 +91,56 @@ class Leadership:
             self._conn = None
 
 
-def _selected(device: Row[Any], selector: dict[str, Any], group: str | None) -> bool:
-    return matches({**device.labels, "site": device.site}, selector) and (group is None or device.group == group)
+@dataclass(frozen=True)
+class Seen:
+    """A device as a step of the controller sees it: what the planner observes, plus its
+    accepted GitOps group and the release its director metadata names."""
+
+    observation: Observation
+    group: str | None
+    assigned: str | None
+
+    @property
+    def id(self) -> str:
+        return self.observation.id
 
 
-def _observation(device: Row[Any], presence: Presence) -> Observation:
-    return Observation(
-        device.id, {**device.labels, "site": device.site}, presence.latest(device.id) or device.last_seen_at,
-        device.running_version, device.update_phase or "idle", device.update_release,
-        None if device.attested is None else ("passed" if device.attested else "failed"), device.attested_release,
-        device.health, device.update_reason)
+Looks = dict[str, tuple[tuple[Any, ...], Seen]]  # device -> (its row and presence, what was seen)
 
 
-def _workload_observation(device: Row[Any], presence: Presence, release: str, workloads: dict[str, Any],
+def look(rows: Sequence[Row[Any]], presence: Presence, before: Looks) -> tuple[list[Seen], Looks]:
+    """The devices of ``rows`` as seen now. A device whose row and presence are those of
+    ``before`` is the same object again: on every step the controller reads every device,
+    and most did not change since the last step."""
+    seen, now = [], {}
+    for row in rows:
+        key = (*row, presence.latest(row.id))
+        hit = before.get(row.id)
+        if hit is None or hit[0] != key:
+            # JSON text on SQLite; PostgreSQL's driver has decoded it already.
+            labels = {**(json.loads(row.labels) if isinstance(row.labels, str) else row.labels or {}),
+                      "site": row.site}
+            hit = key, Seen(Observation(
+                row.id, labels, key[-1] or row.last_seen_at, row.running_version, row.update_phase or "idle",
+                row.update_release, None if row.attested is None else ("passed" if row.attested else "failed"),
+                row.attested_release, row.health, row.update_reason), row.group, row.assigned)
+        now[row.id] = hit
+        seen.append(hit[1])
+    return seen, now
+
+
+def _selected(device: Seen, selector: dict[str, Any], group: str | None) -> bool:
+    return matches(device.observation.labels, selector) and (group is None or device.group == group)
+
+
+def _workload_observation(device: Seen, release: str, workloads: dict[str, Any],
                           report: tuple[Any, Any, Any] | None) -> Observation:
     """A device in a workload rollout: where it stands with the rollout's workload set."""
     _, parts, statuses = report or (None, None, None)
     verdict = judge(workloads, parts, statuses)
-    return Observation(
-        device.id, {**device.labels, "site": device.site}, presence.latest(device.id) or device.last_seen_at,
-        release if verdict.phase == "committed" else None, verdict.phase, release,
-        health="failed" if verdict.phase == "failed" else "ok", update_reason=verdict.reason)
+    return replace(device.observation, running_version=release if verdict.phase == "committed" else None,
+                   update_state=verdict.phase, update_release=release, attestation=None, attested_release=None,
+                   health="failed" if verdict.phase == "failed" else "ok", update_reason=verdict.reason)
 
 
 def workloads_of(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,6 +165,25 @@ def group_rollouts(heads: Sequence[Row[Any]], group: str, kind: str) -> list[Row
             and _kind(r.spec) == kind]
 
 
+@dataclass(frozen=True)
+class Known:
+    """A rollout as this controller last read or stored it. While the stored version is the
+    same, its state need not be read and decoded again (it holds an entry per device)."""
+
+    id: str
+    release: str
+    selector: dict[str, Any]
+    spec: dict[str, Any]
+    version: int
+    state: State
+    previous: dict[str, Any]
+
+    @staticmethod
+    def of(row: RolloutRow) -> Known:
+        return Known(row.id, row.release, dict(row.selector), dict(row.spec), row.version,
+                     state_from_json(row.state), dict(row.previous))
+
+
 @dataclass
 class RolloutController:
     db: Database
@@ -144,9 +193,12 @@ class RolloutController:
     presence: Presence
     metrics: Metrics
     tick_seconds: float = 2.0
+    attestation_required: bool = False  # devices succeed only once attested against the release
     leadership: Leadership = field(init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _ticks: int = 0
+    _known: dict[str, Known] = field(default_factory=dict)
+    _looks: Looks = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.leadership = Leadership(self.db)
@@ -163,9 +215,9 @@ class RolloutController:
             await asyncio.to_thread(self.director.release_targets, request.release)
         spec = {**request.model_dump(mode="json"),
                 **({} if workloads is None else {"workloads": workloads, "workloads_before": workloads_before})}
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             active = [r for r in await rollout_heads(conn, statuses=ACTIVE) if _kind(r.spec) == _kind(spec)]
-            devices = await rollout_devices(conn)
+            devices = look(await rollout_devices(conn), self.presence, {})[0]
         mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
         for other in active:
             shared = mine & {d.id for d in devices if _selected(d, other.selector, other.spec.get("group"))}
@@ -193,7 +245,7 @@ class RolloutController:
         out once, whatever an operator later does with that rollout. Returns the groups
         that must wait (release not published yet, or an operator's rollout covers their
         devices); they are tried again on the next pass."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             existing = await rollout_heads(conn)
         waiting, who = [], f"gitops@{commit[:12]}"
         for name, group in sorted(groups.items()):
@@ -271,7 +323,7 @@ class RolloutController:
         if verb == "abort" and revert:
             await self._revert(row)
         self._wake.set()
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             fresh = await get_rollout(conn, rollout_id)
         assert fresh is not None
         return fresh
@@ -320,16 +372,32 @@ class RolloutController:
         async with self.db.transaction() as conn:
             await add_events(conn, row.id, events, self.clock.now())
 
+    def decoded(self, rollout_id: str, version: int) -> State | None:
+        """The planner's state of that version of a rollout, if this controller holds it."""
+        known = self._known.get(rollout_id)
+        return known.state if known is not None and known.version == version else None
+
+    def wake(self) -> None:
+        """Step now rather than at the next tick: a device of this process failed (a halt
+        should not wait for the tick). Other processes' news waits for the tick."""
+        self._wake.set()
+
     async def run(self) -> None:
+        """Step every ``tick_seconds``, but never sooner than ``PACE`` times the last step's
+        duration after it: a step reads every device, so over a large fleet under load the
+        controller would otherwise take the server's time from the devices it is updating.
+        A wake (a failure in this process) steps at once whatever the pace."""
+        loop = asyncio.get_running_loop()
         while True:
+            self._wake.clear()  # news that arrives during the step wakes the next one
+            began = loop.time()
             try:
                 with self.metrics.rollout_ticks.time():
                     await self.tick()
             except (StoreError, EdgefleetError) as exc:
                 log.warning("rollout controller step failed, will retry: %s", exc)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
+                await asyncio.wait_for(self._wake.wait(), max(self.tick_seconds, PACE * (loop.time() - began)))
 
     async def tick(self) -> int:
         """One step of every active rollout, if this process leads; returns decisions made.
@@ -341,7 +409,7 @@ class RolloutController:
         if not await self.leadership.held():
             return 0
         self._ticks += 1
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             heads = await rollout_heads(conn, statuses=(*ACTIVE, Status.COMPLETED))
         due, followed = [], set[str]()
         for head in heads:  # newest first
@@ -352,35 +420,40 @@ class RolloutController:
                 followed.add(key)
                 if self._ticks % FOLLOW_EVERY:
                     continue
-            due.append(head.id)
+            due.append(head)
+        current = {h.id for h in heads}
+        self._known = {k: v for k, v in self._known.items() if k in current}
         if not due:
             return 0
-        async with self.db.transaction() as conn:
-            devices = await rollout_devices(conn)
+        async with self.db.transaction(readonly=True) as conn:
+            devices, self._looks = look(await rollout_devices(conn), self.presence, self._looks)
         decisions, taken = 0, set[str]()
-        for rollout_id in due:
-            async with self.db.transaction() as conn:
-                found = await get_rollout(conn, rollout_id)
-            if found is None:
-                continue
-            count, told = await self._step(found, devices, taken)
+        for head in due:
+            known = self._known.get(head.id)
+            if known is None or known.version != head.version:  # changed elsewhere (or new)
+                async with self.db.transaction(readonly=True) as conn:
+                    found = await get_rollout(conn, head.id)
+                if found is None:
+                    continue
+                known = self._known[head.id] = Known.of(found)
+            count, told = await self._step(known, devices, taken)
             decisions += count
             taken |= told
         return decisions
 
-    async def _step(self, row: RolloutRow, everyone: Sequence[Row[Any]], taken: set[str]) -> tuple[int, set[str]]:
+    async def _step(self, row: Known, everyone: Sequence[Seen], taken: set[str]) -> tuple[int, set[str]]:
         """Plan and apply one step; returns the decisions made and the devices told a release
         now."""
         request = request_of(row.spec)
         workloads = workloads_of(row.spec)
         if workloads is not None:
             return await self._workload_step(row, request, workloads, everyone), set()
-        spec = spec_from_request(request)
-        state = state_from_json(row.state)
+        spec = replace(spec_from_request(request), attestation_required=self.attestation_required)
+        state = row.state
         devices = [d for d in everyone if _selected(d, row.selector, request.group)]
         if state.status is Status.COMPLETED:  # only its own devices, and joiners nobody assigned
             devices = [d for d in devices if d.id in state.devices or (d.assigned is None and d.id not in taken)]
-        observations = [_observation(d, self.presence) for d in devices]
+        observations = [d.observation for d in devices]
         now = self.clock.now()
         new_state, decisions = plan(spec, state, observations, now)
         previous = dict(row.previous)
@@ -404,16 +477,15 @@ class RolloutController:
                                row.release)
         return len(decisions), told
 
-    async def _workload_step(self, row: RolloutRow, request: RolloutRequest, workloads: dict[str, Any],
-                             everyone: Sequence[Row[Any]]) -> int:
+    async def _workload_step(self, row: Known, request: RolloutRequest, workloads: dict[str, Any],
+                             everyone: Sequence[Seen]) -> int:
         """One step of a workload rollout: the same planner, over what devices report of their
         workloads; told devices get the set in their signed configuration."""
-        state = state_from_json(row.state)
+        state = row.state
         devices = [d for d in everyone if _selected(d, row.selector, request.group)]  # joiners too
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(readonly=True) as conn:
             reports = await workload_reports(conn, [d.id for d in devices])
-        observations = [_workload_observation(d, self.presence, row.release, workloads, reports.get(d.id))
-                        for d in devices]
+        observations = [_workload_observation(d, row.release, workloads, reports.get(d.id)) for d in devices]
         now = self.clock.now()
         new_state, decisions = plan(spec_from_request(request), state, observations, now)
         if new_state != state and not await self._save(row, new_state, decisions, row.previous, now):
@@ -427,13 +499,15 @@ class RolloutController:
                 await self.director.assign_workloads(behind, workloads)
         return len(decisions)
 
-    async def _save(self, row: RolloutRow, state: State, decisions: Sequence[Any], previous: dict[str, Any],
+    async def _save(self, row: Known, state: State, decisions: Sequence[Any], previous: dict[str, Any],
                     now: datetime) -> bool:
         """Store a step (compare-and-swap), its audit events and any halt alert; False when
         another controller took this step."""
         async with self.db.transaction() as conn:
+            changed = {"previous": previous} if previous != row.previous else {}  # an entry per device
             if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(state),
-                                      status=str(state.status), previous=previous):
+                                      status=str(state.status), **changed):
+                self._known.pop(row.id, None)
                 return False
             await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)
             for decision in decisions:
@@ -441,6 +515,7 @@ class RolloutController:
                     await self.alerts.raise_alert(conn, "rollout_halted", row.id,
                                                   f"rollout {row.id} of {row.release} halted: {decision.reason}",
                                                   {"rollout": row.id, "reason": decision.reason})
+        self._known[row.id] = replace(row, version=row.version + 1, state=state, previous=previous)
         self.alerts.wake()
         return True
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AttestationStatus, Device, DeviceChange
@@ -41,10 +42,21 @@ _AUTH = (
 async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | None:
     """The hot path of every device request: one primary-key read (with the attestation gate)."""
     row = (await conn.execute(_AUTH, {"id": device_id})).first()
-    if row is None:
-        return None
+    return None if row is None else _auth_of(row)
+
+
+def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
     return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
                       bool(row.quarantined))
+
+
+_AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)
+
+
+async def device_auth_and_desired(conn: AsyncConnection, device_id: str) -> tuple[DeviceAuth, dict[str, Any]] | None:
+    """``device_auth`` and the desired document it versions, in one read (a woken long poll)."""
+    row = (await conn.execute(_AUTH_AND_DESIRED, {"id": device_id})).first()
+    return None if row is None else (_auth_of(row), row.desired)
 
 
 # Statements of the check-in path are built once: SQLAlchemy then computes each one's cache

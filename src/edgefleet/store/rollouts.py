@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Text, bindparam, insert, select, type_coerce, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,8 +19,12 @@ async def create_rollout(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(RolloutRow).values(**row))
 
 
-async def get_rollout(conn: AsyncConnection, rollout_id: str) -> RolloutRow | None:
-    found = (await conn.execute(select(RolloutRow.__table__).where(RolloutRow.id == rollout_id))).first()
+async def get_rollout(conn: AsyncConnection, rollout_id: str, *, with_state: bool = True) -> RolloutRow | None:
+    """The whole rollout; without the planner's state and the previous releases (an entry
+    per device each: ``state`` and ``previous`` are then None) unless ``with_state``."""
+    table = RolloutRow.__table__
+    columns = table.c if with_state else [c for c in table.c if c.name not in ("state", "previous")]
+    found = (await conn.execute(select(*columns).where(RolloutRow.id == rollout_id))).first()
     return None if found is None else RolloutRow(**found._mapping)
 
 
@@ -70,8 +74,10 @@ async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
     """Every device as the rollout controller sees it, in one query: labels, presence, what it
     runs and reports about its update, its accepted GitOps group, its last attestation
     verdict and the release its director metadata names. Only the fields it needs: the
-    controller reads this on every step."""
-    stmt = (select(Device.id, Device.site, Device.labels, Device.last_seen_at, Device.running_version,
+    controller reads this on every step. On SQLite the labels come as their JSON text,
+    decoded only for a device whose row changed since the controller's last step."""
+    stmt = (select(Device.id, Device.site, type_coerce(Device.labels, Text).label("labels"), Device.last_seen_at,
+                   Device.running_version,
                    Device.health, Device.status["update"]["phase"].as_string().label("update_phase"),
                    Device.status["update"]["release"].as_string().label("update_release"),
                    Device.status["update"]["reason"].as_string().label("update_reason"),

@@ -99,7 +99,7 @@ class AttestationIdentity(Base):
     __tablename__ = "attestation_identities"
 
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary, index=True)
     ak_public: Mapped[bytes] = mapped_column(LargeBinary)
     credential_digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))  # pending | active

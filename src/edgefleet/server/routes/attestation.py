@@ -75,7 +75,10 @@ async def quote(device: CurrentDevice, request: Request) -> AttestationResult:
         raise InvalidRequest("PCR values and nonce are hex", code="invalid_request") from exc
     evidence = Evidence(_b64(body.attest, "attest"), _b64(body.signature, "signature"), values,
                         _b64(body.event_log, "event_log"))
-    passed = await server_state(request).attestation.submit_quote(device.id, nonce_bytes, evidence)
+    state = server_state(request)
+    passed = await state.attestation.submit_quote(device.id, nonce_bytes, evidence)
+    if not passed:
+        state.rollouts.wake()  # a rollout halts on it now, not at its next tick
     return AttestationResult(passed=passed)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
 from edgefleet.protocol.v1 import DesiredState, DeviceView, EnrollRequest, EnrollResponse, StatusAck, StatusReport
-from edgefleet.server.auth import CurrentDevice, fresh_device_auth
+from edgefleet.server.auth import CurrentDevice, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
@@ -43,13 +43,22 @@ async def check_in(
     state.presence.seen(device.id, state.clock.now())
     state.attestation.gate(device.auth)
     version = device.desired_version
+    found: tuple[int, dict[str, Any]] | None = None  # read together with a woken wait's version
     if version == known and wait > 0:
 
         async def read_version() -> int:
             # The change feed evicts a changed device from the cache (and wakes this wait),
             # so a cached entry is current: a re-check costs no query until something changed.
-            auth = state.devices.get(device.id) or await fresh_device_auth(state, device.id)
-            return known if auth is None else auth.desired_version
+            nonlocal found
+            auth = state.devices.get(device.id)
+            if auth is not None:
+                return auth.desired_version
+            async with state.long_polls.rereads:  # a wave wakes thousands at once: a few at a time
+                fresh = await fresh_device_state(state, device.id)
+            if fresh is None:
+                return known
+            found = (fresh[0].desired_version, fresh[1])
+            return found[0]
 
         version = await state.long_polls.wait(
             device.id, known, version, min(wait, state.settings.long_poll_max_seconds), read_version)
@@ -57,8 +66,9 @@ async def check_in(
     if version == known:
         state.metrics.checkins.labels("not_modified").inc()
         return Response(status_code=204)
-    async with state.db.transaction() as conn:
-        found = await desired_state(conn, device.id)
+    if found is None or found[0] != version:
+        async with state.db.transaction(readonly=True) as conn:
+            found = await desired_state(conn, device.id)
     if found is None:
         raise NotFound(f"device {device.id} vanished during check-in")
     state.metrics.checkins.labels("updated").inc()
@@ -77,6 +87,8 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
                                            update_state=body.update_state)
         if accepted and body.update is not None and body.update.events:
             await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
+    if accepted and body.update is not None and body.update.phase in ("rolled_back", "failed"):
+        state.rollouts.wake()  # a failed update may cross a rollout's failure threshold
     if accepted and body.config is not None:
         await state.gitops.observe(device.id, body.config.model_dump(), body.desired_version_applied)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
@@ -98,7 +110,7 @@ async def director_file(
 async def own_record(device: CurrentDevice, request: Request) -> DeviceView:
     """A device reads its own record."""
     state = server_state(request)
-    async with state.db.transaction() as conn:
+    async with state.db.transaction(readonly=True) as conn:
         row = await get_device(conn, device.id)
     if row is None:
         raise NotFound(f"device {device.id} not found")
