@@ -48,7 +48,8 @@ log = logging.getLogger("edgefleet.server.rollouts")
 LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
 FOLLOW_EVERY = 5  # ticks between steps of a completed rollout
 FOLLOWED = 20  # completed rollouts followed at most (the newest per selection)
-PACE = 4.0  # the controller rests at least this many times its last step's duration
+PACE = 4.0  # the controller rests at least this many times its last step's duration...
+MAX_REST = 10.0  # ...but never longer than this (news from other processes waits for the step)
 
 
 def new_rollout_id() -> str:
@@ -384,9 +385,9 @@ class RolloutController:
 
     async def run(self) -> None:
         """Step every ``tick_seconds``, but never sooner than ``PACE`` times the last step's
-        duration after it: a step reads every device, so over a large fleet under load the
-        controller would otherwise take the server's time from the devices it is updating.
-        A wake (a failure in this process) steps at once whatever the pace."""
+        duration after it (at most ``MAX_REST``): a step reads every device, so over a large
+        fleet under load the controller would otherwise take the server's time from the
+        devices it is updating. A wake (a failure in this process) steps at once."""
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()  # news that arrives during the step wakes the next one
@@ -397,7 +398,8 @@ class RolloutController:
             except (StoreError, EdgefleetError) as exc:
                 log.warning("rollout controller step failed, will retry: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(self.tick_seconds, PACE * (loop.time() - began)))
+                rest = max(self.tick_seconds, min(MAX_REST, PACE * (loop.time() - began)))
+                await asyncio.wait_for(self._wake.wait(), rest)
 
     async def tick(self) -> int:
         """One step of every active rollout, if this process leads; returns decisions made.
