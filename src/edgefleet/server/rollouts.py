@@ -505,10 +505,12 @@ class RolloutController:
                     now: datetime) -> bool:
         """Store a step (compare-and-swap), its audit events and any halt alert; False when
         another controller took this step."""
+        # Encoded before the transaction: an entry per device, not to be built while holding
+        # SQLite's writer turn. The previous releases are stored only when they changed.
+        values = {"state": state_to_json(state), "status": str(state.status),
+                  **({"previous": previous} if previous != row.previous else {})}
         async with self.db.transaction() as conn:
-            changed = {"previous": previous} if previous != row.previous else {}  # an entry per device
-            if not await save_rollout(conn, row.id, row.version, now, state=state_to_json(state),
-                                      status=str(state.status), **changed):
+            if not await save_rollout(conn, row.id, row.version, now, **values):
                 self._known.pop(row.id, None)
                 return False
             await add_events(conn, row.id, [(d.kind, d.device_id, d.reason) for d in decisions], now)

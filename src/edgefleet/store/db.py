@@ -65,28 +65,22 @@ class WriterTurn:
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: asyncio.Task[Any] | None = None
-        self._depth = 0
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
         task = asyncio.current_task()
         if self._owner is not None and self._owner is task:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
+            yield  # nested inside the holder's own transaction, which releases the turn
             return
         loop = asyncio.get_running_loop()
         if self._lock is None or self._loop is not loop:  # a lock serves the loop it was made in
             self._lock, self._loop = asyncio.Lock(), loop
-        lock = self._lock
-        async with lock:
-            self._owner, self._depth = task, 1
+        async with self._lock:
+            self._owner = task
             try:
                 yield
             finally:
-                self._owner, self._depth = None, 0
+                self._owner = None
 
 
 class Database:
