@@ -330,7 +330,7 @@ async def run_config(backend: str, processes: int, steps: list[int], args: argpa
 
 GROUPS = (("event loop: uvloop's C code (socket I/O, TLS records)", ("runners.py:run", "uvloop")),
           ("ssl / TLS", ("ssl.py", "_ssl", "sslproto")), ("asyncpg / SQLAlchemy", ("asyncpg", "sqlalchemy")),
-          ("aiosqlite / sqlite3", ("aiosqlite", "sqlite3")),
+          ("sqlite3", ("sqlite3", "inline_sqlite")),
           ("uvicorn / HTTP parsing", ("uvicorn", "httptools", "h11")),
           ("FastAPI / Starlette / pydantic", ("fastapi", "starlette", "pydantic")),
           ("edgefleet", ("edgefleet",)), ("asyncio", ("asyncio", "selectors")))

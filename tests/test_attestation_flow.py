@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -102,6 +103,18 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
 
 
+def test_a_verdict_updates_this_servers_cache_of_the_device_and_the_change_feed_leaves_it(
+        plane: Fleet, emulator: Swtpm) -> None:
+    dev, log = boot(plane, emulator)
+    dev.enroll_identity()
+    assert dev.attest(log).json() == {"passed": True}
+    time.sleep(3 * plane.settings.device_cache_sync_seconds)  # the feed has passed the verdict's change
+    cached = plane.server.state.devices.get(dev.device.id)  # the next request needs no database read
+    assert cached is not None
+    assert cached.attested_at is not None
+    assert not cached.quarantined
+
+
 def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fleet, emulator: Swtpm) -> None:
     dev, log = boot(plane, emulator, kernel=b"vmlinuz 6.1 golden + implant")
     dev.enroll_identity()
@@ -122,7 +135,7 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     assert dev.device.client.get(f"{url}/desired").json()["error"]["code"] == "attestation_required"
 
 
-@pytest.mark.parametrize("case", ["replayed", "expired", "other_device", "never_issued"])
+@pytest.mark.parametrize("case", ["replayed", "expired", "other_device", "never_issued", "altered_expiry"])
 def test_bad_nonces_are_refused_and_grant_nothing(plane: Fleet, emulator: Swtpm, tmp_path: Path, case: str) -> None:
     dev, log = boot(plane, emulator)
     dev.enroll_identity()
@@ -136,6 +149,11 @@ def test_bad_nonces_are_refused_and_grant_nothing(plane: Fleet, emulator: Swtpm,
             other, _ = boot(plane, other_tpm)
             other.enroll_identity()
             nonce = other.post("nonce").json()["nonce"]
+    elif case == "altered_expiry":  # pushed an hour later: the HMAC no longer matches
+        raw = bytearray(bytes.fromhex(nonce))
+        raw[12:16] = (int.from_bytes(raw[12:16], "big") + 3600).to_bytes(4, "big")
+        plane.clock.advance(61)
+        nonce = raw.hex()
     else:
         nonce = os.urandom(32).hex()
     before = plane.rows()

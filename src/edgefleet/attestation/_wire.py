@@ -10,6 +10,10 @@ from edgefleet.errors import InvalidRequest
 MAX_STRUCTURE = 4096
 
 
+_BIG = tuple(struct.Struct(">" + f) for f in "HIQ")
+_LITTLE = tuple(struct.Struct("<" + f) for f in "HIQ")
+
+
 class Reader:
     """A reader that refuses to read past the end or to stop early. TPM structures are
     big-endian (the default); the TCG event log is little-endian."""
@@ -20,7 +24,7 @@ class Reader:
         if len(data) > limit:
             raise self.error(f"{len(data)} bytes is over the {limit} byte bound")
         self.data, self.at = data, 0
-        self._u16, self._u32, self._u64 = (struct.Struct(("<" if little_endian else ">") + f) for f in "HIQ")
+        self._u16, self._u32, self._u64 = _LITTLE if little_endian else _BIG
 
     def error(self, message: str) -> InvalidRequest:
         return InvalidRequest(f"{self.what}: {message}", code=self.code)

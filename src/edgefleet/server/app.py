@@ -24,7 +24,8 @@ from edgefleet.server.attestation import AttestationService
 from edgefleet.server.dashboard import routes as dashboard
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
-from edgefleet.server.errors import install_error_handlers
+from edgefleet.server.errors import OverloadLog, install_error_handlers
+from edgefleet.server.fastpath import DeviceFastPath
 from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
@@ -41,6 +42,7 @@ from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
 
 log = logging.getLogger("edgefleet.server")
+NONCE_PRUNE_SECONDS = 60.0
 
 
 async def _refresh_timestamps(state: ServerState, interval: float) -> None:
@@ -129,6 +131,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
             asyncio.create_task(_refresh_timestamps(state, settings.timestamp_check_seconds)),
             asyncio.create_task(state.alerts.run()),
             asyncio.create_task(state.rollouts.run()),
+            asyncio.create_task(state.attestation.prune_nonces(NONCE_PRUNE_SECONDS)),
         ]
         if settings.gitops:
             await restore_self_heal(state.gitops)
@@ -179,7 +182,9 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         directory = settings.data_dir / "repository" / part
         directory.mkdir(parents=True, exist_ok=True)
         app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")
-    install_error_handlers(app)
+    overload = OverloadLog()
+    install_error_handlers(app, overload)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(DeviceFastPath, overload=overload)  # a device update's requests, past FastAPI's stack
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=_streams_large_bodies)
     return app

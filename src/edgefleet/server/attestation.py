@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
@@ -26,15 +27,17 @@ from edgefleet.attestation.verifier import (
     verify_quote,
 )
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
+from edgefleet.errors import Conflict, Forbidden, InvalidRequest, StoreError, Unauthenticated
 from edgefleet.releases.image import release_fields
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.metrics import Metrics
+from edgefleet.server.nonces import NonceMint, ensure_nonce_key
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store import attestation as store
-from edgefleet.store.devices import DeviceAuth, changed, get_device
+from edgefleet.store.devices import DeviceAuth, changed, device_auth, get_device
+from edgefleet.store.schema import Device
 
 log = logging.getLogger("edgefleet.attestation")
 
@@ -65,6 +68,12 @@ class AttestationService:
     repository: RepositoryService
     devices: DeviceCache
     metrics: Metrics
+
+    def __post_init__(self) -> None:
+        self.nonces = NonceMint(ensure_nonce_key(self.settings.data_dir / "keys" / "nonce.key"))
+        # Building an RSA key from its numbers costs more than verifying a signature with
+        # it; a device quotes with the same attestation key every time.
+        self.attestation_key = lru_cache(maxsize=65536)(parse_public)
 
     async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes,
                               ek_certificate: bytes | None = None) -> Challenge | None:
@@ -110,27 +119,36 @@ class AttestationService:
         async with self.db.transaction() as conn:
             if not await store.activate_identity(conn, device_id, credential_digest(credential), self.clock.now()):
                 raise Unauthenticated(f"credential activation of {device_id} failed", code="activation_failed")
+            change = await changed(conn, device_id, self.clock.now())  # its auth now has a TPM identity
+        self.devices.forget(device_id)
+        self.devices.applied.add(change)
         log.info("TPM identity of %s activated (EK and AK proven to share a TPM)", device_id)
 
-    async def issue_nonce(self, device_id: str) -> NonceIssued:
-        async with self.db.transaction() as conn:
-            current = await store.identity(conn, device_id)
-            if current is None or current.state != "active":
-                raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
-            nonce = os.urandom(32)
-            ttl = timedelta(seconds=self.settings.attestation_nonce_seconds)
-            await store.insert_nonce(conn, nonce.hex(), device_id, self.clock.now() + ttl)
+    def issue_nonce(self, device_id: str, auth: DeviceAuth) -> NonceIssued:
+        """A nonce bound to the device, expiring after ``attestation_nonce_seconds``
+        (``server/nonces.py``: nothing is stored until it is spent). Raises Conflict
+        when the device has no active TPM identity (as its cached auth says)."""
+        if not auth.tpm_identity:
+            raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
+        ttl = timedelta(seconds=self.settings.attestation_nonce_seconds)
+        nonce = self.nonces.issue(device_id, self.clock.now() + ttl)
         return NonceIssued(nonce, tuple(self.settings.attestation_pcrs), "sha256", ttl)
 
-    async def policy_for(self, device_id: str) -> tuple[Policy, str | None]:
+    async def prune_nonces(self, interval: float) -> None:
+        """Forget spent nonces once they have expired (an expired nonce is refused anyway)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.transaction() as conn:
+                    await store.prune_nonces(conn, self.clock.now())
+            except StoreError as exc:
+                log.warning("could not prune spent attestation nonces: %s", exc)
+
+    def policy_for(self, device: Device) -> tuple[Policy, str | None]:
         """The release the device runs (its last report, else its enrollment inventory) and
         the PCR values that signed release and its hardware model require. A device that
         claims another release must then match that release's reference measurements; a
         release being rolled out to it is not the yardstick until it has installed it."""
-        async with self.db.transaction(readonly=True) as conn:
-            device = await get_device(conn, device_id)
-        if device is None:
-            raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
         release = device.running_version or device.inventory.get("os_version")
         expected: dict[int, bytes] = {}
         baseline = self.settings.attestation_baselines.get(str(device.inventory.get("hardware_type")), {})
@@ -151,20 +169,25 @@ class AttestationService:
         recorded: the request is simply refused).
         """
         now = self.clock.now()
+        expires = self.nonces.expiry(device_id, nonce)
+        if expires is None or expires <= now:
+            raise Conflict(f"nonce refused for {device_id} (not issued to it, or expired)", code="nonce_refused")
         async with self.db.transaction() as conn:
-            if not await store.claim_nonce(conn, nonce.hex(), device_id, now):
-                raise Conflict(f"nonce refused for {device_id} (unknown, used, expired or not its own)",
-                               code="nonce_refused")
+            if not await store.spend_nonce(conn, nonce.hex(), device_id, expires, now):
+                raise Conflict(f"nonce refused for {device_id} (already used)", code="nonce_refused")
             current = await store.identity(conn, device_id)
             previous = await store.status(conn, device_id)
+            device = await get_device(conn, device_id)
+        if device is None:
+            raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
         if current is None or current.state != "active":
             raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
-        policy, release = await self.policy_for(device_id)
+        policy, release = self.policy_for(device)
         previous_clock = None if previous is None else ClockInfo(previous.clock, previous.reset_count,
                                                                  previous.restart_count, True)
         request = QuoteRequest(nonce, tuple(self.settings.attestation_pcrs))
-        verdict = await asyncio.to_thread(verify_quote, parse_public(current.ak_public), request, evidence, policy,
-                                          previous_clock)
+        verdict = await asyncio.to_thread(verify_quote, self.attestation_key(current.ak_public), request, evidence,
+                                          policy, previous_clock)
         if not policy.expected:
             # Stricter than "authentic and fresh": a quote proves nothing about what booted
             # unless there is something to compare it with.
@@ -172,14 +195,22 @@ class AttestationService:
                                "or hardware baseline"), verdict.clock, verdict.pcr_values)
         clock = verdict.clock or previous_clock
         quarantined = (previous is not None and previous.quarantined) or not verdict.passed
+        read_at = self.devices.generation
         async with self.db.transaction() as conn:
             await store.save_status(
                 conn, device_id, passed=verdict.passed, attested_at=now, failures={"checks": list(verdict.failures)},
                 release=release, quarantined=quarantined, reset_count=clock.reset_count if clock else 0,
                 restart_count=clock.restart_count if clock else 0, clock=clock.clock if clock else 0,
             )
-            await changed(conn, device_id, now)
-        self.devices.forget(device_id)
+            change = await changed(conn, device_id, now)
+            auth = await device_auth(conn, device_id)
+        # This process knows the device's new auth (attested, or quarantined): cached now,
+        # unless another eviction overlapped the read. Its long poll has nothing new to hear.
+        if auth is not None and read_at == self.devices.generation:
+            self.devices.put(device_id, auth, read_at)
+        else:
+            self.devices.forget(device_id)
+        self.devices.applied.add(change)
         self.metrics.attestations.labels("passed" if verdict.passed else "failed").inc()
         if verdict.passed:
             log.info("attestation of %s passed (release %s)", device_id, release)

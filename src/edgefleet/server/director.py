@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tuf.api.metadata import Metadata, TargetFile, Targets
@@ -49,6 +49,7 @@ class Assignment:
 
 T = TypeVar("T")
 ASSIGN_BATCH = 500  # devices per round trip of assign_many
+SIGNED_FILES_CACHED = 4096  # devices whose newest snapshot and targets are kept in memory
 
 
 def _next_versions(current: DirectorState | Versions | None) -> tuple[int, int]:
@@ -77,6 +78,39 @@ async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class SignedFiles:
+    """Each device's newest director snapshot and targets, as signed or last read, by
+    version. A device reads its timestamp, then the snapshot and targets it names: those
+    two come from here instead of the database. A version's files never change (a new
+    assignment is a new version), so any server process may serve what it holds; one that
+    has not seen a device's newer version yet may still serve the older one's, which the
+    device's TUF client judges against the timestamp it just read. Bounded: the devices
+    least recently stored go first."""
+
+    def __init__(self, limit: int = SIGNED_FILES_CACHED) -> None:
+        self.limit = limit
+        self._files: dict[str, tuple[int, bytes, bytes]] = {}
+
+    def keep(self, device_id: str, version: int, snapshot: bytes, targets: bytes) -> None:
+        current = self._files.pop(device_id, None)
+        if current is not None and current[0] > version:
+            self._files[device_id] = current  # a read that raced a newer assignment
+            return
+        while len(self._files) >= self.limit:
+            del self._files[next(iter(self._files))]
+        self._files[device_id] = (version, snapshot, targets)
+
+    def get(self, device_id: str, name: str) -> bytes | None:
+        held = self._files.get(device_id)
+        if held is None:
+            return None
+        if name == f"{held[0]}.snapshot.json":
+            return held[1]
+        if name == f"{held[0]}.targets.json":
+            return held[2]
+        return None
+
+
 @dataclass
 class DirectorService:
     db: Database
@@ -84,6 +118,7 @@ class DirectorService:
     clock: Clock
     devices: DeviceCache
     long_polls: LongPolls
+    signed: SignedFiles = field(default_factory=SignedFiles)
 
     def release_targets(self, release: str) -> list[TargetFile]:
         """The image and artifacts of ``release`` as the image repository publishes them."""
@@ -194,6 +229,9 @@ class DirectorService:
             if device_id not in stored:
                 failed[device_id] = Conflict(f"device {device_id} was reassigned concurrently; retry",
                                              code="concurrent_change")
+        for (device_id, _, _), files in zip(todo, signed, strict=True):
+            if device_id in stored:
+                self.signed.keep(device_id, files.version, files.snapshot, files.targets)
         for assignment in done:
             self.devices.forget(assignment.device_id)
             self.long_polls.notify(assignment.device_id)
@@ -241,6 +279,9 @@ class DirectorService:
             if not await asyncio.to_thread(path.exists):
                 raise NotFound(f"no director root {match.group(1)}")
             return await asyncio.to_thread(path.read_bytes)
+        held = self.signed.get(device_id, name)
+        if held is not None:
+            return held
         async with self.db.transaction(readonly=True) as conn:
             state = await director_state(conn, device_id)
         if state is None:
@@ -252,6 +293,7 @@ class DirectorService:
                     await save_assignment(conn, device_id, None, files, self.clock.now(), previous_version=None)
                 state = await director_state(conn, device_id)
             assert state is not None
+        self.signed.keep(device_id, state.version, state.snapshot, state.targets)
         if name == "timestamp.json":
             return await self._fresh_timestamp(device_id, state)
         if name == f"{state.version}.snapshot.json":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,7 +28,7 @@ from edgefleet.errors import (
     StoreError,
     Unauthenticated,
 )
-from edgefleet.server.state import server_state
+from edgefleet.server.state import ServerState, server_state
 
 log = logging.getLogger("edgefleet.server")
 
@@ -82,35 +82,44 @@ class OverloadLog:
         return True, self._quiet.pop(code, 0)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    overload = OverloadLog()
+def refusal(state: ServerState, method: str, path: str, exc: EdgefleetError, overload: OverloadLog) -> JSONResponse:
+    """The answer to a request refused with ``exc``: counted, logged (429s and 503s
+    sparingly), and shown with a generic message where the reason would help an attacker."""
+    status = status_for(exc)
+    state.metrics.refusals.labels(exc.code).inc()
+    # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
+    level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
+    shown, left_out = overload.should_log(exc.code) if status in (429, 503) else (True, 0)
+    if shown:
+        more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
+        log.log(level, "refused %s %s -> %d %s: %s%s", method, path, status, exc.code, exc.message, more)
+    bearer = status == 401 and path.startswith("/api/v1/admin")
+    headers = {"www-authenticate": "Bearer"} if bearer else None
+    if isinstance(exc, RateLimited):
+        headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
+
+
+def invalid(state: ServerState, method: str, path: str, errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
+    """The answer to a request that failed validation (pydantic's ``errors()``)."""
+    # Keep location, message and type; never echo the (possibly huge) input back.
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+               for e in errors[:20]]
+    state.metrics.refusals.labels("invalid_request").inc()
+    log.warning("refused %s %s -> 422 invalid_request: %s", method, path,
+                "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details))
+    return error_response(422, "invalid_request", "request failed validation", details)
+
+
+def install_error_handlers(app: FastAPI, overload: OverloadLog) -> None:
 
     async def on_edgefleet_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EdgefleetError)
-        status = status_for(exc)
-        server_state(request).metrics.refusals.labels(exc.code).inc()
-        # 404s are routine (TUF clients probe for root N+1); refusals are worth a warning.
-        level = logging.ERROR if status >= 500 else logging.INFO if status == 404 else logging.WARNING
-        shown, left_out = overload.should_log(exc.code) if status in (429, 503) else (True, 0)
-        if shown:
-            more = f" ({left_out} more like it in the last {overload.window:g} s)" if left_out else ""
-            log.log(level, "refused %s %s -> %d %s: %s%s", request.method, request.url.path, status, exc.code,
-                    exc.message, more)
-        bearer = status == 401 and request.url.path.startswith("/api/v1/admin")
-        headers = {"www-authenticate": "Bearer"} if bearer else None
-        if isinstance(exc, RateLimited):
-            headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
-        return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
+        return refusal(server_state(request), request.method, request.url.path, exc, overload)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        # Keep location, message and type; never echo the (possibly huge) input back.
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                   for e in exc.errors()[:20]]
-        server_state(request).metrics.refusals.labels("invalid_request").inc()
-        log.warning("refused %s %s -> 422 invalid_request: %s", request.method, request.url.path,
-                    "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details))
-        return error_response(422, "invalid_request", "request failed validation", details)
+        return invalid(server_state(request), request.method, request.url.path, exc.errors())
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

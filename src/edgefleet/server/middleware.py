@@ -110,6 +110,10 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             route: Any = scope.get("route")
-            name = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - start)
+            record_request(self.metrics, scope["method"], getattr(route, "path", "unmatched"), status, start)
+
+
+def record_request(metrics: Metrics, method: str, route: str, status: int, started: float) -> None:
+    """Count a request by method, route template and status, and time it."""
+    metrics.requests.labels(method, route, str(status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import socket
@@ -85,6 +86,7 @@ def serve(settings: ServerSettings) -> None:
     if not settings.pki.exists():
         raise ConfigError(f"no PKI in {settings.pki.directory}; run `edgefleet server init` first")
     raise_open_files_limit()
+    tune_garbage_collector()
     if settings.clock_speed > 1:
         log.warning("VIRTUAL CLOCK: %g times real time (a simulation, never a fleet)", settings.clock_speed)
     app = create_app(settings)
@@ -95,6 +97,19 @@ def serve(settings: ServerSettings) -> None:
     server.run(sockets=[sock])
     if not server.started:
         raise ConfigError("the control plane failed to start; see the log above")
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Collect young objects every 50,000 allocations instead of 700 (and the older
+    generations correspondingly less often). A server holding 10,000 device connections
+    has a large heap of long-lived objects that each older-generation collection walks:
+    with the defaults, collections cost a fifth of the control plane's CPU in a
+    10,000-device rollout (10.0 ms per device update against 8.2 with the collector off;
+    these thresholds: 8.1). Memory held by cyclic garbage waits a little longer."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def raise_open_files_limit() -> int:

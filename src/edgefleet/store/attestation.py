@@ -5,15 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AttestationIdentity, AttestationNonce, AttestationStatus
 
+# The statements of an attestation (a quote) are built once: SQLAlchemy then computes
+# each one's cache key once, not on every execution.
+_IDENTITY = select(AttestationIdentity.__table__).where(AttestationIdentity.device_id == bindparam("b_id"))
+_SPEND: dict[str, Any] = {"nonce": bindparam("b_nonce"), "device_id": bindparam("b_id"),
+                          "expires_at": bindparam("b_expires"), "used_at": bindparam("b_now")}
+_SPEND_SQLITE = (sqlite.insert(AttestationNonce).values(_SPEND).on_conflict_do_nothing(index_elements=["nonce"])
+                 .returning(AttestationNonce.nonce))
+_SPEND_POSTGRESQL = (postgresql.insert(AttestationNonce).values(_SPEND)
+                     .on_conflict_do_nothing(index_elements=["nonce"]).returning(AttestationNonce.nonce))
+_STATUS = select(AttestationStatus.__table__).where(AttestationStatus.device_id == bindparam("b_id"))
+
 
 async def identity(conn: AsyncConnection, device_id: str) -> AttestationIdentity | None:
-    row = (await conn.execute(select(AttestationIdentity.__table__)
-                              .where(AttestationIdentity.device_id == device_id))).first()
+    row = (await conn.execute(_IDENTITY, {"b_id": device_id})).first()
     return None if row is None else AttestationIdentity(**row._mapping)
 
 
@@ -36,25 +47,16 @@ async def activate_identity(conn: AsyncConnection, device_id: str, digest: str, 
     return result.first() is not None
 
 
-async def insert_nonce(conn: AsyncConnection, nonce: str, device_id: str, expires_at: datetime) -> None:
-    await conn.execute(insert(AttestationNonce).values(nonce=nonce, device_id=device_id, expires_at=expires_at))
-
-
-async def claim_nonce(conn: AsyncConnection, nonce: str, device_id: str, now: datetime) -> bool:
-    """Spend a nonce: only the device it was issued to, once, before it expires."""
-    result = await conn.execute(
-        update(AttestationNonce)
-        .where(AttestationNonce.nonce == nonce, AttestationNonce.device_id == device_id,
-               AttestationNonce.used_at.is_(None), AttestationNonce.expires_at > now)
-        .values(used_at=now)
-        .returning(AttestationNonce.nonce)
-    )
+async def spend_nonce(conn: AsyncConnection, nonce: str, device_id: str, expires_at: datetime,
+                      now: datetime) -> bool:
+    """Record a nonce as spent; False if it was spent before (kept until it expires)."""
+    stmt = _SPEND_POSTGRESQL if conn.dialect.name == "postgresql" else _SPEND_SQLITE
+    result = await conn.execute(stmt, {"b_nonce": nonce, "b_id": device_id, "b_expires": expires_at, "b_now": now})
     return result.first() is not None
 
 
 async def status(conn: AsyncConnection, device_id: str) -> AttestationStatus | None:
-    row = (await conn.execute(select(AttestationStatus.__table__)
-                              .where(AttestationStatus.device_id == device_id))).first()
+    row = (await conn.execute(_STATUS, {"b_id": device_id})).first()
     return None if row is None else AttestationStatus(**row._mapping)
 
 
@@ -63,9 +65,22 @@ async def statuses(conn: AsyncConnection, device_ids: list[str]) -> dict[str, At
     return {row.device_id: AttestationStatus(**row._mapping) for row in rows}
 
 
-async def save_status(conn: AsyncConnection, device_id: str, **values: Any) -> None:
-    updated = await conn.execute(update(AttestationStatus).where(AttestationStatus.device_id == device_id)
-                                 .values(**values).returning(AttestationStatus.device_id))
+_VERDICT = ("passed", "attested_at", "failures", "release", "reset_count", "restart_count", "clock", "quarantined")
+_SAVE_STATUS = (
+    update(AttestationStatus)
+    .where(AttestationStatus.device_id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}", type_=AttestationStatus.__table__.c[name].type) for name in _VERDICT})
+    .returning(AttestationStatus.device_id)
+)
+
+
+async def save_status(conn: AsyncConnection, device_id: str, *, passed: bool, attested_at: datetime,
+                      failures: dict[str, Any], release: str | None, reset_count: int, restart_count: int,
+                      clock: int, quarantined: bool) -> None:
+    """Store a device's latest verdict (every field of it)."""
+    values = {"passed": passed, "attested_at": attested_at, "failures": failures, "release": release,
+              "reset_count": reset_count, "restart_count": restart_count, "clock": clock, "quarantined": quarantined}
+    updated = await conn.execute(_SAVE_STATUS, {"b_id": device_id, **{f"b_{k}": v for k, v in values.items()}})
     if updated.first() is None:
         await conn.execute(insert(AttestationStatus).values(device_id=device_id, **values))
 

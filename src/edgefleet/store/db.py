@@ -15,11 +15,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
+from sqlalchemy.dialects import registry
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from edgefleet.errors import ConfigError, StoreError
+from edgefleet.store.inline_sqlite import DRIVER, inline_url
+
+registry.register(DRIVER.replace("+", "."), "edgefleet.store.inline_sqlite", "InlineSQLiteDialect")
 
 log = logging.getLogger("edgefleet.store")
 
@@ -27,7 +31,7 @@ MIGRATIONS = str(Path(__file__).with_name("migrations"))
 
 
 def default_sqlite_url(data_dir: Path) -> str:
-    return f"sqlite+aiosqlite:///{data_dir.resolve() / 'edgefleet.db'}"
+    return f"sqlite:///{data_dir.resolve() / 'edgefleet.db'}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -93,7 +97,9 @@ class Database:
                 # A fixed pool: overflow connections would be opened and closed under load,
                 # each with its own thread and pragmas. A request that cannot get one within
                 # 10 s is refused (503) and the device backs off, rather than piling up.
-                self.engine: AsyncEngine = create_async_engine(url, pool_size=16, max_overflow=0, pool_timeout=10)
+                # SQLite's calls run inline on the event loop (``inline_sqlite``).
+                self.engine: AsyncEngine = create_async_engine(inline_url(url), pool_size=16, max_overflow=0,
+                                                               pool_timeout=10)
                 event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
                 self._writer: WriterTurn | None = WriterTurn()
             else:

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.store.schema import AttestationStatus, Device, DeviceChange
+from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class DeviceAuth:
     desired_version: int
     attested_at: datetime | None = None  # of the last passing attestation
     quarantined: bool = False
+    tpm_identity: bool = False  # an active TPM identity (credential activated)
 
 
 async def insert_device(conn: AsyncConnection, **values: Any) -> None:
@@ -33,8 +34,9 @@ async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
 
 _AUTH = (
     select(Device.cert_serial, Device.desired_version, AttestationStatus.passed, AttestationStatus.attested_at,
-           AttestationStatus.quarantined)
+           AttestationStatus.quarantined, AttestationIdentity.state.label("identity_state"))
     .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
+    .outerjoin(AttestationIdentity, AttestationIdentity.device_id == Device.id)
     .where(Device.id == bindparam("id"))
 )
 
@@ -47,7 +49,7 @@ async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | Non
 
 def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
     return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
-                      bool(row.quarantined))
+                      bool(row.quarantined), row.identity_state == "active")
 
 
 _AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)
@@ -100,10 +102,15 @@ async def set_desired_many(conn: AsyncConnection, documents: Mapping[str, dict[s
     return [int(change_id) for change_id in rows.scalars()]
 
 
-async def changed(conn: AsyncConnection, device_id: str, now: datetime) -> None:
-    # Same transaction as the change itself: other server processes can never see the
-    # change without the feed entry that makes them drop their cached copy.
-    await conn.execute(insert(DeviceChange).values(device_id=device_id, changed_at=now))
+_CHANGED = (insert(DeviceChange).values(device_id=bindparam("b_id"), changed_at=bindparam("b_at"))
+            .returning(DeviceChange.id))
+
+
+async def changed(conn: AsyncConnection, device_id: str, now: datetime) -> int:
+    """Note a change of the device's auth or desired state; returns the feed entry's id.
+    Same transaction as the change itself: other server processes can never see the
+    change without the feed entry that makes them drop their cached copy."""
+    return int((await conn.execute(_CHANGED, {"b_id": device_id, "b_at": now})).scalar_one())
 
 
 async def changes_since(conn: AsyncConnection, last_id: int, limit: int) -> list[tuple[int, str]]:
@@ -177,8 +184,11 @@ async def count_devices(conn: AsyncConnection, *, site: str | None = None) -> in
     return int((await conn.execute(stmt)).scalar_one())
 
 
+_DEVICE = select(Device.__table__).where(Device.id == bindparam("b_id"))
+
+
 async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:
-    row = (await conn.execute(select(Device.__table__).where(Device.id == device_id))).first()
+    row = (await conn.execute(_DEVICE, {"b_id": device_id})).first()
     return None if row is None else Device(**row._mapping)
 
 

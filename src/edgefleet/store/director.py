@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edgefleet.releases.director import DirectorFiles
 from edgefleet.store.schema import DirectorState
 
+_STATE = select(DirectorState.__table__).where(DirectorState.device_id == bindparam("b_id"))
+
 
 async def director_state(conn: AsyncConnection, device_id: str) -> DirectorState | None:
-    row = (await conn.execute(select(DirectorState.__table__).where(DirectorState.device_id == device_id))).first()
+    row = (await conn.execute(_STATE, {"b_id": device_id})).first()
     return None if row is None else DirectorState(**row._mapping)
 
 

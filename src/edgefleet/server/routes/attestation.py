@@ -59,7 +59,7 @@ async def activate(device: CurrentDevice, body: CredentialActivation, request: R
 @router.post("/api/v1/devices/{device_id}/attestation/nonce")
 async def nonce(device: CurrentDevice, request: Request) -> NonceIssuedView:
     """A single-use nonce for this device, and the PCRs to quote."""
-    issued = await server_state(request).attestation.issue_nonce(device.id)
+    issued = server_state(request).attestation.issue_nonce(device.id, device.auth)
     return NonceIssuedView(nonce=issued.nonce.hex(), pcrs=list(issued.pcrs), bank=issued.bank,
                            expires_in_seconds=issued.ttl.total_seconds())
 
@@ -88,7 +88,7 @@ async def workload_token(device: CurrentDevice, request: Request) -> WorkloadTok
     state = server_state(request)
     if device.auth.quarantined or not state.attestation.fresh(device.auth):
         raise Forbidden(f"{device.id} has no fresh passing attestation", code="attestation_required")
-    async with state.db.transaction() as conn:
+    async with state.db.transaction(readonly=True) as conn:
         current = await status(conn, device.id)
     token, expires = state.workload.issue(device.id, None if current is None else current.release, state.clock.now())
     return WorkloadToken(token=token, expires_at=expires)

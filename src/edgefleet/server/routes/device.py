@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
@@ -17,6 +18,15 @@ from edgefleet.store.devices import apply_status, desired_state, get_device
 from edgefleet.store.updates import record_update_events
 
 router = APIRouter(prefix="/api/v1", tags=["device"])
+DIRECTOR_FILE = r"^[A-Za-z0-9.]{1,64}$"
+
+
+class CheckIn(BaseModel):
+    """A check-in's query."""
+
+    model_config = ConfigDict(extra="ignore")
+    known: int = Field(-1, ge=-1, le=2**62, description="desired version the device already has")
+    wait: float = Field(0, ge=0, le=3600, description="long-poll up to this many seconds")
 
 
 @router.post("/enroll", status_code=201)
@@ -32,13 +42,9 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
     "/devices/{device_id}/desired",
     responses={200: {"model": DesiredState}, 204: {"description": "nothing newer than `known`"}},
 )
-async def check_in(
-    device: CurrentDevice,
-    request: Request,
-    known: Annotated[int, Query(ge=-1, le=2**62, description="desired version the device already has")] = -1,
-    wait: Annotated[float, Query(ge=0, le=3600, description="long-poll up to this many seconds")] = 0,
-) -> Response:
+async def check_in(device: CurrentDevice, request: Request, query: Annotated[CheckIn, Query()]) -> Response:
     """Check in: 204 when the device already has the newest desired state, else 200 with it."""
+    known, wait = query.known, query.wait
     state = server_state(request)
     state.presence.seen(device.id, state.clock.now())
     state.attestation.gate(device.auth)
@@ -97,7 +103,7 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
 
 @router.get("/devices/{device_id}/director/{name}")
 async def director_file(
-    device: CurrentDevice, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9.]{1,64}$")], request: Request
+    device: CurrentDevice, name: Annotated[str, Path(pattern=DIRECTOR_FILE)], request: Request
 ) -> Response:
     """This device's director repository (Uptane): root versions, timestamp, snapshot, targets."""
     state = server_state(request)
