@@ -14,26 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import ssl
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).parent))
-from checkin import free_port, read_response
+from checkin import read_response
 from edgefleet.client import AdminClient
-from edgefleet.credentials import Role
 from edgefleet.pki import new_device_key
-from edgefleet.server.local import create_admin_token, init_server
-from edgefleet.server.settings import ServerSettings
 from fleet_tpm import BootImage, Connection, software_tpms
-from rollout import FACTORY, HARDWARE, cpu_seconds, publish
+from rollout import FACTORY, HARDWARE, cpu_seconds, publish, start_plane
 from scale import seed
 
 
@@ -106,26 +99,11 @@ async def each(devices: list[Device], step: Callable[[Device], Awaitable[None]],
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-routes-") as tmp:
         workdir = Path(tmp)
-        settings = ServerSettings(data_dir=workdir / "server")
-        init_server(settings, datetime.now(UTC))
-        admin = await create_admin_token(settings, name="bench", role=Role.ADMIN, now=datetime.now(UTC), ttl=None)
-        port = free_port()
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edgefleet", "server", "--data-dir", str(settings.data_dir), "--port", str(port),
-            "--log-level", "warning", env={**os.environ, "EDGEFLEET_MAX_LONG_POLLS": str(args.devices + 100)})
-        url, ca = f"https://127.0.0.1:{port}", settings.pki.ca_cert
+        plane = await start_plane(workdir, args.devices)
+        settings, server, port, ca = plane.settings, plane.process, plane.port, plane.ca
         try:
-            async with httpx.AsyncClient(base_url=url, verify=ssl.create_default_context(cafile=str(ca)),
-                                         timeout=60, headers={"authorization": f"Bearer {admin}"}) as client:
-                for _ in range(300):
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-                with AdminClient(url, admin, ca) as sync_client:
-                    images = await asyncio.to_thread(publish, settings, workdir, sync_client)
+            with AdminClient(plane.url, plane.admin, ca) as sync_client:
+                images = await asyncio.to_thread(publish, settings, workdir, sync_client)
             tpms = await asyncio.to_thread(software_tpms, args.devices)
             key = workdir / "device.key"
             key.write_bytes(new_device_key())

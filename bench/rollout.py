@@ -85,6 +85,51 @@ def publish(settings: ServerSettings, workdir: Path, client: AdminClient) -> dic
     return images
 
 
+@dataclass
+class Plane:
+    """A control plane in its own process (SQLite, attestation required), ready."""
+
+    settings: ServerSettings
+    admin: str
+    port: int
+    process: asyncio.subprocess.Process
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.settings.pki.ca_cert
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca)),
+                                 timeout=60, headers={"authorization": f"Bearer {self.admin}"})
+
+
+async def start_plane(workdir: Path, devices: int, **env: str) -> Plane:
+    """Initialise a data dir under ``workdir`` and start ``edgefleet server`` on it for
+    ``devices`` long-polling devices (``env``: more settings); returns once it is ready."""
+    settings = ServerSettings(data_dir=workdir / "server")
+    init_server(settings, datetime.now(UTC))
+    admin = await create_admin_token(settings, name="bench", role=Role.ADMIN, now=datetime.now(UTC), ttl=None)
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgefleet", "server", "--data-dir", str(settings.data_dir), "--port", str(port),
+        "--log-level", "warning", env={**os.environ, "EDGEFLEET_MAX_LONG_POLLS": str(devices + 100), **env})
+    plane = Plane(settings, admin, port, process)
+    async with plane.client() as client:
+        for _ in range(300):
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return plane
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the control plane did not become ready in 30 s")
+
+
 async def request_counts(client: httpx.AsyncClient) -> dict[str, float]:
     """The server's own request counters, by method and route."""
     counts: dict[str, float] = {}
@@ -203,28 +248,11 @@ async def wait_status(client: httpx.AsyncClient, rollout_id: str, statuses: tupl
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-rollout-") as tmp:
         workdir = Path(tmp)
-        settings = ServerSettings(data_dir=workdir / "server")
-        init_server(settings, datetime.now(UTC))
-        admin = await create_admin_token(settings, name="bench", role=Role.ADMIN, now=datetime.now(UTC), ttl=None)
-        port = free_port()
-        env = {**os.environ, "EDGEFLEET_ROLLOUT_TICK_SECONDS": str(args.tick),
-               "EDGEFLEET_MAX_LONG_POLLS": str(args.devices + 100)}
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edgefleet", "server", "--data-dir", str(settings.data_dir), "--port", str(port),
-            "--log-level", "warning", env=env)
-        url, ca = f"https://127.0.0.1:{port}", settings.pki.ca_cert
-        context = ssl.create_default_context(cafile=str(ca))
+        plane = await start_plane(workdir, args.devices, EDGEFLEET_ROLLOUT_TICK_SECONDS=str(args.tick))
+        settings, server, port, ca = plane.settings, plane.process, plane.port, plane.ca
         try:
-            async with httpx.AsyncClient(base_url=url, verify=context, timeout=60,
-                                         headers={"authorization": f"Bearer {admin}"}) as client:
-                for _ in range(300):
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-                with AdminClient(url, admin, ca) as sync_client:
+            async with plane.client() as client:
+                with AdminClient(plane.url, plane.admin, ca) as sync_client:
                     images = await asyncio.to_thread(publish, settings, workdir, sync_client)
                 tpms = await asyncio.to_thread(software_tpms, args.devices)
                 began = time.perf_counter()

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
@@ -36,10 +37,10 @@ from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
 from edgefleet.store import attestation as store
-from edgefleet.store.devices import DeviceAuth, changed, device_auth, get_device
-from edgefleet.store.schema import Device
+from edgefleet.store.devices import DeviceAuth, changed, device_auth
 
 log = logging.getLogger("edgefleet.attestation")
+INLINE_EVENT_LOG = 64 * 1024  # bytes of event log verified on the event loop; larger ones in a thread
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,14 @@ class AttestationService:
             except StoreError as exc:
                 log.warning("could not prune spent attestation nonces: %s", exc)
 
-    def policy_for(self, device: Device) -> tuple[Policy, str | None]:
+    def policy_for(self, running_version: str | None, inventory: dict[str, Any]) -> tuple[Policy, str | None]:
         """The release the device runs (its last report, else its enrollment inventory) and
         the PCR values that signed release and its hardware model require. A device that
         claims another release must then match that release's reference measurements; a
         release being rolled out to it is not the yardstick until it has installed it."""
-        release = device.running_version or device.inventory.get("os_version")
+        release = running_version or inventory.get("os_version")
         expected: dict[int, bytes] = {}
-        baseline = self.settings.attestation_baselines.get(str(device.inventory.get("hardware_type")), {})
+        baseline = self.settings.attestation_baselines.get(str(inventory.get("hardware_type")), {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
         published = self.repository.published()
         if release and published is not None:
@@ -175,26 +176,30 @@ class AttestationService:
         async with self.db.transaction() as conn:
             if not await store.spend_nonce(conn, nonce.hex(), device_id, expires, now):
                 raise Conflict(f"nonce refused for {device_id} (already used)", code="nonce_refused")
-            current = await store.identity(conn, device_id)
-            previous = await store.status(conn, device_id)
-            device = await get_device(conn, device_id)
-        if device is None:
+            context = await store.quote_context(conn, device_id)
+        if context is None:
             raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
-        if current is None or current.state != "active":
+        if context.identity_state != "active" or context.ak_public is None:
             raise Conflict(f"{device_id} has no active TPM identity", code="not_enrolled")
-        policy, release = self.policy_for(device)
-        previous_clock = None if previous is None else ClockInfo(previous.clock, previous.reset_count,
-                                                                 previous.restart_count, True)
+        policy, release = self.policy_for(context.running_version, context.inventory)
+        previous_clock = ClockInfo(context.clock or 0, context.reset_count or 0, context.restart_count or 0,
+                                   True) if context.judged else None
+        was_quarantined = bool(context.quarantined)
         request = QuoteRequest(nonce, tuple(self.settings.attestation_pcrs))
-        verdict = await asyncio.to_thread(verify_quote, self.attestation_key(current.ak_public), request, evidence,
-                                          policy, previous_clock)
+        ak = self.attestation_key(context.ak_public)
+        if len(evidence.event_log) <= INLINE_EVENT_LOG:
+            # A boot's log (about a kilobyte) verifies in about 0.1 ms: less than handing
+            # it to a thread and back costs. A large one must not hold the event loop.
+            verdict = verify_quote(ak, request, evidence, policy, previous_clock)
+        else:
+            verdict = await asyncio.to_thread(verify_quote, ak, request, evidence, policy, previous_clock)
         if not policy.expected:
             # Stricter than "authentic and fresh": a quote proves nothing about what booted
             # unless there is something to compare it with.
             verdict = Verdict((*verdict.failures, f"policy: no reference measurements for release {release!r} "
                                "or hardware baseline"), verdict.clock, verdict.pcr_values)
         clock = verdict.clock or previous_clock
-        quarantined = (previous is not None and previous.quarantined) or not verdict.passed
+        quarantined = was_quarantined or not verdict.passed
         read_at = self.devices.generation
         async with self.db.transaction() as conn:
             await store.save_status(
@@ -215,7 +220,7 @@ class AttestationService:
         if verdict.passed:
             log.info("attestation of %s passed (release %s)", device_id, release)
         else:
-            if previous is None or not previous.quarantined:
+            if not was_quarantined:
                 self.metrics.quarantines.inc()
             log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
         return verdict.passed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -16,6 +18,7 @@ class Metrics:
             "edgefleet_http_request_duration_seconds", "HTTP request latency", ["route"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
         )
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.enrollments = Counter("edgefleet_enrollments", "Enrollment attempts by result", ["result"], registry=r)
         self.checkins = Counter("edgefleet_checkins", "Device check-ins by result", ["result"], registry=r)
         self.status_reports = Counter("edgefleet_status_reports", "Status reports by result", ["result"], registry=r)
@@ -37,3 +40,14 @@ class Metrics:
                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.drift = Counter("edgefleet_drift_events", "Devices found out of sync with their desired configuration",
                              registry=r)
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a request by method, route template and status, and time it. The labelled
+        series are looked up once (``labels()`` validates and locks on every call)."""
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (self.requests.labels(method, route, str(status)),
+                                                  self.latency.labels(route))
+        series[0].inc()
+        series[1].observe(seconds)

@@ -115,5 +115,4 @@ class RequestMetrics:
 
 def record_request(metrics: Metrics, method: str, route: str, status: int, started: float) -> None:
     """Count a request by method, route template and status, and time it."""
-    metrics.requests.labels(method, route, str(status)).inc()
-    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    metrics.request(method, route, status, time.perf_counter() - started)

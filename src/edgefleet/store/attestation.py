@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.store.schema import AttestationIdentity, AttestationNonce, AttestationStatus
+from edgefleet.store.schema import AttestationIdentity, AttestationNonce, AttestationStatus, Device
 
 # The statements of an attestation (a quote) are built once: SQLAlchemy then computes
 # each one's cache key once, not on every execution.
@@ -53,6 +53,38 @@ async def spend_nonce(conn: AsyncConnection, nonce: str, device_id: str, expires
     stmt = _SPEND_POSTGRESQL if conn.dialect.name == "postgresql" else _SPEND_SQLITE
     result = await conn.execute(stmt, {"b_nonce": nonce, "b_id": device_id, "b_expires": expires_at, "b_now": now})
     return result.first() is not None
+
+
+class QuoteContext(NamedTuple):
+    """What judging a device's quote needs, read in one query: its TPM identity, its last
+    verdict's TPM clock and quarantine (if any), and what it says it runs."""
+
+    identity_state: str | None
+    ak_public: bytes | None
+    judged: bool  # a verdict exists
+    clock: int | None
+    reset_count: int | None
+    restart_count: int | None
+    quarantined: bool | None
+    running_version: str | None
+    inventory: dict[str, Any]
+
+
+_QUOTE_CONTEXT = (
+    select(AttestationIdentity.state, AttestationIdentity.ak_public, AttestationStatus.device_id.is_not(None),
+           AttestationStatus.clock, AttestationStatus.reset_count, AttestationStatus.restart_count,
+           AttestationStatus.quarantined, Device.running_version, Device.inventory)
+    .select_from(Device)
+    .outerjoin(AttestationIdentity, AttestationIdentity.device_id == Device.id)
+    .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
+    .where(Device.id == bindparam("b_id"))
+)
+
+
+async def quote_context(conn: AsyncConnection, device_id: str) -> QuoteContext | None:
+    """None when there is no such device."""
+    row = (await conn.execute(_QUOTE_CONTEXT, {"b_id": device_id})).first()
+    return None if row is None else QuoteContext(*row)
 
 
 async def status(conn: AsyncConnection, device_id: str) -> AttestationStatus | None:

@@ -21,6 +21,7 @@ class DeviceAuth:
     attested_at: datetime | None = None  # of the last passing attestation
     quarantined: bool = False
     tpm_identity: bool = False  # an active TPM identity (credential activated)
+    attested_release: str | None = None  # the release its last verdict judged it against
 
 
 async def insert_device(conn: AsyncConnection, **values: Any) -> None:
@@ -34,7 +35,8 @@ async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
 
 _AUTH = (
     select(Device.cert_serial, Device.desired_version, AttestationStatus.passed, AttestationStatus.attested_at,
-           AttestationStatus.quarantined, AttestationIdentity.state.label("identity_state"))
+           AttestationStatus.quarantined, AttestationStatus.release.label("attested_release"),
+           AttestationIdentity.state.label("identity_state"))
     .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
     .outerjoin(AttestationIdentity, AttestationIdentity.device_id == Device.id)
     .where(Device.id == bindparam("id"))
@@ -49,7 +51,7 @@ async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | Non
 
 def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
     return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
-                      bool(row.quarantined), row.identity_state == "active")
+                      bool(row.quarantined), row.identity_state == "active", row.attested_release)
 
 
 _AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)

@@ -23,7 +23,6 @@ from edgefleet.protocol.v1 import (
 from edgefleet.server.auth import CurrentDevice
 from edgefleet.server.bodies import bounded_model
 from edgefleet.server.state import server_state
-from edgefleet.store.attestation import status
 
 router = APIRouter(tags=["attestation"])
 MAX_QUOTE_BODY = 4 * 1024 * 1024
@@ -88,9 +87,7 @@ async def workload_token(device: CurrentDevice, request: Request) -> WorkloadTok
     state = server_state(request)
     if device.auth.quarantined or not state.attestation.fresh(device.auth):
         raise Forbidden(f"{device.id} has no fresh passing attestation", code="attestation_required")
-    async with state.db.transaction(readonly=True) as conn:
-        current = await status(conn, device.id)
-    token, expires = state.workload.issue(device.id, None if current is None else current.release, state.clock.now())
+    token, expires = state.workload.issue(device.id, device.auth.attested_release, state.clock.now())
     return WorkloadToken(token=token, expires_at=expires)
 
 
