@@ -106,11 +106,9 @@ def _has_client_certificate(scope: Scope) -> bool:
     return bool(tls and tls.get("client_cert_chain"))
 
 
-def _response(answer: Any) -> Response:
-    if isinstance(answer, Response):
-        return answer
-    assert isinstance(answer, BaseModel)
-    return JSONResponse(answer.model_dump(mode="json"))
+def _response(answer: Response | BaseModel) -> Response:
+    """What an endpoint returned, as FastAPI sends it (a model as its JSON)."""
+    return answer if isinstance(answer, Response) else JSONResponse(answer.model_dump(mode="json"))
 
 
 class DeviceFastPath:
@@ -122,8 +120,8 @@ class DeviceFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = _PATH.match(scope["path"]) if scope["type"] == "http" else None
-        route = None if found is None else _ROUTES.get(found.group(2).partition("/")[0]
-                                                        if found.group(2).startswith("director/") else found.group(2))
+        tail = "" if found is None else found.group(2)
+        route = _ROUTES.get("director" if tail.startswith("director/") else tail)
         if found is None or route is None or route.method != scope["method"] or not _has_client_certificate(scope):
             await self.app(scope, receive, send)
             return
@@ -133,7 +131,7 @@ class DeviceFastPath:
         try:
             try:
                 dev = await authenticate_device(request, found.group(1))
-                response = _response(await route.call(dev, request, found.group(2)))
+                response = _response(await route.call(dev, request, tail))
             except EdgefleetError as exc:
                 response = refusal(state, scope["method"], scope["path"], exc, self.overload)
             except Invalid as exc:
