@@ -33,6 +33,18 @@ def test_a_read_that_overlaps_an_eviction_is_not_cached() -> None:
     assert cache.get("dev-a") == DeviceAuth("serial", 2)
 
 
+def test_a_read_is_cached_even_if_other_devices_were_evicted_meanwhile() -> None:
+    cache = synced_cache()
+    read_at = cache.generation
+    cache.forget("dev-b")  # a rollout evicts other devices all the time
+    assert cache.put("dev-a", DeviceAuth("serial", 1), read_at)
+    assert cache.get("dev-a") == DeviceAuth("serial", 1)
+    read_at = cache.generation
+    cache.clear()  # the feed could not be read: every device may have changed
+    assert not cache.put("dev-a", DeviceAuth("serial", 1), read_at)
+    assert cache.get("dev-a") is None
+
+
 def test_the_feed_leaves_alone_the_changes_this_process_already_applied(tmp_path: Path) -> None:
     async def scenario() -> None:
         db = Database(default_sqlite_url(tmp_path))

@@ -211,9 +211,7 @@ class AttestationService:
             auth = await device_auth(conn, device_id)
         # This process knows the device's new auth (attested, or quarantined): cached now,
         # unless another eviction overlapped the read. Its long poll has nothing new to hear.
-        if auth is not None and read_at == self.devices.generation:
-            self.devices.put(device_id, auth, read_at)
-        else:
+        if auth is None or not self.devices.put(device_id, auth, read_at):
             self.devices.forget(device_id)
         self.devices.applied.add(change)
         self.metrics.attestations.labels("passed" if verdict.passed else "failed").inc()

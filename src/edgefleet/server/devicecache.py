@@ -9,10 +9,13 @@ That interval bounds how stale another process's cache can be. Entries also expi
 ``device_cache_seconds`` as a backstop, and if the feed cannot be read the cache is
 emptied and bypassed until it can. The cache is bounded; the oldest entries go first.
 
-A read that overlaps an eviction is not cached (it may have read the row before the
-change): each eviction bumps a generation, and ``put`` takes the generation its read
-began at. Changes this process made and already applied (evicted and woken) are noted,
-so that the feed does not evict and wake their devices a second time.
+A read that overlaps an eviction of its device is not cached (it may have read the row
+before the change): each eviction bumps a generation and notes it for the device, and
+``put`` takes the generation its read began at. Evictions of other devices do not count:
+during a rollout or a fleet's power-on something is evicted every moment, and with one
+generation for all devices few reads were cached (each renewed long poll read again).
+Changes this process made and already applied (evicted and woken) are noted, so that the
+feed does not evict and wake their devices a second time.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class DeviceCache:
         self._monotonic = monotonic
         self._entries: dict[str, tuple[float, DeviceAuth]] = {}
         self.synced = False  # only trust entries while the change feed is being read
-        self.generation = 0  # of evictions: a read that began before the latest is not cached
+        self.generation = 0  # of evictions: a read that began before its device's latest is not cached
+        self._evicted: dict[str, int] = {}  # device -> generation of its latest eviction
+        self._cleared = 0  # generation of the latest clear (every device evicted)
         self.applied: set[int] = set()  # ids of changes made here, already evicted and woken
 
     def get(self, device_id: str) -> DeviceAuth | None:
@@ -53,21 +58,30 @@ class DeviceCache:
             return None
         return entry[1]
 
-    def put(self, device_id: str, auth: DeviceAuth, read_at: int) -> None:
-        """Cache ``auth``, read by a query that began at generation ``read_at``."""
-        if self.ttl <= 0 or not self.synced or read_at != self.generation:
-            return
+    def put(self, device_id: str, auth: DeviceAuth, read_at: int) -> bool:
+        """Cache ``auth``, read by a query that began at generation ``read_at``; False
+        (not cached) if the device was evicted since."""
+        if (self.ttl <= 0 or not self.synced or read_at < self._cleared
+                or read_at < self._evicted.get(device_id, 0)):
+            return False
         self._entries.pop(device_id, None)
         while len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]
         self._entries[device_id] = (self._monotonic(), auth)
+        return True
 
     def forget(self, device_id: str) -> None:
         self.generation += 1
         self._entries.pop(device_id, None)
+        if len(self._evicted) >= self.max_entries:  # bounded: counts as evicting every device
+            self._cleared = self.generation
+            self._evicted.clear()
+        self._evicted[device_id] = self.generation
 
     def clear(self) -> None:
         self.generation += 1
+        self._cleared = self.generation
+        self._evicted.clear()
         self._entries.clear()
 
 
