@@ -12,8 +12,8 @@ emptied and bypassed until it can. The cache is bounded; the oldest entries go f
 A read that overlaps an eviction of its device is not cached (it may have read the row
 before the change): each eviction bumps a generation and notes it for the device, and
 ``put`` takes the generation its read began at. Evictions of other devices do not count:
-during a rollout or a fleet's power-on something is evicted every moment, and with one
-generation for all devices few reads were cached (each renewed long poll read again).
+during a rollout or a fleet's power-on something is evicted every moment, and a read
+refused for another device's eviction is a read the next request makes again.
 Changes this process made and already applied (evicted and woken) are noted, so that the
 feed does not evict and wake their devices a second time.
 """
