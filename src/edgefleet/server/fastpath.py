@@ -19,9 +19,9 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,13 +30,12 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.protocol.v1 import StatusReport
 from edgefleet.server.auth import AuthenticatedDevice, authenticate_device
 from edgefleet.server.errors import OverloadLog, invalid, refusal
-from edgefleet.server.middleware import record_request
 from edgefleet.server.routes import attestation, device
 from edgefleet.server.state import server_state
 
 _PATH = re.compile(r"^/api/v1/devices/([A-Za-z0-9._-]{1,64})/"
                    r"(desired|status|director/[^/]+|attestation/nonce|attestation/quote|workload-token)$")
-_DIRECTOR_FILE = re.compile(device.DIRECTOR_FILE)
+_DIRECTOR_FILE = TypeAdapter(Annotated[str, StringConstraints(pattern=device.DIRECTOR_FILE)])
 _PREFIX = "/api/v1/devices/{device_id}/"
 
 Call = Callable[[AuthenticatedDevice, Request, str], Awaitable[Any]]
@@ -50,8 +49,8 @@ class Invalid(Exception):
         self.errors = errors
 
 
-def _located(exc: ValidationError, where: str) -> Invalid:
-    return Invalid([{**e, "loc": (where, *e["loc"])} for e in exc.errors(include_url=False)])
+def _located(exc: ValidationError, *where: str) -> Invalid:
+    return Invalid([{**e, "loc": (*where, *e["loc"])} for e in exc.errors(include_url=False)])
 
 
 async def _check_in(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
@@ -73,10 +72,10 @@ async def _status(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
 
 
 async def _director(dev: AuthenticatedDevice, request: Request, tail: str) -> Any:
-    name = tail.removeprefix("director/")
-    if not _DIRECTOR_FILE.match(name):
-        raise Invalid([{"loc": ("path", "name"), "msg": f"String should match pattern '{device.DIRECTOR_FILE}'",
-                        "type": "string_pattern_mismatch"}])
+    try:
+        name = _DIRECTOR_FILE.validate_python(tail.removeprefix("director/"))
+    except ValidationError as exc:
+        raise _located(exc, "path", "name") from exc
     return await device.director_file(dev, name, request)
 
 
@@ -139,4 +138,4 @@ class DeviceFastPath:
             status = response.status_code
             await response(scope, receive, send)
         finally:
-            record_request(state.metrics, scope["method"], route.template, status, started)
+            state.metrics.request(scope["method"], route.template, status, time.perf_counter() - started)

@@ -110,9 +110,5 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             route: Any = scope.get("route")
-            record_request(self.metrics, scope["method"], getattr(route, "path", "unmatched"), status, start)
-
-
-def record_request(metrics: Metrics, method: str, route: str, status: int, started: float) -> None:
-    """Count a request by method, route template and status, and time it."""
-    metrics.request(method, route, status, time.perf_counter() - started)
+            self.metrics.request(scope["method"], getattr(route, "path", "unmatched"), status,
+                                 time.perf_counter() - start)
