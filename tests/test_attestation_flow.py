@@ -8,6 +8,7 @@ import base64
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +162,20 @@ def test_bad_nonces_are_refused_and_grant_nothing(plane: Fleet, emulator: Swtpm,
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "nonce_refused"
     assert plane.rows() == before
+
+
+def test_one_nonce_submitted_twice_at_once_is_spent_once(plane: Fleet, emulator: Swtpm) -> None:
+    dev, log = boot(plane, emulator)
+    dev.enroll_identity()
+    issued = dev.post("nonce").json()["nonce"]
+    attest, signature, values = dev.tpm.quote(bytes.fromhex(issued), "sha256", PCRS)
+    body = {"nonce": issued, "attest": b64(attest), "signature": b64(signature),
+            "pcr_values": {str(k): v.hex() for k, v in values.items()}, "event_log": b64(log)}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: dev.post("quote", json=body), range(2)))
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    assert next(a for a in answers if a.status_code == 409).json()["error"]["code"] == "nonce_refused"
+    assert 'edgefleet_attestations_total{result="passed"} 1.0' in plane.client().get("/metrics").text
 
 
 def test_reenrollment_with_another_tpm_is_refused(plane: Fleet, emulator: Swtpm, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_the_feed_leaves_alone_the_changes_this_process_already_applied(tmp_path
         await asyncio.sleep(0)
         async with db.transaction() as conn:
             cache.applied.update(await set_desired_many(conn, {"dev-a": {}}, NOW))  # made (and applied) here
-            await changed(conn, "dev-b", NOW)  # made by another process
+            await conn.run_sync(changed, "dev-b", NOW)  # made by another process
         assert await feed.poll() == 2
         assert cache.get("dev-a") is not None
         assert cache.get("dev-b") is None

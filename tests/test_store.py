@@ -60,7 +60,7 @@ def test_two_first_director_writes_for_one_device_store_one_and_tell_the_other(f
             async with db.transaction() as conn:  # the loser of the race: no error, told it did not store
                 second = await save_assignment(conn, device.id, None, files(b"b"), datetime.now(UTC),
                                                previous_version=None)
-                state = await director_state(conn, device.id)
+                state = await conn.run_sync(director_state, device.id)
             assert state is not None
             return first, second, state.targets
         finally:

@@ -58,7 +58,7 @@ class Setup:
             db = Database(self.plane.settings.effective_database_url)
             try:
                 async with db.transaction() as conn:
-                    current = await director_state(conn, self.device.id)
+                    current = await conn.run_sync(director_state, self.device.id)
                 version = 1 if current is None else current.version + 1
                 files = sign_assignment(for_device or self.device.id, targets, version,
                                         1 if current is None else current.timestamp_version + 1,

@@ -12,9 +12,11 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
@@ -120,7 +122,7 @@ class AttestationService:
         async with self.db.transaction() as conn:
             if not await store.activate_identity(conn, device_id, credential_digest(credential), self.clock.now()):
                 raise Unauthenticated(f"credential activation of {device_id} failed", code="activation_failed")
-            change = await changed(conn, device_id, self.clock.now())  # its auth now has a TPM identity
+            change = await conn.run_sync(changed, device_id, self.clock.now())  # its auth now has a TPM identity
         self.devices.forget(device_id)
         self.devices.applied.add(change)
         log.info("TPM identity of %s activated (EK and AK proven to share a TPM)", device_id)
@@ -173,10 +175,7 @@ class AttestationService:
         expires = self.nonces.expiry(device_id, nonce)
         if expires is None or expires <= now:
             raise Conflict(f"nonce refused for {device_id} (not issued to it, or expired)", code="nonce_refused")
-        async with self.db.transaction() as conn:
-            if not await store.spend_nonce(conn, nonce.hex(), device_id, expires, now):
-                raise Conflict(f"nonce refused for {device_id} (already used)", code="nonce_refused")
-            context = await store.quote_context(conn, device_id)
+        context = await self.db.read(store.quote_context, device_id)
         if context is None:
             raise Unauthenticated(f"{device_id} is not enrolled", code="unknown_device")
         if context.identity_state != "active" or context.ak_public is None:
@@ -201,14 +200,8 @@ class AttestationService:
         clock = verdict.clock or previous_clock
         quarantined = was_quarantined or not verdict.passed
         read_at = self.devices.generation
-        async with self.db.transaction() as conn:
-            await store.save_status(
-                conn, device_id, passed=verdict.passed, attested_at=now, failures={"checks": list(verdict.failures)},
-                release=release, quarantined=quarantined, reset_count=clock.reset_count if clock else 0,
-                restart_count=clock.restart_count if clock else 0, clock=clock.clock if clock else 0,
-            )
-            change = await changed(conn, device_id, now)
-            auth = await device_auth(conn, device_id)
+        change, auth = await self.db.write(_record_verdict, device_id, nonce, expires, now, verdict, release,
+                                           quarantined, clock)
         # This process knows the device's new auth (attested, or quarantined): cached now,
         # unless another eviction overlapped the read. Its long poll has nothing new to hear.
         if auth is None or not self.devices.put(device_id, auth, read_at):
@@ -238,5 +231,20 @@ class AttestationService:
     async def release_quarantine(self, device_id: str) -> None:
         async with self.db.transaction() as conn:
             await store.release_quarantine(conn, device_id)
-            await changed(conn, device_id, self.clock.now())
+            await conn.run_sync(changed, device_id, self.clock.now())
         self.devices.forget(device_id)
+
+
+def _record_verdict(conn: Connection, device_id: str, nonce: bytes, expires: datetime, now: datetime,
+                    verdict: Verdict, release: str | None, quarantined: bool,
+                    clock: ClockInfo | None) -> tuple[int, DeviceAuth | None]:
+    """Spend the nonce and store the verdict it earned, in one transaction: of two
+    submissions of one nonce, the second finds it spent and stores nothing. Returns the
+    change feed entry written and the device's auth as it now is."""
+    if not store.spend_nonce(conn, nonce.hex(), device_id, expires, now):
+        raise Conflict(f"nonce refused for {device_id} (already used)", code="nonce_refused")
+    store.save_status(conn, device_id, passed=verdict.passed, attested_at=now,
+                      failures={"checks": list(verdict.failures)}, release=release, quarantined=quarantined,
+                      reset_count=clock.reset_count if clock else 0, restart_count=clock.restart_count if clock else 0,
+                      clock=clock.clock if clock else 0)
+    return changed(conn, device_id, now), device_auth(conn, device_id)

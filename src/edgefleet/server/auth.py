@@ -56,8 +56,7 @@ def _presented_certificate(state: ServerState, request: Request) -> DeviceCertif
 async def fresh_device_auth(state: ServerState, device_id: str) -> DeviceAuth | None:
     """Read a device's serial and desired version from the database, refreshing the cache."""
     read_at = state.devices.generation
-    async with state.db.transaction(readonly=True) as conn:
-        auth = await device_auth(conn, device_id)
+    auth = await state.db.read(device_auth, device_id)
     _remember(state, device_id, auth, read_at)
     return auth
 
@@ -65,8 +64,7 @@ async def fresh_device_auth(state: ServerState, device_id: str) -> DeviceAuth | 
 async def fresh_device_state(state: ServerState, device_id: str) -> tuple[DeviceAuth, dict[str, Any]] | None:
     """``fresh_device_auth`` and the desired document, in one read."""
     read_at = state.devices.generation
-    async with state.db.transaction(readonly=True) as conn:
-        found = await device_auth_and_desired(conn, device_id)
+    found = await state.db.read(device_auth_and_desired, device_id)
     _remember(state, device_id, None if found is None else found[0], read_at)
     return found
 

@@ -248,8 +248,8 @@ class DirectorService:
 
         async def attempt() -> None:
             async with self.db.transaction() as conn:
-                current = await director_state(conn, device_id)
-                found = await desired_state(conn, device_id)
+                current = await conn.run_sync(director_state, device_id)
+                found = await conn.run_sync(desired_state, device_id)
             if found is None:
                 return
             release = current.release if current is not None else None
@@ -282,16 +282,15 @@ class DirectorService:
         held = self.signed.get(device_id, name)
         if held is not None:
             return held
-        async with self.db.transaction(readonly=True) as conn:
-            state = await director_state(conn, device_id)
+        state = await self.db.read(director_state, device_id)
         if state is None:
             # Nothing assigned yet: an empty, signed targets list (the device then knows
             # for certain that it should run nothing new).
             files = await self._sign(device_id, [], None)
             async with self.db.transaction() as conn:
-                if await director_state(conn, device_id) is None:
+                if await conn.run_sync(director_state, device_id) is None:
                     await save_assignment(conn, device_id, None, files, self.clock.now(), previous_version=None)
-                state = await director_state(conn, device_id)
+                state = await conn.run_sync(director_state, device_id)
             assert state is not None
         self.signed.keep(device_id, state.version, state.snapshot, state.targets)
         if name == "timestamp.json":
@@ -328,7 +327,7 @@ class DirectorService:
         )
         async with self.db.transaction() as conn:
             if not await save_timestamp(conn, device_id, state.timestamp_version, version, data, expires):
-                fresher = await director_state(conn, device_id)  # another request re-signed first
+                fresher = await conn.run_sync(director_state, device_id)  # another request re-signed first
                 assert fresher is not None
                 data = fresher.timestamp
         return data

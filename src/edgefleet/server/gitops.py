@@ -237,7 +237,7 @@ class GitOpsService:
             for device in await list_devices(conn, site=None, limit=1_000_000, offset=0):
                 if only is not None and device.id not in only:
                     continue
-                found = await desired_state(conn, device.id)
+                found = await conn.run_sync(desired_state, device.id)
                 current = dict(found[1]) if found else {}
                 config = rendering.documents.get(device.id)
                 if config is not None and config["group"] in bases:
@@ -262,7 +262,7 @@ class GitOpsService:
         """Compare what a device reports running with its desired configuration, once it
         has acted on that version (``applied``; before, it is on its way: not drift)."""
         async with self.db.transaction() as conn:
-            found = await desired_state(conn, device_id)
+            found = await conn.run_sync(desired_state, device_id)
             if found is not None and reported is not None and (applied is None or applied < found[0]):
                 return
             config = (found[1] if found else {}).get("config")

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AttestationIdentity, AttestationNonce, AttestationStatus, Device
@@ -47,11 +48,11 @@ async def activate_identity(conn: AsyncConnection, device_id: str, digest: str, 
     return result.first() is not None
 
 
-async def spend_nonce(conn: AsyncConnection, nonce: str, device_id: str, expires_at: datetime,
+def spend_nonce(conn: Connection, nonce: str, device_id: str, expires_at: datetime,
                       now: datetime) -> bool:
     """Record a nonce as spent; False if it was spent before (kept until it expires)."""
     stmt = _SPEND_POSTGRESQL if conn.dialect.name == "postgresql" else _SPEND_SQLITE
-    result = await conn.execute(stmt, {"b_nonce": nonce, "b_id": device_id, "b_expires": expires_at, "b_now": now})
+    result = conn.execute(stmt, {"b_nonce": nonce, "b_id": device_id, "b_expires": expires_at, "b_now": now})
     return result.first() is not None
 
 
@@ -81,9 +82,9 @@ _QUOTE_CONTEXT = (
 )
 
 
-async def quote_context(conn: AsyncConnection, device_id: str) -> QuoteContext | None:
+def quote_context(conn: Connection, device_id: str) -> QuoteContext | None:
     """None when there is no such device."""
-    row = (await conn.execute(_QUOTE_CONTEXT, {"b_id": device_id})).first()
+    row = conn.execute(_QUOTE_CONTEXT, {"b_id": device_id}).first()
     return None if row is None else QuoteContext(*row)
 
 
@@ -106,15 +107,15 @@ _SAVE_STATUS = (
 )
 
 
-async def save_status(conn: AsyncConnection, device_id: str, *, passed: bool, attested_at: datetime,
+def save_status(conn: Connection, device_id: str, *, passed: bool, attested_at: datetime,
                       failures: dict[str, Any], release: str | None, reset_count: int, restart_count: int,
                       clock: int, quarantined: bool) -> None:
     """Store a device's latest verdict (every field of it)."""
     values = {"passed": passed, "attested_at": attested_at, "failures": failures, "release": release,
               "reset_count": reset_count, "restart_count": restart_count, "clock": clock, "quarantined": quarantined}
-    updated = await conn.execute(_SAVE_STATUS, {"b_id": device_id, **{f"b_{k}": v for k, v in values.items()}})
+    updated = conn.execute(_SAVE_STATUS, {"b_id": device_id, **{f"b_{k}": v for k, v in values.items()}})
     if updated.first() is None:
-        await conn.execute(insert(AttestationStatus).values(device_id=device_id, **values))
+        conn.execute(insert(AttestationStatus).values(device_id=device_id, **values))
 
 
 async def prune_nonces(conn: AsyncConnection, before: datetime) -> None:

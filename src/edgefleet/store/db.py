@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +19,7 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from edgefleet.errors import ConfigError, StoreError
 from edgefleet.store.inline_sqlite import DRIVER, inline_url
@@ -26,6 +27,9 @@ from edgefleet.store.inline_sqlite import DRIVER, inline_url
 registry.register(DRIVER.replace("+", "."), "edgefleet.store.inline_sqlite", "InlineSQLiteDialect")
 
 log = logging.getLogger("edgefleet.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MIGRATIONS = str(Path(__file__).with_name("migrations"))
 
@@ -87,8 +91,21 @@ class WriterTurn:
                 self._owner = None
 
 
+@contextlib.contextmanager
+def _typed_errors() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError as exc:
+        raise StoreError(f"constraint violated: {exc.orig}", code="integrity_error") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+    except OSError as exc:  # connection refused, socket errors from asyncpg
+        raise StoreError(f"database unreachable: {exc}", code="store_unreachable") from exc
+
+
 class Database:
-    """One engine per process. ``transaction()`` yields a transaction; errors become StoreError."""
+    """One engine per process. ``transaction()`` yields a transaction; ``read`` and ``write``
+    run a synchronous function in one; errors become StoreError."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
@@ -124,18 +141,38 @@ class Database:
         """A connection inside one transaction: committed on success, rolled back on error.
         ``readonly`` (the hot read paths): it writes nothing, so on SQLite it need not wait
         for the writer's turn."""
-        try:
+        with _typed_errors():
             async with contextlib.AsyncExitStack() as stack:
-                if not readonly and self._writer is not None:
-                    await stack.enter_async_context(self._writer.held())
+                if not readonly:
+                    await stack.enter_async_context(self._writer_turn())
                 conn = await stack.enter_async_context(self.engine.begin())
                 yield conn
-        except IntegrityError as exc:
-            raise StoreError(f"constraint violated: {exc.orig}", code="integrity_error") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
-        except OSError as exc:  # connection refused, socket errors from asyncpg
-            raise StoreError(f"database unreachable: {exc}", code="store_unreachable") from exc
+
+    async def read(self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(connection, *args, **kwargs)``, a function that only reads, in a
+        transaction of its own run as one step (see ``write``)."""
+        with _typed_errors():
+            return await greenlet_spawn(self._in_transaction, lambda conn: work(conn, *args, **kwargs))
+
+    async def write(self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(connection, *args, **kwargs)`` in a transaction of its own, committed
+        when it returns, rolled back when it raises.
+
+        The device requests' statements take this path. ``transaction()`` crosses
+        SQLAlchemy's greenlet bridge once per step (checkout, begin, each statement,
+        commit, checkin): measured here, a one-statement write cost 111 us of CPU that way
+        and 43 us with the whole transaction run as one synchronous function, which is
+        what ``AsyncConnection.run_sync`` does for a connection already open."""
+        with _typed_errors():
+            async with self._writer_turn():
+                return await greenlet_spawn(self._in_transaction, lambda conn: work(conn, *args, **kwargs))
+
+    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.sync_engine.begin() as conn:
+            return work(conn)
+
+    def _writer_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext() if self._writer is None else self._writer.held()
 
     async def migrate(self) -> str:
         """Bring the schema to the newest revision; returns it. Safe with many processes."""

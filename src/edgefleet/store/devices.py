@@ -1,4 +1,8 @@
-"""Device queries. Each function runs inside the caller's transaction."""
+"""Device queries. Each function runs inside the caller's transaction.
+
+The device requests' own queries are synchronous functions of a ``Connection``: they run
+through ``Database.read``/``write`` (a whole transaction in one step), or inside an open
+``AsyncConnection`` with ``run_sync``."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange
@@ -43,9 +47,9 @@ _AUTH = (
 )
 
 
-async def device_auth(conn: AsyncConnection, device_id: str) -> DeviceAuth | None:
+def device_auth(conn: Connection, device_id: str) -> DeviceAuth | None:
     """The hot path of every device request: one primary-key read (with the attestation gate)."""
-    row = (await conn.execute(_AUTH, {"id": device_id})).first()
+    row = conn.execute(_AUTH, {"id": device_id}).first()
     return None if row is None else _auth_of(row)
 
 
@@ -57,9 +61,9 @@ def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
 _AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)
 
 
-async def device_auth_and_desired(conn: AsyncConnection, device_id: str) -> tuple[DeviceAuth, dict[str, Any]] | None:
+def device_auth_and_desired(conn: Connection, device_id: str) -> tuple[DeviceAuth, dict[str, Any]] | None:
     """``device_auth`` and the desired document it versions, in one read (a woken long poll)."""
-    row = (await conn.execute(_AUTH_AND_DESIRED, {"id": device_id})).first()
+    row = conn.execute(_AUTH_AND_DESIRED, {"id": device_id}).first()
     return None if row is None else (_auth_of(row), row.desired)
 
 
@@ -68,8 +72,8 @@ async def device_auth_and_desired(conn: AsyncConnection, device_id: str) -> tupl
 _DESIRED = select(Device.desired_version, Device.desired).where(Device.id == bindparam("id"))
 
 
-async def desired_state(conn: AsyncConnection, device_id: str) -> tuple[int, dict[str, Any]] | None:
-    row = (await conn.execute(_DESIRED, {"id": device_id})).first()
+def desired_state(conn: Connection, device_id: str) -> tuple[int, dict[str, Any]] | None:
+    row = conn.execute(_DESIRED, {"id": device_id}).first()
     return None if row is None else (row.desired_version, row.desired)
 
 
@@ -84,7 +88,7 @@ async def set_desired(conn: AsyncConnection, device_id: str, document: dict[str,
     row = result.first()
     if row is None:
         return None
-    await changed(conn, device_id, now)
+    await conn.run_sync(changed, device_id, now)
     return int(row[0])
 
 
@@ -108,11 +112,11 @@ _CHANGED = (insert(DeviceChange).values(device_id=bindparam("b_id"), changed_at=
             .returning(DeviceChange.id))
 
 
-async def changed(conn: AsyncConnection, device_id: str, now: datetime) -> int:
+def changed(conn: Connection, device_id: str, now: datetime) -> int:
     """Note a change of the device's auth or desired state; returns the feed entry's id.
     Same transaction as the change itself: other server processes can never see the
     change without the feed entry that makes them drop their cached copy."""
-    return int((await conn.execute(_CHANGED, {"b_id": device_id, "b_at": now})).scalar_one())
+    return int(conn.execute(_CHANGED, {"b_id": device_id, "b_at": now}).scalar_one())
 
 
 async def changes_since(conn: AsyncConnection, last_id: int, limit: int) -> list[tuple[int, str]]:
@@ -142,19 +146,18 @@ _STATUS = (
 _STATUS_SEQ = select(Device.status_seq).where(Device.id == bindparam("id"))
 
 
-async def apply_status(conn: AsyncConnection, device_id: str, seq: int, report: dict[str, Any], now: datetime, *,
+def apply_status(conn: Connection, device_id: str, seq: int, report: dict[str, Any], now: datetime, *,
                        running_version: str | None, health: str, update_state: str) -> tuple[bool, int]:
     """Store a report only if its sequence number is newer; returns (accepted, stored seq).
 
     The comparison happens in the UPDATE itself, so concurrent or replayed reports can
     never move a device's status backwards.
     """
-    result = await conn.execute(_STATUS, {"b_id": device_id, "b_seq": seq, "b_status": report, "b_at": now,
-                                          "b_running": running_version, "b_health": health,
-                                          "b_update": update_state})
+    result = conn.execute(_STATUS, {"b_id": device_id, "b_seq": seq, "b_status": report, "b_at": now,
+                                    "b_running": running_version, "b_health": health, "b_update": update_state})
     if result.first() is not None:
         return True, seq
-    current = (await conn.execute(_STATUS_SEQ, {"id": device_id})).scalar_one()
+    current = conn.execute(_STATUS_SEQ, {"id": device_id}).scalar_one()
     return False, int(current)
 
 
@@ -212,5 +215,5 @@ async def delete_device(conn: AsyncConnection, device_id: str, now: datetime) ->
     result = await conn.execute(delete(Device).where(Device.id == device_id).returning(Device.id))
     if result.first() is None:
         return False
-    await changed(conn, device_id, now)
+    await conn.run_sync(changed, device_id, now)
     return True

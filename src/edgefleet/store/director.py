@@ -1,4 +1,5 @@
-"""Director state queries. Each function runs inside the caller's transaction."""
+"""Director state queries. Each function runs inside the caller's transaction (the
+synchronous ones: see ``store.devices``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.releases.director import DirectorFiles
@@ -16,8 +18,8 @@ from edgefleet.store.schema import DirectorState
 _STATE = select(DirectorState.__table__).where(DirectorState.device_id == bindparam("b_id"))
 
 
-async def director_state(conn: AsyncConnection, device_id: str) -> DirectorState | None:
-    row = (await conn.execute(_STATE, {"b_id": device_id})).first()
+def director_state(conn: Connection, device_id: str) -> DirectorState | None:
+    row = conn.execute(_STATE, {"b_id": device_id}).first()
     return None if row is None else DirectorState(**row._mapping)
 
 

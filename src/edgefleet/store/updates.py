@@ -7,23 +7,24 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import UpdateEventRow
 
 
-async def record_update_events(conn: AsyncConnection, device_id: str, events: Sequence[dict[str, Any]],
+def record_update_events(conn: Connection, device_id: str, events: Sequence[dict[str, Any]],
                                now: datetime) -> int:
     """Store the events newer than the newest stored one; returns how many were new.
 
     Reports repeat the recent history, so each event arrives many times: the sequence
     number makes storing it idempotent.
     """
-    newest = (await conn.execute(select(func.max(UpdateEventRow.seq))
-                                 .where(UpdateEventRow.device_id == device_id))).scalar_one()
+    newest = conn.execute(select(func.max(UpdateEventRow.seq))
+                          .where(UpdateEventRow.device_id == device_id)).scalar_one()
     fresh = [e for e in events if newest is None or e["seq"] > newest]
     if fresh:
-        await conn.execute(insert(UpdateEventRow), [
+        conn.execute(insert(UpdateEventRow), [
             {"device_id": device_id, "seq": e["seq"], "phase": e["phase"], "release": e.get("release"),
              "reason": e.get("reason"), "at": e["at"], "received_at": now} for e in fresh
         ])

@@ -93,7 +93,7 @@ async def release_quarantine(who: Admin, device_id: DeviceIdPath, request: Reque
 async def get_desired(_: Viewer, device_id: DeviceIdPath, request: Request) -> DesiredState:
     """A device's desired state as it will receive it (rendered configuration included)."""
     async with server_state(request).db.transaction() as conn:
-        found = await desired_state(conn, device_id)
+        found = await conn.run_sync(desired_state, device_id)
     if found is None:
         raise NotFound(f"device {device_id} not found")
     return DesiredState(version=found[0], document=found[1])

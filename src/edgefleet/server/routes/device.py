@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
@@ -73,12 +75,21 @@ async def check_in(device: CurrentDevice, request: Request, query: Annotated[Che
         state.metrics.checkins.labels("not_modified").inc()
         return Response(status_code=204)
     if found is None or found[0] != version:
-        async with state.db.transaction(readonly=True) as conn:
-            found = await desired_state(conn, device.id)
+        found = await state.db.read(desired_state, device.id)
     if found is None:
         raise NotFound(f"device {device.id} vanished during check-in")
     state.metrics.checkins.labels("updated").inc()
     return JSONResponse({"version": found[0], "document": found[1]})
+
+
+def _store_report(conn: Connection, device_id: str, body: StatusReport, now: datetime) -> tuple[bool, int]:
+    """The report, and the A/B update events it brings that are new, in one transaction."""
+    accepted, seq = apply_status(conn, device_id, body.seq, body.model_dump(mode="json"), now,
+                                 running_version=body.running_version, health=body.health,
+                                 update_state=body.update_state)
+    if accepted and body.update is not None and body.update.events:
+        record_update_events(conn, device_id, [e.model_dump() for e in body.update.events], now)
+    return accepted, seq
 
 
 @router.post("/devices/{device_id}/status")
@@ -87,12 +98,7 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     state = server_state(request)
     now = state.clock.now()
     state.presence.seen(device.id, now)
-    async with state.db.transaction() as conn:
-        accepted, seq = await apply_status(conn, device.id, body.seq, body.model_dump(mode="json"), now,
-                                           running_version=body.running_version, health=body.health,
-                                           update_state=body.update_state)
-        if accepted and body.update is not None and body.update.events:
-            await record_update_events(conn, device.id, [e.model_dump() for e in body.update.events], now)
+    accepted, seq = await state.db.write(_store_report, device.id, body, now)
     if accepted and body.update is not None and body.update.phase in ("rolled_back", "failed"):
         state.rollouts.wake()  # a failed update may cross a rollout's failure threshold
     if accepted and body.config is not None:
