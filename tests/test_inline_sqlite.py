@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.engine import Connection
 
 from edgefleet.errors import StoreError
 from edgefleet.store import Database
@@ -23,8 +24,8 @@ from edgefleet.store.schema import Device
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-async def database(tmp_path: Path, devices: int = 3) -> Database:
-    db = Database(default_sqlite_url(tmp_path))
+async def database(tmp_path: Path, devices: int = 3, url: str | None = None) -> Database:
+    db = Database(url or default_sqlite_url(tmp_path))
     await db.migrate()
     async with db.transaction() as conn:
         for i in range(devices):
@@ -82,6 +83,32 @@ def test_a_failed_statement_rolls_the_whole_transaction_back_with_a_typed_error(
         assert raised.value.code == "integrity_error"
         async with db.transaction(readonly=True) as conn:
             assert (await conn.execute(select(Device.health).where(Device.id == "dev-0"))).scalar_one() == "ok"
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_function_run_as_one_transaction_commits_whole_or_rolls_back_with_a_typed_error(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("own_postgres_url") if backend == "postgresql" else None
+
+    def health(conn: Connection, device_id: str) -> str:
+        return str(conn.execute(select(Device.health).where(Device.id == device_id)).scalar_one())
+
+    def change(conn: Connection, value: str, *, collide: bool) -> None:
+        conn.execute(Device.__table__.update().where(Device.id == "dev-0").values(health=value))
+        if collide:
+            conn.execute(Device.__table__.update().where(Device.id == "dev-1").values(hardware_id="hw-2"))
+
+    async def scenario() -> None:
+        db = await database(tmp_path, url=url)
+        with pytest.raises(StoreError) as raised:
+            await db.write(change, "changed", collide=True)
+        assert raised.value.code == "integrity_error"
+        assert await db.read(health, "dev-0") == "ok"
+        await db.write(change, "changed", collide=False)
+        assert await db.read(health, "dev-0") == "changed"
         await db.close()
 
     asyncio.run(scenario())
