@@ -102,13 +102,17 @@ class SignedFiles:
 
     def get(self, device_id: str, name: str) -> bytes | None:
         held = self._files.get(device_id)
-        if held is None:
-            return None
-        if name == f"{held[0]}.snapshot.json":
-            return held[1]
-        if name == f"{held[0]}.targets.json":
-            return held[2]
-        return None
+        return None if held is None else _named(name, *held)
+
+
+def _named(name: str, version: int, snapshot: bytes, targets: bytes) -> bytes | None:
+    """The file ``name`` among a version's snapshot and targets (TUF consistent-snapshot
+    names), if it is one of them."""
+    if name == f"{version}.snapshot.json":
+        return snapshot
+    if name == f"{version}.targets.json":
+        return targets
+    return None
 
 
 @dataclass
@@ -295,11 +299,10 @@ class DirectorService:
         self.signed.keep(device_id, state.version, state.snapshot, state.targets)
         if name == "timestamp.json":
             return await self._fresh_timestamp(device_id, state)
-        if name == f"{state.version}.snapshot.json":
-            return state.snapshot
-        if name == f"{state.version}.targets.json":
-            return state.targets
-        raise NotFound(f"no director file {name} for {device_id}")
+        found = _named(name, state.version, state.snapshot, state.targets)
+        if found is None:
+            raise NotFound(f"no director file {name} for {device_id}")
+        return found
 
     async def resign_all(self) -> int:
         """After a director root change: re-sign every device's metadata with the key the

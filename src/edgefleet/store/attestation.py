@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AttestationIdentity, AttestationNonce, AttestationStatus, Device
 
-# The statements of an attestation (a quote) are built once: SQLAlchemy then computes
-# each one's cache key once, not on every execution.
+# Statements run per device (TPM enrollment, each quote, the verdict an admin reads) are
+# built once: SQLAlchemy then computes each one's cache key once, not on every execution.
 _IDENTITY = select(AttestationIdentity.__table__).where(AttestationIdentity.device_id == bindparam("b_id"))
 _SPEND: dict[str, Any] = {"nonce": bindparam("b_nonce"), "device_id": bindparam("b_id"),
                           "expires_at": bindparam("b_expires"), "used_at": bindparam("b_now")}
@@ -48,8 +48,7 @@ async def activate_identity(conn: AsyncConnection, device_id: str, digest: str, 
     return result.first() is not None
 
 
-def spend_nonce(conn: Connection, nonce: str, device_id: str, expires_at: datetime,
-                      now: datetime) -> bool:
+def spend_nonce(conn: Connection, nonce: str, device_id: str, expires_at: datetime, now: datetime) -> bool:
     """Record a nonce as spent; False if it was spent before (kept until it expires)."""
     stmt = _SPEND_POSTGRESQL if conn.dialect.name == "postgresql" else _SPEND_SQLITE
     result = conn.execute(stmt, {"b_nonce": nonce, "b_id": device_id, "b_expires": expires_at, "b_now": now})
@@ -108,8 +107,8 @@ _SAVE_STATUS = (
 
 
 def save_status(conn: Connection, device_id: str, *, passed: bool, attested_at: datetime,
-                      failures: dict[str, Any], release: str | None, reset_count: int, restart_count: int,
-                      clock: int, quarantined: bool) -> None:
+                failures: dict[str, Any], release: str | None, reset_count: int, restart_count: int,
+                clock: int, quarantined: bool) -> None:
     """Store a device's latest verdict (every field of it)."""
     values = {"passed": passed, "attested_at": attested_at, "failures": failures, "release": release,
               "reset_count": reset_count, "restart_count": restart_count, "clock": clock, "quarantined": quarantined}

@@ -115,8 +115,8 @@ class Database:
                 # each with its own thread and pragmas. A request that cannot get one within
                 # 10 s is refused (503) and the device backs off, rather than piling up.
                 # SQLite's calls run inline on the event loop (``inline_sqlite``).
-                # A connection comes back from ``transaction()`` committed or rolled back:
-                # the pool need not roll it back again.
+                # A connection comes back from ``transaction()``, ``read`` and ``write``
+                # committed or rolled back: the pool need not roll it back again.
                 self.engine: AsyncEngine = create_async_engine(inline_url(url), pool_size=16, max_overflow=0,
                                                                pool_timeout=10, pool_reset_on_return=None)
                 event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -9,6 +9,8 @@ such transactions. SQLite is an in-process library whose calls on a WAL database
 page cache take microseconds, so this dialect is SQLAlchemy's own ``pysqlite`` dialect,
 declared asyncio-capable, whose cursor awaits a coroutine that simply makes the call: the
 greenlet hands it to the event loop's task, which runs it at once, without a thread.
+(Making the call without that hand-over is refused: SQLAlchemy's asyncio connection
+raises ``AwaitRequired`` for a statement that awaited nothing.)
 
 What that costs: a statement holds the event loop for as long as SQLite takes. Writers in
 this process already take turns (``WriterTurn``), so a write never waits for SQLite's lock
