@@ -24,7 +24,8 @@ from edgefleet.settings import load_settings
 COMMANDS = [[], ["server"], ["server", "init"], ["agent"], ["demo"], ["devices"], ["devices", "ls"],
             ["devices", "show"], ["tokens"], ["tokens", "create"], ["tokens", "create-admin"], ["keys"],
             ["keys", "init"], ["keys", "ls"], ["keys", "rotate"], ["release"], ["release", "create"],
-            ["release", "sign"], ["release", "publish"], ["release", "ls"], ["assign"], ["server", "rotate-key"]]
+            ["release", "sign"], ["release", "publish"], ["release", "ls"], ["assign"], ["server", "rotate-key"],
+            ["image"], ["image", "build"], ["image", "baseline"], ["tpm"], ["tpm", "evidence"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgefleet")
@@ -33,6 +34,22 @@ def test_every_command_explains_itself_with_help(command: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     assert len(result.output.splitlines()) > 5
+
+
+@pytest.mark.parametrize("module", ["edgefleet.agent", "edgefleet.agent.evidence"])
+def test_the_device_entry_points_explain_themselves_without_the_command_line(module: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_the_device_agent_entry_point_loads_neither_the_cli_nor_the_server() -> None:
+    # Under emulation (and on small devices) every imported module costs seconds.
+    probe = ("import sys, edgefleet.agent.__main__; "
+             "print(sorted(m for m in sys.modules if m.startswith(('edgefleet.cli', 'edgefleet.server', "
+             "'fastapi', 'typer'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_flags_win_over_environment_which_wins_over_the_file(tmp_path: Path, monkeypatch) -> None:

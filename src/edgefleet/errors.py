@@ -17,6 +17,7 @@
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
     ├── PersistError            local durable state could not be written (full disk, permissions)
     ├── InstallError            (agent side) an image could not be written to a slot, or does not verify there
+    ├── BuildError              an OS image could not be built (a builder tool is missing or failed)
     └── ConfigError             settings or on-disk key material are missing or invalid
 
 Every error carries a stable machine-readable ``code``. How an error is shown (HTTP status,
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 
 __all__ = [
+    "BuildError",
     "ConfigError",
     "Conflict",
     "DeltaRefused",
@@ -163,6 +165,13 @@ class InstallError(EdgefleetError):
     """Writing an image into the inactive slot failed, or the slot does not hash to it."""
 
     code = "install_failed"
+
+
+class BuildError(EdgefleetError):
+    """An OS image could not be built: a builder tool is missing, failed, or produced
+    something that does not check out."""
+
+    code = "build_failed"
 
 
 class ConfigError(EdgefleetError):

@@ -28,7 +28,6 @@ from edgefleet.agent.delivery import Delivery
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import Probe, parse_checks
-from edgefleet.agent.localui import serve_local_ui
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
@@ -200,8 +199,13 @@ class Agent:
         state = self.dir.load()
         halt = asyncio.Event()  # ``stop``, or a reboot the agent asked for
         forward = asyncio.ensure_future(self._forward(stop, halt))
-        local = asyncio.ensure_future(serve_local_ui(self, self.settings.local_ui, self.settings.local_ui_token_file,
-                                                     halt)) if self.settings.local_ui else None
+        local = None
+        if self.settings.local_ui:
+            # Only a device that serves the technician's page pays for its web stack.
+            from edgefleet.agent.localui import serve_local_ui
+
+            local = asyncio.ensure_future(serve_local_ui(self, self.settings.local_ui,
+                                                         self.settings.local_ui_token_file, halt))
         try:
             if state.device_id is None or not self.dir.cert.exists():
                 state = await self._enroll(state, halt)

@@ -15,7 +15,9 @@ of them; the device learns only pass or fail):
 7. reset and restart counters and the clock never go back;
 8. the boot event log replays to exactly the reported PCR values;
 9. the values satisfy the policy (reference measurements of the release the device should
-   run, plus the hardware model's baseline).
+   run, plus the hardware model's baseline); where the policy has reference values event
+   by event, the log's events of those PCRs must be exactly the expected ones, and the
+   first that differs is named.
 
 Steps 1 to 3 gate the rest: evidence that is not authentic is not examined further.
 """
@@ -31,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from edgefleet.attestation import eventlog
+from edgefleet.attestation import eventlog, reference
 from edgefleet.attestation.structures import (
     DECRYPT,
     FIXED_PARENT,
@@ -83,6 +85,7 @@ class Policy:
     hardware model's baseline (e.g. firmware PCRs)."""
 
     expected: Mapping[int, bytes] = field(default_factory=dict)
+    events: reference.ReferenceValues | None = None  # the expected events of some PCRs
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,20 @@ def verify_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence, polic
             failures.append(f"event_log: does not replay to the quoted values of PCR {mismatched}")
     except InvalidRequest as exc:
         failures.append(f"event_log: {exc.message}")
-    for index, value in sorted(policy.expected.items()):                        # step 9
-        if reported.get(index) != value:
+    named: set[int] = set()
+    if policy.events is not None and not failures:                              # step 9
+        missing = sorted(set(policy.events.pcrs) - set(request.pcrs))
+        if missing:
+            failures.append(f"policy: PCR {missing} have reference values but were not quoted")
+        try:
+            found = reference.compare(eventlog.parse(evidence.event_log), policy.events.only(request.pcrs))
+        except InvalidRequest as exc:
+            failures.append(f"event_log: {exc.message}")
+        else:
+            failures += [m.message for m in found]
+            named = {m.pcr for m in found}
+    for index, value in sorted(policy.expected.items()):
+        if index not in named and reported.get(index) != value:
             failures.append(f"policy: PCR {index} is {reported.get(index, b'').hex() or 'not quoted'}, "
                             f"expected {value.hex()}")
     return Verdict(tuple(failures), verdict.clock, reported)

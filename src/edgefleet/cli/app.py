@@ -11,11 +11,13 @@ from edgefleet.cli import (
     devices_cmd,
     gitops_cmd,
     hub_cmd,
+    image_cmd,
     release_cmd,
     rollout_cmd,
     server_cmd,
     sim_cmd,
     tokens_cmd,
+    tpm_cmd,
 )
 
 app = typer.Typer(
@@ -28,6 +30,8 @@ app.add_typer(server_cmd.app, name="server")
 app.add_typer(hub_cmd.app, name="hub")
 app.add_typer(tokens_cmd.app, name="tokens")
 app.add_typer(devices_cmd.app, name="devices")
+app.add_typer(tpm_cmd.app, name="tpm")
+app.add_typer(image_cmd.app, name="image")
 app.add_typer(release_cmd.keys_app, name="keys")
 app.add_typer(release_cmd.release_app, name="release")
 app.command("agent")(agent_cmd.agent)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgefleet.attestation import reference
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
@@ -123,6 +124,10 @@ def release_create(
         help="Reference PCR value after booting it, PCR=sha256hex (repeat).")] = None,
     artifact: Annotated[list[Path] | None, typer.Option(exists=True, dir_okay=False,
                                                         help="Extra artifact (WASM module, bundle).")] = None,
+    reference_values: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="The image's predicted reference values (reference-values.json from `edgefleet image build`); "
+             "signed with the release, checked event by event at every quote.")] = None,
     deltas: Annotated[int, typer.Option(min=0, help="Build known-base deltas from this many earlier releases.")] = 2,
     index: Annotated[bool, typer.Option(help="Build the content index and pieces (any-base updates).")] = True,
     chunking: Annotated[Chunking, typer.Option(
@@ -141,8 +146,17 @@ def release_create(
             raise typer.BadParameter(f"measurements are PCR=<64 hex digits>, got {item!r}")
         measurements[pcr] = value.lower()
     with shown_errors():
+        document = None
+        if reference_values is not None:
+            predicted = reference.loads(reference_values.read_bytes())  # refuses a malformed document
+            document = predicted.to_document()
+            typed = sorted(set(measurements) & {str(pcr) for pcr in predicted.pcrs})
+            if typed:
+                raise typer.BadParameter(f"PCR {', '.join(typed)} come from --reference-values; do not type them")
+            measurements |= {str(pcr): v.hex() for pcr, v in predicted.values().items()}
         targets = Workspace(workspace).create_release(
-            image, ReleaseInfo(version, counter, tuple(hardware_id), measurements), SystemClock().now(), artifact,
+            image, ReleaseInfo(version, counter, tuple(hardware_id), measurements, document), SystemClock().now(),
+            artifact,
             deltas=deltas, index=index, chunking=None if chunking is Chunking.auto else chunking.value,
             dictionary=dictionary,
         )

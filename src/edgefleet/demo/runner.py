@@ -130,6 +130,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
         devices = await _start_fleet(options, settings, server.url, client, stop, tasks,
                                      hub_url=f"https://127.0.0.1:{hub.port}", emulators=emulators)
         out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
+        out.print("[dim]emulated: each device's firmware, boot and reboots are software (agent/hardware/firmware.py); "
+                  "the real boot chain (OVMF, systemd-boot, UKI, dm-verity) is `edgefleet image build` in a VM, "
+                  "see docs/images.md[/]")
         if emulators is not None:
             out.print("[bold green]TPMs[/]: one swtpm (TPM 2.0 emulator) per device, driven through tpm2-tss")
         else:
@@ -367,7 +370,7 @@ async def _report_attestation(client: AdminClient, expected: int, out: Console) 
     passed = [d for d in fleet.devices if d.attestation and d.attestation.get("passed")]
     quarantined = [d for d in fleet.devices if d.attestation and d.attestation.get("quarantined")]
     out.print(f"[bold green]attestation[/]: {len(passed)} devices proved with TPM quotes that they booted signed "
-              f"release {RUNNING} (measured boot, event log replayed)")
+              f"release {RUNNING} (emulated measured boot, event log replayed)")
     for device in quarantined:
         failed = "; ".join(str(c) for c in device.attestation.get("failed_checks", [])[:1]) if device.attestation \
             else ""

@@ -24,21 +24,24 @@ class ReleaseInfo:
     counter: int  # never decreases across releases; devices refuse a lower one
     hardware_ids: tuple[str, ...]
     measurements: dict[str, str]  # PCR index -> expected sha256 value after booting it
+    # The image's predicted reference values (edgefleet-reference-values/1), event by event.
+    reference_values: dict[str, Any] | None = None
 
     def custom(self) -> dict[str, Any]:
         if self.counter < 0:
             raise InvalidRequest("release counter must not be negative", code="invalid_release")
         if not self.hardware_ids:
             raise InvalidRequest("a release must name the hardware ids it fits", code="invalid_release")
-        return {
-            "edgefleet": {
-                "kind": "os-image",
-                "version": self.version,
-                "release_counter": self.counter,
-                "hardware_ids": list(self.hardware_ids),
-                "measurements": dict(sorted(self.measurements.items())),
-            }
+        fields: dict[str, Any] = {
+            "kind": "os-image",
+            "version": self.version,
+            "release_counter": self.counter,
+            "hardware_ids": list(self.hardware_ids),
+            "measurements": dict(sorted(self.measurements.items())),
         }
+        if self.reference_values is not None:
+            fields["reference_values"] = self.reference_values
+        return {"edgefleet": fields}
 
 
 def release_fields(target: TargetFile) -> dict[str, Any]:

@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from edgefleet.attestation import reference
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
 from edgefleet.attestation.structures import ClockInfo, parse_public
@@ -30,7 +32,7 @@ from edgefleet.attestation.verifier import (
     verify_quote,
 )
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, Forbidden, InvalidRequest, StoreError, Unauthenticated
+from edgefleet.errors import ConfigError, Conflict, Forbidden, InvalidRequest, StoreError, Unauthenticated
 from edgefleet.releases.image import release_fields
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.metrics import Metrics
@@ -57,6 +59,19 @@ class NonceIssued:
     pcrs: tuple[int, ...]
     bank: str
     ttl: timedelta
+
+
+@lru_cache(maxsize=64)
+def load_reference_file(path: Path) -> reference.ReferenceValues:
+    """A hardware model's reference values (read once per path).
+
+    Raises ConfigError when the file is unreadable or invalid."""
+    try:
+        return reference.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"attestation reference file {path}: {exc}") from exc
+    except InvalidRequest as exc:
+        raise ConfigError(f"attestation reference file {path}: {exc.message}") from exc
 
 
 def ek_fingerprint(ek_public: bytes) -> str:
@@ -154,16 +169,33 @@ class AttestationService:
         release being rolled out to it is not the yardstick until it has installed it."""
         release = running_version or inventory.get("os_version")
         expected: dict[int, bytes] = {}
-        baseline = self.settings.attestation_baselines.get(str(inventory.get("hardware_type")), {})
+        hardware = str(inventory.get("hardware_type"))
+        baseline = self.settings.attestation_baselines.get(hardware, {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
+        events = None
+        golden = self.settings.attestation_reference_files.get(hardware)
+        if golden is not None:
+            events = load_reference_file(golden)
         published = self.repository.published()
         if release and published is not None:
             for target in published.signed.targets.values():
                 fields = release_fields(target)
+                if fields.get("version") != release:
+                    continue
                 measurements = fields.get("measurements")
-                if fields.get("version") == release and isinstance(measurements, dict):
+                if isinstance(measurements, dict):
                     expected.update({int(pcr): bytes.fromhex(str(v)) for pcr, v in measurements.items()})
-        return Policy(expected), release
+                predicted = fields.get("reference_values")
+                if predicted is not None:
+                    try:
+                        signed = reference.from_document(predicted)
+                    except InvalidRequest as exc:  # signed by the release owners, but unreadable
+                        log.error("release %s: %s", release, exc.message)
+                        continue
+                    events = signed if events is None else signed.merged(events)
+        if events is not None:
+            expected.update(events.values())
+        return Policy(expected, events), release
 
     async def submit_quote(self, device_id: str, nonce: bytes, evidence: Evidence) -> bool:
         """Verify a quote; a failure quarantines the device. Returns pass or fail only.

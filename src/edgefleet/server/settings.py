@@ -64,6 +64,9 @@ class ServerSettings(BaseSettings):
     attestation_pcrs: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
     attestation_baselines: dict[str, dict[str, str]] = Field(
         {}, description="hardware type -> PCR index -> expected sha256 hex (firmware baseline)")
+    attestation_reference_files: dict[str, Path] = Field(
+        {}, description="hardware type -> reference values file (edgefleet-reference-values/1), event by event: "
+                        "the firmware PCRs recorded from a golden device (`edgefleet image baseline`)")
     ek_trust: Literal["tofu", "approved", "vendor"] = Field(
         "tofu", description="endorsement keys accepted: any (tofu), listed fingerprints, or vendor-certified")
     tpm_vendor_roots: Path | None = Field(None, description="directory of TPM vendor root/intermediate certs")

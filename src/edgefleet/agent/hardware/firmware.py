@@ -1,4 +1,8 @@
-"""The emulated device's platform firmware and boot loader: at power-on it picks the A/B
+"""EMULATION (demo, simulator, tests of the emulated device): not real UEFI firmware. The
+real chain (OVMF, systemd-boot, a UKI, the kernel's event log) is built and predicted by
+``edgefleet.image`` and booted by ``edgefleet.vm``; see docs/images.md.
+
+The emulated device's platform firmware and boot loader: at power-on it picks the A/B
 slot by the bootloader environment (``power_on``), then resets the TPM, measures what it
 runs into the PCRs (sha1 and sha256 banks) and writes the TCG PC Client event log where the
 OS reads it (``/sys/kernel/security/tpm0/binary_bios_measurements`` on a real device).

@@ -1,0 +1,141 @@
+"""A real boot under emulation: build (or reuse) the golden image, boot it in QEMU q35 +
+OVMF + swtpm (TCG), and time the stages of the boot from QEMU's start:
+
+    firmware    the baseline: OVMF alone, up to the kernel's EFI stub ("EFI stub:")
+    initramfs   the initramfs opened the root slot through dm-verity and mounted it
+    systemd     systemd reached the login prompt on the console
+    evidence    the guest read its TPM's PCRs and the kernel's event log (golden boot)
+    quote       (second boot, the same image with a control plane baked in) the agent
+                enrolled through the guest's TPM and its first quote passed, checked
+                event by event against the predicted reference values
+
+    python bench/boot.py [--runs 1] [--no-attest]
+
+Needs root and Debian's mmdebstrap, qemu-system-x86, ovmf, swtpm-tools and the image
+builder's tools; says which one is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/real_boot.py: the control plane's side
+
+from edgefleet.agent.evidence import find
+from edgefleet.attestation import eventlog, reference
+from edgefleet.credentials import Role
+from edgefleet.image import _tools
+from edgefleet.image.build import REFERENCE_VALUES, TOOLS, build_image
+from edgefleet.image.spec import load_spec
+from edgefleet.vm import Machine, MachineConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKS = {"firmware_s": "EFI stub:", "initramfs_s": "verified and mounted", "systemd_s": "login:"}
+
+
+def boot_once(disk: Path, work: Path, deadline: float) -> dict[str, float | bool]:
+    machine = Machine(MachineConfig(disk=disk, directory=work, fw_cfg={"opt/io.edgefleet/print-evidence": b"1"}))
+    figures: dict[str, float | bool] = {}
+    with machine:
+        start = machine.started_at
+        while time.monotonic() - start < deadline:
+            console = machine.console_text() + machine.evidence_port.read_text(errors="replace")
+            for key, mark in MARKS.items():
+                if key not in figures and mark in console:
+                    figures[key] = round(time.monotonic() - start, 1)
+            found = find(machine.evidence_port.read_text(errors="replace"))
+            if found is not None:
+                figures["evidence_s"] = round(time.monotonic() - start, 1)
+                log = eventlog.parse(base64.b64decode(str(found["event_log"])))
+                figures["log"] = log  # type: ignore[assignment]
+                break
+            if not machine.running:
+                break
+            time.sleep(0.2)
+    return figures
+
+
+def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
+    """Boot the image with a control plane baked in; seconds to enrollment and to the first passed quote."""
+    from tests import real_boot
+
+    figures: dict[str, float | bool] = {}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-attest-") as tmp:
+        plane = real_boot.attesting_plane(golden_log, Path(tmp))
+        try:
+            image = real_boot.published_fleet_image(plane, spec_text, Path(tmp))
+            viewer = plane.client(role=Role.VIEWER)
+            with Machine(real_boot.provisioned_vm(plane, image, Path(tmp) / "vm")) as machine:
+                device_id = real_boot.enrolled_device(plane, machine)
+                figures["enrolled_s"] = round(time.monotonic() - machine.started_at, 1)
+                verdict = real_boot.wait_until(
+                    lambda: viewer.get(f"/api/v1/admin/devices/{device_id}").json().get("attestation"),
+                    "attestation", machine, deadline, every=0.25)
+                figures["quote_s"] = round(time.monotonic() - machine.started_at, 1)
+                figures["quote_passed"] = bool(verdict["passed"])  # type: ignore[index]
+        finally:
+            plane.close()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=ROOT / "examples/image/edge.toml")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--no-attest", action="store_true", help="skip the boot that attests to a control plane")
+    parser.add_argument("--deadline", type=float, default=900.0)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/boot.py needs root (mmdebstrap --mode=root builds the image)")
+        return 0
+    absent = _tools.missing([*TOOLS, "qemu-system-x86_64", "qemu-img", "swtpm", "swtpm_setup"])
+    if absent or not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
+        print(f"bench/boot.py needs {', '.join(absent) or 'ovmf'} (Debian packages: see scripts/test)")
+        return 0
+    spec, spec_dir = load_spec(args.spec)
+    built = build_image(spec, spec_dir)
+    print(f"image {spec.version}: {'cache hit' if built.cached else 'built'} in {built.seconds:.1f} s")
+    slot = built.path("root.erofs").stat().st_size
+    disk_used = built.disk.stat().st_blocks * 512
+    print(f"  root slot {slot / 2**20:.0f} MiB (erofs + dm-verity), disk {disk_used / 2**20:.0f} MiB used "
+          f"of {built.disk.stat().st_size / 2**20:.0f} MiB, UKI "
+          f"{built.path(f'edgefleet-{spec.version}-a.efi').stat().st_size / 2**20:.1f} MiB")
+    expected = reference.loads(built.path(REFERENCE_VALUES).read_bytes())
+    runs = []
+    golden_log = None
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="edgefleet-boot-") as tmp:
+            figures = boot_once(built.disk, Path(tmp), args.deadline)
+        log = figures.pop("log", None)
+        golden_log = log if log is not None else golden_log
+        figures["predicted_equal_booted"] = bool(log is not None and not reference.compare(log, expected))  # type: ignore[arg-type]
+        runs.append(figures)
+        print(f"run {run + 1}: " + ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in figures.items()
+                                              if k.endswith("_s")) +
+              f"; predicted reference values {'equal' if figures['predicted_equal_booted'] else 'DIFFER from'} "
+              "the guest's event log")
+    best = min(runs, key=lambda r: float(r.get("evidence_s", 1e9)))
+    if not args.no_attest and golden_log is not None:
+        best.update(attest_once(args.spec.read_text(), golden_log, args.deadline))
+        print(f"attesting boot: first passed quote {best.get('quote_s')} s after QEMU started "
+              f"(enrolled {best.get('enrolled_s')} s)")
+    summary = {
+        "build_s": round(built.seconds, 1), "build_cached": built.cached,
+        "slot_mib": round(slot / 2**20, 1), "disk_used_mib": round(disk_used / 2**20, 1),
+        **{k: v for k, v in best.items()},
+        "qemu": re.sub(r"\s+", " ", os.popen("qemu-system-x86_64 --version").read().splitlines()[0]),  # noqa: S605
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Real boots for tests: the image builder's tools, OVMF, QEMU and swtpm, or a skip (a
+failure under EDGEFLEET_REQUIRE_ALL=1) that names what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edgefleet.agent.evidence import find
+from edgefleet.attestation import eventlog, reference
+from edgefleet.client import AdminClient
+from edgefleet.credentials import Role
+from edgefleet.image import _tools, predict
+from edgefleet.image.build import REFERENCE_VALUES, TOOLS, BuiltImage, build_image
+from edgefleet.image.spec import load_spec
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
+from edgefleet.vm import Machine, MachineConfig
+from edgefleet.vm.qemu import GUEST_HOST
+from tests.conftest import Fleet, need, start_fleet
+
+VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "swtpm", "swtpm_setup")
+BOOT_DEADLINE = 900.0  # seconds: generous, TCG on a loaded 2-core machine
+
+
+def real_boot_or_skip() -> None:
+    if os.geteuid() != 0:
+        need("root", "the image builder (mmdebstrap --mode=root) runs as root")
+    absent = _tools.missing([*TOOLS, *VM_TOOLS])
+    if absent:
+        need("image builder and VM tools", f"missing {', '.join(absent)}")
+    if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
+        need("OVMF", "Debian's ovmf is not installed")
+
+
+def wait_for_evidence(machine: Machine, deadline: float = BOOT_DEADLINE) -> dict[str, object]:
+    """The evidence the guest prints on its second serial port (see agent/evidence.py)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            found = find(machine.evidence_port.read_text(errors="replace"))
+        except OSError:
+            found = None
+        if found is not None:
+            return found
+        assert machine.running, "the VM stopped before printing its evidence:\n" + machine.console_text()[-3000:]
+        time.sleep(1)
+    raise AssertionError("no evidence within the deadline; console tail:\n" + machine.console_text()[-3000:])
+
+
+def wait_until(condition: Callable[[], object], what: str, machine: Machine, deadline: float = BOOT_DEADLINE,
+               every: float = 1.0) -> object:
+    """``condition()`` once it is true; fails with the console's tail if the VM stops or
+    the (generous) deadline passes first."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        assert machine.running, f"the VM stopped while waiting for {what}:\n" + machine.console_text()[-3000:]
+        time.sleep(every)
+    raise AssertionError(f"no {what} within the deadline; console tail:\n" + machine.console_text()[-3000:])
+
+
+# -- a control plane for a VM device ------------------------------------------------------
+
+FLEET_HOST = "fleet.edgefleet.test"
+SITE = "store-vm"
+QUOTED_PCRS = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12]
+FLEET_PART = f"""
+[fleet]
+server_url = "https://{FLEET_HOST}:8443"
+ca_file = "fleet-ca.pem"
+hosts = {{ "{FLEET_HOST}" = "{GUEST_HOST}" }}
+agent = {{ checkin_interval_seconds = 5.0, long_poll_seconds = 20.0, backoff_max_seconds = 10.0, \
+attestation_interval_seconds = 30.0 }}
+"""
+
+
+def attesting_plane(golden_log: eventlog.EventLog, directory: Path) -> Fleet:
+    """A control plane that requires attestation over the image's PCRs, with the hardware
+    model's firmware PCRs recorded from a golden boot."""
+    baseline = directory / "qemu-q35.json"
+    recorded = reference.from_log(golden_log, predict.GOLDEN_PCRS)
+    baseline.write_text(json.dumps(recorded.to_document()))
+    return start_fleet(directory, None, attestation_required=True, attestation_pcrs=QUOTED_PCRS,
+                       server_names=["localhost", "127.0.0.1", FLEET_HOST],
+                       attestation_reference_files={"qemu-q35": baseline})
+
+
+def published_fleet_image(plane: Fleet, spec_text: str, directory: Path) -> BuiltImage:
+    """``spec_text`` with the fleet's CA and server baked in, built, and published as a
+    release with its predicted reference values."""
+    shutil.copyfile(plane.settings.pki.ca_cert, directory / "fleet-ca.pem")
+    (directory / "edge.toml").write_text(spec_text + FLEET_PART)
+    spec, spec_dir = load_spec(directory / "edge.toml")
+    built = build_image(spec, spec_dir)
+    values = reference.loads(built.path(REFERENCE_VALUES).read_bytes())
+    keys, workspace = Keystore(directory / "keys"), Workspace(directory / "ws")
+    now = datetime.now(UTC)
+    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), now)
+    workspace.create_release(built.path("root.erofs"), ReleaseInfo(
+        spec.version, spec.release_counter, (spec.hardware_id,),
+        {str(p): v.hex() for p, v in values.values().items()}, values.to_document()), now)
+    workspace.sign_targets(keys.signer("targets-1"))
+    with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as admin:
+        publish_workspace(workspace, admin)
+    return built
+
+
+def provisioned_vm(plane: Fleet, image: BuiltImage, directory: Path) -> MachineConfig:
+    """A VM of ``image`` with a bootstrap token for SITE and the server forwarded."""
+    token = plane.bootstrap_token(SITE)
+    provisioning = f"EDGEFLEET_AGENT_SITE={SITE}\nEDGEFLEET_AGENT_BOOTSTRAP_TOKEN={token}\n".encode()
+    return MachineConfig(disk=image.disk, directory=directory, forwards={8443: plane.server.port},
+                         fw_cfg={"opt/io.edgefleet/agent.env": provisioning})
+
+
+def enrolled_device(plane: Fleet, machine: Machine) -> str:
+    """The id of the device the VM enrolled as."""
+    viewer = plane.client(role=Role.VIEWER)
+
+    def listed() -> list[dict[str, object]]:
+        devices: list[dict[str, object]] = viewer.get("/api/v1/admin/devices", params={"site": SITE}).json()["devices"]
+        return devices
+
+    found = wait_until(listed, "enrolled device", machine)
+    return str(found[0]["id"])  # type: ignore[index]

@@ -1,0 +1,226 @@
+"""A real golden image booting real UEFI firmware: `edgefleet image build` makes the disk
+(systemd-boot, a UKI, erofs + dm-verity slots), QEMU q35 + OVMF + swtpm (TCG) boots it,
+and what the guest's TPM and the kernel's event log report equals what the build
+predicted from the artifacts alone. One boot serves every assertion about it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet.attestation import eventlog, reference
+from edgefleet.credentials import Role
+from edgefleet.image import predict
+from edgefleet.image import uki as uki_builder
+from edgefleet.image.build import REFERENCE_VALUES, STUB_COPY, BuiltImage, build_image, uki_name
+from edgefleet.image.spec import load_spec
+from edgefleet.image.uki import UkiParts
+from edgefleet.vm import Machine, MachineConfig
+from tests.conftest import Fleet
+from tests.real_boot import (
+    BOOT_DEADLINE,
+    attesting_plane,
+    enrolled_device,
+    provisioned_vm,
+    published_fleet_image,
+    real_boot_or_skip,
+    wait_for_evidence,
+    wait_until,
+)
+
+SPEC = """
+name = "edgefleet-test"
+version = "2026.12.0"
+release_counter = 3
+hardware_id = "qemu-q35"
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    real_boot_or_skip()
+    path = tmp_path_factory.mktemp("spec") / "edge.toml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image(spec_file: Path) -> BuiltImage:
+    spec, spec_dir = load_spec(spec_file)
+    return build_image(spec, spec_dir)
+
+
+@pytest.fixture(scope="module")
+def golden(image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], str]:
+    """One boot with the evidence printed: (evidence, console). The VM stops once it has
+    printed it (a running VM would hold a core for the rest of the module)."""
+    directory = tmp_path_factory.mktemp("vm-golden")
+    config = MachineConfig(disk=image.disk, directory=directory, fw_cfg={"opt/io.edgefleet/print-evidence": b"1"})
+    with Machine(config) as machine:
+        return wait_for_evidence(machine), machine.console_text()
+
+
+def booted_log(evidence: dict[str, object]) -> eventlog.EventLog:
+    return eventlog.parse(base64.b64decode(str(evidence["event_log"])))
+
+
+def predicted(image: BuiltImage) -> reference.ReferenceValues:
+    return reference.loads(image.path(REFERENCE_VALUES).read_bytes())
+
+
+def test_the_disk_has_the_boot_chain_two_slots_and_data_and_a_rebuild_is_a_cache_hit(
+        image: BuiltImage, spec_file: Path) -> None:
+    table = subprocess.run(["sgdisk", "-p", str(image.disk)], capture_output=True, text=True, check=True).stdout
+    for label in ("esp", "root-a", "root-b", "data"):
+        assert f" {label}" in table
+    manifest = image.manifest
+    assert manifest["version"] == "2026.12.0"
+    assert len(str(manifest["verity"]["root_hash"])) == 64  # type: ignore[index]
+    spec, spec_dir = load_spec(spec_file)
+    again = build_image(spec, spec_dir)
+    assert again.cached
+    assert again.directory == image.directory
+
+
+def test_the_guest_tpm_and_event_log_equal_the_predicted_reference_values(
+        image: BuiltImage, golden: tuple[dict[str, object], str]) -> None:
+    evidence, console = golden
+    log = booted_log(evidence)
+    tpm = {int(p): bytes.fromhex(v) for p, v in evidence["pcrs"].items()}  # type: ignore[attr-defined]
+    # The kernel's event log replays to what the TPM holds (PCR 10 is IMA's own log).
+    replayed = eventlog.replay(log, "sha256", range(16))
+    assert {p for p in range(16) if replayed[p] != tpm[p]} <= {10}
+    expected = predicted(image)
+    assert set(expected.pcrs) == set(predict.PREDICTED_PCRS)
+    assert reference.compare(log, expected) == []  # event by event
+    assert {p: v for p, v in expected.values().items()} == {p: tpm[p] for p in expected.pcrs}
+    assert "slot a verified and mounted" in console  # dm-verity opened the slot with the measured root hash
+
+
+def test_two_builds_of_the_same_inputs_give_the_same_reference_values(
+        image: BuiltImage, spec_file: Path, tmp_path: Path) -> None:
+    spec, spec_dir = load_spec(spec_file)
+    rebuilt = build_image(spec, spec_dir, into=tmp_path / "again")
+    assert rebuilt.path(REFERENCE_VALUES).read_text() == image.path(REFERENCE_VALUES).read_text()
+    assert rebuilt.manifest["files"] == image.manifest["files"]  # slot, UKI, boot loader, kernel, initramfs
+
+
+def _flip(source: Path, target: Path, offset: int) -> Path:
+    data = bytearray(source.read_bytes())
+    data[offset] ^= 0x01
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("part", ["bootloader", "uki", "kernel"])
+def test_a_one_byte_change_in_the_boot_chain_fails_naming_the_event(
+        image: BuiltImage, golden: tuple[dict[str, object], str], part: str, tmp_path: Path) -> None:
+    # The reference values of a release whose binary differs by one byte, against the log
+    # of the golden boot: the comparison names the event (a device that booted the changed
+    # binary against the real release's values is the same comparison the other way round).
+    bootloader = image.path("BOOTX64.EFI")
+    uki = image.path(uki_name(str(image.manifest["version"]), "a"))
+    parts = UkiParts(image.path("vmlinuz"), image.path("initrd.cpio"), image.path("cmdline.txt").read_text(),
+                     image.path("os-release").read_bytes())
+    if part == "bootloader":
+        bootloader = _flip(bootloader, tmp_path / "BOOTX64.EFI", 0x1000)
+    elif part == "uki":
+        uki = _flip(uki, tmp_path / uki.name, 0x1000)
+    else:
+        parts = dataclasses.replace(parts, linux=_flip(parts.linux, tmp_path / "vmlinuz", 0x10000))
+        uki = uki_builder.build(image.path(STUB_COPY), parts, tmp_path / "changed-kernel.efi", tmp_path)
+    found = reference.compare(booted_log(golden[0]), predict.predict(bootloader=bootloader, uki=uki, parts=parts,
+                                                                      disk=image.disk))
+    assert found
+    assert found[0].pcr == 4
+    named = {"bootloader": "systemd-boot", "uki": "UKI", "kernel": "UKI"}[part]
+    assert named in found[0].message, found
+    if part == "kernel":  # the stub measured the kernel section too
+        assert any(m.pcr == 11 and ".linux (contents)" in m.message for m in found)
+
+
+def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(image: BuiltImage, tmp_path: Path) -> None:
+    config = MachineConfig(disk=image.disk, directory=tmp_path / "vm-tampered")
+    machine = Machine(config)
+    machine.prepare()
+    slot_offset = partition_offset(image.disk, "root-a")
+    # The erofs superblock (block 0 of the slot) changes in the VM's overlay only.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {slot_offset + 1024} 512",
+                    str(config.directory / "disk.qcow2")], check=True, capture_output=True)
+    with machine:
+        console = machine.wait_for_console("is corrupted", BOOT_DEADLINE)
+    assert "verity" in console
+    assert "slot a verified and mounted" not in console  # the slot never mounted, systemd never ran
+
+
+def partition_offset(disk: Path, label: str) -> int:
+    shown = subprocess.run(["sgdisk", "-p", str(disk)], capture_output=True, text=True, check=True).stdout
+    for line in shown.splitlines():
+        words = line.split()
+        if words and words[0].isdigit() and words[-1] == label:
+            return int(words[1]) * 512
+    raise AssertionError(f"no partition {label} in {shown}")
+
+
+# -- the agent inside the VM: enroll through the guest's TPM, attest, configuration, token --
+
+@pytest.fixture(scope="module")
+def plane(golden: tuple[dict[str, object], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = attesting_plane(booted_log(golden[0]), tmp_path_factory.mktemp("vm-plane"))
+    yield fleet
+    fleet.close()
+
+
+@pytest.fixture(scope="module")
+def fleet_image(plane: Fleet, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    return published_fleet_image(plane, SPEC, tmp_path_factory.mktemp("fleet-spec"))
+
+
+def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_config_and_a_token(
+        plane: Fleet, fleet_image: BuiltImage, tmp_path: Path) -> None:
+    viewer, operator = plane.client(role=Role.VIEWER), plane.client(role=Role.OPERATOR)
+    with Machine(provisioned_vm(plane, fleet_image, tmp_path / "vm")) as machine:
+        device_id = enrolled_device(plane, machine)
+
+        def record() -> dict[str, object]:
+            value: dict[str, object] = viewer.get(f"/api/v1/admin/devices/{device_id}").json()
+            return value
+
+        attested = wait_until(lambda: record().get("attestation"), "attestation verdict", machine)
+        attestation: dict[str, object] = attested  # type: ignore[assignment]
+        assert attestation["passed"] is True, attestation  # its TPM's quote and its kernel's log, event by event
+        assert attestation["release"] == "2026.12.0"
+        operator.put(f"/api/v1/admin/devices/{device_id}/desired", json={"document": {"motd": "from the VM test"}})
+        wait_until(lambda: record()["desired_version_applied"] == 1, "configuration applied", machine)
+
+        def tokens_issued() -> list[str]:
+            return [line for line in viewer.get("/metrics").text.splitlines()
+                    if line.startswith("edgefleet_http_requests_total") and "workload-token" in line
+                    and 'status="200"' in line]
+
+        wait_until(tokens_issued, "workload token", machine)
+
+        # The hardware model's firmware changes under the device (as if its firmware had
+        # been replaced): the next periodic quote fails, naming the event, and the device
+        # is quarantined: 403 on configuration from then on.
+        wrong = tmp_path / "other-firmware.json"
+        golden = reference.loads(Path(plane.settings.attestation_reference_files["qemu-q35"]).read_bytes())
+        first = golden.events[0]
+        changed = dataclasses.replace(first, digest=bytes(32))
+        wrong.write_text(json.dumps(reference.ReferenceValues((changed, *golden.events[1:])).to_document()))
+        plane.settings.attestation_reference_files["qemu-q35"] = wrong
+        failed = wait_until(lambda: (record().get("attestation") or {}).get("quarantined")  # type: ignore[attr-defined]
+                            and record()["attestation"], "quarantine", machine)
+        assert any(f"PCR {first.pcr} event 0" in check for check in failed["failed_checks"]), failed  # type: ignore[index]
+
+        def refused() -> list[str]:
+            return [line for line in viewer.get("/metrics").text.splitlines()
+                    if line.startswith("edgefleet_refusals_total") and 'code="quarantined"' in line]
+
+        wait_until(refused, "a 403 for the quarantined device", machine)
