@@ -123,13 +123,13 @@ def provisioned_vm(plane: Fleet, image: BuiltImage, directory: Path) -> MachineC
                          fw_cfg={"opt/io.edgefleet/agent.env": provisioning})
 
 
-def enrolled_device(plane: Fleet, machine: Machine) -> str:
-    """The id of the device the VM enrolled as."""
+def enrolled_device(plane: Fleet, machine: Machine, exclude: set[str] | frozenset[str] = frozenset()) -> str:
+    """The id of the device the VM enrolled as (the first at SITE not in ``exclude``)."""
     viewer = plane.client(role=Role.VIEWER)
 
     def listed() -> list[dict[str, object]]:
         devices: list[dict[str, object]] = viewer.get("/api/v1/admin/devices", params={"site": SITE}).json()["devices"]
-        return devices
+        return [d for d in devices if str(d["id"]) not in exclude]
 
     found = wait_until(listed, "enrolled device", machine)
     return str(found[0]["id"])  # type: ignore[index]

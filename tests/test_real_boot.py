@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pefile
 import pytest
 
 from edgefleet.attestation import eventlog, reference
@@ -149,7 +150,7 @@ def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(image: BuiltIma
     config = MachineConfig(disk=image.disk, directory=tmp_path / "vm-tampered")
     machine = Machine(config)
     machine.prepare()
-    slot_offset = partition_offset(image.disk, "root-a")
+    slot_offset, _ = partition_span(image.disk, "root-a")
     # The erofs superblock (block 0 of the slot) changes in the VM's overlay only.
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {slot_offset + 1024} 512",
                     str(config.directory / "disk.qcow2")], check=True, capture_output=True)
@@ -157,15 +158,6 @@ def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(image: BuiltIma
         console = machine.wait_for_console("is corrupted", BOOT_DEADLINE)
     assert "verity" in console
     assert "slot a verified and mounted" not in console  # the slot never mounted, systemd never ran
-
-
-def partition_offset(disk: Path, label: str) -> int:
-    shown = subprocess.run(["sgdisk", "-p", str(disk)], capture_output=True, text=True, check=True).stdout
-    for line in shown.splitlines():
-        words = line.split()
-        if words and words[0].isdigit() and words[-1] == label:
-            return int(words[1]) * 512
-    raise AssertionError(f"no partition {label} in {shown}")
 
 
 # -- the agent inside the VM: enroll through the guest's TPM, attest, configuration, token --
@@ -210,17 +202,80 @@ def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_con
         # been replaced): the next periodic quote fails, naming the event, and the device
         # is quarantined: 403 on configuration from then on.
         wrong = tmp_path / "other-firmware.json"
-        golden = reference.loads(Path(plane.settings.attestation_reference_files["qemu-q35"]).read_bytes())
+        files = plane.settings.attestation_reference_files
+        right = files["qemu-q35"]
+        golden = reference.loads(Path(right).read_bytes())
         first = golden.events[0]
         changed = dataclasses.replace(first, digest=bytes(32))
         wrong.write_text(json.dumps(reference.ReferenceValues((changed, *golden.events[1:])).to_document()))
-        plane.settings.attestation_reference_files["qemu-q35"] = wrong
-        failed = wait_until(lambda: (record().get("attestation") or {}).get("quarantined")  # type: ignore[attr-defined]
-                            and record()["attestation"], "quarantine", machine)
-        assert any(f"PCR {first.pcr} event 0" in check for check in failed["failed_checks"]), failed  # type: ignore[index]
+        files["qemu-q35"] = wrong
+        try:
+            failed = wait_until(lambda: (record().get("attestation") or {}).get("quarantined")  # type: ignore[attr-defined]
+                                and record()["attestation"], "quarantine", machine)
+            assert any(f"PCR {first.pcr} event 0" in check for check in failed["failed_checks"]), failed  # type: ignore[index]
 
-        def refused() -> list[str]:
-            return [line for line in viewer.get("/metrics").text.splitlines()
-                    if line.startswith("edgefleet_refusals_total") and 'code="quarantined"' in line]
+            def refused() -> list[str]:
+                return [line for line in viewer.get("/metrics").text.splitlines()
+                        if line.startswith("edgefleet_refusals_total") and 'code="quarantined"' in line]
 
-        wait_until(refused, "a 403 for the quarantined device", machine)
+            wait_until(refused, "a 403 for the quarantined device", machine)
+        finally:
+            files["qemu-q35"] = right
+
+
+@pytest.mark.parametrize("part", ["bootloader", "uki"])
+def test_a_device_that_boots_a_boot_chain_changed_by_one_byte_fails_attestation_naming_the_event(
+        plane: Fleet, fleet_image: BuiltImage, part: str, tmp_path: Path) -> None:
+    # One byte of the release's systemd-boot (in its PE header's padding) or UKI (in its
+    # .osrel section) changes, in the ESP of this VM's overlay only; both still boot. The
+    # device enrolls and quotes with its real TPM, and the verifier names the event.
+    uki = uki_name(str(fleet_image.manifest["version"]), "a")
+    path = "EFI/BOOT/BOOTX64.EFI" if part == "bootloader" else f"EFI/Linux/{uki}"
+    esp_offset, esp_size = partition_span(fleet_image.disk, "esp")
+    esp = tmp_path / "esp.img"
+    with open(fleet_image.disk, "rb") as source:
+        source.seek(esp_offset)
+        esp.write_bytes(source.read(esp_size))
+    changed = tmp_path / Path(path).name
+    subprocess.run(["mcopy", "-i", str(esp), f"::/{path}", str(changed)], check=True, capture_output=True)
+    data = bytearray(changed.read_bytes())
+    if part == "bootloader":
+        pe = pefile.PE(data=bytes(data), fast_load=True)
+        at = pe.sections[-1].get_file_offset() + 40 + 8  # past the section table, inside SizeOfHeaders
+        assert at < pe.OPTIONAL_HEADER.SizeOfHeaders
+        data[at] ^= 0x01
+    else:
+        data[data.index(b"IMAGE_VERSION=")] = ord("J")
+    changed.write_bytes(bytes(data))
+    subprocess.run(["mcopy", "-o", "-i", str(esp), str(changed), f"::/{path}"], check=True, capture_output=True)
+    config = provisioned_vm(plane, fleet_image, tmp_path / "vm")
+    machine = Machine(config)
+    machine.prepare()
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {esp} {esp_offset} {esp_size}",
+                    str(config.directory / "disk.qcow2")], check=True, capture_output=True)
+    viewer = plane.client(role=Role.VIEWER)
+    with machine:
+        device_id = enrolled_device(plane, machine, exclude=known_devices(plane))
+        verdict = wait_until(lambda: viewer.get(f"/api/v1/admin/devices/{device_id}").json().get("attestation"),
+                             "attestation verdict", machine)
+    checks = verdict["failed_checks"]  # type: ignore[index]
+    assert verdict["quarantined"] is True, verdict  # type: ignore[index]
+    if part == "bootloader":
+        assert any(c.startswith("policy: PCR 4 event 2") and "'systemd-boot" in c for c in checks), checks
+    else:
+        assert any(c.startswith("policy: PCR 4 event 3") and f"'UKI {uki}'" in c for c in checks), checks
+        assert any(c.startswith("policy: PCR 11 event 3") and ".osrel (contents)" in c for c in checks), checks
+
+
+def partition_span(disk: Path, label: str) -> tuple[int, int]:
+    shown = subprocess.run(["sgdisk", "-p", str(disk)], capture_output=True, text=True, check=True).stdout
+    for line in shown.splitlines():
+        words = line.split()
+        if words and words[0].isdigit() and words[-1] == label:
+            return int(words[1]) * 512, (int(words[2]) - int(words[1]) + 1) * 512
+    raise AssertionError(f"no partition {label} in {shown}")
+
+
+def known_devices(plane: Fleet) -> set[str]:
+    listed = plane.client(role=Role.VIEWER).get("/api/v1/admin/devices", params={"site": "store-vm"}).json()
+    return {str(d["id"]) for d in listed["devices"]}

@@ -5,11 +5,13 @@ half-built entry that a later build would trust."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,26 +59,39 @@ def prune(base: Path, stage: str, keep: int = KEEP) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+@contextmanager
+def _locked(base: Path) -> Iterator[None]:
+    """One builder at a time per cache (two processes building the same entry would each
+    replace the other's, under a VM that is reading it)."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached(stage: str, key: str, build: Callable[[Path], None], root: Path | None = None) -> tuple[Path, bool]:
     """The directory of ``stage`` for ``key``: (path, whether it was already there).
     ``build`` fills a fresh directory; only a build that returns is kept. Using an entry
     marks it recent; each stage keeps its KEEP most recent entries."""
     base = root or cache_root()
     final = base / f"{stage}-{key}"
-    if (final / ".complete").exists():
-        os.utime(final / ".complete")
-        return final, True
-    base.mkdir(parents=True, exist_ok=True)
-    work = base / f".{stage}-{key}.{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
-        build(work)
-        (work / ".complete").write_text(key + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(work, final)
-        fsync_dir(base)
-    finally:
+    with _locked(base):
+        if (final / ".complete").exists():
+            os.utime(final / ".complete")
+            return final, True
+        work = base / f".{stage}-{key}.{os.getpid()}.tmp"
         shutil.rmtree(work, ignore_errors=True)
-    prune(base, stage)
+        work.mkdir()
+        try:
+            build(work)
+            (work / ".complete").write_text(key + "\n")
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
+            os.replace(work, final)
+            fsync_dir(base)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        prune(base, stage)
     return final, False
