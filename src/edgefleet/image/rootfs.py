@@ -5,6 +5,7 @@ that make it an edgefleet device (units, health checks, trust roots, agent setti
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import sys
 import tarfile
@@ -97,9 +98,11 @@ def install_agent(root: Path, wheels: Path) -> None:
                         "from edgefleet.cli import main\nmain()\n")
     launcher.chmod(0o755)
     # Unchecked-hash bytecode does not depend on file times: the same tree gives the same
-    # bytes (reproducible slots), and the interpreter never re-checks a read-only file.
+    # bytes (reproducible slots), and the interpreter never re-checks a read-only file. A
+    # fixed hash seed: marshal writes a constant set in its iteration order, which string
+    # hash randomisation changes from one process to the next.
     _tools.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-                "-d", f"/{AGENT_LIB}", target], timeout=1800)
+                "-d", f"/{AGENT_LIB}", target], env={**os.environ, "PYTHONHASHSEED": "0"}, timeout=1800)
 
 
 def unpack(tarball: Path, root: Path) -> None:
