@@ -42,17 +42,15 @@ def real_boot_or_skip() -> None:
 
 def wait_for_evidence(machine: Machine, deadline: float = BOOT_DEADLINE) -> dict[str, object]:
     """The evidence the guest prints on its second serial port (see agent/evidence.py)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+
+    def printed() -> dict[str, object] | None:
         try:
-            found = find(machine.evidence_port.read_text(errors="replace"))
+            return find(machine.evidence_port.read_text(errors="replace"))
         except OSError:
-            found = None
-        if found is not None:
-            return found
-        assert machine.running, "the VM stopped before printing its evidence:\n" + machine.console_text()[-3000:]
-        time.sleep(1)
-    raise AssertionError("no evidence within the deadline; console tail:\n" + machine.console_text()[-3000:])
+            return None
+
+    found: dict[str, object] = wait_until(printed, "evidence", machine, deadline)  # type: ignore[assignment]
+    return found
 
 
 def wait_until(condition: Callable[[], object], what: str, machine: Machine, deadline: float = BOOT_DEADLINE,

@@ -55,6 +55,14 @@ def uki_name(version: str, slot: str) -> str:
     return f"edgefleet-{version}-{slot}.efi"
 
 
+def _enable(system: Path, unit: str, target: str, source: str) -> None:
+    """What ``systemctl enable`` leaves: a link in ``target``'s wants directory."""
+    wants = system / f"{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / unit).unlink(missing_ok=True)
+    (wants / unit).symlink_to(source)
+
+
 def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
     """What makes the Debian tree an edgefleet device."""
     share = root / "usr/share/edgefleet"
@@ -66,10 +74,7 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
         (system / unit).write_bytes(units.joinpath(unit).read_bytes())
         if unit == "edgefleet-agent.service" and spec.fleet is None:
             continue  # no server to talk to: installed, not started
-        wants = system / "multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        (wants / unit).unlink(missing_ok=True)
-        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+        _enable(system, unit, "multi-user.target", f"/etc/systemd/system/{unit}")
     provision = root / "usr/lib/edgefleet/provision"
     provision.parent.mkdir(parents=True, exist_ok=True)
     provision.write_bytes(units.joinpath("provision").read_bytes())
@@ -79,10 +84,7 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
     network.write_bytes(units.joinpath("20-wired.network").read_bytes())
     for unit, target in (("systemd-networkd.service", "multi-user.target"),
                          ("systemd-networkd-wait-online.service", "network-online.target")):
-        wants = system / f"{target}.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        (wants / unit).unlink(missing_ok=True)
-        (wants / unit).symlink_to(f"/lib/systemd/system/{unit}")
+        _enable(system, unit, target, f"/lib/systemd/system/{unit}")
     # systemd-pcrphase extends PCR 11 after boot ("sysinit", "ready") and logs it only to
     # the journal: the firmware's event log could then never replay to the quoted PCR 11.
     for unit in ("systemd-pcrphase.service", "systemd-pcrphase-sysinit.service", "systemd-pcrphase-initrd.service"):
