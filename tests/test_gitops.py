@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,33 @@ def test_microvms_services_and_modules_in_apps_render_as_the_workloads_the_devic
     bad = render({**files, "apps/stores/microvm.yaml": b"- {name: edge-vm, kernel: a/vmlinuz, vcpus: 0}\n"}, [])
     assert [e.path for e in bad.errors] == ["apps/stores/microvm.yaml [0]"] * len(bad.errors)
     assert len(bad.errors) >= 1
+
+
+
+def test_a_sync_whose_validator_did_not_start_is_retried_within_seconds(
+        tmp_path: Path, repo: FleetRepo, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A validator that fails to spawn says nothing about the commit: the failure is logged,
+    the sync is retried soon (not one interval later, here an hour) and the commit lands."""
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "ignition-validate").write_text("#!/nonexistent/interpreter\n")
+    (broken / "ignition-validate").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{broken}:{os.environ['PATH']}")
+    sha = repo.commit(BASE, "fleet", signer="alice")
+    plane = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600, gitops=[
+        {"name": "platform", "kind": "root", "url": str(repo.path), "branch": "main",
+         "allowed_signers": str(repo.allowed_signers("alice"))}])
+    try:
+        device = plane.enroll(site="store-1")
+        deadline = time.monotonic() + 60
+        while "ignition-validate did not run" not in caplog.text:
+            assert time.monotonic() < deadline, "the failed spawn was not logged"
+            time.sleep(0.1)
+        assert config_of(plane, device.id) is None  # no verdict, nothing decided
+        (broken / "ignition-validate").unlink()  # the real one (Debian's ignition) is next on PATH
+        while (config := config_of(plane, device.id)) is None:
+            assert time.monotonic() < deadline, "the failed sync was not retried"
+            time.sleep(0.2)
+        assert config["commits"] == {"platform": sha}
+    finally:
+        plane.close()

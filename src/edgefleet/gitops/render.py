@@ -128,11 +128,15 @@ def _model(model: type[BaseModel], path: str, value: Any, errors: list[SourceErr
 
 
 def validate_ignition(path: str, data: bytes) -> list[SourceError]:
-    """Ignition's own validator (Debian: ignition). Raises ConfigError when it is missing."""
+    """Ignition's own validator (Debian: ignition). Raises ConfigError when it is missing or
+    did not run (a failed spawn or a timeout says nothing about the config)."""
     tool = shutil.which("ignition-validate")
     if tool is None:
         raise ConfigError("Ignition configs need ignition-validate (Debian package ignition) on the server")
-    result = subprocess.run([tool, "-"], input=data, capture_output=True, timeout=30, check=False)  # noqa: S603
+    try:
+        result = subprocess.run([tool, "-"], input=data, capture_output=True, timeout=30, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired) as exc:  # the tool did not run: no verdict on the config
+        raise ConfigError(f"ignition-validate did not run ({exc}); the sync is retried") from exc
     if result.returncode == 0:
         return []
     errors = []

@@ -110,14 +110,24 @@ class GitOpsService:
         return files
 
     async def run(self) -> None:
+        failures = 0
         while True:
             try:
                 await self.sync_once()
+                failures = 0
             except EdgefleetError as exc:
-                log.warning("GitOps sync failed, will retry: %s", exc)
+                failures += 1
+                log.warning("GitOps sync failed (%d in a row), will retry: %s", failures, exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.gitops_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), self._next_sync_seconds(failures))
+
+    def _next_sync_seconds(self, failures: int) -> float:
+        """The interval; after a failed sync sooner, doubling from 1 s up to the interval, so a
+        passing fault (a remote down for a moment, a validator that did not start) does not
+        hold the fleet's Git state back for a whole interval."""
+        interval = self.settings.gitops_interval_seconds
+        return interval if failures == 0 else min(interval, 2.0 ** (failures - 1))
 
     async def sync_once(self) -> list[Decision]:
         """Fetch every sync and decide each new tip; returns the decisions made.
