@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 
 from edgefleet.attestation import eventlog, reference
 from edgefleet.credentials import Role
-from edgefleet.image import predict
+from edgefleet.image import predict, rootfs
 from edgefleet.image import uki as uki_builder
 from edgefleet.image.build import REFERENCE_VALUES, STUB_COPY, BuiltImage, build_image, uki_name
 from edgefleet.image.spec import load_spec
@@ -108,11 +109,22 @@ def test_the_guest_tpm_and_event_log_equal_the_predicted_reference_values(
 
 def test_two_builds_of_the_same_inputs_give_the_same_reference_values(
         image: BuiltImage, spec_file: Path, tmp_path: Path) -> None:
-    # In another process: anything that follows the process (hash randomisation, the
-    # clock) and leaks into an artifact shows here.
+    # In another process, from another checkout and another virtualenv path: anything that
+    # follows the process (hash randomisation, the clock), the builder's paths or the
+    # source files' times and leaks into an artifact shows here (the cached build may come
+    # from another clone: CI once found the host interpreter in the slot's console scripts).
     again = tmp_path / "again"
+    checkout = tmp_path / "checkout"
+    shutil.copytree(rootfs.source_tree(), checkout / "edgefleet", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in checkout.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    moved = tmp_path / "elsewhere-venv"
+    moved.symlink_to(Path(sys.prefix), target_is_directory=True)
+    python = moved / Path(sys.executable).relative_to(sys.prefix)
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    subprocess.run([sys.executable, "-c", REBUILD, str(spec_file), str(again)], check=True, env=environment)
+    environment["PYTHONPATH"] = str(checkout)
+    subprocess.run([str(python), "-c", REBUILD, str(spec_file), str(again)], check=True, env=environment)
+    assert (again / "built-by").read_text() == str(checkout / "edgefleet")
     rebuilt = BuiltImage(again, False, 0.0)
     assert rebuilt.path(REFERENCE_VALUES).read_text() == image.path(REFERENCE_VALUES).read_text()
     assert rebuilt.manifest["files"] == image.manifest["files"]  # slot, UKI, boot loader, kernel, initramfs
@@ -122,9 +134,11 @@ REBUILD = """
 import sys
 from pathlib import Path
 from edgefleet.image.build import build_image
+from edgefleet.image import rootfs
 from edgefleet.image.spec import load_spec
 spec, spec_dir = load_spec(Path(sys.argv[1]))
 build_image(spec, spec_dir, into=Path(sys.argv[2]))
+(Path(sys.argv[2]) / "built-by").write_text(str(rootfs.source_tree()))
 """
 
 

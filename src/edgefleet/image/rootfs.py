@@ -89,6 +89,7 @@ def install_agent(root: Path, wheels: Path) -> None:
     target = root / AGENT_LIB
     _tools.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
                 "--no-compile", "--find-links", wheels, "--target", target, *agent_requirements()], timeout=1800)
+    _drop_console_scripts(target)
     shutil.copytree(source_tree(), target / "edgefleet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # The image's python3 finds the agent's packages through a .pth file (python3 -m edgefleet.agent).
     (root / "usr/lib/python3/dist-packages/edgefleet.pth").write_text(f"/{AGENT_LIB}\n")
@@ -103,6 +104,17 @@ def install_agent(root: Path, wheels: Path) -> None:
     # hash randomisation changes from one process to the next.
     _tools.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                 "-d", f"/{AGENT_LIB}", target], env={**os.environ, "PYTHONHASHSEED": "0"}, timeout=1800)
+
+
+def _drop_console_scripts(target: Path) -> None:
+    """Remove the console scripts pip wrote under ``target/bin`` and their RECORD lines.
+    Their first line is the builder's own interpreter (a path on the build host, useless on
+    the device, which runs /usr/bin/edgefleet), so they made the slot depend on where the
+    builder's virtualenv lives: two clones built different root hashes from one source."""
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    for record in sorted(target.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith("../../bin/")))
 
 
 def unpack(tarball: Path, root: Path) -> None:
