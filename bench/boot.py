@@ -8,8 +8,12 @@ OVMF + swtpm (TCG), and time the stages of the boot from QEMU's start:
     quote       (second boot, the same image with a control plane baked in) the agent
                 enrolled through the guest's TPM and its first quote passed, checked
                 event by event against the predicted reference values
+    update      (third VM, release A with the fleet's TUF roots) from "release B
+                assigned" to "B committed": download, slot write, staged UKI, armed
+                trial, the real reboot into slot B, health checks, quote, commit; with
+                the device's own timestamps of each phase
 
-    python bench/boot.py [--runs 1] [--no-attest]
+    python bench/boot.py [--runs 1] [--no-attest] [--no-update]
 
 Needs root and Debian's mmdebstrap, qemu-system-x86, ovmf, swtpm-tools and the image
 builder's tools; says which one is missing instead of failing.
@@ -25,15 +29,17 @@ import re
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/real_boot.py: the control plane's side
 
 from edgefleet.agent.evidence import find
 from edgefleet.attestation import eventlog, reference
+from edgefleet.client import AdminClient
 from edgefleet.credentials import Role
 from edgefleet.image import _tools
-from edgefleet.image.build import REFERENCE_VALUES, TOOLS, build_image
+from edgefleet.image.build import REFERENCE_VALUES, TOOLS, UKI, build_image
 from edgefleet.image.spec import load_spec
 from edgefleet.vm import Machine, MachineConfig
 
@@ -86,11 +92,67 @@ def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float) 
     return figures
 
 
+UPDATE_SPEC = """
+name = "edgefleet-bench"
+version = "{version}"
+release_counter = {counter}
+hardware_id = "qemu-q35"
+"""
+
+
+def update_once(golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
+    """Release A boots; B is assigned (forced reboot); seconds until B is committed."""
+    from tests import real_boot
+
+    figures: dict[str, float | bool] = {}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-update-") as tmp:
+        root = Path(tmp)
+        plane = real_boot.attesting_plane(golden_log, root)
+        try:
+            releases = real_boot.Releases(plane, root / "releases")
+            images = {}
+            for name, version, counter in (("a", "2026.12.20", 20), ("b", "2026.12.21", 21)):
+                (root / name).mkdir()
+                images[name] = real_boot.published_fleet_image(
+                    plane, UPDATE_SPEC.format(version=version, counter=counter), root / name, releases, trusted=True)
+            viewer = plane.client(role=Role.VIEWER)
+            with Machine(real_boot.provisioned_vm(plane, images["a"], root / "vm")) as machine:
+                device_id = real_boot.enrolled_device(plane, machine)
+
+                def record() -> dict[str, object]:
+                    value: dict[str, object] = viewer.get(f"/api/v1/admin/devices/{device_id}").json()
+                    return value
+
+                real_boot.wait_until(lambda: record().get("attestation"), "attestation on A", machine, deadline)
+                assigned = time.monotonic()
+                with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as admin:
+                    admin.assign(device_id, "2026.12.21", force_reboot=True)
+                real_boot.wait_until(lambda: record()["update_state"] == "committed"
+                                     and record()["running_version"] == "2026.12.21", "commit of B", machine,
+                                     deadline, every=0.5)
+                figures["update_assigned_to_committed_s"] = round(time.monotonic() - assigned, 1)
+                events = viewer.get(f"/api/v1/admin/devices/{device_id}/updates").json()["events"]
+                at = {e["phase"]: e["at"] for e in events if e["release"] == "2026.12.21"}
+                for phase, start, end in (("download", "downloading", "downloaded"),
+                                          ("install", "installing", "installed"),
+                                          ("reboot", "rebooting", "trial_boot"),
+                                          ("trial", "trial_boot", "committed")):
+                    if start in at and end in at:
+                        span = datetime.fromisoformat(at[end]) - datetime.fromisoformat(at[start])
+                        figures[f"update_{phase}_s"] = round(span.total_seconds(), 1)
+                slot = images["b"].path("root.erofs").stat().st_size
+                figures["update_image_mib"] = round(slot / 2**20, 1)
+        finally:
+            plane.close()
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=ROOT / "examples/image/edge.toml")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--no-attest", action="store_true", help="skip the boot that attests to a control plane")
+    parser.add_argument("--no-update", action="store_true", help="skip the A -> B update on the real boot chain")
     parser.add_argument("--deadline", type=float, default=900.0)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -109,7 +171,7 @@ def main() -> int:
     disk_used = built.disk.stat().st_blocks * 512
     print(f"  root slot {slot / 2**20:.0f} MiB (erofs + dm-verity), disk {disk_used / 2**20:.0f} MiB used "
           f"of {built.disk.stat().st_size / 2**20:.0f} MiB, UKI "
-          f"{built.path(f'edgefleet-{spec.version}-a.efi').stat().st_size / 2**20:.1f} MiB")
+          f"{built.path(UKI).stat().st_size / 2**20:.1f} MiB")
     expected = reference.loads(built.path(REFERENCE_VALUES).read_bytes())
     runs = []
     golden_log = None
@@ -129,6 +191,12 @@ def main() -> int:
         best.update(attest_once(args.spec.read_text(), golden_log, args.deadline))
         print(f"attesting boot: first passed quote {best.get('quote_s')} s after QEMU started "
               f"(enrolled {best.get('enrolled_s')} s)")
+    if not args.no_update and golden_log is not None:
+        best.update(update_once(golden_log, args.deadline))
+        print(f"update A -> B: committed on B {best.get('update_assigned_to_committed_s')} s after it was assigned "
+              f"(download {best.get('update_download_s')} s of a {best.get('update_image_mib')} MiB image, "
+              f"install {best.get('update_install_s')} s, reboot {best.get('update_reboot_s')} s, "
+              f"trial {best.get('update_trial_s')} s)")
     summary = {
         "build_s": round(built.seconds, 1), "build_cached": built.cached, "cache_hit_s": round(hit.seconds, 2),
         "slot_mib": round(slot / 2**20, 1), "disk_used_mib": round(disk_used / 2**20, 1),

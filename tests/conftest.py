@@ -243,3 +243,13 @@ def emulator(tmp_path: Path) -> Iterator[Any]:
     tpm2_or_skip()
     with swtpm.Swtpm(tmp_path / "swtpm") as instance:
         yield instance
+
+
+# The real-boot session fixtures (tests/real_boot_fixtures.py).
+from tests.real_boot_fixtures import (  # noqa: E402, F401
+    real_golden,
+    real_image,
+    real_plane,
+    real_releases,
+    real_spec_file,
+)

@@ -3,6 +3,7 @@ failure under EDGEFLEET_REQUIRE_ALL=1) that names what is missing."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ server_url = "https://{FLEET_HOST}:8443"
 ca_file = "fleet-ca.pem"
 hosts = {{ "{FLEET_HOST}" = "{GUEST_HOST}" }}
 agent = {{ checkin_interval_seconds = 5.0, long_poll_seconds = 20.0, backoff_max_seconds = 10.0, \
-attestation_interval_seconds = 30.0 }}
+attestation_interval_seconds = 30.0, update_check_seconds = 30.0 }}
 """
 
 
@@ -93,29 +94,58 @@ def attesting_plane(golden_log: eventlog.EventLog, directory: Path) -> Fleet:
                        attestation_reference_files={"qemu-q35": baseline})
 
 
-def published_fleet_image(plane: Fleet, spec_text: str, directory: Path) -> BuiltImage:
-    """``spec_text`` with the fleet's CA and server baked in, built, and published as a
-    release with its predicted reference values."""
+class Releases:
+    """One release workspace for a control plane: its roots can be baked into images
+    (``trust_dir``), and every image built against it is published as a release."""
+
+    def __init__(self, plane: Fleet, directory: Path) -> None:
+        self.plane = plane
+        self.keys, self.workspace = Keystore(directory / "keys"), Workspace(directory / "ws")
+        self.workspace.init(self.keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"),
+                            datetime.now(UTC))
+
+    def trust_dir(self, into: Path) -> Path:
+        """The TUF roots a device of this fleet ships (image-root.json, director-root.json)."""
+        into.mkdir(parents=True, exist_ok=True)
+        for name, repo in (("image-root.json", self.workspace.image), ("director-root.json", self.workspace.director)):
+            shutil.copyfile(repo.metadata_dir / "1.root.json", into / name)
+        return into
+
+    def publish(self, built: BuiltImage) -> None:
+        """``built``'s slot as a release, with its predicted reference values."""
+        manifest = built.manifest
+        values = reference.loads(built.path(REFERENCE_VALUES).read_bytes())
+        now = datetime.now(UTC)
+        self.workspace.create_release(built.path("root.erofs"), ReleaseInfo(
+            str(manifest["version"]), int(str(manifest["release_counter"])), (str(manifest["hardware_id"]),),
+            {str(p): v.hex() for p, v in values.values().items()}, values.to_document()), now)
+        self.workspace.sign_targets(self.keys.signer("targets-1"))
+        with AdminClient(self.plane.url, self.plane.tokens[Role.ADMIN], self.plane.settings.pki.ca_cert) as admin:
+            publish_workspace(self.workspace, admin)
+
+
+def published_fleet_image(plane: Fleet, spec_text: str, directory: Path, releases: Releases | None = None,
+                          *, trusted: bool = False) -> BuiltImage:
+    """``spec_text`` with the fleet's CA and server baked in (and with ``trusted``, the
+    release workspace's TUF roots, so that the device installs signed updates), built, and
+    published as a release with its predicted reference values."""
+    releases = releases or Releases(plane, directory)
     shutil.copyfile(plane.settings.pki.ca_cert, directory / "fleet-ca.pem")
-    (directory / "edge.toml").write_text(spec_text + FLEET_PART)
+    fleet = FLEET_PART
+    if trusted:
+        releases.trust_dir(directory / "trust")
+        fleet = fleet.replace('ca_file = "fleet-ca.pem"', 'ca_file = "fleet-ca.pem"\ntrust_dir = "trust"')
+    (directory / "edge.toml").write_text(spec_text + fleet)
     spec, spec_dir = load_spec(directory / "edge.toml")
     built = build_image(spec, spec_dir)
-    values = reference.loads(built.path(REFERENCE_VALUES).read_bytes())
-    keys, workspace = Keystore(directory / "keys"), Workspace(directory / "ws")
-    now = datetime.now(UTC)
-    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), now)
-    workspace.create_release(built.path("root.erofs"), ReleaseInfo(
-        spec.version, spec.release_counter, (spec.hardware_id,),
-        {str(p): v.hex() for p, v in values.values().items()}, values.to_document()), now)
-    workspace.sign_targets(keys.signer("targets-1"))
-    with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as admin:
-        publish_workspace(workspace, admin)
+    releases.publish(built)
     return built
 
 
-def provisioned_vm(plane: Fleet, image: BuiltImage, directory: Path) -> MachineConfig:
-    """A VM of ``image`` with a bootstrap token for SITE and the server forwarded."""
-    token = plane.bootstrap_token(SITE)
+def provisioned_vm(plane: Fleet, image: BuiltImage, directory: Path,
+                   labels: dict[str, str] | None = None) -> MachineConfig:
+    """A VM of ``image`` with a bootstrap token for SITE (and ``labels``) and the server forwarded."""
+    token = plane.bootstrap_token(SITE, labels)
     provisioning = f"EDGEFLEET_AGENT_SITE={SITE}\nEDGEFLEET_AGENT_BOOTSTRAP_TOKEN={token}\n".encode()
     return MachineConfig(disk=image.disk, directory=directory, forwards={8443: plane.server.port},
                          fw_cfg={"opt/io.edgefleet/agent.env": provisioning})
@@ -131,3 +161,15 @@ def enrolled_device(plane: Fleet, machine: Machine, exclude: set[str] | frozense
 
     found = wait_until(listed, "enrolled device", machine)
     return str(found[0]["id"])  # type: ignore[index]
+
+
+GOLDEN_SPEC = """
+name = "edgefleet-test"
+version = "2026.12.0"
+release_counter = 3
+hardware_id = "qemu-q35"
+"""
+
+
+def booted_log(evidence: dict[str, object]) -> eventlog.EventLog:
+    return eventlog.parse(base64.b64decode(str(evidence["event_log"])))

@@ -148,15 +148,6 @@ def test_no_sequence_of_agent_writes_leaves_no_good_slot_to_boot() -> None:
             assert env.has_bootable_good_slot(), env
 
 
-def test_shipped_grub_snippet_passes_grub_script_check_and_uses_the_slot_variables() -> None:
-    script = resources.files("edgefleet.agent") / "boot" / "grub-ab.cfg"
-    text = script.read_text()
-    for name in SLOT_VARS:
-        assert name in text
-    checker = tool("grub-script-check", "grub-common")
-    subprocess.run([checker], input=text, text=True, check=True)
-
-
 def test_shipped_uboot_script_compiles_with_mkimage_and_uses_the_slot_variables(tmp_path: Path) -> None:
     script = resources.files("edgefleet.agent") / "boot" / "uboot-ab.cmd"
     text = script.read_text()

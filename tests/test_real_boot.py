@@ -5,14 +5,12 @@ predicted from the artifacts alone. One boot serves every assertion about it."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pefile
@@ -22,56 +20,23 @@ from edgefleet.attestation import eventlog, reference
 from edgefleet.credentials import Role
 from edgefleet.image import predict, rootfs
 from edgefleet.image import uki as uki_builder
-from edgefleet.image.build import REFERENCE_VALUES, STUB_COPY, BuiltImage, build_image, uki_name
+from edgefleet.image.build import FIRST_ENTRY, REFERENCE_VALUES, STUB_COPY, UKI, BuiltImage, build_image
 from edgefleet.image.spec import load_spec
 from edgefleet.image.uki import UkiParts
 from edgefleet.vm import Machine, MachineConfig
 from tests.conftest import Fleet
 from tests.real_boot import (
     BOOT_DEADLINE,
-    attesting_plane,
+    GOLDEN_SPEC,
+    Releases,
+    booted_log,
     enrolled_device,
     provisioned_vm,
     published_fleet_image,
-    real_boot_or_skip,
-    wait_for_evidence,
     wait_until,
 )
 
-SPEC = """
-name = "edgefleet-test"
-version = "2026.12.0"
-release_counter = 3
-hardware_id = "qemu-q35"
-"""
-
-
-@pytest.fixture(scope="module")
-def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    real_boot_or_skip()
-    path = tmp_path_factory.mktemp("spec") / "edge.toml"
-    path.write_text(SPEC)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image(spec_file: Path) -> BuiltImage:
-    spec, spec_dir = load_spec(spec_file)
-    return build_image(spec, spec_dir)
-
-
-@pytest.fixture(scope="module")
-def golden(image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], str]:
-    """One boot with the evidence printed: (evidence, console). The VM stops once it has
-    printed it (a running VM would hold a core for the rest of the module)."""
-    directory = tmp_path_factory.mktemp("vm-golden")
-    config = MachineConfig(disk=image.disk, directory=directory, fw_cfg={"opt/io.edgefleet/print-evidence": b"1"})
-    with Machine(config) as machine:
-        return wait_for_evidence(machine), machine.console_text()
-
-
-def booted_log(evidence: dict[str, object]) -> eventlog.EventLog:
-    return eventlog.parse(base64.b64decode(str(evidence["event_log"])))
+SPEC = GOLDEN_SPEC
 
 
 def predicted(image: BuiltImage) -> reference.ReferenceValues:
@@ -79,28 +44,28 @@ def predicted(image: BuiltImage) -> reference.ReferenceValues:
 
 
 def test_the_disk_has_the_boot_chain_two_slots_and_data_and_a_rebuild_is_a_cache_hit(
-        image: BuiltImage, spec_file: Path) -> None:
-    table = subprocess.run(["sgdisk", "-p", str(image.disk)], capture_output=True, text=True, check=True).stdout
+        real_image: BuiltImage, real_spec_file: Path) -> None:
+    table = subprocess.run(["sgdisk", "-p", str(real_image.disk)], capture_output=True, text=True, check=True).stdout
     for label in ("esp", "root-a", "root-b", "data"):
         assert f" {label}" in table
-    manifest = image.manifest
+    manifest = real_image.manifest
     assert manifest["version"] == "2026.12.0"
     assert len(str(manifest["verity"]["root_hash"])) == 64  # type: ignore[index]
-    spec, spec_dir = load_spec(spec_file)
+    spec, spec_dir = load_spec(real_spec_file)
     again = build_image(spec, spec_dir)
     assert again.cached
-    assert again.directory == image.directory
+    assert again.directory == real_image.directory
 
 
 def test_the_guest_tpm_and_event_log_equal_the_predicted_reference_values(
-        image: BuiltImage, golden: tuple[dict[str, object], str]) -> None:
-    evidence, console = golden
+        real_image: BuiltImage, real_golden: tuple[dict[str, object], str]) -> None:
+    evidence, console = real_golden
     log = booted_log(evidence)
     tpm = {int(p): bytes.fromhex(v) for p, v in evidence["pcrs"].items()}  # type: ignore[attr-defined]
     # The kernel's event log replays to what the TPM holds (PCR 10 is IMA's own log).
     replayed = eventlog.replay(log, "sha256", range(16))
     assert {p for p in range(16) if replayed[p] != tpm[p]} <= {10}
-    expected = predicted(image)
+    expected = predicted(real_image)
     assert set(expected.pcrs) == set(predict.PREDICTED_PCRS)
     assert reference.compare(log, expected) == []  # event by event
     assert {p: v for p, v in expected.values().items()} == {p: tpm[p] for p in expected.pcrs}
@@ -108,7 +73,7 @@ def test_the_guest_tpm_and_event_log_equal_the_predicted_reference_values(
 
 
 def test_two_builds_of_the_same_inputs_give_the_same_reference_values(
-        image: BuiltImage, spec_file: Path, tmp_path: Path) -> None:
+        real_image: BuiltImage, real_spec_file: Path, tmp_path: Path) -> None:
     # In another process, from another checkout and another virtualenv path: anything that
     # follows the process (hash randomisation, the clock), the builder's paths or the
     # source files' times and leaks into an artifact shows here (the cached build may come
@@ -123,11 +88,11 @@ def test_two_builds_of_the_same_inputs_give_the_same_reference_values(
     python = moved / Path(sys.executable).relative_to(sys.prefix)
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     environment["PYTHONPATH"] = str(checkout)
-    subprocess.run([str(python), "-c", REBUILD, str(spec_file), str(again)], check=True, env=environment)
+    subprocess.run([str(python), "-c", REBUILD, str(real_spec_file), str(again)], check=True, env=environment)
     assert (again / "built-by").read_text() == str(checkout / "edgefleet")
     rebuilt = BuiltImage(again, False, 0.0)
-    assert rebuilt.path(REFERENCE_VALUES).read_text() == image.path(REFERENCE_VALUES).read_text()
-    assert rebuilt.manifest["files"] == image.manifest["files"]  # slot, UKI, boot loader, kernel, initramfs
+    assert rebuilt.path(REFERENCE_VALUES).read_text() == real_image.path(REFERENCE_VALUES).read_text()
+    assert rebuilt.manifest["files"] == real_image.manifest["files"]  # slot, UKI, boot loader, kernel, initramfs
 
 
 REBUILD = """
@@ -151,23 +116,23 @@ def _flip(source: Path, target: Path, offset: int) -> Path:
 
 @pytest.mark.parametrize("part", ["bootloader", "uki", "kernel"])
 def test_a_one_byte_change_in_the_boot_chain_fails_naming_the_event(
-        image: BuiltImage, golden: tuple[dict[str, object], str], part: str, tmp_path: Path) -> None:
+        real_image: BuiltImage, real_golden: tuple[dict[str, object], str], part: str, tmp_path: Path) -> None:
     # The reference values of a release whose binary differs by one byte, against the log
     # of the golden boot: the comparison names the event (a device that booted the changed
     # binary against the real release's values is the same comparison the other way round).
-    bootloader = image.path("BOOTX64.EFI")
-    uki = image.path(uki_name(str(image.manifest["version"]), "a"))
-    parts = UkiParts(image.path("vmlinuz"), image.path("initrd.cpio"), image.path("cmdline.txt").read_text(),
-                     image.path("os-release").read_bytes())
+    bootloader = real_image.path("BOOTX64.EFI")
+    uki = real_image.path(UKI)
+    parts = UkiParts(real_image.path("vmlinuz"), real_image.path("initrd.cpio"),
+                     real_image.path("cmdline.txt").read_text(), real_image.path("os-release").read_bytes())
     if part == "bootloader":
         bootloader = _flip(bootloader, tmp_path / "BOOTX64.EFI", 0x1000)
     elif part == "uki":
         uki = _flip(uki, tmp_path / uki.name, 0x1000)
     else:
         parts = dataclasses.replace(parts, linux=_flip(parts.linux, tmp_path / "vmlinuz", 0x10000))
-        uki = uki_builder.build(image.path(STUB_COPY), parts, tmp_path / "changed-kernel.efi", tmp_path)
-    found = reference.compare(booted_log(golden[0]), predict.predict(bootloader=bootloader, uki=uki, parts=parts,
-                                                                      disk=image.disk))
+        uki = uki_builder.build(real_image.path(STUB_COPY), parts, tmp_path / "changed-kernel.efi", tmp_path)
+    found = reference.compare(booted_log(real_golden[0]), predict.predict(bootloader=bootloader, uki=uki, parts=parts,
+                                                                      disk=real_image.disk))
     assert found
     assert found[0].pcr == 4
     named = {"bootloader": "systemd-boot", "uki": "UKI", "kernel": "UKI"}[part]
@@ -176,11 +141,11 @@ def test_a_one_byte_change_in_the_boot_chain_fails_naming_the_event(
         assert any(m.pcr == 11 and ".linux (contents)" in m.message for m in found)
 
 
-def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(image: BuiltImage, tmp_path: Path) -> None:
-    config = MachineConfig(disk=image.disk, directory=tmp_path / "vm-tampered")
+def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(real_image: BuiltImage, tmp_path: Path) -> None:
+    config = MachineConfig(disk=real_image.disk, directory=tmp_path / "vm-tampered")
     machine = Machine(config)
     machine.prepare()
-    slot_offset, _ = partition_span(image.disk, "root-a")
+    slot_offset, _ = partition_span(real_image.disk, "root-a")
     # The erofs superblock (block 0 of the slot) changes in the VM's overlay only.
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {slot_offset + 1024} 512",
                     str(config.directory / "disk.qcow2")], check=True, capture_output=True)
@@ -193,22 +158,15 @@ def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(image: BuiltIma
 # -- the agent inside the VM: enroll through the guest's TPM, attest, configuration, token --
 
 @pytest.fixture(scope="module")
-def plane(golden: tuple[dict[str, object], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = attesting_plane(booted_log(golden[0]), tmp_path_factory.mktemp("vm-plane"))
-    yield fleet
-    fleet.close()
-
-
-@pytest.fixture(scope="module")
-def fleet_image(plane: Fleet, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    return published_fleet_image(plane, SPEC, tmp_path_factory.mktemp("fleet-spec"))
+def fleet_image(real_plane: Fleet, real_releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    return published_fleet_image(real_plane, SPEC, tmp_path_factory.mktemp("fleet-spec"), real_releases)
 
 
 def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_config_and_a_token(
-        plane: Fleet, fleet_image: BuiltImage, tmp_path: Path) -> None:
-    viewer, operator = plane.client(role=Role.VIEWER), plane.client(role=Role.OPERATOR)
-    with Machine(provisioned_vm(plane, fleet_image, tmp_path / "vm")) as machine:
-        device_id = enrolled_device(plane, machine)
+        real_plane: Fleet, fleet_image: BuiltImage, tmp_path: Path) -> None:
+    viewer, operator = real_plane.client(role=Role.VIEWER), real_plane.client(role=Role.OPERATOR)
+    with Machine(provisioned_vm(real_plane, fleet_image, tmp_path / "vm")) as machine:
+        device_id = enrolled_device(real_plane, machine)
 
         def record() -> dict[str, object]:
             value: dict[str, object] = viewer.get(f"/api/v1/admin/devices/{device_id}").json()
@@ -232,7 +190,7 @@ def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_con
         # been replaced): the next periodic quote fails, naming the event, and the device
         # is quarantined: 403 on configuration from then on.
         wrong = tmp_path / "other-firmware.json"
-        files = plane.settings.attestation_reference_files
+        files = real_plane.settings.attestation_reference_files
         right = files["qemu-q35"]
         golden = reference.loads(Path(right).read_bytes())
         first = golden.events[0]
@@ -255,12 +213,11 @@ def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_con
 
 @pytest.mark.parametrize("part", ["bootloader", "uki"])
 def test_a_device_that_boots_a_boot_chain_changed_by_one_byte_fails_attestation_naming_the_event(
-        plane: Fleet, fleet_image: BuiltImage, part: str, tmp_path: Path) -> None:
+        real_plane: Fleet, fleet_image: BuiltImage, part: str, tmp_path: Path) -> None:
     # One byte of the release's systemd-boot (in its PE header's padding) or UKI (in its
     # .osrel section) changes, in the ESP of this VM's overlay only; both still boot. The
     # device enrolls and quotes with its real TPM, and the verifier names the event.
-    uki = uki_name(str(fleet_image.manifest["version"]), "a")
-    path = "EFI/BOOT/BOOTX64.EFI" if part == "bootloader" else f"EFI/Linux/{uki}"
+    path = "EFI/BOOT/BOOTX64.EFI" if part == "bootloader" else f"EFI/Linux/{FIRST_ENTRY}"
     esp_offset, esp_size = partition_span(fleet_image.disk, "esp")
     esp = tmp_path / "esp.img"
     with open(fleet_image.disk, "rb") as source:
@@ -275,17 +232,17 @@ def test_a_device_that_boots_a_boot_chain_changed_by_one_byte_fails_attestation_
         assert at < pe.OPTIONAL_HEADER.SizeOfHeaders
         data[at] ^= 0x01
     else:
-        data[data.index(b"IMAGE_VERSION=")] = ord("J")
+        data[data.index(b"PRETTY_NAME=")] = ord("Q")
     changed.write_bytes(bytes(data))
     subprocess.run(["mcopy", "-o", "-i", str(esp), str(changed), f"::/{path}"], check=True, capture_output=True)
-    config = provisioned_vm(plane, fleet_image, tmp_path / "vm")
+    config = provisioned_vm(real_plane, fleet_image, tmp_path / "vm")
     machine = Machine(config)
     machine.prepare()
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {esp} {esp_offset} {esp_size}",
                     str(config.directory / "disk.qcow2")], check=True, capture_output=True)
-    viewer = plane.client(role=Role.VIEWER)
+    viewer = real_plane.client(role=Role.VIEWER)
     with machine:
-        device_id = enrolled_device(plane, machine, exclude=known_devices(plane))
+        device_id = enrolled_device(real_plane, machine, exclude=known_devices(real_plane))
         verdict = wait_until(lambda: viewer.get(f"/api/v1/admin/devices/{device_id}").json().get("attestation"),
                              "attestation verdict", machine)
     checks = verdict["failed_checks"]  # type: ignore[index]
@@ -293,7 +250,7 @@ def test_a_device_that_boots_a_boot_chain_changed_by_one_byte_fails_attestation_
     if part == "bootloader":
         assert any(c.startswith("policy: PCR 4 event 2") and "'systemd-boot" in c for c in checks), checks
     else:
-        assert any(c.startswith("policy: PCR 4 event 3") and f"'UKI {uki}'" in c for c in checks), checks
+        assert any(c.startswith("policy: PCR 4 event 3") and f"'UKI {UKI}'" in c for c in checks), checks
         assert any(c.startswith("policy: PCR 11 event 3") and ".osrel (contents)" in c for c in checks), checks
 
 
@@ -306,6 +263,6 @@ def partition_span(disk: Path, label: str) -> tuple[int, int]:
     raise AssertionError(f"no partition {label} in {shown}")
 
 
-def known_devices(plane: Fleet) -> set[str]:
-    listed = plane.client(role=Role.VIEWER).get("/api/v1/admin/devices", params={"site": "store-vm"}).json()
+def known_devices(real_plane: Fleet) -> set[str]:
+    listed = real_plane.client(role=Role.VIEWER).get("/api/v1/admin/devices", params={"site": "store-vm"}).json()
     return {str(d["id"]) for d in listed["devices"]}

@@ -264,6 +264,7 @@ class UpdateRunner:
             self._write_env(lambda env: env.mark_bad(slot))
             write_slot(Path(job.download), self.system.slot_device(slot), job.length, job.sha256,
                        self.system.slot_size(slot))
+            self.system.stage_boot(slot, job.length)
         except (InstallError, PersistError) as exc:
             self._end(P.FAILED, f"install failed: {exc.message}", failed_counts=True)
             return Action.WAIT

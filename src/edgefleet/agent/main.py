@@ -13,6 +13,7 @@ from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import LinuxABSystem, LinuxHost, VirtualDevice
 from edgefleet.agent.hardware.grubenv import GrubEnvFile
 from edgefleet.agent.hardware.interfaces import ABSystem, BootEnv, Platform
+from edgefleet.agent.hardware.sdboot import SdBootEntries
 from edgefleet.agent.hardware.ubootenv import from_fw_env_config
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import ConfigError
@@ -43,8 +44,13 @@ def linux_ab_system(settings: AgentSettings) -> LinuxABSystem | None:
         return None
     if settings.slot_a is None or settings.slot_b is None:
         raise ConfigError("set both slot_a and slot_b, or neither")
-    bootenv: BootEnv = (GrubEnvFile(settings.grubenv) if settings.bootloader == "grub"
-                        else from_fw_env_config(settings.fw_env_config))
+    bootenv: BootEnv
+    if settings.bootloader == "systemd-boot":
+        bootenv = SdBootEntries(settings.esp)
+    elif settings.bootloader == "grub":
+        bootenv = GrubEnvFile(settings.grubenv)
+    else:
+        bootenv = from_fw_env_config(settings.fw_env_config)
     return LinuxABSystem({"a": settings.slot_a, "b": settings.slot_b}, bootenv)
 
 

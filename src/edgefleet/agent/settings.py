@@ -36,7 +36,10 @@ class AgentSettings(BaseSettings):
     ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")
     slot_a: Path | None = Field(None, description="block device of root slot A, e.g. /dev/disk/by-partlabel/root-a")
     slot_b: Path | None = Field(None, description="block device of root slot B")
-    bootloader: Literal["grub", "uboot"] = "grub"
+    bootloader: Literal["systemd-boot", "grub", "uboot"] = Field(
+        "systemd-boot", description="what keeps the A/B try counter: systemd-boot's boot counting (an edgefleet "
+                                    "image), a GRUB env block or a U-Boot env read by your own boot script")
+    esp: Path = Field(Path("/efi"), description="the mounted EFI system partition (bootloader=systemd-boot)")
     grubenv: Path = Field(Path("/boot/grub/grubenv"), description="GRUB environment block (bootloader=grub)")
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
     health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")

@@ -6,13 +6,14 @@ Variables (the same names in GRUB's env block and U-Boot's environment):
     BOOT_x_GOOD    "1": slot x is committed (known good); "0": bad or on trial
     BOOT_x_LEFT    boot tries left for slot x while it is not good
 
-The firmware rule (``select``), implemented identically by the shipped GRUB snippet
-(``boot/grub-ab.cfg``), the U-Boot script (``boot/uboot-ab.cmd``) and the emulated device's
-firmware: take the first slot in BOOT_ORDER that is good, or that has tries left, in which
-case one try is used up and saved *before* the slot boots. A slot on trial is therefore
-booted once; if its OS never reaches the agent to commit it, the next boot falls through to
-the good slot. If no slot qualifies (a damaged environment), the first good slot, else A.
-Tries are 0 to 3 (the GRUB script has no arithmetic); any other value counts as 0.
+The firmware rule (``select``), implemented identically by the U-Boot script
+(``boot/uboot-ab.cmd``), the emulated device's firmware, and, through entry names instead
+of variables, systemd-boot's boot counting (``hardware/sdboot.py``): take the first slot
+in BOOT_ORDER that is good, or that has tries left, in which case one try is used up and
+saved *before* the slot boots. A slot on trial is therefore booted once; if its OS never
+reaches the agent to commit it, the next boot falls through to the good slot. If no slot
+qualifies (a damaged environment), the first good slot, else A. Tries are 0 to 3 (boot
+scripts without arithmetic spell them out); any other value counts as 0.
 
 The agent's writes keep one invariant: at every instant at least one slot is good and in
 BOOT_ORDER. The slot about to be written is first taken out of BOOT_ORDER and marked bad;

@@ -9,7 +9,7 @@ beside this module (``reference-values.schema.json``)::
      "records": [{"recnum": 0, "pcr": 4, "digests": [{"hashAlg": "sha256", "digest": "<hex>"}],
                   "content_type": "pcclient_std",
                   "content": {"event_type": "EV_EFI_BOOT_SERVICES_APPLICATION",
-                              "description": "UKI edgefleet-2026.12.0-a.efi"},
+                              "description": "UKI uki.efi"},
                   "source": "uki"}, ...],
      "pcrs": {"4": "<hex>", ...}}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from edgefleet import bootchain
 from edgefleet.delta.erofs import build_erofs
 from edgefleet.errors import BuildError
 from edgefleet.image import _tools, disk, initramfs, kernel, rootfs, uki, verity
@@ -48,11 +49,24 @@ class BuiltImage:
         return self.directory / name
 
 
-STUB_COPY = "linuxx64.efi.stub"  # kept with the outputs: a slot's UKI is rebuilt with the same stub
+STUB_COPY = "linuxx64.efi.stub"  # kept with the outputs: a test rebuilds a UKI with the same stub
+UKI = "uki.efi"  # the slot's unified kernel image (also inside root.erofs, after its hash tree)
+FIRST_ENTRY = bootchain.Entry(1, "a").name  # slot A's boot entry on a new disk: good, no counter
 
 
-def uki_name(version: str, slot: str) -> str:
-    return f"edgefleet-{version}-{slot}.efi"
+def uki_osrel(osrel: bytes, version: str) -> bytes:
+    """The os-release inside the UKI: the slot's, with the release in PRETTY_NAME and
+    without IMAGE_VERSION, so that systemd-boot orders our entries by file name (the
+    agent's boot order) instead of by version (see bootchain)."""
+    lines = []
+    for line in osrel.decode().splitlines():
+        if line.startswith("IMAGE_VERSION="):
+            continue
+        if line.startswith("PRETTY_NAME="):
+            name = line.partition("=")[2].strip('"')
+            line = f'PRETTY_NAME="{name} edgefleet {version}"'
+        lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _enable(system: Path, unit: str, target: str, source: str) -> None:
@@ -68,6 +82,7 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
     share = root / "usr/share/edgefleet"
     (share / "trust").mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
+    (root / "efi").mkdir(exist_ok=True)  # the ESP: the agent writes boot entries there
     units = files("edgefleet.image").joinpath("files")
     system = root / "etc/systemd/system"
     for unit in ("edgefleet-agent.service", "edgefleet-provision.service", "edgefleet-evidence.service"):
@@ -96,7 +111,8 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
     machine_id.unlink(missing_ok=True)
     machine_id.symlink_to("/data/etc/machine-id")
     with open(root / "etc/fstab", "w") as fstab:
-        fstab.write("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\ntmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n")
+        fstab.write("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\ntmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
+                    "PARTLABEL=esp /efi vfat umask=0077,noexec,nosuid,nodev,flush 0 0\n")
     (root / "etc/hostname").write_text(f"{spec.name}\n")
     hosts = "127.0.0.1 localhost\n::1 localhost\n"
     osrel = (root / "usr/lib/os-release").read_text().rstrip("\n")
@@ -107,7 +123,9 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
     for check in spec.health:
         (health / f"{check.name}.json").write_text(json.dumps(check.model_dump(), sort_keys=True) + "\n")
     agent: dict[str, object] = {"state_dir": "/data/agent", "tpm": "device:/dev/tpmrm0",
-                                "trust_dir": "/usr/share/edgefleet/trust", "hardware_type": spec.hardware_id}
+                                "trust_dir": "/usr/share/edgefleet/trust", "hardware_type": spec.hardware_id,
+                                "slot_a": "/dev/disk/by-partlabel/root-a", "slot_b": "/dev/disk/by-partlabel/root-b",
+                                "bootloader": "systemd-boot", "esp": "/efi"}
     if spec.fleet is not None:
         shutil.copyfile(spec_dir / spec.fleet.ca_file, share / "fleet-ca.pem")
         agent.update(server_url=spec.fleet.server_url, ca_file="/usr/share/edgefleet/fleet-ca.pem")
@@ -168,21 +186,25 @@ def _build(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, out: Pat
     slot = out / "root.erofs"
     build_erofs(root, slot, name=spec.name, all_root=False)
     tree = verity.format_slot(slot)
-    if slot.stat().st_size > spec.slot_size_mib * disk.MIB:
-        raise BuildError(f"the root slot needs {slot.stat().st_size >> 20} MiB; slot_size_mib is {spec.slot_size_mib}")
     osrel = (root / "usr/lib/os-release").read_bytes()
-    cmdline = f"{spec.kernel_cmdline} edgefleet.slot=a {tree.cmdline()} ro"
-    parts = uki.UkiParts(booted.vmlinuz, initrd, cmdline, osrel)
-    image = out / uki_name(spec.version, "a")
+    # The command line names no slot: the initramfs opens whichever slot verifies against
+    # the root hash, so one UKI (and one set of reference values) serves both slots.
+    cmdline = f"{spec.kernel_cmdline} {tree.cmdline()} ro"
+    parts = uki.UkiParts(booted.vmlinuz, initrd, cmdline, uki_osrel(osrel, spec.version))
+    image = out / UKI
     shutil.copyfile(initramfs.inside(root, root / STUB), out / STUB_COPY)
     uki.build(out / STUB_COPY, parts, image, work)
+    bootchain.append_uki(slot, image)
+    if slot.stat().st_size > spec.slot_size_mib * disk.MIB:
+        raise BuildError(f"the root slot and its UKI need {slot.stat().st_size >> 20} MiB; "
+                         f"slot_size_mib is {spec.slot_size_mib}")
     bootloader = out / "BOOTX64.EFI"
     shutil.copyfile(initramfs.inside(root, root / BOOTLOADER), bootloader)
-    loader_conf = f"default {uki_name(spec.version, 'a')}\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
+    loader_conf = f"default {bootchain.LOADER_DEFAULT}\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
     esp = work / "esp.img"
     disk.esp_image(esp, spec.esp_size_mib, {
         "EFI/BOOT/BOOTX64.EFI": bootloader,
-        f"EFI/Linux/{uki_name(spec.version, 'a')}": image,
+        f"{bootchain.ENTRY_DIR}/{FIRST_ENTRY}": image,
         "loader/loader.conf": loader_conf.encode(),
     }, spec.name)
     data_tree = work / "data-tree"
@@ -195,7 +217,7 @@ def _build(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, out: Pat
     shutil.copyfile(booted.vmlinuz, out / "vmlinuz")
     shutil.copyfile(initrd, out / "initrd.cpio")
     (out / "cmdline.txt").write_text(cmdline)
-    (out / "os-release").write_bytes(osrel)
+    (out / "os-release").write_bytes(parts.osrel)
     references = predict.predict(bootloader=bootloader, uki=image, parts=parts, disk=out / "disk.raw")
     (out / "packages.tsv").write_bytes((debian / rootfs.PACKAGE_LIST).read_bytes())
     manifest = {
@@ -203,7 +225,7 @@ def _build(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, out: Pat
         "hardware_id": spec.hardware_id, "kernel": booted.release,
         "verity": {"data_blocks": tree.data_blocks, "hash_offset": tree.hash_offset, "root_hash": tree.root_hash},
         "files": {name: file_digest(out / name) for name in
-                  ("root.erofs", uki_name(spec.version, "a"), "BOOTX64.EFI", "vmlinuz", "initrd.cpio")},
+                  ("root.erofs", UKI, "BOOTX64.EFI", "vmlinuz", "initrd.cpio")},
         "disk_bytes": (out / "disk.raw").stat().st_size,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

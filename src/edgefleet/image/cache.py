@@ -48,7 +48,7 @@ def tree_digest(root: Path, *, skip: tuple[str, ...] = ("__pycache__",)) -> str:
     return h.hexdigest()
 
 
-KEEP = 4  # entries of each stage kept (an image is about a gigabyte); the oldest go first
+KEEP = 8  # entries of each stage kept (an image is 1-2 GB; the VM tests use six); the oldest go first
 
 
 def prune(base: Path, stage: str, keep: int = KEEP) -> None:

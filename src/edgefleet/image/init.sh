@@ -23,14 +23,12 @@ while read -r module; do
     insmod "/lib/modules/$module" 2>/dev/null || true
 done </lib/modules/load.order
 
-slot="" verity=""
+verity=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-        edgefleet.slot=*) slot="${arg#edgefleet.slot=}" ;;
         edgefleet.verity=*) verity="${arg#edgefleet.verity=}" ;;
     esac
 done
-[ -n "$slot" ] || fail "no edgefleet.slot= on the kernel command line"
 [ -n "$verity" ] || fail "no edgefleet.verity= on the kernel command line"
 data_blocks="${verity%%,*}"; rest="${verity#*,}"
 hash_offset="${rest%%,*}"; root_hash="${rest#*,}"
@@ -46,11 +44,27 @@ find_part() {
     return 1
 }
 for _ in $(seq 1 100); do
-    root_dev="$(find_part "root-$slot")" && data_dev="$(find_part data)" && break
+    data_dev="$(find_part data)" && find_part root-a >/dev/null && break
     sleep 0.1
 done
-[ -n "$root_dev" ] || fail "partition root-$slot not found"
 [ -n "$data_dev" ] || fail "partition data not found"
+
+# The UKI names no slot (one UKI, one set of reference values, whichever slot holds the
+# release): open each slot through dm-verity with the measured root hash and keep the one
+# whose first block verifies. Reading through dm-verity checks the block's path up to the
+# root hash, so a slot holding another release (or nothing) fails that read.
+slot="" root_dev=""
+for candidate in a b; do
+    device="$(find_part "root-$candidate")" || continue
+    veritysetup open "$device" probe "$device" "$root_hash" \
+        --data-blocks="$data_blocks" --hash-offset="$hash_offset" 2>/dev/null || continue
+    if dd if=/dev/mapper/probe of=/dev/null bs=4096 count=1 2>/dev/null; then
+        slot="$candidate" root_dev="$device"
+    fi
+    veritysetup close probe
+    [ -n "$slot" ] && break
+done
+[ -n "$slot" ] || fail "dm-verity refused slot a and slot b: neither matches the measured root hash"
 
 say "slot $slot: opening $root_dev through dm-verity (root hash $root_hash)"
 veritysetup open "$root_dev" root "$root_dev" "$root_hash" \

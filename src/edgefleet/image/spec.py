@@ -59,8 +59,8 @@ class ImageSpec(BaseModel):
     kernel_package: str = "linux-image-amd64"
     kernel_cmdline: str = "console=ttyS0,115200 panic=10"
     slot_size_mib: int = Field(640, ge=64, le=65536)
-    data_size_mib: int = Field(128, ge=16, le=1 << 20)
-    esp_size_mib: int = Field(64, ge=34, le=4096)
+    data_size_mib: int = Field(1024, ge=16, le=1 << 20, description="agent state, downloads (a full release)")
+    esp_size_mib: int = Field(128, ge=34, le=4096, description="two UKIs and one staged beside them")
     fleet: FleetTrust | None = None
     health: list[HealthCheck] = []
 

@@ -75,6 +75,15 @@ class ABSystem(Protocol):
 
     def slot_size(self, slot: SlotName) -> int: ...
 
+    def stage_boot(self, slot: SlotName, length: int) -> None:
+        """Make ``slot`` (just written, ``length`` bytes) bootable once a trial arms it: for
+        systemd-boot, its release's UKI goes to the ESP. Nothing for bootloaders that load
+        the kernel from the slot itself.
+
+        Raises InstallError or PersistError.
+        """
+        ...
+
     def boot_id(self) -> str:
         """Different at every boot (``/proc/sys/kernel/random/boot_id``)."""
         ...

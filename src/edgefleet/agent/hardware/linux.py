@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import cast
 
 from edgefleet.agent.hardware.interfaces import BootEnv, SlotName
+from edgefleet.agent.hardware.sdboot import SdBootEntries
 from edgefleet.errors import ConfigError
 
 
@@ -74,9 +75,11 @@ class LinuxHost:
 
 
 class LinuxABSystem:
-    """A/B root partitions on a Linux host. The bootloader script (``agent/boot/``) passes
-    ``edgefleet.slot=a|b`` on the kernel command line; greenboot-style checks shipped in
-    the image live in ``/etc/edgefleet/health.d/*.json`` (one object or a list each)."""
+    """A/B root partitions on a Linux host. Which slot booted: ``edgefleet.slot=a|b`` on the
+    kernel command line (the U-Boot script in ``agent/boot/`` passes it), else the
+    partition under the dm-verity device ``root`` (an edgefleet image, whose initramfs
+    opens whichever slot verifies). Greenboot-style checks shipped in the image live in
+    ``/etc/edgefleet/health.d/*.json`` (one object or a list each)."""
 
     def __init__(self, slots: dict[SlotName, Path], bootenv: BootEnv, root: Path = Path("/")) -> None:
         self.slots = slots
@@ -96,7 +99,25 @@ class LinuxABSystem:
         for arg in cmdline:
             if arg in ("edgefleet.slot=a", "edgefleet.slot=b"):
                 return cast(SlotName, arg[-1])
-        raise ConfigError("kernel command line has no edgefleet.slot=a|b: is the A/B boot script installed?")
+        under = self._verity_root_partition()
+        if under in ("root-a", "root-b"):
+            return cast(SlotName, under[-1])
+        raise ConfigError("neither the kernel command line (edgefleet.slot=a|b) nor the dm-verity root device "
+                          "names the booted slot: is the A/B boot chain installed?")
+
+    def _verity_root_partition(self) -> str | None:
+        """The GPT label of the partition under the device-mapper device named ``root``."""
+        for dm in sorted((self.root / "sys/block").glob("dm-*")):
+            try:
+                if (dm / "dm/name").read_text().strip() != "root":
+                    continue
+                for below in sorted((dm / "slaves").iterdir()):
+                    for line in (below / "uevent").read_text().splitlines():
+                        if line.startswith("PARTNAME="):
+                            return line.partition("=")[2]
+            except OSError:
+                continue
+        return None
 
     def slot_device(self, slot: SlotName) -> Path:
         return self.slots[slot]
@@ -107,6 +128,10 @@ class LinuxABSystem:
     def slot_size(self, slot: SlotName) -> int:
         with open(self.slots[slot], "rb") as handle:
             return handle.seek(0, os.SEEK_END)
+
+    def stage_boot(self, slot: SlotName, length: int) -> None:
+        if isinstance(self._bootenv, SdBootEntries):
+            self._bootenv.stage(slot, self.slots[slot], length)
 
     def boot_id(self) -> str:
         return (self.root / "proc/sys/kernel/random/boot_id").read_text().strip()

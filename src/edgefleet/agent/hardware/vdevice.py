@@ -152,6 +152,9 @@ class VirtualDevice:
     def slot_size(self, slot: SlotName) -> int:
         return os.path.getsize(self.slot_image(slot))
 
+    def stage_boot(self, slot: SlotName, length: int) -> None:
+        """The emulated firmware boots the slot file itself: nothing to stage."""
+
     def boot_id(self) -> str:
         return (self.path / "boot_id").read_text().strip()
 
