@@ -34,12 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/real_boot.py: the control plane's side
 
+from tests import real_boot
+
 from edgefleet.agent.evidence import find
 from edgefleet.attestation import eventlog, reference
 from edgefleet.client import AdminClient
 from edgefleet.credentials import Role
-from edgefleet.image import _tools
-from edgefleet.image.build import REFERENCE_VALUES, TOOLS, UKI, build_image
+from edgefleet.image.build import REFERENCE_VALUES, UKI, build_image
 from edgefleet.image.spec import load_spec
 from edgefleet.vm import Machine, MachineConfig
 
@@ -71,8 +72,6 @@ def boot_once(disk: Path, work: Path, deadline: float) -> dict[str, float | bool
 
 def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
     """Boot the image with a control plane baked in; seconds to enrollment and to the first passed quote."""
-    from tests import real_boot
-
     figures: dict[str, float | bool] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-attest-") as tmp:
         plane = real_boot.attesting_plane(golden_log, Path(tmp))
@@ -102,8 +101,6 @@ hardware_id = "qemu-q35"
 
 def update_once(golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
     """Release A boots; B is assigned (forced reboot); seconds until B is committed."""
-    from tests import real_boot
-
     figures: dict[str, float | bool] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-update-") as tmp:
         root = Path(tmp)
@@ -155,12 +152,9 @@ def main() -> int:
     parser.add_argument("--no-update", action="store_true", help="skip the A -> B update on the real boot chain")
     parser.add_argument("--deadline", type=float, default=900.0)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/boot.py needs root (mmdebstrap --mode=root builds the image)")
-        return 0
-    absent = _tools.missing([*TOOLS, "qemu-system-x86_64", "qemu-img", "swtpm", "swtpm_setup"])
-    if absent or not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
-        print(f"bench/boot.py needs {', '.join(absent) or 'ovmf'} (Debian packages: see scripts/test)")
+    missing = real_boot.missing_for_real_boots()
+    if missing is not None:
+        print(f"bench/boot.py needs {missing}")
         return 0
     spec, spec_dir = load_spec(args.spec)
     built = build_image(spec, spec_dir)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -34,8 +33,7 @@ from tests.conftest import Fleet
 
 from edgefleet.client import AdminClient
 from edgefleet.credentials import Role
-from edgefleet.image import _tools
-from edgefleet.image.build import TOOLS, BuiltImage, build_image
+from edgefleet.image.build import BuiltImage, build_image
 from edgefleet.image.spec import load_spec
 from edgefleet.vm import Machine, MachineConfig
 
@@ -104,12 +102,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="the first round's seed; round i uses seed + i")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for each wait inside a round")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/powercut_vm.py needs root (mmdebstrap --mode=root builds the images)")
-        return 0
-    absent = _tools.missing([*TOOLS, "qemu-system-x86_64", "qemu-img", "swtpm", "swtpm_setup"])
-    if absent or not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
-        print(f"bench/powercut_vm.py needs {', '.join(absent) or 'ovmf'} (Debian packages: see scripts/test)")
+    missing = real_boot.missing_for_real_boots()
+    if missing is not None:
+        print(f"bench/powercut_vm.py needs {missing}")
         return 0
     started = time.monotonic()
     rounds: list[dict[str, object]] = []

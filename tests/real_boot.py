@@ -31,14 +31,23 @@ VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "swtpm", "swtpm_setup")
 BOOT_DEADLINE = 900.0  # seconds: generous, TCG on a loaded 2-core machine
 
 
-def real_boot_or_skip() -> None:
+def missing_for_real_boots() -> str | None:
+    """What this machine lacks to build images and boot them (None: nothing); the tests
+    skip with it, the benches print it."""
     if os.geteuid() != 0:
-        need("root", "the image builder (mmdebstrap --mode=root) runs as root")
+        return "root (the image builder, mmdebstrap --mode=root, runs as root)"
     absent = _tools.missing([*TOOLS, *VM_TOOLS])
     if absent:
-        need("image builder and VM tools", f"missing {', '.join(absent)}")
+        return f"{', '.join(absent)} (Debian packages: see scripts/test)"
     if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
-        need("OVMF", "Debian's ovmf is not installed")
+        return "OVMF (Debian's ovmf)"
+    return None
+
+
+def real_boot_or_skip() -> None:
+    missing = missing_for_real_boots()
+    if missing is not None:
+        need("image builder and VM tools", f"missing {missing}")
 
 
 def wait_for_evidence(machine: Machine, deadline: float = BOOT_DEADLINE) -> dict[str, object]:

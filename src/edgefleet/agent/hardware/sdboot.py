@@ -16,7 +16,6 @@ slots are renamed, then the slot on trial.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from edgefleet import bootchain
 from edgefleet.agent.hardware.interfaces import SlotName
 from edgefleet.agent.slotenv import SLOTS, SlotEnv
 from edgefleet.errors import InstallError, PersistError
-from edgefleet.util.atomic import fsync_dir
+from edgefleet.util.atomic import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger("edgefleet.agent.sdboot")
 
@@ -115,18 +114,6 @@ class SdBootEntries:
 
         Raises InstallError (the image carries no valid UKI) or PersistError (the ESP is full).
         """
-        data = bootchain.read_uki(image, length)
-        target = self.directory / _staged(slot)
-        partial = self.directory / f"{_staged(slot)}.partial"
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with open(partial, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, target)
-            fsync_dir(self.directory)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise PersistError(f"cannot stage slot {slot}'s kernel image on the ESP: {exc.strerror or exc}") from exc
+        # The temporary file's name starts with a dot too (systemd-boot skips it); vfat
+        # ignores the file mode atomic_write_bytes sets.
+        atomic_write_bytes(self.directory / _staged(slot), bootchain.read_uki(image, length))
