@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -48,8 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MARKS = {"firmware_s": "EFI stub:", "initramfs_s": "verified and mounted", "systemd_s": "login:"}
 
 
-def boot_once(disk: Path, work: Path, deadline: float) -> dict[str, float | bool]:
-    machine = Machine(MachineConfig(disk=disk, directory=work, fw_cfg={"opt/io.edgefleet/print-evidence": b"1"}))
+def boot_once(disk: Path, work: Path, deadline: float, cpus: int) -> dict[str, float | bool]:
+    machine = Machine(MachineConfig(disk=disk, directory=work, fw_cfg={"opt/io.edgefleet/print-evidence": b"1"},
+                                    cpus=cpus))
     figures: dict[str, float | bool] = {}
     with machine:
         start = machine.started_at
@@ -70,7 +72,7 @@ def boot_once(disk: Path, work: Path, deadline: float) -> dict[str, float | bool
     return figures
 
 
-def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
+def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float, cpus: int) -> dict[str, float | bool]:
     """Boot the image with a control plane baked in; seconds to enrollment and to the first passed quote."""
     figures: dict[str, float | bool] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-attest-") as tmp:
@@ -78,7 +80,8 @@ def attest_once(spec_text: str, golden_log: eventlog.EventLog, deadline: float) 
         try:
             image = real_boot.published_fleet_image(plane, spec_text, Path(tmp))
             viewer = plane.client(role=Role.VIEWER)
-            with Machine(real_boot.provisioned_vm(plane, image, Path(tmp) / "vm")) as machine:
+            config = dataclasses.replace(real_boot.provisioned_vm(plane, image, Path(tmp) / "vm"), cpus=cpus)
+            with Machine(config) as machine:
                 device_id = real_boot.enrolled_device(plane, machine)
                 figures["enrolled_s"] = round(time.monotonic() - machine.started_at, 1)
                 verdict = real_boot.wait_until(
@@ -100,7 +103,9 @@ hardware_id = "qemu-q35"
 
 
 def update_once(golden_log: eventlog.EventLog, deadline: float) -> dict[str, float | bool]:
-    """Release A boots; B is assigned (forced reboot); seconds until B is committed."""
+    """Release A boots; B is assigned (forced reboot); seconds until B is committed. One
+    vCPU, as in the VM tests (``golden_log`` must come from a one-vCPU boot: PCR 0 follows
+    the CPU count)."""
     figures: dict[str, float | bool] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-update-") as tmp:
         root = Path(tmp)
@@ -151,6 +156,9 @@ def main() -> int:
     parser.add_argument("--no-attest", action="store_true", help="skip the boot that attests to a control plane")
     parser.add_argument("--no-update", action="store_true", help="skip the A -> B update on the real boot chain")
     parser.add_argument("--deadline", type=float, default=900.0)
+    parser.add_argument("--cpus", type=int, default=2,
+                        help="vCPUs of the golden and attesting boots (the update always runs on one, as the "
+                             "VM tests do: with two, OVMF sometimes hangs at a guest reboot)")
     args = parser.parse_args()
     missing = real_boot.missing_for_real_boots()
     if missing is not None:
@@ -171,7 +179,7 @@ def main() -> int:
     golden_log = None
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="edgefleet-boot-") as tmp:
-            figures = boot_once(built.disk, Path(tmp), args.deadline)
+            figures = boot_once(built.disk, Path(tmp), args.deadline, args.cpus)
         log = figures.pop("log", None)
         golden_log = log if log is not None else golden_log
         figures["predicted_equal_booted"] = bool(log is not None and not reference.compare(log, expected))  # type: ignore[arg-type]
@@ -182,9 +190,14 @@ def main() -> int:
               "the guest's event log")
     best = min(runs, key=lambda r: float(r.get("evidence_s", 1e9)))
     if not args.no_attest and golden_log is not None:
-        best.update(attest_once(args.spec.read_text(), golden_log, args.deadline))
+        best.update(attest_once(args.spec.read_text(), golden_log, args.deadline, args.cpus))
         print(f"attesting boot: first passed quote {best.get('quote_s')} s after QEMU started "
               f"(enrolled {best.get('enrolled_s')} s)")
+    if not args.no_update and golden_log is not None and args.cpus != 1:
+        with tempfile.TemporaryDirectory(prefix="edgefleet-boot-") as tmp:
+            one = boot_once(built.disk, Path(tmp), args.deadline, 1)
+        golden_log = one.pop("log", None)  # type: ignore[assignment]
+        best["evidence_1cpu_s"] = one.get("evidence_s", 0.0)
     if not args.no_update and golden_log is not None:
         best.update(update_once(golden_log, args.deadline))
         print(f"update A -> B: committed on B {best.get('update_assigned_to_committed_s')} s after it was assigned "
@@ -194,7 +207,7 @@ def main() -> int:
     summary = {
         "build_s": round(built.seconds, 1), "build_cached": built.cached, "cache_hit_s": round(hit.seconds, 2),
         "slot_mib": round(slot / 2**20, 1), "disk_used_mib": round(disk_used / 2**20, 1),
-        **{k: v for k, v in best.items()},
+        "cpus": args.cpus, **{k: v for k, v in best.items()},
         "qemu": re.sub(r"\s+", " ", os.popen("qemu-system-x86_64 --version").read().splitlines()[0]),  # noqa: S605
     }
     print(json.dumps(summary))
