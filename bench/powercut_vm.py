@@ -118,6 +118,7 @@ def main() -> int:
         with Machine(MachineConfig(disk=golden_image.disk, directory=root / "golden-vm",
                                    fw_cfg={"opt/io.edgefleet/print-evidence": b"1"})) as machine:
             evidence = real_boot.wait_for_evidence(machine, args.deadline)
+        (root / "plane").mkdir()
         plane = real_boot.attesting_plane(real_boot.booted_log(evidence), root / "plane")
         try:
             releases = real_boot.Releases(plane, root / "releases")
