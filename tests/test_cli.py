@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import httpx
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from edgefleet.cli import app
@@ -21,11 +23,21 @@ from edgefleet.errors import ConfigError
 from edgefleet.server import ServerSettings
 from edgefleet.settings import load_settings
 
-COMMANDS = [[], ["server"], ["server", "init"], ["agent"], ["demo"], ["devices"], ["devices", "ls"],
-            ["devices", "show"], ["tokens"], ["tokens", "create"], ["tokens", "create-admin"], ["keys"],
-            ["keys", "init"], ["keys", "ls"], ["keys", "rotate"], ["release"], ["release", "create"],
-            ["release", "sign"], ["release", "publish"], ["release", "ls"], ["assign"], ["server", "rotate-key"],
-            ["image"], ["image", "build"], ["image", "baseline"], ["tpm"], ["tpm", "evidence"]]
+
+def _every_command() -> list[list[str]]:
+    """Every command and group of the ``edgefleet`` tree, as the argv that names it."""
+    found: list[list[str]] = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        found.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS = _every_command()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgefleet")

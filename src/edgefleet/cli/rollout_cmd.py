@@ -48,8 +48,8 @@ def _size(text: str) -> dict[str, Any]:
 def start(
     release: Annotated[str, typer.Option(help="Published release version.")],
     server: ServerUrl, token: AdminToken, ca_file: CaFile,
-    waves: Annotated[list[str] | None, typer.Option("--wave", help="Size[/bake seconds], e.g. 1/600, 10%/1800, "
-                                                                   "100% (repeat, in order).")] = None,
+    waves: Annotated[list[str] | None, typer.Option("--wave", help="SIZE or SIZE/BAKE_SECONDS, e.g. 1/600, "
+                                                                   "10%/1800, 100% (repeat, in order).")] = None,
     selector: Annotated[list[str] | None, typer.Option("--selector", "-l", help="label=value of target devices "
                                                                                 "(site too).")] = None,
     spec: Annotated[Path | None, typer.Option(help="Full rollout spec as JSON (the API's body).")] = None,
