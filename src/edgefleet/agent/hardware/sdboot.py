@@ -10,8 +10,8 @@ counter, which is what ``systemd-bless-boot good`` does to the booted entry.
 
 A slot's entry is the UKI its release carries (``bootchain.read_uki``), staged beside the
 entries under a name systemd-boot ignores before the trial is armed, so arming is one
-rename. Every write keeps a good slot bootable at each step: entries go first, then good
-slots are renamed, then the slot on trial.
+rename. Every write keeps a good slot bootable at each step: the entries of slots that
+leave the order go first, then good slots are renamed, then the slot on trial.
 """
 
 from __future__ import annotations
