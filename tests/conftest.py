@@ -245,6 +245,14 @@ def emulator(tmp_path: Path) -> Iterator[Any]:
         yield instance
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real-boot modules (marked with an xdist group) first. scripts/test runs two
+    xdist workers: each VM group then starts at once on a worker of its own and the short
+    tests fill both workers afterwards; a group that started late would be the run's tail."""
+    grouped = [item for item in items if item.get_closest_marker("xdist_group")]
+    items[:] = grouped + [item for item in items if not item.get_closest_marker("xdist_group")]
+
+
 # The real-boot session fixtures (tests/real_boot_fixtures.py).
 from tests.real_boot_fixtures import (  # noqa: E402, F401
     real_golden,

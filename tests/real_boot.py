@@ -9,8 +9,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from edgefleet.agent.evidence import find
 from edgefleet.attestation import eventlog, reference
@@ -170,6 +172,33 @@ def enrolled_device(plane: Fleet, machine: Machine, exclude: set[str] | frozense
 
     found = wait_until(listed, "enrolled device", machine)
     return str(found[0]["id"])  # type: ignore[index]
+
+
+@dataclass
+class VmDevice:
+    """A VM enrolled at ``plane`` as device ``id``, seen through the admin API."""
+
+    machine: Machine
+    id: str
+    plane: Fleet
+
+    def record(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{self.id}").json()
+        return value
+
+    def assign(self, release: str) -> None:
+        with AdminClient(self.plane.url, self.plane.tokens[Role.ADMIN], self.plane.settings.pki.ca_cert) as admin:
+            admin.assign(self.id, release, force_reboot=True)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The device's update events, newest first."""
+        events: list[dict[str, Any]] = self.plane.client(role=Role.VIEWER).get(
+            f"/api/v1/admin/devices/{self.id}/updates").json()["events"]
+        return events
+
+    def wait(self, what: str, condition: Callable[[], Any], deadline: float = BOOT_DEADLINE,
+             every: float = 2.0) -> Any:
+        return wait_until(condition, what, self.machine, deadline, every)
 
 
 GOLDEN_SPEC = """

@@ -13,7 +13,7 @@ import pytest
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
-from edgefleet.agent.slotenv import SlotEnv
+from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, run, sqlite_plane, until
 from tests.cli_helpers import cli
 from tests.conftest import Fleet
@@ -113,8 +113,42 @@ def test_release_that_never_boots_rolls_back_when_its_try_is_used_up(world: AbWo
     assert record.update is not None
     assert "tries exhausted" in record.update["reason"]
     assert record.running_version == "2026.11.0"
-    assert device.boots == 3  # factory boot, the one try of B (never reached the agent), back on A
+    assert device.boots == 2 + TRIAL_TRIES  # factory boot, every try of B (none reached the agent), back on A
     assert phases(world, device)[-2:] == ["rebooting", "rolled_back"]
+
+
+def test_power_cut_during_the_download_resumes_it_after_the_boot(world: AbWorld,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent that starts with a download in progress verifies the assignment again and
+    resumes; it once tried the download first, failed for want of the verified plan, and
+    retried that forever without ever checking the assignment again."""
+    from edgefleet.agent import delivery
+    from edgefleet.errors import TransportError
+
+    link = {"up": False, "tries": 0}
+    real_fetch = delivery.fetch_target
+
+    def fetch(*args: object, **kwargs: object) -> object:
+        if not link["up"]:
+            link["tries"] += 1
+            raise TransportError("the link dropped mid-download (test)")
+        return real_fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delivery, "fetch_target", fetch)
+    device = world.device("cut-downloading")
+
+    async def downloading() -> None:
+        await assign_until(world, device, "2026.12.0", "downloading")
+        await until(lambda: link["tries"] >= 1, what="a download attempt")
+
+    run(world, device, downloading)  # then the power goes
+
+    async def resumed() -> None:
+        link["up"] = True
+        await until(lambda: world.record(device).update_state == "committed", what="the commit")
+
+    run(world, device, resumed)
+    assert world.record(device).running_version == "2026.12.0"
 
 
 def test_hung_trial_is_rolled_back_by_the_watchdog_at_its_deadline(world: AbWorld) -> None:

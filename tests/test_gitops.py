@@ -79,16 +79,28 @@ def config_of(plane: Fleet, device_id: str) -> dict[str, Any] | None:
     return config
 
 
+def decided(plane: Fleet, commit: str) -> dict[str, Any]:
+    """Sync now and return the decision on ``commit``: from this sync, or from the log when
+    the server's own retry loop decided it a moment earlier (a slow start backs off 1, 2,
+    4 ... s and may land in the middle of a test)."""
+    for decision in sync(plane):
+        if decision["commit"] == commit:
+            return decision
+    logged = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
+    found = [c for c in logged if c["commit"] == commit]
+    assert found, f"nothing was decided on {commit}"
+    return found[0]  # type: ignore[no-any-return]
+
+
 def refused(plane: Fleet, repo: FleetRepo, files: dict[str, str | None], *, signer: str | None,
             accepted: str) -> list[str]:
     """Commit, sync, expect a refusal; the branch is then put back (a fresh attempt)."""
     sha = repo.commit(files, "attempt", signer=signer)
-    decisions = [d for d in sync(plane) if d["sync"] == "platform"]
-    assert decisions, "nothing was decided"
-    assert decisions[0]["commit"] == sha
-    assert not decisions[0]["accepted"]
+    decision = decided(plane, sha)
+    assert decision["sync"] == "platform"
+    assert not decision["accepted"]
     repo.force_reset(accepted)
-    reasons: list[str] = decisions[0]["reasons"]
+    reasons: list[str] = decision["reasons"]
     return reasons
 
 
@@ -116,10 +128,10 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
 ) -> None:
     device = plane.enroll(site="store-1")
     first = repo.commit(BASE, "fleet", signer="alice")
-    sync(plane)
+    decided(plane, first)
     accepted = repo.commit({"platform/stores/agent.yaml": pod("agent", "agent@sha256:" + "a" * 64)}, "agent",
                            signer="alice")
-    assert sync(plane)[0]["accepted"]
+    assert decided(plane, accepted)["accepted"]
     in_force = config_of(plane, device.id)
     assert in_force is not None
 
@@ -142,12 +154,11 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
     assert "'ntp_servers' is undefined" in errors[0]
     # A move back to an older commit, and a rewritten history (force push).
     repo.force_reset(first)
-    decision = sync(plane)[0]
+    decision = decided(plane, first)
     assert "older than the last accepted commit" in decision["reasons"][0]
     rewritten = repo.commit({"platform/stores/agent.yaml": pod("agent", "agent@sha256:" + "b" * 64)}, "rewrite",
                             signer="alice")
-    decision = sync(plane)[0]
-    assert decision["commit"] == rewritten
+    decision = decided(plane, rewritten)
     assert "history was rewritten (force push)" in decision["reasons"][0]
 
     assert config_of(plane, device.id) == in_force  # the last accepted state stayed in force
@@ -182,12 +193,12 @@ def test_root_and_application_syncs_cannot_write_each_others_paths(plane: Fleet,
     # The platform team's key cannot change application paths, nor the app team's root paths.
     repo.git("checkout", "-q", "apps")
     alice_app = repo.commit({"apps/stores/web.yaml": pod("web", "web@sha256:" + "e" * 64)}, "alice", signer="alice")
-    decision = sync(plane)[0]
+    decision = decided(plane, alice_app)
     assert (decision["sync"], decision["commit"], decision["accepted"]) == ("apps", alice_app, False)
     assert "signed by a key not allowed for the app sync 'apps'" in decision["reasons"][0]
     repo.git("checkout", "-q", "main")
-    repo.commit({"groups/stores.yaml": GROUP.replace("2026.12.0", "evil")}, "bob on main", signer="bob")
-    decision = sync(plane)[0]
+    bob = repo.commit({"groups/stores.yaml": GROUP.replace("2026.12.0", "evil")}, "bob on main", signer="bob")
+    decision = decided(plane, bob)
     assert (decision["sync"], decision["accepted"]) == ("platform", False)
     assert "signed by a key not allowed for the root sync 'platform'" in decision["reasons"][0]
 

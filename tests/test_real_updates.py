@@ -1,11 +1,11 @@
 """A/B updates on the real boot chain: one VM (QEMU q35 + OVMF + swtpm, TCG) boots release
 A from its disk, and the agent inside it takes signed releases from the control plane:
 it writes the other slot, stages that release's UKI on the ESP and arms a systemd-boot
-trial (``+1``); the VM reboots for real; systemd-boot uses the try up before it starts
+trial (``+3``); the VM reboots for real; systemd-boot uses a try up before it starts
 the entry. A release whose checks pass is committed (the counter dropped) and attests on
 its own predicted reference values; one whose required check fails, and one whose kernel
-panics before userspace, come back on the committed slot through the boot loader's
-counter. The failing release comes as a rollout whose first wave is the VM: it halts
+panics before userspace (three times, one per try), come back on the committed slot
+through the boot loader's counter. The failing release comes as a rollout whose first wave is the VM: it halts
 there, and the devices of the next wave are never told. The tests share one running VM
 and run in file order."""
 
@@ -15,17 +15,17 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edgefleet.client import AdminClient
 from edgefleet.credentials import Role
 from edgefleet.image.build import BuiltImage
 from edgefleet.vm import Machine
 from tests.conftest import Device as Enrolled
 from tests.conftest import Fleet
-from tests.real_boot import SITE, Releases, enrolled_device, provisioned_vm, published_fleet_image, wait_until
+from tests.real_boot import SITE, Releases, VmDevice, enrolled_device, provisioned_vm, published_fleet_image
+
+pytestmark = pytest.mark.xdist_group("real-boot")  # after test_real_boot.py, on its worker
 
 CMDLINE = "console=ttyS0,115200 panic=10"
 SPEC = """
@@ -46,28 +46,9 @@ FLEET = {"fleet": "updates"}  # this module's devices (the plane serves other mo
 
 
 @dataclass
-class Device:
-    machine: Machine
-    id: str
-    plane: Fleet
+class Device(VmDevice):
     images: dict[str, BuiltImage]
     others: list[Enrolled]  # the next wave's devices
-
-    def record(self) -> dict[str, Any]:
-        value: dict[str, Any] = self.plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{self.id}").json()
-        return value
-
-    def assign(self, release: str) -> None:
-        with AdminClient(self.plane.url, self.plane.tokens[Role.ADMIN], self.plane.settings.pki.ca_cert) as admin:
-            admin.assign(self.id, release, force_reboot=True)
-
-    def history(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = self.plane.client(role=Role.VIEWER).get(
-            f"/api/v1/admin/devices/{self.id}/updates").json()["events"]
-        return events
-
-    def wait(self, what: str, condition: Any) -> Any:
-        return wait_until(condition, what, self.machine, every=2.0)
 
 
 def build(real_plane: Fleet, real_releases: Releases, directory: Path, version: str, counter: int, *,

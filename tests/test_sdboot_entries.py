@@ -15,7 +15,7 @@ import pytest
 
 from edgefleet import bootchain
 from edgefleet.agent.hardware.sdboot import SdBootEntries
-from edgefleet.agent.slotenv import SlotEnv
+from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
 from edgefleet.errors import InstallError, PersistError
 
 
@@ -93,15 +93,18 @@ def test_a_new_disk_reads_as_slot_a_good_and_alone(esp: tuple[Path, SdBootEntrie
     assert SlotEnv.parse(entries.read()) == SlotEnv.factory("a")
 
 
-def test_a_trial_boots_once_and_falls_back_when_not_committed(
+def test_a_trial_boots_for_its_tries_and_falls_back_when_not_committed(
         esp: tuple[Path, SdBootEntries, dict[str, Path]]) -> None:
     path, entries, slots = esp
     env = SlotEnv.parse(entries.read())
     entries.write(env.mark_bad("b").render())
     entries.stage("b", slots["b"], slots["b"].stat().st_size)
     entries.write(SlotEnv.parse(entries.read()).start_trial("b").render())
-    assert firmware_boot(path) == "b"
-    assert (path / bootchain.ENTRY_DIR / "edgefleet-2-b+0-1.efi").read_bytes() == b"UKI of slot b"
+    assert (path / bootchain.ENTRY_DIR / f"edgefleet-2-b+{TRIAL_TRIES}.efi").exists()
+    for done in range(1, TRIAL_TRIES + 1):
+        assert firmware_boot(path) == "b"
+        assert SlotEnv.parse(entries.read()).tries_left("b") == TRIAL_TRIES - done
+    assert (path / bootchain.ENTRY_DIR / f"edgefleet-2-b+0-{TRIAL_TRIES}.efi").read_bytes() == b"UKI of slot b"
     assert firmware_boot(path) == "a"  # never committed: the boot loader falls back by itself
     assert SlotEnv.parse(entries.read()).select()[0] == "a"
 

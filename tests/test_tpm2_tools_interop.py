@@ -1,5 +1,6 @@
-"""Interoperability with tpm2-tools: our event log reading agrees with `tpm2_eventlog`, and
-a quote made by `tpm2_quote` (with an AK from `tpm2_createak`) verifies with our verifier."""
+"""Interoperability with tpm2-tools: our event log reading agrees with `tpm2_eventlog`, a
+quote made by `tpm2_quote` (with an AK from `tpm2_createak`) verifies with our verifier,
+and our AK still quotes while tpm2-tools' failed authorizations hold the TPM in lockout."""
 
 from __future__ import annotations
 
@@ -82,3 +83,27 @@ def test_quote_made_by_tpm2_quote_verifies_with_our_verifier(emulator: Any, tmp_
     verdict = verify_quote(ak, QuoteRequest(nonce, PCRS), evidence, Policy())
     assert verdict.passed, verdict.failures
     assert ak.name == (tmp_path / "ak.name").read_bytes()  # our TPM object name computation agrees too
+
+
+def test_the_attestation_key_still_quotes_while_the_tpm_is_in_dictionary_attack_lockout(
+        emulator: Any, tmp_path: Path) -> None:
+    """A power cut is a non-orderly shutdown, which a TPM counts as a failed try; after
+    maxTries (3 on swtpm) it refuses every DA-protected key. Here three wrong passwords
+    put it there; the AK (noDA: it has no secret to guard) quotes on."""
+    tcti = emulator.tcti
+    tpm = tpm2_or_skip()(tcti)
+    log = measured_boot(tpm, boot_events())
+    env = {**os.environ, "TPM2TOOLS_TCTI": tcti}
+    tpm2_tools("tpm2_createprimary", "-C", "o", "-p", "secret", "-c", "guarded.ctx", tcti=tcti, cwd=tmp_path)
+    for _ in range(3):
+        tpm2_tools("tpm2_flushcontext", "-t", tcti=tcti, cwd=tmp_path)  # swtpm has no resource manager
+        wrong = subprocess.run([tool("tpm2_create"), "-C", "guarded.ctx", "-P", "wrong", "-u", "k.pub", "-r", "k.priv"],
+                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+        assert "DA counter incremented" in wrong.stderr, wrong.stderr
+    tpm2_tools("tpm2_flushcontext", "-t", tcti=tcti, cwd=tmp_path)
+    assert "inLockout:                 1" in tpm2_tools("tpm2_getcap", "properties-variable", tcti=tcti)
+    nonce = os.urandom(20)
+    attest, signature, values = tpm.quote(nonce, "sha256", PCRS)
+    ak = parse_public(tpm.attestation_key())
+    verdict = verify_quote(ak, QuoteRequest(nonce, PCRS), Evidence(attest, signature, values, log), Policy())
+    assert verdict.passed, verdict.failures

@@ -16,7 +16,7 @@ from edgefleet.agent.abupdate import Action, Offer, UpdateRunner, write_slot
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.hardware.firmware import power_on
 from edgefleet.agent.health import parse_checks, run_checks, verdict
-from edgefleet.agent.slotenv import SlotEnv
+from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
 from edgefleet.agent.update_flow import Phase, UpdateJob, after_start
 from edgefleet.clock import SystemClock
 from edgefleet.errors import InstallError, InvalidRequest, PersistError
@@ -100,11 +100,21 @@ def test_restart_conclusions_for_every_situation_a_power_cut_can_leave() -> None
     tried = ARMED.select()[1]
     assert after_start(rebooting, "b", "boot-2", tried, NOW).phase is Phase.TRIAL_BOOT
     assert after_start(rebooting, "a", "boot-1", ARMED, NOW).phase is None  # armed, reboot pending
-    exhausted = after_start(rebooting, "a", "boot-3", tried, NOW)
+    used_up = ARMED
+    for _ in range(TRIAL_TRIES):
+        assert used_up.select()[0] == "b"
+        used_up = used_up.select()[1]
+    assert used_up.select()[0] == "a"  # every try used: the firmware falls back
+    exhausted = after_start(rebooting, "a", "boot-3", used_up, NOW)
     assert exhausted.phase is Phase.ROLLED_BACK
     assert exhausted.failed_counts
     assert after_start(rebooting, "a", "boot-1", SlotEnv.factory(), NOW).rearm  # cut before arming
-    assert after_start(trial_job(), "a", "boot-2", tried, NOW).phase is Phase.ROLLED_BACK  # cut during the trial
+    again = after_start(trial_job(), "b", "boot-2", tried.select()[1], NOW)  # cut during the trial: b again
+    assert again.phase is Phase.TRIAL_BOOT
+    assert "again" in str(again.reason)
+    fell_back = after_start(trial_job(), "a", "boot-4", used_up, NOW)  # every trial boot cut short
+    assert fell_back.phase is Phase.ROLLED_BACK
+    assert fell_back.failed_counts
     assert after_start(trial_job(), "b", "boot-1", tried, NOW).phase is None  # the agent alone restarted
     late = after_start(trial_job(), "b", "boot-1", tried, NOW + timedelta(minutes=6))
     assert late.phase is Phase.ROLLING_BACK

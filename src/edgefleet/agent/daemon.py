@@ -31,7 +31,7 @@ from edgefleet.agent.health import Probe, parse_checks
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
-from edgefleet.agent.update_flow import UpdateJob
+from edgefleet.agent.update_flow import Phase, UpdateJob
 from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.clock import Clock, SystemClock
@@ -126,6 +126,7 @@ class Agent:
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
+        self._reported_job_seq: int | None = None  # the update job's seq the server last saw
         self.workloads: Supervisor | None = None
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
         self._applied = -1  # the desired state version whose configuration the agent has acted on
@@ -429,6 +430,13 @@ class Agent:
         changed = False
         while not self.rebooting:
             seq = runner.job.seq
+            plan = self._plan
+            if runner.job.phase is Phase.DOWNLOADING and (plan is None or plan.version != runner.job.version):
+                # After a restart the assignment is verified again (_check_update) before
+                # the download resumes; driving now would fail and hold that check back.
+                break
+            if seq != self._reported_job_seq:  # the server sees each phase before its work (a download takes minutes)
+                await self._progress(state, transport, halt)
 
             def download() -> Delivery:
                 plan = self._plan
@@ -454,6 +462,14 @@ class Agent:
             if action is not Action.CONTINUE:
                 break
         return changed
+
+    async def _progress(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
+        """Report an update phase as it starts, best effort: a report that cannot go out
+        now does not hold the update back (the next check-in reports it)."""
+        try:
+            await self._until_stopped(self._report(state, transport), halt)
+        except (TransportError, ServerRefused) as exc:
+            log.debug("progress report not sent: %s", exc)
 
     async def _reboot(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
         """The OS goes down: tell the server (best effort), then stop."""
@@ -777,6 +793,7 @@ class Agent:
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1
+            self._reported_job_seq = self.runner.job.seq if self.runner is not None else None
             if self._applied == state.desired_version:  # a report the server judges drift on
                 self._workloads_changed.clear()  # the server has seen them out of sync once
             if ack.accepted or ack.seq < state.status_seq:

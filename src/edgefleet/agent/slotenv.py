@@ -10,14 +10,16 @@ The firmware rule (``select``), implemented identically by the U-Boot script
 (``boot/uboot-ab.cmd``), the emulated device's firmware, and, through entry names instead
 of variables, systemd-boot's boot counting (``hardware/sdboot.py``): take the first slot
 in BOOT_ORDER that is good, or that has tries left, in which case one try is used up and
-saved *before* the slot boots. A slot on trial is therefore booted once; if its OS never
-reaches the agent to commit it, the next boot falls through to the good slot. If no slot
+saved *before* the slot boots. A slot on trial is booted at most TRIAL_TRIES times (three,
+systemd-boot's default): a power cut or a crash during one trial boot leaves tries for the
+next, and if its OS never commits it, the boot after the last try falls through to the
+good slot. If no slot
 qualifies (a damaged environment), the first good slot, else A. Tries are 0 to 3 (boot
 scripts without arithmetic spell them out); any other value counts as 0.
 
 The agent's writes keep one invariant: at every instant at least one slot is good and in
 BOOT_ORDER. The slot about to be written is first taken out of BOOT_ORDER and marked bad;
-a trial puts it first with one try; a commit marks it good; a rollback takes it out again.
+a trial puts it first with TRIAL_TRIES tries; a commit marks it good; a rollback takes it out again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import cast
 from edgefleet.agent.hardware.interfaces import SlotName
 
 SLOTS: tuple[SlotName, SlotName] = ("a", "b")
-TRIAL_TRIES = 1
+TRIAL_TRIES = 3  # boots of a slot on trial before the firmware falls back (systemd-boot's default)
 _TRIES = ("0", "1", "2", "3")  # GRUB cannot count, so its script spells out 3, 2, 1
 
 
@@ -80,7 +82,7 @@ class SlotEnv:
         return SlotEnv(tuple(s for s in self.order if s != slot), self.good - {slot}, self._with_left(slot, 0))
 
     def start_trial(self, slot: SlotName) -> SlotEnv:
-        """Boot ``slot`` next, once; the good slots stay behind it in the order."""
+        """Boot ``slot`` next, at most TRIAL_TRIES times; the good slots stay behind it in the order."""
         rest = tuple(s for s in self.order if s != slot and s in self.good)
         return SlotEnv((slot, *rest), self.good - {slot}, self._with_left(slot, TRIAL_TRIES))
 

@@ -6,6 +6,7 @@ and what a (re)started agent must conclude from the slot it finds itself booted 
                     \\-> rolling_back -> rolled_back       (any trial phase)
     downloading / installing / installed / waiting_window -> failed   (never left the slot)
     rebooting -> rolled_back                              (tries exhausted: never reached us)
+    trial phase -> trial_boot                             (booted again after a cut: start over)
     committed -> reverting -> reverted                    (the operator sends it back to the
                                                            previous release, still in the other slot)
 
@@ -61,9 +62,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     P.INSTALLED: frozenset({P.WAITING_WINDOW, P.REBOOTING, P.FAILED}),
     P.WAITING_WINDOW: frozenset({P.REBOOTING, P.FAILED}),
     P.REBOOTING: frozenset({P.TRIAL_BOOT, P.WAITING_WINDOW, P.ROLLED_BACK}),
-    P.TRIAL_BOOT: frozenset({P.HEALTH_CHECKING, P.ROLLING_BACK, P.ROLLED_BACK, P.COMMITTED}),
-    P.HEALTH_CHECKING: frozenset({P.ATTESTING, P.ROLLING_BACK, P.ROLLED_BACK, P.COMMITTED}),
-    P.ATTESTING: frozenset({P.COMMITTED, P.ROLLING_BACK, P.ROLLED_BACK}),
+    P.TRIAL_BOOT: frozenset({P.TRIAL_BOOT, P.HEALTH_CHECKING, P.ROLLING_BACK, P.ROLLED_BACK, P.COMMITTED}),
+    P.HEALTH_CHECKING: frozenset({P.TRIAL_BOOT, P.ATTESTING, P.ROLLING_BACK, P.ROLLED_BACK, P.COMMITTED}),
+    P.ATTESTING: frozenset({P.TRIAL_BOOT, P.COMMITTED, P.ROLLING_BACK, P.ROLLED_BACK}),
     P.ROLLING_BACK: frozenset({P.ROLLED_BACK}),
 }
 
@@ -159,10 +160,14 @@ def after_start(job: UpdateJob, booted: SlotName, boot_id: str, env: SlotEnv, no
     if job.to_slot in env.good:
         return Resume(P.COMMITTED, "committed (confirmed after restart)")
     if booted != job.to_slot:
-        return Resume(P.ROLLED_BACK, "trial boot interrupted before commit (power loss or reset)")
+        # The new slot started the agent, then used up its tries without a commit: the
+        # boot loader fell back (crashes or resets in every trial boot, not one power cut).
+        return Resume(P.ROLLED_BACK, "the new slot's trial boots all ended before a commit (crash or reset); "
+                      "the boot loader fell back", failed_counts=True)
     if job.boot_id != boot_id:
-        # A second boot of an uncommitted slot: only a damaged environment allows it.
-        return Resume(P.ROLLING_BACK, "the trial slot booted twice without a commit", failed_counts=True)
+        # The trial slot booted again (the last trial boot was cut short and the boot
+        # loader's counter allowed another): the trial starts over in this boot.
+        return Resume(P.TRIAL_BOOT, "trial boot of the new slot, again (the previous one was cut short)")
     if job.trial_deadline is not None and now >= datetime.fromisoformat(job.trial_deadline):
         return Resume(P.ROLLING_BACK, "trial deadline passed", failed_counts=True)
     return Resume(None)

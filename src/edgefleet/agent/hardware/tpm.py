@@ -29,8 +29,13 @@ from tpm2_pytss.utils import NVReadEK, create_ek_template
 from edgefleet.errors import ConfigError
 
 AkAlgorithm = Literal["ecc", "rsa"]
+# noDA: the AK has no secret (empty auth), so dictionary-attack protection guards nothing,
+# while a TPM counts every non-orderly shutdown (a power cut) as a failed try and, after
+# maxTries of them (3 on swtpm), refuses DA-protected keys for recoveryTime per try: the
+# VM power-cut rounds locked a device out of attestation that way.
 AK_ATTRIBUTES = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM
-                 | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH)
+                 | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH
+                 | TPMA_OBJECT.NODA)
 AK_TEMPLATES = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}
 EK_CERT_NV_INDEX = 0x01C00002
 NV_CHUNK = 512
