@@ -245,16 +245,24 @@ def emulator(tmp_path: Path) -> Iterator[Any]:
         yield instance
 
 
+REAL_BOOT_FIRST = ("test_real_updates.py", "test_real_updates_power_cuts.py", "test_real_boot.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The real-boot modules (marked with an xdist group) first. scripts/test runs two
-    xdist workers: each VM group then starts at once on a worker of its own and the short
-    tests fill both workers afterwards; a group that started late would be the run's tail."""
-    grouped = [item for item in items if item.get_closest_marker("xdist_group")]
-    items[:] = grouped + [item for item in items if not item.get_closest_marker("xdist_group")]
+    """The real-boot modules first, the two longest first. scripts/test runs two xdist
+    workers that take a module at a time in this order: each of the two long VM modules
+    starts at once on a worker of its own, and the short modules fill both workers behind
+    them (a VM module that started last would be the run's tail)."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return REAL_BOOT_FIRST.index(name) if name in REAL_BOOT_FIRST else len(REAL_BOOT_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
 
 
 # The real-boot session fixtures (tests/real_boot_fixtures.py).
 from tests.real_boot_fixtures import (  # noqa: E402, F401
+    module_plane,
     real_golden,
     real_image,
     real_plane,

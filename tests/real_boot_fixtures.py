@@ -52,7 +52,18 @@ def real_plane(real_golden: tuple[dict[str, object], str],
 
 @pytest.fixture(scope="session")
 def real_releases(real_plane: Fleet, tmp_path_factory: pytest.TempPathFactory) -> real_boot.Releases:
-    """The plane's one release workspace (a second one would bring a second TUF root).
-    Release counters only grow: test_real_boot publishes counter 3, test_real_updates
-    (after it in file order) 10 and up."""
+    """The plane's one release workspace (a second one would bring a second TUF root)."""
     return real_boot.Releases(real_plane, tmp_path_factory.mktemp("releases"))
+
+
+@pytest.fixture(scope="module")
+def module_plane(real_golden: tuple[dict[str, object], str],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, real_boot.Releases]]:
+    """A control plane and release workspace of the module's own: release counters only
+    grow within a workspace, so a module that publishes its own releases does not depend
+    on which modules ran before it, or on which worker."""
+    fleet = real_boot.attesting_plane(real_boot.booted_log(real_golden[0]), tmp_path_factory.mktemp("module-plane"))
+    try:
+        yield fleet, real_boot.Releases(fleet, tmp_path_factory.mktemp("module-releases"))
+    finally:
+        fleet.close()

@@ -36,9 +36,7 @@ from tests.real_boot import (
     wait_until,
 )
 
-# One worker runs this module and test_real_updates.py, in that order (they share one
-# plane, whose release counters only grow); test_real_updates_power_cuts.py has its own.
-pytestmark = pytest.mark.xdist_group("real-boot")
+pytestmark = pytest.mark.real_boot
 
 SPEC = GOLDEN_SPEC
 

@@ -25,7 +25,7 @@ from tests.conftest import Device as Enrolled
 from tests.conftest import Fleet
 from tests.real_boot import SITE, Releases, VmDevice, enrolled_device, provisioned_vm, published_fleet_image
 
-pytestmark = pytest.mark.xdist_group("real-boot")  # after test_real_boot.py, on its worker
+pytestmark = pytest.mark.real_boot
 
 CMDLINE = "console=ttyS0,115200 panic=10"
 SPEC = """
@@ -42,7 +42,7 @@ command = {command}
 timeout_seconds = 60
 """
 PASSES = '["test", "-s", "/etc/edgefleet/agent.toml"]'
-FLEET = {"fleet": "updates"}  # this module's devices (the plane serves other modules' too)
+FLEET = {"fleet": "updates"}  # the labels the rollout below selects
 
 
 @dataclass
@@ -59,7 +59,8 @@ def build(real_plane: Fleet, real_releases: Releases, directory: Path, version: 
 
 
 @pytest.fixture(scope="module")
-def device(real_plane: Fleet, real_releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+def device(module_plane: tuple[Fleet, Releases], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    real_plane, real_releases = module_plane
     root = tmp_path_factory.mktemp("updates")
     images = {
         "A": build(real_plane, real_releases, root / "a", "2026.12.10", 10),

@@ -29,7 +29,7 @@ from tests.real_boot import (
     published_fleet_image,
 )
 
-pytestmark = pytest.mark.xdist_group("real-power-cuts")  # its own VM, beside the other real-boot modules
+pytestmark = pytest.mark.real_boot
 ROUNDS = 10
 SPEC = """
 name = "edgefleet-test"
@@ -41,9 +41,10 @@ A, B = ("2026.12.20", 20), ("2026.12.21", 21)
 
 
 @pytest.fixture(scope="module")
-def device(real_plane: Fleet, real_releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmDevice]:
+def device(module_plane: tuple[Fleet, Releases], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmDevice]:
     from edgefleet.vm import Machine
 
+    real_plane, real_releases = module_plane
     root = tmp_path_factory.mktemp("power-cuts")
     images = {}
     for version, counter in (A, B):
