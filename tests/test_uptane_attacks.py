@@ -171,3 +171,21 @@ def test_root_rotation_published_later_is_noticed_after_idle_polls(setup: Setup,
     assert plan is not None
     local_root = json.loads((setup.device.directory / "tuf" / "image" / "root.json").read_bytes())
     assert local_root["signed"]["version"] == 2
+
+
+def test_metadata_a_power_cut_left_empty_on_disk_is_fetched_again(setup: Setup) -> None:
+    """python-tuf renames its metadata into place without an fsync; a power cut can leave
+    targets.json empty while the record of the last refresh calls it current (same
+    timestamps on the server). The check fetches and verifies it again, where the agent
+    used to crash on it at every start."""
+    setup.assign("5.0")
+    client = setup.client()
+    try:
+        assert client.check(installed_counter=4) is not None
+        for repository in ("director", "image"):
+            (client.dir / repository / "targets.json").write_bytes(b"")  # what the cut left
+        plan = client.check(installed_counter=4)
+        assert plan is not None
+        assert plan.version == "5.0"
+    finally:
+        client.close()

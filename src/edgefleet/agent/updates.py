@@ -33,7 +33,7 @@ from edgefleet.agent.download import fetch_target
 from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
-from edgefleet.util.atomic import atomic_write_json
+from edgefleet.util.atomic import atomic_write_json, fsync_dir, fsync_file
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -137,15 +137,38 @@ class _Repository:
         return fresh and record["timestamp_sha256"] == hashlib.sha256(timestamp).hexdigest()
 
     def _remember(self) -> None:
+        """Record the refresh, once the metadata it verified is on disk for good: python-tuf
+        renames each file into place without an fsync, and a power cut after this record
+        but before the data reached the disk left a targets.json of zero bytes that the
+        record called current."""
         expiries = []
         for role in ("root", "timestamp", "snapshot", "targets"):
-            expiries.append(Metadata.from_file(str(self.directory / f"{role}.json")).signed.expires)
+            path = self.directory / f"{role}.json"
+            fsync_file(path)
+            expiries.append(Metadata.from_file(str(path)).signed.expires)
+        fsync_dir(self.directory)
         data = (self.directory / "timestamp.json").read_bytes()
         atomic_write_json(self._record, {"timestamp_sha256": hashlib.sha256(data).hexdigest(),
                                          "expires": min(expiries).isoformat()})
 
     def targets_metadata(self) -> Metadata[Targets]:
-        """The targets metadata the last refresh verified."""
+        """The targets metadata the last refresh verified. Missing or damaged on disk (a
+        power cut), it is fetched and verified again first.
+
+        Raises UpdateRefused or TransportError as ``refresh_if_changed`` does.
+        """
+        try:
+            return self._stored_targets()
+        except (OSError, tuf_errors.RepositoryError) as exc:  # DeserializationError is a RepositoryError
+            log.warning("%s metadata on disk is unreadable (%s): fetching it again", self._where(), exc)
+        self._record.unlink(missing_ok=True)
+        self.refresh_if_changed()
+        try:
+            return self._stored_targets()
+        except (OSError, tuf_errors.RepositoryError) as exc:
+            raise TransportError(f"{self._where()} metadata on disk is unreadable after a refresh: {exc}") from exc
+
+    def _stored_targets(self) -> Metadata[Targets]:
         targets: Metadata[Targets] = Metadata.from_file(str(self.directory / "targets.json"))
         return targets
 
@@ -183,7 +206,7 @@ class UpdateClient:
         """
         director, image = self._repository("director"), self._repository("image")
         director_changed = director.refresh_if_changed()
-        assigned = self._assigned_image()
+        assigned = self._assigned_image(director)
         if assigned is None:
             self._last = None
             return None
@@ -211,9 +234,10 @@ class UpdateClient:
         found = [t for t in targets.signed.targets.values() if release_fields(t).get("kind") == "config"]
         return found[0] if len(found) == 1 else None
 
-    def _assigned_image(self) -> TargetFile | None:
+    @staticmethod
+    def _assigned_image(director: _Repository) -> TargetFile | None:
         # ngclient persists the director targets it has just verified; read that copy.
-        targets = self._director_targets()
+        targets = director.targets_metadata()
         images = [t for t in targets.signed.targets.values() if release_fields(t).get("kind") == "os-image"]
         if len(images) > 1:
             raise UpdateRefused("director assigns more than one OS image", code="director_ambiguous")

@@ -11,12 +11,22 @@ from typing import Any
 
 from edgefleet.errors import PersistError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir", "fsync_file"]
 
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside ``directory`` durable (python-tuf forgets this; we don't)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file someone else wrote (python-tuf renames its metadata into place without
+    an fsync: after a power cut the new name can hold zero bytes). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
