@@ -25,7 +25,7 @@ from edgefleet import bootchain
 from edgefleet.agent.hardware.interfaces import SlotName
 from edgefleet.agent.slotenv import SLOTS, SlotEnv
 from edgefleet.errors import InstallError, PersistError
-from edgefleet.util.atomic import atomic_write_bytes, fsync_dir
+from edgefleet.util.atomic import atomic_write_bytes, fsync_dir, fsync_file
 
 log = logging.getLogger("edgefleet.agent.sdboot")
 
@@ -103,6 +103,10 @@ class SdBootEntries:
                 else:
                     source = current[1]
                 os.replace(source, self.directory / target.name)
+                # vfat writes a renamed file's directory entry with cluster 0 and size 0 and
+                # fills them in when the inode is written back: without this fsync, a power
+                # cut after a commit left an empty entry, and systemd-boot started the old slot.
+                fsync_file(self.directory / target.name)
                 log.info("boot entry of slot %s: %s", slot, target.name)
             fsync_dir(self.directory)
         except OSError as exc:
@@ -116,4 +120,9 @@ class SdBootEntries:
         """
         # The temporary file's name starts with a dot too (systemd-boot skips it); vfat
         # ignores the file mode atomic_write_bytes sets.
-        atomic_write_bytes(self.directory / _staged(slot), bootchain.read_uki(image, length))
+        staged = self.directory / _staged(slot)
+        atomic_write_bytes(staged, bootchain.read_uki(image, length))
+        try:
+            fsync_file(staged)  # its renamed directory entry, as in write()
+        except OSError as exc:
+            raise PersistError(f"cannot flush {staged}: {exc.strerror or exc}") from exc
