@@ -5,7 +5,11 @@ the same disk, firmware variables and TPM state (tests/power_cuts.py says how mo
 drawn and what a round must show; CI runs ten of them, test_real_updates_power_cuts.py).
 
     python bench/powercut_vm.py [--rounds 100] [--per-update 10] [--seed 1] [--deadline 900]
-                                [--max-hours H]
+                                [--max-hours H] [--vms N]
+
+``--vms N`` runs N such VMs at once (one process each, the rounds shared out, VM k's seeds
+starting at seed + 100000 k, each with a build cache of its own so that one VM's builds
+never evict the image another VM boots from), and prints the figures of all of them.
 
 Per round: bricked (no slot mounted after the cut), both_slots_bad (the initramfs refused
 both), attested_after_cut (a passed quote after the cut on the release its slot holds);
@@ -19,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the control plane's side
 
@@ -33,6 +41,8 @@ from edgefleet.credentials import Role
 from edgefleet.image.build import BuiltImage, build_image
 from edgefleet.image.spec import load_spec
 from edgefleet.vm import Machine, MachineConfig
+
+SEED_STRIDE = 100_000  # VM k of --vms draws its seeds from seed + SEED_STRIDE * k
 
 SPEC = """
 name = "edgefleet-bench"
@@ -90,6 +100,46 @@ def run(args: argparse.Namespace, root: Path) -> list[power_cuts.Update]:
     return updates
 
 
+def run_vms(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """``args.vms`` copies of this script at once; their output is passed on, prefixed with
+    the VM's number, and their figures (each one's last line) are added up."""
+    children: list[subprocess.Popen[str]] = []
+    for k in range(args.vms):
+        rounds = args.rounds // args.vms + (k < args.rounds % args.vms)
+        command = [sys.executable, __file__, "--rounds", str(rounds), "--per-update", str(args.per_update),
+                   "--seed", str(args.seed + SEED_STRIDE * k), "--deadline", str(args.deadline)]
+        if args.max_hours:
+            command += ["--max-hours", str(args.max_hours)]
+        env = {**os.environ, "EDGEFLEET_CACHE": str(root / f"cache-{k}")}
+        children.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    last: list[str] = [""] * args.vms
+
+    def relay(k: int) -> None:
+        stream = children[k].stdout
+        assert stream is not None
+        for line in stream:
+            print(f"[vm {k}] {line}", end="", flush=True)
+            last[k] = line
+    relays = [threading.Thread(target=relay, args=(k,)) for k in range(args.vms)]
+    for thread in relays:
+        thread.start()
+    for thread in relays:
+        thread.join()
+    summaries = []
+    for k, child in enumerate(children):
+        child.wait()
+        try:
+            summaries.append(json.loads(last[k]))
+        except json.JSONDecodeError:
+            print(f"[vm {k}] ended (exit {child.returncode}) without its figures")
+            summaries.append({"rounds": 0, "bricked": 0, "both_slots_bad": 0, "attested_after_cut": 0,
+                              "updates": 0, "converged": 0, "failing_seeds": [], "crashed": 1})
+    return {key: sum(s.get(key, 0) for s in summaries)
+            for key in ("rounds", "bricked", "both_slots_bad", "attested_after_cut", "updates", "converged")} | {
+        "vms": args.vms, "vms_crashed": sum(s.get("crashed", 0) for s in summaries),
+        "failing_seeds": [seed for s in summaries for seed in s["failing_seeds"]]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=100)
@@ -98,6 +148,7 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for each wait inside a round")
     parser.add_argument("--max-hours", type=float, default=None,
                         help="start no update after this long (the figures say how many rounds ran)")
+    parser.add_argument("--vms", type=int, default=1, help="VMs at once (at most one per core is useful under TCG)")
     args = parser.parse_args()
     missing = real_boot.missing_for_real_boots()
     if missing is not None:
@@ -105,8 +156,13 @@ def main() -> int:
         return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgefleet-powercut-") as tmp:
-        updates = run(args, Path(tmp))
-    summary = power_cuts.figures(updates, (time.monotonic() - started) / 3600)
+        if args.vms > 1:
+            summary = run_vms(args, Path(tmp))
+            hours = (time.monotonic() - started) / 3600
+            summary["rounds_per_hour"] = round(summary["rounds"] / hours, 1)
+        else:
+            updates = run(args, Path(tmp))
+            summary = power_cuts.figures(updates, (time.monotonic() - started) / 3600)
     print(f"{summary['rounds']} rounds in {summary['updates']} updates: {summary['bricked']} bricked, "
           f"{summary['both_slots_bad']} with both slots bad, {summary['attested_after_cut']} attested after the cut; "
           f"{summary['converged']} of {summary['updates']} updates converged; {summary['rounds_per_hour']} rounds "
