@@ -5,6 +5,7 @@ trial deadline; failed releases are not retried unless the operator asks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,6 +163,27 @@ def test_hung_trial_is_rolled_back_by_the_watchdog_at_its_deadline(world: AbWorl
     assert record.update is not None
     assert "deadline" in record.update["reason"]
     assert device.device.booted() == "a"
+
+
+def test_an_agent_stopped_mid_trial_leaves_no_task_behind(world: AbWorld, caplog: pytest.LogCaptureFixture) -> None:
+    """Its trial watchdog once outlived the agent (the check-in loop ended by an exception
+    and skipped cancelling it) and died on the closed telemetry database at Ctrl-C; and a
+    hung health check held the process up until the check's own timeout."""
+    device = world.device("stopped-mid-trial")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(device.run(stop))
+        await assign_until(world, device, "2026.12.3", "health_checking", timeout=40)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    # The check the shutdown killed is not a verdict on the release: the trial resumes at the next start.
+    assert world.record(device).update_state == "health_checking"
+    assert "rolling_back" not in phases(world, device)
 
 
 def test_trial_that_fails_attestation_against_the_new_release_rolls_back(world: AbWorld, tmp_path: Path) -> None:

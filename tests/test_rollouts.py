@@ -16,13 +16,16 @@ from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
+from edgefleet.agent.transport import HttpsTransport
 from edgefleet.credentials import Role
+from edgefleet.protocol.v1 import StatusReport
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
 from tests.cli_helpers import cli
 from tests.conftest import start_fleet
 
 CHECKS = [{"name": "app", "kind": "command", "command": ["true"], "timeout_seconds": 5}]
 FAILING = [{"name": "app", "kind": "command", "command": ["false"], "timeout_seconds": 5}]
+HANGING = [{"name": "app", "kind": "command", "command": ["sleep", "600"], "timeout_seconds": 900}]
 
 
 class TamperedDevice(EmulatedDevice):
@@ -45,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
     factory = world.tmp / "factory.img"
     factory.write_bytes(vimage.build(RUNNING, 1, size=SLOT_BYTES))
     for version, counter, image, checks in ((RUNNING, 1, factory, ()), ("2026.12.0", 12, None, CHECKS),
-                                            ("2026.12.1", 13, None, FAILING)):
+                                            ("2026.12.1", 13, None, FAILING), ("2026.12.2", 14, None, HANGING)):
         if image is None:
             image = world.tmp / f"{version}.img"
             image.write_bytes(vimage.build(version, counter, size=SLOT_BYTES, health_checks=checks,
@@ -57,13 +60,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
     plane.close()
 
 
-def fleet_of(world: AbWorld, name: str, count: int, tampered: int | None = None) -> list[EmulatedDevice]:
+def fleet_of(world: AbWorld, name: str, count: int, tampered: int | None = None,
+             **settings: Any) -> list[EmulatedDevice]:
     devices = []
     for i in range(count):
         tpm = InsecureSoftwareTpm(world.tmp / f"{name}-{i}-tpm")
         labels = {"fleet": name, "ring": "canary" if i < 2 else "main"}
         emulated = world.device(f"{name}-{i}", tpm=tpm, labels=labels, status_interval_seconds=0.5,
-                                update_check_seconds=1)
+                                update_check_seconds=1, **settings)
         if i == tampered:
             emulated = TamperedDevice(emulated.device, emulated.make_agent, tpm=tpm, hang_seconds=0.2)
         devices.append(emulated)
@@ -234,3 +238,47 @@ def test_an_offline_device_neither_stalls_its_wave_nor_fails_and_a_late_joiner_g
     assert verdicts[-1] == "succeeded"
     assert set(verdicts[1:-1]) <= {"updating"}
     assert any(e["kind"] == "assign" and e["reason"] == "joined after the rollout completed" for e in trail)
+
+
+def test_a_canary_whose_trial_deadline_passes_on_a_slow_link_rolls_back_reports_and_fails_the_wave(
+        world: AbWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's stuck canary: a device that had rolled back a broken release was the canary
+    of the next rollout, and its trial passed the deadline. It logged the rollback, but the
+    report it sends before rebooting took longer than its 5 s allowance on a loaded server:
+    the watchdog died of the timeout before it asked for the reboot, the device never
+    rebooted, the server kept showing the trial, and the rollout counted it "updating"."""
+    real_report = HttpsTransport.report_status
+
+    async def slow_while_rolling_back(self: HttpsTransport, device_id: str, report: StatusReport) -> Any:
+        if report.update is not None and report.update.phase == "rolling_back":
+            await asyncio.sleep(6)  # a loaded server, or a slow link, at the wrong moment
+        return await real_report(self, device_id, report)
+
+    monkeypatch.setattr(HttpsTransport, "report_status", slow_while_rolling_back)
+    devices = fleet_of(world, "stuck", 3, trial_deadline_seconds=4)
+    canaries, rest = devices[:2], devices[2]
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        for canary in canaries:
+            await asyncio.to_thread(world.assign, canary, "2026.12.1")
+        await until(lambda: all(world.record(c).update_state == "rolled_back" for c in canaries), timeout=30,
+                    what="the first rollback")
+        rollout_id = rollout(world, "stuck", "2026.12.2", [{"size": "100%", "selector": {"ring": "canary"}},
+                                                          {"size": "100%"}], failure_threshold="2")
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=90, what="the halt")
+
+    run_fleet(devices, steps, timeout=150)
+    view = status(world, rollout_id)
+    failed = view["waves"][0]["failed"]
+    assert sorted(f["device_id"] for f in failed) == sorted(world.device_id(c) for c in canaries)
+    assert all("trial deadline of 4s passed" in f["reason"] for f in failed), failed
+    for canary in canaries:
+        assert canary.boots == 5  # factory, the broken release and back, the hung one and back
+        assert canary.device.booted() == "a"
+        record = world.record(canary)
+        assert (record.running_version, record.update_state) == (RUNNING, "rolled_back")
+    assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
+    assert rest.boots == 1

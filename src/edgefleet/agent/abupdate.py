@@ -79,6 +79,7 @@ class UpdateRunner:
     workloads_probe: Probe | None = None  # answers ``workloads`` health checks (the agent's supervisor)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _cancel: threading.Event = field(default_factory=threading.Event)  # stops running health checks
+    _stopping: threading.Event = field(default_factory=threading.Event)  # the agent is going down
 
     # Bookkeeping
     def _to(self, phase: Phase, reason: str | None = None, **changes: object) -> None:
@@ -246,6 +247,13 @@ class UpdateRunner:
             self._cancel.set()
         return self._roll_back()
 
+    def shutdown(self) -> None:
+        """The agent stops: running health checks end now and are not judged (a check
+        killed by the shutdown says nothing of the release); the trial resumes at the next
+        start, as after a power cut."""
+        self._stopping.set()
+        self._cancel.set()
+
     def trial_remaining(self) -> float | None:
         if self.job.phase not in TRIAL or self.job.trial_deadline is None:
             return None
@@ -287,6 +295,8 @@ class UpdateRunner:
             self._to(P.ROLLING_BACK, f"the image's health checks are malformed: {exc.message}", failed_counts=True)
             return Action.CONTINUE
         results = run_checks(checks, self._cancel, self.workloads_probe)
+        if self._stopping.is_set():
+            return Action.WAIT
         self.last_checks = [r.summary() for r in results]
         failure = verdict(results)
         with self._lock:

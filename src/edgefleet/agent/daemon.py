@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +76,7 @@ TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
 _SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
 # a workload's kind as rendered -> as the supervisor runs it
 _KINDS = {"WasmModule": "wasm", "MicroVM": "microvm", "NativeService": "native"}
+REBOOT_REPORT_SECONDS = 5.0  # the report before a reboot waits no longer
 
 
 def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:
@@ -472,40 +474,65 @@ class Agent:
             log.debug("progress report not sent: %s", exc)
 
     async def _reboot(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
-        """The OS goes down: tell the server (best effort), then stop."""
+        """The OS goes down: tell the server (best effort, at most REBOOT_REPORT_SECONDS: a
+        slow link or a loaded server must not hold a rollback back), then stop. The phase is
+        on disk; the agent reports it again after the boot."""
         self.rebooting = True
-        with contextlib.suppress(TransportError, ServerRefused, _Stopped):
-            await asyncio.wait_for(self._report(state, transport), 5)
-        halt.set()
+        try:
+            await asyncio.wait_for(self._report(state, transport), REBOOT_REPORT_SECONDS)
+        except (TransportError, ServerRefused, _Stopped, TimeoutError) as exc:
+            log.info("going down for the reboot without telling the server: %s", exc or "no answer in time")
+        finally:
+            halt.set()
 
     async def _watchdog(self, state: AgentState, transport: DeviceTransport, halt: asyncio.Event) -> None:
-        """Rolls a trial back at its deadline, even while a health check hangs."""
+        """Rolls a trial back at its deadline, even while a health check hangs. It runs on a
+        thread of its own: the shared pool may be busy (hung checks, downloads, and in the
+        simulator many devices), and a deadline must not wait for a free worker."""
         runner = self.runner
         assert runner is not None
-        while not halt.is_set():
-            remaining = runner.trial_remaining()
-            if remaining is not None and remaining <= 0:
-                if await asyncio.to_thread(runner.trial_expired) is Action.REBOOTING:
-                    await self._reboot(state, transport, halt)
-                return
-            await pause(halt, 1.0 if remaining is None else min(remaining, 1.0))
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-watchdog") as own:
+            while not halt.is_set():
+                remaining = runner.trial_remaining()
+                if remaining is not None and remaining <= 0:
+                    if await loop.run_in_executor(own, runner.trial_expired) is Action.REBOOTING:
+                        await self._reboot(state, transport, halt)
+                    return
+                await pause(halt, 1.0 if remaining is None else min(remaining, 1.0))
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         settings = self.settings
         assert state.device_id is not None
-        backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, self.rng)
-        next_report = self.clock.monotonic()  # report right away after (re)start
-        next_update = self.clock.monotonic()
         attestor = None
         if self.tpm is not None:
             attestor = Attestor(self.tpm, self.platform.event_log(),
                                 settings.workload_token_file or self.dir.path / "workload-token",
                                 settings.ek_certificate_file)
+        helpers = [asyncio.ensure_future(self._forward_stop(stop))]
+        if self.runner is not None:
+            helpers.append(asyncio.ensure_future(self._watchdog(state, transport, stop)))
+        try:
+            await self._check_in_until(stop, state, transport, attestor)
+        finally:
+            # However the loop ends (a stop, a reboot, an error), its helpers end with it:
+            # none may outlive the telemetry buffer and the transport they use.
+            for helper in helpers:
+                helper.cancel()
+            for outcome in await asyncio.gather(*helpers, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("agent task failed: %s", outcome, exc_info=outcome)
+
+    async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport,
+                              attestor: Attestor | None) -> None:
+        """Check in, report, attest and drive updates until ``stop``."""
+        settings = self.settings
+        assert state.device_id is not None
+        backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, self.rng)
+        next_report = self.clock.monotonic()  # report right away after (re)start
+        next_update = self.clock.monotonic()
         identity_bound = False
         next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
-        stop_watch = asyncio.ensure_future(self._forward_stop(stop))
-        watchdog = (asyncio.ensure_future(self._watchdog(state, transport, stop)) if self.runner is not None
-                    else None)
         while not stop.is_set():
             try:
                 # Status goes out first: the server judges quotes against the release the
@@ -567,14 +594,13 @@ class Agent:
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
             await pause(stop, delay)
-        stop_watch.cancel()
-        if watchdog is not None:
-            watchdog.cancel()
 
     async def _forward_stop(self, stop: asyncio.Event) -> None:
-        """Let a download running in a worker thread see the stop request."""
+        """Let a download or a health check running in a worker thread see the stop request."""
         await stop.wait()
         self._stop_downloads.set()
+        if self.runner is not None:
+            self.runner.shutdown()
 
     def _details(self, state: AgentState) -> dict[str, object]:
         details: dict[str, object] = {"agent_version": __version__}
