@@ -53,10 +53,11 @@ async def run_until(agent: Agent, condition: Callable[[], bool], timeout: float 
 
 def test_agent_enrolls_checks_in_and_reports_its_running_version(fleet: Fleet, tmp_path: Path) -> None:
     agent = make_agent(fleet, tmp_path)
-    asyncio.run(run_until(agent, lambda: agent.reports >= 1 and agent.checkins >= 2))
+    asyncio.run(run_until(agent, lambda: agent.reports >= 1 and agent.checkins >= 2 and agent.health is not None
+                          and agent.health.verdict is not None and agent.reports >= 2))
     record = fleet.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["running_version"] == "2026.11.1"
-    assert record["health"] == "ok"
+    assert (record["health"], record["health_findings"]) == ("healthy", [])  # judged by the agent: nothing fails
     assert record["status_seq"] >= 1
     state_dir = StateDir(agent.settings.state_dir)
     assert json.loads(state_dir.state_file.read_text())["device_id"] == agent.device_id

@@ -100,14 +100,14 @@ def test_checkin_marks_the_device_seen(fleet: Fleet) -> None:
 def test_status_report_replay_and_stale_reports_are_ignored_idempotently(fleet: Fleet) -> None:
     device = fleet.enroll()
     url = f"/api/v1/devices/{device.id}/status"
-    assert device.client.post(url, json={"seq": 5, "health": "ok", "running_version": "2"}).json() == {
+    assert device.client.post(url, json={"seq": 5, "health": "healthy", "running_version": "2"}).json() == {
         "accepted": True, "seq": 5}
     before = fleet.rows()
-    assert device.client.post(url, json={"seq": 5, "health": "failed"}).json() == {"accepted": False, "seq": 5}
-    assert device.client.post(url, json={"seq": 3, "health": "failed"}).json() == {"accepted": False, "seq": 5}
+    assert device.client.post(url, json={"seq": 5, "health": "unhealthy"}).json() == {"accepted": False, "seq": 5}
+    assert device.client.post(url, json={"seq": 3, "health": "unhealthy"}).json() == {"accepted": False, "seq": 5}
     assert fleet.rows() == before
     record = device.client.get(f"/api/v1/devices/{device.id}").json()
-    assert (record["health"], record["running_version"], record["status_seq"]) == ("ok", "2", 5)
+    assert (record["health"], record["running_version"], record["status_seq"]) == ("healthy", "2", 5)
 
 
 def test_device_cannot_read_or_write_another_devices_records(fleet: Fleet) -> None:
@@ -116,7 +116,7 @@ def test_device_cannot_read_or_write_another_devices_records(fleet: Fleet) -> No
     for method, path, body in [
         ("GET", f"/api/v1/devices/{victim.id}", None),
         ("GET", f"/api/v1/devices/{victim.id}/desired", None),
-        ("POST", f"/api/v1/devices/{victim.id}/status", {"seq": 99, "health": "failed"}),
+        ("POST", f"/api/v1/devices/{victim.id}/status", {"seq": 99, "health": "unhealthy"}),
     ]:
         response = mallory.client.request(method, path, json=body)
         assert response.status_code == 403, path

@@ -152,6 +152,15 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
                      signer="alice", accepted=accepted)
     assert errors[0].startswith("os/stores/cloud-init.yaml.j2:6: template for ")
     assert "'ntp_servers' is undefined" in errors[0]
+    # Maintenance windows are checked at sync: a typo fails here, not later on a device.
+    for window, why in (("{cron: '0 2 * * *', timezone: Europe/Berln, duration_minutes: 60}",
+                         "unknown time zone 'Europe/Berln'"),
+                        ("{cron: '0 25 * * *', timezone: UTC, duration_minutes: 60}",
+                         "bad cron expression '0 25 * * *'"),
+                        ("{cron: '0 2 * * *', timezone: UTC, duration_minutes: 0}", "window duration must be")):
+        group = GROUP.replace("maintenance: {install: []}", f"priority: 1\nmaintenance:\n  install: [{window}]")
+        errors = refused(plane, repo, {"groups/stores.yaml": group}, signer="alice", accepted=accepted)
+        assert errors[0].startswith(f"groups/stores.yaml:4: maintenance: {why}"), errors
     # A move back to an older commit, and a rewritten history (force push).
     repo.force_reset(first)
     decision = decided(plane, first)
@@ -163,9 +172,9 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
 
     assert config_of(plane, device.id) == in_force  # the last accepted state stayed in force
     alerts = plane.client(role=Role.VIEWER).get("/api/v1/admin/alerts").json()["alerts"]
-    assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 7
+    assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 10
     commits = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
-    assert [c["accepted"] for c in commits].count(False) == 7
+    assert [c["accepted"] for c in commits].count(False) == 10
     shown = cli("gitops", "log", *server_args(plane))
     assert "history was rewritten (force push)" in shown
     assert "gitops_refused" in cli("alerts", *server_args(plane))

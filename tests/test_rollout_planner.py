@@ -193,6 +193,25 @@ def test_offline_devices_neither_stall_nor_fail_before_the_deadline() -> None:
     assert state.status is Status.RUNNING  # 1 of the 5 failures the threshold allows
 
 
+def test_a_device_that_goes_silent_mid_update_is_offline_then_timed_out_never_updating_for_ever() -> None:
+    spec = Spec(RELEASE, (Wave(Amount(count=1), deadline=timedelta(hours=1)), Wave(Amount(percent=100))),
+                failure_threshold=Amount(count=1))
+    devices = {o.id: o for o in fleet(3, 1)}
+    state, _ = plan(spec, State(), list(devices.values()), T0)
+    told = next(d for d, p in state.devices.items() if p.state is DeviceState.UPDATING)
+    devices[told] = seen(devices[told], T0 + timedelta(seconds=30), update_state="trial_boot", update_release=RELEASE)
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=1))
+    assert state.devices[told].state is DeviceState.UPDATING
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(minutes=10))  # nothing since its trial began
+    assert state.devices[told].state is DeviceState.OFFLINE
+    assert state.devices[told].reason == "silent since 2026-11-26T12:00:30+00:00, mid-update"
+    assert state.status is Status.RUNNING  # not a success: the next wave waits
+    assert state.wave == 0
+    state, _ = plan(spec, state, list(devices.values()), T0 + timedelta(hours=1))
+    assert state.devices[told].state is DeviceState.TIMED_OUT
+    assert state.status is Status.HALTED
+
+
 def test_an_offline_device_that_returns_catches_up() -> None:
     spec = Spec(RELEASE, (Wave(Amount(count=2)), Wave(Amount(percent=100))))
     devices = {o.id: o for o in fleet(3, 1)}

@@ -5,11 +5,14 @@ the next wave, the failure threshold, and abort with revert."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgefleet.agent.emulated import EmulatedDevice
@@ -282,3 +285,64 @@ def test_a_canary_whose_trial_deadline_passes_on_a_slow_link_rolls_back_reports_
         assert (record.running_version, record.update_state) == (RUNNING, "rolled_back")
     assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
     assert rest.boots == 1
+
+
+def health_d(root: Path, flag: Path) -> Path:
+    """A device's health.d: a required check that fails once ``flag`` exists (the app lost
+    its port), and a wanted one that always fails (its metrics exporter is not installed)."""
+    for kind in ("required.d", "wanted.d"):
+        (root / kind).mkdir(parents=True)
+    app = root / "required.d" / "app-ready"
+    app.write_text(f"#!/bin/sh\nif [ -e '{flag}' ]; then echo 'app: port 8443 in use' >&2; exit 1; fi\n")
+    metrics = root / "wanted.d" / "metrics-exporter"
+    metrics.write_text("#!/bin/sh\necho 'node_exporter: not installed' >&2\nexit 1\n")
+    for script in (app, metrics):
+        script.chmod(0o755)
+    return root
+
+
+def test_a_required_check_failing_after_commit_halts_the_rollout_while_it_bakes(world: AbWorld) -> None:
+    broken = world.tmp / "unhealthy-flag"
+    devices = [world.device(f"health-{i}", tpm=InsecureSoftwareTpm(world.tmp / f"health-{i}-tpm"),
+                            labels={"fleet": "health", "ring": "canary" if i < 2 else "main"},
+                            status_interval_seconds=0.5, update_check_seconds=1, health_interval_seconds=0.5,
+                            health_dir=health_d(world.tmp / f"health-{i}.d", broken if i == 0 else world.tmp / "never"))
+               for i in range(3)]
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        await until(lambda: all(world.record(d).health == "degraded" for d in devices), timeout=30,
+                    what="the wanted check's verdict")
+        rollout_id = rollout(world, "health", "2026.12.0", [{"size": "100%", "selector": {"ring": "canary"},
+                                                            "bake_seconds": 600}, {"size": "100%"}],
+                             failure_threshold="1")
+        await until(lambda: status(world, rollout_id)["status"] == "baking", timeout=60, what="the bake")
+        broken.touch()  # the app on the first canary loses its port, after the commit
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="the halt")
+
+    run_fleet(devices, steps, timeout=150)
+    view = status(world, rollout_id)
+    sick = world.device_id(devices[0])
+    assert view["reason"] == "1 devices failed or timed out, threshold 1"
+    assert [(f["device_id"], f["reason"]) for f in view["waves"][0]["failed"]] == [
+        (sick, "unhealthy on the release: health.d/app-ready")]
+    assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
+    assert devices[2].boots == 1  # the next wave never got the release
+    trail = [e for e in events(world, rollout_id) if e["device_id"] == sick and e["kind"] == "device"]
+    assert trail[-1]["reason"] == "failed: unhealthy on the release: health.d/app-ready"
+    assert trail[-1]["at"]  # when
+    shown = json.loads(cli("devices", "show", sick, *world.server))
+    assert shown["health"] == "unhealthy"
+    assert {(f["name"], f["required"]) for f in shown["health_findings"]} == {
+        ("health.d/app-ready", True), ("health.d/metrics-exporter", False)}
+    assert "port 8443 in use" in next(f["detail"] for f in shown["health_findings"] if f["required"])
+    other = json.loads(cli("devices", "show", world.device_id(devices[1]), *world.server))
+    assert (other["health"], [f["name"] for f in other["health_findings"]]) == (
+        "degraded", ["health.d/metrics-exporter"])  # a wanted check only degrades
+    with httpx.Client(base_url=world.plane.url, verify=world.plane.tls()) as client:
+        assert client.post("/ui/login", data={"token": world.plane.tokens[Role.VIEWER]}).status_code == 303
+        page = client.get(f"/ui/devices/{sick}").text
+    assert 'class="health-unhealthy">unhealthy' in page
+    assert "<code>health.d/app-ready</code> exit 1 app: port 8443 in use" in page

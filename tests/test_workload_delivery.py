@@ -177,7 +177,8 @@ def test_a_trial_boot_whose_workloads_do_not_come_up_healthy_rolls_back(tmp_path
         world.publish("2026.12.1", 13, artifacts=[good, bad])
         checks = [{"name": "workloads", "kind": "workloads", "timeout_seconds": 20}]
         devices = {tier: world.device(tier, labels={"tier": tier}, status_interval_seconds=0.3,
-                                      update_check_seconds=0.5, health_checks=checks) for tier in ("good", "bad")}
+                                      update_check_seconds=0.5, health_checks=checks, health_interval_seconds=0.5)
+                   for tier in ("good", "bad")}
 
         def meter(tier: str) -> dict[str, Any]:
             view = world.record(devices[tier])
@@ -195,6 +196,10 @@ def test_a_trial_boot_whose_workloads_do_not_come_up_healthy_rolls_back(tmp_path
                         what="the good device committed")
             await until(lambda: world.record(devices["bad"]).update_state == "rolled_back", timeout=60,
                         what="the bad device rolled back")
+            # In steady state the crash loop makes the device unhealthy, naming the workload.
+            await until(lambda: [(f.name, f.required) for f in world.record(devices["bad"]).health_findings
+                                 if f.name.startswith("workload/")] == [("workload/meter", True)],
+                        what="the bad device unhealthy on its workload")
 
         async def scenario() -> None:
             stop = asyncio.Event()
@@ -210,5 +215,7 @@ def test_a_trial_boot_whose_workloads_do_not_come_up_healthy_rolls_back(tmp_path
         assert "required health check failed: workloads (workload meter crashed" in update["reason"], update
         assert world.record(devices["good"]).running_version == "2026.12.1"
         assert world.record(devices["bad"]).running_version == "2026.11.0"
+        assert world.record(devices["bad"]).health == "unhealthy"
+        assert not [f for f in world.record(devices["good"]).health_findings if f.name.startswith("workload/")]
     finally:
         plane.close()

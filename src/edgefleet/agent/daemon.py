@@ -22,13 +22,14 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from pydantic import TypeAdapter, ValidationError
 
 from edgefleet import __version__
-from edgefleet.agent import osconfig
+from edgefleet.agent import device_health, osconfig
 from edgefleet.agent.abupdate import Action, Offer, Refusal, UpdateRunner
 from edgefleet.agent.attestor import AttestingTpm, Attestor
 from edgefleet.agent.delivery import Delivery
+from edgefleet.agent.device_health import HealthMonitor, HealthSources, health_d_checks, unit_checks
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
-from edgefleet.agent.health import Probe, parse_checks
+from edgefleet.agent.health import HealthCheck, Probe, parse_checks
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.transport import DeviceTransport, HttpsTransport
@@ -124,7 +125,8 @@ class Agent:
         self.last_error: str | None = None
         self.updates: UpdateClient | None = None
         self.tpm = tpm
-        self.attested: bool | None = None  # result of the last attestation, None before one
+        self._attested: bool | None = None
+        self.health: HealthMonitor | None = None  # while the agent runs
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
@@ -143,6 +145,17 @@ class Agent:
                                        settings.kubernetes_resync_seconds) if settings.kubernetes != "off" else None)
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
+
+    @property
+    def attested(self) -> bool | None:
+        """The result of the last attestation, None before one."""
+        return self._attested
+
+    @attested.setter
+    def attested(self, value: bool | None) -> None:
+        changed, self._attested = value != self._attested, value
+        if changed and self.health is not None:
+            self.health.wake.set()  # a failed quote makes the device unhealthy now, not at the next round
 
     def _bootstrap_token(self) -> str:
         if self.settings.bootstrap_token:
@@ -365,7 +378,7 @@ class Agent:
 
         return UpdateRunner(
             self.system, self.clock, save, job=UpdateJob.load(state.update) if state.update else UpdateJob(),
-            failed=dict(state.failed_releases), checks=parse_checks(self.settings.health_checks),
+            failed=dict(state.failed_releases), checks=self._configured_checks(),
             trial_seconds=self.settings.trial_deadline_seconds, attestation=self.tpm is not None,
             failed_under=state.desired_version,
         )
@@ -509,7 +522,9 @@ class Agent:
             attestor = Attestor(self.tpm, self.platform.event_log(),
                                 settings.workload_token_file or self.dir.path / "workload-token",
                                 settings.ek_certificate_file)
-        helpers = [asyncio.ensure_future(self._forward_stop(stop))]
+        self.health = HealthMonitor(self._health_sources(state), settings.health_interval_seconds)
+        watch_health = self.health.run(stop, lambda verdict: self._health_changed(verdict, state, transport, stop))
+        helpers = [asyncio.ensure_future(self._forward_stop(stop)), asyncio.ensure_future(watch_health)]
         if self.runner is not None:
             helpers.append(asyncio.ensure_future(self._watchdog(state, transport, stop)))
         try:
@@ -522,6 +537,34 @@ class Agent:
             for outcome in await asyncio.gather(*helpers, return_exceptions=True):
                 if isinstance(outcome, Exception):
                     log.error("agent task failed: %s", outcome, exc_info=outcome)
+
+    async def _health_changed(self, verdict: device_health.Verdict, state: AgentState, transport: DeviceTransport,
+                              stop: asyncio.Event) -> None:
+        """Logged, and reported at once: a rollout baking on this device must not wait a poll."""
+        log.log(logging.INFO if verdict.state == "healthy" else logging.WARNING, "health: %s", verdict.summary())
+        if self.recorder is not None:
+            self.recorder.event("health", state=verdict.state, failing=[f.name for f in verdict.findings])
+        await self._progress(state, transport, stop)
+
+    def _configured_checks(self) -> list[HealthCheck]:
+        """The device's own checks besides the image's: the settings', health.d's, the named units."""
+        settings = self.settings
+        return (parse_checks(settings.health_checks) + health_d_checks(settings.health_dir)
+                + unit_checks(settings.health_units))
+
+    def _checks(self) -> list[HealthCheck]:
+        """What makes this device healthy in steady state: the same checks as a trial boot's."""
+        image = self.system.image_health_checks() if self.system is not None else []
+        return parse_checks(image) + self._configured_checks()
+
+    def _health_sources(self, state: AgentState) -> HealthSources:
+        def buffer() -> tuple[int, int]:
+            recorder = self.recorder
+            return (recorder.buffer.figures().bytes if recorder is not None else 0), self.settings.telemetry_max_bytes
+
+        return HealthSources(checks=self._checks, workloads=lambda: self._workload_statuses() or [], buffer=buffer,
+                             attested=lambda: self.attested, state_dir=self.dir.path,
+                             probe=self.runner.workloads_probe if self.runner is not None else None)
 
     async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport,
                               attestor: Attestor | None) -> None:
@@ -803,13 +846,15 @@ class Agent:
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:
         assert state.device_id is not None
         await self._record(state)
+        verdict = self.health.verdict if self.health is not None else None
         for _ in range(2):
             state.status_seq += 1
             self.dir.save(state)
             report = StatusReport(
                 seq=state.status_seq,
                 running_version=self.platform.os_version(),
-                health="ok",
+                health=verdict.state if verdict is not None else "unknown",
+                health_findings=list(verdict.findings) if verdict is not None else [],
                 update_state=state.update_state,
                 desired_version_applied=self._applied if self._applied >= 0 else None,
                 details=self._details(state),

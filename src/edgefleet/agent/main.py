@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.emulated import EmulatedDevice
@@ -17,6 +18,8 @@ from edgefleet.agent.hardware.sdboot import SdBootEntries
 from edgefleet.agent.hardware.ubootenv import from_fw_env_config
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import ConfigError
+
+DEFAULT_HEALTH_DIR = Path("/etc/edgefleet/health.d")  # the image's checks, and required.d/ and wanted.d/
 
 
 async def run_until_signalled(agent: Agent, emulated: EmulatedDevice | None = None) -> None:
@@ -65,6 +68,8 @@ def build_agent(settings: AgentSettings) -> Agent:
         if settings.site is None:
             raise ConfigError("set the device's site (--site, EDGEFLEET_AGENT_SITE or site = in the config)")
         platform, site, labels = LinuxHost(), settings.site, settings.labels
+        if settings.health_dir is None:
+            settings = settings.model_copy(update={"health_dir": DEFAULT_HEALTH_DIR})
         system = linux_ab_system(settings)
     tpm = None
     if settings.tpm is not None:

@@ -42,7 +42,11 @@ class AgentSettings(BaseSettings):
     esp: Path = Field(Path("/efi"), description="the mounted EFI system partition (bootloader=systemd-boot)")
     grubenv: Path = Field(Path("/boot/grub/grubenv"), description="GRUB environment block (bootloader=grub)")
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
-    health_checks: list[dict[str, Any]] = Field([], description="trial-boot checks besides the image's own")
+    health_checks: list[dict[str, Any]] = Field([], description="checks besides the image's own (trial and steady)")
+    health_dir: Path | None = Field(None, description="health.d with required.d/ and wanted.d/ (executables or unit "
+                                                      "names); default /etc/edgefleet/health.d on a real host")
+    health_units: list[str] = Field([], description="systemd units that must be active for the device to be healthy")
+    health_interval_seconds: float = Field(60.0, gt=0, description="evaluate the device's health this often")
     os_config_dir: Path | None = Field(None, description="where rendered OS config goes; default per platform")
     telemetry_max_bytes: int = Field(64 << 20, ge=1 << 16, description="the durable telemetry buffer's bound")
     telemetry_batch_seconds: float = Field(10.0, gt=0, description="a partial telemetry batch waits this long")

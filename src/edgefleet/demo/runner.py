@@ -502,7 +502,7 @@ def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSe
     sites: dict[str, int] = {}
     for device in fleet.devices:
         sites[device.site] = sites.get(device.site, 0) + 1
-    healthy = sum(d.health == "ok" for d in fleet.devices)
+    healthy = sum(d.health == "healthy" for d in fleet.devices)
     lines = [
         f"devices: {fleet.total}   healthy: {healthy}   sites: "
         + ", ".join(f"{s} ({n})" for s, n in sorted(sites.items())),

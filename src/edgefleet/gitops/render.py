@@ -30,7 +30,8 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.errors import ConfigError
+from edgefleet.agent.windows import MaintenancePolicy
+from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.protocol.v1 import RolloutPlan
 from edgefleet.protocol.workloads import MicroVmWorkload, NativeWorkload, WasmWorkload
 
@@ -100,6 +101,7 @@ class Rendering:
 
 # libyaml's parser when PyYAML was built with it (the wheels are): 10x the pure-Python one.
 YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MAINTENANCE_KEY = re.compile(r"^maintenance\s*:")
 _GROUP = re.compile(r"^groups/([a-z0-9][a-z0-9-]{0,62})\.ya?ml$")
 _PER_GROUP = re.compile(r"^(os|platform|apps)/([a-z0-9][a-z0-9-]{0,62})/([^/]+)$")
 
@@ -240,9 +242,22 @@ def parse_groups(files: Mapping[str, bytes], errors: list[SourceError]) -> dict[
     for path, data in sorted(files.items()):
         if (found := _GROUP.match(path)) is not None:
             spec = _model(GroupSpec, path, _load_yaml(path, data, errors), errors)
-            if spec is not None:
+            if spec is not None and _windows_valid(path, data, spec, errors):
                 groups[found.group(1)] = spec
     return groups
+
+
+def _windows_valid(path: str, data: bytes, spec: GroupSpec, errors: list[SourceError]) -> bool:
+    """A group's maintenance windows are checked here, at sync (time zone, cron, duration),
+    not first on a device, which could only ignore them."""
+    try:
+        MaintenancePolicy.parse(spec.maintenance)
+    except InvalidRequest as exc:
+        line = next((n for n, text in enumerate(data.decode(errors="replace").splitlines(), 1)
+                     if _MAINTENANCE_KEY.match(text)), None)
+        errors.append(SourceError(path, line, f"maintenance: {exc.message}"))
+        return False
+    return True
 
 
 def render(files: Mapping[str, bytes], devices: Sequence[DeviceInfo]) -> Rendering:

@@ -16,7 +16,17 @@ HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9./_-]{0,61}[A-Za-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{0,63}$")]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=32)]
-Health = Literal["unknown", "ok", "degraded", "failed"]
+Health = Literal["unknown", "healthy", "degraded", "unhealthy"]
+FindingName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]{0,63}$")]
+
+
+class HealthFinding(Strict):
+    """One signal that fails on the device: a required one makes it unhealthy, a wanted
+    one degraded (agent/device_health.py says which signals there are)."""
+
+    name: FindingName
+    required: bool
+    detail: Annotated[str, StringConstraints(max_length=200)]
 
 
 class Inventory(Strict):
@@ -109,6 +119,7 @@ class StatusReport(Strict):
     seq: Annotated[int, Field(ge=1, le=2**62)]
     running_version: ShortText | None = None
     health: Health = "unknown"
+    health_findings: Annotated[list[HealthFinding], Field(max_length=32)] = []
     update_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] = "idle"
     desired_version_applied: Annotated[int, Field(ge=0)] | None = None
     details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
@@ -134,6 +145,7 @@ class DeviceView(Strict):
     status_at: datetime | None
     running_version: str | None
     health: str
+    health_findings: list[HealthFinding] = []
     update_state: str
     desired_version: int
     desired_version_applied: int | None

@@ -10,13 +10,17 @@ Per device, in the wave it was placed in:
                since it was told (never "failed" before the deadline; the wave does not wait
                for it: it is judged on the devices that answered)
     succeeded  runs the release, committed, and attested against the release's measurements
-    failed     rolled back, update failed, or attestation failed
+    failed     rolled back, update failed, or attestation failed; or, after it succeeded,
+               a failed quote or an unhealthy report on the release
     timed_out  no verdict by the wave's deadline
 
 The rollout halts at once on a failed attestation beyond the tolerance, or when failures
 cross the failure threshold; a halted rollout never places or tells another device.
 Between waves it bakes (the wave's devices must stay healthy for the bake time after the
-last one committed) and, if asked, waits for an operator's approval.
+last one committed) and, if asked, waits for an operator's approval. A device that
+succeeded is still watched: one that then fails a quote against the release, or reports
+itself unhealthy on it, turns failed and counts like any failure (a failed quote halts at
+once beyond its tolerance, default 0; unhealthy devices against the failure threshold).
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class Observation:
     attested_release: str | None = None
     health: str = "unknown"
     update_reason: str | None = None  # why the device's update is in its phase
+    health_reason: str | None = None  # the first failing health finding, by name
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,13 @@ def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
 
 def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, now: datetime,
              started: datetime) -> tuple[DeviceState, str | None]:
+    if place.state is DeviceState.SUCCEEDED and obs is not None:
+        # Watched after its commit too, through the bake and later waves: a device that
+        # fails a quote or turns unhealthy on the release counts against the rollout.
+        if obs.attestation == "failed" and obs.attested_release == spec.release:
+            return DeviceState.FAILED, ATTESTATION_FAILED
+        if obs.health == "unhealthy" and obs.running_version == spec.release:
+            return DeviceState.FAILED, f"unhealthy on the release: {obs.health_reason or 'a required check fails'}"
     if place.state in FINAL or place.state is DeviceState.PENDING:
         return place.state, place.reason
     if obs is not None and obs.attestation == "failed" and obs.attested_release == spec.release:
@@ -174,10 +186,14 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
             return DeviceState.TIMED_OUT, (f"committed {spec.release} but did not attest against it within the "
                                            f"wave's deadline of {wave.deadline}")
         return DeviceState.TIMED_OUT, f"no verdict within the wave's deadline of {wave.deadline}"
-    seen = obs is not None and obs.last_seen is not None and obs.last_seen >= started
-    if seen or now < (place.told_at or started) + spec.offline_after:
+    last_seen = obs.last_seen if obs is not None else None
+    if now < (place.told_at or started) + spec.offline_after:
         return DeviceState.UPDATING, None
-    return DeviceState.OFFLINE, "not seen since the wave started"
+    if last_seen is None or last_seen < started:
+        return DeviceState.OFFLINE, "not seen since the wave started"
+    if now - last_seen >= spec.offline_after:  # it answered once, then went quiet mid-update
+        return DeviceState.OFFLINE, f"silent since {last_seen.isoformat(timespec='seconds')}, mid-update"
+    return DeviceState.UPDATING, None
 
 
 def _budget_allows(spec: Spec, devices: Mapping[str, Placement], labels: Mapping[str, Mapping[str, str]],
@@ -241,11 +257,6 @@ def plan(spec: Spec, state: State, observations: Sequence[Observation], now: dat
             rate = 100.0 * len(succeeded) / len(judged) if judged else 100.0
             if rate < wave.success_threshold:
                 reason = f"wave {state.wave + 1}: {rate:.0f}% succeeded, needs {wave.success_threshold:g}%"
-                return _halt(state, decisions, reason)
-            unhealthy = [o.id for o in observations if devices.get(o.id, Placement(-1)).wave == state.wave
-                         and o.health == "failed"]
-            if unhealthy:
-                reason = f"wave {state.wave + 1} went unhealthy while baking: {', '.join(sorted(unhealthy)[:5])}"
                 return _halt(state, decisions, reason)
             # An empty wave bakes from its start (with nobody to commit, it would bake forever).
             last_commit = max((p.succeeded_at for p in succeeded if p.succeeded_at),

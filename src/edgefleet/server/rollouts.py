@@ -124,7 +124,7 @@ def look(rows: Sequence[Row[Any]], presence: Presence, before: Looks) -> tuple[l
             hit = key, Seen(Observation(
                 row.id, labels, key[-1] or row.last_seen_at, row.running_version, row.update_phase or "idle",
                 row.update_release, None if row.attested is None else ("passed" if row.attested else "failed"),
-                row.attested_release, row.health, row.update_reason), row.group, row.assigned)
+                row.attested_release, row.health, row.update_reason, row.health_reason), row.group, row.assigned)
         now[row.id] = hit
         seen.append(hit[1])
     return seen, now
@@ -141,7 +141,7 @@ def _workload_observation(device: Seen, release: str, workloads: dict[str, Any],
     verdict = judge(workloads, parts, statuses)
     return replace(device.observation, running_version=release if verdict.phase == "committed" else None,
                    update_state=verdict.phase, update_release=release, attestation=None, attested_release=None,
-                   health="failed" if verdict.phase == "failed" else "ok", update_reason=verdict.reason)
+                   health="unhealthy" if verdict.phase == "failed" else "healthy", update_reason=verdict.reason)
 
 
 def workloads_of(spec: dict[str, Any]) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.protocol.v1 import DeviceList, DeviceView
+from edgefleet.protocol.v1 import DeviceList, DeviceView, HealthFinding
 from edgefleet.server.presence import Presence
 from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import count_devices, list_devices
@@ -38,6 +38,7 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         status_at=device.status_at,
         running_version=device.running_version,
         health=device.health,
+        health_findings=_findings(device.status),
         update_state=device.update_state,
         desired_version=device.desired_version,
         desired_version_applied=applied if isinstance(applied, int) else None,
@@ -46,6 +47,14 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         update=_update_view(device.status),
         workloads=(device.status or {}).get("workloads"),
     )
+
+
+def _findings(status: dict[str, Any] | None) -> list[HealthFinding]:
+    """What failed on the device, as its last report said (stored as the report was)."""
+    found = (status or {}).get("health_findings")
+    if not isinstance(found, list):
+        return []
+    return [HealthFinding.model_validate(f) for f in found if isinstance(f, dict)]
 
 
 def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:

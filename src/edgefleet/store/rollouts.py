@@ -81,6 +81,7 @@ async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
                    Device.health, Device.status["update"]["phase"].as_string().label("update_phase"),
                    Device.status["update"]["release"].as_string().label("update_release"),
                    Device.status["update"]["reason"].as_string().label("update_reason"),
+                   Device.status["health_findings"][0]["name"].as_string().label("health_reason"),
                    Device.desired["config"]["group"].as_string().label("group"),
                    AttestationStatus.passed.label("attested"), AttestationStatus.release.label("attested_release"),
                    DirectorState.release.label("assigned"))
