@@ -57,7 +57,11 @@ def test_agent_enrolls_checks_in_and_reports_its_running_version(fleet: Fleet, t
                           and agent.health.verdict is not None and agent.reports >= 2))
     record = fleet.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["running_version"] == "2026.11.1"
-    assert (record["health"], record["health_findings"]) == ("healthy", [])  # judged by the agent: nothing fails
+    # Judged by the agent: this emulated device ships no TUF roots, so it refuses all
+    # configuration (fail closed) and says why; nothing else fails.
+    assert record["health"] == "unhealthy"
+    assert [(f["name"], f["required"]) for f in record["health_findings"]] == [("trust-roots", True)]
+    assert record["health_findings"][0]["detail"].startswith("no TUF roots in ")
     assert record["status_seq"] >= 1
     state_dir = StateDir(agent.settings.state_dir)
     assert json.loads(state_dir.state_file.read_text())["device_id"] == agent.device_id
@@ -76,10 +80,14 @@ def test_restarted_agent_keeps_its_identity_and_never_reuses_a_status_seq(fleet:
     assert record["status_seq"] > seq_after_first
 
 
-def test_agent_in_long_poll_receives_desired_state_at_once_and_reports_it_applied(
+def test_agent_in_long_poll_receives_desired_state_at_once_and_without_tuf_roots_applies_none_of_it(
     fleet: Fleet, tmp_path: Path
 ) -> None:
+    """The push wakes the long poll at once. The device ships no TUF roots: it cannot
+    verify the director's signature, so it applies nothing (it once applied configuration
+    verified by mTLS alone: fail open), holds no token, and reports why."""
     agent = make_agent(fleet, tmp_path, long_poll_seconds=30)
+    intruder = {"config": {"group": "stores", "os": {"cloud_init": "#cloud-config\nusers: [{name: intruder}]\n"}}}
     operator = fleet.client(role=Role.OPERATOR)
     viewer = fleet.client(role=Role.VIEWER)
 
@@ -92,19 +100,24 @@ def test_agent_in_long_poll_receives_desired_state_at_once_and_reports_it_applie
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # now parked in a 30 s long poll
         await asyncio.to_thread(operator.put, f"/api/v1/admin/devices/{agent.device_id}/desired",
-                                json={"document": {"motd": "hello"}})
+                                json={"document": intruder})
         deadline = time.monotonic() + 5  # far below the 30 s poll: the push woke it
-        while True:
-            record = (await asyncio.to_thread(viewer.get, f"/api/v1/admin/devices/{agent.device_id}")).json()
-            if record["desired_version_applied"] == 1:
-                break
+        while StateDir(agent.settings.state_dir).load().desired_version != 1:
             assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        reports = agent.reports
+        while agent.reports < reports + 2:  # the reports after it arrived
+            assert time.monotonic() < deadline + 20
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
-    assert StateDir(agent.settings.state_dir).load().desired == {"motd": "hello"}
+    assert StateDir(agent.settings.state_dir).load().desired == intruder  # received
+    record = viewer.get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert record["desired_version_applied"] is None  # and not acted on
+    assert [f["name"] for f in record["health_findings"]] == ["trust-roots"]
+    assert not any(Path(agent.settings.state_dir).parent.rglob("user-data"))
 
 
 class FlakyTransport:

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from edgefleet.agent import Agent, AgentSettings
-from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.credentials import Role
 from tests.conftest import Fleet, start_fleet
 from tests.gitops_world import FleetRepo
@@ -69,18 +67,29 @@ def receiver() -> Iterator[Receiver]:
 def test_config_changed_behind_the_platforms_back_is_drift_alerted_and_healed(tmp_path: Path,
                                                                                receiver: Receiver) -> None:
     repo = FleetRepo(tmp_path / "git")
-    repo.commit({**BASE, "fleet.yaml": "self_heal: true\n"}, "fleet", signer="alice")
+    # No release in the group: this device only takes configuration.
+    repo.commit({**BASE, "fleet.yaml": "self_heal: true\n",
+                 "groups/stores.yaml": "selector: {matchLabels: {site: store-1}}\nmaintenance: {install: []}\n"},
+                "fleet", signer="alice")
     plane: Fleet = start_fleet(tmp_path / "plane", None, gitops_interval_seconds=3600,
                                alert_webhooks=[receiver.url], alert_webhook_secret=SECRET,
                                gitops=[{"name": "platform", "kind": "root", "url": str(repo.path),
                                         "allowed_signers": str(repo.allowed_signers("alice"))}])
-    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-drift", site="store-1", os_version="1.0")
-    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
-                             bootstrap_token=plane.bootstrap_token("store-1"), long_poll_seconds=2,
-                             status_interval_seconds=0.3, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
-    agent = Agent(settings, device, site="store-1")
+    from tests.ab_world import AbWorld
+
+    world = AbWorld(plane, tmp_path / "releases")
+    world.publish("2026.12.0", 12)  # the TUF roots and the director the device verifies its configuration with
+    # Update checks (which put signed configuration back) only when the desired state changes:
+    # what heals the drift here is the server's self_heal.
+    emulated = world.device("drift", status_interval_seconds=0.3, update_check_seconds=3600)
     viewer = plane.client(role=Role.VIEWER)
-    user_data = device.os_config_dir() / "nocloud" / "user-data"
+    user_data = emulated.device.os_config_dir() / "nocloud" / "user-data"
+
+    class Running:  # the agent of the device's current boot
+        def __getattr__(self, name: str) -> Any:
+            return getattr(emulated.agent, name)
+
+    agent = Running()
 
     def drift_state() -> str | None:
         rows = viewer.get("/api/v1/admin/drift").json()["devices"]
@@ -95,9 +104,9 @@ def test_config_changed_behind_the_platforms_back_is_drift_alerted_and_healed(tm
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
+        task = asyncio.create_task(emulated.run(stop))
         try:
-            await until(lambda: agent.reports >= 1, "enrollment")
+            await until(lambda: emulated.agent is not None and agent.reports >= 1, "enrollment")
             await asyncio.to_thread(plane.client(role=Role.OPERATOR).post, "/api/v1/admin/gitops/sync")
             log = (await asyncio.to_thread(viewer.get, "/api/v1/admin/gitops/commits")).json()["commits"]
             assert [c["accepted"] for c in log] == [True]

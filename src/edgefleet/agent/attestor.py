@@ -37,11 +37,12 @@ def _b64(data: bytes) -> str:
 
 class Attestor:
     def __init__(self, tpm: AttestingTpm, event_log: Path, token_file: Path,
-                 ek_certificate_file: Path | None = None) -> None:
+                 ek_certificate_file: Path | None = None, *, tokens: bool = True) -> None:
         self.tpm = tpm
         self.event_log = event_log
         self.token_file = token_file
         self.ek_certificate_file = ek_certificate_file
+        self.tokens = tokens  # False: a device that cannot verify what it runs holds no workload token
 
     async def enroll(self, transport: DeviceTransport, device_id: str) -> None:
         """Present EK and AK; activate the credential the server sends back (once: a
@@ -74,7 +75,9 @@ class Attestor:
             "pcr_values": {str(k): v.hex() for k, v in values.items()}, "event_log": _b64(log_bytes),
         }) or {}
         passed = verdict.get("passed") is True
-        if passed:
+        if passed and not self.tokens:
+            self.token_file.unlink(missing_ok=True)
+        elif passed:
             token = await transport.workload_token(device_id)
             atomic_write_bytes(self.token_file, token.token.encode(), mode=0o640)
         else:

@@ -127,6 +127,7 @@ class Agent:
         self.tpm = tpm
         self._attested: bool | None = None
         self.health: HealthMonitor | None = None  # while the agent runs
+        self.untrusted: str | None = None  # why this device cannot verify what the server sends (fail closed)
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
@@ -241,9 +242,6 @@ class Agent:
                     await self._apply_workloads(state, self.updates)
                     self._mark_applied(state, self.updates)  # what it runs after a restart, it has acted on
                     await asyncio.to_thread(self.runner.resume)
-                elif state.desired_version >= 0:  # no signed updates: mTLS-verified config, applied as received
-                    await asyncio.to_thread(self._apply_os_config, state)
-                    self._applied = state.desired_version
                 await self._loop(state, transport, halt)
             finally:
                 await self.workloads.close()
@@ -339,18 +337,22 @@ class Agent:
 
     def _update_client(self, state: AgentState) -> UpdateClient | None:
         """Signed updates need the TUF roots that ship in the OS image; without them the
-        agent still checks in but installs nothing."""
+        agent still checks in, reports and attests, but acts on nothing the server sends:
+        no configuration, no workloads, no workload token (``untrusted`` says why)."""
         assert state.device_id is not None
         settings = self.settings
         trust = settings.trust_dir or self.platform.trust_dir()
         image_root, director_root = trust / "image-root.json", trust / "director-root.json"
         if not image_root.exists() and not director_root.exists():
-            log.info("no TUF roots in %s: signed updates are off", trust)
+            self.untrusted = f"no TUF roots in {trust}"
+            log.error("%s: this device applies no configuration, runs no workloads and holds no workload token "
+                      "(fail closed) until its image ships the roots", self.untrusted)
             return None
         try:
             anchors = TrustAnchors.load(image_root, director_root)
         except UpdateRefused as exc:
-            log.error("signed updates are off: %s", exc.message)
+            self.untrusted = f"TUF roots unusable: {exc.message}"
+            log.error("%s: no configuration, workloads or tokens (fail closed)", self.untrusted)
             state.update_state, state.update_error = "refused", exc.code
             self.dir.save(state)
             return None
@@ -521,7 +523,7 @@ class Agent:
         if self.tpm is not None:
             attestor = Attestor(self.tpm, self.platform.event_log(),
                                 settings.workload_token_file or self.dir.path / "workload-token",
-                                settings.ek_certificate_file)
+                                settings.ek_certificate_file, tokens=self.updates is not None)
         self.health = HealthMonitor(self._health_sources(state), settings.health_interval_seconds)
         watch_health = self.health.run(stop, lambda verdict: self._health_changed(verdict, state, transport, stop))
         helpers = [asyncio.ensure_future(self._forward_stop(stop)), asyncio.ensure_future(watch_health)]
@@ -563,7 +565,7 @@ class Agent:
             return (recorder.buffer.figures().bytes if recorder is not None else 0), self.settings.telemetry_max_bytes
 
         return HealthSources(checks=self._checks, workloads=lambda: self._workload_statuses() or [], buffer=buffer,
-                             attested=lambda: self.attested, state_dir=self.dir.path,
+                             attested=lambda: self.attested, state_dir=self.dir.path, untrusted=lambda: self.untrusted,
                              probe=self.runner.workloads_probe if self.runner is not None else None)
 
     async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport,
@@ -604,10 +606,8 @@ class Agent:
                 if desired is not None:
                     state.desired, state.desired_version = desired.document, desired.version
                     self.dir.save(state)
-                    log.info("received desired state version %d", desired.version)
-                    if self.updates is None:
-                        await asyncio.to_thread(self._apply_os_config, state)
-                        self._applied = state.desired_version
+                    log.info("received desired state version %d%s", desired.version,
+                             f", not applied: {self.untrusted}" if self.untrusted else "")
                     next_report = next_update = self.clock.monotonic()
                 if self.updates is not None and self.clock.monotonic() >= next_update:
                     before = (state.update_state, state.update_error)
@@ -651,6 +651,8 @@ class Agent:
             details["attestation"] = "passed" if self.attested else "failed"
         if state.update_error:
             details["update_error"] = state.update_error
+        if self.untrusted:
+            details["config_refused"] = self.untrusted
         return details
 
     def _os_config_dir(self) -> Path:
@@ -659,22 +661,19 @@ class Agent:
     def _apply_os_config(self, state: AgentState) -> None:
         """Put the rendered OS configuration in place when it differs from what is there.
 
-        With TUF roots, the configuration must be exactly the director's signed config
-        target (length and sha256 of its canonical bytes); otherwise it waits. Without roots
-        (no signed updates on this device), mTLS is all there is, and that is logged.
+        The configuration must be exactly the director's signed config target (length and
+        sha256 of its canonical bytes); otherwise it waits. A device without TUF roots
+        applies none (fail closed: ``untrusted``).
         """
         config = state.desired.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("os"), dict):
             return
         if osconfig.in_sync(self._os_config_dir(), config["os"]):
             return
-        if self.updates is not None:
-            if not self._director_signed(config, self.updates):
-                log.warning("configuration in the desired state is not what the director signed; not applied")
-                state.update_error = "config_not_signed"
-                return
-        else:
-            log.warning("no TUF roots: applying configuration verified by mTLS only")
+        if self.updates is None or not self._director_signed(config, self.updates):
+            log.warning("configuration in the desired state is not what the director signed; not applied")
+            state.update_error = "config_not_signed"
+            return
         osconfig.apply(self._os_config_dir(), config["os"], instance=str(config.get("os_hash", ""))[:16])
         log.info("applied OS configuration of commit %s", (config.get("commits") or {}))
 

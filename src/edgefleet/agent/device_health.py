@@ -16,7 +16,9 @@ Signals, each a named finding when it fails:
   buffer near its bound (wanted: pressure degrades);
 - clock: the wall clock went back behind the last time the agent saw it, or stands before
   this agent was built (wanted);
-- attestation: the last quote the server judged (required).
+- attestation: the last quote the server judged (required);
+- trust roots: without the image's TUF roots the device refuses all configuration, fail
+  closed (required).
 
 States: ``healthy``; ``degraded`` (a wanted finding); ``unhealthy`` (a required one).
 """
@@ -185,6 +187,7 @@ class HealthSources:
     attested: Callable[[], bool | None]
     state_dir: Path
     probe: Probe | None = None  # answers ``workloads`` checks
+    untrusted: Callable[[], str | None] = lambda: None  # why the device refuses all configuration
     clock: ClockSanity = field(default_factory=ClockSanity)
     cancel: threading.Event = field(default_factory=threading.Event)  # set: running checks end now
 
@@ -197,6 +200,9 @@ class HealthSources:
         findings += workload_findings(self.workloads())
         findings += disk_findings(self.state_dir) + memory_findings() + buffer_findings(*self.buffer())
         findings += self.clock.findings() + attestation_findings(self.attested())
+        if (why := self.untrusted()) is not None:
+            findings.append(HealthFinding(name="trust-roots", required=True,
+                                          detail=f"{why}: no configuration, workloads or tokens"[:200]))
         return judge(findings)
 
 
