@@ -58,8 +58,10 @@ class AbWorld:
 
     def device(self, name: str, *, bootloader: Bootloader = "grub", tpm: InsecureSoftwareTpm | None = None,
                labels: dict[str, str] | None = None, slot_a: Path | None = None, slot_bytes: int = SLOT_BYTES,
-               **settings: Any) -> EmulatedDevice:
-        """A device as the factory flashed it: slot A holds RUNNING, or the image ``slot_a``."""
+               agent_options: dict[str, Any] | None = None, **settings: Any) -> EmulatedDevice:
+        """A device as the factory flashed it: slot A holds RUNNING, or the image ``slot_a``.
+        ``settings`` are the agent's settings; ``agent_options`` more arguments of Agent
+        (a clock, a transport factory)."""
         device = VirtualDevice.create(self.tmp / name, hardware_id=f"hw-{name}", site="store-1",
                                       hardware_type=HARDWARE, os_version=RUNNING, release_counter=1,
                                       slot_bytes=slot_bytes, bootloader=bootloader, slot_a=slot_a)
@@ -71,7 +73,8 @@ class AbWorld:
             "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2, "update_check_seconds": 3600, **settings,
         })
         emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device,
-                                                        tpm=tpm, labels=labels), tpm=tpm, hang_seconds=0.2)
+                                                        tpm=tpm, labels=labels, **(agent_options or {})),
+                                  tpm=tpm, hang_seconds=0.2)
         self.devices.append(emulated)
         return emulated
 

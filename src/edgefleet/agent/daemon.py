@@ -78,6 +78,7 @@ _SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
 # a workload's kind as rendered -> as the supervisor runs it
 _KINDS = {"WasmModule": "wasm", "MicroVM": "microvm", "NativeService": "native"}
 REBOOT_REPORT_SECONDS = 5.0  # the report before a reboot waits no longer
+REATTEST_SLACK_SECONDS = 30.0  # re-attest this much earlier than the next report and check-in need
 
 
 def _declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:
@@ -146,6 +147,7 @@ class Agent:
                                        settings.kubernetes_resync_seconds) if settings.kubernetes != "off" else None)
         self._plan: UpdatePlan | None = None
         self._stop_downloads = threading.Event()
+        self._next_attest = 0.0  # monotonic time of the next quote
 
     @property
     def attested(self) -> bool | None:
@@ -577,7 +579,7 @@ class Agent:
         next_report = self.clock.monotonic()  # report right away after (re)start
         next_update = self.clock.monotonic()
         identity_bound = False
-        next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
+        self._next_attest = self.clock.monotonic()  # attest at every (re)start: every boot
         while not stop.is_set():
             try:
                 # Status goes out first: the server judges quotes against the release the
@@ -586,12 +588,13 @@ class Agent:
                 if self.clock.monotonic() >= next_report:
                     await self._until_stopped(self._report(state, transport), stop)
                     next_report = self.clock.monotonic() + settings.status_interval_seconds
-                if attestor is not None and self.clock.monotonic() >= next_attest:
+                if attestor is not None and self.clock.monotonic() >= self._next_attest:
                     if not identity_bound:
                         await self._until_stopped(attestor.enroll(transport, state.device_id), stop)
                         identity_bound = True
                     self.attested = await self._until_stopped(attestor.attest(transport, state.device_id), stop)
-                    next_attest = self.clock.monotonic() + settings.attestation_interval_seconds
+                    self._next_attest = (self.clock.monotonic()
+                                         + settings.attestation_interval_seconds * self.rng.uniform(0.85, 1.0))
                     await self._until_stopped(self._report(state, transport), stop)
                 if self.runner is not None and self.runner.job.active and \
                         await self._drive_update(state, transport, attestor, stop):
@@ -635,8 +638,22 @@ class Agent:
                 # The same failure again and again (a quarantined device, a long outage) is
                 # logged once, then at debug level: edge disks and links are small.
                 level = logging.ERROR if isinstance(exc, ServerRefused) else logging.WARNING
+                if isinstance(exc, ServerRefused) and exc.code == "attestation_required" and attestor is not None:
+                    self._next_attest = self.clock.monotonic()  # it lapsed: attest again now, then go on
+                    level = logging.WARNING
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
             await pause(stop, delay)
+
+    def _attest_ahead(self, expires_in: float | None) -> None:
+        """Re-attest before the server's freshness runs out: by a margin longer than the
+        time to the next status report and check-in, with jitter, so that no check-in
+        meets the 403 (the fleet's devices do not all come back at the same second)."""
+        if expires_in is None or self.tpm is None or self.attested is not True:
+            return  # no freshness required, no TPM, or quarantined (its quotes are judged on schedule)
+        settings = self.settings
+        reach = settings.status_interval_seconds + (settings.long_poll_seconds or settings.checkin_interval_seconds)
+        margin = (reach + REATTEST_SLACK_SECONDS) * self.rng.uniform(1.0, 1.5)
+        self._next_attest = min(self._next_attest, self.clock.monotonic() + max(0.0, expires_in - margin))
 
     async def _forward_stop(self, stop: asyncio.Event) -> None:
         """Let a download or a health check running in a worker thread see the stop request."""
@@ -863,6 +880,7 @@ class Agent:
             )
             ack = await transport.report_status(state.device_id, report)
             self.reports += 1
+            self._attest_ahead(ack.attestation_expires_in_seconds)
             self._reported_job_seq = self.runner.job.seq if self.runner is not None else None
             if self._applied == state.desired_version:  # a report the server judges drift on
                 self._workloads_changed.clear()  # the server has seen them out of sync once

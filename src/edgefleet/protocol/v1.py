@@ -131,6 +131,10 @@ class StatusReport(Strict):
 class StatusAck(Strict):
     accepted: bool
     seq: int
+    # Where the server requires fresh attestation: seconds left of the device's last passing
+    # one (0 when it has none or it lapsed). The device re-attests ahead of it, rather than
+    # meeting a 403 first.
+    attestation_expires_in_seconds: float | None = None
 
 
 class DeviceView(Strict):

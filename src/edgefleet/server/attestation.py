@@ -256,6 +256,15 @@ class AttestationService:
         if self.settings.attestation_required and not self.fresh(auth):
             raise Forbidden("a fresh passing attestation is required", code="attestation_required")
 
+    def expires_in(self, auth: DeviceAuth) -> float | None:
+        """Seconds left of the device's fresh attestation (None where none is required)."""
+        if not self.settings.attestation_required:
+            return None
+        if auth.attested_at is None:
+            return 0.0
+        left = self.settings.attestation_max_age_seconds - (self.clock.now() - auth.attested_at).total_seconds()
+        return round(max(0.0, left), 3)
+
     def fresh(self, auth: DeviceAuth) -> bool:
         max_age = timedelta(seconds=self.settings.attestation_max_age_seconds)
         return auth.attested_at is not None and self.clock.now() - auth.attested_at <= max_age

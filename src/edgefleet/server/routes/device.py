@@ -104,7 +104,8 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     if accepted and body.config is not None:
         await state.gitops.observe(device.id, body.config.model_dump(), body.desired_version_applied)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
-    return StatusAck(accepted=accepted, seq=seq)
+    return StatusAck(accepted=accepted, seq=seq,
+                     attestation_expires_in_seconds=state.attestation.expires_in(device.auth))
 
 
 @router.get("/devices/{device_id}/director/{name}")
