@@ -5,6 +5,7 @@ the next wave, the failure threshold, and abort with revert."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -346,3 +347,27 @@ def test_a_required_check_failing_after_commit_halts_the_rollout_while_it_bakes(
         page = client.get(f"/ui/devices/{sick}").text
     assert 'class="health-unhealthy">unhealthy' in page
     assert "<code>health.d/app-ready</code> exit 1 app: port 8443 in use" in page
+
+
+def test_a_device_that_fails_a_quote_while_its_wave_bakes_halts_the_rollout(world: AbWorld) -> None:
+    devices = fleet_of(world, "requote", 3, attestation_interval_seconds=1)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "requote", "2026.12.0", [{"size": "100%", "selector": {"ring": "canary"},
+                                                             "bake_seconds": 600}, {"size": "100%"}])
+        await until(lambda: status(world, rollout_id)["status"] == "baking", timeout=60, what="the bake")
+        assert devices[0].tpm is not None
+        devices[0].tpm.extend_pcr(4, "sha256", hashlib.sha256(b"code loaded after the boot").digest())
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="the halt")
+
+    run_fleet(devices, steps, timeout=150)
+    view = status(world, rollout_id)
+    sick = world.device_id(devices[0])
+    assert view["reason"] == f"attestation failed on {sick} (tolerated: 0)"
+    assert [(f["device_id"], f["reason"]) for f in view["waves"][0]["failed"]] == [
+        (sick, "attestation against the new release failed")]
+    assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
+    assert devices[2].boots == 1  # the next wave never got the release
