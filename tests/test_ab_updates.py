@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
-from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, run, sqlite_plane, until
+from edgefleet.credentials import Role
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, enrolled, run, sqlite_plane, until
 from tests.cli_helpers import cli
 from tests.conftest import Fleet
 
@@ -204,3 +207,54 @@ def test_trial_that_fails_attestation_against_the_new_release_rolls_back(world: 
     assert record.attestation is not None
     assert record.attestation["quarantined"]  # an operator looks before it gets configuration again
     assert phases(world, device)[-4:] == ["health_checking", "attesting", "rolling_back", "rolled_back"]
+
+
+class OffsetClock:
+    """The device's clock, set by the test: wall and monotonic time move with the offset."""
+
+    def __init__(self, now: datetime) -> None:
+        self.offset = (now - datetime.now(UTC)).total_seconds()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def set(self, now: datetime) -> None:
+        self.offset = (now - datetime.now(UTC)).total_seconds()
+
+
+def test_the_release_downloads_before_the_install_window_and_the_slot_switches_only_inside_it(
+        world: AbWorld) -> None:
+    """A group's install window (02:00-03:00 UTC): the bytes arrive at noon, when the
+    assignment comes (downloads have their own window, open by default); the slot is
+    written, and the device reboots into it, only once the window opens."""
+    noon = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    clock = OffsetClock(noon)
+    device = world.device("windowed", update_check_seconds=0.5, status_interval_seconds=0.3,
+                          agent_options={"clock": clock})
+    window = {"cron": "0 2 * * *", "timezone": "UTC", "duration_minutes": 60}
+
+    async def steps() -> None:
+        await enrolled(device)
+        url = f"/api/v1/admin/devices/{world.device_id(device)}/desired"
+        operator = world.plane.client(role=Role.OPERATOR)
+        answer = await asyncio.to_thread(operator.put, url, json={"document": {"maintenance": {"install": [window]}}})
+        assert answer.status_code == 200, answer.text
+        await asyncio.to_thread(world.assign, device, "2026.12.0")
+        await until(lambda: world.record(device).update_state == "downloaded", what="the download")
+        await asyncio.sleep(2.0)  # several update checks: none may install outside the window
+        assert world.record(device).update_state == "downloaded"
+        assert (vimage.read_header(device.device.slot_image("b")) or {}).get("version") != "2026.12.0"  # not written
+        assert device.boots == 1
+        assert any((device.device.agent_dir / "downloads").iterdir())  # the bytes are here, verified
+        clock.set(datetime(2026, 12, 8, 2, 0, 30, tzinfo=UTC))  # the window opens
+        await until(lambda: world.record(device).update_state == "committed", timeout=40, what="the commit")
+
+    run(world, device, steps, timeout=90)
+    events = {e["phase"]: datetime.fromisoformat(e["at"]) for e in world.history(device)}
+    assert events["downloaded"] < datetime(2026, 12, 8, 2, 0, tzinfo=UTC)
+    for phase in ("installing", "installed", "rebooting", "committed"):
+        assert datetime(2026, 12, 8, 2, 0, tzinfo=UTC) <= events[phase] < datetime(2026, 12, 8, 3, 0, tzinfo=UTC)
+    assert device.device.booted() == "b"
