@@ -43,6 +43,9 @@ def released(tmp_path: Path) -> Iterator[tuple[Fleet, VirtualDevice]]:
     workspace.sign_targets(keys.signer("targets-1"))
     with AdminClient(plane.url, plane.tokens[Role.ADMIN], plane.settings.pki.ca_cert) as admin:
         publish_workspace(workspace, admin)
+    # The image's TUF roots: without them the device fails closed and holds no workload token.
+    device.install_trust((tmp_path / "ws" / "image" / "metadata" / "1.root.json").read_bytes(),
+                         (tmp_path / "ws" / "director" / "metadata" / "1.root.json").read_bytes())
     yield plane, device
     plane.close()
 

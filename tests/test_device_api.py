@@ -100,11 +100,13 @@ def test_checkin_marks_the_device_seen(fleet: Fleet) -> None:
 def test_status_report_replay_and_stale_reports_are_ignored_idempotently(fleet: Fleet) -> None:
     device = fleet.enroll()
     url = f"/api/v1/devices/{device.id}/status"
+    fresh = {"attestation_expires_in_seconds": None}  # this fleet does not require attestation
     assert device.client.post(url, json={"seq": 5, "health": "healthy", "running_version": "2"}).json() == {
-        "accepted": True, "seq": 5}
+        "accepted": True, "seq": 5, **fresh}
     before = fleet.rows()
-    assert device.client.post(url, json={"seq": 5, "health": "unhealthy"}).json() == {"accepted": False, "seq": 5}
-    assert device.client.post(url, json={"seq": 3, "health": "unhealthy"}).json() == {"accepted": False, "seq": 5}
+    stale = {"accepted": False, "seq": 5, **fresh}
+    assert device.client.post(url, json={"seq": 5, "health": "unhealthy"}).json() == stale
+    assert device.client.post(url, json={"seq": 3, "health": "unhealthy"}).json() == stale
     assert fleet.rows() == before
     record = device.client.get(f"/api/v1/devices/{device.id}").json()
     assert (record["health"], record["running_version"], record["status_seq"]) == ("healthy", "2", 5)

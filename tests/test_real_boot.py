@@ -161,7 +161,10 @@ def test_a_root_slot_altered_after_build_is_refused_by_dm_verity(real_image: Bui
 
 @pytest.fixture(scope="module")
 def fleet_image(real_plane: Fleet, real_releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    return published_fleet_image(real_plane, SPEC, tmp_path_factory.mktemp("fleet-spec"), real_releases)
+    # With the release workspace's TUF roots: a device without them fails closed (no
+    # configuration, no workload token).
+    return published_fleet_image(real_plane, SPEC, tmp_path_factory.mktemp("fleet-spec"), real_releases,
+                                 trusted=True)
 
 
 def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_config_and_a_token(

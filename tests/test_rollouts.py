@@ -25,7 +25,7 @@ from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import StatusReport
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
 from tests.cli_helpers import cli
-from tests.conftest import start_fleet
+from tests.conftest import own_findings, start_fleet
 
 CHECKS = [{"name": "app", "kind": "command", "command": ["true"], "timeout_seconds": 5}]
 FAILING = [{"name": "app", "kind": "command", "command": ["false"], "timeout_seconds": 5}]
@@ -336,11 +336,11 @@ def test_a_required_check_failing_after_commit_halts_the_rollout_while_it_bakes(
     assert trail[-1]["at"]  # when
     shown = json.loads(cli("devices", "show", sick, *world.server))
     assert shown["health"] == "unhealthy"
-    assert {(f["name"], f["required"]) for f in shown["health_findings"]} == {
+    assert {(f["name"], f["required"]) for f in own_findings(shown["health_findings"])} == {
         ("health.d/app-ready", True), ("health.d/metrics-exporter", False)}
     assert "port 8443 in use" in next(f["detail"] for f in shown["health_findings"] if f["required"])
     other = json.loads(cli("devices", "show", world.device_id(devices[1]), *world.server))
-    assert (other["health"], [f["name"] for f in other["health_findings"]]) == (
+    assert (other["health"], [f["name"] for f in own_findings(other["health_findings"])]) == (
         "degraded", ["health.d/metrics-exporter"])  # a wanted check only degrades
     with httpx.Client(base_url=world.plane.url, verify=world.plane.tls()) as client:
         assert client.post("/ui/login", data={"token": world.plane.tokens[Role.VIEWER]}).status_code == 303

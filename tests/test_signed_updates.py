@@ -18,7 +18,7 @@ from edgefleet.agent.state import StateDir
 from edgefleet.cli import app
 from edgefleet.credentials import Role
 from tests.cli_helpers import cli, keys_init, release, server_args
-from tests.conftest import Fleet, start_fleet
+from tests.conftest import Fleet, own_findings, start_fleet
 from tests.releases_world import StaticMirror
 from tests.test_telemetry_exports import start_hub
 
@@ -141,7 +141,7 @@ def test_device_refuses_a_lower_release_counter_reports_why_and_keeps_its_releas
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["update_state"] == "refused"
     assert record["health"] != "unhealthy"  # a refused release is not a fault of the device
-    assert record["health_findings"] == []
+    assert own_findings(record["health_findings"]) == []
 
 
 def test_assigning_a_release_that_does_not_fit_the_device_is_refused(plane: Fleet, tmp_path: Path) -> None:

@@ -168,6 +168,9 @@ def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, 
             return DeviceState.FAILED, ATTESTATION_FAILED
         if obs.health == "unhealthy" and obs.running_version == spec.release:
             return DeviceState.FAILED, f"unhealthy on the release: {obs.health_reason or 'a required check fails'}"
+        if obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
+            why = f": {obs.update_reason}" if obs.update_reason else ""  # a workload set that crashed later
+            return DeviceState.FAILED, f"update {obs.update_state} on the device{why}"
     if place.state in FINAL or place.state is DeviceState.PENDING:
         return place.state, place.reason
     if obs is not None and obs.attestation == "failed" and obs.attested_release == spec.release:
