@@ -159,27 +159,33 @@ def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _failure(spec: Spec, obs: Observation) -> str | None:
+    """Why the device shows the release failed on it (a failed quote against it, or an update
+    of it that failed or rolled back), or None."""
+    if obs.attestation == "failed" and obs.attested_release == spec.release:
+        return ATTESTATION_FAILED
+    if obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
+        if obs.update_reason == ATTESTATION_ROLLBACK:
+            return ATTESTATION_FAILED
+        why = f": {obs.update_reason}" if obs.update_reason else ""
+        return f"update {obs.update_state} on the device{why}"
+    return None
+
+
 def _verdict(spec: Spec, place: Placement, obs: Observation | None, wave: Wave, now: datetime,
              started: datetime) -> tuple[DeviceState, str | None]:
     if place.state is DeviceState.SUCCEEDED and obs is not None:
         # Watched after its commit too, through the bake and later waves: a device that
-        # fails a quote or turns unhealthy on the release counts against the rollout.
-        if obs.attestation == "failed" and obs.attested_release == spec.release:
-            return DeviceState.FAILED, ATTESTATION_FAILED
+        # fails a quote, turns unhealthy on the release or whose update of it fails after all
+        # (a workload set that crashed later) counts against the rollout.
+        if (failure := _failure(spec, obs)) is not None:
+            return DeviceState.FAILED, failure
         if obs.health == "unhealthy" and obs.running_version == spec.release:
             return DeviceState.FAILED, f"unhealthy on the release: {obs.health_reason or 'a required check fails'}"
-        if obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
-            why = f": {obs.update_reason}" if obs.update_reason else ""  # a workload set that crashed later
-            return DeviceState.FAILED, f"update {obs.update_state} on the device{why}"
     if place.state in FINAL or place.state is DeviceState.PENDING:
         return place.state, place.reason
-    if obs is not None and obs.attestation == "failed" and obs.attested_release == spec.release:
-        return DeviceState.FAILED, ATTESTATION_FAILED
-    if obs is not None and obs.update_release == spec.release and obs.update_state in ("rolled_back", "failed"):
-        if obs.update_reason == ATTESTATION_ROLLBACK:
-            return DeviceState.FAILED, ATTESTATION_FAILED
-        why = f": {obs.update_reason}" if obs.update_reason else ""
-        return DeviceState.FAILED, f"update {obs.update_state} on the device{why}"
+    if obs is not None and (failure := _failure(spec, obs)) is not None:
+        return DeviceState.FAILED, failure
     committed = obs is not None and obs.running_version == spec.release and obs.update_state == "committed"
     attested = obs is not None and obs.attestation == "passed" and obs.attested_release == spec.release
     if committed and obs is not None and obs.attestation != "failed" and (attested or not spec.attestation_required):
