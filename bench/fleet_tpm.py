@@ -100,10 +100,15 @@ class Connection:
             raise Refused(f"{method} {path} answered {status}")
         return status, json.loads(answer) if answer else None
 
-    async def report(self, seq: int, release: str, phase: str, reason: str | None = None) -> None:
+    async def report(self, seq: int, release: str, phase: str, reason: str | None = None,
+                     failing: Sequence[str] = ()) -> None:
+        """A status report as the agent sends it, with its health verdict: unhealthy, naming
+        them, when required checks in ``failing`` fail, else healthy."""
         update: dict[str, Any] = {"phase": phase, "release": release, **({"reason": reason} if reason else {})}
+        findings = [{"name": name, "required": True, "detail": "exit status 1"} for name in failing]
         await self.call("POST", "/status", {"seq": seq, "running_version": release, "update_state": phase,
-                                            "update": update})
+                                            "health": "unhealthy" if findings else "healthy",
+                                            "health_findings": findings, "update": update})
 
     async def enroll_tpm(self, tpm: InsecureSoftwareTpm) -> None:
         """Bind the TPM's identity: present EK and AK, activate the credential."""

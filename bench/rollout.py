@@ -8,15 +8,18 @@ as agents do. Told a release, a device does what the agent does with the control
 reads its director metadata (timestamp, snapshot, targets), boots the release (measured
 into its TPM), reports it running, attests against it (nonce, quote, workload token) and
 reports it committed. It does not download the image: images and the image repository's
-metadata are static files a mirror or CDN serves.
+metadata are static files a mirror or CDN serves. Every status report carries the device's
+health verdict, and each device also reports every --status-interval seconds.
 
 Phase 1 rolls a release out in 4 waves (1%, 10%, 50%, 100%) and measures the server
 process's CPU time per device updated (its own /proc counters: the load generator is not
-counted). Phase 2 rolls out a release whose reference measurements no device shows: the
+counted). Phase 2 rolls out a release whose canary commits and then, while its wave bakes,
+reports a required health check failing: the time from that report to the rollout's halt is
+measured. Phase 3 rolls out a release whose reference measurements no device shows: the
 canary attests, fails, and the time from its failed quote to the rollout's halt is measured,
 next to the controller's tick and an agent's check-in interval.
 
-    python bench/rollout.py [--devices 10000] [--tick 1.0]
+    python bench/rollout.py [--devices 10000] [--tick 1.0] [--status-interval 300]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import ssl
 import sys
@@ -57,7 +61,7 @@ from scale import seed
 
 HARDWARE = "bench-x86"
 FACTORY = "2026.11.0"  # what the devices run when the bench begins
-RELEASES = ("2026.12.0", "2026.12.1")
+GOOD, SICK, TAMPERED = RELEASES = ("2026.12.0", "2026.12.1", "2026.12.2")  # rolled out in this order
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,7 +70,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def publish(settings: ServerSettings, workdir: Path, client: AdminClient) -> dict[str, BootImage]:
-    """The factory release and the two rolled out, signed with their reference measurements;
+    """The factory release and the three rolled out, signed with their reference measurements;
     the last one requires a PCR 4 no device shows, so its canary fails attestation."""
     now = datetime.now(UTC)
     keys = Keystore(workdir / "offline-keys")
@@ -77,7 +81,7 @@ def publish(settings: ServerSettings, workdir: Path, client: AdminClient) -> dic
         image = workdir / f"{version}.img"
         image.write_bytes(vimage.build(version, counter, size=4096))
         pcrs = reference_pcrs(image)
-        measurements = {"0": pcrs[0].hex(), "4": "ab" * 32 if version == RELEASES[1] else pcrs[4].hex()}
+        measurements = {"0": pcrs[0].hex(), "4": "ab" * 32 if version == TAMPERED else pcrs[4].hex()}
         workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE,), measurements), now)
         images[version] = BootImage.of(version, image)
     workspace.sign_targets(keys.signer("targets-1"))
@@ -152,15 +156,27 @@ class SimDevice:
 
 
 class FleetSim:
-    """The emulated fleet: one task per device, speaking the device protocol as the agent does."""
+    """The emulated fleet: one task per device, speaking the device protocol as the agent does.
 
-    def __init__(self, port: int, ca: Path, devices: list[SimDevice], images: dict[str, BootImage]) -> None:
+    Every status report carries the device's health verdict. Besides the reports of an
+    update, each device reports its status every ``status_interval`` seconds (the agent's
+    default is 300 s; the first one at a random moment within it, so the fleet's reports
+    spread out), and at once when its health changes (``turn_unhealthy``)."""
+
+    def __init__(self, port: int, ca: Path, devices: list[SimDevice], images: dict[str, BootImage],
+                 status_interval: float) -> None:
         self.port, self.ca, self.devices, self.images = port, ca, devices, images
+        self.status_interval = status_interval
         self.committed: dict[str, set[str]] = {r: set() for r in RELEASES}
         self.failed_quotes: dict[str, float] = {}  # device -> when its quote failed (it then waits, quarantined)
         self.errors = 0  # refusals (an overloaded server says 503) and lost connections, each retried
+        self.reports = 0  # status reports sent (each with the device's health)
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.seqs: dict[str, int] = {}  # each device's last report's sequence number
+        self.phases: dict[str, tuple[str, str]] = {}  # each device's (release, update state) as last reported
+        self.failing: dict[str, tuple[str, ...]] = {}  # the required checks failing on a device
+        self.rng = random.Random(20261206)
 
     async def start(self) -> None:
         sem = asyncio.Semaphore(64)
@@ -178,15 +194,35 @@ class FleetSim:
         streams = await asyncio.open_connection("127.0.0.1", self.port, ssl=context, server_hostname="localhost")
         return Connection(device.id, self.port, *streams)
 
+    async def _report(self, conn: Connection, device_id: str, release: str, phase: str) -> None:
+        self.seqs[device_id] = seq = self.seqs.get(device_id, 0) + 1
+        self.phases[device_id] = (release, phase)
+        self.reports += 1
+        await conn.report(seq, release, phase, failing=self.failing.get(device_id, ()))
+
+    async def turn_unhealthy(self, device: SimDevice, check: str) -> float:
+        """A required check starts failing on ``device``: it reports so at once, on a second
+        connection (its first is in a long poll), as the agent does. Returns when it sent it."""
+        self.failing[device.id] = (check,)
+        conn = await self._open(device)
+        try:
+            sent = time.perf_counter()
+            await self._report(conn, device.id, *self.phases[device.id])
+        finally:
+            conn.writer.close()
+        return sent
+
     async def _live(self, device: SimDevice, answered: asyncio.Event) -> None:
         """Power on, then long polls. Every step that fails (a refusal, a lost connection) is
         tried again after the agent's own back-off, on a new connection: the server drops
         idle keep-alive connections meanwhile."""
-        tpm, known, seq = device.tpm, -1, 0
+        tpm, known = device.tpm, -1
         release = FACTORY
         steps = ["boot", "running", "enroll", "attest"]  # power-on
         backoff = Backoff(1.0, 300.0)  # exponential with full jitter
         conn: Connection | None = None
+        loop = asyncio.get_running_loop()
+        next_status = loop.time() + self.rng.uniform(0, self.status_interval)
         while True:
             try:
                 conn = conn or await self._open(device)
@@ -196,10 +232,12 @@ class FleetSim:
                     elif steps[0] == "boot":
                         self.images[release].boot(tpm)
                     elif steps[0] in ("running", "attesting", "committed"):
-                        seq += 1
-                        await conn.report(seq, release, "idle" if steps[0] == "running" else steps[0])
+                        await self._report(conn, device.id, release, "idle" if steps[0] == "running" else steps[0])
                         if steps[0] == "committed":
                             self.committed[release].add(device.id)
+                    elif steps[0] == "status":
+                        await self._report(conn, device.id, *self.phases[device.id])
+                        next_status = loop.time() + self.status_interval
                     elif steps[0] == "enroll":
                         await conn.enroll_tpm(tpm)
                     elif not await conn.attest(tpm, self.images[release]):
@@ -207,8 +245,9 @@ class FleetSim:
                         answered.set()
                         return  # quarantined: it waits for an operator
                     steps.pop(0)
+                wait = max(1, min(300, round(next_status - loop.time())))
                 status, answer = await conn.call(
-                    "GET", f"/desired?known={known}&wait=300", expect=(200, 204))
+                    "GET", f"/desired?known={known}&wait={wait}", expect=(200, 204))
                 answered.set()
                 backoff.reset()
                 if status == 200:
@@ -217,6 +256,8 @@ class FleetSim:
                     if told in RELEASES and told != release:
                         release = told
                         steps = ["director", "boot", "attesting", "attest", "committed"]
+                if loop.time() >= next_status:
+                    steps.append("status")
             except (OSError, asyncio.IncompleteReadError, TimeoutError):  # refused, reset, TLS failure
                 if self.closing:
                     return
@@ -262,7 +303,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                  labels={"fleet": "bench"}, inventory={"hardware_type": HARDWARE})
                 devices = [SimDevice(d.id, d.cert, key, tpm) for d, tpm in zip(seeded, tpms, strict=True)]
                 enroll_s = time.perf_counter() - began
-                sim = FleetSim(port, ca, devices, images)
+                sim = FleetSim(port, ca, devices, images, args.status_interval)
                 powered = time.perf_counter()
                 await sim.start()
                 power_on_s = time.perf_counter() - powered
@@ -278,29 +319,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"enrolled {len(devices)} devices (as at the factory) in {enroll_s:.1f} s; phase 1: a 4-wave "
                       f"rollout (server pid {server.pid})", file=sys.stderr, flush=True)
                 cpu_before, requests_before = cpu_seconds(server.pid), await request_counts(client)
-                started = time.perf_counter()
+                reports_before, started = sim.reports, time.perf_counter()
                 waves = [{"size": "1%"}, {"size": "10%"}, {"size": "50%"}, {"size": "100%"}]
-                body = {"release": RELEASES[0], "selector": {"fleet": "bench"}, "waves": waves}
+                body = {"release": GOOD, "selector": {"fleet": "bench"}, "waves": waves}
                 rollout_id = (await client.post("/api/v1/admin/rollouts", json=body)).json()["id"]
                 # Polled once a second, as a dashboard would: the figure is the rollout's, not ours.
                 view, finished = await wait_status(client, rollout_id, ("completed", "halted"), 3600, poll=1.0)
                 cpu_used = cpu_seconds(server.pid) - cpu_before
-                updated = len(sim.committed[RELEASES[0]])
+                updated = len(sim.committed[GOOD])
+                periodic = sim.reports - reports_before - 2 * updated  # an update reports twice
                 requests = {k: v - requests_before.get(k, 0) for k, v in (await request_counts(client)).items()}
                 ticks = requests.pop("edgefleet_rollout_tick_seconds_count", 0)
                 tick_s = requests.pop("edgefleet_rollout_tick_seconds_sum", 0)
                 requests = {k: round(v / updated, 2) for k, v in sorted(requests.items()) if v > 0}
                 assert view["status"] == "completed", view
 
-                # Phase 2: the canary boots a release whose measurements no device shows.
-                print("phase 2: a canary fails attestation", file=sys.stderr, flush=True)
-                body = {"release": RELEASES[1], "selector": {"fleet": "bench"},
+                # Phase 2: the canary commits, then a required check fails on it while its wave bakes.
+                print("phase 2: a canary turns unhealthy during the bake", file=sys.stderr, flush=True)
+                body = {"release": SICK, "selector": {"fleet": "bench"},
+                        "waves": [{"size": "1", "selector": {}, "bake_seconds": 3600}, {"size": "100%"}]}
+                sick_id = (await client.post("/api/v1/admin/rollouts", json=body)).json()["id"]
+                await wait_status(client, sick_id, ("baking",), 120)
+                [canary] = [d for d in devices if d.id in sim.committed[SICK]]
+                unhealthy_at = await sim.turn_unhealthy(canary, "pos-terminal")
+                sick_view, sick_halted_at = await wait_status(client, sick_id, ("halted",), 120)
+                assert sim.committed[SICK] == {canary.id}, "a device of wave 2 was told"
+
+                # Phase 3: the canary boots a release whose measurements no device shows.
+                print("phase 3: a canary fails attestation", file=sys.stderr, flush=True)
+                body = {"release": TAMPERED, "selector": {"fleet": "bench"},
                         "waves": [{"size": "1", "selector": {}}, {"size": "100%"}]}
                 second = (await client.post("/api/v1/admin/rollouts", json=body)).json()["id"]
                 halted_view, halted_at = await wait_status(client, second, ("halted",), 120)
                 assert len(sim.failed_quotes) == 1, sim.failed_quotes
                 failed_at = min(sim.failed_quotes.values())
-                assert not sim.committed[RELEASES[1]], "a device of wave 2 was told"
+                assert not sim.committed[TAMPERED], "a device of wave 2 was told"
                 sim.close()
         finally:
             server.terminate()
@@ -315,7 +368,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_ms_per_device_update_net_of_idle": round(
             1000 * (cpu_used - idle_cpu_s * (finished - started)) / max(updated, 1), 3),
         "halt_after_failed_attestation_s": round(halted_at - failed_at, 3), "controller_tick_s": args.tick,
-        "halt_reason": halted_view["reason"], "device_errors": sim.errors, "requests_per_device_update": requests,
+        "halt_after_unhealthy_report_s": round(sick_halted_at - unhealthy_at, 3),
+        "status_interval_s": args.status_interval, "periodic_status_reports": periodic,
+        "periodic_status_reports_per_s": round(periodic / (finished - started), 1),
+        "halt_reason": halted_view["reason"], "unhealthy_halt_reason": sick_view["reason"],
+        "device_errors": sim.errors, "requests_per_device_update": requests,
     }
 
 
@@ -324,6 +381,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--tick", type=float, default=1.0, help="rollout controller tick, seconds")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle baseline before the rollout")
+    parser.add_argument("--status-interval", type=float, default=300.0,
+                        help="each device's periodic status report (with its health), seconds (the agent's default)")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     print(f"{figures['devices']} emulated devices enrolled as at the factory (certificate and row) in "
@@ -331,7 +390,7 @@ def main() -> None:
           f"{figures['power_on_s']} s")
     print(f"4-wave rollout: {figures['devices_updated']} devices updated in {figures['rollout_s']} s, control plane "
           f"used {figures['server_cpu_s']} CPU s = {figures['server_cpu_ms_per_device_update']} ms per device update "
-          "(goal: under 5 ms)")
+          "(goal: under 2 ms)")
     print(f"  net of the idle baseline (long polls renewed meanwhile): "
           f"{figures['server_cpu_ms_per_device_update_net_of_idle']} ms per device update")
     print(f"  the controller took {figures['controller_steps']} steps, {figures['controller_s']} s of wall time "
@@ -340,8 +399,15 @@ def main() -> None:
     print(f"failed attestation -> halt: {figures['halt_after_failed_attestation_s']} s (controller tick "
           f"{figures['controller_tick_s']} s; an agent checks in every 30 s by default)")
     print(f"  halt reason: {figures['halt_reason']}; device requests refused (overload): {figures['device_errors']}")
+    print(f"first unhealthy report (a required check failing on the canary while it bakes) -> halt: "
+          f"{figures['halt_after_unhealthy_report_s']} s (goal: within one check-in interval, 30 s)")
+    print(f"  halt reason: {figures['unhealthy_halt_reason']}")
+    print(f"health reports: every report carries the verdict; besides the updates' own, "
+          f"{figures['periodic_status_reports']} periodic reports during the rollout "
+          f"({figures['periodic_status_reports_per_s']}/s, one per device every {figures['status_interval_s']:g} s)")
     print(f"  requests per device update: {figures['requests_per_device_update']}")
     figures.pop("halt_reason")
+    figures.pop("unhealthy_halt_reason")
     figures.pop("requests_per_device_update")
     print(json.dumps(figures))
 

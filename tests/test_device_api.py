@@ -112,6 +112,22 @@ def test_status_report_replay_and_stale_reports_are_ignored_idempotently(fleet: 
     assert (record["health"], record["running_version"], record["status_seq"]) == ("healthy", "2", 5)
 
 
+def test_a_device_turning_unhealthy_wakes_the_rollout_controller_once_per_turn(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = fleet.enroll()
+    woken: list[int] = []
+    rollouts = fleet.server.app.state.edgefleet.rollouts  # a halt must not wait for the next tick
+    monkeypatch.setattr(rollouts, "wake", lambda: woken.append(1))
+    url = f"/api/v1/devices/{device.id}/status"
+    finding = {"name": "app", "required": True, "detail": "exit status 1"}
+    for seq, health, wakes in ((1, "healthy", 0), (2, "unhealthy", 1), (3, "unhealthy", 1), (2, "healthy", 1),
+                               (4, "degraded", 1), (5, "unhealthy", 2)):
+        findings = [finding] if health == "unhealthy" else []
+        device.client.post(url, json={"seq": seq, "health": health, "health_findings": findings})
+        assert len(woken) == wakes, (seq, health)
+
+
 def test_device_cannot_read_or_write_another_devices_records(fleet: Fleet) -> None:
     mallory, victim = fleet.enroll(), fleet.enroll()
     before = fleet.rows()

@@ -136,12 +136,14 @@ def _selected(device: Seen, selector: dict[str, Any], group: str | None) -> bool
 
 def _workload_observation(device: Seen, release: str, workloads: dict[str, Any],
                           report: tuple[Any, Any, Any] | None) -> Observation:
-    """A device in a workload rollout: where it stands with the rollout's workload set."""
+    """A device in a workload rollout: where it stands with the rollout's workload set, and
+    the health it reports (a device that turns unhealthy on the set counts against it)."""
     _, parts, statuses = report or (None, None, None)
     verdict = judge(workloads, parts, statuses)
     return replace(device.observation, running_version=release if verdict.phase == "committed" else None,
                    update_state=verdict.phase, update_release=release, attestation=None, attested_release=None,
-                   health="unhealthy" if verdict.phase == "failed" else "healthy", update_reason=verdict.reason)
+                   health="unhealthy" if verdict.phase == "failed" else device.observation.health,
+                   update_reason=verdict.reason)
 
 
 def workloads_of(spec: dict[str, Any]) -> dict[str, Any] | None:

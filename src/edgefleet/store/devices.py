@@ -144,6 +144,13 @@ _STATUS = (
     .returning(Device.status_seq)
 )
 _STATUS_SEQ = select(Device.status_seq).where(Device.id == bindparam("id"))
+_HEALTH = select(Device.health).where(Device.id == bindparam("id"))
+
+
+def stored_health(conn: Connection, device_id: str) -> str | None:
+    """The health the device last reported (None for a device that is not there)."""
+    health = conn.execute(_HEALTH, {"id": device_id}).scalar_one_or_none()
+    return None if health is None else str(health)
 
 
 def apply_status(conn: Connection, device_id: str, seq: int, report: dict[str, Any], now: datetime, *,

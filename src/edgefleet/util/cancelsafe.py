@@ -2,13 +2,16 @@
 
 httpcore 1.0 closes a connection whose TLS handshake fails with an exception, but not one
 whose handshake is cancelled (``start_tls`` catches ``Exception``, and cancellation is a
-``BaseException``): the socket stays open until the garbage collector finds it. The agent
+``BaseException``): the socket stays open until the garbage collector finds it. anyio's
+``connect_tcp`` has the same hole one step earlier: a caller cancelled just as a connection
+attempt succeeds (inside its happy-eyeballs task group) leaves that socket open. The agent
 cancels requests whenever it stops (a reboot, a power cut in the emulator), so it wraps
 httpcore's network backend and closes the stream itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import typing
 
@@ -43,13 +46,31 @@ class _Stream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _Backend(httpcore.AsyncNetworkBackend):
+_closing: set[asyncio.Task[None]] = set()  # closes of unused streams, kept until done
+
+
+def _close_unused(attempt: asyncio.Future[httpcore.AsyncNetworkStream]) -> None:
+    if attempt.cancelled() or attempt.exception() is not None:  # nothing connected (the error is the caller's no more)
+        return
+    closing = asyncio.ensure_future(attempt.result().aclose())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+
+
+class CancelSafeBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
         self._inner = inner
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        # The attempt runs as its own task, which a cancelled caller does not cancel: it ends
+        # by itself (it has a timeout) and closes what it connected, which nobody will use.
+        attempt = asyncio.ensure_future(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        try:
+            return _Stream(await asyncio.shield(attempt))
+        except BaseException:
+            attempt.add_done_callback(_close_unused)
+            raise
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: typing.Iterable[typing.Any] | None = None,
@@ -64,5 +85,5 @@ def cancel_safe_transport(**options: typing.Any) -> httpx.AsyncHTTPTransport:
     """``httpx.AsyncHTTPTransport(**options)`` whose connections close when cancelled."""
     transport = httpx.AsyncHTTPTransport(**options)
     pool = transport._pool  # httpx offers no other way to choose httpcore's network backend
-    pool._network_backend = _Backend(pool._network_backend)
+    pool._network_backend = CancelSafeBackend(pool._network_backend)
     return transport

@@ -16,7 +16,7 @@ from edgefleet.server.auth import CurrentDevice, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
-from edgefleet.store.devices import apply_status, desired_state, get_device
+from edgefleet.store.devices import apply_status, desired_state, get_device, stored_health
 from edgefleet.store.updates import record_update_events
 
 router = APIRouter(prefix="/api/v1", tags=["device"])
@@ -82,14 +82,18 @@ async def check_in(device: CurrentDevice, request: Request, query: Annotated[Che
     return JSONResponse({"version": found[0], "document": found[1]})
 
 
-def _store_report(conn: Connection, device_id: str, body: StatusReport, now: datetime) -> tuple[bool, int]:
-    """The report, and the A/B update events it brings that are new, in one transaction."""
+def _store_report(conn: Connection, device_id: str, body: StatusReport, now: datetime) -> tuple[bool, int, bool]:
+    """The report, and the A/B update events it brings that are new, in one transaction;
+    returns (accepted, stored seq, whether the device has just turned unhealthy)."""
+    # Read only for an unhealthy report (a healthy fleet sends none): the turn, not every
+    # report of an unhealthy device, wakes the rollout controller.
+    turned = body.health == "unhealthy" and stored_health(conn, device_id) != "unhealthy"
     accepted, seq = apply_status(conn, device_id, body.seq, body.model_dump(mode="json"), now,
                                  running_version=body.running_version, health=body.health,
                                  update_state=body.update_state)
     if accepted and body.update is not None and body.update.events:
         record_update_events(conn, device_id, [e.model_dump() for e in body.update.events], now)
-    return accepted, seq
+    return accepted, seq, accepted and turned
 
 
 @router.post("/devices/{device_id}/status")
@@ -98,9 +102,9 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     state = server_state(request)
     now = state.clock.now()
     state.presence.seen(device.id, now)
-    accepted, seq = await state.db.write(_store_report, device.id, body, now)
-    if accepted and body.update is not None and body.update.phase in ("rolled_back", "failed"):
-        state.rollouts.wake()  # a failed update may cross a rollout's failure threshold
+    accepted, seq, turned_unhealthy = await state.db.write(_store_report, device.id, body, now)
+    if turned_unhealthy or (accepted and body.update is not None and body.update.phase in ("rolled_back", "failed")):
+        state.rollouts.wake()  # a failed update or a device turning unhealthy may halt a rollout now
     if accepted and body.config is not None:
         await state.gitops.observe(device.id, body.config.model_dump(), body.desired_version_applied)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
