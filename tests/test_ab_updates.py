@@ -242,6 +242,10 @@ def test_the_release_downloads_before_the_install_window_and_the_slot_switches_o
         operator = world.plane.client(role=Role.OPERATOR)
         answer = await asyncio.to_thread(operator.put, url, json={"document": {"maintenance": {"install": [window]}}})
         assert answer.status_code == 200, answer.text
+        version = answer.json()["version"]
+        # The device knows its windows before it is told the release (an update check that
+        # came first would see no windows, which means always open).
+        await until(lambda: world.record(device).desired_version_applied == version, what="the windows")
         await asyncio.to_thread(world.assign, device, "2026.12.0")
         await until(lambda: world.record(device).update_state == "downloaded", what="the download")
         await asyncio.sleep(2.0)  # several update checks: none may install outside the window

@@ -4,16 +4,21 @@ its window: it waits, and reboots only when the window opens or the operator for
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgefleet.agent.abupdate import Action, Offer, UpdateRunner
+from edgefleet.agent.download import fetch_target, target_url
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.update_flow import Phase, UpdateJob
 from edgefleet.agent.windows import MaintenancePolicy, Schedule, Window
 from edgefleet.errors import InvalidRequest
+from edgefleet.releases.image import describe
+from tests.test_download_resume import FlakyRangeMirror
 
 
 def utc(*args: int) -> datetime:
@@ -76,15 +81,59 @@ class SteppedClock:
         return self.current.timestamp()
 
 
-def ready_to_install(tmp_path: Path, clock: SteppedClock, policy: MaintenancePolicy) -> tuple[UpdateRunner,
-                                                                                            VirtualDevice]:
-    device = VirtualDevice.create(tmp_path / "dev", hardware_id="hw", site="s", os_version="1.0", slot_bytes=65536)
+def ready_to_install(tmp_path: Path, clock: SteppedClock | TickingClock, policy: MaintenancePolicy,
+                     size: int = 65536) -> tuple[UpdateRunner, VirtualDevice]:
+    device = VirtualDevice.create(tmp_path / "dev", hardware_id="hw", site="s", os_version="1.0", slot_bytes=size)
     image = tmp_path / "2.0.img"
-    image.write_bytes(vimage.build("2.0", 2, size=65536))
+    image.write_bytes(vimage.build("2.0", 2, size=size))
     saved: list[UpdateJob] = []
     runner = UpdateRunner(device, clock, lambda job, failed: saved.append(job), policy=policy)
-    assert runner.offer(Offer("2.0", 2, hashlib.sha256(image.read_bytes()).hexdigest(), 65536), "1.0", False) is None
+    assert runner.offer(Offer("2.0", 2, hashlib.sha256(image.read_bytes()).hexdigest(), size), "1.0", False) is None
     return runner, device
+
+
+class TickingClock(SteppedClock):
+    """A second passes each time the device reads its clock (a download reads it per chunk)."""
+
+    def now(self) -> datetime:
+        self.current += timedelta(seconds=1)
+        return self.current
+
+
+def test_a_download_window_closing_mid_download_keeps_a_resumable_partial_and_writes_no_slot(
+        tmp_path: Path) -> None:
+    policy = MaintenancePolicy.parse({"download": [{"cron": "0 1 * * *", "timezone": "UTC", "duration_minutes": 60}]})
+    clock = TickingClock(utc(2026, 11, 27, 1, 59, 45))  # 15 s of the window left
+    runner, device = ready_to_install(tmp_path, clock, policy, size=4 << 20)
+    image = tmp_path / "2.0.img"
+    target = describe(image, "os/2/image.img")
+    downloads = tmp_path / "downloads"
+    partial = downloads / f"{target.hashes['sha256']}.partial"
+    mirror = FlakyRangeMirror(target_url("", target), image.read_bytes(), None)
+    stopped = threading.Event()  # the agent's own stop: never set here
+    fetched: list[int] = []
+    try:
+        with httpx.Client(timeout=10) as client:
+            def download() -> Path:
+                path, count = fetch_target(client, [mirror.url], target, downloads, runner.download_stop(stopped))
+                fetched.append(count)
+                return path
+
+            assert runner.step(download) is Action.WAIT  # the window closed after a few chunks
+            kept = partial.stat().st_size
+            assert 0 < kept < target.length
+            assert runner.job.phase is Phase.DOWNLOADING  # nothing is installed from a partial
+            assert (vimage.read_header(device.slot_image("b")) or {}).get("version") != "2.0"
+            assert runner.step(download) is Action.WAIT  # outside the window: no request at all
+            assert mirror.ranges == [None]
+            clock.current = utc(2026, 11, 28, 1, 0)  # the next night's window
+            assert runner.step(download) is Action.CONTINUE
+    finally:
+        mirror.close()
+    assert runner.job.phase is Phase.DOWNLOADED
+    assert mirror.ranges == [None, f"bytes={kept}-"]  # resumed where it stopped
+    assert fetched == [target.length - kept]  # nothing that had arrived was fetched twice
+    assert not partial.exists()
 
 
 def test_reboot_requested_outside_the_window_waits_for_it(tmp_path: Path) -> None:

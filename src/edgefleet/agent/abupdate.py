@@ -26,10 +26,11 @@ from edgefleet.agent.hardware.interfaces import ABSystem, SlotName
 from edgefleet.agent.health import HealthCheck, Probe, parse_checks, run_checks, verdict
 from edgefleet.agent.slotenv import SlotEnv
 from edgefleet.agent.update_flow import TRIAL, Phase, UpdateJob, after_start
-from edgefleet.agent.windows import MaintenancePolicy
+from edgefleet.agent.windows import MaintenancePolicy, WindowStop
 from edgefleet.clock import Clock
-from edgefleet.errors import EdgefleetError, InstallError, PersistError, UpdateRefused
+from edgefleet.errors import EdgefleetError, InstallError, PersistError, TransportError, UpdateRefused
 from edgefleet.protocol.v1 import ATTESTATION_ROLLBACK
+from edgefleet.util.stop import StopSignal
 
 log = logging.getLogger("edgefleet.agent.update")
 
@@ -176,7 +177,8 @@ class UpdateRunner:
         """One action of the current phase. ``download`` fetches and verifies the image
         (a Delivery says how: delta, index or full, and the bytes it saved).
 
-        Raises TransportError when the download cannot reach any mirror (retry later).
+        Raises TransportError when the download cannot reach any mirror (retry later). A
+        download its window ends (``download_stop``) keeps what arrived and waits.
         """
         phase = self.job.phase
         now = self.clock.now()
@@ -185,6 +187,11 @@ class UpdateRunner:
                 return Action.WAIT
             try:
                 got = download()
+            except TransportError:
+                if self.force_reboot or self.policy.download.is_open(self.clock.now()):
+                    raise
+                log.info("download of %s paused: its window closed; the next window resumes it", self.job.version)
+                return Action.WAIT
             except UpdateRefused as exc:
                 self._to(P.FAILED, f"download refused: {exc.message}")
                 return Action.WAIT
@@ -228,6 +235,12 @@ class UpdateRunner:
         if phase is P.REVERTING:
             return self._switch_back()
         return Action.WAIT
+
+    def download_stop(self, stopped: StopSignal) -> StopSignal:
+        """What ends a download early: ``stopped`` (the agent stops), and the download
+        window it begins in closing, unless the operator forced the update."""
+        closes = None if self.force_reboot else self.policy.download.closes_at(self.clock.now())
+        return stopped if closes is None else WindowStop(stopped, closes, self.clock)
 
     def attestation_result(self, passed: bool) -> Action:
         with self._lock:

@@ -464,7 +464,7 @@ class Agent:
                 running = None
                 if self.system is not None:
                     running = (self.system.slot_source(self.system.booted()), self.platform.os_version())
-                return updates.download(plan, self._stop_downloads, running=running)
+                return updates.download(plan, runner.download_stop(self._stop_downloads), running=running)
 
             action = await self._until_stopped(asyncio.to_thread(runner.step, download), halt)
             changed = changed or runner.job.seq != seq

@@ -35,6 +35,7 @@ from edgefleet.delta.pieces import Dictionary, check_dictionary, load_dictionary
 from edgefleet.errors import DeltaRefused, PersistError, TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
 from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.util.stop import StopSignal
 
 log = logging.getLogger("edgefleet.agent.delivery")
 
@@ -113,7 +114,7 @@ class Deliverer:
         self.client, self.mirrors, self.directory = client, mirrors, directory
 
     def deliver(self, image: TargetFile, published: Iterable[TargetFile], running: Running | None,
-                stop: threading.Event | None = None) -> Delivery:
+                stop: StopSignal | None = None) -> Delivery:
         """The verified image in ``downloads/``. Raises UpdateRefused (the full image does
         not verify), TransportError (retry later: it resumes), PersistError (the disk)."""
         stop = stop or threading.Event()
@@ -160,7 +161,7 @@ class Deliverer:
         return Delivery(final, method, downloaded, image.length)
 
     def _by_delta(self, image: TargetFile, targets: list[TargetFile], running: Running,
-                  stop: threading.Event) -> Delivery | None:
+                  stop: StopSignal) -> Delivery | None:
         assert running.target is not None
         base = running.target.hashes["sha256"]
         deltas = [t for t in targets if release_fields(t).get("kind") == "os-delta"
@@ -175,7 +176,7 @@ class Deliverer:
         return delivery
 
     def _by_index(self, image: TargetFile, targets: list[TargetFile], running: Running,
-                  stop: threading.Event) -> Delivery | None:
+                  stop: StopSignal) -> Delivery | None:
         assert running.target is not None
         indexes = [t for t in targets
                    if release_fields(t).get("kind") == "os-index" and release_fields(t).get("image") == image.path]

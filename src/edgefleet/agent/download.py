@@ -17,6 +17,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
 from edgefleet.errors import PersistError, TransportError, UpdateRefused
+from edgefleet.util.stop import StopSignal
 
 
 def target_url(base: str, target: TargetFile) -> str:
@@ -36,7 +37,7 @@ def verify_target(path: Path, target: TargetFile) -> None:
 
 
 def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, directory: Path,
-                 stop: threading.Event | None = None) -> tuple[Path, int]:
+                 stop: StopSignal | None = None) -> tuple[Path, int]:
     """Download ``target`` into ``directory``; returns (verified file, bytes fetched now).
 
     Raises:
@@ -73,7 +74,7 @@ def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, d
 
 
 def _transfer(client: httpx.Client, url: str, partial: Path, have: int, target: TargetFile,
-              stop: threading.Event) -> int:
+              stop: StopSignal) -> int:
     headers = {"range": f"bytes={have}-"} if have else {}
     written = 0
     with client.stream("GET", url, headers=headers) as response:

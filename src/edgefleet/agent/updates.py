@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
 from edgefleet.util.atomic import atomic_write_json, fsync_dir, fsync_file
+from edgefleet.util.stop import StopSignal
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -266,7 +266,7 @@ class UpdateClient:
                                 code="counter_rollback")
         return UpdatePlan(published, str(fields.get("version")), counter)
 
-    def download(self, plan: UpdatePlan, stop: threading.Event | None = None, *,
+    def download(self, plan: UpdatePlan, stop: StopSignal | None = None, *,
                  running: tuple[Path, str | None] | None = None) -> Delivery:
         """Fetch and verify the planned image, by delta or content index from ``running``
         (the active slot and the release it holds) where the repository offers one, in

@@ -18,7 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from edgefleet.clock import Clock
 from edgefleet.errors import InvalidRequest
+from edgefleet.util.stop import StopSignal
 
 MAX_DURATION = timedelta(days=7)
 
@@ -61,8 +63,12 @@ class Window:
         return None  # pragma: no cover - cronsim iterates forever
 
     def is_open(self, now: datetime) -> bool:
+        return self.closes_at(now) is not None
+
+    def closes_at(self, now: datetime) -> datetime | None:
+        """When the window open at ``now`` closes (None: it is not open)."""
         start = self.last_start(now)
-        return start is not None and now < start + self.duration
+        return start + self.duration if start is not None and now < start + self.duration else None
 
     def next_open(self, now: datetime) -> datetime:
         """``now`` when open, else when the window next opens."""
@@ -87,6 +93,24 @@ class Schedule:
 
     def next_open(self, now: datetime) -> datetime:
         return min((w.next_open(now) for w in self.windows), default=now)
+
+    def closes_at(self, now: datetime) -> datetime | None:
+        """When the open windows have all closed (None: no windows, always open; or none is
+        open now). A window that opens later is not counted: the caller looks again then."""
+        return max((c for w in self.windows if (c := w.closes_at(now)) is not None), default=None)
+
+
+@dataclass(frozen=True)
+class WindowStop:
+    """A download's stop signal: set when the agent stops (``stopped``), and once the window
+    it began in closes. What arrived by then is kept; the next window resumes it."""
+
+    stopped: StopSignal
+    closes: datetime
+    clock: Clock
+
+    def is_set(self) -> bool:
+        return self.stopped.is_set() or self.clock.now() >= self.closes
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from edgefleet.delta.index import Index, chunks, max_piece_bytes, piece_id
 from edgefleet.delta.pieces import Dictionary, decompressor, unpack_piece
 from edgefleet.errors import PersistError, TransportError
+from edgefleet.util.stop import StopSignal
 
 Fetch = Callable[[bytes, int], bytes]  # (piece id, most bytes it may have) -> compressed piece
 IN_FLIGHT = 8
@@ -57,7 +58,7 @@ def _write(fd: int, data: bytes, offsets: list[int]) -> None:
 
 
 def _seed(index: Index, fd: int, seed: Path, seed_length: int | None, wanted: dict[bytes, tuple[int, list[int]]],
-          result: Assembled, stop: threading.Event) -> None:
+          result: Assembled, stop: StopSignal) -> None:
     try:
         source = os.open(seed, os.O_RDONLY)
     except OSError:
@@ -79,7 +80,7 @@ def _seed(index: Index, fd: int, seed: Path, seed_length: int | None, wanted: di
 
 
 def _fetched(fetch: Fetch, todo: list[tuple[bytes, int, list[int]]], workers: int,
-             stop: threading.Event) -> Iterator[tuple[bytes, int, list[int], bytes]]:
+             stop: StopSignal) -> Iterator[tuple[bytes, int, list[int], bytes]]:
     """Each missing chunk with its piece, fetched ``workers`` at a time, in order."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piece") as pool:
         pending: list[tuple[bytes, int, list[int], Future[bytes]]] = []
@@ -101,7 +102,7 @@ def _fetched(fetch: Fetch, todo: list[tuple[bytes, int, list[int]]], workers: in
 
 
 def assemble(index: Index, out: Path, seeds: list[tuple[Path, int | None]], fetch: Fetch, *,
-             dictionary: Dictionary | None = None, stop: threading.Event | None = None,
+             dictionary: Dictionary | None = None, stop: StopSignal | None = None,
              workers: int = 4) -> Assembled:
     """Rebuild the image ``index`` describes at ``out``; seeds are (file, bytes to use),
     ``dictionary`` the one of the index's namespace.

@@ -28,6 +28,7 @@ import bsdiff4.core
 from edgefleet.delta import container
 from edgefleet.errors import DeltaRefused, PersistError, TransportError
 from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.util.stop import StopSignal
 
 MAGIC = b"EFDELTA1"
 BATCH_OUT = 4 << 20
@@ -135,7 +136,7 @@ class _Batch:
         return result
 
 
-def apply_delta(delta: Path, base: Path, out: Path, stop: threading.Event | None = None, *,
+def apply_delta(delta: Path, base: Path, out: Path, stop: StopSignal | None = None, *,
                 base_verified: bool = False) -> int:
     """Write the image ``delta`` makes from ``base`` to ``out``; returns its length.
 
@@ -167,7 +168,7 @@ def apply_delta(delta: Path, base: Path, out: Path, stop: threading.Event | None
 
 
 def _run(base: int, base_length: int, target_length: int, header: dict[str, object], control: container.Section,
-         diff: container.Section, extra: container.Section, out: Path, stop: threading.Event) -> int:
+         diff: container.Section, extra: container.Section, out: Path, stop: StopSignal) -> int:
     written, position = 0, 0
     digest = hashlib.sha256()
     try:
