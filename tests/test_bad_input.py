@@ -97,3 +97,60 @@ def test_unknown_route_and_wrong_method_get_typed_errors(fleet: Fleet) -> None:
     response = client.delete("/healthz")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+LONE_SURROGATE = b'"\\ud800"'  # a JSON escape that decodes to a string no response can encode
+
+
+@pytest.mark.parametrize("who", ["operator", "device"])
+def test_a_lone_surrogate_in_a_body_is_refused_before_any_write_and_everything_still_answers(
+    fleet: Fleet, who: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = fleet.enroll()
+    operator = fleet.client(role="operator")
+    json_headers = {"content-type": "application/json"}
+    if who == "operator":
+        url, body = f"/api/v1/admin/devices/{device.id}/desired", b'{"document": {"motd": ' + LONE_SURROGATE + b"}}"
+        client = operator
+    else:
+        url, body = f"/api/v1/devices/{device.id}/status", b'{"seq": 9, "details": {"note": ' + LONE_SURROGATE + b"}}"
+        client = device.client
+    before = fleet.rows()
+    with caplog.at_level(logging.WARNING, logger="edgefleet.server"):
+        response = client.request("PUT" if who == "operator" else "POST", url, content=body, headers=json_headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "surrogate" in response.json()["error"]["message"]
+    assert any("lone UTF-16 surrogate" in r.getMessage() for r in caplog.records)
+    assert fleet.rows() == before
+    assert operator.get(f"/api/v1/admin/devices/{device.id}").status_code == 200
+    assert device.client.get(f"/api/v1/devices/{device.id}/desired").status_code == 200
+
+
+def test_a_surrogate_pair_is_a_character_and_is_stored(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    operator = fleet.client(role="operator")
+    body = b'{"document": {"motd": "open \\ud83d\\ude00", "path": "C:\\\\ud800"}}'  # an emoji; an escaped backslash
+    answer = operator.put(f"/api/v1/admin/devices/{device.id}/desired", content=body,
+                          headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    checkin = device.client.get(f"/api/v1/devices/{device.id}/desired")
+    assert checkin.json()["document"] == {"motd": "open \U0001f600", "path": "C:\\ud800"}
+
+
+def test_integers_past_what_the_stores_hold_are_refused_with_422_not_500(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    viewer = fleet.client(role="viewer")
+    huge = 2**63  # one past SQLite's and PostgreSQL's 64-bit integers
+    for url, params in [("/api/v1/admin/devices", {"offset": huge}),
+                        (f"/api/v1/admin/devices/{device.id}/telemetry", {"after": huge})]:
+        assert viewer.get(url, params=params).status_code == 422, url
+        at_bound = viewer.get(url, params={next(iter(params)): 2**62})
+        assert at_bound.status_code in (200, 404), url  # answered (404: no telemetry stream yet), not a 500
+    before = fleet.rows()
+    for report in ({"seq": 5, "desired_version_applied": huge},
+                   {"seq": 5, "update": {"phase": "downloading", "release": "1", "delivery": {
+                       "method": "full", "downloaded_bytes": huge, "image_bytes": 1, "saved_bytes": 0}}}):
+        answer = device.client.post(f"/api/v1/devices/{device.id}/status", json=report)
+        assert answer.status_code == 422, answer.text
+    assert fleet.rows() == before

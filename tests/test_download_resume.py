@@ -153,3 +153,20 @@ def test_second_mirror_completes_what_the_first_started(
     assert second.ranges[0] is not None
     assert second.ranges[0].startswith("bytes=")
     assert first.sent + second.sent == len(content)
+
+
+@pytest.mark.parametrize("name", ["os/../../escape.img", "/etc/escape.img", "os/.hidden"])
+def test_a_signed_target_whose_name_leaves_the_download_directory_is_refused_before_any_request(
+    image: tuple[Path, bytes], tmp_path: Path, http_client: httpx.Client, name: str
+) -> None:
+    path, content = image
+    target = describe(path, name)
+    mirror = FlakyRangeMirror(target_url("", target), content, None)
+    try:
+        with pytest.raises(UpdateRefused) as refused:
+            fetch_target(http_client, [mirror.url], target, tmp_path / "downloads")
+    finally:
+        mirror.close()
+    assert refused.value.code == "unsafe_path"
+    assert mirror.ranges == []
+    assert not (tmp_path / "downloads").exists()

@@ -4,12 +4,14 @@ and devices verify what it serves with the real TUF client over HTTPS."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
 
 from edgefleet.agent.fetcher import MirrorFetcher, https_client
@@ -178,3 +180,32 @@ def test_repository_serves_byte_ranges_for_resumable_downloads(hosted, tmp_path:
     assert response.content == content[100:200]
     assert json.loads(fleet.client().get("/repository/metadata/timestamp.json").content)["signed"]["_type"] \
         == "timestamp"
+
+
+@pytest.mark.parametrize("name", ["os/../../../../{outside}/probe.txt", "os/.hidden", "os//probe.txt"])
+def test_signed_targets_naming_a_path_outside_the_repository_are_refused_and_nothing_is_placed(
+        hosted, tmp_path: Path, name: str) -> None:
+    fleet, workspace, keys = hosted
+    release(workspace, keys, tmp_path, "1.0", 1)
+    with admin(fleet) as client:
+        publish_workspace(workspace, client)
+    outside = tmp_path / "outside"
+    probe = tmp_path / "probe.txt"
+    probe.write_bytes(b"written where it should never be")
+    evil = name.format(outside=str(outside).lstrip("/"))
+    targets = workspace.image.targets()
+    targets.signed.targets[evil] = TargetFile.from_file(evil, str(probe))
+    targets.signed.version += 1
+    targets.signatures.clear()
+    workspace.image.write_targets(targets)
+    for signer in ("targets-1", "targets-2"):  # signed by the full targets threshold
+        workspace.sign_targets(keys.signer(signer))
+    repository = fleet.settings.data_dir / "repository"
+    with admin(fleet) as client:
+        client.put_blob(hashlib.sha256(probe.read_bytes()).hexdigest(), probe)
+        before = sorted(p.relative_to(repository) for p in repository.rglob("*"))
+        with pytest.raises(ServerRefused) as refused:
+            client.put_targets((workspace.image.metadata_dir / "targets.json").read_bytes())
+    assert (refused.value.status, refused.value.code) == (422, "unsafe_path")
+    assert not outside.exists()
+    assert sorted(p.relative_to(repository) for p in repository.rglob("*")) == before  # nothing placed or published

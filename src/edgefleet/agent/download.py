@@ -16,7 +16,8 @@ import httpx
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
-from edgefleet.errors import PersistError, TransportError, UpdateRefused
+from edgefleet.errors import InvalidRequest, PersistError, TransportError, UpdateRefused
+from edgefleet.util.paths import check_target
 from edgefleet.util.stop import StopSignal
 
 
@@ -41,11 +42,16 @@ def fetch_target(client: httpx.Client, mirrors: list[str], target: TargetFile, d
     """Download ``target`` into ``directory``; returns (verified file, bytes fetched now).
 
     Raises:
-        UpdateRefused: more bytes than signed, or bytes that do not match the hashes.
+        UpdateRefused: more bytes than signed, bytes that do not match the hashes, or a
+            target name that is not a plain relative path with a sha256.
         TransportError: no mirror could complete the transfer, or ``stop`` was set (what
             arrived is kept, and the next attempt resumes from it).
     """
     stop = stop or threading.Event()
+    try:  # signed, but a name that leaves ``directory`` is refused whoever signed it
+        check_target(target.path, target.hashes.get("sha256", ""))
+    except InvalidRequest as exc:
+        raise UpdateRefused(exc.message, code=exc.code) from exc
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / target.hashes["sha256"]
     if final.exists():

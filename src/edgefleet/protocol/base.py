@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+MAX_INT = 2**62  # the largest integer a request may carry: both stores hold it (64-bit signed)
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 ShortText = Annotated[str, StringConstraints(max_length=128)]
 

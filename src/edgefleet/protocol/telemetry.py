@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, ValidationError
 
 from edgefleet.errors import InvalidRequest
-from edgefleet.protocol.base import Strict
+from edgefleet.protocol.base import MAX_INT, Count, Strict
 
 MAX_RECORDS = 5000
 MAX_DECOMPRESSED = 4 << 20  # bytes a gzip batch may inflate to
-MAX_SEQ = 2**62
+MAX_SEQ = MAX_INT
 Kind = Literal["log", "metric", "event"]
 
 
@@ -45,7 +45,7 @@ class TelemetryBatch(Strict):
     (device, first and last seq) so a batch sent again is recognised."""
 
     batch_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-    dropped: Annotated[int, Field(ge=0)] = 0  # records the device's buffer dropped so far (cumulative)
+    dropped: Count = 0  # records the device's buffer dropped so far (cumulative)
     site: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None  # the device's own
     first_seq: Annotated[int, Field(ge=1, le=MAX_SEQ - MAX_RECORDS)]
     at_ms: Annotated[int, Field(ge=0, le=2**45)]  # the first record's time; its own dt_ms is 0

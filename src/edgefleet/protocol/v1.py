@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints
 
+from edgefleet.protocol.base import MAX_INT, Count
 from edgefleet.protocol.base import Name as Name
 from edgefleet.protocol.base import ShortText as ShortText
 from edgefleet.protocol.base import Strict as Strict
@@ -69,7 +70,7 @@ ATTESTATION_ROLLBACK = "attestation against the new release failed"
 class UpdateEvent(Strict):
     """One transition of a device's A/B update, numbered per device."""
 
-    seq: Annotated[int, Field(ge=1, le=2**62)]
+    seq: Annotated[int, Field(ge=1, le=MAX_INT)]
     phase: PhaseName
     at: datetime
     release: ShortText | None = None
@@ -80,9 +81,9 @@ class UpdateDelivery(Strict):
     """How the device got the image of its current update, and what that saved."""
 
     method: Literal["delta", "index", "full", "kept"]
-    downloaded_bytes: Annotated[int, Field(ge=0)]
-    image_bytes: Annotated[int, Field(ge=0)]
-    saved_bytes: Annotated[int, Field(ge=0)]
+    downloaded_bytes: Count
+    image_bytes: Count
+    saved_bytes: Count
 
 
 class UpdateReport(Strict):
@@ -116,12 +117,12 @@ class ConfigReport(Strict):
 
 
 class StatusReport(Strict):
-    seq: Annotated[int, Field(ge=1, le=2**62)]
+    seq: Annotated[int, Field(ge=1, le=MAX_INT)]
     running_version: ShortText | None = None
     health: Health = "unknown"
     health_findings: Annotated[list[HealthFinding], Field(max_length=32)] = []
     update_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] = "idle"
-    desired_version_applied: Annotated[int, Field(ge=0)] | None = None
+    desired_version_applied: Count | None = None
     details: Annotated[dict[Name, Any], Field(max_length=64)] = {}
     update: UpdateReport | None = None
     config: ConfigReport | None = None

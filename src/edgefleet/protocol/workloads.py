@@ -10,7 +10,7 @@ from typing import Annotated, Literal, TypeAlias
 
 from pydantic import Field, StringConstraints, model_validator
 
-from edgefleet.protocol.base import Name, ShortText, Strict
+from edgefleet.protocol.base import MAX_INT, Count, Name, ShortText, Strict
 
 TargetPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
@@ -20,7 +20,7 @@ Marker = Annotated[str, StringConstraints(min_length=4, max_length=64)]  # a hea
 
 class Limits(Strict):
     memory_mib: Annotated[int, Field(ge=1, le=65536)] = 64  # linear memory, all of the module's
-    fuel: Annotated[int, Field(ge=1)] | None = None  # instructions (wasmtime fuel) per run
+    fuel: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None  # instructions (wasmtime fuel) per run
     wall_seconds: Annotated[float, Field(gt=0, le=31 * 86400)] | None = None  # per run
 
 
@@ -133,9 +133,9 @@ class WorkloadStatus(Strict):
     targets: list[str]
     sha256: str | None  # of the bytes that run: one artifact's sha256, or that of several's in order
     state: State
-    restarts: int = 0
+    restarts: Count = 0
     last_exit: Reason | None = None
-    exit_code: int | None = None
+    exit_code: Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] | None = None
     detail: Annotated[str, StringConstraints(max_length=1000)] | None = None  # why it last stopped, or was refused
     output: Annotated[list[Annotated[str, StringConstraints(max_length=OUTPUT_WIDTH)]],
                       Field(max_length=OUTPUT_LINES)] = []  # its last lines of stdout and stderr

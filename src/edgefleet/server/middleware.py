@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,21 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
     })
     await send({"type": "http.response.body", "body": body})
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app behind a middleware that read the whole body: the body in one
+    message, then the client's own messages (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class BodyLimit:
@@ -75,17 +91,61 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        await self.app(scope, _replaying(b"".join(chunks), receive), send)
+
+
+# JSON can carry a UTF-16 surrogate as an escape (\\ud800), which decodes to a Python string
+# that cannot be encoded again: stored, it would break every response that carries it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
+
+
+class EncodableJson:
+    """Refuse (422, before any handler) a JSON body with a string no response could carry:
+    a lone surrogate escape. A pair that encodes a character (an emoji) passes. Bodies are
+    bounded by ``BodyLimit`` outside this; only bodies that hold a surrogate escape are
+    decoded here."""
+
+    def __init__(self, app: ASGIApp, exempt: Callable[[str], bool] = lambda path: False) -> None:
+        self.app = app
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or self.exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
         body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        if _SURROGATE_ESCAPE.search(body) is not None:
+            try:
+                fine = _encodable(json.loads(body))
+            except ValueError:
+                fine = True  # not JSON: the handler refuses it with its own reason
+            if not fine:
+                log.warning("refused %s %s: a string holds a lone UTF-16 surrogate", scope["method"], scope["path"])
+                await _send_error(send, 422, "invalid_request", "a string in the body holds a lone UTF-16 surrogate")
+                return
+        await self.app(scope, _replaying(body, receive), send)
 
 
 class RequestMetrics:

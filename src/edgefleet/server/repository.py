@@ -52,6 +52,7 @@ from edgefleet.releases.metadata import EXPIRY, require_root_rotation, require_t
 from edgefleet.releases.online import publish_online
 from edgefleet.releases.repository import RepositoryDir
 from edgefleet.util.atomic import atomic_write_bytes, fsync_dir
+from edgefleet.util.paths import check_target, contained
 
 log = logging.getLogger("edgefleet.server")
 
@@ -308,8 +309,10 @@ class RepositoryService:
                            code="targets_rollback")
         if new.signed.expires <= self.clock.now():
             raise InvalidRequest("targets metadata has already expired", code="expired_metadata")
+        for target in new.signed.targets.values():  # every name first: nothing is placed if one is unsafe
+            check_target(target.path, target.hashes.get("sha256", ""))
         for target in new.signed.targets.values():
-            self._place_target(target.path, target.hashes.get("sha256", ""), target.length)
+            self._place_target(target.path, target.hashes["sha256"], target.length)
         self.image.write_targets(new)
         version = self.publish()
         log.info("published targets version %d (%d targets)", new.signed.version, len(new.signed.targets))
@@ -317,7 +320,7 @@ class RepositoryService:
 
     def _place_target(self, path: str, sha256: str, length: int) -> None:
         directory, _, name = path.rpartition("/")
-        destination = self.image.targets_dir / directory / f"{sha256}.{name}"
+        destination = contained(self.image.targets_dir, *filter(None, [directory, f"{sha256}.{name}"]))
         if destination.exists():
             return
         blob = self.blobs / sha256

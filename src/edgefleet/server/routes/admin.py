@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from edgefleet.credentials import TokenKind, new_token
 from edgefleet.errors import NotFound
+from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
     AssignmentView,
     AssignRelease,
@@ -47,7 +48,7 @@ async def devices(
     request: Request,
     site: Name | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> DeviceList:
     """List devices, by site then id."""
     state = server_state(request)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
+from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import DesiredState, DeviceView, EnrollRequest, EnrollResponse, StatusAck, StatusReport
 from edgefleet.server.auth import CurrentDevice, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
@@ -27,7 +28,7 @@ class CheckIn(BaseModel):
     """A check-in's query."""
 
     model_config = ConfigDict(extra="ignore")
-    known: int = Field(-1, ge=-1, le=2**62, description="desired version the device already has")
+    known: int = Field(-1, ge=-1, le=MAX_INT, description="desired version the device already has")
     wait: float = Field(0, ge=0, le=3600, description="long-poll up to this many seconds")
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from edgefleet.errors import NotFound
+from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.telemetry import TelemetryAck, TelemetryPage, TelemetryRecord, parse_batch
 from edgefleet.server.auth import CurrentDevice, Viewer
 from edgefleet.server.state import server_state
@@ -33,7 +34,7 @@ async def ship(device: CurrentDevice, request: Request) -> TelemetryAck:
 
 @router.get("/admin/devices/{device_id}/telemetry")
 async def read(_: Viewer, request: Request, device_id: Annotated[str, Path(max_length=64)],
-               after: Annotated[int, Query(ge=0)] = 0,
+               after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> TelemetryPage:
     """A device's stored records after ``after``, in order."""
     state = server_state(request)
