@@ -102,6 +102,12 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
     assert record["attestation"]["passed"] is True
     assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
+    # Releasing a device that is not quarantined (a mistaken click) takes nothing from it.
+    released = plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
+    assert released.status_code == 204
+    assert plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()["attestation"] == \
+        record["attestation"]
+    assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
 
 
 def test_a_verdict_updates_this_servers_cache_of_the_device_and_the_change_feed_leaves_it(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -154,3 +155,24 @@ def test_integers_past_what_the_stores_hold_are_refused_with_422_not_500(fleet: 
         answer = device.client.post(f"/api/v1/devices/{device.id}/status", json=report)
         assert answer.status_code == 422, answer.text
     assert fleet.rows() == before
+
+
+def test_every_route_refuses_an_oversized_body_without_credentials_before_reading_it(fleet: Fleet) -> None:
+    """Every route that takes a body, from the OpenAPI document: 1 MiB and no credentials
+    answers 401 (credentials first) or 413 (the global limit), never a parse of the body.
+    (Enrollment is the one route without credentials: the global limit bounds it.)"""
+    anonymous = fleet.client()
+    paths = anonymous.get("/openapi.json").json()["paths"]
+    # 1 MiB that does not parse: a route that parsed before checking credentials answers 422.
+    body = b'{"ids": [' + b",".join([b'"' + b"0" * 32 + b'"'] * 31_000) + b"]} and more"
+    tried = []
+    for path, methods in paths.items():
+        for method in methods:
+            if method.upper() not in ("POST", "PUT", "PATCH"):
+                continue
+            url = re.sub(r"\{[^}]+\}", "x" * 8, path.replace("{namespace}", "raw").replace("{sha256}", "a" * 64))
+            answer = anonymous.request(method.upper(), url, content=body, headers={"content-type": "application/json"})
+            tried.append((method, path))
+            assert answer.status_code in (401, 413), (method, path, answer.status_code, answer.text[:200])
+    assert ("post", "/api/v1/admin/repository/pieces/{namespace}/missing") in tried
+    assert len(tried) > 20

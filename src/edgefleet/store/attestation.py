@@ -129,5 +129,8 @@ async def identity_by_ek(conn: AsyncConnection, ek_public: bytes) -> Attestation
 
 
 async def release_quarantine(conn: AsyncConnection, device_id: str) -> None:
-    await conn.execute(update(AttestationStatus).where(AttestationStatus.device_id == device_id)
+    """A quarantined device may attest again (it must: its failed verdict stays failed). A
+    device that is not quarantined keeps its verdict: releasing it changes nothing."""
+    await conn.execute(update(AttestationStatus)
+                       .where(AttestationStatus.device_id == device_id, AttestationStatus.quarantined.is_(True))
                        .values(quarantined=False, passed=False))

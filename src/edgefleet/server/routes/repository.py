@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from edgefleet.delta.index import MAX_DICTIONARY
 from edgefleet.server.auth import Admin, Operator, Viewer
-from edgefleet.server.bodies import bounded_body
+from edgefleet.server.bodies import bounded_body, bounded_model
 from edgefleet.server.state import server_state
 
 router = APIRouter(prefix="/api/v1/admin/repository", tags=["releases"])
@@ -45,18 +45,26 @@ async def put_blob(_: Operator, sha256: Sha256, request: Request) -> dict[str, i
     return {"length": await server_state(request).repository.store_blob(sha256, request.stream())}
 
 
+MAX_PIECE_IDS = 65_536  # a publisher asks 8,192 at a time (releases/publish.py)
+MAX_PIECE_IDS_BODY = MAX_PIECE_IDS * 36 + 64
+
+
 class PieceIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]], Field(max_length=1_000_000)]
+    ids: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]], Field(max_length=MAX_PIECE_IDS)]
 
 
 Namespace = Annotated[str, Path(pattern=r"^(raw|[0-9a-f]{32})$")]
 
 
-@router.post("/pieces/{namespace}/missing")
-async def missing_pieces(_: Operator, namespace: Namespace, body: PieceIds, request: Request) -> dict[str, object]:
+@router.post("/pieces/{namespace}/missing", openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": PieceIds.model_json_schema()}}}})
+async def missing_pieces(_: Operator, namespace: Namespace, request: Request) -> dict[str, object]:
     """Which of these content-index pieces the repository lacks, and whether it has the
     namespace's dictionary (a publisher uploads only what is missing)."""
+    # Read here, bounded, after the credentials: a body FastAPI parsed for us would be read
+    # in full before them (this route is past the global body limit).
+    body = await bounded_model(request, PieceIds, MAX_PIECE_IDS_BODY)
     service = server_state(request).repository
     missing = await asyncio.to_thread(service.missing_pieces, namespace, body.ids)
     return {"missing": missing, "dictionary": namespace == "raw" or service.has_dictionary(namespace)}
