@@ -19,7 +19,8 @@ def test_device_enrolls_and_receives_a_certificate_naming_it_signed_by_the_fleet
     ca = x509.load_pem_x509_certificate(fleet.settings.pki.ca_cert.read_bytes())
     cert.verify_directly_issued_by(ca)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:edgefleet:device:{answer['device_id']}"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [  # who it is, and where (signed)
+        f"urn:edgefleet:device:{answer['device_id']}", "urn:edgefleet:site:store-7"]
     record = fleet.client(role="viewer").get(f"/api/v1/admin/devices/{answer['device_id']}").json()
     # The operator's labels on the token win over what the device says about itself.
     assert record["labels"] == {"ring": "canary", "model": "nuc"}

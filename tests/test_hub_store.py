@@ -31,9 +31,9 @@ def hub(tmp_path: Path, **overrides: object) -> Hub:
 
 def test_a_batch_sent_twice_is_stored_once_and_a_stale_one_adds_nothing(tmp_path: Path) -> None:
     store = HubStore(tmp_path / "hub.db")
-    assert store.ingest("dev-1", batch(1, [1, 2, 3]), now=100.0) == 3
-    assert store.ingest("dev-1", batch(1, [1, 2, 3]), now=101.0) == 3
-    assert store.ingest("dev-1", batch(2, [2, 3, 4]), now=102.0) == 4  # overlaps: only seq 4 is new
+    assert store.ingest("dev-1", "store-a", batch(1, [1, 2, 3]), now=100.0) == 3
+    assert store.ingest("dev-1", "store-a", batch(1, [1, 2, 3]), now=101.0) == 3
+    assert store.ingest("dev-1", "store-a", batch(2, [2, 3, 4]), now=102.0) == 4  # overlaps: only seq 4 is new
     assert [r.seq for r in store.device_records("dev-1")] == [1, 2, 3, 4]
     assert [r.body["value"] for r in store.device_records("dev-1")] == [1, 2, 3, 4]
     store.close()
@@ -42,8 +42,8 @@ def test_a_batch_sent_twice_is_stored_once_and_a_stale_one_adds_nothing(tmp_path
 def test_each_metric_record_joins_one_summary_across_restarts_and_raw_records_wait_for_every_follower(
         tmp_path: Path) -> None:
     first = hub(tmp_path, raw_retention_seconds=60, loki_url="http://127.0.0.1:1")
-    first.store.ingest("dev-1", batch(1, [float(v) for v in range(1, 101)]), now=1000.0)
-    first.store.ingest("dev-2", batch(1, [7.0, 9.0], site="store-b"), now=1000.0)
+    first.store.ingest("dev-1", "store-a", batch(1, [float(v) for v in range(1, 101)]), now=1000.0)
+    first.store.ingest("dev-2", "store-b", batch(1, [7.0, 9.0], site="store-b"), now=1000.0)
     assert first.prune_once(now=5000.0) == 0  # nothing summarised or exported yet: all kept
     assert first.summarise_once(now=1001.0) == 102
     assert first.summarise_once(now=1002.0) == 0  # nothing new: no second summary
@@ -56,7 +56,7 @@ def test_each_metric_record_joins_one_summary_across_restarts_and_raw_records_wa
     assert (summaries["store-a"]["min"], summaries["store-a"]["max"], summaries["store-a"]["sum"]) == (1, 100, 5050)
     assert summaries["store-a"]["quantiles"] == {"0.5": 50.0, "0.9": 90.0, "0.99": 99.0}
     assert summaries["store-b"]["count"] == 2
-    first.store.ingest("dev-1", batch(101, [500.0]), now=6000.0)
+    first.store.ingest("dev-1", "store-a", batch(101, [500.0]), now=6000.0)
     mark = first.upstream.mark(SUMMARISED)
     first.store.close()
     first.upstream.close()

@@ -11,12 +11,14 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgefleet.agent.transport import HttpsTransport
@@ -183,3 +185,31 @@ def test_a_hub_killed_mid_stream_loses_nothing_and_its_site_keeps_buffering_mean
     lines = [json.loads(line) for log in hub.logs for line in log.read_text().splitlines()
              if line.startswith("{")]
     assert any(line["logger"] == "edgefleet.hub" and "enrolled upstream" in line["message"] for line in lines)
+
+
+def test_the_hub_files_a_devices_records_under_the_site_its_certificate_names_and_refuses_another(
+        plane: Fleet, tmp_path: Path) -> None:
+    hub = HubProcess(plane, tmp_path / "hub")
+    berlin = plane.enroll(site="store-berlin")
+    hub.start()
+    try:
+        context = ssl.create_default_context(cafile=str(plane.settings.pki.ca_cert))
+        context.load_cert_chain(str(berlin.directory / "cert.pem"), str(berlin.directory / "key.pem"))
+        with httpx.Client(base_url=hub.url, verify=context, timeout=10) as client:
+            def ship(site: str, first: int) -> httpx.Response:
+                return client.post(f"/api/v1/devices/{berlin.id}/telemetry", json={
+                    "batch_id": f"{berlin.id}:{first}", "first_seq": first, "at_ms": 1_795_000_000_000, "site": site,
+                    "records": [{"kind": "metric", "dt_ms": 0, "body": {"name": "edge_temp_celsius", "value": 99}}]})
+
+            forged = ship("factory-lyon", 1)  # a device of store-berlin speaking for another site
+            assert (forged.status_code, forged.json()["error"]["code"]) == (403, "wrong_site")
+            assert ship("store-berlin", 1).status_code == 200
+            metrics = client.get("/metrics").text
+        assert 'edgefleet_hub_refused_batches_total{reason="wrong_site"} 1.0' in metrics
+    finally:
+        hub.stop()
+    store = HubStore(tmp_path / "hub" / "data" / "hub.db")
+    try:
+        assert [(r.seq, r.site) for r in store.device_records(berlin.id)] == [(1, "store-berlin")]
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ from edgefleet.errors import InvalidRequest, Unauthenticated
 
 MAX_CSR_BYTES = 8192
 DEVICE_URI_PREFIX = "urn:edgefleet:device:"
+SITE_URI_PREFIX = "urn:edgefleet:site:"  # the site the device enrolled at, as the CA signed it
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DeviceCertificate:
     device_id: str
     serial: str  # lower-case hex, as stored in the devices table
     not_after: datetime
+    site: str | None = None  # None in a certificate issued before sites were signed into it
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -172,9 +174,10 @@ def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
 
 
 def issue_device_certificate(
-    ca: IssuedCertificate, csr_pem: str, device_id: str, now: datetime, days: int
+    ca: IssuedCertificate, csr_pem: str, device_id: str, now: datetime, days: int, site: str | None = None
 ) -> tuple[bytes, DeviceCertificate]:
-    """Sign a device's CSR. The subject is ours (CN and URI SAN = device id), not the CSR's.
+    """Sign a device's CSR. The subject is ours (CN and URI SAN = device id; a second URI
+    SAN names its ``site``, which hubs take from it), not the CSR's.
 
     Raises:
         InvalidRequest: the CSR is malformed, oversized, badly signed or uses a weak key.
@@ -187,13 +190,14 @@ def issue_device_certificate(
     cert = (
         _leaf_builder(ca_cert, subject, public_key, now, days, ExtendedKeyUsageOID.CLIENT_AUTH)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)]),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)]
+                                        + ([x509.UniformResourceIdentifier(SITE_URI_PREFIX + site)] if site else [])),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
     return _cert_pem(cert), DeviceCertificate(
-        device_id=device_id, serial=format(cert.serial_number, "x"), not_after=cert.not_valid_after_utc
+        device_id=device_id, serial=format(cert.serial_number, "x"), not_after=cert.not_valid_after_utc, site=site
     )
 
 
@@ -202,13 +206,16 @@ def _identity(cert: x509.Certificate) -> DeviceCertificate:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise Unauthenticated("certificate names no device", code="bad_client_cert") from exc
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(DEVICE_URI_PREFIX)]
-    if len(uris) != 1:
+    named = san.get_values_for_type(x509.UniformResourceIdentifier)
+    uris = [u for u in named if u.startswith(DEVICE_URI_PREFIX)]
+    sites = [u for u in named if u.startswith(SITE_URI_PREFIX)]
+    if len(uris) != 1 or len(sites) > 1:
         raise Unauthenticated("certificate names no device", code="bad_client_cert")
     return DeviceCertificate(
         device_id=uris[0][len(DEVICE_URI_PREFIX):],
         serial=format(cert.serial_number, "x"),
         not_after=cert.not_valid_after_utc,
+        site=sites[0][len(SITE_URI_PREFIX):] if sites else None,
     )
 
 

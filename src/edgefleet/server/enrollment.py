@@ -39,8 +39,8 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
         state.metrics.enrollments.labels("refused").inc()
         raise
     device_id = new_device_id()
-    cert_pem, cert = issue_device_certificate(
-        state.ca, request.csr_pem, device_id, now, state.settings.device_cert_days
+    cert_pem, cert = issue_device_certificate(  # the site is checked against the token's below
+        state.ca, request.csr_pem, device_id, now, state.settings.device_cert_days, site=request.inventory.site
     )
     inventory = request.inventory
     try:

@@ -85,6 +85,7 @@ class Hub:
         self.store = HubStore(data / "hub.db")
         self.upstream = open_buffer(data / "upstream.db", settings.upstream_max_bytes)
         self.received = 0
+        self.refused: dict[str, int] = {}  # device batches refused since start, by reason
         self.rejected: dict[str, int] = {}
         self.device_id: str | None = None
         self.shipper: Shipper | None = None

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from edgefleet.errors import ConfigError, EdgefleetError, Forbidden, Unauthenticated
 from edgefleet.localpage import create_local_app, read_credential
-from edgefleet.pki import device_identity_from_pem
+from edgefleet.pki import DeviceCertificate, device_identity_from_pem
 from edgefleet.protocol.telemetry import TelemetryAck, parse_batch
 from edgefleet.server.errors import error_response, status_for
 from edgefleet.server.middleware import BodyLimit
@@ -64,6 +64,11 @@ class HubCollector(Collector):
                                 value=len(self.hub.store.streams()))
         yield GaugeMetricFamily("edgefleet_hub_raw_records", "Raw records kept for local diagnosis",
                                 value=self.hub.store.count())
+        refused = CounterMetricFamily("edgefleet_hub_refused_batches", "Device batches refused, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(self.hub.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
         rejected = CounterMetricFamily("edgefleet_hub_export_rejected_records",
                                        "Records an exporter's receiver refused (skipped)", labels=["exporter"])
         for name in self.hub.exporters():
@@ -78,13 +83,14 @@ class HubCollector(Collector):
             yield requests
 
 
-def _device(request: Request, device_id: str) -> None:
+def _device(request: Request, device_id: str) -> DeviceCertificate:
     tls = request.scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_chain"):
         raise Unauthenticated("client certificate required", code="client_cert_required")
     identity = device_identity_from_pem(tls["client_cert_chain"][0])  # TLS verified it against the fleet CA
     if identity.device_id != device_id:
         raise Forbidden(f"certificate of {identity.device_id} cannot ship for {device_id}", code="wrong_device")
+    return identity
 
 
 def create_hub_app(hub: Hub) -> FastAPI:
@@ -108,9 +114,13 @@ def create_hub_app(hub: Hub) -> FastAPI:
     @app.post("/api/v1/devices/{device_id}/telemetry")
     async def ship(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
                    ) -> TelemetryAck:
-        _device(request, device_id)
+        identity = _device(request, device_id)
         batch = parse_batch(await request.body(), request.headers.get("content-encoding", ""))
-        through = await asyncio.to_thread(hub.store.ingest, device_id, batch, time.time())
+        if batch.site is not None and batch.site != identity.site:  # its certificate says where it is
+            hub.refused["wrong_site"] = hub.refused.get("wrong_site", 0) + 1
+            raise Forbidden(f"{device_id} enrolled at {identity.site or 'a site its certificate does not name'} "
+                            f"cannot ship as {batch.site}", code="wrong_site")
+        through = await asyncio.to_thread(hub.store.ingest, device_id, identity.site, batch, time.time())
         hub.received += len(batch.records)
         return TelemetryAck(stored_through=through)
 

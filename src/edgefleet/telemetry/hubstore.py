@@ -65,23 +65,24 @@ class HubStore:
     def close(self) -> None:
         self._file.close()
 
-    def ingest(self, device_id: str, batch: TelemetryBatch, now: float) -> int:
+    def ingest(self, device_id: str, site: str | None, batch: TelemetryBatch, now: float) -> int:
         """Store the batch's records above what is stored already (a batch sent again adds
-        nothing), in one transaction; returns how far this device's records are stored."""
+        nothing), in one transaction, under ``site`` (the one its certificate names, never the
+        batch's word); returns how far this device's records are stored."""
         with self._file.transaction("ingest") as db:
             row = db.execute("SELECT stored_through FROM streams WHERE device_id = ?", (device_id,)).fetchone()
             through = 0 if row is None else int(row[0])
             fresh = [r for r in batch.rows() if r["seq"] > through]
             db.executemany("INSERT INTO raw (device_id, site, seq, kind, at, body, received_at) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(device_id, batch.site, r["seq"], r["kind"], r["at"].timestamp(), r["body"], now)
+                           [(device_id, site, r["seq"], r["kind"], r["at"].timestamp(), r["body"], now)
                             for r in fresh])
             new_through = max(through, batch.last_seq)
             db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(device_id) DO UPDATE SET "
                        "site = coalesce(excluded.site, site), stored_through = excluded.stored_through, "
                        "dropped = max(dropped, excluded.dropped), batches = batches + 1, "
                        "updated_at = excluded.updated_at",
-                       (device_id, batch.site, new_through, batch.dropped, now))
+                       (device_id, site, new_through, batch.dropped, now))
         return new_through
 
     @staticmethod
