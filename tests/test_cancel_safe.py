@@ -1,5 +1,5 @@
-"""A request cancelled during its TLS handshake (the agent stopping for a reboot) leaves
-no socket open behind it."""
+"""A request cancelled during its TLS handshake, or its connect cancelled just as it
+succeeds (the agent stopping for a reboot), leaves no socket open behind it."""
 
 from __future__ import annotations
 
@@ -10,66 +10,75 @@ import ssl
 import threading
 import typing
 import warnings
+from collections.abc import Callable, Coroutine, Iterator
 
 import httpcore
 import httpx
+import pytest
 
 from edgefleet.util.cancelsafe import CancelSafeBackend, cancel_safe_transport
 
 
-def _accepting() -> tuple[socket.socket, list[socket.socket], threading.Event, threading.Event, threading.Thread]:
-    """A peer that accepts connections and never answers on them."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    done, connected = threading.Event(), threading.Event()
+class SilentPeer:
+    """Accepts connections and never answers on them."""
 
-    def accept() -> None:  # a peer that accepts and never answers the handshake
-        while not done.is_set():
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.connected, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._done.is_set():
             try:
-                listener.settimeout(0.2)
-                accepted.append(listener.accept()[0])
-                connected.set()
+                self.listener.settimeout(0.2)
+                self.accepted.append(self.listener.accept()[0])
+                self.connected.set()
             except TimeoutError:
                 continue
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    return listener, accepted, done, connected, thread
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self.listener.close()
+        for peer in self.accepted:
+            peer.close()
 
 
-def _assert_closed_by_the_client(accepted: list[socket.socket]) -> None:
-    assert accepted
-    for peer in accepted:  # the client closed its end: the peer reads end of file
-        peer.settimeout(2)
-        while peer.recv(4096):
+@pytest.fixture
+def peer() -> Iterator[SilentPeer]:
+    silent = SilentPeer()
+    yield silent
+    silent.close()
+
+
+def run_and_expect_every_socket_closed(peer: SilentPeer, scenario: Callable[[], Coroutine[None, None, None]]) -> None:
+    """Run ``scenario`` with a ResourceWarning (a socket left to the garbage collector) as an
+    error, then check the client closed its end of every connection the peer accepted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        asyncio.run(scenario())
+        gc.collect()
+    assert peer.accepted
+    for accepted in peer.accepted:  # the peer reads end of file
+        accepted.settimeout(2)
+        while accepted.recv(4096):
             pass
 
 
-def test_a_request_cancelled_during_the_tls_handshake_closes_its_socket() -> None:
-    listener, accepted, done, connected, thread = _accepting()
-    port = listener.getsockname()[1]
-
+def test_a_request_cancelled_during_the_tls_handshake_closes_its_socket(peer: SilentPeer) -> None:
     async def scenario() -> None:
         transport = cancel_safe_transport(verify=ssl.create_default_context())
         async with httpx.AsyncClient(transport=transport) as client:
-            request = asyncio.create_task(client.get(f"https://127.0.0.1:{port}/"))
-            assert await asyncio.to_thread(connected.wait, 5)
+            request = asyncio.create_task(client.get(f"https://127.0.0.1:{peer.port}/"))
+            assert await asyncio.to_thread(peer.connected.wait, 5)
             await asyncio.sleep(0.1)  # inside the handshake now
             request.cancel()
             await asyncio.gather(request, return_exceptions=True)
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ResourceWarning)
-            asyncio.run(scenario())
-            gc.collect()
-        _assert_closed_by_the_client(accepted)
-    finally:
-        done.set()
-        thread.join()
-        listener.close()
-        for peer in accepted:
-            peer.close()
+    run_and_expect_every_socket_closed(peer, scenario)
 
 
 class _ConnectsThenWaits(httpcore.AsyncNetworkBackend):
@@ -90,28 +99,14 @@ class _ConnectsThenWaits(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-def test_a_connect_cancelled_as_it_succeeds_closes_its_socket() -> None:
-    listener, accepted, done, _, thread = _accepting()
-    port = listener.getsockname()[1]
-
+def test_a_connect_cancelled_as_it_succeeds_closes_its_socket(peer: SilentPeer) -> None:
     async def scenario() -> None:
         connected = asyncio.Event()
         backend = CancelSafeBackend(_ConnectsThenWaits(connected))
-        attempt = asyncio.create_task(backend.connect_tcp("127.0.0.1", port, timeout=5))
+        attempt = asyncio.create_task(backend.connect_tcp("127.0.0.1", peer.port, timeout=5))
         await connected.wait()
         attempt.cancel()
         assert (await asyncio.gather(attempt, return_exceptions=True))[0].__class__ is asyncio.CancelledError
         await asyncio.sleep(0.5)  # the connect ends by itself, and closes what nobody uses
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ResourceWarning)
-            asyncio.run(scenario())
-            gc.collect()
-        _assert_closed_by_the_client(accepted)
-    finally:
-        done.set()
-        thread.join()
-        listener.close()
-        for peer in accepted:
-            peer.close()
+    run_and_expect_every_socket_closed(peer, scenario)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tuf.api.metadata import TargetFile
 
 from edgefleet.agent.download import fetch_target, target_url
 from edgefleet.errors import TransportError, UpdateRefused
@@ -104,6 +105,19 @@ def test_download_cut_at_a_random_point_resumes_without_refetching(
     assert mirror.sent == cut_at + (len(content) - kept)  # nothing that had arrived was sent twice
 
 
+def refused_fetch(http_client: httpx.Client, target: TargetFile, served: bytes, downloads: Path
+                  ) -> tuple[str, list[str | None]]:
+    """Fetch ``target`` from a mirror serving ``served``, which must be refused: returns the
+    refusal's code and the ranges the mirror was asked for."""
+    mirror = FlakyRangeMirror(target_url("", target), served, None)
+    try:
+        with pytest.raises(UpdateRefused) as refused:
+            fetch_target(http_client, [mirror.url], target, downloads)
+    finally:
+        mirror.close()
+    return refused.value.code, mirror.ranges
+
+
 def test_resumed_download_with_corrupt_kept_bytes_is_refused_and_discarded(
     image: tuple[Path, bytes], tmp_path: Path, http_client: httpx.Client
 ) -> None:
@@ -112,13 +126,8 @@ def test_resumed_download_with_corrupt_kept_bytes_is_refused_and_discarded(
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     (downloads / f"{target.hashes['sha256']}.partial").write_bytes(b"X" * 1000)  # tampered on disk
-    mirror = FlakyRangeMirror(target_url("", target), content, None)
-    try:
-        with pytest.raises(UpdateRefused) as refused:
-            fetch_target(http_client, [mirror.url], target, downloads)
-    finally:
-        mirror.close()
-    assert refused.value.code == "hash_mismatch"
+    code, _ = refused_fetch(http_client, target, content, downloads)
+    assert code == "hash_mismatch"
     assert list(downloads.iterdir()) == []
 
 
@@ -127,13 +136,8 @@ def test_mirror_sending_more_than_the_signed_length_is_refused(
 ) -> None:
     path, content = image
     target = describe(path, "os/1/image.erofs")
-    mirror = FlakyRangeMirror(target_url("", target), content + b"\0" * 4096, None)
-    try:
-        with pytest.raises(UpdateRefused) as refused:
-            fetch_target(http_client, [mirror.url], target, tmp_path / "downloads")
-    finally:
-        mirror.close()
-    assert refused.value.code == "target_too_long"
+    code, _ = refused_fetch(http_client, target, content + b"\0" * 4096, tmp_path / "downloads")
+    assert code == "target_too_long"
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
@@ -160,13 +164,5 @@ def test_a_signed_target_whose_name_leaves_the_download_directory_is_refused_bef
     image: tuple[Path, bytes], tmp_path: Path, http_client: httpx.Client, name: str
 ) -> None:
     path, content = image
-    target = describe(path, name)
-    mirror = FlakyRangeMirror(target_url("", target), content, None)
-    try:
-        with pytest.raises(UpdateRefused) as refused:
-            fetch_target(http_client, [mirror.url], target, tmp_path / "downloads")
-    finally:
-        mirror.close()
-    assert refused.value.code == "unsafe_path"
-    assert mirror.ranges == []
+    assert refused_fetch(http_client, describe(path, name), content, tmp_path / "downloads") == ("unsafe_path", [])
     assert not (tmp_path / "downloads").exists()
