@@ -29,7 +29,7 @@ from edgefleet.server.fastpath import DeviceFastPath
 from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
-from edgefleet.server.middleware import BodyLimit, EncodableJson, RequestMetrics
+from edgefleet.server.middleware import BodyLimit, RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
@@ -186,6 +186,5 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     install_error_handlers(app, overload)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(DeviceFastPath, overload=overload)  # a device update's requests, past FastAPI's stack
-    app.add_middleware(EncodableJson, exempt=_streams_large_bodies)  # nothing stored that no response can carry
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=_streams_large_bodies)
     return app

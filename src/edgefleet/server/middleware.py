@@ -43,8 +43,29 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+# JSON can carry a UTF-16 surrogate as an escape (\\ud800), which decodes to a Python string
+# that cannot be encoded again: stored, it would break every response that carries it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _holds_lone_surrogate(body: bytes) -> bool:
+    """Whether ``body`` is JSON with a string no response could carry. Decoded only when it
+    holds a surrogate escape at all; a pair that encodes a character (an emoji) is fine."""
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return False
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    except ValueError:
+        return False  # not JSON: the handler refuses it with its own reason
+    return False
+
+
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` with 413 before any handler sees them.
+    """Refuse bodies over ``max_bytes`` with 413 before any handler sees them, and a JSON
+    body holding a lone UTF-16 surrogate with 422 (nothing is stored that no response could
+    carry).
 
     A declared Content-Length over the bound is refused without reading; a chunked body is
     read up to the bound and then refused, so the handler only ever sees whole bodies.
@@ -74,8 +95,6 @@ class BodyLimit:
                             declared.decode(), self.max_bytes)
                 await _send_error(send, 413, "payload_too_large", f"body exceeds {self.max_bytes} bytes")
                 return
-            await self.app(scope, receive, send)
-            return
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -91,60 +110,11 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replaying(b"".join(chunks), receive), send)
-
-
-# JSON can carry a UTF-16 surrogate as an escape (\\ud800), which decodes to a Python string
-# that cannot be encoded again: stored, it would break every response that carries it.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _encodable(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_encodable(k) and _encodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_encodable(v) for v in value)
-    return True
-
-
-class EncodableJson:
-    """Refuse (422, before any handler) a JSON body with a string no response could carry:
-    a lone surrogate escape. A pair that encodes a character (an emoji) passes. Bodies are
-    bounded by ``BodyLimit`` outside this; only bodies that hold a surrogate escape are
-    decoded here."""
-
-    def __init__(self, app: ASGIApp, exempt: Callable[[str], bool] = lambda path: False) -> None:
-        self.app = app
-        self.exempt = exempt
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or self.exempt(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
         body = b"".join(chunks)
-        if _SURROGATE_ESCAPE.search(body) is not None:
-            try:
-                fine = _encodable(json.loads(body))
-            except ValueError:
-                fine = True  # not JSON: the handler refuses it with its own reason
-            if not fine:
-                log.warning("refused %s %s: a string holds a lone UTF-16 surrogate", scope["method"], scope["path"])
-                await _send_error(send, 422, "invalid_request", "a string in the body holds a lone UTF-16 surrogate")
-                return
+        if _holds_lone_surrogate(body):
+            log.warning("refused %s %s: a string holds a lone UTF-16 surrogate", scope["method"], scope["path"])
+            await _send_error(send, 422, "invalid_request", "a string in the body holds a lone UTF-16 surrogate")
+            return
         await self.app(scope, _replaying(body, receive), send)
 
 

@@ -320,7 +320,7 @@ class RepositoryService:
 
     def _place_target(self, path: str, sha256: str, length: int) -> None:
         directory, _, name = path.rpartition("/")
-        destination = contained(self.image.targets_dir, *filter(None, [directory, f"{sha256}.{name}"]))
+        destination = contained(self.image.targets_dir, directory, f"{sha256}.{name}")
         if destination.exists():
             return
         blob = self.blobs / sha256
