@@ -69,7 +69,7 @@ class AbWorld:
                              (Path(self.ws) / "director" / "metadata" / "1.root.json").read_bytes())
         agent_settings = AgentSettings(**{
             "server_url": self.plane.url, "ca_file": self.plane.settings.pki.ca_cert, "state_dir": device.agent_dir,
-            "bootstrap_token": self.plane.bootstrap_token("store-1"), "long_poll_seconds": 2,
+            "bootstrap_token": self.plane.bootstrap_token("store-1", labels), "long_poll_seconds": 2,
             "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2, "update_check_seconds": 3600, **settings,
         })
         emulated = EmulatedDevice(device, lambda: Agent(agent_settings, device, site="store-1", system=device,

@@ -156,8 +156,9 @@ class Fleet:
 
     def enroll(self, site: str = "store-1", labels: dict[str, str] | None = None,
                hardware_type: str | None = None) -> Device:
+        """A device enrolled with a token of ``site`` that carries the operator's ``labels``."""
         key_pem = new_device_key()
-        body = self.enroll_request(self.bootstrap_token(site), site=site, key_pem=key_pem, labels=labels,
+        body = self.enroll_request(self.bootstrap_token(site, labels), site=site, key_pem=key_pem,
                                    hardware_type=hardware_type)
         response = self.client().post("/api/v1/enroll", json=body)
         assert response.status_code == 201, response.text

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from edgefleet.agent import Agent, AgentSettings
@@ -25,6 +26,7 @@ from tests.conftest import Fleet, start_fleet
 from tests.tpm_world import tpm2_or_skip
 
 RELEASE = "2026.12.0"
+BILLING = "https://billing.example"
 
 
 @pytest.fixture
@@ -50,7 +52,9 @@ def released(tmp_path: Path) -> Iterator[tuple[Fleet, VirtualDevice]]:
     plane.close()
 
 
-def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any) -> Agent:
+def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any,
+              until: Callable[[Agent], bool] = lambda agent: True) -> Agent:
+    """Run the agent until it attested, checked in once, and ``until`` holds."""
     tpm = tpm2_or_skip()(emulator.tcti)
     measured_boot(tpm, device.slot_image(device.booted()), device.event_log(), power_cycle=emulator.power_cycle)
     settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
@@ -62,7 +66,7 @@ def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any) -> Agent:
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         deadline = time.monotonic() + 30
-        while agent.attested is None or agent.checkins + (agent.last_error is not None) < 1:
+        while agent.attested is None or agent.checkins + (agent.last_error is not None) < 1 or not until(agent):
             assert not task.done(), task
             assert time.monotonic() < deadline, agent.last_error
             await asyncio.sleep(0.05)
@@ -73,13 +77,33 @@ def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any) -> Agent:
     return agent
 
 
-def test_agent_attests_after_measured_boot_and_hands_workloads_a_token(released: Any, emulator: Any) -> None:
+def test_agent_attests_after_measured_boot_and_keeps_its_workloads_tokens(released: Any, emulator: Any) -> None:
+    """A workload of the director-signed configuration declares a token for one audience:
+    once the device has attested, the agent keeps it in the workload's directory."""
     plane, device = released
-    agent = run_agent(plane, device, emulator)
+    token_file = device.agent_dir / "workloads" / "data" / "meter" / "tokens" / "billing.jwt"
+    configured = False
+
+    def token_kept(agent: Agent) -> bool:
+        nonlocal configured
+        if not configured and agent.device_id is not None:  # its group's configuration, signed by the director
+            operator = plane.client(role=Role.OPERATOR)
+            meter = {"name": "meter", "kind": "NativeService", "command": ["/bin/sleep", "600"],
+                     "tokens": [{"path": "billing.jwt", "audience": BILLING}]}
+            assert operator.put(f"/api/v1/admin/devices/{agent.device_id}/desired",
+                                json={"document": {"config": {"workloads": {"native": [meter]}}}}).status_code == 200
+            assert operator.put(f"/api/v1/admin/devices/{agent.device_id}/assignment",
+                                json={"release": RELEASE}).status_code == 200
+            configured = True
+        return token_file.exists()
+
+    agent = run_agent(plane, device, emulator, until=token_kept)
     assert agent.attested is True
-    token_file = device.agent_dir / "workload-token"
     assert token_file.stat().st_mode & 0o777 == 0o640
-    assert token_file.read_text().count(".") == 2  # a JWT
+    jwks = jwt.PyJWKSet.from_dict(plane.client().get("/.well-known/jwks.json").json())
+    claims = jwt.decode(token_file.read_text(), jwks.keys[0].key, algorithms=["ES256"], audience=BILLING)
+    assert claims["sub"] == f"spiffe://edgefleet.local/site/store-1/device/{agent.device_id}/workload/meter"
+    assert claims["release"] == RELEASE
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["attestation"]["passed"] is True
     assert record["attestation"]["release"] == RELEASE
@@ -91,7 +115,7 @@ def test_agent_that_booted_a_tampered_slot_is_quarantined(released: Any, emulato
     image.write_bytes(image.read_bytes().replace(RELEASE.encode(), b"2026.12.X"))  # modified after release
     agent = run_agent(plane, device, emulator)
     assert agent.attested is False
-    assert not (device.agent_dir / "workload-token").exists()
+    assert not list((device.agent_dir / "workloads" / "data").glob("*/tokens/*"))
     assert agent.last_error is not None
     assert "quarantined" in agent.last_error
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()

@@ -36,10 +36,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+def attesting_plane(tmp_path: Path, database: str | None) -> Fleet:
+    """A control plane that requires attestation, with release 2026.12.0 published."""
     tpm2_or_skip()
-    fleet = start_fleet(tmp_path / "plane", database_url(request.param, request, tmp_path), attestation_required=True)
+    fleet = start_fleet(tmp_path / "plane", database, attestation_required=True)
     keys, workspace = Keystore(tmp_path / "keys"), Workspace(tmp_path / "ws")
     workspace.init(keys, load_online_keys(fleet.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
     image = tmp_path / "golden.img"
@@ -50,6 +50,12 @@ def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     workspace.sign_targets(keys.signer("targets-1"))
     with AdminClient(fleet.url, fleet.tokens[Role.ADMIN], fleet.settings.pki.ca_cert) as admin:
         publish_workspace(workspace, admin)
+    return fleet
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    fleet = attesting_plane(tmp_path, database_url(request.param, request, tmp_path))
     yield fleet
     fleet.close()
 
@@ -93,10 +99,11 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     assert gated.json()["error"]["code"] == "attestation_required"
     dev.enroll_identity()
     assert dev.attest(log).json() == {"passed": True}
-    token = dev.device.client.get(f"/api/v1/devices/{dev.device.id}/workload-token").json()["token"]
+    token = dev.device.client.get(f"/api/v1/devices/{dev.device.id}/workload-token",
+                                  params={"workload": "meter", "audience": "https://billing.example"}).json()["token"]
     jwks = plane.client().get("/.well-known/jwks.json").json()
-    claims = jwt.decode(token, jwt.PyJWK(jwks["keys"][0]).key, algorithms=["ES256"])
-    assert claims["sub"] == f"spiffe://edgefleet.local/device/{dev.device.id}"
+    claims = jwt.decode(token, jwt.PyJWK(jwks["keys"][0]).key, algorithms=["ES256"], audience="https://billing.example")
+    assert claims["sub"] == f"spiffe://edgefleet.local/site/store-1/device/{dev.device.id}/workload/meter"
     assert claims["release"] == "2026.12.0"
     assert claims["exp"] - claims["iat"] == 300
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
@@ -130,7 +137,7 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     refused = dev.device.client.get(f"{url}/desired")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "quarantined"
-    assert dev.device.client.get(f"{url}/workload-token").status_code == 403
+    assert dev.device.client.get(f"{url}/workload-token", params={"workload": "w", "audience": "a"}).status_code == 403
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
     assert record["attestation"]["quarantined"] is True
     assert any("PCR 4" in check for check in record["attestation"]["failed_checks"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -157,22 +159,50 @@ def test_integers_past_what_the_stores_hold_are_refused_with_422_not_500(fleet: 
     assert fleet.rows() == before
 
 
+def _body_routes(fleet: Fleet) -> list[tuple[str, str, str]]:
+    """(method, path, a URL of it) for every route that takes a body, from the OpenAPI document."""
+    paths = fleet.client().get("/openapi.json").json()["paths"]
+    return [(method.upper(), path,
+             re.sub(r"\{[^}]+\}", "x" * 8, path.replace("{namespace}", "raw").replace("{sha256}", "a" * 64)))
+            for path, methods in paths.items() for method in methods if method.upper() in ("POST", "PUT", "PATCH")]
+
+
 def test_every_route_refuses_an_oversized_body_without_credentials_before_reading_it(fleet: Fleet) -> None:
-    """Every route that takes a body, from the OpenAPI document: 1 MiB and no credentials
-    answers 401 (credentials first) or 413 (the global limit), never a parse of the body.
-    (Enrollment is the one route without credentials: the global limit bounds it.)"""
+    """Every route that takes a body: 1 MiB and no credentials answers 401 (credentials
+    first) or 413 (the global limit), never a parse of the body. (Enrollment is the one
+    route without credentials: the global limit bounds it.)"""
     anonymous = fleet.client()
-    paths = anonymous.get("/openapi.json").json()["paths"]
     # 1 MiB that does not parse: a route that parsed before checking credentials answers 422.
     body = b'{"ids": [' + b",".join([b'"' + b"0" * 32 + b'"'] * 31_000) + b"]} and more"
-    tried = []
-    for path, methods in paths.items():
-        for method in methods:
-            if method.upper() not in ("POST", "PUT", "PATCH"):
-                continue
-            url = re.sub(r"\{[^}]+\}", "x" * 8, path.replace("{namespace}", "raw").replace("{sha256}", "a" * 64))
-            answer = anonymous.request(method.upper(), url, content=body, headers={"content-type": "application/json"})
-            tried.append((method, path))
-            assert answer.status_code in (401, 413), (method, path, answer.status_code, answer.text[:200])
-    assert ("post", "/api/v1/admin/repository/pieces/{namespace}/missing") in tried
+    tried = _body_routes(fleet)
+    for method, path, url in tried:
+        answer = anonymous.request(method, url, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code in (401, 413), (method, path, answer.status_code, answer.text[:200])
+    assert ("POST", "/api/v1/admin/repository/pieces/{namespace}/missing") in [(m, p) for m, p, _ in tried]
     assert len(tried) > 20
+
+
+def _peak_rss_mib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024  # type: ignore[union-attr]
+
+
+def test_a_200_mib_stream_without_credentials_is_refused_without_the_server_holding_it(fleet: Fleet) -> None:
+    """The audit's attack on every body route: 200 MiB sent chunked (no length to refuse
+    up front) and no credentials. Each is refused, and the peak memory of this process,
+    which runs the server, grows by far less than one such body."""
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
+    before = _peak_rss_mib()
+
+    def stream() -> Iterator[bytes]:
+        block = b"0" * (1 << 20)
+        for _ in range(200):
+            yield block
+
+    anonymous = fleet.client()
+    for method, path, url in _body_routes(fleet):
+        answer = anonymous.request(method, url, content=stream(), headers={"content-type": "application/json"})
+        assert answer.status_code in (401, 413), (method, path, answer.status_code, answer.text[:200])
+    grown = _peak_rss_mib() - before
+    print(f"peak RSS of the server's process grew by {grown} MiB over {len(_body_routes(fleet))} routes")
+    assert grown < 64

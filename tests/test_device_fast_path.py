@@ -38,6 +38,9 @@ def both(fleet: Fleet, device: Device, method: str, path: str, **kwargs: Any) ->
     ("POST", "status", {"seq": 0}),
     ("POST", "status", {"seq": 1, "unknown_field": True}),
     ("GET", "director/no_underscores", None),
+    ("GET", "workload-token", None),  # a token names its workload and its audience
+    ("GET", "workload-token?workload=../meter&audience=billing", None),
+    ("GET", "workload-token?workload=meter&audience=two%20words", None),
 ])
 def test_bad_input_is_refused_the_same_way_on_both_paths(proxied: Fleet, method: str, path: str,
                                                          body: dict[str, Any] | None) -> None:
@@ -60,7 +63,7 @@ def test_answers_and_refusals_are_the_same_on_both_paths(proxied: Fleet) -> None
     fast, slow = both(proxied, device, "POST", "attestation/nonce")
     assert fast.status_code == slow.status_code == 409  # no TPM identity yet
     assert fast.json() == slow.json()
-    fast, slow = both(proxied, device, "GET", "workload-token")
+    fast, slow = both(proxied, device, "GET", "workload-token?workload=meter&audience=billing")
     assert fast.status_code == slow.status_code == 403
     assert fast.json() == slow.json()
     other = proxied.enroll()  # a device may only touch its own records

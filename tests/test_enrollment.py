@@ -22,9 +22,20 @@ def test_device_enrolls_and_receives_a_certificate_naming_it_signed_by_the_fleet
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [  # who it is, and where (signed)
         f"urn:edgefleet:device:{answer['device_id']}", "urn:edgefleet:site:store-7"]
     record = fleet.client(role="viewer").get(f"/api/v1/admin/devices/{answer['device_id']}").json()
-    # The operator's labels on the token win over what the device says about itself.
-    assert record["labels"] == {"ring": "canary", "model": "nuc"}
+    # The operator's labels (on the token) select; what the device says of itself is kept apart.
+    assert record["labels"] == {"ring": "canary", "device.ring": "main", "device.model": "nuc"}
     assert record["site"] == "store-7"
+
+
+def test_a_device_cannot_label_itself_into_a_ring_or_a_site(fleet: Fleet) -> None:
+    body = fleet.enroll_request(fleet.bootstrap_token("store-7"), site="store-7",
+                                labels={"ring": "canary", "site": "factory-lyon"})
+    device_id = fleet.client().post("/api/v1/enroll", json=body).json()["device_id"]
+    viewer = fleet.client(role="viewer")
+    assert viewer.get(f"/api/v1/admin/devices/{device_id}").json()["labels"] == {
+        "device.ring": "canary", "device.site": "factory-lyon"}
+    too_long = fleet.enroll_request(fleet.bootstrap_token("store-7"), site="store-7", labels={"k" * 60: "v"})
+    assert fleet.client().post("/api/v1/enroll", json=too_long).status_code == 422  # no room for its namespace
 
 
 def test_replayed_bootstrap_token_is_refused_and_changes_nothing(fleet: Fleet) -> None:

@@ -181,8 +181,14 @@ def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_con
         attestation: dict[str, object] = attested  # type: ignore[assignment]
         assert attestation["passed"] is True, attestation  # its TPM's quote and its kernel's log, event by event
         assert attestation["release"] == "2026.12.0"
-        operator.put(f"/api/v1/admin/devices/{device_id}/desired", json={"document": {"motd": "from the VM test"}})
-        wait_until(lambda: record()["desired_version_applied"] == 1, "configuration applied", machine)
+        # A native service that wants a workload token for one audience, in configuration
+        # the director signs (with the release the device runs).
+        service = {"name": "meter", "kind": "NativeService", "command": ["/bin/sleep", "3600"],
+                   "tokens": [{"path": "billing.jwt", "audience": "https://billing.example"}]}
+        operator.put(f"/api/v1/admin/devices/{device_id}/desired",
+                     json={"document": {"motd": "from the VM test", "config": {"workloads": {"native": [service]}}}})
+        operator.put(f"/api/v1/admin/devices/{device_id}/assignment", json={"release": "2026.12.0"})
+        wait_until(lambda: record()["desired_version_applied"] == 2, "configuration applied", machine)
 
         def tokens_issued() -> list[str]:
             return [line for line in viewer.get("/metrics").text.splitlines()

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from edgefleet.agent.transport import DeviceTransport
 from edgefleet.errors import InvalidRequest
-from edgefleet.util.atomic import atomic_write_bytes
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -36,13 +35,10 @@ def _b64(data: bytes) -> str:
 
 
 class Attestor:
-    def __init__(self, tpm: AttestingTpm, event_log: Path, token_file: Path,
-                 ek_certificate_file: Path | None = None, *, tokens: bool = True) -> None:
+    def __init__(self, tpm: AttestingTpm, event_log: Path, ek_certificate_file: Path | None = None) -> None:
         self.tpm = tpm
         self.event_log = event_log
-        self.token_file = token_file
         self.ek_certificate_file = ek_certificate_file
-        self.tokens = tokens  # False: a device that cannot verify what it runs holds no workload token
 
     async def enroll(self, transport: DeviceTransport, device_id: str) -> None:
         """Present EK and AK; activate the credential the server sends back (once: a
@@ -75,13 +71,7 @@ class Attestor:
             "pcr_values": {str(k): v.hex() for k, v in values.items()}, "event_log": _b64(log_bytes),
         }) or {}
         passed = verdict.get("passed") is True
-        if passed and not self.tokens:
-            self.token_file.unlink(missing_ok=True)
-        elif passed:
-            token = await transport.workload_token(device_id)
-            atomic_write_bytes(self.token_file, token.token.encode(), mode=0o640)
-        else:
-            self.token_file.unlink(missing_ok=True)
+        if not passed:
             log.error("attestation failed: this device is quarantined until an operator releases it")
         return passed
 

@@ -36,6 +36,7 @@ from edgefleet.agent.transport import DeviceTransport, HttpsTransport
 from edgefleet.agent.update_flow import Phase, UpdateJob
 from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
+from edgefleet.agent.workload_tokens import TokenKeeper, wanted_tokens
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import (
     ConfigError,
@@ -134,6 +135,8 @@ class Agent:
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
         self._reported_job_seq: int | None = None  # the update job's seq the server last saw
         self.workloads: Supervisor | None = None
+        # Workload tokens: only on a device that attests and verifies what it runs.
+        self.tokens: TokenKeeper | None = None
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts had changed on disk, unreported
         self._applied = -1  # the desired state version whose configuration the agent has acted on
         self.capture_logs = capture_logs  # the agent's own warnings into telemetry (one agent per process)
@@ -159,6 +162,8 @@ class Agent:
         changed, self._attested = value != self._attested, value
         if changed and self.health is not None:
             self.health.wake.set()  # a failed quote makes the device unhealthy now, not at the next round
+        if changed and self.tokens is not None:
+            self.tokens.wake.set()  # tokens once attested, none once a quote failed
 
     def _bootstrap_token(self) -> str:
         if self.settings.bootstrap_token:
@@ -236,6 +241,9 @@ class Agent:
             self.workloads = Supervisor(self.dir.path / "workloads" / "data", self.dir.path / "workloads" / "logs",
                                         self.rng, on_line=lambda name, line: recorder.log("info", f"workload/{name}",
                                                                                           line))
+            if self.tpm is not None and self.updates is not None:
+                self.tokens = TokenKeeper(self.workloads.data_dir, self.clock.monotonic, self.rng,
+                                          self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
             try:
                 if self.runner is not None:
                     self.runner.workloads_probe = self._workloads_probe(state, asyncio.get_running_loop())
@@ -523,12 +531,12 @@ class Agent:
         assert state.device_id is not None
         attestor = None
         if self.tpm is not None:
-            attestor = Attestor(self.tpm, self.platform.event_log(),
-                                settings.workload_token_file or self.dir.path / "workload-token",
-                                settings.ek_certificate_file, tokens=self.updates is not None)
+            attestor = Attestor(self.tpm, self.platform.event_log(), settings.ek_certificate_file)
         self.health = HealthMonitor(self._health_sources(state), settings.health_interval_seconds)
         watch_health = self.health.run(stop, lambda verdict: self._health_changed(verdict, state, transport, stop))
         helpers = [asyncio.ensure_future(self._forward_stop(stop)), asyncio.ensure_future(watch_health)]
+        if self.tokens is not None:
+            helpers.append(asyncio.ensure_future(self.tokens.run(transport, state.device_id, lambda: self.attested)))
         if self.runner is not None:
             helpers.append(asyncio.ensure_future(self._watchdog(state, transport, stop)))
         try:
@@ -724,6 +732,8 @@ class Agent:
             return
         if not self._director_signed(config, updates):
             return  # the configuration step logs and reports it
+        if self.tokens is not None:
+            self.tokens.want(wanted_tokens(spec for _, spec in declared))
         for why in invalid:
             log.error("a workload in the configuration is invalid, left out: %s", why)
         wanted, keep = [], set()

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefleet.protocol.v1 import DeviceLabels
+
 
 class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
@@ -19,7 +21,7 @@ class AgentSettings(BaseSettings):
     bootstrap_token: str | None = None
     bootstrap_token_file: Path | None = None
     site: str | None = Field(None, description="site this device stands in (default: the vdevice's)")
-    labels: dict[str, str] = {}
+    labels: DeviceLabels = Field({}, description="what the device says of itself: kept as device.<key>, never selects")
     checkin_interval_seconds: float = Field(30.0, gt=0)
     long_poll_seconds: float = Field(0.0, ge=0, le=900)
     status_interval_seconds: float = Field(300.0, gt=0)
@@ -32,7 +34,6 @@ class AgentSettings(BaseSettings):
     update_check_seconds: float = Field(300.0, gt=0, description="verify the director's assignment this often")
     tpm: str | None = Field(None, description="TCTI of the TPM, e.g. device:/dev/tpmrm0; unset: no attestation")
     attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
-    workload_token_file: Path | None = Field(None, description="default: <state_dir>/workload-token")
     ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")
     slot_a: Path | None = Field(None, description="block device of root slot A, e.g. /dev/disk/by-partlabel/root-a")
     slot_b: Path | None = Field(None, description="block device of root slot B")

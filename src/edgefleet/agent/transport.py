@@ -42,7 +42,7 @@ class DeviceTransport(Protocol):
         """POST to ``/attestation/<step>``; the JSON answer, or None for 204."""
         ...
 
-    async def workload_token(self, device_id: str) -> WorkloadToken: ...
+    async def workload_token(self, device_id: str, workload: str, audience: str) -> WorkloadToken: ...
 
     async def ship_telemetry(self, device_id: str, gzipped: bytes) -> TelemetryAck:
         """POST a gzip-compressed telemetry batch; how far the receiver has stored."""
@@ -132,8 +132,9 @@ class HttpsTransport:
             raise InvalidRequest("unexpected attestation answer", code="bad_response")
         return answer
 
-    async def workload_token(self, device_id: str) -> WorkloadToken:
-        response = await self._request("GET", f"/api/v1/devices/{device_id}/workload-token")
+    async def workload_token(self, device_id: str, workload: str, audience: str) -> WorkloadToken:
+        response = await self._request("GET", f"/api/v1/devices/{device_id}/workload-token",
+                                       params={"workload": workload, "audience": audience})
         result: WorkloadToken = self._parse(WorkloadToken, response)
         return result
 

@@ -115,6 +115,22 @@ def rotate_key(
                   f"owners: edgefleet keys rotate --role {role} --online-keys online-keys.json ...")
 
 
+@app.command("rotate-workload-key")
+def rotate_workload_key_command(
+    config: ConfigOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create the next key for workload tokens. It is published in the JWKS at once and
+    signs from one token lifetime on; the key it replaces stays published one lifetime more."""
+    from edgefleet.server.workload import rotate_workload_key
+
+    with shown_errors():
+        settings = server_settings(config, data_dir=data_dir)
+        start = rotate_workload_key(settings.data_dir / "keys", SystemClock().now(),
+                                    timedelta(seconds=settings.workload_token_seconds))
+    console.print(f"new workload token key: published now, signs from {start.isoformat(timespec='seconds')}")
+
+
 def _ttl(days: float | None) -> timedelta | None:
     return None if days is None else timedelta(days=days)
 

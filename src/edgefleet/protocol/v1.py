@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints
 
-from edgefleet.protocol.base import MAX_INT, Count
+from edgefleet.protocol.base import MAX_INT, Audience, Count
 from edgefleet.protocol.base import Name as Name
 from edgefleet.protocol.base import ShortText as ShortText
 from edgefleet.protocol.base import Strict as Strict
@@ -17,6 +17,11 @@ HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9./_-]{0,61}[A-Za-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{0,63}$")]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=32)]
+# What a device says about itself is kept under this prefix: only the operator's labels (on
+# the bootstrap token) select rollouts and policy. Its keys are short enough to take it.
+DEVICE_LABEL_PREFIX = "device."
+DeviceLabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9./_-]{0,54}[A-Za-z0-9])?$")]
+DeviceLabels = Annotated[dict[DeviceLabelKey, LabelValue], Field(max_length=16)]
 Health = Literal["unknown", "healthy", "degraded", "unhealthy"]
 FindingName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]{0,63}$")]
 
@@ -34,7 +39,7 @@ class Inventory(Strict):
     hardware_id: HardwareId
     hardware_type: HardwareId | None = None  # what releases name in their hardware ids
     site: Name
-    labels: Labels = {}
+    labels: DeviceLabels = {}  # stored as ``device.<key>``
     hostname: ShortText | None = None
     agent_version: ShortText | None = None
     os_version: ShortText | None = None
@@ -333,9 +338,18 @@ class AttestationResult(Strict):
     passed: bool
 
 
+class WorkloadTokenQuery(Strict):
+    """Which token: for which of the device's workloads, to present to which service."""
+
+    workload: Name
+    audience: Audience
+
+
 class WorkloadToken(Strict):
-    token: str
+    token: str  # a JWT-SVID
+    spiffe_id: str
     expires_at: datetime
+    expires_in_seconds: float  # the device schedules its refresh on this, not on its own clock
 
 
 class AssignRelease(Strict):

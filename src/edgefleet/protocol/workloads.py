@@ -10,7 +10,7 @@ from typing import Annotated, Literal, TypeAlias
 
 from pydantic import Field, StringConstraints, model_validator
 
-from edgefleet.protocol.base import MAX_INT, Count, Name, ShortText, Strict
+from edgefleet.protocol.base import MAX_INT, Audience, Count, Name, ShortText, Strict
 
 TargetPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
@@ -40,6 +40,17 @@ class Restart(Strict):
     stable_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
 
+class TokenFile(Strict):
+    """A workload token (JWT-SVID) the agent keeps fresh in ``<data>/<name>/tokens/<path>``
+    while the device is attested: for the one service ``audience`` names."""
+
+    path: Relative
+    audience: Audience
+
+
+TokenFiles = Annotated[list[TokenFile], Field(max_length=8)]
+
+
 class WasmWorkload(Strict):
     """A WebAssembly module run under WASI."""
 
@@ -53,6 +64,7 @@ class WasmWorkload(Strict):
     limits: Limits = Limits()
     restart: Restart = Restart()
     health_marker: Marker | None = None  # healthy once a line of its output holds this (no signal without)
+    tokens: TokenFiles = []  # preopen ``tokens`` (a ``dirs`` entry) to read them
 
     @property
     def targets(self) -> list[str]:
@@ -100,6 +112,7 @@ class NativeWorkload(Strict):
     limits: NativeLimits = NativeLimits()
     restart: Restart = Restart()
     health_marker: Marker | None = None  # healthy once a line of its output holds this (no signal without)
+    tokens: TokenFiles = []  # in ``tokens/`` of its working directory
 
     @model_validator(mode="after")
     def _a_program(self) -> NativeWorkload:

@@ -24,7 +24,7 @@ from edgefleet.server.attestation import AttestationService
 from edgefleet.server.dashboard import routes as dashboard
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
-from edgefleet.server.errors import OverloadLog, install_error_handlers
+from edgefleet.server.errors import ERROR_RESPONSES, OverloadLog, install_error_handlers
 from edgefleet.server.fastpath import DeviceFastPath
 from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
@@ -108,7 +108,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         repository=repository_service,
         director=director,
         attestation=AttestationService(settings, db, clock, repository_service, devices, metrics),
-        workload=WorkloadIssuer(settings.data_dir / "keys" / "workload.key", settings.trust_domain,
+        workload=WorkloadIssuer(settings.data_dir / "keys", settings.trust_domain,
                                 timedelta(seconds=settings.workload_token_seconds)),
         alerts=alerts,
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, devices,
@@ -161,6 +161,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         version=__version__,
         lifespan=lifespan,
         description="Device API (mTLS) and admin API (bearer tokens) of an edgefleet control plane.",
+        responses=ERROR_RESPONSES,
         **_telemetry_options(),
     )
     app.state.edgefleet = state

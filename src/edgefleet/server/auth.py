@@ -28,6 +28,7 @@ class AuthenticatedDevice:
     id: str
     desired_version: int
     auth: DeviceAuth
+    site: str | None = None  # as the fleet CA signed it into the certificate (None: enrolled before sites were)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
     if auth.cert_serial != identity.serial:
         raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded", code="stale_certificate")
-    return AuthenticatedDevice(device_id, auth.desired_version, auth)
+    return AuthenticatedDevice(device_id, auth.desired_version, auth, identity.site)
 
 
 async def admin_principal(state: ServerState, presented: str) -> AdminPrincipal:

@@ -287,6 +287,8 @@ class DirectorService:
         if held is not None:
             return held
         state = await self.db.read(director_state, device_id)
+        if state is None and not await asyncio.to_thread(self.repository.director.exists):
+            raise NotFound("no director repository: its root has not been published", code="no_director_root")
         if state is None:
             # Nothing assigned yet: an empty, signed targets list (the device then knows
             # for certain that it should run nothing new).

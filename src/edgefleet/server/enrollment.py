@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 from edgefleet.credentials import TokenKind, parse_token
 from edgefleet.errors import Conflict, Forbidden, StoreError, Unauthenticated
 from edgefleet.pki import issue_device_certificate
-from edgefleet.protocol.v1 import EnrollRequest, EnrollResponse
+from edgefleet.protocol.v1 import DEVICE_LABEL_PREFIX, EnrollRequest, EnrollResponse
 from edgefleet.server.state import ServerState
 from edgefleet.store.devices import hardware_id_taken, insert_device
 from edgefleet.store.tokens import claim_bootstrap, why_bootstrap_refused
 
 log = logging.getLogger("edgefleet.server")
+
+
+def device_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A device's own labels, namespaced (the inventory's keys are short enough for it)."""
+    return {DEVICE_LABEL_PREFIX + key: value for key, value in labels.items()}
 
 
 def new_device_id() -> str:
@@ -60,8 +66,10 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
                 id=device_id,
                 hardware_id=inventory.hardware_id,
                 site=inventory.site,
-                # The operator's labels (on the token) override what the device says.
-                labels={**inventory.labels, **claimed.labels},
+                # Only the operator's labels (on the token) select rollouts and policy: what the
+                # device says about itself is kept under ``device.``, where no selector of
+                # the operator's looks unless it names it.
+                labels={**device_labels(inventory.labels), **claimed.labels},
                 inventory=inventory.model_dump(exclude={"labels"}),
                 cert_serial=cert.serial,
                 cert_not_after=cert.not_after,

@@ -28,6 +28,7 @@ from edgefleet.errors import (
     StoreError,
     Unauthenticated,
 )
+from edgefleet.protocol.v1 import ErrorBody
 from edgefleet.server.state import ServerState, server_state
 
 log = logging.getLogger("edgefleet.server")
@@ -44,6 +45,14 @@ STATUS: list[tuple[type[EdgefleetError], int]] = [
 ]
 
 _PUBLIC_MESSAGE = {401: "authentication failed", 403: "forbidden"}
+
+# Every refusal a route may answer, as the OpenAPI document declares it (one body shape).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description} for status, description in (
+        (401, "no or bad credentials"), (403, "credentials that do not allow this"), (404, "not found"),
+        (409, "conflicts with the current state"), (413, "body too large"), (422, "invalid request"),
+        (429, "rate limited"), (503, "overloaded or the store is unavailable"))
+}
 
 
 def status_for(exc: EdgefleetError) -> int:
@@ -123,6 +132,9 @@ def install_error_handlers(app: FastAPI, overload: OverloadLog) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": bad input, as every other
+            return invalid(server_state(request), request.method, request.url.path,
+                           [{"loc": ("body",), "msg": str(exc.detail), "type": "body_unparseable"}])
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 

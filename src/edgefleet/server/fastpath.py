@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.protocol.v1 import StatusReport
+from edgefleet.protocol.v1 import StatusReport, WorkloadTokenQuery
 from edgefleet.server.auth import AuthenticatedDevice, authenticate_device
 from edgefleet.server.errors import OverloadLog, invalid, refusal
 from edgefleet.server.routes import attestation, device
@@ -53,13 +53,24 @@ def _located(exc: ValidationError, *where: str) -> Invalid:
     return Invalid([{**e, "loc": (*where, *e["loc"])} for e in exc.errors(include_url=False)])
 
 
+def _query(request: Request) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(request.scope["query_string"].decode("latin-1")))
+
+
 async def _check_in(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
-    query = dict(urllib.parse.parse_qsl(request.scope["query_string"].decode("latin-1")))
     try:
-        parsed = device.CheckIn.model_validate(query)
+        parsed = device.CheckIn.model_validate(_query(request))
     except ValidationError as exc:
         raise _located(exc, "query") from exc
     return await device.check_in(dev, request, parsed)
+
+
+async def _workload_token(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
+    try:
+        parsed = WorkloadTokenQuery.model_validate(_query(request))
+    except ValidationError as exc:
+        raise _located(exc, "query") from exc
+    return await attestation.workload_token(dev, request, parsed)
 
 
 async def _status(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
@@ -96,7 +107,7 @@ _ROUTES = {
     "director": _route("GET", "director/{name}", _director),
     "attestation/nonce": _route("POST", "attestation/nonce", lambda d, r, _: attestation.nonce(d, r)),
     "attestation/quote": _route("POST", "attestation/quote", lambda d, r, _: attestation.quote(d, r)),
-    "workload-token": _route("GET", "workload-token", lambda d, r, _: attestation.workload_token(d, r)),
+    "workload-token": _route("GET", "workload-token", _workload_token),
 }
 
 

@@ -10,7 +10,7 @@ from edgefleet.releases.keys import Keystore
 from edgefleet.server.nonces import ensure_nonce_key
 from edgefleet.server.repository import ensure_online_keys
 from edgefleet.server.settings import ServerSettings
-from edgefleet.server.workload import ensure_workload_key
+from edgefleet.server.workload import FIRST_KEY, ensure_workload_key
 from edgefleet.store import Database
 from edgefleet.store.tokens import insert_admin
 
@@ -21,7 +21,7 @@ def init_server(settings: ServerSettings, now: datetime) -> bool:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     created = settings.pki.init(settings.fleet_name, settings.server_names, now)
     ensure_online_keys(Keystore(settings.data_dir / "keys"))
-    ensure_workload_key(settings.data_dir / "keys" / "workload.key")
+    ensure_workload_key(settings.data_dir / "keys" / FIRST_KEY)
     ensure_nonce_key(settings.data_dir / "keys" / "nonce.key")
     return created
 

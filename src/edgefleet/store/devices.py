@@ -147,6 +147,11 @@ _STATUS_SEQ = select(Device.status_seq).where(Device.id == bindparam("id"))
 _HEALTH = select(Device.health).where(Device.id == bindparam("id"))
 
 
+def device_site(conn: Connection, device_id: str) -> str | None:
+    site: str | None = conn.execute(select(Device.site).where(Device.id == device_id)).scalar_one_or_none()
+    return site
+
+
 def stored_health(conn: Connection, device_id: str) -> str | None:
     """The health the device last reported (None for a device that is not there)."""
     health = conn.execute(_HEALTH, {"id": device_id}).scalar_one_or_none()

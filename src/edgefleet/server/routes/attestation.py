@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.responses import JSONResponse
 
 from edgefleet.attestation.verifier import Evidence
@@ -19,10 +20,12 @@ from edgefleet.protocol.v1 import (
     NonceIssuedView,
     QuoteSubmission,
     WorkloadToken,
+    WorkloadTokenQuery,
 )
 from edgefleet.server.auth import CurrentDevice
 from edgefleet.server.bodies import bounded_model
 from edgefleet.server.state import server_state
+from edgefleet.store.devices import device_site
 
 router = APIRouter(tags=["attestation"])
 MAX_QUOTE_BODY = 4 * 1024 * 1024
@@ -82,16 +85,26 @@ async def quote(device: CurrentDevice, request: Request) -> AttestationResult:
 
 
 @router.get("/api/v1/devices/{device_id}/workload-token")
-async def workload_token(device: CurrentDevice, request: Request) -> WorkloadToken:
-    """A short-lived JWT for local workloads, only after a fresh passing attestation."""
+async def workload_token(device: CurrentDevice, request: Request,
+                         query: Annotated[WorkloadTokenQuery, Query()]) -> WorkloadToken:
+    """A short-lived JWT-SVID for one of the device's workloads, for one audience; only
+    while the device's last attestation is fresh and passed."""
     state = server_state(request)
     if device.auth.quarantined or not state.attestation.fresh(device.auth):
         raise Forbidden(f"{device.id} has no fresh passing attestation", code="attestation_required")
-    token, expires = state.workload.issue(device.id, device.auth.attested_release, state.clock.now())
-    return WorkloadToken(token=token, expires_at=expires)
+    site = device.site or await state.db.read(device_site, device.id)
+    if site is None:
+        raise Forbidden(f"{device.id} is not enrolled", code="unknown_device")
+    now = state.clock.now()
+    token, expires = state.workload.issue(site=site, device_id=device.id, workload=query.workload,
+                                          audience=query.audience, release=device.auth.attested_release, now=now)
+    return WorkloadToken(token=token, spiffe_id=state.workload.spiffe_id(site, device.id, query.workload),
+                         expires_at=expires, expires_in_seconds=(expires - now).total_seconds())
 
 
 @router.get("/.well-known/jwks.json")
 async def jwks(request: Request) -> JSONResponse:
-    """Public keys that verify workload tokens."""
-    return JSONResponse(server_state(request).workload.jwks())
+    """Public keys that verify workload tokens: the signing key, the next one ahead of
+    its first use, and the previous one while tokens it signed may still be valid."""
+    state = server_state(request)
+    return JSONResponse(state.workload.jwks(state.clock.now()))

@@ -32,7 +32,8 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "database": state.db.backend})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     state = server_state(request)

@@ -35,8 +35,10 @@ async def put_root(who: Admin, which: Literal["image", "director"], request: Req
 
 @router.head("/blobs/{sha256}")
 async def has_blob(_: Operator, sha256: Sha256, request: Request) -> Response:
-    """200 if an artifact with this sha256 was uploaded already, 404 otherwise."""
-    return Response(status_code=200 if server_state(request).repository.has_blob(sha256) else 404)
+    """200 if an artifact with this sha256 was uploaded already, 404 otherwise (the headers
+    of the JSON answers they stand for, without their bodies)."""
+    return Response(status_code=200 if server_state(request).repository.has_blob(sha256) else 404,
+                    media_type="application/json")
 
 
 @router.put("/blobs/{sha256}")
