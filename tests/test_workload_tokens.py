@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import textwrap
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import jwt
 import pytest
+import yaml
 
 from edgefleet.agent.hardware.swtpm import Swtpm
 from edgefleet.agent.transport import HttpsTransport
@@ -191,3 +193,11 @@ def test_a_token_that_cannot_be_renewed_is_removed_when_it_expires_and_nothing_i
     assert all(d > 0 for d in delays[2:])  # retries back off, never spin
     assert transport.calls >= 3
     assert not token_file.exists()  # expired unrenewed: gone
+
+
+def test_the_documented_declaration_of_a_workloads_token_is_valid() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "attestation.md").read_text()
+    block = text.split("# apps/stores/services.yaml\n", 1)[1].split("```", 1)[0]
+    [entry] = yaml.safe_load(textwrap.dedent(block))
+    service = NativeWorkload.model_validate({**entry, "kind": "native"})
+    assert wanted_tokens([service]) == {WantedToken("meter", "billing.jwt", "https://billing.example")}
