@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from edgefleet.agent.hardware import swtpm
 from edgefleet.attestation import eventlog
 from edgefleet.attestation.structures import ClockInfo, parse_attest, parse_public
-from edgefleet.attestation.verifier import Evidence, Policy, QuoteRequest, Verdict, verify_quote
+from edgefleet.attestation.verifier import (
+    COMPARISONS,
+    REPLAYS,
+    Evidence,
+    Policy,
+    QuoteRequest,
+    Verdict,
+    verify_quote,
+)
 from edgefleet.errors import InvalidRequest
 from tests.tpm_world import PCRS, boot_events, measured_boot, tpm2_or_skip
 
@@ -30,8 +38,24 @@ class Booted:
 
     def verify(self, evidence: Evidence | None = None, *, nonce: bytes | None = None, pcrs: tuple[int, ...] = PCRS,
                bank: str = "sha256", policy: Policy | None = None, previous: ClockInfo | None = None) -> Verdict:
-        return verify_quote(self.ak, QuoteRequest(nonce or self.nonce, pcrs, bank),  # type: ignore[arg-type]
-                            evidence or self.evidence, policy or Policy(), previous)
+        """The verdict, checked to be the same whether the log's replay and comparison are
+        computed (cold) or remembered from an earlier quote with this log (warm), and the
+        same after the golden log's results were remembered: a remembered result can
+        never turn a failing log into a passing one."""
+        def run() -> Verdict:
+            return verify_quote(self.ak, QuoteRequest(nonce or self.nonce, pcrs, bank),  # type: ignore[arg-type]
+                                evidence or self.evidence, policy or Policy(), previous)
+
+        REPLAYS.clear()
+        COMPARISONS.clear()
+        cold = run()
+        assert REPLAYS.hits == 0
+        warm = run()
+        assert warm == cold
+        assert REPLAYS.hits + COMPARISONS.hits >= (1 if cold.pcr_values else 0)  # the second was remembered
+        verify_quote(self.ak, QuoteRequest(self.nonce, PCRS), self.evidence, Policy())  # type: ignore[arg-type]
+        assert run() == cold
+        return cold
 
 
 def boot_and_quote(instance: swtpm.Swtpm, algorithm: str = "ecc", kernel: bytes = b"vmlinuz 6.1 golden") -> Booted:

@@ -36,6 +36,14 @@ class Reader:
         self.at += n
         return chunk
 
+    def unpack(self, layout: struct.Struct) -> tuple[int, ...]:
+        """Several fixed-size fields at once (``layout`` carries its own byte order)."""
+        if self.at + layout.size > len(self.data):
+            raise self.error(f"truncated at byte {self.at} (wanted {layout.size} more)")
+        values = layout.unpack_from(self.data, self.at)
+        self.at += layout.size
+        return values
+
     def u8(self) -> int:
         return self.take(1)[0]
 

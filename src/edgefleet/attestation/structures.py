@@ -55,13 +55,17 @@ class Quote:
     pcr_digest: bytes
 
 
+_ATTEST_HEAD = struct.Struct(">IH")  # magic, type
+_CLOCK_INFO = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe; then firmwareVersion
+
+
 def parse_attest(data: bytes) -> Quote:
     """Parse a TPMS_ATTEST; refuses anything but a well-formed quote."""
     r = Reader(data, "Attest")
-    magic, kind = r.u32(), r.u16()
+    magic, kind = r.unpack(_ATTEST_HEAD)
     signer, extra = r.tpm2b(), r.tpm2b(64)
-    clock = ClockInfo(r.u64(), r.u32(), r.u32(), bool(r.u8()))
-    firmware = r.u64()
+    ticks, resets, restarts, safe, firmware = r.unpack(_CLOCK_INFO)
+    clock = ClockInfo(ticks, resets, restarts, bool(safe))
     if kind != TPM_ST_ATTEST_QUOTE:
         # Other attestation types (certify, time, ...) have another layout: a signed
         # structure that is not a quote must never be read as one.

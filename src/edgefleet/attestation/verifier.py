@@ -20,13 +20,22 @@ of them; the device learns only pass or fail):
    first that differs is named.
 
 Steps 1 to 3 gate the rest: evidence that is not authentic is not examined further.
+
+Steps 8 and 9 are pure functions of the log's bytes (and the reference values), the same
+for every device that booted one release on one firmware: their results are remembered by
+the log's sha256 (``ContentMemo``), failures as well as successes, so a device's log is
+parsed and replayed once per content, not once per quote. The comparison of the replayed
+values with the values this quote reports still runs every time.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -49,6 +58,7 @@ from edgefleet.attestation.structures import (
     ClockInfo,
     PcrSelection,
     PublicKey,
+    Signature,
     parse_attest,
     parse_signature,
 )
@@ -99,6 +109,70 @@ class Verdict:
         return not self.failures
 
 
+T = TypeVar("T")
+
+
+class ContentMemo(Generic[T]):
+    """Results of a pure function by a key made of content digests: bounded (the oldest
+    use goes first), safe across threads. A result is computed outside the lock; two
+    threads that miss together both compute it, and get equal results."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+# A log's replay (or why it does not parse) and its comparison with reference values. An
+# entry is a few hundred bytes; a fleet has a few logs per release and firmware.
+_Outcome = tuple[Mapping[int, bytes] | None, str | None]
+REPLAYS: ContentMemo[_Outcome] = ContentMemo(4096)
+COMPARISONS: ContentMemo[tuple[tuple[str, ...], frozenset[int], str | None]] = ContentMemo(4096)
+
+
+def _replay(log: bytes, digest: bytes, bank: str, pcrs: tuple[int, ...]) -> _Outcome:
+    def compute() -> _Outcome:
+        try:
+            return eventlog.replay_bytes(log, bank, pcrs), None
+        except InvalidRequest as exc:
+            return None, exc.message
+
+    return REPLAYS.get((digest, bank, pcrs), compute)
+
+
+def _compare(log: bytes, digest: bytes, events: reference.ReferenceValues,
+             pcrs: tuple[int, ...]) -> tuple[tuple[str, ...], frozenset[int], str | None]:
+    """(mismatch messages, the PCRs they name, why the log does not parse)."""
+    def compute() -> tuple[tuple[str, ...], frozenset[int], str | None]:
+        try:
+            found = reference.compare(eventlog.parse(log), events.only(pcrs))
+        except InvalidRequest as exc:
+            return (), frozenset(), exc.message
+        return tuple(m.message for m in found), frozenset(m.pcr for m in found), None
+
+    return COMPARISONS.get((digest, events, pcrs), compute)
+
+
 def check_attestation_key(ak: PublicKey) -> list[str]:
     failures = []
     if not ak.has(AK_ATTRIBUTES):
@@ -109,13 +183,18 @@ def check_attestation_key(ak: PublicKey) -> list[str]:
 
 
 def _signature_ok(ak: PublicKey, attest: bytes, signature: bytes) -> str | None:
+    return _signature_check(ak, attest, signature)[0]
+
+
+def _signature_check(ak: PublicKey, attest: bytes, signature: bytes) -> tuple[str | None, Signature | None]:
+    """(why the signature fails, or None; the parsed signature when it parsed)."""
     try:
         sig = parse_signature(signature)
     except InvalidRequest as exc:
-        return f"signature_format: {exc.message}"
+        return f"signature_format: {exc.message}", None
     algorithm = _HASHES.get(sig.hash_alg)
     if algorithm is None:
-        return f"signature_hash: {sig.hash_alg:#06x} is not accepted (sha256 or stronger)"
+        return f"signature_hash: {sig.hash_alg:#06x} is not accepted (sha256 or stronger)", sig
     try:
         if sig.algorithm in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS) and isinstance(ak.key, rsa.RSAPublicKey):
             pad: padding.AsymmetricPadding = padding.PKCS1v15() if sig.algorithm == TPM_ALG_RSASSA else \
@@ -125,10 +204,10 @@ def _signature_ok(ak: PublicKey, attest: bytes, signature: bytes) -> str | None:
             der = encode_dss_signature(int.from_bytes(sig.ecc_r, "big"), int.from_bytes(sig.ecc_s, "big"))
             ak.key.verify(der, attest, ec.ECDSA(algorithm()))
         else:
-            return "signature_algorithm: does not match the attestation key's type"
+            return "signature_algorithm: does not match the attestation key's type", sig
     except InvalidSignature:
-        return "signature: does not verify with the enrolled attestation key"
-    return None
+        return "signature: does not verify with the enrolled attestation key", sig
+    return None, sig
 
 
 def _pcr_digest(values: Mapping[int, bytes], pcrs: tuple[int, ...], hash_alg: int) -> bytes:
@@ -157,25 +236,24 @@ def verify_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence, polic
         return verdict  # not authentic, or not the PCRs asked for: nothing further to examine
     failures = list(verdict.failures)
     reported = verdict.pcr_values
-    try:                                                                        # step 8
-        replayed = eventlog.replay_bytes(evidence.event_log, request.bank, request.pcrs)
-        mismatched = [i for i in sorted(request.pcrs) if replayed[i] != reported[i]]
+    pcrs = tuple(sorted(request.pcrs))
+    digest = hashlib.sha256(evidence.event_log).digest()
+    replayed, unreadable = _replay(evidence.event_log, digest, request.bank, pcrs)  # step 8
+    if replayed is None:
+        failures.append(f"event_log: {unreadable}")
+    else:
+        mismatched = [i for i in pcrs if replayed[i] != reported[i]]
         if mismatched:
             failures.append(f"event_log: does not replay to the quoted values of PCR {mismatched}")
-    except InvalidRequest as exc:
-        failures.append(f"event_log: {exc.message}")
-    named: set[int] = set()
+    named: frozenset[int] = frozenset()
     if policy.events is not None and not failures:                              # step 9
         missing = sorted(set(policy.events.pcrs) - set(request.pcrs))
         if missing:
             failures.append(f"policy: PCR {missing} have reference values but were not quoted")
-        try:
-            found = reference.compare(eventlog.parse(evidence.event_log), policy.events.only(request.pcrs))
-        except InvalidRequest as exc:
-            failures.append(f"event_log: {exc.message}")
-        else:
-            failures += [m.message for m in found]
-            named = {m.pcr for m in found}
+        messages, named, unreadable = _compare(evidence.event_log, digest, policy.events, pcrs)
+        if unreadable is not None:
+            failures.append(f"event_log: {unreadable}")
+        failures += messages
     for index, value in sorted(policy.expected.items()):
         if index not in named and reported.get(index) != value:
             failures.append(f"policy: PCR {index} is {reported.get(index, b'').hex() or 'not quoted'}, "
@@ -188,10 +266,10 @@ def check_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence,
     """Steps 1 to 7: is this an authentic, fresh quote of exactly the requested PCRs?
     ``pcr_values`` in the verdict is set once the reported values could be examined."""
     failures = check_attestation_key(ak)                                        # step 1
-    problem = _signature_ok(ak, evidence.attest, evidence.signature)            # step 2
+    problem, signature = _signature_check(ak, evidence.attest, evidence.signature)  # step 2
     if problem:
         failures.append(problem)
-    if failures:
+    if failures or signature is None:
         return Verdict(tuple(failures))
     try:
         quote = parse_attest(evidence.attest)                                   # step 3
@@ -212,8 +290,7 @@ def check_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence,
     if set(reported) != set(request.pcrs) or any(len(v) != size for v in reported.values()):
         failures.append("pcr_values: not exactly the requested PCRs of the requested bank")
         return Verdict(tuple(failures), quote.clock_info)
-    sig_hash = parse_signature(evidence.signature).hash_alg
-    if _pcr_digest(reported, tuple(sorted(request.pcrs)), sig_hash) != quote.pcr_digest:   # step 6
+    if _pcr_digest(reported, tuple(sorted(request.pcrs)), signature.hash_alg) != quote.pcr_digest:   # step 6
         failures.append("pcr_digest: the reported PCR values do not hash to the quoted digest")
     failures += _counters(quote.clock_info, previous)                           # step 7
     return Verdict(tuple(failures), quote.clock_info, reported)
