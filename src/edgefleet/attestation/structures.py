@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edgefleet.attestation._wire import Reader
+from edgefleet.attestation._wire import MAX_STRUCTURE, Reader
 from edgefleet.attestation.eventlog import DIGEST_SIZES, HASH_NAMES
+from edgefleet.errors import InvalidRequest
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -55,35 +56,70 @@ class Quote:
     pcr_digest: bytes
 
 
-_ATTEST_HEAD = struct.Struct(">IH")  # magic, type
+_U16 = struct.Struct(">H")
 _CLOCK_INFO = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe; then firmwareVersion
+_SELECTION = struct.Struct(">HB")  # hash algorithm, size of the select bitmap
+
+
+def _attest_error(message: str) -> InvalidRequest:
+    return InvalidRequest(f"Attest: {message}", code="bad_attest")
 
 
 def parse_attest(data: bytes) -> Quote:
-    """Parse a TPMS_ATTEST; refuses anything but a well-formed quote."""
-    r = Reader(data, "Attest")
-    magic, kind = r.unpack(_ATTEST_HEAD)
-    signer, extra = r.tpm2b(), r.tpm2b(64)
-    ticks, resets, restarts, safe, firmware = r.unpack(_CLOCK_INFO)
-    clock = ClockInfo(ticks, resets, restarts, bool(safe))
+    """Parse a TPMS_ATTEST; refuses anything but a well-formed quote. Read with offsets
+    and ``unpack_from`` (every quote of every check-in passes here), bounded like
+    ``Reader``: nothing is read past the end, and trailing bytes are refused."""
+    end = len(data)
+    if end > MAX_STRUCTURE:
+        raise _attest_error(f"{end} bytes is over the {MAX_STRUCTURE} byte bound")
+
+    def sized(at: int, limit: int) -> tuple[bytes, int]:
+        if at + 2 > end:
+            raise _attest_error(f"truncated at byte {at} (wanted 2 more)")
+        (size,) = _U16.unpack_from(data, at)
+        if size > limit:
+            raise _attest_error(f"a {size}-byte field is over its {limit}-byte bound")
+        if at + 2 + size > end:
+            raise _attest_error(f"truncated at byte {at + 2} (wanted {size} more)")
+        return data[at + 2:at + 2 + size], at + 2 + size
+
+    if end < 6:
+        raise _attest_error("truncated at byte 0 (wanted 6 more)")
+    magic, kind = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:6], "big")
+    signer, at = sized(6, 1024)
+    extra, at = sized(at, 64)
+    if at + _CLOCK_INFO.size > end:
+        raise _attest_error(f"truncated at byte {at} (wanted {_CLOCK_INFO.size} more)")
+    ticks, resets, restarts, safe, firmware = _CLOCK_INFO.unpack_from(data, at)
+    at += _CLOCK_INFO.size
     if kind != TPM_ST_ATTEST_QUOTE:
         # Other attestation types (certify, time, ...) have another layout: a signed
         # structure that is not a quote must never be read as one.
-        raise r.error(f"type {kind:#06x} is not a quote")
-    count = r.u32()
+        raise _attest_error(f"type {kind:#06x} is not a quote")
+    if at + 4 > end:
+        raise _attest_error(f"truncated at byte {at} (wanted 4 more)")
+    count = int.from_bytes(data[at:at + 4], "big")
+    at += 4
     if count > 16:
-        raise r.error(f"{count} PCR selections")
+        raise _attest_error(f"{count} PCR selections")
     selections = []
     for _ in range(count):
-        bank, size = r.u16(), r.u8()
+        if at + _SELECTION.size > end:
+            raise _attest_error(f"truncated at byte {at} (wanted {_SELECTION.size} more)")
+        bank, size = _SELECTION.unpack_from(data, at)
+        at += _SELECTION.size
         if size > 4:
-            raise r.error(f"PCR select of {size} bytes")
-        bits = r.take(size)
-        pcrs = tuple(i for i in range(size * 8) if bits[i // 8] & (1 << (i % 8)))
-        selections.append(PcrSelection(bank, pcrs))
-    digest = r.tpm2b(64)
-    r.end()
-    return Quote(magic, kind, signer, extra, clock, firmware, tuple(selections), digest)
+            raise _attest_error(f"PCR select of {size} bytes")
+        if at + size > end:
+            raise _attest_error(f"truncated at byte {at} (wanted {size} more)")
+        bits = int.from_bytes(data[at:at + size], "little")
+        at += size
+        selections.append(PcrSelection(bank, tuple(i for i in range(size * 8) if bits >> i & 1)))
+    digest, at = sized(at, 64)
+    if at != end:
+        raise _attest_error(f"{end - at} trailing bytes")
+    return Quote(magic, kind, signer, extra, ClockInfo(ticks, resets, restarts, bool(safe)), firmware,
+                 tuple(selections), digest)
 
 
 @dataclass(frozen=True)
