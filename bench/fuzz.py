@@ -8,7 +8,9 @@ Each target runs in a child process seeded with valid inputs (and the corpus it 
 before, kept in ~/.cache/edgefleet/fuzz/<target>). A crash (an exception that is not a
 typed refusal) is copied to tests/fuzz_corpus/<target>/ with its traceback's last line,
 and the child starts again for the time that is left; tests/test_fuzz_regressions.py
-replays every kept crash. The last line is one JSON object of the figures.
+replays every kept crash. ``--keep N`` also copies N inputs of the grown corpus there
+(small to large) (inputs that reached new code), so the tests replay what the fuzzer learned.
+The last line is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", action="append", help="a target of tests/fuzz_targets.py (repeat; default all)")
     parser.add_argument("--seconds", type=int, default=600, help="per target")
+    parser.add_argument("--keep", type=int, default=0, help="copy this many corpus inputs per target to the tests")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -108,7 +111,21 @@ def main() -> None:
         figures[f"{name}_exec_per_s"] = result["exec_per_s"]
         figures[f"{name}_seconds"] = result["seconds"]
         figures[f"{name}_crashes"] = len(crashes)
+        if args.keep:
+            print(f"  {name}: kept {keep_corpus(name, args.keep)} corpus inputs in tests/fuzz_corpus/{name}/")
     print(json.dumps(figures))
+
+
+def keep_corpus(name: str, count: int) -> int:
+    from tests.fuzz_targets import CORPUS
+
+    ordered = sorted((p for p in (CACHE / name / "corpus").iterdir() if not p.name.startswith("seed-")),
+                     key=lambda p: (p.stat().st_size, p.name))
+    grown = ordered[::max(1, len(ordered) // count)][:count]  # small to large
+    (CORPUS / name).mkdir(parents=True, exist_ok=True)
+    for path in grown:
+        shutil.copyfile(path, CORPUS / name / f"corpus-{path.name[:16]}")
+    return len(grown)
 
 
 if __name__ == "__main__":
