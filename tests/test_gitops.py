@@ -181,6 +181,21 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
     assert "0 devices out of sync" in cli("drift", *server_args(plane))
 
 
+def test_an_application_commit_waits_for_the_platforms_first_commit_instead_of_being_refused(
+        plane: Fleet, repo: FleetRepo) -> None:
+    """The application team pushes before the platform team's first commit (or the server
+    fetches in between): the app commit cannot be judged yet, and is not refused for good."""
+    repo.git("checkout", "-q", "-b", "apps")
+    app = repo.commit({"apps/stores/web.yaml": pod("web", "web@sha256:" + "c" * 64)}, "web", signer="bob")
+    assert sync(plane) == []  # main does not exist yet; apps waits for it
+    repo.git("checkout", "-q", "--orphan", "main")
+    repo.git("rm", "-rfq", ".")
+    root = repo.commit(BASE, "fleet", signer="alice")
+    decisions = sync(plane)
+    assert {d["sync"]: (d["commit"], d["accepted"]) for d in decisions} == {"platform": (root, True),
+                                                                           "apps": (app, True)}
+
+
 def test_root_and_application_syncs_cannot_write_each_others_paths(plane: Fleet, repo: FleetRepo) -> None:
     device = plane.enroll(site="store-1")
     root = repo.commit(BASE, "fleet", signer="alice")

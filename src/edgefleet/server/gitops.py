@@ -205,6 +205,13 @@ class GitOpsService:
         tip = await asyncio.to_thread(mirror.fetch)
         async with self.db.transaction() as conn:
             accepted = await accepted_commits(conn)
+            root = next((s.name for s in self.sources if s.kind == "root"), None)
+            if source.kind == "app" and root is not None and root not in accepted:
+                # An application is judged against the platform's groups and paths: before
+                # the root has an accepted commit there is nothing to judge it by, and a
+                # refusal for that would be final.
+                log.info("sync %s waits for an accepted commit of %s", source.name, root)
+                return None
             # Decided once: a refusal is final; an old acceptance is judged again (moving back).
             if accepted.get(source.name) == tip or await refused_before(conn, source.name, tip):
                 return None
