@@ -105,34 +105,28 @@ class WorkloadIssuer:
     def _signing(self, at: float) -> _Key:
         return [k for k in self._keys if k.active_from <= at][-1]  # the first key is active from 0
 
-    def published(self, now: datetime) -> list[str]:
-        """The kids in the JWKS at ``now``: the signing key, the next ones, and the one
+
+    def issue(self, *, site: str, device_id: str, workload: str, audience: str, release: str | None,
+              now: datetime) -> tuple[str, str, datetime]:
+        """(the JWT-SVID, its SPIFFE ID, when it expires)."""
+        self._reload()
+        key = self._signing(now.timestamp())
+        expires = now + self.ttl
+        spiffe_id = f"spiffe://{self.trust_domain}/site/{site}/device/{device_id}/workload/{workload}"
+        claims: dict[str, Any] = {
+            "iss": f"spiffe://{self.trust_domain}", "sub": spiffe_id,
+            "aud": [audience], "iat": int(now.timestamp()), "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()), "jti": secrets.token_hex(12), "release": release,
+        }
+        token = jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"})
+        return token, spiffe_id, expires
+
+    def jwks(self, now: datetime) -> dict[str, list[dict[str, Any]]]:
+        """The keys published at ``now``: the signing key, the next ones, and the one
         before while tokens it signed may still be valid."""
         self._reload()
         at, ttl = now.timestamp(), self.ttl.total_seconds()
         keys = self._keys
-        shown = []
-        for index, key in enumerate(keys):
-            successor = keys[index + 1].active_from if index + 1 < len(keys) else None
-            if successor is None or successor + ttl > at:
-                shown.append(key.kid)
-        return shown
-
-    def spiffe_id(self, site: str, device_id: str, workload: str) -> str:
-        return f"spiffe://{self.trust_domain}/site/{site}/device/{device_id}/workload/{workload}"
-
-    def issue(self, *, site: str, device_id: str, workload: str, audience: str, release: str | None,
-              now: datetime) -> tuple[str, datetime]:
-        self._reload()
-        key = self._signing(now.timestamp())
-        expires = now + self.ttl
-        claims: dict[str, Any] = {
-            "iss": f"spiffe://{self.trust_domain}", "sub": self.spiffe_id(site, device_id, workload),
-            "aud": [audience], "iat": int(now.timestamp()), "nbf": int(now.timestamp()),
-            "exp": int(expires.timestamp()), "jti": secrets.token_hex(12), "release": release,
-        }
-        return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}), expires
-
-    def jwks(self, now: datetime) -> dict[str, list[dict[str, Any]]]:
-        shown = set(self.published(now))
-        return {"keys": [k.jwk for k in self._keys if k.kid in shown]}
+        successors = [k.active_from for k in keys[1:]] + [None]
+        return {"keys": [key.jwk for key, successor in zip(keys, successors, strict=True)
+                         if successor is None or successor + ttl > at]}

@@ -96,10 +96,11 @@ async def workload_token(device: CurrentDevice, request: Request,
     if site is None:
         raise Forbidden(f"{device.id} is not enrolled", code="unknown_device")
     now = state.clock.now()
-    token, expires = state.workload.issue(site=site, device_id=device.id, workload=query.workload,
-                                          audience=query.audience, release=device.auth.attested_release, now=now)
-    return WorkloadToken(token=token, spiffe_id=state.workload.spiffe_id(site, device.id, query.workload),
-                         expires_at=expires, expires_in_seconds=(expires - now).total_seconds())
+    token, spiffe_id, expires = state.workload.issue(
+        site=site, device_id=device.id, workload=query.workload, audience=query.audience,
+        release=device.auth.attested_release, now=now)
+    return WorkloadToken(token=token, spiffe_id=spiffe_id, expires_at=expires,
+                         expires_in_seconds=(expires - now).total_seconds())
 
 
 @router.get("/.well-known/jwks.json")
