@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
+from edgefleet.hub.otlp import Item, Source, metrics_request
 from edgefleet.telemetry.buffer import Batch, DurableBuffer, Record, Stored
-from edgefleet.telemetry.otlp import Item, Source, metrics_request
 from edgefleet.telemetry.shipper import encode
 
 NAMES = ("edge_cpu_seconds_total", "edge_memory_used_bytes", "edge_temperature_celsius", "edge_disk_used_bytes")

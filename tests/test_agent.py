@@ -12,15 +12,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgefleet.agent import Agent, AgentSettings
 from edgefleet.agent.daemon import https_transport
 from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
-from edgefleet.agent.transport import DeviceTransport
 from edgefleet.credentials import Role
 from edgefleet.errors import ServerRefused, Throttled, TransportError
+from edgefleet.protocol.v1 import DesiredState
+from edgefleet.web.device_client import DeviceTransport, HttpsTransport
 from tests.conftest import Fleet, own_findings
 
 
@@ -201,6 +203,43 @@ def test_agent_command_enrolls_and_exits_cleanly_on_sigterm(fleet: Fleet, tmp_pa
         output = proc.communicate()[0]
     assert "stopped" in output
 
+
+
+class GarbledTransport(FlakyTransport):
+    """The first ``failures`` check-in answers arrive cut short (a proxy dropped the rest):
+    the real transport's parser reads them."""
+
+    async def fetch_desired(self, device_id, known, wait):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls <= self.failures:
+            HttpsTransport._parse(DesiredState, httpx.Response(200, content=b'{"version": 3, "docum'))
+        return await self.inner.fetch_desired(device_id, known, wait)
+
+
+def test_a_malformed_answer_makes_the_agent_back_off_and_retry_instead_of_exiting(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    garbled: list[GarbledTransport] = []
+
+    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
+        inner = https_transport(settings, state_dir, enrolled)
+        if not enrolled:
+            return inner
+        garbled.append(GarbledTransport(inner, failures=3))
+        return garbled[-1]
+
+    agent = make_agent(fleet, tmp_path, long_poll_seconds=0)  # plain check-ins: each answers at once
+    agent._transport_factory = factory
+    errors: list[str] = []
+
+    def seen() -> bool:
+        if agent.last_error:
+            errors.append(agent.last_error)
+        # The fourth answer is whole: checked in, and back to normal.
+        return bool(garbled) and garbled[0].calls >= 4 and agent.checkins >= 1 and agent.last_error is None
+
+    asyncio.run(run_until(agent, seen))  # fails if the agent's run ends
+    assert any("unexpected DesiredState from server" in e for e in errors)
 
 
 class ThrottledTransport(FlakyTransport):

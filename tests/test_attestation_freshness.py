@@ -21,8 +21,8 @@ from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import StateDir
-from edgefleet.agent.transport import DeviceTransport
 from edgefleet.errors import ServerRefused
+from edgefleet.web.device_client import DeviceTransport
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
 from tests.conftest import FakeClock, start_fleet
 

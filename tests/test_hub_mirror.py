@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edgefleet.errors import InvalidRequest, NotFound, TransportError
-from edgefleet.telemetry.mirror import MirrorCache
+from edgefleet.hub.mirror import MirrorCache
 from tests.releases_world import StaticMirror
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgefleet.hub.loop import SUMMARISED, Hub, HubSettings
+from edgefleet.hub.store import HubStore
+from edgefleet.hub.summary import quantile
 from edgefleet.protocol.telemetry import TelemetryBatch
-from edgefleet.telemetry.hub import SUMMARISED, Hub, HubSettings
-from edgefleet.telemetry.hubstore import HubStore
-from edgefleet.telemetry.summary import quantile
 
 
 def batch(first: int, values: list[float], site: str = "store-a", at_ms: int = 1_795_000_000_000) -> TelemetryBatch:

@@ -20,9 +20,9 @@ from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
-from edgefleet.agent.transport import HttpsTransport
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import StatusReport
+from edgefleet.web.device_client import HttpsTransport
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
 from tests.cli_helpers import cli
 from tests.conftest import own_findings, start_fleet

@@ -24,14 +24,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 
 from edgefleet.agent.daemon import Agent
-from edgefleet.agent.transport import HttpsTransport
+from edgefleet.hub.app import HubThread
+from edgefleet.hub.loop import HubSettings
+from edgefleet.hub.otlp import Item, Source, logs_request, metrics_request
 from edgefleet.pki import issue_server_certificate
 from edgefleet.telemetry.buffer import DurableBuffer, Figures, Record
 from edgefleet.telemetry.health import BufferHealth
-from edgefleet.telemetry.hub import HubSettings
-from edgefleet.telemetry.hubapp import HubThread
-from edgefleet.telemetry.otlp import Item, Source, logs_request, metrics_request
 from edgefleet.telemetry.shipper import Shipper
+from edgefleet.web.device_client import HttpsTransport
 from tests.conftest import Device, Fleet, need, start_fleet
 from tests.test_telemetry_hub import free_port
 

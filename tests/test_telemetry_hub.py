@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgefleet.agent.transport import HttpsTransport
+from edgefleet.hub.store import HubStore
 from edgefleet.telemetry.buffer import DurableBuffer, Record
-from edgefleet.telemetry.hubstore import HubStore
 from edgefleet.telemetry.shipper import Shipper
+from edgefleet.web.device_client import HttpsTransport
 from tests.conftest import Device, Fleet, start_fleet
 from tests.test_telemetry_shipping import stored
 

@@ -25,10 +25,10 @@ import pytest
 
 from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
-from edgefleet.agent.transport import HttpsTransport
 from edgefleet.credentials import Role
 from edgefleet.telemetry.buffer import DurableBuffer, Record
 from edgefleet.telemetry.shipper import Shipper
+from edgefleet.web.device_client import HttpsTransport
 from tests.conftest import Device, Fleet, start_fleet
 
 
@@ -122,7 +122,7 @@ import asyncio, json, sys, time
 from pathlib import Path
 from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
-from edgefleet.agent.transport import HttpsTransport
+from edgefleet.web.device_client import HttpsTransport
 from edgefleet.telemetry.buffer import DurableBuffer, Record
 from edgefleet.telemetry.shipper import Shipper
 

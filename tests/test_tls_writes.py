@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from edgefleet.credentials import Role
-from edgefleet.server.tls import OneWritePerStep
+from edgefleet.web.mtls import OneWritePerStep
 from tests.conftest import Fleet, start_fleet
 
 

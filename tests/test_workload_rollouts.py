@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.credentials import Role
-from edgefleet.gitops.hashing import workload_part
 from edgefleet.gitops.render import render
-from edgefleet.rollouts.workloads import judge, revision
+from edgefleet.protocol.hashing import workload_part
+from edgefleet.protocol.workload_verdicts import judge, revision
 from tests.ab_world import AbWorld, until
 from tests.conftest import Fleet, start_fleet
 from tests.gitops_world import FleetRepo

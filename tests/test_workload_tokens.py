@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from edgefleet.agent.hardware.swtpm import Swtpm
-from edgefleet.agent.transport import HttpsTransport
 from edgefleet.agent.workload_tokens import TokenKeeper, WantedToken, wanted_tokens
 from edgefleet.attestation import eventlog
 from edgefleet.errors import TransportError
 from edgefleet.protocol.workloads import NativeWorkload, TokenFile
+from edgefleet.web.device_client import HttpsTransport
 from tests.cli_helpers import cli
 from tests.conftest import Fleet
 from tests.test_attestation_flow import attesting_plane, boot

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 import httpx
 from pydantic import RootModel, ValidationError
 
-from edgefleet.errors import InvalidRequest, ServerRefused, TransportError
+from edgefleet.errors import BadAnswer, ServerRefused, TransportError
 from edgefleet.protocol.v1 import (
     AssignmentView,
     BootstrapTokenCreated,
@@ -55,7 +55,7 @@ class AdminClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise InvalidRequest(f"unexpected answer from server: {exc}", code="bad_response") from exc
+            raise BadAnswer(f"unexpected answer from server: {exc}") from exc
 
     def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0) -> DeviceList:
         params: dict[str, Any] = {"limit": limit, "offset": offset}

@@ -13,7 +13,8 @@
     │   └── UpdateRefused       (agent side) an update failed verification (TUF, Uptane checks)
     │       └── DeltaRefused    a delta, content index or piece is corrupt, truncated or for another base
     ├── TransportError          could not talk to the peer (network, TLS, timeout, 5xx)
-    │   └── Throttled           (agent side) the server asked to slow down (429, 503 with Retry-After)
+    │   ├── Throttled           (agent side) the server asked to slow down (429, 503 with Retry-After)
+    │   └── BadAnswer           the peer answered with a malformed or truncated body (retry, as for a 5xx)
     ├── StoreError              the database failed (SQLAlchemy errors are translated at the adapter)
     ├── PersistError            local durable state could not be written (full disk, permissions)
     ├── InstallError            (agent side) an image could not be written to a slot, or does not verify there
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 
 __all__ = [
+    "BadAnswer",
     "BuildError",
     "ConfigError",
     "Conflict",
@@ -151,6 +153,14 @@ class Throttled(TransportError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BadAnswer(TransportError):
+    """The peer answered, but with nothing we can understand (a malformed, truncated or
+    unexpected body): a proxy's error page, a half-written reply. Retry after a backoff, as
+    for a 5xx; it is the peer's fault, not a refusal of ours."""
+
+    code = "bad_response"
 
 
 class StoreError(EdgefleetError):

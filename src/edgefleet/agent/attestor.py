@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.agent.transport import DeviceTransport
-from edgefleet.errors import InvalidRequest
+from edgefleet.errors import BadAnswer
+from edgefleet.web.device_client import DeviceTransport
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -63,7 +63,7 @@ class Attestor:
         try:
             nonce, pcrs, bank = bytes.fromhex(issued["nonce"]), [int(p) for p in issued["pcrs"]], str(issued["bank"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidRequest(f"unexpected nonce answer: {exc}", code="bad_response") from exc
+            raise BadAnswer(f"unexpected nonce answer: {exc}") from exc
         attest, signature, values = await asyncio.to_thread(self.tpm.quote, nonce, bank, pcrs)
         log_bytes = await asyncio.to_thread(self.event_log.read_bytes)
         verdict = await transport.attestation(device_id, "quote", {
@@ -80,4 +80,4 @@ def _decode(answer: dict[str, Any], key: str) -> bytes:
     try:
         return base64.b64decode(str(answer[key]), validate=True)
     except (KeyError, ValueError) as exc:
-        raise InvalidRequest(f"unexpected credential challenge: {exc}", code="bad_response") from exc
+        raise BadAnswer(f"unexpected credential challenge: {exc}") from exc

@@ -32,7 +32,6 @@ from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import HealthCheck, Probe, parse_checks
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
-from edgefleet.agent.transport import DeviceTransport, HttpsTransport
 from edgefleet.agent.update_flow import Phase, UpdateJob
 from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
 from edgefleet.agent.windows import MaintenancePolicy
@@ -46,8 +45,8 @@ from edgefleet.errors import (
     TransportError,
     UpdateRefused,
 )
-from edgefleet.gitops.hashing import canonical, declared_workloads, workload_part
 from edgefleet.pki import make_csr, new_device_key
+from edgefleet.protocol.hashing import canonical, declared_workloads, workload_part
 from edgefleet.protocol.v1 import (
     ConfigReport,
     DesiredState,
@@ -58,14 +57,15 @@ from edgefleet.protocol.v1 import (
     UpdateEvent,
     UpdateReport,
 )
+from edgefleet.protocol.workload_verdicts import Verdict, judge
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
-from edgefleet.rollouts.workloads import Verdict, judge
 from edgefleet.telemetry.buffer import open_buffer
 from edgefleet.telemetry.health import BufferHealth, BufferHealthCollector
 from edgefleet.telemetry.recorder import Recorder, RecordingHandler
 from edgefleet.telemetry.shipper import Shipper
 from edgefleet.util.aio import pause
 from edgefleet.util.backoff import Backoff, jittered
+from edgefleet.web.device_client import DeviceTransport, HttpsTransport
 from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
 

@@ -4,7 +4,6 @@ fetches, so a mirror needs no trust of its own (any hub, CDN or nginx will do)."
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,19 +11,9 @@ import httpx
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface
 
+from edgefleet.web.tls import tls_context
+
 CHUNK = 64 * 1024
-
-
-def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None, *,
-                system_cas: bool = False) -> ssl.SSLContext:
-    """Trusting the fleet CA (and, for mirrors such as CDNs, the system's CAs), presenting
-    the device certificate if given."""
-    context = ssl.create_default_context() if system_cas else ssl.create_default_context(cafile=str(ca_file))
-    if system_cas:
-        context.load_verify_locations(cafile=str(ca_file))
-    if cert_file is not None and key_file is not None:
-        context.load_cert_chain(str(cert_file), str(key_file))
-    return context
 
 
 def https_client(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgefleet.gitops.hashing import config_hash, part_hashes
+from edgefleet.protocol.hashing import config_hash, part_hashes
 from edgefleet.util.atomic import atomic_write_bytes
 
 

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.agent.transport import DeviceTransport
 from edgefleet.errors import InvalidRequest, PersistError, ServerRefused, TransportError
 from edgefleet.protocol.workloads import WorkloadSpec
 from edgefleet.util.aio import pause
 from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.util.backoff import Backoff
 from edgefleet.util.paths import contained
+from edgefleet.web.device_client import DeviceTransport
 
 log = logging.getLogger("edgefleet.agent")
 

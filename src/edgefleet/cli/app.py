@@ -1,48 +1,77 @@
-"""The ``edgefleet`` command."""
+"""The ``edgefleet`` command.
+
+Each subcommand's module is imported only when that subcommand runs (or when the root
+help lists them all): ``edgefleet hub`` loads the hub, never the control plane, and
+``edgefleet --version`` loads nothing but this module.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
+# Typer carries its own copy of click; a group's methods take that copy's Context and Command.
+from typer._click import Command, Context
+from typer.core import TyperGroup
+
 from edgefleet import __version__
-from edgefleet.cli import (
-    agent_cmd,
-    demo_cmd,
-    devices_cmd,
-    gitops_cmd,
-    hub_cmd,
-    image_cmd,
-    release_cmd,
-    rollout_cmd,
-    server_cmd,
-    sim_cmd,
-    tokens_cmd,
-    tpm_cmd,
-)
+
+# name -> (module under edgefleet.cli, attribute): a Typer app (a group), or a function (one command).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "server": ("server_cmd", "app"),
+    "hub": ("hub_cmd", "app"),
+    "tokens": ("tokens_cmd", "app"),
+    "devices": ("devices_cmd", "app"),
+    "tpm": ("tpm_cmd", "app"),
+    "image": ("image_cmd", "app"),
+    "keys": ("release_cmd", "keys_app"),
+    "release": ("release_cmd", "release_app"),
+    "agent": ("agent_cmd", "agent"),
+    "assign": ("release_cmd", "assign"),
+    "demo": ("demo_cmd", "demo"),
+    "sim": ("sim_cmd", "sim"),
+    "rollout": ("rollout_cmd", "app"),
+    "repo": ("gitops_cmd", "repo_app"),
+    "gitops": ("gitops_cmd", "gitops_app"),
+    "drift": ("gitops_cmd", "drift"),
+    "alerts": ("gitops_cmd", "alerts"),
+}
+
+
+def load_command(name: str) -> Command:
+    """The click command for subcommand ``name``, importing its module now."""
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(f"edgefleet.cli.{module}"), attribute)
+    if isinstance(target, typer.Typer):
+        command: Command = typer.main.get_group(target)  # a group even with one command
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists every subcommand, builds one only when asked for it."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *COMMANDS]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.add_command(load_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="edgefleet",
+    cls=LazyGroup,
     help="Immutable edge fleets: signed images, Git as the source of truth, TPM attestation as the gate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(server_cmd.app, name="server")
-app.add_typer(hub_cmd.app, name="hub")
-app.add_typer(tokens_cmd.app, name="tokens")
-app.add_typer(devices_cmd.app, name="devices")
-app.add_typer(tpm_cmd.app, name="tpm")
-app.add_typer(image_cmd.app, name="image")
-app.add_typer(release_cmd.keys_app, name="keys")
-app.add_typer(release_cmd.release_app, name="release")
-app.command("agent")(agent_cmd.agent)
-app.command("assign")(release_cmd.assign)
-app.command("demo")(demo_cmd.demo)
-app.command("sim")(sim_cmd.sim)
-app.add_typer(rollout_cmd.app, name="rollout")
-app.add_typer(gitops_cmd.repo_app, name="repo")
-app.add_typer(gitops_cmd.gitops_app, name="gitops")
-app.command("drift")(gitops_cmd.drift)
-app.command("alerts")(gitops_cmd.alerts)
 
 
 def _version(value: bool) -> None:

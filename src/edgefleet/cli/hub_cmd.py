@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from edgefleet.cli.common import ConfigOption, flags, setup_logging, shown_errors
+from edgefleet.hub.loop import HubSettings
 from edgefleet.settings import load_settings
-from edgefleet.telemetry.hub import HubSettings
 from edgefleet.ui import console
 
 app = typer.Typer(help="A site's regional hub: telemetry store-and-forward with summaries, repository mirror.")
@@ -38,7 +38,7 @@ def run(
     """Run the hub until SIGTERM/SIGINT. Settings: flags > EDGEFLEET_HUB_* env > --config file."""
     if ctx.invoked_subcommand is not None:
         return
-    from edgefleet.telemetry.hubapp import serve_hub
+    from edgefleet.hub.app import serve_hub
 
     with shown_errors():
         settings = load_settings(HubSettings, config, flags(
@@ -57,7 +57,7 @@ def records(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
 ) -> None:
     """What a device shipped to this hub and the hub still keeps, oldest first."""
-    from edgefleet.telemetry.hubstore import HubStore
+    from edgefleet.hub.store import HubStore
 
     with shown_errors():
         store = HubStore(data_dir / "hub.db")

@@ -49,6 +49,8 @@ from edgefleet.agent.settings import AgentSettings
 from edgefleet.client import AdminClient
 from edgefleet.clock import SystemClock
 from edgefleet.credentials import Role
+from edgefleet.hub.app import HubThread
+from edgefleet.hub.loop import HubSettings
 from edgefleet.pki import issue_server_certificate
 from edgefleet.protocol.v1 import DeviceList
 from edgefleet.releases.image import ReleaseInfo
@@ -58,8 +60,6 @@ from edgefleet.releases.workspace import Workspace, load_online_keys
 from edgefleet.server.local import create_admin_token, init_server
 from edgefleet.server.run import ServerThread
 from edgefleet.server.settings import ServerSettings
-from edgefleet.telemetry.hub import HubSettings
-from edgefleet.telemetry.hubapp import HubThread
 from edgefleet.ui import console as default_console
 from edgefleet.ui import device_table
 from edgefleet.util.atomic import atomic_write_bytes

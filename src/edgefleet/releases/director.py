@@ -18,7 +18,7 @@ from typing import Any
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
-from edgefleet.gitops.hashing import canonical
+from edgefleet.protocol.hashing import canonical
 from edgefleet.releases.metadata import EXPIRY, WIRE, new_snapshot, new_timestamp, sign
 
 

@@ -24,12 +24,12 @@ from edgefleet.server.attestation import AttestationService
 from edgefleet.server.dashboard import routes as dashboard
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
-from edgefleet.server.errors import ERROR_RESPONSES, OverloadLog, install_error_handlers
+from edgefleet.server.errors import OverloadLog, install_error_handlers
 from edgefleet.server.fastpath import DeviceFastPath
 from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
-from edgefleet.server.middleware import BodyLimit, RequestMetrics
+from edgefleet.server.middleware import RequestMetrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
@@ -40,6 +40,8 @@ from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
+from edgefleet.web.bodylimit import BodyLimit
+from edgefleet.web.errors import ERROR_RESPONSES
 
 log = logging.getLogger("edgefleet.server")
 NONCE_PRUNE_SECONDS = 60.0

@@ -17,58 +17,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from edgefleet.errors import (
-    Conflict,
-    EdgefleetError,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    StoreError,
-    Unauthenticated,
-)
-from edgefleet.protocol.v1 import ErrorBody
+from edgefleet.errors import EdgefleetError, RateLimited
 from edgefleet.server.state import ServerState, server_state
+from edgefleet.web.errors import PUBLIC_MESSAGE, error_response, status_for
 
 log = logging.getLogger("edgefleet.server")
-
-STATUS: list[tuple[type[EdgefleetError], int]] = [
-    (InvalidRequest, 422),
-    (PayloadTooLarge, 413),
-    (Unauthenticated, 401),
-    (Forbidden, 403),
-    (NotFound, 404),
-    (Conflict, 409),
-    (RateLimited, 429),
-    (StoreError, 503),
-]
-
-_PUBLIC_MESSAGE = {401: "authentication failed", 403: "forbidden"}
-
-# Every refusal a route may answer, as the OpenAPI document declares it (one body shape).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description} for status, description in (
-        (401, "no or bad credentials"), (403, "credentials that do not allow this"), (404, "not found"),
-        (409, "conflicts with the current state"), (413, "body too large"), (422, "invalid request"),
-        (429, "rate limited"), (503, "overloaded or the store is unavailable"))
-}
-
-
-def status_for(exc: EdgefleetError) -> int:
-    for cls, status in STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
-
-
-def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
 
 class OverloadLog:
     """One log line per kind of 503 per ``window`` seconds, then how many were left out: an
@@ -106,7 +59,7 @@ def refusal(state: ServerState, method: str, path: str, exc: EdgefleetError, ove
     headers = {"www-authenticate": "Bearer"} if bearer else None
     if isinstance(exc, RateLimited):
         headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
-    return error_response(status, exc.code, _PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
+    return error_response(status, exc.code, PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
 
 
 def invalid(state: ServerState, method: str, path: str, errors: Sequence[Mapping[str, Any]]) -> JSONResponse:

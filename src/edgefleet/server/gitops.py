@@ -16,11 +16,11 @@ from typing import Any
 from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, StoreError, TransportError
 from edgefleet.gitops.git import GitMirror
-from edgefleet.gitops.hashing import config_hash, desired_parts
 from edgefleet.gitops.render import DeviceInfo, Rendering, render
 from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
+from edgefleet.protocol.hashing import config_hash, desired_parts
+from edgefleet.protocol.workload_verdicts import EMPTY
 from edgefleet.releases.image import release_fields
-from edgefleet.rollouts.workloads import EMPTY
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.director import DirectorService

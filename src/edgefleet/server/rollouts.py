@@ -24,9 +24,9 @@ from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.gitops.render import GroupSpec
 from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
+from edgefleet.protocol.workload_verdicts import EMPTY, judge, revision
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
 from edgefleet.rollouts.planner import Observation, State, Status, matches, plan
-from edgefleet.rollouts.workloads import EMPTY, judge, revision
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics

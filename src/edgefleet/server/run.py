@@ -7,9 +7,6 @@ import logging
 import resource
 import socket
 import ssl
-import threading
-import time
-from typing import Self
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,7 +16,8 @@ from edgefleet.errors import ConfigError
 from edgefleet.server.app import create_app
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
-from edgefleet.server.tls import MutualTlsHttpProtocol
+from edgefleet.web.mtls import MutualTlsHttpProtocol
+from edgefleet.web.serve import UvicornThread, bind
 
 log = logging.getLogger("edgefleet.server")
 
@@ -35,24 +33,6 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._state.long_polls.close()
         await super().shutdown(sockets)
-
-
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening socket (port 0 picks a free one). With ``reuse_port``, other processes
-    may listen on the same port too, and the kernel spreads new connections over them."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _build(settings: ServerSettings, app: FastAPI, *, log_config: bool) -> _Server:
@@ -125,37 +105,6 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
     return int(soft)
-
-
-class UvicornThread:
-    """A uvicorn server on a background thread (tests, the demo), listening on ``sock``."""
-
-    def __init__(self, server: uvicorn.Server, sock: socket.socket, name: str) -> None:
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self._server = server
-        self._name = name
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
-
-    def start(self, timeout: float = 30.0) -> Self:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ConfigError(f"{self._name} failed to start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class ServerThread(UvicornThread):

@@ -1,4 +1,4 @@
-"""How edgefleet's HTTP clients (agent transport, admin client) read a response status."""
+"""How edgefleet's HTTP clients (device client, admin client) read a response status."""
 
 from __future__ import annotations
 

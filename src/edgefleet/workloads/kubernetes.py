@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import PeerError
-from edgefleet.gitops.hashing import config_hash
+from edgefleet.protocol.hashing import config_hash
 from edgefleet.protocol.workloads import WorkloadStatus
 
 log = logging.getLogger("edgefleet.workloads.kubernetes")

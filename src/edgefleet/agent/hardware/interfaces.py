@@ -1,6 +1,6 @@
 """The agent's view of its hardware (DESIGN.md, "Emulated hardware, real code paths").
 
-The clock is ``edgefleet.clock.Clock`` and the network is ``agent.transport.DeviceTransport``.
+The clock is ``edgefleet.clock.Clock`` and the network is ``web.device_client.DeviceTransport``.
 The TPM interface is filled in by the attestation work (tpm2-pytss on /dev/tpmrm0 or
 swtpm); slots, bootloader environment and reboot (``ABSystem``) by the A/B update work.
 """

@@ -1,4 +1,5 @@
-"""How the agent talks to the control plane: one interface, one HTTPS implementation.
+"""How a device (an agent, or a hub enrolled as one) talks to the control plane: one
+interface, one HTTPS implementation.
 
 Error mapping at the boundary (httpx never leaks past this module): could not talk, or
 the server failed (5xx) -> TransportError, worth retrying; the server refused (4xx) ->
@@ -7,7 +8,6 @@ ServerRefused, which retrying will not fix.
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +15,7 @@ import httpx
 from pydantic import ValidationError
 
 from edgefleet import __version__
-from edgefleet.errors import InvalidRequest, TransportError
+from edgefleet.errors import BadAnswer, TransportError
 from edgefleet.protocol.telemetry import TelemetryAck
 from edgefleet.protocol.v1 import (
     DesiredState,
@@ -27,6 +27,7 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.util.cancelsafe import cancel_safe_transport
 from edgefleet.util.http import checked
+from edgefleet.web.tls import tls_context
 
 
 class DeviceTransport(Protocol):
@@ -61,9 +62,7 @@ class HttpsTransport:
         self, server_url: str, ca_file: Path, *, cert_file: Path | None = None, key_file: Path | None = None,
         timeout: float = 30.0,
     ) -> None:
-        context = ssl.create_default_context(cafile=str(ca_file))
-        if cert_file is not None and key_file is not None:
-            context.load_cert_chain(str(cert_file), str(key_file))
+        context = tls_context(ca_file, cert_file, key_file)
         self._timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=server_url.rstrip("/"),
@@ -88,7 +87,7 @@ class HttpsTransport:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise InvalidRequest(f"unexpected {model.__name__} from server: {exc}", code="bad_response") from exc
+            raise BadAnswer(f"unexpected {model.__name__} from server: {exc}") from exc
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         response = await self._request("POST", "/api/v1/enroll", json=request.model_dump(mode="json"))
@@ -127,9 +126,9 @@ class HttpsTransport:
         try:
             answer = response.json()
         except ValueError as exc:
-            raise InvalidRequest(f"unexpected attestation answer: {exc}", code="bad_response") from exc
+            raise BadAnswer(f"unexpected attestation answer: {exc}") from exc
         if not isinstance(answer, dict):
-            raise InvalidRequest("unexpected attestation answer", code="bad_response")
+            raise BadAnswer("unexpected attestation answer")
         return answer
 
     async def workload_token(self, device_id: str, workload: str, audience: str) -> WorkloadToken:

@@ -29,21 +29,21 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet import __version__
-from edgefleet.agent.fetcher import tls_context
-from edgefleet.agent.transport import HttpsTransport
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, TransportError
+from edgefleet.hub import loki, otlp
+from edgefleet.hub.mirror import MirrorCache
+from edgefleet.hub.store import HubStore, RawRecord
+from edgefleet.hub.summary import summarise
 from edgefleet.pki import make_csr, new_device_key
 from edgefleet.protocol.v1 import EnrollRequest, Inventory
-from edgefleet.telemetry import loki, otlp
 from edgefleet.telemetry.buffer import Record, open_buffer
 from edgefleet.telemetry.health import BufferHealth
-from edgefleet.telemetry.hubstore import HubStore, RawRecord
-from edgefleet.telemetry.mirror import MirrorCache
 from edgefleet.telemetry.shipper import Shipper
-from edgefleet.telemetry.summary import summarise
 from edgefleet.util.aio import pause
 from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.util.backoff import Backoff
+from edgefleet.web.device_client import HttpsTransport
+from edgefleet.web.tls import tls_context
 
 log = logging.getLogger("edgefleet.hub")
 SUMMARISED = "summarised"  # the upstream buffer's mark: raw ids summarised and queued so far

@@ -9,8 +9,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from edgefleet.telemetry.hubstore import RawRecord
-from edgefleet.telemetry.otlp import unix_nanos
+from edgefleet.hub.otlp import unix_nanos
+from edgefleet.hub.store import RawRecord
 
 
 def _line(record: RawRecord) -> tuple[dict[str, str], str]:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from edgefleet.telemetry.hubstore import RawRecord
+from edgefleet.hub.store import RawRecord
 
 QUANTILES = (0.5, 0.9, 0.99)
 UNKNOWN_SITE = "unknown"

@@ -21,16 +21,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgefleet.errors import ConfigError, EdgefleetError, Forbidden, Unauthenticated
+from edgefleet.hub.loop import Hub, HubSettings
+from edgefleet.hub.summary import QUANTILES
 from edgefleet.localpage import create_local_app, read_credential
 from edgefleet.pki import DeviceCertificate, device_identity_from_pem
 from edgefleet.protocol.telemetry import TelemetryAck, parse_batch
-from edgefleet.server.errors import error_response, status_for
-from edgefleet.server.middleware import BodyLimit
-from edgefleet.server.run import UvicornThread, bind
-from edgefleet.server.tls import MutualTlsHttpProtocol
 from edgefleet.telemetry.health import BufferHealthCollector
-from edgefleet.telemetry.hub import Hub, HubSettings
-from edgefleet.telemetry.summary import QUANTILES
+from edgefleet.web.bodylimit import BodyLimit
+from edgefleet.web.errors import error_response, status_for
+from edgefleet.web.mtls import MutualTlsHttpProtocol
+from edgefleet.web.serve import UvicornThread, bind
 
 log = logging.getLogger("edgefleet.hub")
 

@@ -1,6 +1,7 @@
-"""Workload rollouts: a group's workload set (its rendered ``workloads``) moves through the
-group's waves like a release. Pure: what a device reports about its workloads, judged
-against the set it was told to run, becomes the planner's observation.
+"""The verdict on a device's workloads, which the agent (its own health) and the rollout
+controller (a workload rollout's observation) both compute. A group's workload set (its
+rendered ``workloads``) moves through the group's waves like a release; what a device
+reports about its workloads, judged against the set it was told to run, is its verdict.
 
 A device has taken the set when it reports every declared workload's drift part (it
 supervises exactly that verified version) and none of them has failed since it started.
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgefleet.gitops.hashing import config_hash, declared_workloads, workload_part
+from edgefleet.protocol.hashing import config_hash, declared_workloads, workload_part
 from edgefleet.protocol.workloads import failed_run
 
 PREFIX = "workloads-"
