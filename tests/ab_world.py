@@ -4,9 +4,12 @@ devices that really reboot (``EmulatedDevice``) between the agent's runs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,36 @@ async def assign_until(world: AbWorld, device: EmulatedDevice, version: str, sta
     await enrolled(device)
     await asyncio.to_thread(world.assign, device, version, **options)
     await until(lambda: world.record(device).update_state == state, timeout=timeout, what=state)
+
+
+class OffsetClock:
+    """The device's clock, set by the test: wall and monotonic time move with the offset."""
+
+    def __init__(self, now: datetime) -> None:
+        self.offset = (now - datetime.now(UTC)).total_seconds()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def set(self, now: datetime) -> None:
+        self.offset = (now - datetime.now(UTC)).total_seconds()
+
+
+def database(world: AbWorld) -> sqlite3.Connection:
+    """The control plane's own database, opened as an attacker who holds the server's disk
+    (but not the director's online key, which signs nothing for them)."""
+    path = world.plane.settings.effective_database_url.removeprefix("sqlite:///")
+    return sqlite3.connect(path, timeout=30)
+
+
+def tamper_desired(world: AbWorld, device_id: str, document: dict[str, Any]) -> None:
+    """Write a desired document straight into the store, past the one writer (so unsigned),
+    and note the change so that the server wakes the device's long poll."""
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    with database(world) as db:
+        db.execute("UPDATE devices SET desired = ?, desired_version = desired_version + 1 WHERE id = ?",
+                   (json.dumps(document), device_id))
+        db.execute("INSERT INTO device_changes (device_id, changed_at) VALUES (?, ?)", (device_id, now))

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,17 @@ from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
 from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
 from edgefleet.credentials import Role
-from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, assign_until, enrolled, run, sqlite_plane, until
+from tests.ab_world import (
+    RUNNING,
+    SLOT_BYTES,
+    AbWorld,
+    OffsetClock,
+    assign_until,
+    enrolled,
+    run,
+    sqlite_plane,
+    until,
+)
 from tests.cli_helpers import cli
 from tests.conftest import Fleet
 
@@ -209,22 +218,6 @@ def test_trial_that_fails_attestation_against_the_new_release_rolls_back(world: 
     assert phases(world, device)[-4:] == ["health_checking", "attesting", "rolling_back", "rolled_back"]
 
 
-class OffsetClock:
-    """The device's clock, set by the test: wall and monotonic time move with the offset."""
-
-    def __init__(self, now: datetime) -> None:
-        self.offset = (now - datetime.now(UTC)).total_seconds()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=self.offset)
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def set(self, now: datetime) -> None:
-        self.offset = (now - datetime.now(UTC)).total_seconds()
-
-
 def test_the_release_downloads_before_the_install_window_and_the_slot_switches_only_inside_it(
         world: AbWorld) -> None:
     """A group's install window (02:00-03:00 UTC): the bytes arrive at noon, when the
@@ -240,7 +233,9 @@ def test_the_release_downloads_before_the_install_window_and_the_slot_switches_o
         await enrolled(device)
         url = f"/api/v1/admin/devices/{world.device_id(device)}/desired"
         operator = world.plane.client(role=Role.OPERATOR)
-        answer = await asyncio.to_thread(operator.put, url, json={"document": {"maintenance": {"install": [window]}}})
+        # The windows travel in the configuration, which the director signs.
+        document = {"config": {"group": "windowed", "maintenance": {"install": [window]}}}
+        answer = await asyncio.to_thread(operator.put, url, json={"document": document})
         assert answer.status_code == 200, answer.text
         version = answer.json()["version"]
         # The device knows its windows before it is told the release (an update check that

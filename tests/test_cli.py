@@ -30,8 +30,11 @@ def _every_command() -> list[list[str]]:
 
     def walk(command: click.Command, path: list[str]) -> None:
         found.append(path)
-        for name, sub in sorted(getattr(command, "commands", {}).items()):
-            walk(sub, [*path, name])
+        if not hasattr(command, "list_commands"):
+            return
+        context = typer.Context(command)  # type: ignore[arg-type]
+        for name in sorted(command.list_commands(context)):  # the root group loads its commands here
+            walk(command.get_command(context, name), [*path, name])  # type: ignore[arg-type]
 
     walk(typer.main.get_command(app), [])
     return found

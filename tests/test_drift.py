@@ -142,7 +142,7 @@ def test_config_changed_behind_the_platforms_back_is_drift_alerted_and_healed(tm
 
 
 def test_device_applies_only_configuration_the_director_signed(tmp_path: Path) -> None:
-    from tests.ab_world import AbWorld, run, until
+    from tests.ab_world import AbWorld, run, tamper_desired, until
 
     repo = FleetRepo(tmp_path / "git")
     repo.commit(BASE, "fleet", signer="alice")
@@ -164,8 +164,8 @@ def test_device_applies_only_configuration_the_director_signed(tmp_path: Path) -
             document = (await asyncio.to_thread(operator.get, url)).json()["document"]
             forged = {**document["config"], "os": {**document["config"]["os"], "cloud_init": "#cloud-config\n"
                                                    "users: [{name: intruder}]\n"}}
-            assert (await asyncio.to_thread(operator.put, url, json={"document": {**document, "config": forged}})
-                    ).status_code == 200
+            # Past the one writer (which would have the director sign it): straight into the store.
+            await asyncio.to_thread(tamper_desired, world, device.agent.device_id, {**document, "config": forged})
             await asyncio.sleep(2.0)  # several update checks and reports
             assert "intruder" not in user_data.read_text()
 

@@ -4,6 +4,7 @@ pyproject.toml, checked by import-linter), and a command loads only what it runs
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,38 @@ def test_the_version_flag_loads_no_subcommand() -> None:
     assert "edgefleet.cli.app" in modules
     assert not {m for m in modules if m.startswith(("edgefleet.cli.common", "edgefleet.server", "edgefleet.hub",
                                                     "edgefleet.agent", "edgefleet.demo", "sqlalchemy"))}
+
+
+STORE_WRITERS = {"set_desired", "set_desired_many"}  # edgefleet.store.devices: the desired document's writes
+ONE_WRITER = {"edgefleet/server/desired.py", "edgefleet/store/devices.py"}  # the writer, and the store
+
+
+def _writes_desired(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").endswith("store.devices") and any(a.name in STORE_WRITERS for a in node.names)
+    if isinstance(node, ast.Name):
+        return node.id in STORE_WRITERS
+    if isinstance(node, ast.Attribute):  # the module's function, not the admin client's method
+        return node.attr in STORE_WRITERS and isinstance(node.value, ast.Name) and node.value.id == "devices"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "values":
+        return any(k.arg in ("desired", "desired_version") for k in node.keywords)
+    return False
+
+
+def desired_writes(source: str) -> list[int]:
+    """Lines of ``source`` that import or name one of the store's desired-state writers, or
+    set a ``desired`` column in an SQL statement."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source)) if _writes_desired(node)})
+
+
+def test_only_the_one_writer_changes_a_devices_stored_desired_document() -> None:
+    src = ROOT / "src"
+    offenders = {str(path.relative_to(src)): lines for path in sorted(src.rglob("*.py"))
+                 if str(path.relative_to(src)) not in ONE_WRITER
+                 and (lines := desired_writes(path.read_text()))}
+    assert offenders == {}, f"desired state written outside server/desired.py: {offenders}"
+    # The check itself finds what it looks for.
+    assert desired_writes("from edgefleet.store.devices import set_desired\n") == [1]
+    assert desired_writes("await devices.set_desired_many(conn, docs, now)\n") == [1]
+    assert desired_writes("admin.set_desired(device_id, document)\n") == []  # over the API: the writer runs
+    assert desired_writes("update(Device).values(desired={}, desired_at=now)\n") == [1]

@@ -59,6 +59,7 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.protocol.workload_verdicts import Verdict, judge
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
+from edgefleet.releases.instructions import PLAIN
 from edgefleet.telemetry.buffer import open_buffer
 from edgefleet.telemetry.health import BufferHealth, BufferHealthCollector
 from edgefleet.telemetry.recorder import Recorder, RecordingHandler
@@ -70,6 +71,11 @@ from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
 
 log = logging.getLogger("edgefleet.agent")
+
+# The parts of a desired state a device acts on: the release (which the director's signed
+# metadata names again) and the configuration (which must be the director's signed config
+# target). Anything else steers nothing.
+SIGNED_PARTS = frozenset({"release", "config"})
 
 T = TypeVar("T")
 TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
@@ -130,6 +136,7 @@ class Agent:
         self._attested: bool | None = None
         self.health: HealthMonitor | None = None  # while the agent runs
         self.untrusted: str | None = None  # why this device cannot verify what the server sends (fail closed)
+        self.unsigned: str | None = None  # what the desired state holds that the director did not sign (ignored)
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
@@ -397,25 +404,15 @@ class Agent:
 
     async def _check_update(self, state: AgentState, updates: UpdateClient) -> None:
         """Verify what the director assigns and hand it to the installer; refusals are
-        reported, and the device keeps running what it has."""
+        reported, and the device keeps running what it has. How to take the release
+        (force, retry, revert) is signed with it; when is the signed configuration's
+        maintenance windows. Nothing unsigned in the desired state steers an update."""
         runner = self.runner
-        options = state.desired.get("update")
-        options = options if isinstance(options, dict) else {}
-        revert_to = options.get("revert_to")
-        if runner is not None and isinstance(revert_to, str) and revert_to != self.platform.os_version():
-            # Going back to the slot that still holds it needs no download and no director
-            # plan (the director names the older release, which a counter check would refuse).
-            result = await asyncio.to_thread(runner.revert, revert_to)
-            if isinstance(result, Refusal):
-                log.warning("revert refused (%s): %s", result.code, result.message)
-                state.update_error, state.update_refused = result.code, result.message
-                self.dir.save(state)
-            return
         try:
             plan = await asyncio.to_thread(updates.check, self.platform.release_counter())
         except UpdateRefused as exc:
             log.warning("update refused (%s): %s", exc.code, exc.message)
-            state.update_error = exc.code
+            state.update_error, state.update_refused = exc.code, f"{exc.code}: {exc.message}"[:1000]
             if runner is None or not runner.job.active:
                 state.update_state = "refused"
             self.dir.save(state)
@@ -423,26 +420,49 @@ class Agent:
         except TransportError as exc:
             log.warning("update check failed, will retry: %s", exc)
             return
+        if plan is not None and plan.instructions.revert and plan.version != self.platform.os_version():
+            # Going back to the slot that still holds it needs no download and no window.
+            self._plan = None
+            result = Refusal("cannot_revert", "this device has no A/B slots") if runner is None else \
+                await asyncio.to_thread(runner.revert, plan.version)
+            if isinstance(result, Refusal):
+                log.warning("revert refused (%s): %s", result.code, result.message)
+                state.update_error, state.update_refused = result.code, result.message
+                self.dir.save(state)
+            return
         self._plan = plan
         if runner is None:
             state.update_state, state.update_error = "idle" if plan is None else "verified", None
             self.dir.save(state)
             return
-        try:
-            runner.policy = MaintenancePolicy.parse(state.desired.get("maintenance"))
-        except InvalidRequest as exc:
-            log.error("maintenance windows in the desired state are invalid, keeping the last ones: %s", exc.message)
+        self._take_signed_windows(state, updates, runner)
         runner.failed_under = state.desired_version
+        instructions = plan.instructions if plan is not None else PLAIN
         offer = None if plan is None else Offer(plan.version, plan.counter, plan.target.hashes["sha256"],
-                                                plan.target.length, force_reboot=options.get("force_reboot") is True)
-        refusal = await asyncio.to_thread(runner.offer, offer, self.platform.os_version(),
-                                          options.get("retry_failed") is True)
+                                                plan.target.length, force_reboot=instructions.force_reboot)
+        refusal = await asyncio.to_thread(runner.offer, offer, self.platform.os_version(), instructions.retry_failed)
         if refusal is not None:
             log.warning("update not started (%s): %s", refusal.code, refusal.message)
         state.update_error = None if refusal is None else refusal.code
         state.update_refused = None if refusal is None else refusal.message
         state.update_state = str(runner.job.phase)
         self.dir.save(state)
+
+    def _take_signed_windows(self, state: AgentState, updates: UpdateClient, runner: UpdateRunner) -> None:
+        """The maintenance windows of the director-signed configuration become the
+        runner's; a configuration the director has not signed (yet, or ever) changes none."""
+        config = state.desired.get("config")
+        if not isinstance(config, dict):
+            if updates.assigned_config() is None:
+                runner.policy = MaintenancePolicy.parse(None)  # no configuration at all: no windows
+            return  # the director signs a configuration this document lacks: keep the last windows
+        if not self._director_signed(config, updates):
+            return  # the configuration step reports it
+        try:
+            runner.policy = MaintenancePolicy.parse(config.get("maintenance"))
+        except InvalidRequest as exc:
+            log.error("maintenance windows in the signed configuration are invalid, keeping the last ones: %s",
+                      exc.message)
 
     async def _drive_update(self, state: AgentState, transport: DeviceTransport, attestor: Attestor | None,
                             halt: asyncio.Event) -> bool:
@@ -576,6 +596,7 @@ class Agent:
 
         return HealthSources(checks=self._checks, workloads=lambda: self._workload_statuses() or [], buffer=buffer,
                              attested=lambda: self.attested, state_dir=self.dir.path, untrusted=lambda: self.untrusted,
+                             unsigned=lambda: self.unsigned,
                              probe=self.runner.workloads_probe if self.runner is not None else None)
 
     async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport,
@@ -706,10 +727,26 @@ class Agent:
         """The agent has acted on the desired state it holds, unless its configuration waits
         for the director's signature; returns whether it has."""
         config = state.desired.get("config")
-        if state.desired_version < 0 or (isinstance(config, dict) and not self._director_signed(config, updates)):
+        signed = not isinstance(config, dict) or self._director_signed(config, updates)
+        self._note_unsigned(state, signed)
+        if state.desired_version < 0 or not signed:
             return False
         self._applied = state.desired_version
         return True
+
+    def _note_unsigned(self, state: AgentState, config_signed: bool) -> None:
+        """Say (a health finding, and the log once) what of the desired state this device
+        ignores because the director did not sign it: a configuration other than the signed
+        one, or any instruction outside it (an older server's unsigned ``update`` or
+        ``maintenance``, or a forged one)."""
+        ignored = ([] if config_signed else ["config"]) + sorted(set(state.desired) - SIGNED_PARTS)
+        why = f"not signed by the director, ignored: {', '.join(ignored)}" if ignored else None
+        if why != self.unsigned:
+            if why is not None:
+                log.warning("desired state version %d: %s", state.desired_version, why)
+            self.unsigned = why
+            if self.health is not None:
+                self.health.wake.set()
 
     @staticmethod
     def _director_signed(config: dict[str, object], updates: UpdateClient) -> bool:

@@ -188,6 +188,7 @@ class HealthSources:
     state_dir: Path
     probe: Probe | None = None  # answers ``workloads`` checks
     untrusted: Callable[[], str | None] = lambda: None  # why the device refuses all configuration
+    unsigned: Callable[[], str | None] = lambda: None  # what the server sent that the director did not sign
     clock: ClockSanity = field(default_factory=ClockSanity)
     cancel: threading.Event = field(default_factory=threading.Event)  # set: running checks end now
 
@@ -203,6 +204,8 @@ class HealthSources:
         if (why := self.untrusted()) is not None:
             findings.append(HealthFinding(name="trust-roots", required=True,
                                           detail=f"{why}: no configuration, workloads or tokens"[:200]))
+        if (why := self.unsigned()) is not None:  # what runs stays as it was: degraded, not unhealthy
+            findings.append(HealthFinding(name="signed-instructions", required=False, detail=why[:200]))
         return judge(findings)
 
 

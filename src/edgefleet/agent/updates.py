@@ -32,6 +32,7 @@ from edgefleet.agent.download import fetch_target
 from edgefleet.agent.fetcher import MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
+from edgefleet.releases.instructions import PLAIN, Instructions, director_fields
 from edgefleet.util.atomic import atomic_write_json, fsync_dir, fsync_file
 from edgefleet.util.stop import StopSignal
 
@@ -70,6 +71,7 @@ class UpdatePlan:
     target: TargetFile
     version: str
     counter: int
+    instructions: Instructions = PLAIN  # signed by the director with the assignment
 
 
 def _refused(exc: tuf_errors.RepositoryError, where: str) -> UpdateRefused:
@@ -245,7 +247,7 @@ class UpdateClient:
 
     def _cross_check(self, assigned: TargetFile, published: TargetFile | None, installed_counter: int) -> UpdatePlan:
         # Uptane full verification, step by step.
-        bound = assigned.custom.get("director", {}) if isinstance(assigned.custom, dict) else {}
+        bound = director_fields(assigned)
         if bound.get("device_id") != self.device_id:
             raise UpdateRefused(f"director target is for {bound.get('device_id')}, not this device",
                                 code="director_wrong_device")
@@ -261,10 +263,13 @@ class UpdateClient:
             raise UpdateRefused(f"{assigned.path} fits {fits}, this device is {self.hardware_type}",
                                 code="hardware_mismatch")
         counter = fields.get("release_counter")
-        if not isinstance(counter, int) or counter < installed_counter:
+        instructions = Instructions.of(assigned)
+        # A signed revert names the release the other slot still holds (the runner checks
+        # that): going back to it is the one move below the installed counter.
+        if not isinstance(counter, int) or (counter < installed_counter and not instructions.revert):
             raise UpdateRefused(f"release counter {counter} is below the installed {installed_counter}",
                                 code="counter_rollback")
-        return UpdatePlan(published, str(fields.get("version")), counter)
+        return UpdatePlan(published, str(fields.get("version")), counter, instructions)
 
     def download(self, plan: UpdatePlan, stop: StopSignal | None = None, *,
                  running: tuple[Path, str | None] | None = None) -> Delivery:

@@ -19,6 +19,8 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.protocol.hashing import canonical
+from edgefleet.releases.image import release_fields
+from edgefleet.releases.instructions import PLAIN, Instructions
 from edgefleet.releases.metadata import EXPIRY, WIRE, new_snapshot, new_timestamp, sign
 
 
@@ -32,12 +34,14 @@ class DirectorFiles:
     timestamp_expires: datetime
 
 
-def bind(target: TargetFile, device_id: str) -> TargetFile:
-    """The image target as the director lists it for ``device_id``: same length, hashes
-    and release fields, plus the device it is meant for."""
+def bind(target: TargetFile, device_id: str, instructions: Instructions = PLAIN) -> TargetFile:
+    """A target as the director lists it for ``device_id``: same length, hashes and release
+    fields, plus the device it is meant for and, on the OS image, how to take it."""
     bound = copy.deepcopy(target)
     custom = dict(bound.custom) if isinstance(bound.custom, dict) else {}
     custom["director"] = {"device_id": device_id}
+    if release_fields(target).get("kind") == "os-image":
+        custom["director"].update(instructions.fields())
     bound.unrecognized_fields["custom"] = custom
     return bound
 
@@ -52,11 +56,11 @@ def config_target(config: Mapping[str, Any]) -> TargetFile:
 
 
 def sign_assignment(device_id: str, targets: list[TargetFile], version: int, timestamp_version: int,
-                    now: datetime, signer: Signer) -> DirectorFiles:
+                    now: datetime, signer: Signer, instructions: Instructions = PLAIN) -> DirectorFiles:
     """Sign targets and snapshot ``version`` and a timestamp for one device."""
     md = Metadata(Targets(version=version, expires=(now + EXPIRY["targets"]).replace(microsecond=0)))
     for target in targets:
-        md.signed.targets[target.path] = bind(target, device_id)
+        md.signed.targets[target.path] = bind(target, device_id, instructions)
     sign(md, signer)
     targets_bytes = md.to_bytes(WIRE)
     snapshot = new_snapshot(version, now, version)

@@ -2,8 +2,11 @@
 signed director metadata (Uptane). Which release a device *may* take will be the rollout
 controller's decision; today an operator assigns it.
 
-An assignment also writes ``release`` into the device's desired state, so a device
-waiting in a long poll hears about it at once and then verifies it through TUF.
+An assignment also writes ``release`` into the device's desired state (through the one
+writer, ``server/desired.py``, which the director owns: it signs what the writer stores),
+so a device waiting in a long poll hears about it at once and then verifies it through
+TUF. How the device is to take the release (force a reboot, retry a failed release,
+revert to the other slot) is signed with it (``releases.instructions.Instructions``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.image import release_fields
+from edgefleet.releases.instructions import PLAIN, Instructions
 from edgefleet.releases.metadata import EXPIRY
+from edgefleet.server.desired import DesiredWriter
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
-from edgefleet.store.devices import desired_documents, desired_state, hardware_and_config, set_desired_many
+from edgefleet.store.devices import desired_documents, desired_state, hardware_and_config
 from edgefleet.store.director import (
     Versions,
     all_director_states,
@@ -61,6 +66,20 @@ def _with_config(targets: list[TargetFile], config: Any) -> list[TargetFile]:
     """The release's targets plus, when the desired state carries rendered configuration,
     its config target."""
     return targets + ([config_target(config)] if isinstance(config, dict) else [])
+
+
+def _without(document: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k != key}
+
+
+def _signed_instructions(current: DirectorState | None) -> Instructions:
+    """The instructions signed with the device's current assignment: re-signing its
+    configuration keeps them (the signed metadata is their one copy)."""
+    if current is None:
+        return PLAIN
+    signed: Metadata[Targets] = Metadata.from_bytes(current.targets)
+    images = [t for t in signed.signed.targets.values() if release_fields(t).get("kind") == "os-image"]
+    return Instructions.of(images[0]) if images else PLAIN
 
 
 async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
@@ -123,6 +142,10 @@ class DirectorService:
     devices: DeviceCache
     long_polls: LongPolls
     signed: SignedFiles = field(default_factory=SignedFiles)
+    desired: DesiredWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.desired = DesiredWriter(self.db, self.clock, self.devices, self.long_polls, self.sign_config)
 
     def release_targets(self, release: str) -> list[TargetFile]:
         """The image and artifacts of ``release`` as the image repository publishes them."""
@@ -148,10 +171,11 @@ class DirectorService:
                      retry_failed: bool = False, revert: bool = False) -> Assignment:
         """Raises NotFound (device or release) or Conflict (hardware type, concurrent change).
 
-        The options travel in the desired state's ``update`` object: the director's
-        metadata says *what* to install, the desired state says *when* (windows, force).
+        The director's metadata says what to install and, signed with it, how (force a
+        reboot, retry a failed release, revert); the signed configuration says when (its
+        maintenance windows).
         """
-        options = {"force_reboot": force_reboot, "retry_failed": retry_failed, "revert_to": release if revert else None}
+        options = Instructions(force_reboot=force_reboot, retry_failed=retry_failed, revert=revert)
 
         async def attempt() -> Assignment:
             done, failed = await self._assign_batch([device_id], release, options)
@@ -166,7 +190,7 @@ class DirectorService:
         controller's path). Raises NotFound when the release is not published; returns
         the devices that could not be assigned, and why."""
         failed: dict[str, EdgefleetError] = {}
-        options = {"force_reboot": False, "retry_failed": False, "revert_to": None}
+        options = PLAIN
         for start in range(0, len(device_ids), ASSIGN_BATCH):
             batch = device_ids[start:start + ASSIGN_BATCH]
 
@@ -181,20 +205,15 @@ class DirectorService:
         replaces the ``workloads`` of each one's rendered configuration, which is signed
         again before the device hears of it. Devices without configuration are left out.
         Returns the devices told."""
-        async with self.db.transaction() as conn:
-            documents = await desired_documents(conn, device_ids)
+        async with self.desired.transaction() as changes:
+            documents = await desired_documents(changes.conn, device_ids)
             changed = {d: {**doc, "config": {**doc["config"], "workloads": workloads}}
                        for d, doc in documents.items()
                        if isinstance(doc.get("config"), dict) and doc["config"].get("workloads") != workloads}
-            changes = await set_desired_many(conn, changed, self.clock.now())
-        self.devices.applied.update(changes)  # the change feed need not (and must not, before signing) do it
-        for device_id in changed:
-            await self.sign_config(device_id)  # before the device hears of it
-            self.devices.forget(device_id)
-            self.long_polls.notify(device_id)
+            await changes.set_many(changed)  # signed by the writer before the devices hear of it
         return list(changed)
 
-    async def _assign_batch(self, device_ids: Sequence[str], release: str, options: dict[str, Any]) -> tuple[
+    async def _assign_batch(self, device_ids: Sequence[str], release: str, options: Instructions) -> tuple[
             list[Assignment], dict[str, EdgefleetError]]:
         """Read, check, sign (in one worker thread) and store a batch; each device's
         director state moves by compare-and-swap, so a concurrent change fails only it."""
@@ -218,28 +237,28 @@ class DirectorService:
                 todo.append((device_id, _with_config(targets, config), states.get(device_id)))
         signer = self.repository.online_signer("director", "targets")
         now = self.clock.now()
-        signed = await asyncio.to_thread(lambda: [sign_assignment(d, t, *_next_versions(c), now, signer)
+        signed = await asyncio.to_thread(lambda: [sign_assignment(d, t, *_next_versions(c), now, signer, options)
                                                   for d, t, c in todo])
         writes = [(d, files, None if current is None else current.version)
                   for (d, _, current), files in zip(todo, signed, strict=True)]
-        async with self.db.transaction() as conn:
-            stored = await save_assignments(conn, release, writes, now)
-            documents = await desired_documents(conn, list(stored))
-            changes = await set_desired_many(conn, {d: {**documents.get(d, {}), "release": release,
-                                                        "update": options} for d in stored}, now)
+
+        def keep_signed() -> None:  # served from memory when the woken devices ask
+            for (device_id, _, _), files in zip(todo, signed, strict=True):
+                if device_id in stored:
+                    self.signed.keep(device_id, files.version, files.snapshot, files.targets)
+
+        async with self.desired.transaction() as changes:
+            stored = await save_assignments(changes.conn, release, writes, now)
+            documents = await desired_documents(changes.conn, list(stored))
+            await changes.set_many({d: {**_without(documents.get(d, {}), "update"), "release": release}
+                                    for d in stored}, signed=True)
+            changes.on_commit.append(keep_signed)
         done = [Assignment(d, release, files.version) for (d, _, _), files in zip(todo, signed, strict=True)
                 if d in stored]
         for device_id, _, _ in todo:
             if device_id not in stored:
                 failed[device_id] = Conflict(f"device {device_id} was reassigned concurrently; retry",
                                              code="concurrent_change")
-        for (device_id, _, _), files in zip(todo, signed, strict=True):
-            if device_id in stored:
-                self.signed.keep(device_id, files.version, files.snapshot, files.targets)
-        for assignment in done:
-            self.devices.forget(assignment.device_id)
-            self.long_polls.notify(assignment.device_id)
-        self.devices.applied.update(changes)  # the change feed need not do it again
         return done, failed
 
     async def sign_config(self, device_id: str) -> None:
@@ -258,7 +277,8 @@ class DirectorService:
                 return
             release = current.release if current is not None else None
             targets = await asyncio.to_thread(self.release_targets, release) if release else []
-            files = await self._sign(device_id, _with_config(targets, found[1].get("config")), current)
+            files = await self._sign(device_id, _with_config(targets, found[1].get("config")), current,
+                                     _signed_instructions(current))
             async with self.db.transaction() as conn:
                 if not await save_assignment(conn, device_id, release, files, self.clock.now(),
                                              previous_version=None if current is None else current.version):
@@ -267,10 +287,11 @@ class DirectorService:
 
         await _retrying(attempt)
 
-    async def _sign(self, device_id: str, targets: list[TargetFile], current: DirectorState | None) -> DirectorFiles:
+    async def _sign(self, device_id: str, targets: list[TargetFile], current: DirectorState | None,
+                    instructions: Instructions) -> DirectorFiles:
         signer = self.repository.online_signer("director", "targets")
         return await asyncio.to_thread(sign_assignment, device_id, targets, *_next_versions(current),
-                                       self.clock.now(), signer)
+                                       self.clock.now(), signer, instructions)
 
     async def file(self, device_id: str, name: str) -> bytes:
         """One file of ``device_id``'s director repository (TUF consistent-snapshot names).
@@ -292,7 +313,7 @@ class DirectorService:
         if state is None:
             # Nothing assigned yet: an empty, signed targets list (the device then knows
             # for certain that it should run nothing new).
-            files = await self._sign(device_id, [], None)
+            files = await self._sign(device_id, [], None, PLAIN)
             async with self.db.transaction() as conn:
                 if await conn.run_sync(director_state, device_id) is None:
                     await save_assignment(conn, device_id, None, files, self.clock.now(), previous_version=None)
@@ -315,7 +336,8 @@ class DirectorService:
         count = 0
         for state in states:
             assigned: Metadata[Targets] = Metadata.from_bytes(state.targets)
-            files = await self._sign(state.device_id, list(assigned.signed.targets.values()), state)
+            files = await self._sign(state.device_id, list(assigned.signed.targets.values()), state,
+                                     _signed_instructions(state))
             async with self.db.transaction() as conn:
                 count += await save_assignment(conn, state.device_id, state.release, files, self.clock.now(),
                                                previous_version=state.version)

@@ -30,7 +30,7 @@ from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController, group_rollouts
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
-from edgefleet.store.devices import desired_state, get_device, list_devices, set_desired
+from edgefleet.store.devices import desired_state, get_device, list_devices
 from edgefleet.store.gitops import accepted_commits, drift_of, record_commit, refused_before, set_drift
 from edgefleet.store.rollouts import rollout_heads
 from edgefleet.store.schema import Device
@@ -248,9 +248,8 @@ class GitOpsService:
         """Write each device's rendered configuration into its desired state if it changed."""
         self.self_heal = rendering.fleet.self_heal
         bases = await self._workload_bases(rendering)
-        now = self.clock.now()
-        changed = []
-        async with self.db.transaction() as conn:
+        async with self.director.desired.transaction() as changes:
+            conn = changes.conn
             for device in await list_devices(conn, site=None, limit=1_000_000, offset=0):
                 if only is not None and device.id not in only:
                     continue
@@ -261,24 +260,21 @@ class GitOpsService:
                     running = current.get("config")
                     config = {**config, "workloads": running["workloads"] if isinstance(running, dict) and running.get(
                         "group") == config["group"] else bases[config["group"]]}
-                document = dict(current)
+                # The windows travel only inside the signed configuration (an older
+                # document's unsigned top-level copy is dropped).
+                document = {k: v for k, v in current.items() if k != "maintenance"}
                 if config is None:
                     document.pop("config", None)
                 else:
                     document["config"] = {**config, "commits": commits, "os_hash": config_hash(config["os"])}
-                    document["maintenance"] = config["maintenance"]
                 if document != current:
-                    await set_desired(conn, device.id, document, now)
-                    changed.append(device.id)
-        for device_id in changed:
-            await self.director.sign_config(device_id)  # before the device hears of it
-            self.devices.forget(device_id)
-            self.long_polls.notify(device_id)
+                    await changes.set(device.id, document)  # signed before the device hears of it
 
     async def observe(self, device_id: str, reported: dict[str, Any] | None, applied: int | None) -> None:
         """Compare what a device reports running with its desired configuration, once it
         has acted on that version (``applied``; before, it is on its way: not drift)."""
-        async with self.db.transaction() as conn:
+        async with self.director.desired.transaction() as changes:
+            conn = changes.conn
             found = await conn.run_sync(desired_state, device_id)
             if found is not None and reported is not None and (applied is None or applied < found[0]):
                 return
@@ -304,14 +300,9 @@ class GitOpsService:
                                                                           "differences": differences})
                 if self.self_heal and isinstance(config, dict) and found is not None:
                     heals += 1
-                    await set_desired(conn, device_id, {**found[1], "config": {**config, "heal": heals}},
-                                      self.clock.now())
+                    await changes.set(device_id, {**found[1], "config": {**config, "heal": heals}})
             await set_drift(conn, device_id, state, differences, self.clock.now(), heals)
         self.alerts.wake()
-        if state == "out_of_sync" and self.self_heal:
-            await self.director.sign_config(device_id)
-            self.devices.forget(device_id)
-            self.long_polls.notify(device_id)
 
 
 async def restore_self_heal(service: GitOpsService) -> None:

@@ -32,7 +32,6 @@ from edgefleet.store.devices import (
     delete_device,
     desired_state,
     get_device,
-    set_desired,
 )
 from edgefleet.store.director import forget_device as forget_director
 from edgefleet.store.tokens import insert_bootstrap
@@ -103,13 +102,10 @@ async def get_desired(_: Viewer, device_id: DeviceIdPath, request: Request) -> D
 @router.put("/devices/{device_id}/desired")
 async def put_desired(who: Operator, device_id: DeviceIdPath, body: SetDesired, request: Request) -> DesiredState:
     """Set a device's desired state by hand; devices waiting in a long poll get it at once."""
-    state = server_state(request)
-    async with state.db.transaction() as conn:
-        version = await set_desired(conn, device_id, body.document, state.clock.now())
+    async with server_state(request).director.desired.transaction() as changes:
+        version = await changes.set(device_id, body.document)  # its configuration signed before it is heard
     if version is None:
         raise NotFound(f"device {device_id} not found")
-    state.devices.forget(device_id)
-    state.long_polls.notify(device_id)
     log.info("%s set desired state of %s to version %d", who.name, device_id, version)
     return DesiredState(version=version, document=body.document)
 
