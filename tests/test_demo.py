@@ -18,7 +18,7 @@ def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implan
     text = output.getvalue()
     assert ok, text
     assert "all devices checked in" in text
-    assert "desired state pushed" in text
+    assert "configuration pushed" in text
     assert "each verified it" in text
     assert "attestation" in text
     assert "quarantined" in text  # the device that booted a tampered image

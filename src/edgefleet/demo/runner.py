@@ -478,7 +478,10 @@ async def _wave_rollout(client: AdminClient, options: DemoOptions, url: str, out
 
 async def _push_desired_state(client: AdminClient, site: str, out: Console) -> bool:
     fleet = await asyncio.to_thread(_fleet, client, site)
-    document = {"motd": f"hello {site}", "ntp": ["time1.example", "time2.example"]}
+    # A configuration (the director signs it before any device hears of it): the site's NTP
+    # servers, as cloud-init user-data the devices write into their OS configuration.
+    cloud_init = f"#cloud-config\n# {site}\nntp:\n  servers: [time1.example, time2.example]\n"
+    document = {"config": {"group": "demo", "os": {"cloud_init": cloud_init}}}
     pushed = time.monotonic()
     versions = {}
     for device in fleet.devices:
@@ -491,8 +494,9 @@ async def _push_desired_state(client: AdminClient, site: str, out: Console) -> b
     done = await _wait_for(applied, timeout=30, interval=0.05)
     took_ms = (time.monotonic() - pushed) * 1000
     if done:
-        out.print(f"[bold green]desired state pushed[/] to {len(versions)} devices at {site}: "
-                  f"all applied and reported in {took_ms:.0f} ms (long poll, no waiting for the next interval)")
+        out.print(f"[bold green]configuration pushed[/] to {len(versions)} devices at {site}: signed by the director, "
+                  f"all verified, applied and reported in {took_ms:.0f} ms (long poll, no waiting for the next "
+                  "interval)")
     else:
         out.print(f"[bold red]desired state not applied[/] at {site} within 30 s")
     return done

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
@@ -32,6 +30,7 @@ from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.store import Database
+from edgefleet.store.db import SessionLock
 from edgefleet.store.rollouts import (
     ACTIVE,
     add_events,
@@ -62,34 +61,27 @@ class Leadership:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._conn: AsyncConnection | None = None
+        self._lock = SessionLock(db, LEADER_LOCK)
+        self._held = False
 
     async def held(self) -> bool:
         if self.db.backend != "postgresql":
             return True
         try:
-            if self._conn is not None:
-                await self._conn.execute(text("SELECT 1"))
-                return True
-            conn = await self.db.engine.connect()
-            got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK})).scalar()
-            await conn.commit()
-            if got:
-                self._conn = conn
-                log.info("this process is the rollout controller")
-                return True
-            await conn.close()
+            held = await self._lock.hold()
+        except StoreError as exc:  # no database session: not the leader now
+            if self._held:
+                log.warning("rollout controller lost its database session: %s", exc.message)
+            self._held = False
             return False
-        except Exception as exc:  # noqa: BLE001 - any database failure means: not the leader now
-            log.warning("rollout controller lost its database session: %s", exc)
-            await self.release()
-            return False
+        if held and not self._held:
+            log.info("this process is the rollout controller")
+        self._held = held
+        return held
 
     async def release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
+        await self._lock.release()
+        self._held = False
 
 
 @dataclass(frozen=True)

@@ -206,3 +206,44 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class SessionLock:
+    """A PostgreSQL advisory lock held by a dedicated session: the database releases it
+    when that session ends, so a process that dies or loses its connection gives it up."""
+
+    def __init__(self, db: Database, key: int) -> None:
+        self.db, self.key = db, key
+        self._conn: AsyncConnection | None = None
+
+    async def hold(self) -> bool:
+        """Whether this process holds the lock now: the session is checked if it holds it,
+        else the lock is taken if it is free.
+
+        Raises StoreError (the database failed or is unreachable); the session is dropped."""
+        try:
+            with _typed_errors():
+                if self._conn is not None:
+                    await self._conn.execute(text("SELECT 1"))
+                    return True
+                conn = await self.db.engine.connect()
+                try:
+                    got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key})).scalar()
+                    await conn.commit()
+                except BaseException:
+                    await conn.close()
+                    raise
+                if not got:
+                    await conn.close()
+                    return False
+                self._conn = conn
+                return True
+        except StoreError:
+            await self.release()
+            raise
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(SQLAlchemyError, OSError):  # a dead session released it already
+                await conn.close()
