@@ -10,9 +10,12 @@ import asyncio
 import base64
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from pydantic import ValidationError
 
 from edgefleet.errors import BadAnswer
+from edgefleet.protocol.v1 import AttestationIdentityRequest, CredentialActivation, QuoteSubmission
 from edgefleet.web.device_client import DeviceTransport
 
 log = logging.getLogger("edgefleet.agent")
@@ -44,40 +47,42 @@ class Attestor:
         """Present EK and AK; activate the credential the server sends back (once: a
         rebooted TPM re-derives the same keys and the server answers 204)."""
         ek, ak = await asyncio.to_thread(self.tpm.endorsement_key), await asyncio.to_thread(self.tpm.attestation_key)
-        body = {"ek_public": _b64(ek), "ak_public": _b64(ak)}
         certificate = (await asyncio.to_thread(self.ek_certificate_file.read_bytes) if self.ek_certificate_file
                        else await asyncio.to_thread(self.tpm.ek_certificate))
-        if certificate:
-            body["ek_certificate"] = _b64(certificate)
-        challenge = await transport.attestation(device_id, "identity", body)
+        identity = AttestationIdentityRequest(ek_public=_b64(ek), ak_public=_b64(ak),
+                                              ek_certificate=_b64(certificate) if certificate else None)
+        challenge = await transport.bind_identity(device_id, identity)
         if challenge is None:
             return
-        credential = await asyncio.to_thread(self.tpm.activate_credential, _decode(challenge, "id_object"),
-                                             _decode(challenge, "encrypted_secret"))
-        await transport.attestation(device_id, "activate", {"credential": _b64(credential)})
+        credential = await asyncio.to_thread(self.tpm.activate_credential, _decode(challenge.id_object),
+                                             _decode(challenge.encrypted_secret))
+        await transport.activate_credential(device_id, CredentialActivation(credential=_b64(credential)))
         log.info("TPM identity bound to %s", device_id)
 
     async def attest(self, transport: DeviceTransport, device_id: str) -> bool:
         """Quote the PCRs the server asks for, with the boot event log; True if it passed."""
-        issued = await transport.attestation(device_id, "nonce", None) or {}
+        issued = await transport.attestation_nonce(device_id)
         try:
-            nonce, pcrs, bank = bytes.fromhex(issued["nonce"]), [int(p) for p in issued["pcrs"]], str(issued["bank"])
-        except (KeyError, ValueError, TypeError) as exc:
+            nonce = bytes.fromhex(issued.nonce)
+        except ValueError as exc:
             raise BadAnswer(f"unexpected nonce answer: {exc}") from exc
-        attest, signature, values = await asyncio.to_thread(self.tpm.quote, nonce, bank, pcrs)
+        attest, signature, values = await asyncio.to_thread(self.tpm.quote, nonce, issued.bank, issued.pcrs)
         log_bytes = await asyncio.to_thread(self.event_log.read_bytes)
-        verdict = await transport.attestation(device_id, "quote", {
-            "nonce": nonce.hex(), "attest": _b64(attest), "signature": _b64(signature),
-            "pcr_values": {str(k): v.hex() for k, v in values.items()}, "event_log": _b64(log_bytes),
-        }) or {}
-        passed = verdict.get("passed") is True
-        if not passed:
+        try:
+            quote = QuoteSubmission(nonce=nonce.hex(), attest=_b64(attest), signature=_b64(signature),
+                                    pcr_values={str(k): v.hex() for k, v in values.items()},
+                                    event_log=_b64(log_bytes))
+        except ValidationError as exc:  # what the server asked for, or this boot's log, is out of bounds
+            raise BadAnswer(f"this quote cannot be submitted: {exc.error_count()} field(s) out of bounds: "
+                            f"{', '.join('.'.join(map(str, e['loc'])) for e in exc.errors())}") from exc
+        verdict = await transport.submit_quote(device_id, quote)
+        if not verdict.passed:
             log.error("attestation failed: this device is quarantined until an operator releases it")
-        return passed
+        return verdict.passed
 
 
-def _decode(answer: dict[str, Any], key: str) -> bytes:
+def _decode(value: str) -> bytes:
     try:
-        return base64.b64decode(str(answer[key]), validate=True)
-    except (KeyError, ValueError) as exc:
+        return base64.b64decode(value, validate=True)
+    except ValueError as exc:
         raise BadAnswer(f"unexpected credential challenge: {exc}") from exc

@@ -16,11 +16,18 @@ from pydantic import ValidationError
 
 from edgefleet import __version__
 from edgefleet.errors import BadAnswer, TransportError
+from edgefleet.protocol.base import Strict
 from edgefleet.protocol.telemetry import TelemetryAck
 from edgefleet.protocol.v1 import (
+    AttestationIdentityRequest,
+    AttestationResult,
+    CredentialActivation,
+    CredentialChallenge,
     DesiredState,
     EnrollRequest,
     EnrollResponse,
+    NonceIssuedView,
+    QuoteSubmission,
     StatusAck,
     StatusReport,
     WorkloadToken,
@@ -39,9 +46,16 @@ class DeviceTransport(Protocol):
 
     async def report_status(self, device_id: str, report: StatusReport) -> StatusAck: ...
 
-    async def attestation(self, device_id: str, step: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """POST to ``/attestation/<step>``; the JSON answer, or None for 204."""
+    async def bind_identity(self, device_id: str, identity: AttestationIdentityRequest) -> CredentialChallenge | None:
+        """Present the TPM's EK and AK; the credential to activate, or None when the
+        identity is bound already."""
         ...
+
+    async def activate_credential(self, device_id: str, activation: CredentialActivation) -> None: ...
+
+    async def attestation_nonce(self, device_id: str) -> NonceIssuedView: ...
+
+    async def submit_quote(self, device_id: str, quote: QuoteSubmission) -> AttestationResult: ...
 
     async def workload_token(self, device_id: str, workload: str, audience: str) -> WorkloadToken: ...
 
@@ -119,17 +133,27 @@ class HttpsTransport:
         result: TelemetryAck = self._parse(TelemetryAck, response)
         return result
 
-    async def attestation(self, device_id: str, step: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        response = await self._request("POST", f"/api/v1/devices/{device_id}/attestation/{step}", json=body)
+    async def _attestation(self, device_id: str, step: str, body: Strict | None) -> httpx.Response:
+        return await self._request("POST", f"/api/v1/devices/{device_id}/attestation/{step}",
+                                   json=None if body is None else body.model_dump(mode="json", exclude_none=True))
+
+    async def bind_identity(self, device_id: str, identity: AttestationIdentityRequest) -> CredentialChallenge | None:
+        response = await self._attestation(device_id, "identity", identity)
         if response.status_code == 204:
             return None
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise BadAnswer(f"unexpected attestation answer: {exc}") from exc
-        if not isinstance(answer, dict):
-            raise BadAnswer("unexpected attestation answer")
-        return answer
+        result: CredentialChallenge = self._parse(CredentialChallenge, response)
+        return result
+
+    async def activate_credential(self, device_id: str, activation: CredentialActivation) -> None:
+        await self._attestation(device_id, "activate", activation)
+
+    async def attestation_nonce(self, device_id: str) -> NonceIssuedView:
+        result: NonceIssuedView = self._parse(NonceIssuedView, await self._attestation(device_id, "nonce", None))
+        return result
+
+    async def submit_quote(self, device_id: str, quote: QuoteSubmission) -> AttestationResult:
+        result: AttestationResult = self._parse(AttestationResult, await self._attestation(device_id, "quote", quote))
+        return result
 
     async def workload_token(self, device_id: str, workload: str, audience: str) -> WorkloadToken:
         response = await self._request("GET", f"/api/v1/devices/{device_id}/workload-token",
