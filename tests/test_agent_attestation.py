@@ -90,8 +90,9 @@ def test_agent_attests_after_measured_boot_and_keeps_its_workloads_tokens(releas
             operator = plane.client(role=Role.OPERATOR)
             meter = {"name": "meter", "kind": "NativeService", "command": ["/bin/sleep", "600"],
                      "tokens": [{"path": "billing.jwt", "audience": BILLING}]}
+            document = {"config": {"group": "meters", "workloads": {"native": [meter]}}}
             assert operator.put(f"/api/v1/admin/devices/{agent.device_id}/desired",
-                                json={"document": {"config": {"workloads": {"native": [meter]}}}}).status_code == 200
+                                json={"document": document}).status_code == 200
             assert operator.put(f"/api/v1/admin/devices/{agent.device_id}/assignment",
                                 json={"release": RELEASE}).status_code == 200
             configured = True

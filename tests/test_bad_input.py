@@ -113,7 +113,7 @@ def test_a_lone_surrogate_in_a_body_is_refused_before_any_write_and_everything_s
     operator = fleet.client(role="operator")
     json_headers = {"content-type": "application/json"}
     if who == "operator":
-        url, body = f"/api/v1/admin/devices/{device.id}/desired", b'{"document": {"motd": ' + LONE_SURROGATE + b"}}"
+        url, body = f"/api/v1/admin/devices/{device.id}/desired", b'{"document": {"release": ' + LONE_SURROGATE + b"}}"
         client = operator
     else:
         url, body = f"/api/v1/devices/{device.id}/status", b'{"seq": 9, "details": {"note": ' + LONE_SURROGATE + b"}}"
@@ -133,12 +133,33 @@ def test_a_lone_surrogate_in_a_body_is_refused_before_any_write_and_everything_s
 def test_a_surrogate_pair_is_a_character_and_is_stored(fleet: Fleet) -> None:
     device = fleet.enroll()
     operator = fleet.client(role="operator")
-    body = b'{"document": {"motd": "open \\ud83d\\ude00", "path": "C:\\\\ud800"}}'  # an emoji; an escaped backslash
+    body = (b'{"document": {"release": "open \\ud83d\\ude00", "config": {"group": "tills", '  # an emoji
+            b'"os": {"cloud_init": "C:\\\\ud800"}}}}')  # an escaped backslash
     answer = operator.put(f"/api/v1/admin/devices/{device.id}/desired", content=body,
                           headers={"content-type": "application/json"})
     assert answer.status_code == 200, answer.text
     checkin = device.client.get(f"/api/v1/devices/{device.id}/desired")
-    assert checkin.json()["document"] == {"motd": "open \U0001f600", "path": "C:\\ud800"}
+    assert checkin.json()["document"] == {"release": "open \U0001f600",
+                                          "config": {"group": "tills", "os": {"cloud_init": "C:\\ud800"}}}
+
+
+@pytest.mark.parametrize("document", [
+    {"motd": "hi"},  # not a part of a desired state
+    {"update": {"force_reboot": True}},  # an unsigned instruction: these travel signed, on the director's targets
+    {"maintenance": {"install": []}},  # windows travel inside the signed configuration
+    {"config": {"os": {}}},  # a configuration names its group
+    {"config": {"group": "tills", "maintenance": {"install": [{"cron": "0 2 * * *", "duration_minutes": "60"}]}}},
+    {"config": {"group": "tills", "maintenance": {"install": [{"cron": "0 2 * * *", "duration_minutes": 0}]}}},
+    {"config": {"group": "tills", "os": {"cloud_init": 7}}},
+], ids=["unknown", "update", "maintenance", "no-group", "string-duration", "zero-duration", "typed-os"])
+def test_a_desired_state_outside_the_shared_model_is_refused_and_changes_nothing(
+        fleet: Fleet, document: dict[str, object]) -> None:
+    device = fleet.enroll()
+    before = fleet.rows()
+    answer = fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired",
+                                               json={"document": document})
+    assert answer.status_code == 422, answer.text
+    assert fleet.rows() == before
 
 
 def test_integers_past_what_the_stores_hold_are_refused_with_422_not_500(fleet: Fleet) -> None:

@@ -23,10 +23,11 @@ def test_checkin_with_current_version_is_204_and_new_desired_state_is_200(fleet:
     assert first.status_code == 200
     assert first.json() == {"version": 0, "document": {}}
     assert device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0}).status_code == 204
-    fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"motd": "hi"}})
+    operator = fleet.client(role="operator")
+    operator.put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"release": "2.0"}})
     update = device.client.get(f"/api/v1/devices/{device.id}/desired", params={"known": 0})
     assert update.status_code == 200
-    assert update.json() == {"version": 1, "document": {"motd": "hi"}}
+    assert update.json() == {"version": 1, "document": {"release": "2.0"}}
 
 
 def test_long_poll_answers_as_soon_as_the_desired_state_changes(fleet: Fleet) -> None:
@@ -40,7 +41,7 @@ def test_long_poll_answers_as_soon_as_the_desired_state_changes(fleet: Fleet) ->
     poller.start()
     time.sleep(0.3)
     assert poller.is_alive()  # still waiting: nothing new yet
-    fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"a": 1}})
+    fleet.client(role="operator").put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"release": "a"}})
     poller.join(10)
     assert not poller.is_alive()
     assert result["r"].status_code == 200
@@ -75,11 +76,11 @@ def test_long_polls_woken_together_read_the_database_a_few_at_a_time_and_all_get
     time.sleep(0.5)
     operator = fleet.client(role="operator")
     for device in devices:  # every change lands while the first woken reads are still running
-        operator.put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"wave": 1}})
+        operator.put(f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"release": "wave-1"}})
     for poller in pollers:
         poller.join(30)
     assert {d: (r.status_code, r.json()) for d, r in answers.items()} == {
-        d.id: (200, {"version": 1, "document": {"wave": 1}}) for d in devices}
+        d.id: (200, {"version": 1, "document": {"release": "wave-1"}}) for d in devices}
     assert most[0] == REREADS
 
 

@@ -157,7 +157,9 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
                          "unknown time zone 'Europe/Berln'"),
                         ("{cron: '0 25 * * *', timezone: UTC, duration_minutes: 60}",
                          "bad cron expression '0 25 * * *'"),
-                        ("{cron: '0 2 * * *', timezone: UTC, duration_minutes: 0}", "window duration must be")):
+                        ("{cron: '0 2 * * *', timezone: UTC, duration_minutes: 0}", "window duration must be"),
+                        ("{cron: '0 2 * * *', timezone: UTC, duration_minutes: 60, days: 2}",  # not a field
+                         "install.0.days: Extra inputs are not permitted")):
         group = GROUP.replace("maintenance: {install: []}", f"priority: 1\nmaintenance:\n  install: [{window}]")
         errors = refused(plane, repo, {"groups/stores.yaml": group}, signer="alice", accepted=accepted)
         assert errors[0].startswith(f"groups/stores.yaml:4: maintenance: {why}"), errors
@@ -172,9 +174,9 @@ def test_unsigned_unknown_signer_rewritten_older_and_violating_commits_are_refus
 
     assert config_of(plane, device.id) == in_force  # the last accepted state stayed in force
     alerts = plane.client(role=Role.VIEWER).get("/api/v1/admin/alerts").json()["alerts"]
-    assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 10
+    assert len([a for a in alerts if a["kind"] == "gitops_refused"]) == 11
     commits = plane.client(role=Role.VIEWER).get("/api/v1/admin/gitops/commits").json()["commits"]
-    assert [c["accepted"] for c in commits].count(False) == 10
+    assert [c["accepted"] for c in commits].count(False) == 11
     shown = cli("gitops", "log", *server_args(plane))
     assert "history was rewritten (force push)" in shown
     assert "gitops_refused" in cli("alerts", *server_args(plane))

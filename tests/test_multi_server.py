@@ -44,7 +44,7 @@ def test_desired_state_set_on_one_instance_reaches_a_device_cached_on_the_other(
     url = f"/api/v1/devices/{device.id}/desired"
     assert device.client.get(url, params={"known": 0}).status_code == 204  # now cached on the first
     _client_at(fleet, second, role=Role.OPERATOR).put(
-        f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"via": "second"}}
+        f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"release": "via-second"}}
     )
     assert _eventually(lambda: device.client.get(url, params={"known": 0}).status_code == 200)
 
@@ -65,7 +65,7 @@ def test_long_poll_on_one_instance_wakes_for_a_change_made_on_the_other(fleet: F
     poller.start()
     time.sleep(0.3)
     _client_at(fleet, second, role=Role.OPERATOR).put(
-        f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"x": 1}}
+        f"/api/v1/admin/devices/{device.id}/desired", json={"document": {"release": "x"}}
     )
     poller.join(10)
     assert not poller.is_alive()

@@ -186,7 +186,7 @@ def test_the_agent_in_the_vm_enrolls_attests_with_the_kernels_event_log_gets_con
         service = {"name": "meter", "kind": "NativeService", "command": ["/bin/sleep", "3600"],
                    "tokens": [{"path": "billing.jwt", "audience": "https://billing.example"}]}
         operator.put(f"/api/v1/admin/devices/{device_id}/desired",
-                     json={"document": {"motd": "from the VM test", "config": {"workloads": {"native": [service]}}}})
+                     json={"document": {"config": {"group": "vm-test", "workloads": {"native": [service]}}}})
         operator.put(f"/api/v1/admin/devices/{device_id}/assignment", json={"release": "2026.12.0"})
         wait_until(lambda: record()["desired_version_applied"] == 2, "configuration applied", machine)
 

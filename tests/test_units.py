@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import edgefleet.errors
+from edgefleet.agent.daemon import usable
 from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, encode
 from edgefleet.agent.hardware.vdevice import VirtualDevice
 from edgefleet.agent.state import StateDir
@@ -145,3 +146,13 @@ def test_overload_refusals_are_logged_once_per_window_with_the_count_left_out() 
     assert log.should_log("store_unreachable") == (True, 0)  # each kind has its own window
     now[0] += 5
     assert log.should_log("store_error") == (True, 3)
+
+
+def test_the_agent_keeps_no_configuration_that_is_not_a_valid_desired_state() -> None:
+    good = {"release": "2026.12.0", "config": {"group": "tills", "os": {"cloud_init": "#cloud-config\n"}}}
+    assert usable(good) == (good, None)
+    kept, why = usable({"release": "2026.12.0", "config": {"group": "tills", "os": {"cloud_init": 7}},
+                        "update": {"force_reboot": True}})
+    assert kept == {"update": {"force_reboot": True}}  # reported as ignored, never acted on
+    assert why is not None
+    assert why.startswith("config.os.cloud_init:")

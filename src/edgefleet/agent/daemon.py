@@ -46,6 +46,7 @@ from edgefleet.errors import (
     UpdateRefused,
 )
 from edgefleet.pki import make_csr, new_device_key
+from edgefleet.protocol.desired import DesiredDocument, known_parts
 from edgefleet.protocol.hashing import canonical, declared_workloads, workload_part
 from edgefleet.protocol.v1 import (
     ConfigReport,
@@ -75,7 +76,20 @@ log = logging.getLogger("edgefleet.agent")
 # The parts of a desired state a device acts on: the release (which the director's signed
 # metadata names again) and the configuration (which must be the director's signed config
 # target). Anything else steers nothing.
-SIGNED_PARTS = frozenset({"release", "config"})
+SIGNED_PARTS = frozenset(DesiredDocument.model_fields)
+
+
+def usable(document: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The desired state as the agent keeps it: its release and configuration only when
+    they are a valid ``DesiredDocument`` (the model the server writes with), else left out,
+    with why. Anything else is kept, to be reported as ignored."""
+    try:
+        DesiredDocument.model_validate(known_parts(document))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        return {k: v for k, v in document.items() if k not in SIGNED_PARTS}, why
+    return document, None
 
 T = TypeVar("T")
 TransportFactory = Callable[[AgentSettings, StateDir, bool], DeviceTransport]
@@ -137,6 +151,7 @@ class Agent:
         self.health: HealthMonitor | None = None  # while the agent runs
         self.untrusted: str | None = None  # why this device cannot verify what the server sends (fail closed)
         self.unsigned: str | None = None  # what the desired state holds that the director did not sign (ignored)
+        self.invalid_desired: str | None = None  # why the last desired state's signed parts were left out
         self.system = system
         self.runner: UpdateRunner | None = None
         self.rebooting = False  # a reboot was requested; the agent has stopped for it
@@ -636,7 +651,8 @@ class Agent:
                 self.checkins += 1
                 self.last_contact = time.time()
                 if desired is not None:
-                    state.desired, state.desired_version = desired.document, desired.version
+                    state.desired, self.invalid_desired = usable(desired.document)
+                    state.desired_version = desired.version
                     self.dir.save(state)
                     log.info("received desired state version %d%s", desired.version,
                              f", not applied: {self.untrusted}" if self.untrusted else "")
@@ -740,7 +756,9 @@ class Agent:
         one, or any instruction outside it (an older server's unsigned ``update`` or
         ``maintenance``, or a forged one)."""
         ignored = ([] if config_signed else ["config"]) + sorted(set(state.desired) - SIGNED_PARTS)
-        why = f"not signed by the director, ignored: {', '.join(ignored)}" if ignored else None
+        reasons = ([f"not signed by the director, ignored: {', '.join(ignored)}"] if ignored else []) + (
+            [f"not a valid desired state, ignored: {self.invalid_desired}"] if self.invalid_desired else [])
+        why = "; ".join(reasons) or None
         if why != self.unsigned:
             if why is not None:
                 log.warning("desired state version %d: %s", state.desired_version, why)

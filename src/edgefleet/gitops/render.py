@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.errors import ConfigError, InvalidRequest
+from edgefleet.protocol.desired import Maintenance
 from edgefleet.protocol.v1 import RolloutPlan
 from edgefleet.protocol.workloads import MicroVmWorkload, NativeWorkload, WasmWorkload
 
@@ -251,11 +252,14 @@ def _windows_valid(path: str, data: bytes, spec: GroupSpec, errors: list[SourceE
     """A group's maintenance windows are checked here, at sync (time zone, cron, duration),
     not first on a device, which could only ignore them."""
     try:
-        MaintenancePolicy.parse(spec.maintenance)
-    except InvalidRequest as exc:
+        MaintenancePolicy.parse(spec.maintenance)  # what it means (zone, cron, duration)
+        Maintenance.model_validate(spec.maintenance)  # and the shape a device is sent (no other keys)
+    except (ValidationError, InvalidRequest) as exc:
+        reason = exc.message if isinstance(exc, InvalidRequest) else "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         line = next((n for n, text in enumerate(data.decode(errors="replace").splitlines(), 1)
                      if _MAINTENANCE_KEY.match(text)), None)
-        errors.append(SourceError(path, line, f"maintenance: {exc.message}"))
+        errors.append(SourceError(path, line, f"maintenance: {reason}"))
         return False
     return True
 

@@ -11,6 +11,7 @@ from edgefleet.protocol.base import MAX_INT, Audience, Count
 from edgefleet.protocol.base import Name as Name
 from edgefleet.protocol.base import ShortText as ShortText
 from edgefleet.protocol.base import Strict as Strict
+from edgefleet.protocol.desired import DesiredDocument
 from edgefleet.protocol.workloads import WorkloadStatus
 
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -295,7 +296,7 @@ class DeviceList(Strict):
 
 
 class SetDesired(Strict):
-    document: Annotated[dict[str, Any], Field(max_length=256)]
+    document: DesiredDocument
 
 
 Base64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=]*$", max_length=8192)]

@@ -18,13 +18,26 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.clock import Clock
+from edgefleet.errors import InvalidRequest
+from edgefleet.protocol.desired import DesiredDocument
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.store import Database
 from edgefleet.store.devices import set_desired, set_desired_many
+
+
+def checked(document: dict[str, Any]) -> None:
+    """Refuse a document a device would refuse (the shared model, ``protocol/desired.py``)."""
+    try:
+        DesiredDocument.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidRequest(f"not a desired state: {exc.error_count()} error(s), first at "
+                             f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}",
+                             code="invalid_desired_state") from exc
 
 
 class DesiredChanges:
@@ -42,7 +55,10 @@ class DesiredChanges:
 
     async def set(self, device_id: str, document: dict[str, Any], *, signed: bool = False) -> int | None:
         """Store ``document`` as the device's desired state; its new version (None if there
-        is no such device). ``signed``: the caller signed its director metadata already."""
+        is no such device). ``signed``: the caller signed its director metadata already.
+
+        Raises InvalidRequest when it is not a ``DesiredDocument``; nothing is stored."""
+        checked(document)
         version = await set_desired(self.conn, device_id, document, self.now)
         if version is not None:
             self._note(device_id, signed)
@@ -50,6 +66,8 @@ class DesiredChanges:
 
     async def set_many(self, documents: Mapping[str, dict[str, Any]], *, signed: bool = False) -> None:
         """``set`` for many devices in two statements (the rollout controller's path)."""
+        for document in documents.values():
+            checked(document)
         self.feed += await set_desired_many(self.conn, documents, self.now)
         for device_id in documents:
             self._note(device_id, signed)

@@ -21,6 +21,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
+from edgefleet.protocol.desired import known_parts
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.image import release_fields
 from edgefleet.releases.instructions import PLAIN, Instructions
@@ -66,10 +67,6 @@ def _with_config(targets: list[TargetFile], config: Any) -> list[TargetFile]:
     """The release's targets plus, when the desired state carries rendered configuration,
     its config target."""
     return targets + ([config_target(config)] if isinstance(config, dict) else [])
-
-
-def _without(document: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in document.items() if k != key}
 
 
 def _signed_instructions(current: DirectorState | None) -> Instructions:
@@ -207,7 +204,7 @@ class DirectorService:
         Returns the devices told."""
         async with self.desired.transaction() as changes:
             documents = await desired_documents(changes.conn, device_ids)
-            changed = {d: {**doc, "config": {**doc["config"], "workloads": workloads}}
+            changed = {d: {**known_parts(doc), "config": {**doc["config"], "workloads": workloads}}
                        for d, doc in documents.items()
                        if isinstance(doc.get("config"), dict) and doc["config"].get("workloads") != workloads}
             await changes.set_many(changed)  # signed by the writer before the devices hear of it
@@ -250,7 +247,7 @@ class DirectorService:
         async with self.desired.transaction() as changes:
             stored = await save_assignments(changes.conn, release, writes, now)
             documents = await desired_documents(changes.conn, list(stored))
-            await changes.set_many({d: {**_without(documents.get(d, {}), "update"), "release": release}
+            await changes.set_many({d: {**known_parts(documents.get(d, {})), "release": release}
                                     for d in stored}, signed=True)
             changes.on_commit.append(keep_signed)
         done = [Assignment(d, release, files.version) for (d, _, _), files in zip(todo, signed, strict=True)

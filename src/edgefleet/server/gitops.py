@@ -18,6 +18,7 @@ from edgefleet.errors import EdgefleetError, StoreError, TransportError
 from edgefleet.gitops.git import GitMirror
 from edgefleet.gitops.render import DeviceInfo, Rendering, render
 from edgefleet.gitops.sync import APP_PATHS, ROOT_PATHS, Decision, SyncSource, decide, files_for
+from edgefleet.protocol.desired import known_parts
 from edgefleet.protocol.hashing import config_hash, desired_parts
 from edgefleet.protocol.workload_verdicts import EMPTY
 from edgefleet.releases.image import release_fields
@@ -262,7 +263,7 @@ class GitOpsService:
                         "group") == config["group"] else bases[config["group"]]}
                 # The windows travel only inside the signed configuration (an older
                 # document's unsigned top-level copy is dropped).
-                document = {k: v for k, v in current.items() if k != "maintenance"}
+                document = known_parts(current)
                 if config is None:
                     document.pop("config", None)
                 else:
@@ -300,7 +301,7 @@ class GitOpsService:
                                                                           "differences": differences})
                 if self.self_heal and isinstance(config, dict) and found is not None:
                     heals += 1
-                    await changes.set(device_id, {**found[1], "config": {**config, "heal": heals}})
+                    await changes.set(device_id, {**known_parts(found[1]), "config": {**config, "heal": heals}})
             await set_drift(conn, device_id, state, differences, self.clock.now(), heals)
         self.alerts.wake()
 

@@ -103,11 +103,13 @@ async def get_desired(_: Viewer, device_id: DeviceIdPath, request: Request) -> D
 async def put_desired(who: Operator, device_id: DeviceIdPath, body: SetDesired, request: Request) -> DesiredState:
     """Set a device's desired state by hand; devices waiting in a long poll get it at once."""
     async with server_state(request).director.desired.transaction() as changes:
-        version = await changes.set(device_id, body.document)  # its configuration signed before it is heard
+        # As the operator wrote it (no defaults added): its configuration's bytes are signed.
+        document = body.document.model_dump(mode="json", exclude_unset=True)
+        version = await changes.set(device_id, document)  # its configuration signed before it is heard
     if version is None:
         raise NotFound(f"device {device_id} not found")
     log.info("%s set desired state of %s to version %d", who.name, device_id, version)
-    return DesiredState(version=version, document=body.document)
+    return DesiredState(version=version, document=document)
 
 
 @router.put("/devices/{device_id}/assignment")
