@@ -15,8 +15,8 @@ from edgefleet.agent.abupdate import Action, Offer, UpdateRunner
 from edgefleet.agent.download import fetch_target, target_url
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.update_flow import Phase, UpdateJob
-from edgefleet.agent.windows import MaintenancePolicy, Schedule, Window
 from edgefleet.errors import InvalidRequest
+from edgefleet.protocol.windows import MaintenancePolicy, Schedule, Window
 from edgefleet.releases.image import describe
 from tests.test_download_resume import FlakyRangeMirror
 

@@ -26,10 +26,11 @@ from edgefleet.agent.hardware.interfaces import ABSystem, SlotName
 from edgefleet.agent.health import HealthCheck, Probe, parse_checks, run_checks, verdict
 from edgefleet.agent.slotenv import SlotEnv
 from edgefleet.agent.update_flow import TRIAL, Phase, UpdateJob, after_start
-from edgefleet.agent.windows import MaintenancePolicy, WindowStop
+from edgefleet.agent.windowstop import WindowStop
 from edgefleet.clock import Clock
 from edgefleet.errors import EdgefleetError, InstallError, PersistError, TransportError, UpdateRefused
 from edgefleet.protocol.v1 import ATTESTATION_ROLLBACK
+from edgefleet.protocol.windows import MaintenancePolicy
 from edgefleet.util.stop import StopSignal
 
 log = logging.getLogger("edgefleet.agent.update")

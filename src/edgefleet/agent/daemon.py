@@ -34,7 +34,6 @@ from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.update_flow import Phase, UpdateJob
 from edgefleet.agent.updates import TrustAnchors, UpdateClient, UpdatePlan
-from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.agent.workload_tokens import TokenKeeper, wanted_tokens
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import (
@@ -58,6 +57,7 @@ from edgefleet.protocol.v1 import (
     UpdateEvent,
     UpdateReport,
 )
+from edgefleet.protocol.windows import MaintenancePolicy
 from edgefleet.protocol.workload_verdicts import Verdict, judge
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.releases.instructions import PLAIN

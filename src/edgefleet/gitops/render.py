@@ -30,10 +30,10 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.agent.windows import MaintenancePolicy
 from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.protocol.desired import Maintenance
 from edgefleet.protocol.v1 import RolloutPlan
+from edgefleet.protocol.windows import MaintenancePolicy
 from edgefleet.protocol.workloads import MicroVmWorkload, NativeWorkload, WasmWorkload
 
 

@@ -6,6 +6,9 @@ that falls into the hour skipped in spring happens when the clocks have moved on
 03:00); a start in the hour repeated in autumn happens once, at its first occurrence. The
 duration is elapsed time, so a two-hour window is two hours long on the night the clocks
 change. A schedule with no windows is always open.
+
+What a window means is shared: GitOps judges a group's windows at sync with this code,
+and the agent enforces them with it (its download stop is ``agent/windowstop.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from edgefleet.clock import Clock
 from edgefleet.errors import InvalidRequest
-from edgefleet.util.stop import StopSignal
 
 MAX_DURATION = timedelta(days=7)
 
@@ -98,19 +99,6 @@ class Schedule:
         """When the open windows have all closed (None: no windows, always open; or none is
         open now). A window that opens later is not counted: the caller looks again then."""
         return max((c for w in self.windows if (c := w.closes_at(now)) is not None), default=None)
-
-
-@dataclass(frozen=True)
-class WindowStop:
-    """A download's stop signal: set when the agent stops (``stopped``), and once the window
-    it began in closes. What arrived by then is kept; the next window resumes it."""
-
-    stopped: StopSignal
-    closes: datetime
-    clock: Clock
-
-    def is_set(self) -> bool:
-        return self.stopped.is_set() or self.clock.now() >= self.closes
 
 
 @dataclass(frozen=True)
