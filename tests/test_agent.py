@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -205,6 +206,25 @@ def test_agent_command_enrolls_and_exits_cleanly_on_sigterm(fleet: Fleet, tmp_pa
 
 
 
+W = TypeVar("W", bound=FlakyTransport)
+
+
+def wrap_enrolled_transport(agent: Agent, wrap: Callable[[DeviceTransport], W]) -> list[W]:
+    """Put ``wrap`` around the real transport the agent makes once enrolled; the wrappers
+    made, in order (one per run of the check-in loop)."""
+    made: list[W] = []
+
+    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
+        inner = https_transport(settings, state_dir, enrolled)
+        if not enrolled:
+            return inner
+        made.append(wrap(inner))
+        return made[-1]
+
+    agent._transport_factory = factory
+    return made
+
+
 class GarbledTransport(FlakyTransport):
     """The first ``failures`` check-in answers arrive cut short (a proxy dropped the rest):
     the real transport's parser reads them."""
@@ -219,17 +239,8 @@ class GarbledTransport(FlakyTransport):
 def test_a_malformed_answer_makes_the_agent_back_off_and_retry_instead_of_exiting(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    garbled: list[GarbledTransport] = []
-
-    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
-        inner = https_transport(settings, state_dir, enrolled)
-        if not enrolled:
-            return inner
-        garbled.append(GarbledTransport(inner, failures=3))
-        return garbled[-1]
-
     agent = make_agent(fleet, tmp_path, long_poll_seconds=0)  # plain check-ins: each answers at once
-    agent._transport_factory = factory
+    garbled = wrap_enrolled_transport(agent, lambda inner: GarbledTransport(inner, failures=3))
     errors: list[str] = []
 
     def seen() -> bool:
@@ -260,16 +271,7 @@ class ThrottledTransport(FlakyTransport):
 def test_agent_told_to_slow_down_waits_the_servers_retry_after_not_its_own_short_backoff(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    throttled: list[ThrottledTransport] = []
-
-    def factory(settings, state_dir, enrolled):  # type: ignore[no-untyped-def]
-        inner = https_transport(settings, state_dir, enrolled)
-        if not enrolled:
-            return inner
-        throttled.append(ThrottledTransport(inner, retry_after=1.0))
-        return throttled[-1]
-
     agent = make_agent(fleet, tmp_path)  # its backoff: 0.05 s to 0.2 s
-    agent._transport_factory = factory
+    throttled = wrap_enrolled_transport(agent, lambda inner: ThrottledTransport(inner, retry_after=1.0))
     asyncio.run(run_until(agent, lambda: bool(throttled) and len(throttled[0].at) >= 2))
     assert throttled[0].at[1] - throttled[0].at[0] >= 1.0
