@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from edgefleet.credentials import Role
 from edgefleet.server.local import create_admin_token
+from tests.cli_helpers import cli, server_args
 from tests.conftest import Fleet
 
 
@@ -76,3 +77,40 @@ def test_health_readiness_metrics_and_openapi(fleet: Fleet) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/v1/enroll", "/api/v1/devices/{device_id}/desired", "/api/v1/devices/{device_id}/status",
             "/api/v1/admin/devices", "/api/v1/admin/bootstrap-tokens"} <= set(paths)
+
+
+def test_bootstrap_tokens_are_listed_with_their_fate_and_a_revoked_one_enrolls_nothing(fleet: Fleet) -> None:
+    operator = fleet.client(role=Role.OPERATOR)
+    spent, spare = fleet.bootstrap_token("store-7"), fleet.bootstrap_token("store-7")
+    enrolled = fleet.client().post("/api/v1/enroll", json=fleet.enroll_request(spent, site="store-7"))
+    assert enrolled.status_code == 201, enrolled.text
+    spare_id = spare.split("_")[1]
+    assert operator.delete(f"/api/v1/admin/bootstrap-tokens/{spare_id}").status_code == 204
+    assert operator.delete(f"/api/v1/admin/bootstrap-tokens/{spare_id}").status_code == 204  # idempotent
+    refused = fleet.client().post("/api/v1/enroll", json=fleet.enroll_request(spare, site="store-7"))
+    assert refused.status_code == 401
+    listed = {t["id"]: t for t in operator.get("/api/v1/admin/bootstrap-tokens").json()["tokens"]}
+    assert listed[spent.split("_")[1]]["state"] == "used"
+    assert listed[spent.split("_")[1]]["device_id"] == enrolled.json()["device_id"]
+    assert listed[spare_id]["state"] == "revoked"
+    assert all("secret" not in key for token in listed.values() for key in token)
+    assert operator.delete("/api/v1/admin/bootstrap-tokens/00000000000000ff").status_code == 404
+    assert fleet.client(role=Role.VIEWER).get("/api/v1/admin/bootstrap-tokens").status_code == 403
+    shown = cli("tokens", "list", *server_args(fleet))
+    assert spare_id in shown
+    assert "revoked" in shown
+
+
+def test_an_admin_token_revoked_by_an_admin_is_refused_from_the_next_request(fleet: Fleet) -> None:
+    token = asyncio.run(create_admin_token(fleet.settings, name="leaver", role=Role.OPERATOR, now=fleet.clock.now(),
+                                           ttl=None))
+    token_id = token.split("_")[1]
+    assert fleet.client(token=token).get("/api/v1/admin/devices").status_code == 200
+    assert fleet.client(token=token).delete(f"/api/v1/admin/admin-tokens/{token_id}").status_code == 403  # operator
+    listed = {t["name"]: t for t in fleet.client(role=Role.ADMIN).get("/api/v1/admin/admin-tokens").json()["tokens"]}
+    assert listed["leaver"]["state"] == "active"
+    cli("tokens", "revoke", token_id, "--admin", *server_args(fleet))
+    assert fleet.client(token=token).get("/api/v1/admin/devices").status_code == 401
+    listed = {t["name"]: t for t in fleet.client(role=Role.ADMIN).get("/api/v1/admin/admin-tokens").json()["tokens"]}
+    assert listed["leaver"]["state"] == "revoked"
+    assert "leaver" in cli("tokens", "list", "--admin", *server_args(fleet))

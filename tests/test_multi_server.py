@@ -3,6 +3,7 @@ devices checking in at the other within the change-feed interval (device cache c
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from edgefleet.credentials import Role
 from edgefleet.server import ServerThread
+from edgefleet.server.local import create_admin_token
 from tests.conftest import Fleet
 
 
@@ -70,3 +72,15 @@ def test_long_poll_on_one_instance_wakes_for_a_change_made_on_the_other(fleet: F
     poller.join(10)
     assert not poller.is_alive()
     assert result["r"].status_code == 200
+
+
+def test_an_admin_token_revoked_on_one_instance_is_refused_by_the_other_within_a_second(
+    fleet: Fleet, second: ServerThread
+) -> None:
+    token = asyncio.run(create_admin_token(fleet.settings, name="on-both", role=Role.VIEWER, now=fleet.clock.now(),
+                                           ttl=None))
+    at_second = _client_at(fleet, second, token=token)
+    assert at_second.get("/api/v1/admin/devices").status_code == 200
+    revoked = fleet.client(role=Role.ADMIN).delete(f"/api/v1/admin/admin-tokens/{token.split('_')[1]}")
+    assert revoked.status_code == 204
+    assert _eventually(lambda: at_second.get("/api/v1/admin/devices").status_code == 401, seconds=1.0)

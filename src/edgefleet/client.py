@@ -12,8 +12,10 @@ from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import BadAnswer, ServerRefused, TransportError
 from edgefleet.protocol.v1 import (
+    AdminTokenList,
     AssignmentView,
     BootstrapTokenCreated,
+    BootstrapTokenList,
     DesiredState,
     DeviceList,
     DeviceView,
@@ -83,6 +85,21 @@ class AdminClient:
             json={"site": site, "labels": labels, "ttl_seconds": ttl_seconds},
         )
         return result
+
+    def bootstrap_tokens(self, *, limit: int = 1000, offset: int = 0) -> BootstrapTokenList:
+        result: BootstrapTokenList = self._call("GET", "/api/v1/admin/bootstrap-tokens", BootstrapTokenList,
+                                                params={"limit": limit, "offset": offset})
+        return result
+
+    def revoke_bootstrap_token(self, token_id: str) -> None:
+        self._call("DELETE", f"/api/v1/admin/bootstrap-tokens/{token_id}")
+
+    def admin_tokens(self) -> AdminTokenList:
+        result: AdminTokenList = self._call("GET", "/api/v1/admin/admin-tokens", AdminTokenList)
+        return result
+
+    def revoke_admin_token(self, token_id: str) -> None:
+        self._call("DELETE", f"/api/v1/admin/admin-tokens/{token_id}")
 
     # signed releases
     def put_root(self, which: str, data: bytes) -> int:

@@ -1,15 +1,17 @@
-"""``edgefleet tokens``: bootstrap tokens for devices (over the API), admin tokens (locally)."""
+"""``edgefleet tokens``: bootstrap tokens for devices and admin tokens: create, list, revoke
+(over the API; the first admin token is minted locally on the server's host)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ConfigOption, ServerUrl, parse_labels, shown_errors
 from edgefleet.cli.server_cmd import DatabaseUrl, DataDir, create_admin_token_command
 from edgefleet.client import AdminClient
-from edgefleet.ui import console
+from edgefleet.ui import ago, console
 
 app = typer.Typer(help="Enrollment (bootstrap) tokens and admin API tokens.")
 
@@ -46,3 +48,39 @@ def create_admin(
     console.print(text, soft_wrap=True, highlight=False)
     typer.echo(f"role {role} for {name}; shown once, store it now", err=True)
 
+
+AdminKind = Annotated[bool, typer.Option("--admin", help="Admin API tokens (needs role admin) instead of bootstrap "
+                                                        "tokens (role operator).")]
+
+
+@app.command("list")
+def list_tokens(server: ServerUrl, token: AdminToken, ca_file: CaFile, admin: AdminKind = False) -> None:
+    """Bootstrap tokens (newest first: site, state, the device that used it) or, with
+    --admin, admin tokens (name, role, state). Secrets are never shown again."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        if admin:
+            table = Table("id", "name", "role", "state", "created", "expires", title="admin tokens")
+            for a in client.admin_tokens().tokens:
+                table.add_row(a.id, a.name, a.role, a.state, ago(a.created_at),
+                              a.expires_at.isoformat(timespec="seconds") if a.expires_at else "never")
+        else:
+            table = Table("id", "site", "state", "device", "created by", "expires", title="bootstrap tokens")
+            for b in client.bootstrap_tokens().tokens:
+                table.add_row(b.id, b.site, b.state, b.device_id or "", b.created_by,
+                              b.expires_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (the hex between the underscores; see list).")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile, admin: AdminKind = False,
+) -> None:
+    """Revoke a bootstrap token (no device can enroll with it) or, with --admin, an admin
+    token (every server process refuses it from its next request)."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        if admin:
+            client.revoke_admin_token(token_id)
+        else:
+            client.revoke_bootstrap_token(token_id)
+    typer.echo(f"{'admin' if admin else 'bootstrap'} token {token_id} revoked", err=True)

@@ -379,6 +379,39 @@ class BootstrapTokenCreated(Strict):
     expires_at: datetime
 
 
+class BootstrapTokenView(Strict):
+    """A bootstrap token as operators see it (the secret was shown once, at creation)."""
+
+    id: str
+    site: str
+    labels: dict[str, str]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    used_at: datetime | None
+    device_id: str | None  # the device that spent it
+    revoked_at: datetime | None
+    state: Literal["unused", "used", "expired", "revoked"]
+
+
+class BootstrapTokenList(Strict):
+    tokens: list[BootstrapTokenView]  # newest first
+
+
+class AdminTokenView(Strict):
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    state: Literal["active", "expired", "revoked"]
+
+
+class AdminTokenList(Strict):
+    tokens: list[AdminTokenView]
+
+
 class ErrorDetail(Strict):
     code: str
     message: str

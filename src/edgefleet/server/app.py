@@ -35,7 +35,17 @@ from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
-from edgefleet.server.routes import admin, attestation, device, gitops, health, repository, rollouts, telemetry
+from edgefleet.server.routes import (
+    admin,
+    attestation,
+    device,
+    gitops,
+    health,
+    repository,
+    rollouts,
+    telemetry,
+    tokens,
+)
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
 from edgefleet.server.workload import WorkloadIssuer
@@ -170,6 +180,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(device.router)
     app.include_router(admin.router)
+    app.include_router(tokens.router)
     app.include_router(repository.router)
     app.include_router(attestation.router)
     app.include_router(gitops.router)

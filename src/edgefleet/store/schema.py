@@ -144,6 +144,7 @@ class BootstrapToken(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     device_id: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None]
 
 
 class AdminToken(Base):

@@ -42,6 +42,7 @@ async def claim_bootstrap(
             BootstrapToken.id == token.id,
             BootstrapToken.secret_hash == token.secret_hash,
             BootstrapToken.used_at.is_(None),
+            BootstrapToken.revoked_at.is_(None),
             BootstrapToken.expires_at > now,
         )
         .values(used_at=now, device_id=device_id)
@@ -60,6 +61,8 @@ async def why_bootstrap_refused(conn: AsyncConnection, token: ParsedToken, now: 
         return "wrong secret"
     if row.used_at is not None:
         return f"already used at {row.used_at.isoformat()} by {row.device_id}"
+    if row.revoked_at is not None:
+        return f"revoked at {row.revoked_at.isoformat()}"
     if row.expires_at <= now:
         return f"expired at {row.expires_at.isoformat()}"
     return "concurrently claimed"
@@ -79,3 +82,39 @@ async def insert_admin(
 
 async def admin_token(conn: AsyncConnection, token_id: str) -> Any:
     return (await conn.execute(select(AdminToken.__table__).where(AdminToken.id == token_id))).first()
+
+
+async def bootstrap_tokens(conn: AsyncConnection, *, limit: int, offset: int) -> list[Any]:
+    """Bootstrap tokens, newest first (never their secrets)."""
+    columns = [c for c in BootstrapToken.__table__.c if c.name != "secret_hash"]
+    rows = await conn.execute(select(*columns).order_by(BootstrapToken.created_at.desc(), BootstrapToken.id)
+                              .limit(limit).offset(offset))
+    return list(rows)
+
+
+async def revoke_bootstrap(conn: AsyncConnection, token_id: str, now: datetime) -> bool:
+    """Revoke an unused token; False if there is no such token. Revoking twice keeps the
+    first time; a used token stays used (revoke the device instead)."""
+    found = await conn.execute(select(BootstrapToken.id).where(BootstrapToken.id == token_id))
+    if found.first() is None:
+        return False
+    await conn.execute(update(BootstrapToken).where(BootstrapToken.id == token_id, BootstrapToken.revoked_at.is_(None),
+                                                    BootstrapToken.used_at.is_(None)).values(revoked_at=now))
+    return True
+
+
+async def admin_tokens(conn: AsyncConnection) -> list[Any]:
+    """Every admin token, oldest first (never their secrets)."""
+    columns = [c for c in AdminToken.__table__.c if c.name != "secret_hash"]
+    return list(await conn.execute(select(*columns).order_by(AdminToken.created_at, AdminToken.id)))
+
+
+async def revoke_admin(conn: AsyncConnection, token_id: str, now: datetime) -> bool:
+    """Revoke an admin token (every server process refuses it from its next request: admin
+    tokens are read from the database on each one); False if there is no such token."""
+    found = await conn.execute(select(AdminToken.id).where(AdminToken.id == token_id))
+    if found.first() is None:
+        return False
+    await conn.execute(update(AdminToken).where(AdminToken.id == token_id, AdminToken.revoked_at.is_(None))
+                       .values(revoked_at=now))
+    return True

@@ -1,21 +1,17 @@
-"""Admin API v1 (bearer tokens with roles): devices, desired state, bootstrap tokens."""
+"""Admin API v1 (bearer tokens with roles): devices and their desired state (tokens: ``tokens.py``)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from edgefleet.credentials import TokenKind, new_token
 from edgefleet.errors import NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
     AssignmentView,
     AssignRelease,
-    BootstrapTokenCreated,
-    BootstrapTokenRequest,
     DesiredState,
     DeviceList,
     DeviceView,
@@ -34,7 +30,6 @@ from edgefleet.store.devices import (
     get_device,
 )
 from edgefleet.store.director import forget_device as forget_director
-from edgefleet.store.tokens import insert_bootstrap
 from edgefleet.store.updates import forget_update_history, update_history
 
 log = logging.getLogger("edgefleet.server")
@@ -135,17 +130,3 @@ async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) ->
     state.devices.forget(device_id)
     log.info("%s decommissioned %s", who.name, device_id)
     return Response(status_code=204)
-
-
-@router.post("/bootstrap-tokens", status_code=201)
-async def create_bootstrap_token(who: Operator, body: BootstrapTokenRequest, request: Request) -> BootstrapTokenCreated:
-    """Create a single-use enrollment token for one device at ``site``. Shown once."""
-    state = server_state(request)
-    now = state.clock.now()
-    text, token = new_token(TokenKind.BOOTSTRAP)
-    expires_at = now + timedelta(seconds=body.ttl_seconds)
-    async with state.db.transaction() as conn:
-        await insert_bootstrap(conn, token, site=body.site, labels=body.labels, created_by=who.name, now=now,
-                               expires_at=expires_at)
-    log.info("%s created bootstrap token %s for site %s", who.name, token.id, body.site)
-    return BootstrapTokenCreated(token=text, id=token.id, site=body.site, labels=body.labels, expires_at=expires_at)
