@@ -25,6 +25,7 @@ from edgefleet.releases.image import ReleaseInfo
 from edgefleet.releases.keys import Keystore
 from edgefleet.releases.publish import publish_workspace
 from edgefleet.releases.workspace import Workspace, load_online_keys
+from tests.cli_helpers import cli, server_args
 from tests.conftest import Device, Fleet, database_url, start_fleet
 from tests.tpm_world import boot_events, measured_boot, tpm2_or_skip
 
@@ -144,8 +145,9 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     metrics = plane.client().get("/metrics").text
     assert "edgefleet_quarantines_total 1.0" in metrics
     assert 'edgefleet_attestations_total{result="failed"} 1.0' in metrics
-    # An admin lifts the quarantine; the device must then attest afresh to get configuration.
-    plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
+    # An admin lifts the quarantine (from the CLI); the device must then attest afresh to get
+    # configuration.
+    cli("devices", "release-quarantine", dev.device.id, *server_args(plane))
     assert dev.device.client.get(f"{url}/desired").json()["error"]["code"] == "attestation_required"
 
 

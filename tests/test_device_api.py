@@ -14,6 +14,7 @@ import pytest
 from edgefleet.pki import create_ca, issue_device_certificate, make_csr, new_device_key
 from edgefleet.server.longpoll import REREADS
 from edgefleet.server.routes import device as route
+from tests.cli_helpers import cli, server_args
 from tests.conftest import Fleet
 
 
@@ -169,9 +170,10 @@ def test_client_certificate_from_a_foreign_ca_fails_the_tls_handshake(fleet: Fle
 def test_decommissioned_device_loses_access_immediately(fleet: Fleet) -> None:
     device = fleet.enroll()
     assert device.client.get(f"/api/v1/devices/{device.id}/desired").status_code == 200
-    assert fleet.client(role="admin").delete(f"/api/v1/admin/devices/{device.id}").status_code == 204
+    cli("devices", "decommission", device.id, "--yes", *server_args(fleet))
     response = device.client.get(f"/api/v1/devices/{device.id}/desired")
     assert response.status_code == 401
+    assert fleet.client(role="admin").delete(f"/api/v1/admin/devices/{device.id}").status_code == 404
 
 
 def test_device_reads_its_own_record(fleet: Fleet) -> None:

@@ -79,6 +79,9 @@ class AdminClient:
     def decommission(self, device_id: str) -> None:
         self._call("DELETE", f"/api/v1/admin/devices/{device_id}")
 
+    def release_quarantine(self, device_id: str) -> None:
+        self._call("POST", f"/api/v1/admin/devices/{device_id}/release-quarantine")
+
     def create_bootstrap_token(self, site: str, labels: dict[str, str], ttl_seconds: int) -> BootstrapTokenCreated:
         result: BootstrapTokenCreated = self._call(
             "POST", "/api/v1/admin/bootstrap-tokens", BootstrapTokenCreated,

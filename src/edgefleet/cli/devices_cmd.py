@@ -1,4 +1,5 @@
-"""``edgefleet devices``: list and inspect devices through the admin API."""
+"""``edgefleet devices``: list and inspect devices through the admin API; release one from
+quarantine or decommission it (role admin)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,29 @@ def updates(
         title += (f", image by {how.get('method')} ({how.get('downloaded_bytes', 0):,} of "
                   f"{how.get('image_bytes', 0):,} bytes downloaded)")
     console.print(update_history_table(list(reversed(history.events)), title=title))
+
+
+DeviceId = Annotated[str, typer.Argument(help="Device id (dev-...).")]
+
+
+@app.command("release-quarantine")
+def release_quarantine(device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile) -> None:
+    """Let a quarantined device attest again, once an engineer has looked at it (role
+    admin). Until its next quote passes it still gets no configuration or tokens."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        client.release_quarantine(device_id)
+    typer.echo(f"{device_id} released from quarantine: it attests again at its next check-in", err=True)
+
+
+@app.command("decommission")
+def decommission(
+    device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking.")] = False,
+) -> None:
+    """Forget a device (role admin): its certificate stops working at once, on every server
+    process; its director metadata and update history are deleted."""
+    if not yes and not typer.confirm(f"decommission {device_id}? its certificate stops working at once"):
+        raise typer.Exit(1)
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        client.decommission(device_id)
+    typer.echo(f"{device_id} decommissioned", err=True)
