@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from edgefleet.cli.common import setup_logging, shown_errors
-from edgefleet.demo.runner import DemoOptions, TpmChoice, run_demo
+
+if TYPE_CHECKING:
+    from edgefleet.demo.runner import TpmChoice
 
 
 def demo(
@@ -27,11 +29,12 @@ def demo(
     """The whole story: a control plane on SQLite, a regional hub and a fleet of emulated
     devices that enroll, attest, take configuration and a release, and a wave rollout that
     an implanted device halts; print what happens and where to look (the dashboard)."""
-    choices: dict[str, TpmChoice] = {"auto": "auto", "swtpm": "swtpm", "software": "software"}
-    if tpm not in choices:
+    if tpm not in ("auto", "swtpm", "software"):
         raise typer.BadParameter("--tpm must be auto, swtpm or software")
+    from edgefleet.demo.runner import DemoOptions, run_demo  # the control plane and the fleet: loaded to run
+
     setup_logging(log_level)
     with shown_errors():
         ok = asyncio.run(run_demo(DemoOptions(devices, sites, data_dir, port, headless, duration, log_level,
-                                              choices[tpm])))
+                                              cast("TpmChoice", tpm))))
     raise typer.Exit(0 if ok else 1)

@@ -11,8 +11,6 @@ import typer
 
 from edgefleet.cli.common import ConfigOption, flags, setup_logging, shown_errors
 from edgefleet.clock import SystemClock
-from edgefleet.server.local import init_server
-from edgefleet.server.run import serve
 from edgefleet.server.settings import ServerSettings
 from edgefleet.settings import load_settings
 from edgefleet.ui import console
@@ -52,6 +50,8 @@ def run(
         settings = server_settings(config, data_dir=data_dir, database_url=database_url, host=host, port=port,
                                    log_level=log_level, reuse_port=reuse_port)
         setup_logging(settings.log_level, daemon=True)
+        from edgefleet.server.run import serve  # the whole control plane: loaded only to run it
+
         serve(settings)
 
 
@@ -67,6 +67,8 @@ def init(
     """Create the data directory, the fleet CA and the server's TLS certificate."""
     with shown_errors():
         settings = server_settings(config, data_dir=data_dir, server_names=server_name, fleet_name=fleet_name)
+        from edgefleet.server.local import init_server
+
         created = init_server(settings, SystemClock().now())
         pki = settings.pki
         verb = "created" if created else "already present"

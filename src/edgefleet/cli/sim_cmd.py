@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from edgefleet.cli.common import setup_logging, shown_errors
-from edgefleet.sim.runner import run_scenario
 from edgefleet.sim.scenario import load_scenario
 from edgefleet.ui import console
 
@@ -32,6 +31,8 @@ def sim(
     report.json and report.html; exits 1 when the outcome is not what the scenario expects."""
     if database not in (None, "sqlite", "postgresql"):
         raise typer.BadParameter("--database must be sqlite or postgresql")
+    from edgefleet.sim.runner import run_scenario  # server processes and emulated sites: loaded to run
+
     setup_logging(log_level)
     with shown_errors():
         loaded = load_scenario(scenario).scaled(scale).with_servers(servers, database)
