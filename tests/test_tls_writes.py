@@ -104,7 +104,8 @@ def test_pipelined_requests_are_answered_whole_and_in_order_before_a_close(plane
 
 def test_a_large_body_arrives_whole(plane: Fleet) -> None:
     device = plane.enroll()
-    document = {"files": {f"/etc/app/{i}.conf": "x" * 1000 for i in range(500)}}  # half a megabyte
+    ignition = {f"part-{i}": "x" * 8000 for i in range(64)}  # half a megabyte
+    document = {"config": {"group": "big", "os": {"ignition": ignition}}}
     assert plane.client(role=Role.OPERATOR).put(f"/api/v1/admin/devices/{device.id}/desired",
                                                 json={"document": document}).status_code == 200
     raw = f"GET /api/v1/devices/{device.id}/desired HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
