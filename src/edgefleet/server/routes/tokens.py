@@ -4,10 +4,12 @@ A token's secret is shown once, when it is created, and stored only as its hash.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.credentials import TokenKind, new_token
 from edgefleet.errors import NotFound
@@ -20,7 +22,7 @@ from edgefleet.protocol.v1 import (
     BootstrapTokenRequest,
     BootstrapTokenView,
 )
-from edgefleet.server.auth import Admin, Operator
+from edgefleet.server.auth import Admin, AdminPrincipal, Operator
 from edgefleet.server.state import server_state
 from edgefleet.store.tokens import admin_tokens, bootstrap_tokens, insert_bootstrap, revoke_admin, revoke_bootstrap
 
@@ -67,16 +69,21 @@ async def list_bootstrap_tokens(
     return BootstrapTokenList(tokens=[_bootstrap_view(row, now) for row in rows])
 
 
+async def _revoke(request: Request, who: AdminPrincipal, kind: str, token_id: str,
+                  revoke: Callable[[AsyncConnection, str, datetime], Awaitable[bool]]) -> Response:
+    state = server_state(request)
+    async with state.db.transaction() as conn:
+        found = await revoke(conn, token_id, state.clock.now())
+    if not found:
+        raise NotFound(f"no {kind} token {token_id}")
+    log.warning("%s revoked %s token %s", who.name, kind, token_id)
+    return Response(status_code=204)
+
+
 @router.delete("/bootstrap-tokens/{token_id}", status_code=204)
 async def revoke_bootstrap_token(who: Operator, token_id: TokenIdPath, request: Request) -> Response:
     """Revoke an unused bootstrap token: no device can enroll with it any more."""
-    state = server_state(request)
-    async with state.db.transaction() as conn:
-        found = await revoke_bootstrap(conn, token_id, state.clock.now())
-    if not found:
-        raise NotFound(f"no bootstrap token {token_id}")
-    log.warning("%s revoked bootstrap token %s", who.name, token_id)
-    return Response(status_code=204)
+    return await _revoke(request, who, "bootstrap", token_id, revoke_bootstrap)
 
 
 @router.get("/admin-tokens")
@@ -95,10 +102,4 @@ async def list_admin_tokens(_: Admin, request: Request) -> AdminTokenList:
 @router.delete("/admin-tokens/{token_id}", status_code=204)
 async def revoke_admin_token(who: Admin, token_id: TokenIdPath, request: Request) -> Response:
     """Revoke an admin token: every server process refuses it from its next request."""
-    state = server_state(request)
-    async with state.db.transaction() as conn:
-        found = await revoke_admin(conn, token_id, state.clock.now())
-    if not found:
-        raise NotFound(f"no admin token {token_id}")
-    log.warning("%s revoked admin token %s", who.name, token_id)
-    return Response(status_code=204)
+    return await _revoke(request, who, "admin", token_id, revoke_admin)
