@@ -23,9 +23,7 @@ from edgefleet.protocol.hashing import config_hash, desired_parts
 from edgefleet.protocol.workload_verdicts import EMPTY
 from edgefleet.releases.image import release_fields
 from edgefleet.server.alerts import Alerts
-from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.director import DirectorService
-from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController, group_rollouts
@@ -52,9 +50,7 @@ class GitOpsService:
     metrics: Metrics
     alerts: Alerts
     repository: RepositoryService
-    director: DirectorService
-    devices: DeviceCache
-    long_polls: LongPolls
+    director: DirectorService  # owns the desired-state writer (signs, forgets, wakes)
     rollouts: RolloutController | None = None  # starts the groups' rollouts from accepted commits
     self_heal: bool = False  # from fleet.yaml of the accepted root commit
     _rolled_out: str | None = None  # the accepted commits whose groups' rollouts have all been started
