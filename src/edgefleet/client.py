@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +21,7 @@ from edgefleet.protocol.v1 import (
     UpdateHistory,
 )
 from edgefleet.util.http import checked
+from edgefleet.web.tls import tls_context
 
 __all__ = ["AdminClient"]
 
@@ -41,7 +41,7 @@ class AdminClient:
     def __init__(self, server_url: str, token: str, ca_file: Path, *, timeout: float = 10.0) -> None:
         self._client = httpx.Client(
             base_url=server_url.rstrip("/"),
-            verify=ssl.create_default_context(cafile=str(ca_file)),
+            verify=tls_context(ca_file),
             headers={"authorization": f"Bearer {token}"},
             timeout=timeout,
         )

@@ -10,7 +10,6 @@ import os
 import secrets
 import signal
 import socket
-import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 
 from edgefleet.errors import ConfigError
 from edgefleet.server.settings import ServerSettings
+from edgefleet.web.tls import tls_context
 
 # where the simulator creates (and afterwards drops) a database of its own for each run
 POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_SIM_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -121,7 +121,7 @@ class ServerPool:
     async def _wait_ready(self, timeout: float) -> None:
         """Each process answers /readyz once its startup (migrations) is done; ask until
         enough answers in a row say ready that every process has most likely said so."""
-        context = ssl.create_default_context(cafile=str(self.settings.pki.ca_cert))
+        context = tls_context(self.settings.pki.ca_cert)
         loop = asyncio.get_running_loop()
         deadline, streak = loop.time() + timeout, 0
         while streak < 4 * self.processes:
