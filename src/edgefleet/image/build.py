@@ -15,8 +15,8 @@ from pathlib import Path
 from edgefleet import bootchain
 from edgefleet.delta.erofs import build_erofs
 from edgefleet.errors import BuildError
-from edgefleet.image import _tools, disk, initramfs, kernel, rootfs, uki, verity
-from edgefleet.image.cache import cached, digest_of, file_digest, tree_digest
+from edgefleet.image import _tools, closure, disk, initramfs, kernel, rootfs, uki, verity
+from edgefleet.image.cache import cached, digest_of, file_digest
 from edgefleet.image.spec import ImageSpec
 
 BOOTLOADER = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
@@ -144,7 +144,7 @@ def _device_files(spec: ImageSpec, spec_dir: Path, root: Path) -> None:
 def _slot_tree(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, work: Path) -> Path:
     root = work / "root"
     rootfs.unpack(debian / rootfs.ROOTFS_TAR, root)
-    rootfs.install_agent(root, wheels)
+    rootfs.install_agent(root, wheels, closure.closure_files(rootfs.source_tree(), closure.DEVICE_MODULES))
     _device_files(spec, spec_dir, root)
     return root
 
@@ -161,9 +161,11 @@ def build_image(spec: ImageSpec, spec_dir: Path, cache: Path | None = None, *,
     _tools.require(TOOLS)
     debian, _ = rootfs.debian_stage(spec, cache)
     wheels, _ = rootfs.wheel_stage(cache)
+    source = rootfs.source_tree()
     inputs = {"spec": spec.model_dump(mode="json"), "debian": debian.name, "wheels": wheels.name,
-              "edgefleet": tree_digest(rootfs.source_tree()), "fleet": rootfs.inputs_digest(spec_dir, spec),
-              "stage": 1}
+              "edgefleet": _closure_digest(source, closure.DEVICE_MODULES),
+              "builder": _closure_digest(source, closure.BUILDER_MODULES),
+              "fleet": rootfs.inputs_digest(spec_dir, spec), "stage": 2}
 
     def build(out: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="edgefleet-image-") as tmp:
@@ -175,6 +177,10 @@ def build_image(spec: ImageSpec, spec_dir: Path, cache: Path | None = None, *,
         return BuiltImage(into, False, time.monotonic() - started)
     directory, hit = cached("image", digest_of(inputs), build, cache)
     return BuiltImage(directory, hit, time.monotonic() - started)
+
+
+def _closure_digest(source: Path, entries: tuple[str, ...]) -> str:
+    return closure.files_digest(source, closure.closure_files(source, entries))
 
 
 def _build(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, out: Path, work: Path) -> None:

@@ -39,15 +39,6 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def tree_digest(root: Path, *, skip: tuple[str, ...] = ("__pycache__",)) -> str:
-    """Digest of a directory's relative paths and file contents."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not set(p.parts) & set(skip)):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        h.update(bytes.fromhex(file_digest(path)))
-    return h.hexdigest()
-
-
 # Entries of each stage kept (an image is about 1 GB; one test run makes eight, two VMs at
 # once, and an entry pruned under a VM would take its disk away); the oldest go first.
 KEEP = 12

@@ -83,21 +83,19 @@ def source_tree() -> Path:
     return Path(edgefleet.__file__).resolve().parent
 
 
-def install_agent(root: Path, wheels: Path) -> None:
-    """Install the wheels and edgefleet itself under /opt/edgefleet/lib with compiled
-    bytecode (the root is read-only on the device, so nothing can be compiled there)."""
+def install_agent(root: Path, wheels: Path, files: list[Path]) -> None:
+    """Install the wheels and edgefleet's device ``files`` (``device_files``, relative to
+    ``source_tree()``) under /opt/edgefleet/lib with compiled bytecode (the root is
+    read-only on the device, so nothing can be compiled there)."""
     target = root / AGENT_LIB
     _tools.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
                 "--no-compile", "--find-links", wheels, "--target", target, *agent_requirements()], timeout=1800)
     _drop_console_scripts(target)
-    shutil.copytree(source_tree(), target / "edgefleet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for relative in files:
+        (target / "edgefleet" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_tree() / relative, target / "edgefleet" / relative)
     # The image's python3 finds the agent's packages through a .pth file (python3 -m edgefleet.agent).
     (root / "usr/lib/python3/dist-packages/edgefleet.pth").write_text(f"/{AGENT_LIB}\n")
-    launcher = root / "usr/bin/edgefleet"
-    launcher.write_text("#!/usr/bin/python3\nimport sys\n"
-                        f"sys.path.insert(0, '/{AGENT_LIB}')\n"
-                        "from edgefleet.cli import main\nmain()\n")
-    launcher.chmod(0o755)
     # Unchecked-hash bytecode does not depend on file times: the same tree gives the same
     # bytes (reproducible slots), and the interpreter never re-checks a read-only file. A
     # fixed hash seed: marshal writes a constant set in its iteration order, which string
@@ -109,8 +107,9 @@ def install_agent(root: Path, wheels: Path) -> None:
 def _drop_console_scripts(target: Path) -> None:
     """Remove the console scripts pip wrote under ``target/bin`` and their RECORD lines.
     Their first line is the builder's own interpreter (a path on the build host, useless on
-    the device, which runs /usr/bin/edgefleet), so they made the slot depend on where the
-    builder's virtualenv lives: two clones built different root hashes from one source."""
+    the device), so they made the slot depend on where the
+    builder's virtualenv lives: two clones built different root hashes from one source.
+    The device's units run ``python3 -m edgefleet.agent``."""
     shutil.rmtree(target / "bin", ignore_errors=True)
     for record in sorted(target.glob("*.dist-info/RECORD")):
         lines = record.read_text().splitlines(keepends=True)

@@ -6,14 +6,26 @@ PCR 1 change with it.
 The guest has one NIC on QEMU's user network with ``restrict=on``: it reaches nothing
 but the forwards named here, whose host side is always 127.0.0.1. Acceleration is TCG
 (software emulation): it works everywhere, including where /dev/kvm exists but hangs.
+
+A guest reboot is a power cycle: QEMU stops at the guest's reset (``-action
+reboot=shutdown``), its QMP socket says it was a reset, and the machine starts QEMU and
+swtpm again on the same disk, variable store and TPM state, the consoles appended. A warm
+reset under TCG now and then left OVMF spinning with no output (CI saw it at the third
+reboot of the update tests, with one vCPU); a cold start is the path every first boot
+takes. The boot loader's counters live on the disk, so A/B trials behave as on a warm
+reset; the TPM starts from TPM2_Startup(CLEAR) either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,8 +72,13 @@ class Machine:
         self.console = config.directory / "console.log"
         self.evidence_port = config.directory / "ttyS1.log"  # the guest's second serial port
         self.tpm_state = config.directory / "tpm"
+        self.qmp_socket = config.directory / "qmp.sock"
         self._qemu: subprocess.Popen[bytes] | None = None
         self._swtpm: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._rebooting = False  # the guest reset; QEMU and swtpm are starting again
+        self.reboots = 0  # guest resets this run (each a power cycle, see the module's text)
         self.started_at = 0.0
 
     # -- setup -----------------------------------------------------------------------------
@@ -94,7 +111,10 @@ class Machine:
             "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
             "-m", str(config.memory_mib), "-smp", str(config.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{self.console}", "-serial", f"file:{self.evidence_port}",
+            # append=on: a reboot starts QEMU again, and the consoles go on where they were.
+            "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
+            "-chardev", f"file,id=evidence,path={self.evidence_port},append=on", "-serial", "chardev:evidence",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off", "-action", "reboot=shutdown",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.directory / 'OVMF_VARS.fd'}",
             "-chardev", f"socket,id=chrtpm,path={self.tpm_state / 'swtpm.sock'}",
@@ -116,30 +136,79 @@ class Machine:
     def start(self) -> Machine:
         """Raises BuildError or ConfigError when a tool is missing or does not start, and
         RuntimeError when this VM is running already."""
-        if self._qemu is not None or self._swtpm is not None:
-            raise RuntimeError("this VM is running already; stop() it first")
-        self.prepare()
+        with self._lock:
+            if self._qemu is not None or self._swtpm is not None:
+                raise RuntimeError("this VM is running already; stop() it first")
+            self.prepare()
+            if self.console.exists() and self.console.stat().st_size:  # a restart: keep the last run's console
+                self.console.replace(self.directory / f"console-{len(list(self.directory.glob('console-*.log')))}.log")
+            self.console.write_bytes(b"")
+            self.evidence_port.write_bytes(b"")
+            self._stopping = False
+            self.started_at = time.monotonic()
+            self._power_on()
+        return self
+
+    def _power_on(self) -> None:
+        """swtpm, then QEMU, then the thread that watches this QEMU. Called with the lock held."""
         socket_path = self.tpm_state / "swtpm.sock"
         socket_path.unlink(missing_ok=True)
+        self.qmp_socket.unlink(missing_ok=True)
         self._swtpm = subprocess.Popen(  # noqa: S603 - fixed argv
             [shutil.which("swtpm") or "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_state}",
              "--ctrl", f"type=unixio,path={socket_path}", "--terminate",
              "--log", f"file={self.tpm_state / 'swtpm.log'}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: socket_path.exists(), 10, "swtpm did not create its socket")
-        if self.console.exists() and self.console.stat().st_size:  # a restart: keep the last run's console
-            self.console.replace(self.directory / f"console-{len(list(self.directory.glob('console-*.log')))}.log")
-        self.console.write_bytes(b"")
-        self.evidence_port.write_bytes(b"")
-        self.started_at = time.monotonic()
-        with open(self.directory / "qemu.stderr", "wb") as stderr:
-            self._qemu = subprocess.Popen(  # noqa: S603 - fixed argv
+        with open(self.directory / "qemu.stderr", "ab") as stderr:
+            qemu = subprocess.Popen(  # noqa: S603 - fixed argv
                 self.command(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        return self
+        self._qemu = qemu
+        threading.Thread(target=self._supervise, args=(qemu,), name=f"vm-{self.directory.name}",
+                         daemon=True).start()
+
+    def _supervise(self, qemu: subprocess.Popen[bytes]) -> None:
+        """Wait for ``qemu`` to end; when the guest reset it, power the machine on again."""
+        reset = self._guest_reset(qemu)
+        qemu.wait()
+        with self._lock:
+            if self._stopping or self._qemu is not qemu:
+                return
+            if reset:
+                self._stop_processes()
+                self.reboots += 1
+                try:
+                    self._power_on()
+                finally:
+                    self._rebooting = False
+
+    def _guest_reset(self, qemu: subprocess.Popen[bytes]) -> bool:
+        """Read QMP events until QEMU closes the socket; True when it stopped for a guest reset."""
+        deadline = time.monotonic() + 60
+        while not self.qmp_socket.exists():
+            if qemu.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+            try:
+                channel.connect(str(self.qmp_socket))
+            except OSError:
+                return False
+            with channel.makefile("rb") as reader:
+                reader.readline()  # the greeting
+                channel.sendall(b'{"execute": "qmp_capabilities"}\n')
+                for line in reader:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        message = json.loads(line)
+                        if message.get("event") == "SHUTDOWN" and message["data"].get("reason") == "guest-reset":
+                            self._rebooting = True
+                            return True
+        return False
 
     @property
     def running(self) -> bool:
-        return self._qemu is not None and self._qemu.poll() is None
+        """QEMU runs, or the guest reset it and it is starting again."""
+        return self._rebooting or (self._qemu is not None and self._qemu.poll() is None)
 
     def console_text(self) -> str:
         try:
@@ -162,6 +231,12 @@ class Machine:
         raise BuildError(f"the VM did not print {needle!r} within {timeout:.0f} s; console tail:\n{tail}")
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._rebooting = False
+            self._stop_processes()
+
+    def _stop_processes(self) -> None:
         for process in (self._qemu, self._swtpm):
             if process is None:
                 continue
@@ -178,9 +253,11 @@ class Machine:
         """What pulling the plug does: QEMU dies at once (SIGKILL), mid-write or not. The
         disk overlay, the firmware's variable store and the TPM's persistent state stay,
         so ``start()`` powers the same device on again."""
-        if self._qemu is not None and self._qemu.poll() is None:
-            os.killpg(self._qemu.pid, signal.SIGKILL)
-            self._qemu.wait(10)
+        with self._lock:
+            self._stopping = True
+            if self._qemu is not None and self._qemu.poll() is None:
+                os.killpg(self._qemu.pid, signal.SIGKILL)
+                self._qemu.wait(10)
         self.stop()  # swtpm: stopped in order, as a TPM keeps its NV memory through a power cut
 
     def __enter__(self) -> Machine:
