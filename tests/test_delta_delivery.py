@@ -31,6 +31,13 @@ from tests.releases_world import StaticMirror
 BLOCK = 4096
 
 
+def _scratch(tmp: Path) -> Path:
+    """Where build_delta_targets writes its files (the release workspace passes a temporary directory)."""
+    work = tmp / "scratch"
+    work.mkdir(exist_ok=True)
+    return work
+
+
 def images(tmp: Path) -> tuple[Path, Path]:
     """v1 and v2 of a 2 MiB block-aligned image: some blocks rewritten, some patched."""
     rng = random.Random(7)
@@ -66,7 +73,8 @@ def release(tmp_path: Path) -> Release:
     root = tmp_path / "mirror"
     image = describe(v2, "os/v2/img", {"edgefleet": {"kind": "os-image", "version": "v2"}})
     base = describe(v1, "os/v1/img", {"edgefleet": {"kind": "os-image", "version": "v1"}})
-    made = build_delta_targets(v2, image, "v2", [Base("v1", v1)], root / "pieces", chunking="blocks")
+    made = build_delta_targets(v2, image, "v2", [Base("v1", v1)], root / "pieces", _scratch(tmp_path),
+                               chunking="blocks")
     published = [image, base]
     for path, target in [*made, (v2, image)]:
         destination = Path(target_url(str(root), target))
@@ -137,7 +145,7 @@ def test_a_signed_delta_made_from_another_base_is_refused_and_the_index_rebuilds
         data[offset:offset + 64] = bytes(64)
     other.write_bytes(bytes(data))
     wrong = build_delta_targets(Path(target_url(str(release.root), release.image)), release.image, "v2",
-                                [Base("v1", other)], tmp_path / "unused", index=False)[0]
+                                [Base("v1", other)], tmp_path / "unused", _scratch(tmp_path), index=False)[0]
     # Signed as if it were from v1 (a release tool bug): only the rebuilt image's hash can tell.
     fields = dict(wrong[1].custom["edgefleet"])  # type: ignore[index]
     fields["base_sha256"] = release.base.hashes["sha256"]
@@ -255,7 +263,7 @@ def test_a_full_disk_is_refused_leaves_nothing_behind_and_a_later_attempt_succee
 
 def test_pieces_are_named_by_their_content_so_two_releases_share_them(release: Release, tmp_path: Path) -> None:
     again = build_delta_targets(Path(target_url(str(release.root), release.image)), release.image, "v2", [],
-                                release.root / "pieces", chunking="blocks")
+                                release.root / "pieces", _scratch(tmp_path), chunking="blocks")
     assert len(again) == 1
     count = sum(1 for p in (release.root / "pieces").rglob("*") if p.is_file())
     index = release.file("os-index")

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import tempfile
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from edgefleet.demo.runner import DemoOptions, run_demo, swtpm_usable
 
 
-def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implant(tmp_path: Path) -> None:
+def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implant(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     output = io.StringIO()
-    ok = asyncio.run(run_demo(DemoOptions(devices=12, sites=3, data_dir=tmp_path, headless=True, duration=5),
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo makes its directory
+    ok = asyncio.run(run_demo(DemoOptions(devices=12, sites=3, headless=True, duration=5),
                               Console(file=output, width=160)))
     text = output.getvalue()
     assert ok, text
+    # The scripted tamper and the refused device are expected events: warnings, not errors.
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "is removed (--keep keeps it)" in " ".join(text.split())
+    assert not list(tmp_path.iterdir())  # a successful run leaves nothing behind
     assert "all devices checked in" in text
     assert "configuration pushed" in text
     assert "each verified it" in text

@@ -15,11 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from edgefleet.agent.emulated import EmulatedDevice
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
+from edgefleet.cli import app
 from edgefleet.credentials import Role
 from edgefleet.protocol.v1 import StatusReport
 from edgefleet.web.device_client import HttpsTransport
@@ -147,7 +149,8 @@ def test_clean_rollout_finishes_wave_by_wave_with_bake_time_honoured(world: AbWo
     assert (datetime.fromisoformat(second_wave["at"]) - datetime.fromisoformat(first_commit["at"])).total_seconds() >= 2
     view = status(world, rollout_id)
     assert [w["counts"]["succeeded"] for w in view["waves"]] == [1, 2]
-    assert "completed" in cli("rollout", "watch", rollout_id, *world.server)  # returns once stopped
+    watched = cli("rollout", "watch", rollout_id, *world.server).splitlines()  # returns once stopped
+    assert watched[-1].startswith(f"{rollout_id} completed wave 2/2")  # off a terminal: a line per change
     shown = cli("rollout", "status", rollout_id, "--events", *world.server)
     assert "wave_started" in shown
     assert "baking" in shown
@@ -371,3 +374,18 @@ def test_a_device_that_fails_a_quote_while_its_wave_bakes_halts_the_rollout(worl
         (sick, "attestation against the new release failed")]
     assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
     assert devices[2].boots == 1  # the next wave never got the release
+
+
+def test_a_selector_that_matches_no_device_is_refused_unless_the_operator_allows_it(world: AbWorld) -> None:
+    operator = world.plane.client(role=Role.OPERATOR)
+    body = {"release": "2026.12.0", "selector": {"fleet": "no-such-fleet"}, "waves": [{"size": "100%"}]}
+    refused = operator.post("/api/v1/admin/rollouts", json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "selector_matches_nothing"
+    assert "no-such-fleet" not in str(api(world, "GET", "/api/v1/admin/rollouts"))  # nothing was started
+    shown = CliRunner().invoke(app, ["rollout", "start", "--release", "2026.12.0", "-l", "fleet=no-such-fleet",
+                                     *world.server])
+    assert shown.exit_code == 1
+    assert "matches no device" in shown.output
+    allowed = operator.post("/api/v1/admin/rollouts", json={**body, "allow_empty": True})
+    assert allowed.status_code == 201, allowed.text

@@ -119,8 +119,14 @@ class ServerRefused(PeerError):
         """Read the server's ``{"error": {"code", "message"}}`` body, or quote it if it is not one."""
         try:
             error = json.loads(body)["error"]
-            return cls(status, str(error["code"]), str(error["message"]))
-        except (ValueError, KeyError, TypeError):
+            message = str(error["message"])
+            details = [f"{'.'.join(str(part) for part in d.get('loc', ()))}: {d.get('msg', '')}"
+                       for d in error.get("details") or [] if isinstance(d, dict)]
+            if details:  # which field, and why (a validation refusal)
+                more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+                message += ": " + "; ".join(details[:5]) + more
+            return cls(status, str(error["code"]), message)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return cls(status, "http_error", body[:200].decode("utf-8", "replace"))
 
 

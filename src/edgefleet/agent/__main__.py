@@ -13,7 +13,7 @@ from edgefleet.agent.main import run
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.settings import load_settings
-from edgefleet.util.jsonlog import JsonFormatter
+from edgefleet.util.jsonlog import JsonFormatter, request_lines_at_debug
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    request_lines_at_debug(args.log_level)
     try:
         run(load_settings(AgentSettings, args.config, {}))
     except ConfigError as exc:

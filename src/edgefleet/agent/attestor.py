@@ -77,7 +77,8 @@ class Attestor:
                             f"{', '.join('.'.join(map(str, e['loc'])) for e in exc.errors())}") from exc
         verdict = await transport.submit_quote(device_id, quote)
         if not verdict.passed:
-            log.error("attestation failed: this device is quarantined until an operator releases it")
+            # The server's verdict, not a fault here: a warning (the server logs why).
+            log.warning("attestation failed: this device is quarantined until an operator releases it")
         return verdict.passed
 
 

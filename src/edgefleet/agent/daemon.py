@@ -686,7 +686,12 @@ class Agent:
                 if isinstance(exc, ServerRefused) and exc.code == "attestation_required" and attestor is not None:
                     self._next_attest = self.clock.monotonic()  # it lapsed: attest again now, then go on
                     level = logging.WARNING
-                log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s", delay, exc)
+                hint = ""
+                if isinstance(exc, ServerRefused) and exc.code == "quarantined":  # the server's verdict, expected
+                    level = logging.WARNING
+                    hint = " (an operator releases it: edgefleet devices release-quarantine)"
+                log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s%s", delay, exc,
+                        hint)
             await pause(stop, delay)
 
     def _attest_ahead(self, expires_in: float | None) -> None:

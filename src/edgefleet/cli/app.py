@@ -8,6 +8,8 @@ help lists them all): ``edgefleet hub`` loads the hub, never the control plane, 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import typer
 
@@ -80,12 +82,30 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
+_debug = {"on": False}
+
+
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", envvar="EDGEFLEET_DEBUG",
+                               help="Show the traceback of an unexpected error."),
 ) -> None:
     """edgefleet keeps edge fleets immutable, compliant and reliable."""
+    _debug["on"] = debug
 
 
 def main() -> None:
-    app()
+    """Run the command; an error no command turned into a message is one line with its
+    cause (the traceback with --debug), never a traceback a newcomer has to read."""
+    try:
+        app()
+    except Exception as exc:
+        if _debug["on"] or os.environ.get("EDGEFLEET_DEBUG") in ("1", "true"):
+            raise
+        from edgefleet.errors import ConfigError, EdgefleetError
+
+        what = exc.message if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {exc}"
+        kind = "configuration error" if isinstance(exc, ConfigError) else "error"
+        print(f"{kind}: {what} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)

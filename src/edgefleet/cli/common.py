@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from edgefleet.errors import ConfigError, EdgefleetError, PeerError, TransportError
 from edgefleet.ui import err_console
-from edgefleet.util.jsonlog import JsonFormatter
+from edgefleet.util.jsonlog import JsonFormatter, request_lines_at_debug
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", envvar="EDGEFLEET_CONFIG", help="TOML settings file.")
@@ -40,7 +41,9 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
 
 def setup_logging(level: str = "info", *, daemon: bool = False) -> None:
     """Rich output for people at a terminal; plain lines for daemons (the server and the
-    agent log under load, to journald: rendering each line with rich costs a core)."""
+    agent log under load, to journald: rendering each line with rich costs a core). HTTP clients'
+    request lines only at DEBUG."""
+    request_lines_at_debug(level)
     if daemon:
         if os.environ.get("EDGEFLEET_LOG_FORMAT") == "json":
             handler = logging.StreamHandler()
@@ -61,14 +64,19 @@ def shown_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {exc.message}")
+        _one_line("configuration error", exc.message)
         raise typer.Exit(2) from None
     except (PeerError, TransportError) as exc:
-        err_console.print(f"[red]error:[/] {exc.message}")
+        _one_line("error", exc.message)
         raise typer.Exit(1) from None
     except EdgefleetError as exc:
-        err_console.print(f"[red]{exc.code}:[/] {exc.message}")
+        _one_line(exc.code, exc.message)
         raise typer.Exit(1) from None
+
+
+def _one_line(kind: str, message: str) -> None:
+    """One line however long (a path, a field's reason), the message never read as markup."""
+    err_console.print(f"[red]{kind}:[/] {escape(message)}", soft_wrap=True)
 
 
 def flags(**values: object) -> dict[str, object]:

@@ -25,6 +25,8 @@ def demo(
     log_level: Annotated[str, typer.Option(help="Log level of the server and agents (the demo narrates).")]
     = "error",
     tpm: Annotated[str, typer.Option(help="auto (swtpm where installed), swtpm, or software (insecure).")] = "auto",
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory after a successful run (a failed "
+                                            "run always keeps it, to look at).")] = False,
 ) -> None:
     """The whole story: a control plane on SQLite, a regional hub and a fleet of emulated
     devices that enroll, attest, take configuration and a release, and a wave rollout that
@@ -36,5 +38,5 @@ def demo(
     setup_logging(log_level)
     with shown_errors():
         ok = asyncio.run(run_demo(DemoOptions(devices, sites, data_dir, port, headless, duration, log_level,
-                                              cast("TpmChoice", tpm))))
+                                              cast("TpmChoice", tpm), keep)))
     raise typer.Exit(0 if ok else 1)

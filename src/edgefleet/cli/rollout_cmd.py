@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.client import AdminClient
+from edgefleet.errors import ConfigError
 from edgefleet.ui import console
 
 app = typer.Typer(help="Wave rollouts of a release (admin API, operator role to act).")
@@ -36,12 +39,39 @@ def rollout_table(view: dict[str, Any]) -> Table:
     return table
 
 
+WAVE = re.compile(r"(?P<size>[0-9]+%?)(?:/(?P<bake>[0-9]+(?:\.[0-9]+)?)s?)?")
+
+
 def _size(text: str) -> dict[str, Any]:
-    size, _, bake = text.partition("/")
-    wave: dict[str, Any] = {"size": size}
-    if bake:
-        wave["bake_seconds"] = float(bake.rstrip("s"))
+    """``--wave`` SIZE or SIZE/BAKE_SECONDS (``10%/1800``) as the API's wave."""
+    match = WAVE.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(f"a wave is SIZE or SIZE/BAKE_SECONDS (10, 10%, 10%/1800), got {text!r}",
+                                 param_hint="--wave")
+    wave: dict[str, Any] = {"size": match["size"]}
+    if match["bake"]:
+        wave["bake_seconds"] = float(match["bake"])
     return wave
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected key=value, got {text!r}", param_hint=option)
+    return key, value
+
+
+def _spec(path: Path) -> dict[str, Any]:
+    """The rollout spec file; ConfigError naming the file when it is missing or not a JSON object."""
+    try:
+        body = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the rollout spec {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"the rollout spec {path} is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ConfigError(f"the rollout spec {path} is not a JSON object")
+    return body
 
 
 @app.command("start")
@@ -57,18 +87,20 @@ def start(
     max_per: Annotated[list[str] | None, typer.Option(help="Disruption budget label=N, e.g. site=1.")] = None,
     approval: Annotated[bool, typer.Option(help="Wait for `approve` between waves.")] = False,
     group: Annotated[str | None, typer.Option(help="Only devices the fleet repository puts in this group.")] = None,
+    allow_empty: Annotated[bool, typer.Option(help="Start even when the selector matches no device.")] = False,
 ) -> None:
     """Start a rollout: waves in order; it halts by itself on a failed attestation or
-    failures over the threshold."""
+    failures over the threshold. A selector that matches no device is refused."""
     with shown_errors():
         if spec is not None:
-            body = json.loads(spec.read_text())
+            body = _spec(spec)
         else:
             body = {"release": release, "waves": [_size(w) for w in waves or ["1", "10%", "100%"]],
-                    "selector": dict(s.split("=", 1) for s in selector or []),
+                    "selector": dict(_pair(s, "--selector") for s in selector or []),
                     "failure_threshold": failure_threshold, "approval_between_waves": approval,
                     "budgets": [{"group_by": k, "max_updating": int(v)}
-                                for k, v in (m.split("=", 1) for m in max_per or [])], "group": group}
+                                for k, v in (_pair(m, "--max-per") for m in max_per or [])], "group": group,
+                    "allow_empty": allow_empty}
         with AdminClient(server, token, ca_file) as client:
             view = client.call_json("POST", "/api/v1/admin/rollouts", json=body)
     console.print(rollout_table(view))
@@ -97,15 +129,59 @@ def status(
             console.print(table)
 
 
+@app.command("ls")
+def ls(server: ServerUrl, token: AdminToken, ca_file: CaFile) -> None:
+    """One line per rollout, newest first: id, release, status, wave, counts."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        views = client.call_json("GET", "/api/v1/admin/rollouts")["rollouts"]
+    table = Table()
+    for column in ("id", "release", "status", "wave", "succeeded", "failed", "started", "by"):
+        table.add_column(column)
+    for view in views:
+        counts = _totals(view)
+        table.add_row(view["id"], view["release"] + (f" ({view['group']})" if view.get("group") else ""),
+                      view["status"], f"{view['wave']}/{len(view['waves'])}", str(counts.get("succeeded", 0)),
+                      str(counts.get("failed", 0) + counts.get("timed_out", 0)), view["created_at"][:19],
+                      view["created_by"])
+    console.print(table)
+
+
+def _totals(view: dict[str, Any]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for wave in view["waves"]:
+        for state, count in wave["counts"].items():
+            totals[state] = totals.get(state, 0) + int(count)
+    return totals
+
+
+def progress_line(view: dict[str, Any]) -> str:
+    """The rollout in one line (``watch`` off a terminal writes one per change)."""
+    counts = " ".join(f"{state}={count}" for state, count in sorted(_totals(view).items()) if count)
+    reason = f" ({view['reason']})" if view.get("reason") else ""
+    return f"{view['id']} {view['status']}{reason} wave {view['wave']}/{len(view['waves'])} {counts}".rstrip()
+
+
 @app.command("watch")
 def watch(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
     server: ServerUrl, token: AdminToken, ca_file: CaFile,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
 ) -> None:
-    """Live progress per wave until the rollout completes, halts or is aborted."""
+    """Live progress per wave until the rollout completes, halts or is aborted (off a
+    terminal: one line per change)."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         view = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
+        if not sys.stdout.isatty():
+            shown = ""
+            while True:
+                line = progress_line(view)
+                if line != shown:
+                    print(line, flush=True)
+                    shown = line
+                if view["status"] in STOPPED:
+                    return
+                time.sleep(interval)
+                view = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
         with Live(rollout_table(view), console=console, refresh_per_second=4) as live:
             while view["status"] not in STOPPED:
                 time.sleep(interval)

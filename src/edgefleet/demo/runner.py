@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -85,6 +86,7 @@ class DemoOptions:
     duration: float = 30.0
     log_level: str = "warning"
     tpm: TpmChoice = "auto"  # auto: swtpm where installed
+    keep: bool = False  # keep the temporary directory after a successful run
 
 
 def site_name(index: int) -> str:
@@ -179,8 +181,12 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
             await asyncio.to_thread(emulator.stop)
         client.close()
         await asyncio.to_thread(server.stop)
+    kept = f"everything is kept in {data_dir}"
+    if ok and options.data_dir is None and not options.keep:
+        await asyncio.to_thread(shutil.rmtree, data_dir, True)
+        kept = f"its temporary directory {data_dir} is removed (--keep keeps it)"
     out.print(f"demo {'[bold green]succeeded' if ok else '[bold red]failed'}[/] after "
-              f"{time.monotonic() - started:.1f}s; everything is kept in {data_dir}")
+              f"{time.monotonic() - started:.1f}s; {kept}")
     return ok
 
 

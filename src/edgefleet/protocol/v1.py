@@ -245,6 +245,9 @@ class RolloutRequest(RolloutPlan):
     release: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
     selector: Annotated[dict[Name, ShortText], Field(max_length=16)] = {}  # device labels; "site" too
     group: Name | None = None  # only devices the accepted fleet repository puts in this group
+    # A selector that matches no device is refused (a typo would "complete" at once)
+    # unless this says it is meant: a group in the fleet repository waiting for devices.
+    allow_empty: bool = False
 
 
 class RolloutWaveView(Strict):

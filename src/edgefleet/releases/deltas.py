@@ -13,7 +13,6 @@ index, and live beside the targets in ``pieces/``.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,10 @@ class Base:
 
 
 def build_delta_targets(image: Path, image_target: TargetFile, version: str, bases: Iterable[Base],
-                        pieces_dir: Path, *, index: bool = True, chunking: str | None = None,
+                        pieces_dir: Path, work: Path, *, index: bool = True, chunking: str | None = None,
                         dictionary: bytes | None = None) -> list[tuple[Path, TargetFile]]:
-    """(file, target) for the index and each delta; files live in a temporary directory
-    until the caller copies them into the repository (it must, before the directory goes)."""
-    work = Path(tempfile.mkdtemp(prefix="edgefleet-deltas-"))
+    """(file, target) for the index and each delta, the files written into ``work`` (the
+    caller's scratch directory, which it copies them out of and removes)."""
     made: list[tuple[Path, TargetFile]] = []
     common = {"release": version, "image": image_target.path}
     if index:

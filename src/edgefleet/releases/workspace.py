@@ -9,6 +9,7 @@ and the operations behind ``edgefleet keys init`` and ``edgefleet release create
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,11 +121,11 @@ class Workspace:
         self.image.add_target_file(image, target)
         targets = with_target(self.image.targets().signed, target, now)
         trained = self._dictionary(image, chunking) if index and dictionary else None
-        for path, extra in build_delta_targets(image, target, info.version, bases, self.pieces_dir, index=index,
-                                               chunking=chunking, dictionary=trained):
-            self.image.add_target_file(path, extra)
-            targets.signed.targets[extra.path] = extra
-            path.unlink()
+        with tempfile.TemporaryDirectory(prefix="edgefleet-deltas-") as work:
+            for path, extra in build_delta_targets(image, target, info.version, bases, self.pieces_dir, Path(work),
+                                                   index=index, chunking=chunking, dictionary=trained):
+                self.image.add_target_file(path, extra)
+                targets.signed.targets[extra.path] = extra
         for artifact in artifacts or []:
             extra = describe(artifact, f"artifacts/{info.version}/{artifact.name}",
                              {"edgefleet": {"kind": "artifact", "release": info.version}})

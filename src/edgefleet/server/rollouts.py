@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 
 from edgefleet.clock import Clock
-from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
+from edgefleet.errors import Conflict, EdgefleetError, InvalidRequest, NotFound, StoreError
 from edgefleet.gitops.render import GroupSpec
 from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
 from edgefleet.protocol.workload_verdicts import EMPTY, judge, revision
@@ -214,6 +214,10 @@ class RolloutController:
             active = [r for r in await rollout_heads(conn, statuses=ACTIVE) if _kind(r.spec) == _kind(spec)]
             devices = look(await rollout_devices(conn), self.presence, {})[0]
         mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
+        if not mine and not request.allow_empty:
+            where = f" in group {request.group}" if request.group else ""
+            raise InvalidRequest(f"the selector {dict(request.selector)}{where} matches no device; allow_empty "
+                                 "starts it anyway", code="selector_matches_nothing")
         for other in active:
             shared = mine & {d.id for d in devices if _selected(d, other.selector, other.spec.get("group"))}
             if shared:
@@ -251,7 +255,7 @@ class RolloutController:
                 continue
             plan_ = group.rollout or RolloutPlan(waves=[WaveRequest(size="100%")])
             request = RolloutRequest(release=group.release, selector=dict(group.selector.matchLabels), group=name,
-                                     **plan_.model_dump())
+                                     allow_empty=True, **plan_.model_dump())
             rollout_id = new_rollout_id()
             try:
                 await asyncio.to_thread(self.director.release_targets, group.release)
@@ -281,7 +285,7 @@ class RolloutController:
             if (mine and mine[0].release == release) or (not mine and workloads == EMPTY):
                 continue
             request = RolloutRequest(release=release, selector=dict(group.selector.matchLabels), group=name,
-                                     **group.rollout.model_dump())
+                                     allow_empty=True, **group.rollout.model_dump())
             rollout_id = new_rollout_id()
             await self._supersede(mine, f"{who} (superseded by {rollout_id})")
             try:

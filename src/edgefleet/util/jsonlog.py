@@ -16,3 +16,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
+
+
+# HTTP clients' per-request lines ("HTTP Request: GET ... 200"): one per poll and check-in.
+REQUEST_LOGGERS = ("httpx", "httpcore")
+
+
+def request_lines_at_debug(level: str) -> None:
+    """Per-request lines of the HTTP clients only at DEBUG: at INFO an agent would log every
+    poll, drowning what it decided."""
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        for name in REQUEST_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -6,14 +6,24 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from edgefleet.errors import ConfigError
+
 
 def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None, *,
                 system_cas: bool = False) -> ssl.SSLContext:
     """Trusting the fleet CA (and, for mirrors such as CDNs, the system's CAs), presenting
-    the device certificate if given."""
-    context = ssl.create_default_context() if system_cas else ssl.create_default_context(cafile=str(ca_file))
-    if system_cas:
-        context.load_verify_locations(cafile=str(ca_file))
+    the device certificate if given. Raises ConfigError naming the file that is missing or
+    is not a certificate (or key)."""
+    try:
+        context = ssl.create_default_context() if system_cas else ssl.create_default_context(cafile=str(ca_file))
+        if system_cas:
+            context.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use the CA file {ca_file}: {exc.strerror or exc}") from exc
     if cert_file is not None and key_file is not None:
-        context.load_cert_chain(str(cert_file), str(key_file))
+        try:
+            context.load_cert_chain(str(cert_file), str(key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the certificate {cert_file} with key {key_file}: "
+                              f"{exc.strerror or exc}") from exc
     return context

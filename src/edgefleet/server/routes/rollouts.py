@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
+from edgefleet.errors import NotFound
 from edgefleet.protocol.v1 import (
     RolloutAbort,
     RolloutEvents,
@@ -21,7 +23,17 @@ from edgefleet.store.rollouts import rollout_events
 
 log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/admin/rollouts", tags=["rollouts"])
-RolloutId = Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]
+ROLLOUT_ID = re.compile(r"ro-[0-9a-f]{12}")
+
+
+def _rollout_id(rollout_id: Annotated[str, Path(max_length=64)]) -> str:
+    """A rollout id from the path; one that cannot be an id is not found, like one that is not there."""
+    if not ROLLOUT_ID.fullmatch(rollout_id):
+        raise NotFound(f"no rollout {rollout_id!r}")
+    return rollout_id
+
+
+RolloutId = Annotated[str, Depends(_rollout_id)]
 
 
 @router.post("", status_code=201)
