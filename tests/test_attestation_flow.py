@@ -109,6 +109,7 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     assert claims["exp"] - claims["iat"] == 300
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
     assert record["attestation"]["passed"] is True
+    assert (record["attestation"]["state"], record["attestation"]["reason"]) == ("passed", None)
     assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
     # Releasing a device that is not quarantined (a mistaken click) takes nothing from it.
     released = plane.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{dev.device.id}/release-quarantine")
@@ -116,6 +117,11 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     assert plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()["attestation"] == \
         record["attestation"]
     assert dev.device.client.get(f"/api/v1/devices/{dev.device.id}/desired").status_code == 200
+    # Past its freshness the verdict is stale, and says since when (amber, not green).
+    plane.clock.advance(plane.settings.attestation_max_age_seconds + 1)
+    stale = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()["attestation"]
+    assert stale["state"] == "stale"
+    assert "a verdict counts for" in stale["reason"]
 
 
 def test_a_verdict_updates_this_servers_cache_of_the_device_and_the_change_feed_leaves_it(
@@ -142,6 +148,9 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{dev.device.id}").json()
     assert record["attestation"]["quarantined"] is True
     assert any("PCR 4" in check for check in record["attestation"]["failed_checks"])
+    assert record["attestation"]["state"] == "quarantined"  # one state, whatever a later quote says
+    assert "PCR 4" in record["attestation"]["reason"]
+    assert "release-quarantine" in record["attestation"]["reason"]
     metrics = plane.client().get("/metrics").text
     assert "edgefleet_quarantines_total 1.0" in metrics
     assert 'edgefleet_attestations_total{result="failed"} 1.0' in metrics

@@ -102,11 +102,19 @@ def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_butto
             await expect(status_text).to_have_text("halted", timeout=90_000)
             await expect(operator.locator("#rollout-reason")).to_contain_text("attestation failed on")
             await operator.screenshot(path=SCREENSHOTS / "rollout-halted.png", full_page=True)
+            # The device that halted it: red, quarantined, with the failing check and the way out.
+            await operator.goto(f"{base}/ui/devices/{devices[3].agent.device_id}")  # type: ignore[union-attr]
+            await expect(operator.locator("#attestation")).to_have_class("att-quarantined")
+            await expect(operator.locator("#attestation")).to_have_css("color", "rgb(192, 57, 43)")
+            await expect(operator.locator("#attestation-reason")).to_contain_text("PCR")
+            await expect(operator.locator("#attestation-reason")).to_contain_text("release-quarantine")
+            await operator.screenshot(path=SCREENSHOTS / "device-quarantined.png", full_page=True)
             await operator.click("header >> text=Events")
             await expect(operator.locator("#alerts")).to_contain_text("rollout_halted")
             await expect(operator.locator("#trail")).to_contain_text("attestation failed on")
             await operator.click("header >> text=Releases")
             await expect(operator.locator("#releases")).to_contain_text("2026.12.0")
+            assert await operator.locator("#releases tr.release").count() == 2  # releases only: no delta or index rows
             await operator.screenshot(path=SCREENSHOTS / "releases.png", full_page=True)
             await browser.close()
         assert status(world, rollout_id)["status"] == "halted"

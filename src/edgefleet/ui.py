@@ -27,13 +27,18 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds // 3600}h ago"
 
 
+ATTESTATION_STYLE = {"passed": "green", "stale": "yellow", "failed": "bold red", "quarantined": "bold red"}
+
+
 def attested(device: DeviceView) -> str:
+    """The device's one attestation state (the server's), coloured: green, amber or red."""
     status = device.attestation
     if status is None:
-        return "-"
-    if status.get("quarantined"):
-        return "[bold red]QUARANTINED[/]"
-    return "yes" if status.get("passed") else "no"
+        return "never"
+    state = str(status.get("state") or ("quarantined" if status.get("quarantined") else
+                                         "passed" if status.get("passed") else "failed"))
+    shown = state.upper() if state == "quarantined" else state
+    return f"[{ATTESTATION_STYLE.get(state, 'red')}]{shown}[/]"
 
 
 def device_table(devices: list[DeviceView], title: str | None = None) -> Table:

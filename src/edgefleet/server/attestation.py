@@ -284,8 +284,11 @@ def _record_verdict(conn: Connection, device_id: str, nonce: bytes, expires: dat
     change feed entry written and the device's auth as it now is."""
     if not store.spend_nonce(conn, nonce.hex(), device_id, expires, now):
         raise Conflict(f"nonce refused for {device_id} (already used)", code="nonce_refused")
+    failures: dict[str, list[str]] = {"checks": list(verdict.failures)}
+    if quarantined:  # why, kept until an operator releases it (read only on this rare path)
+        failures["quarantined_for"] = store.quarantine_reason(conn, device_id) or list(verdict.failures)
     store.save_status(conn, device_id, passed=verdict.passed, attested_at=now,
-                      failures={"checks": list(verdict.failures)}, release=release, quarantined=quarantined,
+                      failures=failures, release=release, quarantined=quarantined,
                       reset_count=clock.reset_count if clock else 0, restart_count=clock.restart_count if clock else 0,
                       clock=clock.clock if clock else 0)
     return changed(conn, device_id, now), device_auth(conn, device_id)

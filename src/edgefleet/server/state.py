@@ -23,6 +23,7 @@ from edgefleet.server.repository import RepositoryService
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.settings import ServerSettings
+from edgefleet.server.views import Freshness
 from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
 
@@ -54,6 +55,10 @@ class ServerState:
         # Parsing a certificate costs more than the rest of a check-in; each device
         # presents the same one on every request.
         self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
+
+    def freshness(self) -> Freshness:
+        """How long a passing attestation counts, as of now (a device view's "stale")."""
+        return Freshness(self.settings.attestation_max_age_seconds, self.clock.now())
 
 
 def server_state(request: Request) -> ServerState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,14 +15,43 @@ from edgefleet.store.devices import count_devices, list_devices
 from edgefleet.store.schema import AttestationStatus, Device
 
 
-def attestation_view(status: AttestationStatus | None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Freshness:
+    """How long a passing verdict counts (the server's attestation_max_age_seconds), and now."""
+
+    max_age_seconds: float
+    now: datetime
+
+
+def attestation_view(status: AttestationStatus | None, fresh: Freshness | None = None) -> dict[str, Any] | None:
+    """The last verdict, with the one state UI, CLI and API show (``attestation_state``)."""
     if status is None:
         return None
-    return {"passed": status.passed, "attested_at": status.attested_at.isoformat(), "quarantined": status.quarantined,
-            "release": status.release, "failed_checks": list(status.failures.get("checks", []))}
+    state, reason = attestation_state(status, fresh)
+    return {"state": state, "reason": reason, "passed": status.passed, "attested_at": status.attested_at.isoformat(),
+            "quarantined": status.quarantined, "release": status.release,
+            "failed_checks": list(status.failures.get("checks", []))}
 
 
-def device_view(device: Device, presence: Presence, status: AttestationStatus | None = None) -> DeviceView:
+def attestation_state(status: AttestationStatus, fresh: Freshness | None) -> tuple[str, str | None]:
+    """quarantined (until an operator releases it), failed, stale (passed longer ago than a
+    verdict counts) or passed; with the reason, the failing check first."""
+    checks = [str(c) for c in status.failures.get("checks", [])]
+    if status.quarantined:
+        why = [str(c) for c in status.failures.get("quarantined_for") or checks]
+        return "quarantined", (why[0] if why else "quarantined after a failed attestation") + \
+            " (edgefleet devices release-quarantine releases it)"
+    if not status.passed:
+        return "failed", checks[0] if checks else "the last quote did not verify"
+    if fresh is not None:
+        age = (fresh.now - status.attested_at).total_seconds()
+        if age > fresh.max_age_seconds:
+            return "stale", f"last passed {age:.0f} s ago; a verdict counts for {fresh.max_age_seconds:.0f} s"
+    return "passed", None
+
+
+def device_view(device: Device, presence: Presence, status: AttestationStatus | None = None,
+                fresh: Freshness | None = None) -> DeviceView:
     pending = presence.latest(device.id)
     last_seen = device.last_seen_at
     if pending is not None and (last_seen is None or pending > last_seen):
@@ -43,7 +74,7 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         desired_version=device.desired_version,
         desired_version_applied=applied if isinstance(applied, int) else None,
         inventory=device.inventory,
-        attestation=attestation_view(status),
+        attestation=attestation_view(status, fresh),
         update=_update_view(device.status),
         workloads=(device.status or {}).get("workloads"),
     )
@@ -65,10 +96,10 @@ def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def device_list(conn: AsyncConnection, presence: Presence, *, site: str | None, limit: int,
-                      offset: int) -> DeviceList:
+                      offset: int, fresh: Freshness | None = None) -> DeviceList:
     """A page of devices, by site then id, with their attestation verdicts (the admin API's
     list and the dashboard's)."""
     rows = await list_devices(conn, site=site, limit=limit, offset=offset)
     total = await count_devices(conn, site=site)
     attested = await attestation_statuses(conn, [r.id for r in rows])
-    return DeviceList(total=total, devices=[device_view(r, presence, attested.get(r.id)) for r in rows])
+    return DeviceList(total=total, devices=[device_view(r, presence, attested.get(r.id), fresh) for r in rows])

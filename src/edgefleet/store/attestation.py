@@ -117,6 +117,17 @@ def save_status(conn: Connection, device_id: str, *, passed: bool, attested_at: 
         conn.execute(insert(AttestationStatus).values(device_id=device_id, **values))
 
 
+def quarantine_reason(conn: Connection, device_id: str) -> list[str] | None:
+    """The failures that quarantined ``device_id`` when it is quarantined (a later passing
+    quote does not lift a quarantine, and must not erase why it was imposed)."""
+    row = conn.execute(select(AttestationStatus.failures, AttestationStatus.quarantined)
+                       .where(AttestationStatus.device_id == device_id)).first()
+    if row is None or not row.quarantined:
+        return None
+    found = (row.failures or {}).get("quarantined_for")
+    return [str(item) for item in found] if isinstance(found, list) else None
+
+
 async def prune_nonces(conn: AsyncConnection, before: datetime) -> None:
     await conn.execute(delete(AttestationNonce).where(AttestationNonce.expires_at < before))
 

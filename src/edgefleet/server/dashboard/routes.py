@@ -102,7 +102,8 @@ async def devices(request: Request, site: Annotated[str | None, Query(max_length
     state = server_state(request)
     site = site or None
     async with state.db.transaction() as conn:
-        listed = await device_list(conn, state.presence, site=site, limit=PAGE, offset=page * PAGE)
+        listed = await device_list(conn, state.presence, site=site, limit=PAGE, offset=page * PAGE,
+                                   fresh=state.freshness())
     return _page(request, "devices.html", who, devices=listed.devices, total=listed.total, site=site, page=page,
                  pages=max(1, -(-listed.total // PAGE)))
 
@@ -120,7 +121,7 @@ async def device(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-
         history = await update_history(conn, device_id, 30)
         drift = await drift_of(conn, device_id)
         telemetry = await recent_telemetry(conn, device_id, 30)
-    view = device_view(row, state.presence, attested)
+    view = device_view(row, state.presence, attested, state.freshness())
     status = row.status or {}
     return _page(request, "device.html", who, device=view, history=history, drift=drift,
                  telemetry=[(r, _short(r.body)) for r in telemetry], workloads=status.get("workloads") or {},
@@ -144,7 +145,19 @@ async def releases(request: Request) -> HTMLResponse:
     version, rows = await asyncio.to_thread(state.repository.releases)
     async with state.db.transaction() as conn:
         running = (await fleet_counts(conn)).by_release
-    return _page(request, "releases.html", who, targets_version=version, releases=rows, running=running)
+    return _page(request, "releases.html", who, targets_version=version, releases=release_rows(rows),
+                 running=running)
+
+
+def release_rows(targets: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One row per release (its OS image), with what belongs to it folded in: the content
+    index and known-base deltas (their sizes) and the artifacts, instead of a row each."""
+    artifacts: dict[object, list[object]] = {}
+    for target in targets:
+        if target.get("kind") == "artifact":
+            artifacts.setdefault(target.get("release"), []).append(str(target["path"]).rsplit("/", 1)[-1])
+    return [{**target, "artifacts": artifacts.get(target.get("version"), [])} for target in targets
+            if target.get("kind") == "os-image"]
 
 
 @router.get("/events")

@@ -47,7 +47,7 @@ async def devices(
     """List devices, by site then id."""
     state = server_state(request)
     async with state.db.transaction() as conn:
-        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset)
+        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset, fresh=state.freshness())
 
 
 @router.get("/devices/{device_id}")
@@ -58,7 +58,7 @@ async def device(_: Viewer, device_id: DeviceIdPath, request: Request) -> Device
         attested = await attestation_status(conn, device_id)
     if row is None:
         raise NotFound(f"device {device_id} not found")
-    return device_view(row, state.presence, attested)
+    return device_view(row, state.presence, attested, state.freshness())
 
 
 @router.get("/devices/{device_id}/updates")
