@@ -66,6 +66,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
     plane.close()
 
 
+class SlowRebootDevice(EmulatedDevice):
+    """A device whose reboots take a few seconds (a slow disk): it commits late."""
+
+    def boot(self) -> None:
+        if self.boots:
+            time.sleep(4)
+        super().boot()
+
+
 def fleet_of(world: AbWorld, name: str, count: int, tampered: int | None = None,
              **settings: Any) -> list[EmulatedDevice]:
     devices = []
@@ -389,3 +398,28 @@ def test_a_selector_that_matches_no_device_is_refused_unless_the_operator_allows
     assert "matches no device" in shown.output
     allowed = operator.post("/api/v1/admin/rollouts", json={**body, "allow_empty": True})
     assert allowed.status_code == 201, allowed.text
+
+
+def test_a_halted_rollout_keeps_counting_so_a_canary_that_commits_after_the_halt_is_succeeded(
+        world: AbWorld) -> None:
+    devices = fleet_of(world, "halt-live", 4, tampered=0)
+    slow = devices[1]  # the other canary: it reboots into the release slowly, and commits after the halt
+    devices[1] = SlowRebootDevice(slow.device, slow.make_agent, tpm=slow.tpm, hang_seconds=0.2)
+    rollout_id = ""
+
+    async def steps() -> None:
+        nonlocal rollout_id
+        await enrolled(devices)
+        rollout_id = rollout(world, "halt-live", "2026.12.0", [{"size": "2", "selector": {"ring": "canary"}},
+                                                               {"size": "100%"}])
+        await until(lambda: status(world, rollout_id)["status"] == "halted", timeout=60, what="the halt")
+        await until(lambda: status(world, rollout_id)["waves"][0]["counts"]["succeeded"] == 1, timeout=60,
+                    what="the slow canary counted as succeeded")
+
+    run_fleet(devices, steps)
+    view = status(world, rollout_id)
+    assert view["status"] == "halted"
+    assert devices[1].device.os_version() == "2026.12.0"
+    assert view["waves"][0]["counts"]["updating"] == 0
+    assert view["waves"][0]["counts"]["failed"] == 1  # the tampered canary
+    assert sum(view["waves"][1]["counts"].values()) == 0  # and the next wave was never told

@@ -24,7 +24,7 @@ from edgefleet.gitops.render import GroupSpec
 from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
 from edgefleet.protocol.workload_verdicts import EMPTY, judge, revision
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
-from edgefleet.rollouts.planner import Observation, State, Status, matches, plan
+from edgefleet.rollouts.planner import FINAL, Observation, State, Status, matches, plan
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics
@@ -405,15 +405,26 @@ class RolloutController:
         Completed rollouts are followed too (every ``FOLLOW_EVERY`` ticks; the newest per
         selection, at most ``FOLLOWED``): offline devices that return are counted, and a
         device that joins their selection later, and that no rollout has assigned anything
-        yet, gets their release. Devices read once per tick for all rollouts."""
+        yet, gets their release. Halted rollouts are followed as often (the newest
+        ``FOLLOWED``), for their accounting only, while a device of theirs is not judged
+        yet: a device that commits after the halt counts as succeeded (an aborted one is
+        not: with revert its devices go back, and "failed" would be a lie). Devices read
+        once per tick for all rollouts."""
         if not await self.leadership.held():
             return 0
         self._ticks += 1
         async with self.db.transaction(readonly=True) as conn:
-            heads = await rollout_heads(conn, statuses=(*ACTIVE, Status.COMPLETED))
-        due, followed = [], set[str]()
+            heads = await rollout_heads(conn, statuses=(*ACTIVE, Status.COMPLETED, Status.HALTED))
+        due, followed, stopped = [], set[str](), 0
         for head in heads:  # newest first
-            if head.status == Status.COMPLETED:
+            if head.status == Status.HALTED:
+                known = self._known.get(head.id)
+                settled = known is not None and known.version == head.version and all(
+                    place.state in FINAL for place in known.state.devices.values())
+                stopped += 1
+                if settled or stopped > FOLLOWED or self._ticks % FOLLOW_EVERY:
+                    continue
+            elif head.status == Status.COMPLETED:
                 key = json.dumps([head.selector, head.spec.get("group"), _kind(head.spec)], sort_keys=True)
                 if key in followed or len(followed) >= FOLLOWED:
                     continue
@@ -465,6 +476,8 @@ class RolloutController:
                                                                                      previous, now):
             return 0, set()  # another controller took this step
         told = {d.device_id for d in decisions if d.kind == "assign" and d.device_id is not None}
+        if state.status is Status.HALTED:
+            return len(decisions), told  # followed for its accounting; it tells nobody anything
         if new_state.status is not Status.ABORTED:
             # Every device the plan told has the release in its director metadata. Idempotent:
             # a controller that died between saving a step and assigning is made good here.
@@ -490,6 +503,8 @@ class RolloutController:
         new_state, decisions = plan(spec_from_request(request), state, observations, now)
         if new_state != state and not await self._save(row, new_state, decisions, row.previous, now):
             return 0
+        if state.status is Status.HALTED:
+            return len(decisions)  # followed for its accounting only
         if new_state.status is not Status.ABORTED:
             # Idempotent like releases; a completed rollout only tells the joiners it told now.
             told = ({d.device_id for d in decisions if d.kind == "assign"} if state.status is Status.COMPLETED
