@@ -19,6 +19,8 @@ import typer
 from typer.testing import CliRunner
 
 from edgefleet.cli import app
+from edgefleet.cli.app import COMMANDS as LAZY_COMMANDS
+from edgefleet.cli.app import load_command
 from edgefleet.errors import ConfigError
 from edgefleet.server import ServerSettings
 from edgefleet.settings import load_settings
@@ -49,6 +51,18 @@ def test_every_command_explains_itself_with_help(command: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     assert len(result.output.splitlines()) > 5
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
+def test_the_root_helps_summary_of_each_command_agrees_with_the_commands_own_help(name: str) -> None:
+    summary = LAZY_COMMANDS[name][2]
+    own = (load_command(name).help or "").strip()
+    assert summary.strip()
+    assert "\n" not in summary
+    if isinstance(load_command(name), click.Group):
+        assert summary == own  # a group's help is one line already
+    else:  # a command's docstring, said shorter: it starts the same way
+        assert own.split()[:2] == summary.split()[:2], (own, summary)
 
 
 @pytest.mark.parametrize("module", ["edgefleet.agent", "edgefleet.agent.evidence"])

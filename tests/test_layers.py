@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgefleet.cli.app import COMMANDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,16 @@ def test_the_version_flag_loads_no_subcommand() -> None:
     assert "edgefleet.cli.app" in modules
     assert not {m for m in modules if m.startswith(("edgefleet.cli.common", "edgefleet.server", "edgefleet.hub",
                                                     "edgefleet.agent", "edgefleet.demo", "sqlalchemy"))}
+
+
+def test_the_root_help_lists_every_command_and_loads_none() -> None:
+    modules = imported_modules("--help")
+    assert not {m for m in modules if m.startswith("edgefleet.cli.") and m.endswith("_cmd")}
+    assert not {m for m in modules if m.startswith(("edgefleet.server", "edgefleet.hub", "edgefleet.agent",
+                                                    "sqlalchemy"))}
+    shown = subprocess.run([sys.executable, "-m", "edgefleet", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    assert all(f" {name} " in shown for name in COMMANDS)
 
 
 STORE_WRITERS = {"set_desired", "set_desired_many"}  # edgefleet.store.devices: the desired document's writes

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgefleet.cli.common import ConfigOption, flags, setup_logging, shown_errors
 from edgefleet.clock import SystemClock
-from edgefleet.server.settings import ServerSettings
 from edgefleet.settings import load_settings
 from edgefleet.ui import console
+
+if TYPE_CHECKING:
+    from edgefleet.server.settings import ServerSettings
 
 app = typer.Typer(help="The control plane (HTTPS API with mTLS for devices, bearer tokens for operators).")
 
@@ -25,6 +27,8 @@ DatabaseUrl = Annotated[
 
 
 def server_settings(config: Path | None, **given: object) -> ServerSettings:
+    from edgefleet.server.settings import ServerSettings  # the control plane's stack: loaded to use it
+
     return load_settings(ServerSettings, config, flags(**given))
 
 
