@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from edgefleet.agent import Agent, AgentSettings
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.credentials import Role
-from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld
+from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, until
 from tests.conftest import need, start_fleet
 from tests.test_rollouts import CHECKS, enrolled, fleet_of, rollout, run_fleet, status
 from tests.test_telemetry_hub import free_port
@@ -109,6 +110,38 @@ def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_butto
             await expect(operator.locator("#attestation-reason")).to_contain_text("PCR")
             await expect(operator.locator("#attestation-reason")).to_contain_text("release-quarantine")
             await operator.screenshot(path=SCREENSHOTS / "device-quarantined.png", full_page=True)
+            assert await operator.locator("#release-quarantine").count() == 0  # an admin's verb
+
+            asked: list[str] = []
+
+            def answer(accept: bool) -> Any:
+                async def handler(dialog: Any) -> None:
+                    asked.append(dialog.message)
+                    await (dialog.accept() if accept else dialog.dismiss())
+                return handler
+
+            # An admin releases it, after saying yes; it attests afresh (it runs the good slot again).
+            admin = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            await login(admin, Role.ADMIN)
+            await admin.goto(f"{base}/ui/devices/{devices[3].agent.device_id}")  # type: ignore[union-attr]
+            admin.once("dialog", answer(True))
+            await admin.click("#release-quarantine")
+            await expect(admin.locator("#attestation")).not_to_have_class("att-quarantined", timeout=30_000)
+
+            # Abort asks first: saying no changes nothing; yes aborts; then its devices can be reverted.
+            await operator.goto(f"{base}/ui/rollouts/{rollout_id}")
+            operator.once("dialog", answer(False))
+            await operator.click("#abort")
+            await operator.wait_for_timeout(500)
+            assert "Abort rollout" in asked[-1]
+            assert status(world, rollout_id)["status"] == "halted"
+            operator.once("dialog", answer(True))
+            await operator.click("#abort")
+            await expect(status_text).to_have_text("aborted", timeout=30_000)
+            operator.once("dialog", answer(True))
+            await operator.click("#revert")
+            await expect(operator.locator("table.events")).to_contain_text("revert", timeout=30_000)
+            await operator.screenshot(path=SCREENSHOTS / "rollout-reverted.png", full_page=True)
             await operator.click("header >> text=Events")
             await expect(operator.locator("#alerts")).to_contain_text("rollout_halted")
             await expect(operator.locator("#trail")).to_contain_text("attestation failed on")
@@ -117,9 +150,50 @@ def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_butto
             assert await operator.locator("#releases tr.release").count() == 2  # releases only: no delta or index rows
             await operator.screenshot(path=SCREENSHOTS / "releases.png", full_page=True)
             await browser.close()
-        assert status(world, rollout_id)["status"] == "halted"
+        assert status(world, rollout_id)["status"] == "aborted"
+        # The canary the rollout updated goes back to the release it ran before.
+        await until(lambda: devices[0].device.os_version() == RUNNING, timeout=60, what="the revert")
 
-    run_fleet(devices, steps, timeout=240)
+    run_fleet(devices, steps, timeout=300)
+
+
+def test_an_operator_previews_a_rollout_in_the_dashboard_then_starts_it(world: AbWorld) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    devices = fleet_of(world, "ui-start", 3)
+    base = world.plane.url
+
+    async def steps() -> None:
+        await enrolled(devices)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
+            page = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            await page.goto(f"{base}/ui/login")
+            await page.fill("input[name=token]", world.plane.tokens[Role.OPERATOR])
+            await page.click("button[type=submit]")
+            await page.goto(f"{base}/ui/rollouts")
+            await page.click("#new-rollout")
+            await page.select_option("#release", "2026.12.0")
+            await page.fill("#selector", "fleet=nobody-here")
+            await page.click("#preview")
+            await expect(page.locator("#form-error")).to_contain_text("matches no device")
+            assert await page.locator("#start").count() == 0  # nothing to start without a preview
+            await page.fill("#selector", "fleet=ui-start")
+            await page.fill("#waves", "1/0, 100%")
+            await page.click("#preview")
+            await expect(page.locator("h2")).to_contain_text("3 devices match")
+            rows = page.locator("#preview-waves tr")
+            await expect(rows).to_have_count(3)  # the header and two waves
+            await expect(rows.nth(1)).to_contain_text("1")
+            await expect(rows.nth(2)).to_contain_text("2")
+            await page.screenshot(path=SCREENSHOTS / "rollout-start.png", full_page=True)
+            await page.click("#start")
+            await expect(page.locator("#rollout-status")).to_have_text("completed", timeout=60_000)
+            await browser.close()
+
+    run_fleet(devices, steps, timeout=180)
+    assert all(d.device.os_version() == "2026.12.0" for d in devices)
 
 
 def test_pages_without_a_session_send_the_browser_to_the_login_form(world: AbWorld) -> None:

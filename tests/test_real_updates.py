@@ -114,6 +114,7 @@ def test_a_rollout_halts_when_the_vm_canary_fails_its_trial_and_the_next_wave_is
     assert device.record()["running_version"] == "2026.12.11"
     boots = re.findall(r"\] edgefleet-initrd: slot (.) verified and mounted", device.machine.console_text())
     assert boots == ["a", "b", "a", "b"]  # A; B; the failed trial on A; back on B
+    assert device.machine.reboots >= 3  # each a guest reset, powered on again (vm/qemu.py)
     view = device.wait("the halt", lambda: (r := operator.get(f"/api/v1/admin/rollouts/{rollout}").json())
                        and r["status"] not in ("running", "pending") and r)
     assert (view["status"], view["wave"]) == ("halted", 1), view

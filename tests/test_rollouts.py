@@ -423,3 +423,31 @@ def test_a_halted_rollout_keeps_counting_so_a_canary_that_commits_after_the_halt
     assert view["waves"][0]["counts"]["updating"] == 0
     assert view["waves"][0]["counts"]["failed"] == 1  # the tampered canary
     assert sum(view["waves"][1]["counts"].values()) == 0  # and the next wave was never told
+
+
+def test_a_preview_shows_who_each_wave_takes_and_the_rollout_then_takes_exactly_them(world: AbWorld) -> None:
+    devices = fleet_of(world, "preview", 5)
+    waves = [{"size": "1", "selector": {"ring": "canary"}}, {"size": "50%"}, {"size": "100%"}]
+    body = {"release": "2026.12.0", "selector": {"fleet": "preview"}, "waves": waves}
+    seen: dict[str, Any] = {}
+
+    async def steps() -> None:
+        await enrolled(devices)
+        before = api(world, "GET", "/api/v1/admin/rollouts")["rollouts"]
+        seen["preview"] = api(world, "POST", "/api/v1/admin/rollouts/preview", json=body)
+        dry = CliRunner().invoke(app, ["rollout", "start", "--release", "2026.12.0", "-l", "fleet=preview",
+                                       "--wave", "1", "--wave", "100%", "--dry-run", *world.server])
+        seen["dry"] = dry.output
+        assert api(world, "GET", "/api/v1/admin/rollouts")["rollouts"] == before  # nothing was started
+        rollout_id = str(api(world, "POST", "/api/v1/admin/rollouts", json=body)["id"])
+        await until(lambda: status(world, rollout_id)["status"] == "completed", timeout=60, what="completed")
+        seen["view"] = status(world, rollout_id)
+
+    run_fleet(devices, steps)
+    preview, view = seen["preview"], seen["view"]
+    assert preview["matched"] == 5
+    assert [w["count"] for w in preview["waves"]] == [sum(w["counts"].values()) for w in view["waves"]]
+    canaries = sorted(str(d.agent.device_id) for d in devices[:2] if d.agent is not None)
+    assert preview["waves"][0]["devices"] == canaries[:1]  # the first canary by id, as the planner picks
+    assert sum(w["count"] for w in preview["waves"]) == 5
+    assert "planned: 5 devices match" in seen["dry"]

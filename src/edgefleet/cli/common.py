@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from edgefleet.errors import ConfigError, EdgefleetError, PeerError, TransportError
+from edgefleet.protocol.typed_text import parse_pairs
 from edgefleet.ui import err_console
 from edgefleet.util.jsonlog import JsonFormatter, request_lines_at_debug
 
@@ -30,13 +31,10 @@ CaFile = Annotated[
 
 
 def parse_labels(values: list[str] | None) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"labels are key=value, got {item!r}")
-        labels[key] = value
-    return labels
+    try:
+        return parse_pairs(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(f"labels are {exc}") from None
 
 
 def setup_logging(level: str = "info", *, daemon: bool = False) -> None:

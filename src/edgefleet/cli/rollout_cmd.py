@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.table import Table
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.client import AdminClient
 from edgefleet.errors import ConfigError
+from edgefleet.protocol.typed_text import parse_pair, parse_wave
 from edgefleet.ui import console
 
 app = typer.Typer(help="Wave rollouts of a release (admin API, operator role to act).")
@@ -39,26 +39,19 @@ def rollout_table(view: dict[str, Any]) -> Table:
     return table
 
 
-WAVE = re.compile(r"(?P<size>[0-9]+%?)(?:/(?P<bake>[0-9]+(?:\.[0-9]+)?)s?)?")
-
-
 def _size(text: str) -> dict[str, Any]:
     """``--wave`` SIZE or SIZE/BAKE_SECONDS (``10%/1800``) as the API's wave."""
-    match = WAVE.fullmatch(text.strip())
-    if match is None:
-        raise typer.BadParameter(f"a wave is SIZE or SIZE/BAKE_SECONDS (10, 10%, 10%/1800), got {text!r}",
-                                 param_hint="--wave")
-    wave: dict[str, Any] = {"size": match["size"]}
-    if match["bake"]:
-        wave["bake_seconds"] = float(match["bake"])
-    return wave
+    try:
+        return parse_wave(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--wave") from None
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"expected key=value, got {text!r}", param_hint=option)
-    return key, value
+    try:
+        return parse_pair(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def _spec(path: Path) -> dict[str, Any]:
@@ -88,9 +81,11 @@ def start(
     approval: Annotated[bool, typer.Option(help="Wait for `approve` between waves.")] = False,
     group: Annotated[str | None, typer.Option(help="Only devices the fleet repository puts in this group.")] = None,
     allow_empty: Annotated[bool, typer.Option(help="Start even when the selector matches no device.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only show who each wave would take; start nothing.")] = False,
 ) -> None:
     """Start a rollout: waves in order; it halts by itself on a failed attestation or
-    failures over the threshold. A selector that matches no device is refused."""
+    failures over the threshold. A selector that matches no device is refused. Shows who
+    each wave takes first (``--dry-run``: only that)."""
     with shown_errors():
         if spec is not None:
             body = _spec(spec)
@@ -102,8 +97,22 @@ def start(
                                 for k, v in (_pair(m, "--max-per") for m in max_per or [])], "group": group,
                     "allow_empty": allow_empty}
         with AdminClient(server, token, ca_file) as client:
+            console.print(preview_table(client.call_json("POST", "/api/v1/admin/rollouts/preview", json=body)))
+            if dry_run:
+                return
             view = client.call_json("POST", "/api/v1/admin/rollouts", json=body)
     console.print(rollout_table(view))
+
+
+def preview_table(preview: dict[str, Any]) -> Table:
+    """Who each wave takes (a preview: devices that join or leave change it)."""
+    table = Table(title=f"planned: {preview['matched']} devices match")
+    for column in ("wave", "devices", "first of them"):
+        table.add_column(column)
+    for wave in preview["waves"]:
+        shown = ", ".join(wave["devices"][:5]) + (", ..." if wave["count"] > 5 else "")
+        table.add_row(str(wave["wave"]), str(wave["count"]), shown)
+    return table
 
 
 @app.command("status")
@@ -198,11 +207,12 @@ def _verb(verb: str) -> Any:
 
     command.__doc__ = {"pause": "Stop telling devices; accounting goes on.",
                        "resume": "Continue a paused or halted rollout (after an engineer looked).",
-                       "approve": "Let a rollout waiting between waves go on."}[verb]
+                       "approve": "Let a rollout waiting between waves go on.",
+                       "revert": "Send an aborted rollout's devices back to the release they ran before."}[verb]
     return command
 
 
-for _name in ("pause", "resume", "approve"):
+for _name in ("pause", "resume", "approve", "revert"):
     app.command(_name)(_verb(_name))
 
 

@@ -269,6 +269,19 @@ class RolloutView(Strict):
     updated_at: datetime
 
 
+class RolloutWavePreview(Strict):
+    wave: int  # 1-based
+    count: int
+    devices: list[str]  # the first PREVIEW_LISTED, by id
+
+
+class RolloutPreview(Strict):
+    """Who a rollout would take, wave by wave, were it started now (nothing is started)."""
+
+    matched: int  # devices the selector (and group) match
+    waves: list[RolloutWavePreview]
+
+
 class RolloutList(Strict):
     rollouts: list[RolloutView]
 

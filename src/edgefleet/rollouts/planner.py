@@ -329,3 +329,16 @@ def _start_wave(spec: Spec, state: State, observations: Sequence[Observation], n
     devices = {**state.devices, **{d: Placement(number) for d in chosen}}
     decisions.append(Decision("wave_started", reason=f"wave {number + 1}: {len(chosen)} devices"))
     return replace(state, wave=number, wave_started=now, baking_since=None, devices=devices)
+
+
+def planned_waves(spec: Spec, state: State, observations: Sequence[Observation],
+                  now: datetime) -> dict[int, list[str]]:
+    """Who each wave not started yet would take were it to start now, as ``_start_wave``
+    chooses (wave index -> device ids): a preview before a rollout starts, and of the waves
+    a halted or waiting rollout has not reached. Devices that join or leave change it."""
+    planned: dict[int, list[str]] = {}
+    ahead = replace(state, devices=dict(state.devices))
+    for number in range(state.wave + 1, len(spec.waves)):
+        ahead = _start_wave(spec, ahead, observations, now, [])
+        planned[number] = sorted(d for d, p in ahead.devices.items() if p.wave == number)
+    return planned

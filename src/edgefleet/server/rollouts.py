@@ -21,10 +21,10 @@ from sqlalchemy.engine import Row
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, InvalidRequest, NotFound, StoreError
 from edgefleet.gitops.render import GroupSpec
-from edgefleet.protocol.v1 import RolloutPlan, RolloutRequest, WaveRequest
+from edgefleet.protocol.v1 import RolloutPlan, RolloutPreview, RolloutRequest, RolloutWavePreview, WaveRequest
 from edgefleet.protocol.workload_verdicts import EMPTY, judge, revision
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
-from edgefleet.rollouts.planner import FINAL, Observation, State, Status, matches, plan
+from edgefleet.rollouts.planner import FINAL, Observation, State, Status, matches, plan, planned_waves
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.director import DirectorService
 from edgefleet.server.metrics import Metrics
@@ -46,6 +46,7 @@ from edgefleet.store.schema import RolloutRow
 log = logging.getLogger("edgefleet.server.rollouts")
 LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
 FOLLOW_EVERY = 5  # ticks between steps of a completed rollout
+PREVIEW_LISTED = 200  # device ids listed per wave in a preview (the count is whole)
 FOLLOWED = 20  # completed rollouts followed at most (the newest per selection)
 PACE = 4.0  # the controller rests at least this many times its last step's duration...
 MAX_REST = 10.0  # ...but never longer than this (news from other processes waits for the step)
@@ -237,6 +238,18 @@ class RolloutController:
         self._wake.set()
         return created
 
+    async def preview(self, request: RolloutRequest) -> RolloutPreview:
+        """Who each wave of ``request`` would take were it started now. Raises NotFound when
+        the release is not published (as ``start`` would)."""
+        await asyncio.to_thread(self.director.release_targets, request.release)
+        async with self.db.transaction(readonly=True) as conn:
+            devices = look(await rollout_devices(conn), self.presence, {})[0]
+        observations = [d.observation for d in devices if _selected(d, request.selector, request.group)]
+        planned = planned_waves(spec_from_request(request), State(), observations, self.clock.now())
+        return RolloutPreview(matched=len(observations), waves=[
+            RolloutWavePreview(wave=n + 1, count=len(ids), devices=ids[:PREVIEW_LISTED])
+            for n, ids in sorted(planned.items())])
+
     async def from_git(self, groups: Mapping[str, GroupSpec], commit: str) -> list[str]:
         """Start a rollout for each group whose release in the accepted fleet repository has
         none yet (its ``rollout:`` plan, or one wave of the whole group), superseding the
@@ -303,7 +316,11 @@ class RolloutController:
                     await self.operate(old.id, "abort", why)
 
     async def operate(self, rollout_id: str, verb: str, who: str, *, revert: bool = False) -> RolloutRow:
-        """pause, resume, approve or abort. Raises NotFound or Conflict (not possible now)."""
+        """pause, resume, approve, abort, or revert (an aborted rollout's devices go back to
+        what they ran before: an abort without revert can be made good). Raises NotFound or
+        Conflict (not possible now)."""
+        if verb == "revert":
+            return await self._revert_aborted(rollout_id, who)
         row: RolloutRow | None = None
         for _ in range(5):
             async with self.db.transaction() as conn:
@@ -322,6 +339,22 @@ class RolloutController:
         if verb == "abort" and revert:
             await self._revert(row)
         self._wake.set()
+        async with self.db.transaction(readonly=True) as conn:
+            fresh = await get_rollout(conn, rollout_id)
+        assert fresh is not None
+        return fresh
+
+    async def _revert_aborted(self, rollout_id: str, who: str) -> RolloutRow:
+        async with self.db.transaction(readonly=True) as conn:
+            row = await get_rollout(conn, rollout_id)
+        if row is None:
+            raise NotFound(f"rollout {rollout_id} not found")
+        if row.status != Status.ABORTED:
+            raise Conflict(f"only an aborted rollout is reverted (this one is {row.status}); abort it with revert",
+                           code="rollout_state")
+        async with self.db.transaction() as conn:
+            await add_events(conn, rollout_id, [("revert", None, f"{who}: revert")], self.clock.now())
+        await self._revert(row)
         async with self.db.transaction(readonly=True) as conn:
             fresh = await get_rollout(conn, rollout_id)
         assert fresh is not None

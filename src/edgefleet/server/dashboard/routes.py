@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from edgefleet.credentials import Role
 from edgefleet.errors import EdgefleetError, Forbidden, NotFound, Unauthenticated
+from edgefleet.protocol.typed_text import parse_pairs, parse_wave
+from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal
 from edgefleet.server.dashboard.charts import progress, progress_svg
+from edgefleet.server.lifecycle import decommission
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
@@ -30,6 +35,7 @@ from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.rollouts import rollout_events
 from edgefleet.store.updates import update_history
+from edgefleet.web.errors import status_for
 
 log = logging.getLogger("edgefleet.server.dashboard")
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -55,7 +61,7 @@ async def _who(request: Request) -> AdminPrincipal:
 
 def _page(request: Request, name: str, who: AdminPrincipal, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, {"who": who, "operator": who.role.allows(Role.OPERATOR),
-                                                      **context})
+                                                      "admin": who.role.allows(Role.ADMIN), **context})
 
 
 @router.get("/login")
@@ -176,6 +182,75 @@ async def rollouts(request: Request) -> HTMLResponse:
     return _page(request, "rollouts.html", who, rollouts=await server_state(request).rollout_views.all())
 
 
+@router.get("/rollouts/new")
+async def new_rollout(request: Request) -> HTMLResponse:
+    """The form that starts a rollout, with a preview of who each wave takes."""
+    who = await _operator(request, "start a rollout")
+    return await _new_rollout_page(request, who, NewRollout())
+
+
+@router.post("/rollouts/new")
+async def new_rollout_post(request: Request, release: Annotated[str, Form(max_length=128)],
+                           selector: Annotated[str, Form(max_length=1000)] = "",
+                           waves: Annotated[str, Form(max_length=500)] = "1, 10%, 100%",
+                           failure_threshold: Annotated[str, Form(max_length=16)] = "10%",
+                           approval: Annotated[bool, Form()] = False,
+                           action: Annotated[Literal["preview", "start"], Form()] = "preview") -> Response:
+    """Preview (nothing starts) or start; a refusal shows on the form, which keeps what was typed."""
+    who = await _operator(request, "start a rollout")
+    typed = NewRollout(release, selector, waves, failure_threshold, approval)
+    state = server_state(request)
+    try:
+        body = RolloutRequest.model_validate({
+            "release": release, "selector": parse_pairs(selector.split(",")),
+            "waves": [parse_wave(w) for w in waves.split(",") if w.strip()],
+            "failure_threshold": failure_threshold.strip(), "approval_between_waves": approval})
+        if action == "start":
+            row = await state.rollouts.start(body, who.name)
+            log.info("%s (dashboard) started rollout %s of %s", who.name, row.id, release)
+            return RedirectResponse(f"/ui/rollouts/{row.id}", status_code=303)
+        preview = await state.rollouts.preview(body)
+    except ValidationError as exc:
+        return await _new_rollout_page(request, who, typed, error="; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), status=422)
+    except ValueError as exc:
+        return await _new_rollout_page(request, who, typed, error=str(exc), status=422)
+    except EdgefleetError as exc:
+        return await _new_rollout_page(request, who, typed, error=exc.message, status=status_for(exc))
+    if not preview.matched:  # start would refuse it: say so now, and offer no start
+        return await _new_rollout_page(request, who, typed, status=422,
+                                       error=f"the selector {selector.strip() or '(none)'} matches no device")
+    return await _new_rollout_page(request, who, typed, preview=preview)
+
+
+@dataclass(frozen=True)
+class NewRollout:
+    """What the start-rollout form holds (kept across a preview or a refusal)."""
+
+    release: str = ""
+    selector: str = ""
+    waves: str = "1, 10%, 100%"
+    failure_threshold: str = "10%"
+    approval: bool = False
+
+
+async def _operator(request: Request, what: str) -> AdminPrincipal:
+    who = await _who(request)
+    if not who.role.allows(Role.OPERATOR):
+        raise Forbidden(f"{who.name} has role {who.role}: viewers cannot {what}", code="insufficient_role")
+    return who
+
+
+async def _new_rollout_page(request: Request, who: AdminPrincipal, typed: NewRollout, *,
+                            preview: RolloutPreview | None = None, error: str | None = None,
+                            status: int = 200) -> HTMLResponse:
+    _, rows = await asyncio.to_thread(server_state(request).repository.releases)
+    versions = [str(r["version"]) for r in release_rows(rows)]
+    page = _page(request, "rollout_new.html", who, typed=typed, versions=versions, preview=preview, error=error)
+    page.status_code = status
+    return page
+
+
 @router.get("/rollouts/{rollout_id}")
 async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]) -> HTMLResponse:
     who = await _who(request)
@@ -191,13 +266,28 @@ async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 
 @router.post("/rollouts/{rollout_id}/{verb}")
 async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")],
-                  verb: Literal["approve", "pause", "resume", "abort", "abort-revert"]) -> Response:
-    who = await _who(request)
-    if not who.role.allows(Role.OPERATOR):
-        raise Forbidden(f"{who.name} has role {who.role}: viewers cannot {verb}", code="insufficient_role")
+                  verb: Literal["approve", "pause", "resume", "abort", "abort-revert", "revert"]) -> Response:
+    who = await _operator(request, verb)
     if verb.startswith("abort"):
         await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=verb == "abort-revert")
     else:
         await server_state(request).rollouts.operate(rollout_id, verb, who.name)
     log.info("%s (dashboard): %s rollout %s", who.name, verb, rollout_id)
     return RedirectResponse(f"/ui/rollouts/{rollout_id}", status_code=303)
+
+
+@router.post("/devices/{device_id}/{verb}")
+async def device_verb(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")],
+                      verb: Literal["release-quarantine", "decommission"]) -> Response:
+    """An admin's verbs on a device (the page asks before it posts them)."""
+    who = await _who(request)
+    if not who.role.allows(Role.ADMIN):
+        raise Forbidden(f"{who.name} has role {who.role}: only an admin may {verb}", code="insufficient_role")
+    state = server_state(request)
+    if verb == "decommission":
+        await decommission(state, device_id)
+        log.warning("%s (dashboard) decommissioned %s", who.name, device_id)
+        return RedirectResponse("/ui/devices", status_code=303)
+    await state.attestation.release_quarantine(device_id)
+    log.warning("%s (dashboard) released %s from quarantine", who.name, device_id)
+    return RedirectResponse(f"/ui/devices/{device_id}", status_code=303)

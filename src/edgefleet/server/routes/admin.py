@@ -21,16 +21,15 @@ from edgefleet.protocol.v1 import (
     UpdateHistory,
 )
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
+from edgefleet.server.lifecycle import decommission as decommission_device
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import (
-    delete_device,
     desired_state,
     get_device,
 )
-from edgefleet.store.director import forget_device as forget_director
-from edgefleet.store.updates import forget_update_history, update_history
+from edgefleet.store.updates import update_history
 
 log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
@@ -119,14 +118,6 @@ async def assign(who: Operator, device_id: DeviceIdPath, body: AssignRelease, re
 @router.delete("/devices/{device_id}", status_code=204)
 async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
     """Forget a device; its certificate stops working at once."""
-    state = server_state(request)
-    async with state.db.transaction() as conn:
-        found = await delete_device(conn, device_id, state.clock.now())
-        await forget_director(conn, device_id)
-        await forget_update_history(conn, device_id)
-    if not found:
-        raise NotFound(f"device {device_id} not found")
-    state.presence.forget(device_id)
-    state.devices.forget(device_id)
+    await decommission_device(server_state(request), device_id)
     log.info("%s decommissioned %s", who.name, device_id)
     return Response(status_code=204)

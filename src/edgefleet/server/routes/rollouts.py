@@ -14,6 +14,7 @@ from edgefleet.protocol.v1 import (
     RolloutEvents,
     RolloutEventView,
     RolloutList,
+    RolloutPreview,
     RolloutRequest,
     RolloutView,
 )
@@ -44,6 +45,12 @@ async def start(who: Operator, body: RolloutRequest, request: Request) -> Rollou
     return server_state(request).rollout_views.of(row)
 
 
+@router.post("/preview")
+async def preview(_: Operator, body: RolloutRequest, request: Request) -> RolloutPreview:
+    """Who each wave would take were this rollout started now; nothing is started."""
+    return await server_state(request).rollouts.preview(body)
+
+
 @router.get("")
 async def rollouts(_: Viewer, request: Request) -> RolloutList:
     return RolloutList(rollouts=await server_state(request).rollout_views.all())
@@ -66,8 +73,9 @@ async def events(_: Viewer, rollout_id: RolloutId, request: Request,
 
 
 @router.post("/{rollout_id}/{verb}")
-async def operate(who: Operator, rollout_id: RolloutId, verb: Literal["pause", "resume", "approve"],
+async def operate(who: Operator, rollout_id: RolloutId, verb: Literal["pause", "resume", "approve", "revert"],
                   request: Request) -> RolloutView:
+    """pause, resume, approve; revert: an aborted rollout's devices go back to their previous release."""
     row = await server_state(request).rollouts.operate(rollout_id, verb, who.name)
     log.info("%s: %s rollout %s", who.name, verb, rollout_id)
     return server_state(request).rollout_views.of(row)

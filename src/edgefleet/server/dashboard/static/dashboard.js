@@ -18,3 +18,12 @@
   }
   setTimeout(refresh, seconds * 1000);
 })();
+
+// Verbs that cannot be undone ask first: a form with data-confirm posts only when the
+// operator confirms (delegated: the refresh above replaces the forms).
+document.addEventListener("submit", function (event) {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
