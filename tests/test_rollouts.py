@@ -173,6 +173,12 @@ def test_tampered_boot_fails_attestation_and_halts_before_the_next_wave(world: A
     assert "attestation failed on" in view["reason"]
     assert view["wave"] == 1
     assert view["waves"][1]["counts"] == {s: 0 for s in view["waves"][1]["counts"]}
+    # The wave it did not start shows who it would take: the two devices that are not canaries.
+    assert view["waves"][1]["planned_count"] == 2
+    assert set(view["waves"][1]["planned"]) == {str(d.agent.device_id) for d in devices[2:] if d.agent}
+    assert view["waves"][0]["planned_count"] is None  # a started wave has its counts instead
+    shown = cli("rollout", "status", rollout_id, *world.server)
+    assert "planned" in shown
     untouched = [d for d in devices if d.boots == 1]
     assert len(untouched) == 2  # the next wave's devices never got the release
     assert all(d.device.os_version() == RUNNING for d in untouched)

@@ -32,10 +32,12 @@ def rollout_table(view: dict[str, Any]) -> Table:
     table.add_column("wave")
     for state in states:
         table.add_column(state, justify="right")
+    table.add_column("planned", justify="right")
     table.add_column("failures")
     for wave in view["waves"]:
         failures = "\n".join(f"{f['device_id']}: {f['state']} {f['reason'] or ''}" for f in wave["failed"][:5])
-        table.add_row(str(wave["wave"]), *(str(wave["counts"].get(s, 0)) for s in states), failures)
+        planned = "" if wave.get("planned_count") is None else str(wave["planned_count"])
+        table.add_row(str(wave["wave"]), *(str(wave["counts"].get(s, 0)) for s in states), planned, failures)
     return table
 
 

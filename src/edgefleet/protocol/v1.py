@@ -254,6 +254,10 @@ class RolloutWaveView(Strict):
     wave: int
     counts: dict[str, int]
     failed: list[dict[str, Any]]  # device_id, state, reason
+    # A wave not started yet (one rollout's view, while it can still go on): who it would
+    # take were it to start now, and how many (the first PREVIEW_LISTED ids).
+    planned_count: int | None = None
+    planned: list[str] | None = None
 
 
 class RolloutView(Strict):

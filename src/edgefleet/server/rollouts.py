@@ -21,7 +21,14 @@ from sqlalchemy.engine import Row
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, InvalidRequest, NotFound, StoreError
 from edgefleet.gitops.render import GroupSpec
-from edgefleet.protocol.v1 import RolloutPlan, RolloutPreview, RolloutRequest, RolloutWavePreview, WaveRequest
+from edgefleet.protocol.v1 import (
+    RolloutPlan,
+    RolloutPreview,
+    RolloutRequest,
+    RolloutView,
+    RolloutWavePreview,
+    WaveRequest,
+)
 from edgefleet.protocol.workload_verdicts import EMPTY, judge, revision
 from edgefleet.rollouts.codec import spec_from_request, state_from_json, state_to_json
 from edgefleet.rollouts.planner import FINAL, Observation, State, Status, matches, plan, planned_waves
@@ -249,6 +256,27 @@ class RolloutController:
         return RolloutPreview(matched=len(observations), waves=[
             RolloutWavePreview(wave=n + 1, count=len(ids), devices=ids[:PREVIEW_LISTED])
             for n, ids in sorted(planned.items())])
+
+    async def with_planned(self, view: RolloutView) -> RolloutView:
+        """``view`` with who each wave not started yet would take now, while the rollout can
+        still go on (running, baking, waiting for approval, paused or halted)."""
+        if view.status in (Status.COMPLETED, Status.ABORTED) or view.wave >= len(view.waves):
+            return view
+        async with self.db.transaction(readonly=True) as conn:
+            row = await get_rollout(conn, view.id)
+            devices = look(await rollout_devices(conn), self.presence, {})[0]
+        if row is None:
+            return view
+        request = request_of(row.spec)
+        if workloads_of(row.spec) is not None:
+            return view
+        observations = [d.observation for d in devices if _selected(d, row.selector, request.group)]
+        planned = planned_waves(spec_from_request(request), state_from_json(row.state), observations,
+                                self.clock.now())
+        waves = [wave.model_copy(update={"planned_count": len(planned[wave.wave - 1]),
+                                         "planned": planned[wave.wave - 1][:PREVIEW_LISTED]})
+                 if wave.wave - 1 in planned else wave for wave in view.waves]
+        return view.model_copy(update={"waves": waves})
 
     async def from_git(self, groups: Mapping[str, GroupSpec], commit: str) -> list[str]:
         """Start a rollout for each group whose release in the accepted fleet repository has

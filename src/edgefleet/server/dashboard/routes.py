@@ -255,7 +255,7 @@ async def _new_rollout_page(request: Request, who: AdminPrincipal, typed: NewRol
 async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]) -> HTMLResponse:
     who = await _who(request)
     state = server_state(request)
-    view = await state.rollout_views.get(rollout_id)
+    view = await state.rollouts.with_planned(await state.rollout_views.get(rollout_id))
     async with state.db.transaction() as conn:
         events = await rollout_events(conn, rollout_id, 5000)
     points, marks = progress([(e.at, e.kind, e.reason) for e in events])

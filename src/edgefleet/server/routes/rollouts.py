@@ -58,8 +58,10 @@ async def rollouts(_: Viewer, request: Request) -> RolloutList:
 
 @router.get("/{rollout_id}")
 async def rollout(_: Viewer, rollout_id: RolloutId, request: Request) -> RolloutView:
-    """A rollout's status: counts per wave and why each failed device failed."""
-    return await server_state(request).rollout_views.get(rollout_id)
+    """A rollout's status: counts per wave and why each failed device failed; the waves it
+    has not started show who they would take now."""
+    state = server_state(request)
+    return await state.rollouts.with_planned(await state.rollout_views.get(rollout_id))
 
 
 @router.get("/{rollout_id}/events")
