@@ -136,10 +136,11 @@ class Fleet:
         self.clients.append(client)
         return client
 
-    def bootstrap_token(self, site: str = "store-1", labels: dict[str, str] | None = None, ttl: int = 3600) -> str:
+    def bootstrap_token(self, site: str = "store-1", labels: dict[str, str] | None = None, ttl: int = 3600,
+                        kind: str = "device") -> str:
         response = self.client(role=Role.OPERATOR).post(
-            "/api/v1/admin/bootstrap-tokens", json={"site": site, "labels": labels or {}, "ttl_seconds": ttl}
-        )
+            "/api/v1/admin/bootstrap-tokens",
+            json={"site": site, "labels": labels or {}, "ttl_seconds": ttl, "kind": kind})
         assert response.status_code == 201, response.text
         token: str = response.json()["token"]
         return token

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgefleet.credentials import Role
 from edgefleet.hub.store import HubStore
 from edgefleet.telemetry.buffer import DurableBuffer, Record
 from edgefleet.telemetry.shipper import Shipper
@@ -54,7 +55,7 @@ class HubProcess:
         subprocess.run([sys.executable, "-m", "edgefleet", "server", "hub-cert", "127.0.0.1", "--out",
                         str(directory / "tls"), "--data-dir", str(plane.settings.data_dir)], check=True,
                        capture_output=True)
-        (directory / "token").write_text(plane.bootstrap_token("region-1"))
+        (directory / "token").write_text(plane.bootstrap_token("region-1", kind="hub"))
         self.command = [sys.executable, "-m", "edgefleet", "hub", "--name", "hub-1", "--site", "region-1",
                         "--server-url", plane.url, "--ca-file", str(plane.settings.pki.ca_cert),
                         "--tls-cert", str(directory / "tls" / "hub.pem"),
@@ -164,6 +165,12 @@ def test_a_hub_killed_mid_stream_loses_nothing_and_its_site_keeps_buffering_mean
     finally:
         hub.stop()
     assert all(grown > 0 for grown in queued_while_down)  # the devices kept buffering while the hub was down
+    # Enrolled with a hub's token, it is listed as a hub and counted as no fleet device.
+    viewer = plane.client(role=Role.VIEWER)
+    listed = viewer.get("/api/v1/admin/devices", params={"limit": 1000}).json()
+    assert hub_id not in {d["id"] for d in listed["devices"]}
+    hubs = viewer.get("/api/v1/admin/devices", params={"kind": "hub"}).json()["devices"]
+    assert [(d["id"], d["kind"]) for d in hubs if d["id"] == hub_id] == [(hub_id, "hub")]
     store = HubStore(tmp_path / "hub" / "data" / "hub.db")
     for device, buffer in zip(devices, buffers, strict=True):
         kept = store.device_records(device.id, limit=100_000)

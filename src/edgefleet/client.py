@@ -59,8 +59,9 @@ class AdminClient:
         except ValidationError as exc:
             raise BadAnswer(f"unexpected answer from server: {exc}") from exc
 
-    def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0) -> DeviceList:
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
+    def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0,
+                kind: str = "device") -> DeviceList:
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "kind": kind}
         if site:
             params["site"] = site
         result: DeviceList = self._call("GET", "/api/v1/admin/devices", DeviceList, params=params)
@@ -82,10 +83,11 @@ class AdminClient:
     def release_quarantine(self, device_id: str) -> None:
         self._call("POST", f"/api/v1/admin/devices/{device_id}/release-quarantine")
 
-    def create_bootstrap_token(self, site: str, labels: dict[str, str], ttl_seconds: int) -> BootstrapTokenCreated:
+    def create_bootstrap_token(self, site: str, labels: dict[str, str], ttl_seconds: int, *,
+                               kind: str = "device") -> BootstrapTokenCreated:
         result: BootstrapTokenCreated = self._call(
             "POST", "/api/v1/admin/bootstrap-tokens", BootstrapTokenCreated,
-            json={"site": site, "labels": labels, "ttl_seconds": ttl_seconds},
+            json={"site": site, "labels": labels, "ttl_seconds": ttl_seconds, "kind": kind},
         )
         return result
 

@@ -22,14 +22,16 @@ def ls(
     ca_file: CaFile,
     site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    hubs: Annotated[bool, typer.Option("--hubs", help="The sites' regional hubs instead of the devices.")] = False,
 ) -> None:
     """List devices by site."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        result = client.devices(site=site)
+        result = client.devices(site=site, kind="hub" if hubs else "device")
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
-    console.print(device_table(result.devices, title=f"{len(result.devices)} of {result.total} devices"))
+    what = "hubs" if hubs else "devices"
+    console.print(device_table(result.devices, title=f"{len(result.devices)} of {result.total} {what}"))
 
 
 @app.command("show")

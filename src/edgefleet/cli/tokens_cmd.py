@@ -25,10 +25,12 @@ def create(
     labels: Annotated[list[str] | None, typer.Option("--labels", "-l", help="k=v label for the device (repeat).")]
     = None,
     ttl: Annotated[int, typer.Option(help="Seconds until the token expires.")] = 24 * 3600,
+    hub: Annotated[bool, typer.Option("--hub", help="For the site's regional hub (`edgefleet hub`): it is listed "
+                                                    "as a hub, never as a fleet device.")] = False,
 ) -> None:
     """Create a single-use, expiring bootstrap token for one device (needs role operator)."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        created = client.create_bootstrap_token(site, parse_labels(labels), ttl)
+        created = client.create_bootstrap_token(site, parse_labels(labels), ttl, kind="hub" if hub else "device")
     console.print(created.token, soft_wrap=True, highlight=False)
     typer.echo(f"single use, site {created.site}, expires {created.expires_at.isoformat()}", err=True)
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -210,7 +211,7 @@ async def _start_hub(settings: ServerSettings, url: str, client: AdminClient) ->
     issued = issue_server_certificate(settings.pki.load_ca(), ["127.0.0.1", "localhost"], SystemClock().now())
     atomic_write_bytes(directory / "hub.pem", issued.cert_pem)
     atomic_write_bytes(directory / "hub.key", issued.key_pem, mode=0o600)
-    token = await asyncio.to_thread(client.create_bootstrap_token, site_name(0), {"role": "hub"}, 3600)
+    token = await asyncio.to_thread(partial(client.create_bootstrap_token, site_name(0), {}, 3600, kind="hub"))
     atomic_write_bytes(directory / "token", token.token.encode(), mode=0o600)
     hub_settings = HubSettings(
         name=f"hub-{site_name(0)}", site=site_name(0), server_url=url, ca_file=settings.pki.ca_cert,
@@ -306,10 +307,8 @@ async def _start_fleet(
 
 
 def _fleet(client: AdminClient, site: str | None = None) -> DeviceList:
-    """The emulated devices (the hub is enrolled as a device too, with the label role=hub)."""
-    listed = client.devices(site=site)
-    devices = [d for d in listed.devices if d.labels.get("role") != "hub"]
-    return DeviceList(total=len(devices), devices=devices)
+    """The emulated devices (the hub enrolled with a hub's token: it is not listed as one)."""
+    return client.devices(site=site)
 
 
 def tampered_index(options: DemoOptions) -> int | None:

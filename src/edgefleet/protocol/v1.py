@@ -147,6 +147,7 @@ class StatusAck(Strict):
 class DeviceView(Strict):
     id: str
     hardware_id: str
+    kind: str = "device"  # or "hub"
     site: str
     labels: dict[str, str]
     enrolled_at: datetime
@@ -385,10 +386,14 @@ class AssignmentView(Strict):
     director_version: int
 
 
+DeviceKind = Literal["device", "hub"]  # a hub is a site's regional hub, not a fleet device
+
+
 class BootstrapTokenRequest(Strict):
     site: Name
     labels: Labels = {}
     ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
+    kind: DeviceKind = "device"  # what enrolls with it
 
 
 class BootstrapTokenCreated(Strict):

@@ -71,6 +71,7 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
                 # the operator's looks unless it names it.
                 labels={**device_labels(inventory.labels), **claimed.labels},
                 inventory=inventory.model_dump(exclude={"labels"}),
+                kind=claimed.kind,
                 cert_serial=cert.serial,
                 cert_not_after=cert.not_after,
                 enrolled_at=now,

@@ -60,6 +60,7 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
     return DeviceView(
         id=device.id,
         hardware_id=device.hardware_id,
+        kind=device.kind,
         site=device.site,
         labels=device.labels,
         enrolled_at=device.enrolled_at,
@@ -96,10 +97,10 @@ def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def device_list(conn: AsyncConnection, presence: Presence, *, site: str | None, limit: int,
-                      offset: int, fresh: Freshness | None = None) -> DeviceList:
+                      offset: int, fresh: Freshness | None = None, kind: str = "device") -> DeviceList:
     """A page of devices, by site then id, with their attestation verdicts (the admin API's
     list and the dashboard's)."""
-    rows = await list_devices(conn, site=site, limit=limit, offset=offset)
-    total = await count_devices(conn, site=site)
+    rows = await list_devices(conn, site=site, limit=limit, offset=offset, kind=kind)
+    total = await count_devices(conn, site=site, kind=kind)
     attested = await attestation_statuses(conn, [r.id for r in rows])
     return DeviceList(total=total, devices=[device_view(r, presence, attested.get(r.id), fresh) for r in rows])

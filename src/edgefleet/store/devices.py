@@ -187,15 +187,17 @@ async def record_presence(conn: AsyncConnection, seen: Mapping[str, datetime]) -
     await conn.execute(_PRESENCE, [{"device_id": d, "seen_at": t} for d, t in seen.items()])
 
 
-async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, offset: int) -> list[Device]:
-    stmt = select(Device.__table__).order_by(Device.site, Device.id).limit(limit).offset(offset)
+async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, offset: int,
+                       kind: str = "device") -> list[Device]:
+    stmt = (select(Device.__table__).where(Device.kind == kind).order_by(Device.site, Device.id)
+            .limit(limit).offset(offset))
     if site is not None:
         stmt = stmt.where(Device.site == site)
     return [Device(**row._mapping) for row in await conn.execute(stmt)]
 
 
-async def count_devices(conn: AsyncConnection, *, site: str | None = None) -> int:
-    stmt = select(func.count()).select_from(Device)
+async def count_devices(conn: AsyncConnection, *, site: str | None = None, kind: str = "device") -> int:
+    stmt = select(func.count()).select_from(Device).where(Device.kind == kind)
     if site is not None:
         stmt = stmt.where(Device.site == site)
     return int((await conn.execute(stmt)).scalar_one())

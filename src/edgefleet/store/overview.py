@@ -14,6 +14,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from edgefleet.store.schema import AttestationStatus, Device, DriftStatus, TelemetryRecordRow
 
+FLEET = Device.kind == "device"  # the counts are of fleet devices: a site's hub is not one
+
 
 @dataclass(frozen=True)
 class FleetCounts:
@@ -28,20 +30,20 @@ class FleetCounts:
 
 async def _grouped(conn: AsyncConnection, column: ColumnElement[Any] | InstrumentedAttribute[Any],
                    limit: int = 50) -> dict[str, int]:
-    rows = await conn.execute(select(column, func.count()).select_from(Device).group_by(column)
+    rows = await conn.execute(select(column, func.count()).select_from(Device).where(FLEET).group_by(column)
                               .order_by(func.count().desc()).limit(limit))
     return {str(key) if key is not None else "none": int(count) for key, count in rows}
 
 
 async def fleet_counts(conn: AsyncConnection) -> FleetCounts:
-    total = int((await conn.execute(select(func.count()).select_from(Device))).scalar_one())
+    total = int((await conn.execute(select(func.count()).select_from(Device).where(FLEET))).scalar_one())
     verdict = case((AttestationStatus.device_id.is_(None), "never"), (AttestationStatus.quarantined, "quarantined"),
                    (AttestationStatus.passed, "passed"), else_="failed")
     attested = await conn.execute(select(verdict, func.count()).select_from(Device).outerjoin(
-        AttestationStatus, AttestationStatus.device_id == Device.id).group_by(verdict))
+        AttestationStatus, AttestationStatus.device_id == Device.id).where(FLEET).group_by(verdict))
     drift_state = func.coalesce(DriftStatus.state, "never")
     drift = await conn.execute(select(drift_state, func.count()).select_from(Device).outerjoin(
-        DriftStatus, DriftStatus.device_id == Device.id).group_by(drift_state))
+        DriftStatus, DriftStatus.device_id == Device.id).where(FLEET).group_by(drift_state))
     return FleetCounts(
         total=total, by_update_state=await _grouped(conn, Device.update_state),
         by_health=await _grouped(conn, Device.health), by_site=await _grouped(conn, Device.site),

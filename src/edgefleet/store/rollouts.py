@@ -86,7 +86,8 @@ async def rollout_devices(conn: AsyncConnection) -> Sequence[Row[Any]]:
                    AttestationStatus.passed.label("attested"), AttestationStatus.release.label("attested_release"),
                    DirectorState.release.label("assigned"))
             .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
-            .outerjoin(DirectorState, DirectorState.device_id == Device.id))
+            .outerjoin(DirectorState, DirectorState.device_id == Device.id)
+            .where(Device.kind == "device"))  # a site's hub is never a rollout's target
     return (await conn.execute(stmt)).all()
 
 

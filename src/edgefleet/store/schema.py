@@ -49,6 +49,10 @@ class Device(Base):
     site: Mapped[str] = mapped_column(String(64), index=True)
     labels: Mapped[dict[str, Any]]
     inventory: Mapped[dict[str, Any]]
+    # "device", or "hub" (a site's regional hub): from the operator's bootstrap token, never
+    # from what the enrolling machine says. Hubs are not fleet devices: no rollout, count or
+    # device list takes them.
+    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="device", default="device")
     cert_serial: Mapped[str] = mapped_column(String(64))
     cert_not_after: Mapped[datetime]
     enrolled_at: Mapped[datetime]
@@ -145,6 +149,7 @@ class BootstrapToken(Base):
     used_at: Mapped[datetime | None]
     device_id: Mapped[str | None] = mapped_column(String(64))
     revoked_at: Mapped[datetime | None]
+    kind: Mapped[str] = mapped_column(String(16), server_default="device", default="device")  # what it enrolls
 
 
 class AdminToken(Base):

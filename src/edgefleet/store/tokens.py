@@ -17,16 +17,17 @@ from edgefleet.store.schema import AdminToken, BootstrapToken
 class ClaimedToken:
     site: str
     labels: dict[str, str]
+    kind: str = "device"
 
 
 async def insert_bootstrap(
     conn: AsyncConnection, token: ParsedToken, *, site: str, labels: dict[str, str],
-    created_by: str, now: datetime, expires_at: datetime,
+    created_by: str, now: datetime, expires_at: datetime, kind: str = "device",
 ) -> None:
     await conn.execute(
         insert(BootstrapToken).values(
             id=token.id, secret_hash=token.secret_hash, site=site, labels=labels,
-            created_at=now, created_by=created_by, expires_at=expires_at,
+            created_at=now, created_by=created_by, expires_at=expires_at, kind=kind,
         )
     )
 
@@ -46,10 +47,10 @@ async def claim_bootstrap(
             BootstrapToken.expires_at > now,
         )
         .values(used_at=now, device_id=device_id)
-        .returning(BootstrapToken.site, BootstrapToken.labels)
+        .returning(BootstrapToken.site, BootstrapToken.labels, BootstrapToken.kind)
     )
     row = result.first()
-    return None if row is None else ClaimedToken(row.site, dict(row.labels))
+    return None if row is None else ClaimedToken(row.site, dict(row.labels), row.kind)
 
 
 async def why_bootstrap_refused(conn: AsyncConnection, token: ParsedToken, now: datetime) -> str:

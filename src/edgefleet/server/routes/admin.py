@@ -13,6 +13,7 @@ from edgefleet.protocol.v1 import (
     AssignmentView,
     AssignRelease,
     DesiredState,
+    DeviceKind,
     DeviceList,
     DeviceView,
     Name,
@@ -42,11 +43,13 @@ async def devices(
     site: Name | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    kind: DeviceKind = "device",
 ) -> DeviceList:
-    """List devices, by site then id."""
+    """List devices, by site then id; ``kind=hub`` lists the sites' hubs instead."""
     state = server_state(request)
     async with state.db.transaction() as conn:
-        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset, fresh=state.freshness())
+        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset, fresh=state.freshness(),
+                                 kind=kind)
 
 
 @router.get("/devices/{device_id}")

@@ -41,8 +41,8 @@ async def create_bootstrap_token(who: Operator, body: BootstrapTokenRequest, req
     expires_at = now + timedelta(seconds=body.ttl_seconds)
     async with state.db.transaction() as conn:
         await insert_bootstrap(conn, token, site=body.site, labels=body.labels, created_by=who.name, now=now,
-                               expires_at=expires_at)
-    log.info("%s created bootstrap token %s for site %s", who.name, token.id, body.site)
+                               expires_at=expires_at, kind=body.kind)
+    log.info("%s created bootstrap token %s for a %s at site %s", who.name, token.id, body.kind, body.site)
     return BootstrapTokenCreated(token=text, id=token.id, site=body.site, labels=body.labels, expires_at=expires_at)
 
 
