@@ -121,3 +121,25 @@ def test_agent_that_booted_a_tampered_slot_is_quarantined(released: Any, emulato
     assert "quarantined" in agent.last_error
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
     assert record["attestation"]["quarantined"] is True
+
+
+def test_an_agent_without_a_tpm_that_the_server_refuses_says_which_setting_is_missing(released: Any) -> None:
+    plane, device = released
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2)  # no tpm
+    agent = Agent(settings, device, site="store-1")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 30
+        while not (agent.last_error or "").count("attestation_required"):
+            assert not task.done(), task
+            assert time.monotonic() < deadline, agent.last_error
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(scenario())
+    assert 'tpm = "device:/dev/tpmrm0"' in str(agent.last_error)  # the setting, by name, with an example

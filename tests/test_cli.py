@@ -171,3 +171,14 @@ def test_operator_path_init_serve_tokens_devices_and_graceful_stop(
         output = server.communicate()[0]
     assert "Waiting for application shutdown" in output
     assert "control plane stopped" in output
+
+
+def test_the_readmes_agent_settings_are_valid_as_written_and_name_the_tpm(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("# /etc/edgefleet/agent.toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "agent.toml").write_text(block)
+    from edgefleet.agent import AgentSettings
+
+    settings = load_settings(AgentSettings, tmp_path / "agent.toml", {})
+    assert settings.tpm == "device:/dev/tpmrm0"  # without it the server refuses a device that cannot attest
+    assert settings.bootstrap_token_file is not None

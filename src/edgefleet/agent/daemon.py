@@ -38,6 +38,7 @@ from edgefleet.agent.workload_tokens import TokenKeeper, wanted_tokens
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import (
     ConfigError,
+    EdgefleetError,
     InvalidRequest,
     ServerRefused,
     Throttled,
@@ -677,8 +678,9 @@ class Agent:
                 delay = (jittered(settings.checkin_interval_seconds, self.rng) if settings.long_poll_seconds == 0
                          else self.rng.uniform(0, 1))
             except (TransportError, ServerRefused) as exc:
-                repeated = self.last_error == str(exc)
-                self.last_error = str(exc)
+                hint = refusal_hint(exc, has_tpm=attestor is not None)
+                repeated = self.last_error == str(exc) + hint
+                self.last_error = str(exc) + hint  # the technician's page shows it too
                 delay = max(backoff.next_delay(), exc.retry_after if isinstance(exc, Throttled) else 0.0)
                 # The same failure again and again (a quarantined device, a long outage) is
                 # logged once, then at debug level: edge disks and links are small.
@@ -686,10 +688,8 @@ class Agent:
                 if isinstance(exc, ServerRefused) and exc.code == "attestation_required" and attestor is not None:
                     self._next_attest = self.clock.monotonic()  # it lapsed: attest again now, then go on
                     level = logging.WARNING
-                hint = ""
                 if isinstance(exc, ServerRefused) and exc.code == "quarantined":  # the server's verdict, expected
                     level = logging.WARNING
-                    hint = " (an operator releases it: edgefleet devices release-quarantine)"
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s%s", delay, exc,
                         hint)
             await pause(stop, delay)
@@ -960,3 +960,14 @@ class Agent:
             # backup): continue above it rather than being ignored forever.
             log.warning("server holds status seq %d above ours (%d); skipping ahead", ack.seq, state.status_seq)
             state.status_seq = ack.seq
+
+
+def refusal_hint(exc: EdgefleetError, *, has_tpm: bool) -> str:
+    """What the person reading the agent's log can do about a refusal ("" when nothing)."""
+    code = exc.code if isinstance(exc, ServerRefused) else ""
+    if code == "quarantined":
+        return " (an operator releases it: edgefleet devices release-quarantine)"
+    if code == "attestation_required" and not has_tpm:
+        return (" (the server requires attestation and this agent has no TPM: set tpm to its TCTI in the agent's "
+                "settings, e.g. tpm = \"device:/dev/tpmrm0\")")
+    return ""
