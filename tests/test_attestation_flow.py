@@ -151,6 +151,10 @@ def test_device_that_booted_a_tampered_image_fails_and_is_quarantined(plane: Fle
     assert record["attestation"]["state"] == "quarantined"  # one state, whatever a later quote says
     assert "PCR 4" in record["attestation"]["reason"]
     assert "release-quarantine" in record["attestation"]["reason"]
+    audited = plane.client(role=Role.ADMIN).get("/api/v1/admin/audit", params={"device": dev.device.id}).json()
+    quarantine = [e for e in audited["entries"] if e["action"] == "quarantine"]
+    assert [e["actor"] for e in quarantine] == ["attestation"]  # a security decision, recorded with why
+    assert any("PCR 4" in f for f in quarantine[0]["details"]["failures"])
     metrics = plane.client().get("/metrics").text
     assert "edgefleet_quarantines_total 1.0" in metrics
     assert 'edgefleet_attestations_total{result="failed"} 1.0' in metrics

@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gitops": ("gitops_cmd", "gitops_app", "GitOps syncs on the control plane."),
     "drift": ("gitops_cmd", "drift", "Devices whose configuration differs from their desired state, and how."),
     "alerts": ("gitops_cmd", "alerts", "Alerts, newest first, with their webhook delivery state."),
+    "audit": ("audit_cmd", "app", "The audit log: who did what, when and from where; verify that no row was "
+                                  "changed."),
 }
 
 

@@ -445,3 +445,28 @@ class ErrorDetail(Strict):
 
 class ErrorBody(Strict):
     error: ErrorDetail
+
+
+class AuditEntry(Strict):
+    seq: int
+    at: datetime
+    actor: str  # the admin token's name, or the service that decided (enrollment, attestation)
+    source: str | None  # the client's address
+    action: str  # "POST /api/v1/admin/rollouts", "enroll", "quarantine", ...
+    subject: str | None  # the device, rollout or token it concerned
+    outcome: str  # "ok", or "refused <status>"
+    details: dict[str, Any]
+    digest: str
+
+
+class AuditList(Strict):
+    entries: list[AuditEntry]  # newest first
+
+
+class AuditVerdict(Strict):
+    intact: bool
+    rows: int  # rows checked (up to the first bad one)
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_seq: int  # the last good row: note it elsewhere to see a truncation later
+    head_digest: str

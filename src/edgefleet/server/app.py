@@ -21,6 +21,7 @@ from edgefleet.clock import Clock, ScaledClock, SystemClock
 from edgefleet.errors import EdgefleetError, StoreError
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
+from edgefleet.server.audit import AuditLog, AuditTrail
 from edgefleet.server.dashboard import routes as dashboard
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
@@ -30,6 +31,7 @@ from edgefleet.server.gitops import GitOpsService, restore_self_heal
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import RequestMetrics
+from edgefleet.server.nonces import ensure_secret_key
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
@@ -38,6 +40,7 @@ from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.routes import (
     admin,
     attestation,
+    audit,
     device,
     gitops,
     health,
@@ -107,6 +110,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     director = DirectorService(db, repository_service, clock, devices, long_polls)
     controller = RolloutController(db, clock, director, alerts, presence, metrics, settings.rollout_tick_seconds,
                                    settings.attestation_required)
+    audit_log = AuditLog(db, clock, ensure_secret_key(settings.data_dir / "keys" / "audit.key"))
     state = ServerState(
         settings=settings,
         db=db,
@@ -119,10 +123,11 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         changes=ChangeFeed(db, devices, long_polls, clock),
         repository=repository_service,
         director=director,
-        attestation=AttestationService(settings, db, clock, repository_service, devices, metrics),
+        attestation=AttestationService(settings, db, clock, repository_service, devices, metrics, audit_log),
         workload=WorkloadIssuer(settings.data_dir / "keys", settings.trust_domain,
                                 timedelta(seconds=settings.workload_token_seconds)),
         alerts=alerts,
+        audit=audit_log,
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, controller),
         rollouts=controller,
         rollout_views=RolloutViews(db, controller.decoded),
@@ -179,6 +184,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(device.router)
     app.include_router(admin.router)
+    app.include_router(audit.router)
     app.include_router(tokens.router)
     app.include_router(repository.router)
     app.include_router(attestation.router)
@@ -197,6 +203,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")
     overload = OverloadLog()
     install_error_handlers(app, overload)
+    app.add_middleware(AuditTrail, audit=state.audit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(DeviceFastPath, overload=overload)  # a device update's requests, past FastAPI's stack
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=_streams_large_bodies)

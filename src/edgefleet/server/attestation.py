@@ -34,9 +34,10 @@ from edgefleet.attestation.verifier import (
 from edgefleet.clock import Clock
 from edgefleet.errors import ConfigError, Conflict, Forbidden, InvalidRequest, StoreError, Unauthenticated
 from edgefleet.releases.image import release_fields
+from edgefleet.server.audit import AuditLog
 from edgefleet.server.devicecache import DeviceCache
 from edgefleet.server.metrics import Metrics
-from edgefleet.server.nonces import NonceMint, ensure_nonce_key
+from edgefleet.server.nonces import NonceMint, ensure_secret_key
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
 from edgefleet.store import Database
@@ -86,9 +87,10 @@ class AttestationService:
     repository: RepositoryService
     devices: DeviceCache
     metrics: Metrics
+    audit: AuditLog | None = None  # quarantines are security decisions: recorded there
 
     def __post_init__(self) -> None:
-        self.nonces = NonceMint(ensure_nonce_key(self.settings.data_dir / "keys" / "nonce.key"))
+        self.nonces = NonceMint(ensure_secret_key(self.settings.data_dir / "keys" / "nonce.key"))
         # Building an RSA key from its numbers costs more than verifying a signature with
         # it; a device quotes with the same attestation key every time.
         self.attestation_key = lru_cache(maxsize=65536)(parse_public)
@@ -243,9 +245,10 @@ class AttestationService:
         if verdict.passed:
             log.info("attestation of %s passed (release %s)", device_id, release)
         else:
+            log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
             if not was_quarantined:
                 self.metrics.quarantines.inc()
-            log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
+                await self._audit("quarantine", device_id, {"release": release, "failures": list(verdict.failures)})
         return verdict.passed
 
     def gate(self, auth: DeviceAuth) -> None:
@@ -268,6 +271,14 @@ class AttestationService:
     def fresh(self, auth: DeviceAuth) -> bool:
         max_age = timedelta(seconds=self.settings.attestation_max_age_seconds)
         return auth.attested_at is not None and self.clock.now() - auth.attested_at <= max_age
+
+    async def _audit(self, action: str, device_id: str, details: dict[str, Any]) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.record("attestation", action, subject=device_id, details=details)
+        except StoreError as exc:
+            log.error("audit row not written for the %s of %s: %s", action, device_id, exc.message)
 
     async def release_quarantine(self, device_id: str) -> None:
         async with self.db.transaction() as conn:

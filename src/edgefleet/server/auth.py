@@ -130,6 +130,7 @@ def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]
         if scheme.lower() != "bearer" or not value:
             raise Unauthenticated("bearer token required", code="token_required")
         principal = await admin_principal(server_state(request), value)
+        request.state.principal = principal  # the audit trail's actor
         if not principal.role.allows(needed):
             raise Forbidden(f"token {principal.name!r} has role {principal.role}, needs {needed}",
                             code="insufficient_role")

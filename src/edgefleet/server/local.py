@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from edgefleet.credentials import Role, TokenKind, new_token
 from edgefleet.releases.keys import Keystore
-from edgefleet.server.nonces import ensure_nonce_key
+from edgefleet.server.nonces import ensure_secret_key
 from edgefleet.server.repository import ensure_online_keys
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.workload import FIRST_KEY, ensure_workload_key
@@ -22,7 +22,8 @@ def init_server(settings: ServerSettings, now: datetime) -> bool:
     created = settings.pki.init(settings.fleet_name, settings.server_names, now)
     ensure_online_keys(Keystore(settings.data_dir / "keys"))
     ensure_workload_key(settings.data_dir / "keys" / FIRST_KEY)
-    ensure_nonce_key(settings.data_dir / "keys" / "nonce.key")
+    ensure_secret_key(settings.data_dir / "keys" / "nonce.key")
+    ensure_secret_key(settings.data_dir / "keys" / "audit.key")
     return created
 
 

@@ -25,8 +25,8 @@ _RANDOM, _EXPIRY, _MAC = 12, 4, 16
 _DOMAIN = b"edgefleet attestation nonce\x00"
 
 
-def ensure_nonce_key(path: Path) -> bytes:
-    """The fleet's nonce key, made (0600) if there is none yet. Several processes starting
+def ensure_secret_key(path: Path) -> bytes:
+    """A 32-byte fleet key (the nonce key, the audit key), made (0600) if there is none yet. Several processes starting
     together agree: the first to link its key in place wins, the others read it."""
     try:
         return _read(path)

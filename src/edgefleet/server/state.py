@@ -12,6 +12,7 @@ from edgefleet.clock import Clock
 from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
 from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
+from edgefleet.server.audit import AuditLog
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.gitops import GitOpsService
@@ -44,6 +45,7 @@ class ServerState:
     attestation: AttestationService
     workload: WorkloadIssuer
     alerts: Alerts
+    audit: AuditLog
     gitops: GitOpsService
     rollouts: RolloutController
     rollout_views: RolloutViews

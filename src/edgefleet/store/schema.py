@@ -288,3 +288,23 @@ class TelemetryStream(Base):
     dropped: Mapped[int] = mapped_column(BigInteger)
     batches: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
+
+
+class AuditRow(Base):
+    """One state-changing admin action or security decision. Append-only and chained:
+    ``digest`` is an HMAC (the server's audit key, kept out of the database) over ``prev``,
+    the previous row's digest, and this row's fields; ``seq`` has no gaps. A row deleted
+    or altered breaks the chain (``edgefleet audit verify``)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    source: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str | None] = mapped_column(String(256), index=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]]
+    prev: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))

@@ -53,10 +53,12 @@ async def _who(request: Request) -> AdminPrincipal:
     if not token:
         raise LoginRequired
     try:
-        return await admin_principal(server_state(request), token)
+        principal = await admin_principal(server_state(request), token)
     except Unauthenticated as exc:
         log.info("dashboard session refused: %s", exc.message)
         raise LoginRequired from exc
+    request.state.principal = principal  # the audit trail's actor
+    return principal
 
 
 def _page(request: Request, name: str, who: AdminPrincipal, **context: Any) -> HTMLResponse:
@@ -77,6 +79,7 @@ async def login(request: Request, token: Annotated[str, Form(max_length=200)]) -
         log.warning("dashboard login refused: %s", exc.message)
         return templates.TemplateResponse(request, "login.html", {"error": "That token is not valid.", "who": None},
                                           status_code=401)
+    request.state.principal = who  # the audit trail records the sign-in
     log.info("dashboard login: %s (%s)", who.name, who.role)
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(COOKIE, token.strip(), httponly=True, secure=True, samesite="strict", path="/ui")
