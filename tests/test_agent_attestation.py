@@ -61,12 +61,17 @@ def run_agent(plane: Fleet, device: VirtualDevice, emulator: Any,
                              bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
                              backoff_initial_seconds=0.05, backoff_max_seconds=0.2, tpm=emulator.tcti)
     agent = Agent(settings, device, site="store-1", tpm=tpm)
+    return run_until(agent, lambda: agent.attested is not None
+                     and agent.checkins + (agent.last_error is not None) >= 1 and until(agent))
 
+
+def run_until(agent: Agent, done: Callable[[], bool]) -> Agent:
+    """Run ``agent`` until ``done()`` (a generous deadline), then stop it."""
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         deadline = time.monotonic() + 30
-        while agent.attested is None or agent.checkins + (agent.last_error is not None) < 1 or not until(agent):
+        while not done():
             assert not task.done(), task
             assert time.monotonic() < deadline, agent.last_error
             await asyncio.sleep(0.05)
@@ -129,17 +134,5 @@ def test_an_agent_without_a_tpm_that_the_server_refuses_says_which_setting_is_mi
                              bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
                              backoff_initial_seconds=0.05, backoff_max_seconds=0.2)  # no tpm
     agent = Agent(settings, device, site="store-1")
-
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        deadline = time.monotonic() + 30
-        while not (agent.last_error or "").count("attestation_required"):
-            assert not task.done(), task
-            assert time.monotonic() < deadline, agent.last_error
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 20)
-
-    asyncio.run(scenario())
+    run_until(agent, lambda: "attestation_required" in (agent.last_error or ""))
     assert 'tpm = "device:/dev/tpmrm0"' in str(agent.last_error)  # the setting, by name, with an example

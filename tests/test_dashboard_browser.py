@@ -31,6 +31,18 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / ".cache" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 
 
+async def sign_in(page: Any, world: AbWorld, role: Role) -> None:
+    """Through the login form, as a person would: the fleet's overview follows."""
+    from playwright.async_api import expect
+
+    base = world.plane.url
+    await page.goto(f"{base}/ui/")
+    await expect(page).to_have_url(f"{base}/ui/login")
+    await page.fill("input[name=token]", world.plane.tokens[role])
+    await page.click("button[type=submit]")
+    await expect(page.locator("h1")).to_contain_text("Fleet:")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
     if shutil.which("chromium") is None:
@@ -61,11 +73,7 @@ def test_an_operator_watches_approves_and_sees_a_halt_and_a_viewer_gets_no_butto
     base = world.plane.url
 
     async def login(page: Page, role: Role) -> None:
-        await page.goto(f"{base}/ui/")
-        await expect(page).to_have_url(f"{base}/ui/login")
-        await page.fill("input[name=token]", world.plane.tokens[role])
-        await page.click("button[type=submit]")
-        await expect(page.locator("h1")).to_contain_text("Fleet:")
+        await sign_in(page, world, role)
 
     async def steps() -> None:
         await enrolled(devices)
@@ -169,9 +177,7 @@ def test_an_operator_previews_a_rollout_in_the_dashboard_then_starts_it(world: A
             browser = await playwright.chromium.launch(
                 executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
             page = await (await browser.new_context(ignore_https_errors=True)).new_page()
-            await page.goto(f"{base}/ui/login")
-            await page.fill("input[name=token]", world.plane.tokens[Role.OPERATOR])
-            await page.click("button[type=submit]")
+            await sign_in(page, world, Role.OPERATOR)
             await page.goto(f"{base}/ui/rollouts")
             await page.click("#new-rollout")
             await page.select_option("#release", "2026.12.0")

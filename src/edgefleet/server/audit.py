@@ -27,11 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgefleet.clock import Clock
 from edgefleet.errors import StoreError
 from edgefleet.protocol.v1 import AuditVerdict
+from edgefleet.server.middleware import ResponseStatus
 from edgefleet.store import Database
 from edgefleet.store.audit import GENESIS, chain_page, insert_row, last_link
 
@@ -109,18 +110,11 @@ class AuditTrail:
                 or not str(scope["path"]).startswith(AUDITED_PREFIXES)):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, status)
         finally:
-            await self._record(scope, status)
+            await self._record(scope, status.code)
 
     async def _record(self, scope: Scope, status: int) -> None:
         principal = scope.get("state", {}).get("principal")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import AuditEntry, AuditList, AuditVerdict
 from edgefleet.server.auth import Admin
 from edgefleet.server.state import server_state
@@ -22,10 +23,13 @@ async def entries(
     actor: Annotated[str | None, Query(max_length=128)] = None,
     device: Annotated[str | None, Query(max_length=256, description="the subject: a device, rollout or token")]
     = None,
-    before_seq: Annotated[int | None, Query(ge=1)] = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditList:
-    """Newest first; ``before_seq`` (the last seq of a page) gives the next page."""
+    """Newest first; ``before_seq`` (the last seq of a page) gives the next page. A ``since``
+    without a zone is UTC."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
     async with server_state(request).db.transaction(readonly=True) as conn:
         rows = await audit_rows(conn, since=since, actor=actor, subject=device, before_seq=before_seq, limit=limit)
     return AuditList(entries=[AuditEntry(seq=r.seq, at=r.at, actor=r.actor, source=r.source, action=r.action,
