@@ -114,3 +114,26 @@ def test_an_admin_token_revoked_by_an_admin_is_refused_from_the_next_request(fle
     listed = {t["name"]: t for t in fleet.client(role=Role.ADMIN).get("/api/v1/admin/admin-tokens").json()["tokens"]}
     assert listed["leaver"]["state"] == "revoked"
     assert "leaver" in cli("tokens", "list", "--admin", *server_args(fleet))
+
+
+def test_the_device_list_filters_by_labels_and_by_a_piece_of_the_id(fleet: Fleet) -> None:
+    canary = fleet.enroll(site="store-f", labels={"ring": "canary-f", "fleet": "filter"})
+    main = fleet.enroll(site="store-f", labels={"ring": "main-f", "fleet": "filter"})
+    viewer = fleet.client(role=Role.VIEWER)
+
+    def listed(**params: str) -> set[str]:
+        answer = viewer.get("/api/v1/admin/devices", params={"limit": 1000, **params})
+        assert answer.status_code == 200, answer.text
+        return {d["id"] for d in answer.json()["devices"]}
+
+    assert listed(selector="fleet=filter") == {canary.id, main.id}
+    assert listed(selector="fleet=filter, ring=canary-f") == {canary.id}
+    assert listed(selector="fleet=filter", q=main.id[-8:]) == {main.id}
+    assert listed(q="%") == set()  # a pattern character is only itself
+    shown = cli("devices", "ls", "-l", "fleet=filter", "-l", "ring=canary-f", "-o", "wide", *server_args(fleet))
+    assert canary.id in shown
+    assert main.id not in shown
+    assert "ring=canary-f" in shown  # the labels column
+    refused = viewer.get("/api/v1/admin/devices", params={"selector": "no-equals-sign"})
+    assert refused.status_code == 422
+    assert "selector" in refused.json()["error"]["message"]

@@ -59,9 +59,13 @@ class AdminClient:
         except ValidationError as exc:
             raise BadAnswer(f"unexpected answer from server: {exc}") from exc
 
-    def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0,
-                kind: str = "device") -> DeviceList:
+    def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0, kind: str = "device",
+                selector: str | None = None, search: str | None = None) -> DeviceList:
         params: dict[str, Any] = {"limit": limit, "offset": offset, "kind": kind}
+        if selector:
+            params["selector"] = selector
+        if search:
+            params["q"] = search
         if site:
             params["site"] = site
         result: DeviceList = self._call("GET", "/api/v1/admin/devices", DeviceList, params=params)

@@ -41,18 +41,24 @@ def attested(device: DeviceView) -> str:
     return f"[{ATTESTATION_STYLE.get(state, 'red')}]{shown}[/]"
 
 
-def device_table(devices: list[DeviceView], title: str | None = None) -> Table:
+def device_table(devices: list[DeviceView], title: str | None = None, *, labels: bool = False) -> Table:
+    """One row per device; ``labels``: a column of the operator's labels too (``-o wide``)."""
     table = Table(title=title)
     for column in ("device", "site", "os", "health", "attested", "desired", "update", "last seen"):
         table.add_column(column, no_wrap=True)
+    if labels:
+        table.add_column("labels")
     for d in devices:
         if d.desired_version_applied == d.desired_version:
             desired = f"v{d.desired_version} applied"
         else:
             has = "-" if d.desired_version_applied is None else f"v{d.desired_version_applied}"
             desired = f"v{d.desired_version} (has {has})"
-        table.add_row(d.id, d.site, d.running_version or "?", d.health, attested(d), desired, d.update_state,
-                      ago(d.last_seen_at))
+        row = [d.id, d.site, d.running_version or "?", d.health, attested(d), desired, d.update_state,
+               ago(d.last_seen_at)]
+        if labels:
+            row.append(", ".join(f"{k}={v}" for k, v in sorted(d.labels.items()) if not k.startswith("device.")))
+        table.add_row(*row)
     return table
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
+from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, parse_labels, shown_errors
 from edgefleet.client import AdminClient
 from edgefleet.ui import console, device_table, update_history_table
 
@@ -21,17 +21,27 @@ def ls(
     token: AdminToken,
     ca_file: CaFile,
     site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    selector: Annotated[list[str] | None, typer.Option("--selector", "-l", help="k=v: only devices with this "
+                                                                                "label (repeat: all must match).")]
+    = None,
+    search: Annotated[str | None, typer.Option("--search", "-q", help="A piece of the device id or hardware id.")]
+    = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, wide (with labels) or json.")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (-o json).")] = False,
     hubs: Annotated[bool, typer.Option("--hubs", help="The sites' regional hubs instead of the devices.")] = False,
 ) -> None:
     """List devices by site."""
+    if output not in ("table", "wide", "json"):
+        raise typer.BadParameter(f"-o is table, wide or json, got {output!r}", param_hint="--output")
+    labels = ",".join(f"{k}={v}" for k, v in parse_labels(selector).items()) or None
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        result = client.devices(site=site, kind="hub" if hubs else "device")
-    if as_json:
+        result = client.devices(site=site, kind="hub" if hubs else "device", selector=labels, search=search)
+    if as_json or output == "json":
         typer.echo(result.model_dump_json(indent=2))
         return
     what = "hubs" if hubs else "devices"
-    console.print(device_table(result.devices, title=f"{len(result.devices)} of {result.total} {what}"))
+    console.print(device_table(result.devices, title=f"{len(result.devices)} of {result.total} {what}",
+                               labels=output == "wide"))
 
 
 @app.command("show")

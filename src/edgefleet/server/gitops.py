@@ -212,7 +212,7 @@ class GitOpsService:
             # Decided once: a refusal is final; an old acceptance is judged again (moving back).
             if accepted.get(source.name) == tip or await refused_before(conn, source.name, tip):
                 return None
-            rows = await list_devices(conn, site=None, limit=1_000_000, offset=0)
+            rows = await list_devices(conn, limit=1_000_000)
         devices = [device_info(d) for d in rows]
         decision = await asyncio.to_thread(self._decide, source, mirror, accepted, tip, devices)
         now = self.clock.now()
@@ -247,7 +247,7 @@ class GitOpsService:
         bases = await self._workload_bases(rendering)
         async with self.director.desired.transaction() as changes:
             conn = changes.conn
-            for device in await list_devices(conn, site=None, limit=1_000_000, offset=0):
+            for device in await list_devices(conn, limit=1_000_000):
                 if only is not None and device.id not in only:
                     continue
                 found = await conn.run_sync(desired_state, device.id)

@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from edgefleet.errors import InvalidRequest
+from edgefleet.protocol.typed_text import parse_pairs
 from edgefleet.protocol.v1 import DeviceList, DeviceView, HealthFinding
 from edgefleet.server.presence import Presence
 from edgefleet.store.attestation import statuses as attestation_statuses
-from edgefleet.store.devices import count_devices, list_devices
+from edgefleet.store.devices import DeviceFilter, count_devices, list_devices
 from edgefleet.store.schema import AttestationStatus, Device
 
 
@@ -96,11 +98,22 @@ def _update_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in report.items() if k != "events"}
 
 
-async def device_list(conn: AsyncConnection, presence: Presence, *, site: str | None, limit: int,
-                      offset: int, fresh: Freshness | None = None, kind: str = "device") -> DeviceList:
+async def device_list(conn: AsyncConnection, presence: Presence, only: DeviceFilter, *, limit: int,
+                      offset: int, fresh: Freshness | None = None) -> DeviceList:
     """A page of devices, by site then id, with their attestation verdicts (the admin API's
     list and the dashboard's)."""
-    rows = await list_devices(conn, site=site, limit=limit, offset=offset, kind=kind)
-    total = await count_devices(conn, site=site, kind=kind)
+    rows = await list_devices(conn, only, limit=limit, offset=offset)
+    total = await count_devices(conn, only)
     attested = await attestation_statuses(conn, [r.id for r in rows])
     return DeviceList(total=total, devices=[device_view(r, presence, attested.get(r.id), fresh) for r in rows])
+
+
+def device_filter(*, site: str | None = None, kind: str = "device", selector: str | None = None,
+                  search: str | None = None) -> DeviceFilter:
+    """A device list's filter from its query (the admin API's and the dashboard's):
+    ``selector`` is ``k=v,k2=v2``. Raises InvalidRequest naming what could not be read."""
+    try:
+        labels = parse_pairs((selector or "").split(","))
+    except ValueError as exc:
+        raise InvalidRequest(f"selector: {exc}") from exc
+    return DeviceFilter(site=site or None, kind=kind, labels=labels, search=(search or "").strip() or None)

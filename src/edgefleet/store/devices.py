@@ -7,13 +7,14 @@ through ``Database.read``/``write`` (a whole transaction in one step), or inside
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange
 
@@ -187,20 +188,35 @@ async def record_presence(conn: AsyncConnection, seen: Mapping[str, datetime]) -
     await conn.execute(_PRESENCE, [{"device_id": d, "seen_at": t} for d, t in seen.items()])
 
 
-async def list_devices(conn: AsyncConnection, *, site: str | None, limit: int, offset: int,
-                       kind: str = "device") -> list[Device]:
-    stmt = (select(Device.__table__).where(Device.kind == kind).order_by(Device.site, Device.id)
-            .limit(limit).offset(offset))
-    if site is not None:
-        stmt = stmt.where(Device.site == site)
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Which devices a list shows: a site, a kind, labels that must all match (the
+    operator's labels, as rollout selectors read them), a piece of the id or hardware id."""
+
+    site: str | None = None
+    kind: str = "device"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    search: str | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = [Device.kind == self.kind]
+        if self.site is not None:
+            clauses.append(Device.site == self.site)
+        clauses += [Device.labels[key].as_string() == value for key, value in sorted(self.labels.items())]
+        if self.search:
+            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            clauses.append(or_(Device.id.like(pattern, escape="\\"), Device.hardware_id.like(pattern, escape="\\")))
+        return clauses
+
+
+async def list_devices(conn: AsyncConnection, only: DeviceFilter = DeviceFilter(), *, limit: int,
+                       offset: int = 0) -> list[Device]:
+    stmt = select(Device.__table__).where(*only.where()).order_by(Device.site, Device.id).limit(limit).offset(offset)
     return [Device(**row._mapping) for row in await conn.execute(stmt)]
 
 
-async def count_devices(conn: AsyncConnection, *, site: str | None = None, kind: str = "device") -> int:
-    stmt = select(func.count()).select_from(Device).where(Device.kind == kind)
-    if site is not None:
-        stmt = stmt.where(Device.site == site)
-    return int((await conn.execute(stmt)).scalar_one())
+async def count_devices(conn: AsyncConnection, only: DeviceFilter = DeviceFilter()) -> int:
+    return int((await conn.execute(select(func.count()).select_from(Device).where(*only.where()))).scalar_one())
 
 
 _DEVICE = select(Device.__table__).where(Device.id == bindparam("b_id"))

@@ -28,7 +28,7 @@ from edgefleet.server.auth import AdminPrincipal, admin_principal
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.lifecycle import decommission
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_list, device_view
+from edgefleet.server.views import device_filter, device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import get_device
 from edgefleet.store.gitops import commit_log, drift_of, list_alerts
@@ -106,15 +106,18 @@ async def overview(request: Request) -> HTMLResponse:
 
 @router.get("/devices")
 async def devices(request: Request, site: Annotated[str | None, Query(max_length=64)] = None,
+                  selector: Annotated[str | None, Query(max_length=1000)] = None,
+                  q: Annotated[str | None, Query(max_length=64)] = None,
                   page: Annotated[int, Query(ge=0, le=100_000)] = 0) -> HTMLResponse:
+    """The devices, filtered by site, labels (``k=v, k2=v2``) and a piece of their id."""
     who = await _who(request)
     state = server_state(request)
-    site = site or None
+    only = device_filter(site=site, selector=selector, search=q)
     async with state.db.transaction() as conn:
-        listed = await device_list(conn, state.presence, site=site, limit=PAGE, offset=page * PAGE,
+        listed = await device_list(conn, state.presence, only, limit=PAGE, offset=page * PAGE,
                                    fresh=state.freshness())
-    return _page(request, "devices.html", who, devices=listed.devices, total=listed.total, site=site, page=page,
-                 pages=max(1, -(-listed.total // PAGE)))
+    return _page(request, "devices.html", who, devices=listed.devices, total=listed.total, site=only.site,
+                 selector=selector or "", q=q or "", page=page, pages=max(1, -(-listed.total // PAGE)))
 
 
 @router.get("/devices/{device_id}")

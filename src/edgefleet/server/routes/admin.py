@@ -24,12 +24,9 @@ from edgefleet.protocol.v1 import (
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.lifecycle import decommission as decommission_device
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_list, device_view
+from edgefleet.server.views import device_filter, device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
-from edgefleet.store.devices import (
-    desired_state,
-    get_device,
-)
+from edgefleet.store.devices import desired_state, get_device
 from edgefleet.store.updates import update_history
 
 log = logging.getLogger("edgefleet.server")
@@ -44,12 +41,14 @@ async def devices(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     kind: DeviceKind = "device",
+    selector: Annotated[str | None, Query(max_length=1000, description="k=v,k2=v2: every label must match")] = None,
+    q: Annotated[str | None, Query(max_length=64, description="a piece of the device id or hardware id")] = None,
 ) -> DeviceList:
     """List devices, by site then id; ``kind=hub`` lists the sites' hubs instead."""
     state = server_state(request)
+    only = device_filter(site=site, kind=kind, selector=selector, search=q)
     async with state.db.transaction() as conn:
-        return await device_list(conn, state.presence, site=site, limit=limit, offset=offset, fresh=state.freshness(),
-                                 kind=kind)
+        return await device_list(conn, state.presence, only, limit=limit, offset=offset, fresh=state.freshness())
 
 
 @router.get("/devices/{device_id}")
