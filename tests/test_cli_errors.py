@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.credentials import Role
 from tests.cli_helpers import server_args
 from tests.conftest import Fleet
 
@@ -73,3 +74,28 @@ def test_the_rollout_list_shows_one_line_per_rollout(fleet: Fleet) -> None:
     shown = edgefleet("rollout", "ls", *server_args(fleet))
     assert shown.returncode == 0, shown.stderr
     assert "release" in shown.stdout
+
+
+def test_login_keeps_a_context_that_later_commands_use_and_logout_forgets_it(fleet: Fleet, tmp_path: Path) -> None:
+    contexts = tmp_path / "config" / "contexts.json"
+    bare = {k: v for k, v in os.environ.items() if k not in ("EDGEFLEET_SERVER_URL", "EDGEFLEET_ADMIN_TOKEN",
+                                                             "EDGEFLEET_CA_FILE")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgefleet", *args], capture_output=True, text=True,
+                              check=False, env={**bare, "EDGEFLEET_CONTEXTS": str(contexts)}, timeout=120)
+
+    ca = str(fleet.settings.pki.ca_cert)
+    refused = run("login", fleet.url, "--ca-file", ca, "--token", "efa_" + "0" * 16 + "_" + "A" * 43)
+    assert refused.returncode == 1
+    assert "401" in one_line(refused)
+    assert not contexts.exists()  # nothing kept for a token the server refused
+    assert run("login", fleet.url, "--ca-file", ca, "--token", fleet.tokens[Role.VIEWER],
+               "--name", "lab").returncode == 0
+    assert contexts.stat().st_mode & 0o777 == 0o600  # it holds a token
+    listed = run("devices", "ls")  # no --server, --token or --ca-file: the current context
+    assert listed.returncode == 0, listed.stderr
+    assert "devices" in listed.stdout
+    assert "* " in run("contexts", "ls").stdout
+    assert run("logout").returncode == 0
+    assert run("devices", "ls").returncode == 2  # the flags are needed again

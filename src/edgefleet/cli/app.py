@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gitops": ("gitops_cmd", "gitops_app", "GitOps syncs on the control plane."),
     "drift": ("gitops_cmd", "drift", "Devices whose configuration differs from their desired state, and how."),
     "alerts": ("gitops_cmd", "alerts", "Alerts, newest first, with their webhook delivery state."),
+    "login": ("login_cmd", "login", "Check the token against the server, then keep server, CA and token as a "
+                                    "context."),
+    "logout": ("login_cmd", "logout", "Forget a context and its token."),
+    "contexts": ("login_cmd", "app", "Named control planes (server, fleet CA, admin token) for the operator's "
+                                     "commands."),
     "audit": ("audit_cmd", "app", "The audit log: who did what, when and from where; verify that no row was "
                                   "changed."),
 }
@@ -121,6 +126,9 @@ def root(
 def main() -> None:
     """Run the command; an error no command turned into a message is one line with its
     cause (the traceback with --debug), never a traceback a newcomer has to read."""
+    from edgefleet.cli.contexts import fill_environment
+
+    fill_environment()  # the current context (edgefleet login), where no flag or variable says otherwise
     try:
         app()
     except Exception as exc:
