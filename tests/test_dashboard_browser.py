@@ -226,7 +226,11 @@ def test_a_session_sees_the_pages_and_a_device_that_does_not_exist_is_404(world:
         for path in ("/ui/", "/ui/devices?site=nowhere", "/ui/rollouts", "/ui/events"):
             assert client.get(path).status_code == 200, path
         assert "2026.12.0" in client.get("/ui/releases").text
-        assert client.get("/ui/devices/dev-missing").status_code == 404
+        missing = client.get("/ui/devices/dev-missing")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("text/html")  # a page with the reason, not raw JSON
+        assert "device dev-missing not found" in missing.text
+        assert client.get("/api/v1/admin/devices/dev-missing").headers["content-type"] == "application/json"
 
 
 

@@ -202,7 +202,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         directory.mkdir(parents=True, exist_ok=True)
         app.mount(f"/repository/{part}", StaticFiles(directory=directory), name=f"repository-{part}")
     overload = OverloadLog()
-    install_error_handlers(app, overload)
+    install_error_handlers(app, overload, dashboard.error_page)
     app.add_middleware(AuditTrail, audit=state.audit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(DeviceFastPath, overload=overload)  # a device update's requests, past FastAPI's stack

@@ -5,6 +5,7 @@ Authentication failures show the caller a generic message; the log carries the r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from edgefleet.errors import EdgefleetError, RateLimited
 from edgefleet.server.state import ServerState, server_state
@@ -73,23 +74,32 @@ def invalid(state: ServerState, method: str, path: str, errors: Sequence[Mapping
     return error_response(422, "invalid_request", "request failed validation", details)
 
 
-def install_error_handlers(app: FastAPI, overload: OverloadLog) -> None:
+# A refusal as a page, for the requests that get one (the dashboard's pages); None: JSON.
+PageFor = Callable[[Request, int, str], Response | None]
 
-    async def on_edgefleet_error(request: Request, exc: Exception) -> JSONResponse:
+
+def install_error_handlers(app: FastAPI, overload: OverloadLog, page_for: PageFor = lambda *_: None) -> None:
+
+    def shown(request: Request, answer: JSONResponse) -> Response:
+        """``answer``, or the same refusal as a page when ``page_for`` makes one."""
+        message = json.loads(bytes(answer.body))["error"]["message"]
+        return page_for(request, answer.status_code, message) or answer
+
+    async def on_edgefleet_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgefleetError)
-        return refusal(server_state(request), request.method, request.url.path, exc, overload)
+        return shown(request, refusal(server_state(request), request.method, request.url.path, exc, overload))
 
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return invalid(server_state(request), request.method, request.url.path, exc.errors())
+        return shown(request, invalid(server_state(request), request.method, request.url.path, exc.errors()))
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 400:  # FastAPI's "error parsing the body": bad input, as every other
             return invalid(server_state(request), request.method, request.url.path,
                            [{"loc": ("body",), "msg": str(exc.detail), "type": "body_unparseable"}])
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return shown(request, error_response(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
     app.add_exception_handler(EdgefleetError, on_edgefleet_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -44,6 +44,15 @@ COOKIE = "edgefleet_session"
 PAGE = 100
 
 
+def error_page(request: Request, status: int, message: str) -> Response | None:
+    """A dashboard page's refusal (an unknown device, a bad filter) as a page with the
+    reason and the way back; None for the API and the verbs, which keep their JSON."""
+    if not request.url.path.startswith("/ui/") or request.method != "GET":
+        return None
+    return templates.TemplateResponse(request, "error.html", {"who": None, "status": status, "message": message},
+                                      status_code=status)
+
+
 class LoginRequired(Exception):
     """No or no longer valid session: the page sends the browser to the login form."""
 
