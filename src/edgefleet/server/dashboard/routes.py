@@ -12,12 +12,14 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
@@ -35,11 +37,23 @@ from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.rollouts import rollout_events
 from edgefleet.store.updates import update_history
+from edgefleet.ui import ago
 from edgefleet.web.errors import status_for
 
 log = logging.getLogger("edgefleet.server.dashboard")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
+
+
+def when(moment: datetime | None) -> Markup:
+    """A time as people read it ("3 min ago"), the exact time (UTC) on hover."""
+    if moment is None:
+        return Markup("never")
+    exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(moment.isoformat(), exact, ago(moment))
+
+
+templates.env.filters["when"] = when
 COOKIE = "edgefleet_session"
 PAGE = 100
 
