@@ -6,17 +6,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AuditRow
 
 GENESIS = "0" * 64  # the ``prev`` of the first row
+CHAIN_LOCK = 7235916  # PostgreSQL advisory lock (7235914: migrations, 7235915: the rollout leader)
 
 
 def last_link(conn: Connection) -> tuple[int, str]:
-    """(seq, digest) of the newest row; (0, GENESIS) when there is none."""
+    """(seq, digest) of the newest row; (0, GENESIS) when there is none. On PostgreSQL it
+    first takes the chain's transaction lock, so that the append that follows in the same
+    transaction cannot race another process's (every append of a busy fleet would otherwise
+    collide on the next seq and retry). SQLite has one writer at a time already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
     row = conn.execute(select(AuditRow.seq, AuditRow.digest).order_by(AuditRow.seq.desc()).limit(1)).first()
     return (0, GENESIS) if row is None else (int(row.seq), str(row.digest))
 
