@@ -136,3 +136,14 @@ def test_an_agent_without_a_tpm_that_the_server_refuses_says_which_setting_is_mi
     agent = Agent(settings, device, site="store-1")
     run_until(agent, lambda: "attestation_required" in (agent.last_error or ""))
     assert 'tpm = "device:/dev/tpmrm0"' in str(agent.last_error)  # the setting, by name, with an example
+    assert agent.last_refused is True  # the technician's page says it answers but refuses, not "unreachable"
+
+
+def test_a_host_that_no_image_of_ours_booted_reports_no_release(tmp_path: Path) -> None:
+    from edgefleet.agent.hardware.linux import LinuxHost
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "os-release").write_text('NAME="Debian GNU/Linux"\nVERSION_ID="12"\n')
+    assert LinuxHost(tmp_path).os_version() is None  # Debian's 12 is not a release
+    (tmp_path / "etc" / "os-release").write_text('VERSION_ID="12"\nIMAGE_VERSION=2026.12.1\n')
+    assert LinuxHost(tmp_path).os_version() == "2026.12.1"

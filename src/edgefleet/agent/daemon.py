@@ -167,6 +167,7 @@ class Agent:
         self._telemetry_transport: HttpsTransport | None = None
         self.recorder: Recorder | None = None
         self.last_contact: float | None = None  # unix time of the last check-in the control plane answered
+        self.last_refused = False  # the last error was the server's answer (it is reachable), not the link
         self.shipper: Shipper | None = None
         self._reported_phase: str | None = None
         self.manifests = (ManifestSync(settings.kubernetes, settings.kubeconfig, settings.kubernetes_git_dir,
@@ -681,6 +682,7 @@ class Agent:
                 hint = refusal_hint(exc, has_tpm=attestor is not None)
                 repeated = self.last_error == str(exc) + hint
                 self.last_error = str(exc) + hint  # the technician's page shows it too
+                self.last_refused = isinstance(exc, ServerRefused)
                 delay = max(backoff.next_delay(), exc.retry_after if isinstance(exc, Throttled) else 0.0)
                 # The same failure again and again (a quarantined device, a long outage) is
                 # logged once, then at debug level: edge disks and links are small.
@@ -881,7 +883,7 @@ class Agent:
             "history": [] if report is None else [e.model_dump(mode="json") for e in reversed(report.events)],
             "health_checks": [] if report is None else report.health_checks,
             "attested": self.attested, "checkins": self.checkins, "last_contact": self.last_contact,
-            "last_error": self.last_error,
+            "last_error": self.last_error, "last_refused": self.last_refused,
             "telemetry": None if figures is None else {
                 "queued": figures.queued, "bytes": figures.bytes, "dropped": figures.dropped,
                 "oldest_age_seconds": figures.oldest_age_seconds,

@@ -42,11 +42,11 @@ class LinuxHost:
         return {k: v.strip().strip('"') for k, _, v in (line.partition("=") for line in lines if "=" in line)}
 
     def os_version(self) -> str | None:
-        fields = self._os_release()
-        for key in ("IMAGE_VERSION", "VERSION_ID", "VERSION"):
-            if key in fields:
-                return fields[key][:128]
-        return None
+        """The release the image names (``IMAGE_VERSION``, which edgefleet images set); None
+        on a host no image of ours booted: its distribution's version (Debian's "12") is not
+        a release, and reporting it made the technician's page say "Release running 12"."""
+        version = self._os_release().get("IMAGE_VERSION")
+        return version[:128] if version else None
 
     def release_counter(self) -> int:
         value = self._os_release().get("EDGEFLEET_RELEASE_COUNTER", "0")
