@@ -84,7 +84,7 @@ def source_tree() -> Path:
 
 
 def install_agent(root: Path, wheels: Path, files: list[Path]) -> None:
-    """Install the wheels and edgefleet's device ``files`` (``device_files``, relative to
+    """Install the wheels and edgefleet's device ``files`` (``closure.closure_files``, relative to
     ``source_tree()``) under /opt/edgefleet/lib with compiled bytecode (the root is
     read-only on the device, so nothing can be compiled there)."""
     target = root / AGENT_LIB

@@ -248,7 +248,9 @@ class AttestationService:
             log.warning("attestation of %s FAILED, device quarantined: %s", device_id, "; ".join(verdict.failures))
             if not was_quarantined:
                 self.metrics.quarantines.inc()
-                await self._audit("quarantine", device_id, {"release": release, "failures": list(verdict.failures)})
+                if self.audit is not None:
+                    await self.audit.record("attestation", "quarantine", subject=device_id,
+                                            details={"release": release, "failures": list(verdict.failures)})
         return verdict.passed
 
     def gate(self, auth: DeviceAuth) -> None:
@@ -271,14 +273,6 @@ class AttestationService:
     def fresh(self, auth: DeviceAuth) -> bool:
         max_age = timedelta(seconds=self.settings.attestation_max_age_seconds)
         return auth.attested_at is not None and self.clock.now() - auth.attested_at <= max_age
-
-    async def _audit(self, action: str, device_id: str, details: dict[str, Any]) -> None:
-        if self.audit is None:
-            return
-        try:
-            await self.audit.record("attestation", action, subject=device_id, details=details)
-        except StoreError as exc:
-            log.error("audit row not written for the %s of %s: %s", action, device_id, exc.message)
 
     async def release_quarantine(self, device_id: str) -> None:
         async with self.db.transaction() as conn:

@@ -49,8 +49,9 @@ class AuditLog:
 
     async def record(self, actor: str, action: str, *, subject: str | None = None, source: str | None = None,
                      outcome: str = "ok", details: Mapping[str, Any] | None = None) -> None:
-        """Append one row after the newest. Raises StoreError when the database fails (the
-        caller logs it: an action already done is not undone for want of its row)."""
+        """Append one row after the newest. When the database fails the row is lost and an
+        error is logged, naming it: an action already done is not undone for want of its
+        row, and no caller has anything better to do."""
         fields = {"at": self.clock.now(), "actor": actor[:128], "source": source, "action": action[:128],
                   "subject": None if subject is None else subject[:256], "outcome": outcome[:32],
                   "details": json.loads(json.dumps(dict(details or {}), default=str))}
@@ -60,7 +61,9 @@ class AuditLog:
                 return
             except StoreError as exc:  # another process took the same seq first: chain after it
                 if exc.code != "integrity_error" or attempt == 19:
-                    raise
+                    log.error("audit row not written (%s %s on %s by %s): %s", action, outcome, subject, actor,
+                              exc.message)
+                    return
 
     def _append(self, conn: Connection, fields: dict[str, Any]) -> None:
         seq, prev = last_link(conn)
@@ -125,13 +128,9 @@ class AuditTrail:
         subject = (str(next(iter(params.values()))) if len(params) == 1
                    else ",".join(f"{k}={v}" for k, v in sorted(params.items())) or None)
         client = scope.get("client")
-        try:
-            await self.audit.record(
-                getattr(principal, "name", "anonymous"), f"{scope['method']} {getattr(route, 'path', scope['path'])}",
-                subject=subject, source=client[0] if client else None,
-                outcome="ok" if status < 400 else f"refused {status}",
-                details={"status": status, "token_id": getattr(principal, "token_id", None),
-                         "role": str(getattr(principal, "role", "")) or None})
-        except StoreError as exc:
-            log.error("audit row not written for %s %s by %s: %s", scope["method"], scope["path"],
-                      getattr(principal, "name", "anonymous"), exc.message)
+        await self.audit.record(
+            getattr(principal, "name", "anonymous"), f"{scope['method']} {getattr(route, 'path', scope['path'])}",
+            subject=subject, source=client[0] if client else None,
+            outcome="ok" if status < 400 else f"refused {status}",
+            details={"status": status, "token_id": getattr(principal, "token_id", None),
+                     "role": str(getattr(principal, "role", "")) or None})

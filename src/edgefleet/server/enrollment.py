@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
-from typing import Any
 
 from edgefleet.credentials import TokenKind, parse_token
 from edgefleet.errors import Conflict, Forbidden, StoreError, Unauthenticated
@@ -88,7 +87,8 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
             reason = await why_bootstrap_refused(conn, token, now)
         exc.message = f"bootstrap token {token.id} refused: {reason}"
         if reason != "unknown token id":  # a real token misused (spent, revoked, guessed secret): recorded
-            await _audit(state, inventory.hardware_id, "refused", {"token_id": token.id, "reason": reason})
+            await state.audit.record("enrollment", "enroll", subject=inventory.hardware_id, outcome="refused",
+                                     details={"token_id": token.id, "reason": reason})
         raise
     except StoreError as exc:
         # A concurrent enrollment of the same hardware id lost the race on the unique index.
@@ -100,15 +100,9 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
         state.metrics.enrollments.labels("refused").inc()
         raise
     state.metrics.enrollments.labels("enrolled").inc()
-    await _audit(state, device_id, "ok", {"token_id": token.id, "site": inventory.site, "kind": claimed.kind,
-                                           "hardware_id": inventory.hardware_id})
+    await state.audit.record("enrollment", "enroll", subject=device_id,
+                             details={"token_id": token.id, "site": inventory.site, "kind": claimed.kind,
+                                      "hardware_id": inventory.hardware_id})
     log.info("enrolled %s (hardware %s, site %s) with token %s", device_id, inventory.hardware_id,
              inventory.site, token.id)
     return EnrollResponse(device_id=device_id, certificate_pem=cert_pem.decode(), ca_pem=state.ca.cert_pem.decode())
-
-
-async def _audit(state: ServerState, subject: str, outcome: str, details: dict[str, Any]) -> None:
-    try:
-        await state.audit.record("enrollment", "enroll", subject=subject, outcome=outcome, details=details)
-    except StoreError as exc:
-        log.error("audit row not written for the enrollment of %s: %s", subject, exc.message)

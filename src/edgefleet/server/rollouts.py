@@ -54,6 +54,7 @@ log = logging.getLogger("edgefleet.server.rollouts")
 LEADER_LOCK = 7235915  # pg advisory lock key of the rollout controller
 FOLLOW_EVERY = 5  # ticks between steps of a completed rollout
 PREVIEW_LISTED = 200  # device ids listed per wave in a preview (the count is whole)
+PLANNED_FOR = 5.0  # seconds a rollout's planned waves are reused by the views that poll it
 FOLLOWED = 20  # completed rollouts followed at most (the newest per selection)
 PACE = 4.0  # the controller rests at least this many times its last step's duration...
 MAX_REST = 10.0  # ...but never longer than this (news from other processes waits for the step)
@@ -202,6 +203,8 @@ class RolloutController:
     _ticks: int = 0
     _known: dict[str, Known] = field(default_factory=dict)
     _looks: Looks = field(default_factory=dict)
+    # rollout id -> (monotonic time, its waves' planned devices): see ``with_planned``
+    _planned: dict[str, tuple[float, dict[int, list[str]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.leadership = Leadership(self.db)
@@ -249,34 +252,42 @@ class RolloutController:
         """Who each wave of ``request`` would take were it started now. Raises NotFound when
         the release is not published (as ``start`` would)."""
         await asyncio.to_thread(self.director.release_targets, request.release)
-        async with self.db.transaction(readonly=True) as conn:
-            devices = look(await rollout_devices(conn), self.presence, {})[0]
-        observations = [d.observation for d in devices if _selected(d, request.selector, request.group)]
-        planned = planned_waves(spec_from_request(request), State(), observations, self.clock.now())
-        return RolloutPreview(matched=len(observations), waves=[
+        matched, planned = await self._plan_ahead(request, State())
+        return RolloutPreview(matched=matched, waves=[
             RolloutWavePreview(wave=n + 1, count=len(ids), devices=ids[:PREVIEW_LISTED])
             for n, ids in sorted(planned.items())])
 
     async def with_planned(self, view: RolloutView) -> RolloutView:
         """``view`` with who each wave not started yet would take now, while the rollout can
-        still go on (running, baking, waiting for approval, paused or halted)."""
+        still go on (running, baking, waiting for approval, paused or halted). The plan
+        reads the whole fleet, so it is kept ``PLANNED_FOR`` seconds: the dashboard and
+        ``rollout watch`` poll a view every second or two, and the view itself is cached
+        (``RolloutViews``) so that polling costs next to nothing."""
         if view.status in (Status.COMPLETED, Status.ABORTED) or view.wave >= len(view.waves):
             return view
-        async with self.db.transaction(readonly=True) as conn:
-            row = await get_rollout(conn, view.id)
-            devices = look(await rollout_devices(conn), self.presence, {})[0]
-        if row is None:
-            return view
-        request = request_of(row.spec)
-        if workloads_of(row.spec) is not None:
-            return view
-        observations = [d.observation for d in devices if _selected(d, row.selector, request.group)]
-        planned = planned_waves(spec_from_request(request), state_from_json(row.state), observations,
-                                self.clock.now())
+        kept = self._planned.get(view.id)
+        if kept is None or self.clock.monotonic() - kept[0] >= PLANNED_FOR:
+            async with self.db.transaction(readonly=True) as conn:
+                row = await get_rollout(conn, view.id)
+            planned: dict[int, list[str]] = {}
+            if row is not None and workloads_of(row.spec) is None:
+                planned = (await self._plan_ahead(request_of(row.spec), state_from_json(row.state)))[1]
+            now = self.clock.monotonic()
+            self._planned = {k: v for k, v in self._planned.items() if now - v[0] < PLANNED_FOR}
+            kept = self._planned[view.id] = (now, planned)
+        planned = kept[1]
+        # Only the waves not started yet (one may have started since the plan was kept).
         waves = [wave.model_copy(update={"planned_count": len(planned[wave.wave - 1]),
                                          "planned": planned[wave.wave - 1][:PREVIEW_LISTED]})
-                 if wave.wave - 1 in planned else wave for wave in view.waves]
+                 if wave.wave > view.wave and wave.wave - 1 in planned else wave for wave in view.waves]
         return view.model_copy(update={"waves": waves})
+
+    async def _plan_ahead(self, request: RolloutRequest, state: State) -> tuple[int, dict[int, list[str]]]:
+        """How many devices ``request`` selects now, and who each wave after ``state``'s would take."""
+        async with self.db.transaction(readonly=True) as conn:
+            devices = look(await rollout_devices(conn), self.presence, {})[0]
+        observations = [d.observation for d in devices if _selected(d, request.selector, request.group)]
+        return len(observations), planned_waves(spec_from_request(request), state, observations, self.clock.now())
 
     async def from_git(self, groups: Mapping[str, GroupSpec], commit: str) -> list[str]:
         """Start a rollout for each group whose release in the accepted fleet repository has
@@ -367,10 +378,7 @@ class RolloutController:
         if verb == "abort" and revert:
             await self._revert(row)
         self._wake.set()
-        async with self.db.transaction(readonly=True) as conn:
-            fresh = await get_rollout(conn, rollout_id)
-        assert fresh is not None
-        return fresh
+        return await self._fresh(rollout_id)
 
     async def _revert_aborted(self, rollout_id: str, who: str) -> RolloutRow:
         async with self.db.transaction(readonly=True) as conn:
@@ -383,6 +391,10 @@ class RolloutController:
         async with self.db.transaction() as conn:
             await add_events(conn, rollout_id, [("revert", None, f"{who}: revert")], self.clock.now())
         await self._revert(row)
+        return await self._fresh(rollout_id)
+
+    async def _fresh(self, rollout_id: str) -> RolloutRow:
+        """The rollout as stored now, after a verb (a rollout is never deleted)."""
         async with self.db.transaction(readonly=True) as conn:
             fresh = await get_rollout(conn, rollout_id)
         assert fresh is not None

@@ -214,7 +214,7 @@ async def rollouts(request: Request) -> HTMLResponse:
 @router.get("/rollouts/new")
 async def new_rollout(request: Request) -> HTMLResponse:
     """The form that starts a rollout, with a preview of who each wave takes."""
-    who = await _operator(request, "start a rollout")
+    who = await _allowed(request, Role.OPERATOR, "starting a rollout")
     return await _new_rollout_page(request, who, NewRollout())
 
 
@@ -226,7 +226,7 @@ async def new_rollout_post(request: Request, release: Annotated[str, Form(max_le
                            approval: Annotated[bool, Form()] = False,
                            action: Annotated[Literal["preview", "start"], Form()] = "preview") -> Response:
     """Preview (nothing starts) or start; a refusal shows on the form, which keeps what was typed."""
-    who = await _operator(request, "start a rollout")
+    who = await _allowed(request, Role.OPERATOR, "starting a rollout")
     typed = NewRollout(release, selector, waves, failure_threshold, approval)
     state = server_state(request)
     try:
@@ -263,10 +263,11 @@ class NewRollout:
     approval: bool = False
 
 
-async def _operator(request: Request, what: str) -> AdminPrincipal:
+async def _allowed(request: Request, needed: Role, what: str) -> AdminPrincipal:
+    """The session's operator, if its role may do ``what`` (Forbidden otherwise)."""
     who = await _who(request)
-    if not who.role.allows(Role.OPERATOR):
-        raise Forbidden(f"{who.name} has role {who.role}: viewers cannot {what}", code="insufficient_role")
+    if not who.role.allows(needed):
+        raise Forbidden(f"{who.name} has role {who.role}: {what} needs {needed}", code="insufficient_role")
     return who
 
 
@@ -296,7 +297,7 @@ async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 @router.post("/rollouts/{rollout_id}/{verb}")
 async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")],
                   verb: Literal["approve", "pause", "resume", "abort", "abort-revert", "revert"]) -> Response:
-    who = await _operator(request, verb)
+    who = await _allowed(request, Role.OPERATOR, verb)
     if verb.startswith("abort"):
         await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=verb == "abort-revert")
     else:
@@ -309,9 +310,7 @@ async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 async def device_verb(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")],
                       verb: Literal["release-quarantine", "decommission"]) -> Response:
     """An admin's verbs on a device (the page asks before it posts them)."""
-    who = await _who(request)
-    if not who.role.allows(Role.ADMIN):
-        raise Forbidden(f"{who.name} has role {who.role}: only an admin may {verb}", code="insufficient_role")
+    who = await _allowed(request, Role.ADMIN, verb)
     state = server_state(request)
     if verb == "decommission":
         await decommission(state, device_id)
