@@ -16,7 +16,7 @@ import httpcore
 import httpx
 import pytest
 
-from edgefleet.util.cancelsafe import CancelSafeBackend, cancel_safe_transport
+from edgefleet.util.cancelsafe import CancelSafeBackend, CancelSafeTransport
 
 
 class SilentPeer:
@@ -70,7 +70,7 @@ def run_and_expect_every_socket_closed(peer: SilentPeer, scenario: Callable[[], 
 
 def test_a_request_cancelled_during_the_tls_handshake_closes_its_socket(peer: SilentPeer) -> None:
     async def scenario() -> None:
-        transport = cancel_safe_transport(verify=ssl.create_default_context())
+        transport = CancelSafeTransport(verify=ssl.create_default_context())
         async with httpx.AsyncClient(transport=transport) as client:
             request = asyncio.create_task(client.get(f"https://127.0.0.1:{peer.port}/"))
             assert await asyncio.to_thread(peer.connected.wait, 5)
@@ -108,5 +108,23 @@ def test_a_connect_cancelled_as_it_succeeds_closes_its_socket(peer: SilentPeer) 
         attempt.cancel()
         assert (await asyncio.gather(attempt, return_exceptions=True))[0].__class__ is asyncio.CancelledError
         await asyncio.sleep(0.5)  # the connect ends by itself, and closes what nobody uses
+
+    run_and_expect_every_socket_closed(peer, scenario)
+
+
+def test_a_transport_closed_while_a_cancelled_connect_runs_on_waits_for_it_and_closes_its_socket(
+        peer: SilentPeer) -> None:
+    async def scenario() -> None:
+        connected = asyncio.Event()
+        transport = CancelSafeTransport()
+        transport.backend = CancelSafeBackend(_ConnectsThenWaits(connected))
+        transport._pool._network_backend = transport.backend
+        async with httpx.AsyncClient(transport=transport) as client:
+            request = asyncio.create_task(client.get(f"http://127.0.0.1:{peer.port}/"))
+            await connected.wait()
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+        # The loop ends right here: had the close not waited for the connect, the loop's
+        # end would cancel it, and its socket would be left to the garbage collector.
 
     run_and_expect_every_socket_closed(peer, scenario)

@@ -46,20 +46,13 @@ class _Stream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-_closing: set[asyncio.Task[None]] = set()  # closes of unused streams, kept until done
-
-
-def _close_unused(attempt: asyncio.Future[httpcore.AsyncNetworkStream]) -> None:
-    if attempt.cancelled() or attempt.exception() is not None:  # nothing connected (the error is the caller's no more)
-        return
-    closing = asyncio.ensure_future(attempt.result().aclose())
-    _closing.add(closing)
-    closing.add_done_callback(_closing.discard)
-
-
 class CancelSafeBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
         self._inner = inner
+        # Connects whose caller was cancelled, and closes of what they connected: they run
+        # on until ``settle``, which the transport's ``aclose`` awaits. A loop that ended
+        # with one still running would cancel it, and leave its socket to the collector.
+        self._abandoned: set[asyncio.Future[typing.Any]] = set()
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
@@ -69,8 +62,23 @@ class CancelSafeBackend(httpcore.AsyncNetworkBackend):
         try:
             return _Stream(await asyncio.shield(attempt))
         except BaseException:
-            attempt.add_done_callback(_close_unused)
+            self._abandoned.add(attempt)
+            attempt.add_done_callback(self._close_unused)
             raise
+
+    def _close_unused(self, attempt: asyncio.Future[httpcore.AsyncNetworkStream]) -> None:
+        self._abandoned.discard(attempt)
+        if attempt.cancelled() or attempt.exception() is not None:  # nothing connected
+            return
+        closing = asyncio.ensure_future(attempt.result().aclose())
+        self._abandoned.add(closing)
+        closing.add_done_callback(self._abandoned.discard)
+
+    async def settle(self) -> None:
+        """Until every abandoned connect has ended and what it connected is closed. Being
+        cancelled here cancels none of them."""
+        while self._abandoned:
+            await asyncio.wait(set(self._abandoned))
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: typing.Iterable[typing.Any] | None = None,
@@ -81,9 +89,21 @@ class CancelSafeBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def cancel_safe_transport(**options: typing.Any) -> httpx.AsyncHTTPTransport:
-    """``httpx.AsyncHTTPTransport(**options)`` whose connections close when cancelled."""
-    transport = httpx.AsyncHTTPTransport(**options)
-    pool = transport._pool  # httpx offers no other way to choose httpcore's network backend
-    pool._network_backend = CancelSafeBackend(pool._network_backend)
-    return transport
+class CancelSafeTransport(httpx.AsyncHTTPTransport):
+    """``httpx.AsyncHTTPTransport`` whose connections close when cancelled; once ``aclose``
+    returns, no socket it opened is left open, not even one a cancelled connect made."""
+
+    def __init__(self, **options: typing.Any) -> None:
+        super().__init__(**options)
+        pool = self._pool  # httpx offers no other way to choose httpcore's network backend
+        self.backend = CancelSafeBackend(pool._network_backend)
+        pool._network_backend = self.backend
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.backend.settle()
+
+    async def __aexit__(self, *exc_info: typing.Any) -> None:  # ``async with`` closes without ``aclose``
+        await super().__aexit__(*exc_info)
+        await self.backend.settle()
+

@@ -32,7 +32,7 @@ from edgefleet.protocol.v1 import (
     StatusReport,
     WorkloadToken,
 )
-from edgefleet.util.cancelsafe import cancel_safe_transport
+from edgefleet.util.cancelsafe import CancelSafeTransport
 from edgefleet.util.http import checked
 from edgefleet.web.tls import tls_context
 
@@ -85,7 +85,7 @@ class HttpsTransport:
             # The agent drops an idle connection before the server would (it keeps them 120 s
             # by default): a request never races the server closing the connection under it.
             # Requests are cancelled whenever the agent stops: no socket may outlive that.
-            transport=cancel_safe_transport(verify=context, limits=httpx.Limits(
+            transport=CancelSafeTransport(verify=context, limits=httpx.Limits(
                 max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS)),
         )
 
