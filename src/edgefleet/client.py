@@ -18,6 +18,7 @@ from edgefleet.protocol.v1 import (
     DesiredState,
     DeviceList,
     DeviceView,
+    RevokeResult,
     UpdateHistory,
 )
 from edgefleet.util.http import checked
@@ -83,6 +84,11 @@ class AdminClient:
 
     def decommission(self, device_id: str) -> None:
         self._call("DELETE", f"/api/v1/admin/devices/{device_id}")
+
+    def revoke(self, device_id: str, reason: str) -> RevokeResult:
+        result: RevokeResult = self._call("POST", f"/api/v1/admin/devices/{device_id}/revoke", RevokeResult,
+                                          json={"reason": reason})
+        return result
 
     def release_quarantine(self, device_id: str) -> None:
         self._call("POST", f"/api/v1/admin/devices/{device_id}/release-quarantine")

@@ -89,13 +89,31 @@ def release_quarantine(device_id: DeviceId, server: ServerUrl, token: AdminToken
     typer.echo(f"{device_id} released from quarantine: it attests again at its next check-in", err=True)
 
 
+@app.command("revoke")
+def revoke(
+    device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the audit trail (one printable line).")] = (
+        "revoked by an operator"),
+    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking.")] = False,
+) -> None:
+    """Revoke a device's certificate (role admin): the control plane refuses it at once,
+    every hub from its next sync of the fleet's revocation list, offline too. The device
+    stays listed, as revoked."""
+    if not yes and not typer.confirm(f"revoke {device_id}? the control plane and its hubs stop accepting it"):
+        raise typer.Exit(1)
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        result = client.revoke(device_id, reason)
+    typer.echo(f"{device_id}: certificate {result.serial} revoked", err=True)
+
+
 @app.command("decommission")
 def decommission(
     device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
     yes: Annotated[bool, typer.Option("--yes", help="Do it without asking.")] = False,
 ) -> None:
-    """Forget a device (role admin): its certificate stops working at once, on every server
-    process; its director metadata and update history are deleted."""
+    """Forget a device (role admin): its certificate is revoked (on every server process at
+    once, on hubs from their next sync); its director metadata and update history are
+    deleted."""
     if not yes and not typer.confirm(f"decommission {device_id}? its certificate stops working at once"):
         raise typer.Exit(1)
     with shown_errors(), AdminClient(server, token, ca_file) as client:

@@ -74,6 +74,13 @@ class HubCollector(Collector):
         for name in self.hub.exporters():
             rejected.add_metric([name], self.hub.rejected.get(name, 0))
         yield rejected
+        number = self.hub.revocations.number
+        yield GaugeMetricFamily("edgefleet_hub_revocation_list_number",
+                                "CRL number of the fleet revocation list the hub enforces (-1: none yet)",
+                                value=-1 if number is None else number)
+        yield CounterMetricFamily("edgefleet_hub_revocation_lists_refused",
+                                  "Revocation lists refused since start (bad signature, replay)",
+                                  value=self.hub.crl_refused)
         mirror = self.hub.mirror
         if mirror is not None:
             requests = CounterMetricFamily("edgefleet_hub_mirror_requests", "Repository requests served",
@@ -83,11 +90,15 @@ class HubCollector(Collector):
             yield requests
 
 
-def _device(request: Request, device_id: str) -> DeviceCertificate:
+def _device(hub: Hub, request: Request, device_id: str) -> DeviceCertificate:
     tls = request.scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_chain"):
         raise Unauthenticated("client certificate required", code="client_cert_required")
     identity = device_identity_from_pem(tls["client_cert_chain"][0])  # TLS verified it against the fleet CA
+    if hub.revocations.is_revoked(identity.serial):
+        hub.refused["revoked"] = hub.refused.get("revoked", 0) + 1
+        raise Unauthenticated(f"certificate {identity.serial} of {identity.device_id} was revoked",
+                              code="certificate_revoked")
     if identity.device_id != device_id:
         raise Forbidden(f"certificate of {identity.device_id} cannot ship for {device_id}", code="wrong_device")
     return identity
@@ -114,7 +125,7 @@ def create_hub_app(hub: Hub) -> FastAPI:
     @app.post("/api/v1/devices/{device_id}/telemetry")
     async def ship(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
                    ) -> TelemetryAck:
-        identity = _device(request, device_id)
+        identity = _device(hub, request, device_id)
         batch = parse_batch(await request.body(), request.headers.get("content-encoding", ""))
         if batch.site is not None and batch.site != identity.site:  # its certificate says where it is
             hub.refused["wrong_site"] = hub.refused.get("wrong_site", 0) + 1

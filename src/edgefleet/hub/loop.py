@@ -32,6 +32,7 @@ from edgefleet import __version__
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, TransportError
 from edgefleet.hub import loki, otlp
 from edgefleet.hub.mirror import MirrorCache
+from edgefleet.hub.revocations import RevocationKeeper
 from edgefleet.hub.store import HubStore, RawRecord
 from edgefleet.hub.summary import summarise
 from edgefleet.pki import make_csr, new_device_key
@@ -73,6 +74,7 @@ class HubSettings(BaseSettings):
     backoff_initial_seconds: float = Field(1.0, gt=0)
     backoff_max_seconds: float = Field(300.0, gt=0)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    revocation_sync_seconds: float = Field(60.0, gt=0, description="how often the fleet's revocation list is pulled")
     local_ui_token_file: Path | None = Field(None, description="the page for the site's technicians at /site/")
 
 
@@ -91,7 +93,10 @@ class Hub:
         self.shipper: Shipper | None = None
         self._transport: HttpsTransport | None = None
         self._client = httpx.AsyncClient(timeout=settings.request_timeout_seconds)
+        self._upstream: httpx.AsyncClient | None = None  # mTLS as the hub: the mirror, the revocation list
         self.mirror: MirrorCache | None = None
+        self.revocations = RevocationKeeper(data / "revocations.crl", settings.ca_file)
+        self.crl_refused = 0  # revocation lists refused since start (bad signature, replay)
 
     # -- identity ---------------------------------------------------------------------
 
@@ -144,12 +149,12 @@ class Hub:
                                backoff_initial_seconds=settings.backoff_initial_seconds,
                                backoff_max_seconds=settings.backoff_max_seconds, rng=self.rng)
         ssl_context = tls_context(settings.ca_file, ident / "cert.pem", ident / "key.pem", system_cas=True)
+        self._upstream = httpx.AsyncClient(verify=ssl_context, timeout=settings.request_timeout_seconds)
         self.mirror = MirrorCache(settings.data_dir / "mirror", f"{settings.server_url.rstrip('/')}/repository",
-                                  httpx.AsyncClient(verify=ssl_context, timeout=settings.request_timeout_seconds),
-                                  settings.cache_max_bytes)
+                                  self._upstream, settings.cache_max_bytes)
 
     async def close(self) -> None:
-        for client in (self._transport, self.mirror.client if self.mirror else None, self._client):
+        for client in (self._transport, self._upstream, self._client):
             if client is not None:
                 await client.aclose()
         await asyncio.to_thread(self.upstream.close)
@@ -271,6 +276,36 @@ class Hub:
                 log.warning("%s export failed, retrying in %.1fs: %s", name, delay, exc)
             await pause(stop, delay)
 
+    # -- the fleet's revocation list ----------------------------------------------------
+
+    async def sync_revocations(self) -> bool:
+        """Pull the fleet's CRL once; True when a newer list was kept.
+
+        Raises TransportError (upstream unreachable or answering an error) or InvalidRequest
+        (a list the fleet CA did not sign, or a replay of an older one: nothing changes).
+        """
+        assert self._upstream is not None
+        url = f"{self.settings.server_url.rstrip('/')}/api/v1/revocations.crl"
+        try:
+            response = await self._upstream.get(url)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"GET {url}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise TransportError(f"GET {url}: HTTP {response.status_code}")
+        return await asyncio.to_thread(self.revocations.accept, response.content)
+
+    async def _sync_revocations(self, stop: asyncio.Event) -> None:
+        while True:
+            try:
+                await self.sync_revocations()
+            except InvalidRequest as exc:
+                self.crl_refused += 1
+                log.error("revocation list refused, the hub keeps list %s: %s", self.revocations.number, exc)
+            except TransportError as exc:
+                log.warning("revocation list not synced, the hub keeps list %s: %s", self.revocations.number, exc)
+            if await pause(stop, self.settings.revocation_sync_seconds):
+                return
+
     # -- retention --------------------------------------------------------------------
 
     def prune_once(self, now: float) -> int:
@@ -292,7 +327,8 @@ class Hub:
         assert self.shipper is not None
         tasks = [asyncio.create_task(self.shipper.run(stop), name="hub-ship"),
                  asyncio.create_task(self._summarise(stop), name="hub-summarise"),
-                 asyncio.create_task(self._prune(stop), name="hub-prune")]
+                 asyncio.create_task(self._prune(stop), name="hub-prune"),
+                 asyncio.create_task(self._sync_revocations(stop), name="hub-revocations")]
         tasks += [asyncio.create_task(self._follow(name, kinds, push, stop), name=f"hub-{name}")
                   for name, (kinds, push) in self.exporters().items()]
         await asyncio.gather(*tasks)

@@ -84,7 +84,7 @@ def create_ca(name: str, now: datetime, days: int = 3650) -> IssuedCertificate:
     return IssuedCertificate(_key_pem(key), _cert_pem(cert))
 
 
-def _load_ca(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = serialization.load_pem_private_key(ca.key_pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -117,7 +117,7 @@ def issue_server_certificate(
     ca: IssuedCertificate, names: list[str], now: datetime, days: int = 825
 ) -> IssuedCertificate:
     """Issue the control plane's TLS certificate for DNS names and IP addresses in ``names``."""
-    ca_cert, ca_key = _load_ca(ca)
+    ca_cert, ca_key = load_ca(ca)
     key = _new_key()
     alt: list[x509.GeneralName] = []
     for name in names:
@@ -183,7 +183,7 @@ def issue_device_certificate(
         InvalidRequest: the CSR is malformed, oversized, badly signed or uses a weak key.
     """
     csr = _parse_csr(csr_pem)
-    ca_cert, ca_key = _load_ca(ca)
+    ca_cert, ca_key = load_ca(ca)
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])

@@ -165,6 +165,7 @@ class DeviceView(Strict):
     attestation: dict[str, Any] | None = None
     update: dict[str, Any] | None = None  # the last reported UpdateReport, without its events
     workloads: list[WorkloadStatus] | None = None  # as the device last reported them
+    revoked: RevocationView | None = None  # its certificate is on the fleet's revocation list (shown one by one)
 
 
 class GitOpsCommitView(Strict):
@@ -394,6 +395,23 @@ class BootstrapTokenRequest(Strict):
     labels: Labels = {}
     ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
     kind: DeviceKind = "device"  # what enrolls with it
+
+
+class RevokeRequest(Strict):
+    # One printable line: it goes into logs and the audit trail.
+    reason: Annotated[str, StringConstraints(pattern=r"^[ -~]{1,256}$")] = "revoked by an operator"
+
+
+class RevocationView(Strict):
+    serial: str
+    reason: str
+    revoked_by: str
+    revoked_at: datetime
+
+
+class RevokeResult(Strict):
+    device_id: str
+    serial: str  # of the certificate now on the fleet's revocation list
 
 
 class BootstrapTokenCreated(Strict):

@@ -35,6 +35,7 @@ from edgefleet.server.nonces import ensure_secret_key
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
+from edgefleet.server.revocations import RevocationPublisher
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.routes import (
@@ -45,6 +46,7 @@ from edgefleet.server.routes import (
     gitops,
     health,
     repository,
+    revocations,
     rollouts,
     telemetry,
     tokens,
@@ -111,10 +113,11 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     controller = RolloutController(db, clock, director, alerts, presence, metrics, settings.rollout_tick_seconds,
                                    settings.attestation_required)
     audit_log = AuditLog(db, clock, ensure_secret_key(settings.data_dir / "keys" / "audit.key"))
+    ca = settings.pki.load_ca()
     state = ServerState(
         settings=settings,
         db=db,
-        ca=settings.pki.load_ca(),
+        ca=ca,
         clock=clock,
         metrics=metrics,
         presence=presence,
@@ -128,6 +131,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
                                 timedelta(seconds=settings.workload_token_seconds)),
         alerts=alerts,
         audit=audit_log,
+        revocations=RevocationPublisher(db, ca, clock),
         gitops=GitOpsService(settings, db, clock, metrics, alerts, repository_service, director, controller),
         rollouts=controller,
         rollout_views=RolloutViews(db, controller.decoded),
@@ -187,6 +191,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(audit.router)
     app.include_router(tokens.router)
     app.include_router(repository.router)
+    app.include_router(revocations.router)
     app.include_router(attestation.router)
     app.include_router(gitops.router)
     app.include_router(rollouts.router)

@@ -82,7 +82,7 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
 
     Raises:
         Unauthenticated: no certificate, not a device certificate, device unknown or
-            decommissioned, or the certificate was superseded by a newer enrollment.
+            decommissioned, the certificate was superseded by a newer enrollment or revoked.
         Forbidden: a valid device certificate for another device.
         RateLimited: the device sends more than its rate limit allows.
     """
@@ -100,6 +100,8 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
     if auth.cert_serial != identity.serial:
         raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded", code="stale_certificate")
+    if auth.revoked:
+        raise Unauthenticated(f"certificate {identity.serial} of {device_id} was revoked", code="certificate_revoked")
     return AuthenticatedDevice(device_id, auth.desired_version, auth, identity.site)
 
 

@@ -21,6 +21,7 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
+from edgefleet.server.revocations import RevocationPublisher
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.settings import ServerSettings
@@ -46,6 +47,7 @@ class ServerState:
     workload: WorkloadIssuer
     alerts: Alerts
     audit: AuditLog
+    revocations: RevocationPublisher
     gitops: GitOpsService
     rollouts: RolloutController
     rollout_views: RolloutViews

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.errors import InvalidRequest
 from edgefleet.protocol.typed_text import parse_pairs
-from edgefleet.protocol.v1 import DeviceList, DeviceView, HealthFinding
+from edgefleet.protocol.v1 import DeviceList, DeviceView, HealthFinding, RevocationView
 from edgefleet.server.presence import Presence
 from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import DeviceFilter, count_devices, list_devices
-from edgefleet.store.schema import AttestationStatus, Device
+from edgefleet.store.schema import AttestationStatus, Device, Revocation
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def attestation_state(status: AttestationStatus, fresh: Freshness | None) -> tup
 
 
 def device_view(device: Device, presence: Presence, status: AttestationStatus | None = None,
-                fresh: Freshness | None = None) -> DeviceView:
+                fresh: Freshness | None = None, revoked: Revocation | None = None) -> DeviceView:
     pending = presence.latest(device.id)
     last_seen = device.last_seen_at
     if pending is not None and (last_seen is None or pending > last_seen):
@@ -80,6 +80,9 @@ def device_view(device: Device, presence: Presence, status: AttestationStatus | 
         attestation=attestation_view(status, fresh),
         update=_update_view(device.status),
         workloads=(device.status or {}).get("workloads"),
+        revoked=None if revoked is None else RevocationView(serial=revoked.serial, reason=revoked.reason,
+                                                            revoked_by=revoked.revoked_by,
+                                                            revoked_at=revoked.revoked_at),
     )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange
+from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange, Revocation
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DeviceAuth:
     quarantined: bool = False
     tpm_identity: bool = False  # an active TPM identity (credential activated)
     attested_release: str | None = None  # the release its last verdict judged it against
+    revoked: bool = False  # its current certificate is on the fleet's revocation list
 
 
 async def insert_device(conn: AsyncConnection, **values: Any) -> None:
@@ -41,9 +42,10 @@ async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
 _AUTH = (
     select(Device.cert_serial, Device.desired_version, AttestationStatus.passed, AttestationStatus.attested_at,
            AttestationStatus.quarantined, AttestationStatus.release.label("attested_release"),
-           AttestationIdentity.state.label("identity_state"))
+           AttestationIdentity.state.label("identity_state"), Revocation.id.label("revocation"))
     .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
     .outerjoin(AttestationIdentity, AttestationIdentity.device_id == Device.id)
+    .outerjoin(Revocation, Revocation.serial == Device.cert_serial)
     .where(Device.id == bindparam("id"))
 )
 
@@ -56,7 +58,8 @@ def device_auth(conn: Connection, device_id: str) -> DeviceAuth | None:
 
 def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
     return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
-                      bool(row.quarantined), row.identity_state == "active", row.attested_release)
+                      bool(row.quarantined), row.identity_state == "active", row.attested_release,
+                      row.revocation is not None)
 
 
 _AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)

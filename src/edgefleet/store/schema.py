@@ -308,3 +308,20 @@ class AuditRow(Base):
     details: Mapped[dict[str, Any]]
     prev: Mapped[str] = mapped_column(String(64))
     digest: Mapped[str] = mapped_column(String(64))
+
+
+class Revocation(Base):
+    """A device certificate nobody may use again (``devices revoke``, decommission). The
+    fleet CA's CRL lists them and hubs refuse them, offline too. Append-only: the largest
+    ``id`` is the CRL's number, so every change gives a larger one."""
+
+    __tablename__ = "revocations"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(256))
+    revoked_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime]

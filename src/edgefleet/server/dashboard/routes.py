@@ -28,13 +28,14 @@ from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal
 from edgefleet.server.dashboard.charts import progress, progress_svg
-from edgefleet.server.lifecycle import decommission
+from edgefleet.server.lifecycle import decommission, revoke
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_filter, device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import get_device
 from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
+from edgefleet.store.revocations import revocation_of
 from edgefleet.store.rollouts import rollout_events
 from edgefleet.store.updates import update_history
 from edgefleet.ui import ago
@@ -153,10 +154,11 @@ async def device(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-
         if row is None:
             raise NotFound(f"device {device_id} not found")
         attested = await attestation_status(conn, device_id)
+        revoked = await revocation_of(conn, row.cert_serial)
         history = await update_history(conn, device_id, 30)
         drift = await drift_of(conn, device_id)
         telemetry = await recent_telemetry(conn, device_id, 30)
-    view = device_view(row, state.presence, attested, state.freshness())
+    view = device_view(row, state.presence, attested, state.freshness(), revoked)
     status = row.status or {}
     return _page(request, "device.html", who, device=view, history=history, drift=drift,
                  telemetry=[(r, _short(r.body)) for r in telemetry], workloads=status.get("workloads") or {},
@@ -308,14 +310,18 @@ async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 
 @router.post("/devices/{device_id}/{verb}")
 async def device_verb(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")],
-                      verb: Literal["release-quarantine", "decommission"]) -> Response:
+                      verb: Literal["release-quarantine", "revoke", "decommission"]) -> Response:
     """An admin's verbs on a device (the page asks before it posts them)."""
     who = await _allowed(request, Role.ADMIN, verb)
     state = server_state(request)
     if verb == "decommission":
-        await decommission(state, device_id)
+        await decommission(state, device_id, by=who.name)
         log.warning("%s (dashboard) decommissioned %s", who.name, device_id)
         return RedirectResponse("/ui/devices", status_code=303)
+    if verb == "revoke":
+        serial = await revoke(state, device_id, reason="revoked from the dashboard", by=who.name)
+        log.warning("%s (dashboard) revoked %s (certificate %s)", who.name, device_id, serial)
+        return RedirectResponse(f"/ui/devices/{device_id}", status_code=303)
     await state.attestation.release_quarantine(device_id)
     log.warning("%s (dashboard) released %s from quarantine", who.name, device_id)
     return RedirectResponse(f"/ui/devices/{device_id}", status_code=303)

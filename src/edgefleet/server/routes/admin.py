@@ -17,16 +17,20 @@ from edgefleet.protocol.v1 import (
     DeviceList,
     DeviceView,
     Name,
+    RevokeRequest,
+    RevokeResult,
     SetDesired,
     UpdateEvent,
     UpdateHistory,
 )
 from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.lifecycle import decommission as decommission_device
+from edgefleet.server.lifecycle import revoke as revoke_device
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_filter, device_list, device_view
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import desired_state, get_device
+from edgefleet.store.revocations import revocation_of
 from edgefleet.store.updates import update_history
 
 log = logging.getLogger("edgefleet.server")
@@ -57,9 +61,10 @@ async def device(_: Viewer, device_id: DeviceIdPath, request: Request) -> Device
     async with state.db.transaction() as conn:
         row = await get_device(conn, device_id)
         attested = await attestation_status(conn, device_id)
+        revoked = None if row is None else await revocation_of(conn, row.cert_serial)
     if row is None:
         raise NotFound(f"device {device_id} not found")
-    return device_view(row, state.presence, attested, state.freshness())
+    return device_view(row, state.presence, attested, state.freshness(), revoked)
 
 
 @router.get("/devices/{device_id}/updates")
@@ -120,6 +125,17 @@ async def assign(who: Operator, device_id: DeviceIdPath, body: AssignRelease, re
 @router.delete("/devices/{device_id}", status_code=204)
 async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) -> Response:
     """Forget a device; its certificate stops working at once."""
-    await decommission_device(server_state(request), device_id)
+    await decommission_device(server_state(request), device_id, by=who.name)
     log.info("%s decommissioned %s", who.name, device_id)
     return Response(status_code=204)
+
+
+@router.post("/devices/{device_id}/revoke")
+async def revoke(who: Admin, device_id: DeviceIdPath, body: RevokeRequest, request: Request) -> RevokeResult:
+    """Revoke the device's certificate: the control plane refuses it at once, every hub
+    from its next sync of the fleet's revocation list (and after a restart, offline too).
+    The device stays listed, as revoked; it enrolls again only with a new bootstrap token
+    and a new hardware identity, or after it is decommissioned."""
+    serial = await revoke_device(server_state(request), device_id, reason=body.reason, by=who.name)
+    log.warning("%s revoked %s (certificate %s): %s", who.name, device_id, serial, body.reason)
+    return RevokeResult(device_id=device_id, serial=serial)
