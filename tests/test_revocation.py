@@ -108,7 +108,8 @@ def test_the_fleet_crl_lists_revoked_and_decommissioned_certificates_and_its_num
     assert crl() == (number, serials)
     assert admin.delete(f"/api/v1/admin/devices/{second.id}").status_code == 204
     grown, both = crl()
-    assert grown > number and len(both) == 2
+    assert grown > number
+    assert len(both) == 2
     assert refused_for(second.client.get(f"/api/v1/devices/{second.id}/desired"))[0] == 401
     bad = admin.post(f"/api/v1/admin/devices/{first.id}/revoke", json={"reason": "two\nlines"})
     assert bad.status_code == 422  # a reason is one printable line: it goes into logs
@@ -125,7 +126,8 @@ def test_an_admin_revokes_from_the_dashboard_and_the_device_page_says_so(plane: 
         assert 'id="revoke"' in browser.get(f"/ui/devices/{device.id}").text
         assert browser.post(f"/ui/devices/{device.id}/revoke").status_code == 303
         page = browser.get(f"/ui/devices/{device.id}").text
-    assert 'id="revoked"' in page and "by test-admin: revoked from the dashboard" in page
+    assert 'id="revoked"' in page
+    assert "by test-admin: revoked from the dashboard" in page
     assert 'id="revoke"' not in page  # once is enough
     assert refused_for(device.client.get(f"/api/v1/devices/{device.id}/desired")) == (401, "certificate_revoked")
 
@@ -136,7 +138,8 @@ def test_a_list_another_ca_signed_an_older_list_or_a_truncated_one_changes_nothi
     keeper = RevocationKeeper(tmp_path / "revocations.crl", tmp_path / "ca.pem")
     newer = sign_crl(fleet, 2, [Revoked("1a2b", NOW), Revoked("3c4d", NOW)], NOW)
     assert keeper.accept(newer)
-    assert keeper.is_revoked("1a2b") and not keeper.is_revoked("5e6f")
+    assert keeper.is_revoked("1a2b")
+    assert not keeper.is_revoked("5e6f")
     for forged, code in ((sign_crl(other, 9, [], NOW), "bad_crl"),
                          (sign_crl(fleet, 1, [], NOW), "crl_rollback"),
                          (newer[:-10], "bad_crl"),
@@ -144,7 +147,9 @@ def test_a_list_another_ca_signed_an_older_list_or_a_truncated_one_changes_nothi
         with pytest.raises(InvalidRequest) as refused:
             keeper.accept(forged)
         assert refused.value.code == code
-        assert (tmp_path / "revocations.crl").read_bytes() == newer and keeper.number == 2
+        assert (tmp_path / "revocations.crl").read_bytes() == newer
+        assert keeper.number == 2
     assert not keeper.accept(sign_crl(fleet, 2, [], NOW))  # the same number: nothing new
     restarted = RevocationKeeper(tmp_path / "revocations.crl", tmp_path / "ca.pem")
-    assert restarted.number == 2 and restarted.is_revoked("3c4d")
+    assert restarted.number == 2
+    assert restarted.is_revoked("3c4d")
