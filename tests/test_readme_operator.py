@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from edgefleet.pki import make_csr, new_device_key
+from tests.test_telemetry_hub import free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -25,13 +25,6 @@ def operator_block() -> list[str]:
     section = README.read_text().split("## Running it for real\n", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_the_readmes_operator_commands_run_as_written(tmp_path: Path) -> None:
