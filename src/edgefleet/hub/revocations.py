@@ -17,12 +17,11 @@ log = logging.getLogger("edgefleet.hub")
 
 class RevocationKeeper:
     def __init__(self, path: Path, ca_file: Path) -> None:
-        self.path = path
-        self._ca_pem = ca_file.read_bytes()
+        self.path, self._ca_file = path, ca_file
         self.current: RevocationList | None = None
         if path.exists():
             try:
-                self.current = verify_crl(self._ca_pem, path.read_bytes())
+                self.current = verify_crl(ca_file.read_bytes(), path.read_bytes())
             except InvalidRequest as exc:  # kept by us, atomically: only tampering gets here
                 log.error("the stored revocation list %s is unusable, waiting for the next sync: %s", path, exc)
 
@@ -37,7 +36,7 @@ class RevocationKeeper:
             InvalidRequest: not a CRL the fleet CA signed (``bad_crl``), or older than the
                 list held (``crl_rollback``).
         """
-        fresh = verify_crl(self._ca_pem, der)
+        fresh = verify_crl(self._ca_file.read_bytes(), der)
         held = self.current
         if held is not None and fresh.number < held.number:
             raise InvalidRequest(f"revocation list {fresh.number} is older than list {held.number} the hub holds",
