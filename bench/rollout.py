@@ -120,7 +120,8 @@ async def start_plane(workdir: Path, devices: int, **env: str) -> Plane:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgefleet", "server", "--data-dir", str(settings.data_dir), "--port", str(port),
-        "--log-level", "warning", env={**os.environ, "EDGEFLEET_MAX_LONG_POLLS": str(devices + 100), **env})
+        "--log-level", "warning", env={**os.environ, "EDGEFLEET_MAX_LONG_POLLS": str(devices + 100),
+                                          "EDGEFLEET_EK_TRUST": "tofu", **env})  # swtpm: no vendor EK certificates
     plane = Plane(settings, admin, port, process)
     async with plane.client() as client:
         for _ in range(300):

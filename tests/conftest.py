@@ -34,7 +34,7 @@ TABLES = {"devices": "id", "bootstrap_tokens": "id", "admin_tokens": "id", "devi
           "director_state": "device_id", "attestation_identities": "device_id", "attestation_nonces": "nonce",
           "attestation_status": "device_id", "update_events": "device_id", "gitops_syncs": "name",
           "gitops_commits": "commit_sha", "alerts": "id", "drift_status": "device_id", "rollouts": "id",
-          "rollout_events": "id"}
+          "rollout_events": "id", "ek_approvals": "fingerprint", "revocations": "id"}
 
 
 def need(component: str, reason: str) -> None:
@@ -212,6 +212,9 @@ class Device:
 def start_fleet(tmp: Path, database: str | None, **overrides: Any) -> Fleet:
     # Most test devices have no TPM: the attestation gate is tested where they do.
     overrides.setdefault("attestation_required", False)
+    # Test TPMs are swtpm instances without a vendor's EK certificate: trusted on first use,
+    # set here as a lab would set it; the approval path is tested on its own.
+    overrides.setdefault("ek_trust", "tofu")
     # Test agents check in every 0.1 s; the production limit (2/s) is tested on its own.
     overrides.setdefault("device_rate_per_second", 50.0)
     overrides.setdefault("device_rate_burst", 200)

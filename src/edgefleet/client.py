@@ -18,6 +18,8 @@ from edgefleet.protocol.v1 import (
     DesiredState,
     DeviceList,
     DeviceView,
+    EkApprovalList,
+    EkApprovalView,
     RevokeResult,
     UpdateHistory,
 )
@@ -84,6 +86,17 @@ class AdminClient:
 
     def decommission(self, device_id: str) -> None:
         self._call("DELETE", f"/api/v1/admin/devices/{device_id}")
+
+    def ek_approvals(self, state: str = "pending") -> EkApprovalList:
+        result: EkApprovalList = self._call("GET", "/api/v1/admin/ek-approvals", EkApprovalList,
+                                            params={"state": state})
+        return result
+
+    def decide_ek(self, device_id: str, *, approve: bool, fingerprint: str | None = None) -> EkApprovalView:
+        verb = "approve" if approve else "reject"
+        result: EkApprovalView = self._call("POST", f"/api/v1/admin/devices/{device_id}/{verb}", EkApprovalView,
+                                            json={"fingerprint": fingerprint})
+        return result
 
     def revoke(self, device_id: str, reason: str) -> RevokeResult:
         result: RevokeResult = self._call("POST", f"/api/v1/admin/devices/{device_id}/revoke", RevokeResult,

@@ -969,6 +969,8 @@ def refusal_hint(exc: EdgefleetError, *, has_tpm: bool) -> str:
     code = exc.code if isinstance(exc, ServerRefused) else ""
     if code == "quarantined":
         return " (an operator releases it: edgefleet devices release-quarantine)"
+    if code == "ek_pending_approval":
+        return " (it attests once an operator approves its TPM: edgefleet devices pending, edgefleet devices approve)"
     if code == "attestation_required" and not has_tpm:
         return (" (the server requires attestation and this agent has no TPM: set tpm to its TCTI in the agent's "
                 "settings, e.g. tpm = \"device:/dev/tpmrm0\")")

@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, parse_labels, shown_errors
 from edgefleet.client import AdminClient
@@ -87,6 +88,55 @@ def release_quarantine(device_id: DeviceId, server: ServerUrl, token: AdminToken
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         client.release_quarantine(device_id)
     typer.echo(f"{device_id} released from quarantine: it attests again at its next check-in", err=True)
+
+
+@app.command("pending")
+def pending(
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    state: Annotated[str, typer.Option("--state", help="pending, approved, rejected or all.")] = "pending",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Devices whose TPM endorsement key waits for an operator (no EK certificate chaining
+    to the vendor CA bundle), with the facts to decide on (role operator)."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        result = client.ek_approvals(state)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{len(result.approvals)} endorsement keys ({state})")
+    table.add_column("device", no_wrap=True)
+    for column in ("hardware", "site", "type", "EK fingerprint", "state", "why", "asked"):
+        table.add_column(column, overflow="fold")
+    for a in result.approvals:
+        table.add_row(a.device_id, a.hardware_id or "", a.site or "", a.hardware_type or "", a.fingerprint,
+                      a.state + (f" by {a.decided_by}" if a.decided_by else ""), a.reason,
+                      a.requested_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+Fingerprint = Annotated[str | None, typer.Option(
+    "--fingerprint", help="The EK fingerprint you checked (sha256 hex, as `devices pending` shows); "
+    "without it, the device's newest pending request.")]
+
+
+@app.command("approve")
+def approve(device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
+            fingerprint: Fingerprint = None) -> None:
+    """Approve a device's pending TPM endorsement key (role admin): its next identity
+    request binds it, and it attests from then on."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        decided = client.decide_ek(device_id, approve=True, fingerprint=fingerprint)
+    typer.echo(f"{device_id}: EK {decided.fingerprint} approved", err=True)
+
+
+@app.command("reject")
+def reject(device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
+           fingerprint: Fingerprint = None) -> None:
+    """Reject a device's pending TPM endorsement key (role admin): it never binds an
+    identity with that TPM, so it gets no configuration or workload tokens."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        decided = client.decide_ek(device_id, approve=False, fingerprint=fingerprint)
+    typer.echo(f"{device_id}: EK {decided.fingerprint} rejected", err=True)
 
 
 @app.command("revoke")

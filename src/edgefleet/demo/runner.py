@@ -108,8 +108,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     out = console or default_console
     started = time.monotonic()
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    # The demo's devices have software or emulated TPMs without a vendor's EK certificate:
+    # trusted on first use, which the server logs as a lab setting.
     settings = ServerSettings(data_dir=data_dir, port=options.port, presence_flush_seconds=0.5,
-                              graceful_shutdown_seconds=5, log_level=options.log_level)
+                              graceful_shutdown_seconds=5, log_level=options.log_level, ek_trust="tofu")
     clock = SystemClock()
     init_server(settings, clock.now())
     admin_token = await create_admin_token(settings, name="demo-operator", role=Role.ADMIN, now=clock.now(),

@@ -402,6 +402,35 @@ class RevokeRequest(Strict):
     reason: Annotated[str, StringConstraints(pattern=r"^[ -~]{1,256}$")] = "revoked by an operator"
 
 
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class EkApprovalView(Strict):
+    """An endorsement key that was not accepted by itself (no EK certificate chaining to
+    the vendor CA bundle), and what an operator decided."""
+
+    device_id: str
+    fingerprint: str  # sha256 of the EK's TPMT_PUBLIC
+    state: Literal["pending", "approved", "rejected"]
+    reason: str  # why it was not accepted by itself
+    hardware_id: str | None = None
+    site: str | None = None
+    hardware_type: str | None = None
+    requested_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+
+class EkApprovalList(Strict):
+    approvals: list[EkApprovalView]
+
+
+class EkDecision(Strict):
+    # The EK the operator checked (against the device's label, a factory scan); without it,
+    # the device's newest pending request is decided.
+    fingerprint: Fingerprint | None = None
+
+
 class RevocationView(Strict):
     serial: str
     reason: str

@@ -157,6 +157,9 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
             await restore_self_heal(state.gitops)
             background.append(asyncio.create_task(state.gitops.run()))
         log.info("control plane ready on %s", state.db.backend)
+        if settings.ek_trust == "tofu":
+            log.warning("ek_trust = tofu: the first endorsement key each device presents is trusted, software TPMs "
+                        "included (labs and demos only; production: approval or vendor)")
         try:
             yield
         finally:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from edgefleet.attestation import reference
 from edgefleet.attestation.credential import credential_digest, make_credential
 from edgefleet.attestation.ekcert import load_vendor_pool, verify_ek_certificate
-from edgefleet.attestation.structures import ClockInfo, parse_public
+from edgefleet.attestation.structures import ClockInfo, PublicKey, parse_public
 from edgefleet.attestation.verifier import (
     Evidence,
     Policy,
@@ -32,7 +32,7 @@ from edgefleet.attestation.verifier import (
     verify_quote,
 )
 from edgefleet.clock import Clock
-from edgefleet.errors import ConfigError, Conflict, Forbidden, InvalidRequest, StoreError, Unauthenticated
+from edgefleet.errors import ConfigError, Conflict, Forbidden, InvalidRequest, NotFound, StoreError, Unauthenticated
 from edgefleet.releases.image import release_fields
 from edgefleet.server.audit import AuditLog
 from edgefleet.server.devicecache import DeviceCache
@@ -40,9 +40,10 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.nonces import NonceMint, ensure_secret_key
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
-from edgefleet.store import Database
+from edgefleet.store import Database, ek_approvals
 from edgefleet.store import attestation as store
-from edgefleet.store.devices import DeviceAuth, changed, device_auth
+from edgefleet.store.devices import DeviceAuth, changed, device_auth, get_device
+from edgefleet.store.schema import EkApproval
 
 log = logging.getLogger("edgefleet.attestation")
 INLINE_EVENT_LOG = 64 * 1024  # bytes of event log verified on the event loop; larger ones in a thread
@@ -108,14 +109,22 @@ class AttestationService:
         if problems:
             raise InvalidRequest("; ".join(problems), code="not_an_attestation_key")
         fingerprint = ek_fingerprint(ek_public)
-        if self.settings.ek_trust == "approved" and fingerprint not in self.settings.approved_ek_fingerprints:
+        trust = self.settings.ek_trust
+        if trust == "approved" and fingerprint not in self.settings.approved_ek_fingerprints:
             raise Forbidden(f"EK {fingerprint} of {device_id} is not approved", code="ek_not_trusted")
-        if self.settings.ek_trust == "vendor":
+        if trust == "vendor":
             if ek_certificate is None or self.settings.tpm_vendor_roots is None:
                 raise Forbidden(f"{device_id} sent no EK certificate (or no vendor roots are configured)",
                                 code="ek_not_trusted")
-            pool = await asyncio.to_thread(load_vendor_pool, self.settings.tpm_vendor_roots)
-            verify_ek_certificate(ek_certificate, ek, pool, self.clock.now())
+            await self._verify_ek_certificate(ek_certificate, ek)
+        if trust == "approval" and fingerprint not in self.settings.approved_ek_fingerprints:
+            try:
+                if ek_certificate is None or self.settings.tpm_vendor_roots is None:
+                    raise Forbidden("the TPM sent no EK certificate" if self.settings.tpm_vendor_roots is not None
+                                    else "no TPM vendor CA bundle is configured", code="ek_not_trusted")
+                await self._verify_ek_certificate(ek_certificate, ek)
+            except Forbidden as exc:  # not accepted by itself: an operator decides
+                await self._await_approval(device_id, fingerprint, exc.message)
         async with self.db.transaction(readonly=True) as conn:
             current = await store.identity(conn, device_id)
             owner = await store.identity_by_ek(conn, ek_public)
@@ -132,6 +141,51 @@ class AttestationService:
             await store.save_pending_identity(conn, device_id, ek_public, ak_public, credential_digest(credential),
                                               self.clock.now())
         return Challenge(id_object, secret)
+
+    async def _verify_ek_certificate(self, certificate: bytes, ek: PublicKey) -> None:
+        assert self.settings.tpm_vendor_roots is not None
+        pool = await asyncio.to_thread(load_vendor_pool, self.settings.tpm_vendor_roots)
+        verify_ek_certificate(certificate, ek, pool, self.clock.now())
+
+    async def _await_approval(self, device_id: str, fingerprint: str, why: str) -> None:
+        """Return when an operator approved this EK for this device; otherwise raise
+        Forbidden (``ek_pending_approval``, a request filed the first time, or
+        ``ek_rejected``)."""
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            held = await ek_approvals.approval(conn, fingerprint)
+            if held is not None and held.device_id == device_id:
+                if held.state == "approved":
+                    return
+                if held.state == "rejected":
+                    raise Forbidden(f"EK {fingerprint} of {device_id} was rejected by {held.decided_by}",
+                                    code="ek_rejected")
+                filed = False
+            else:
+                device = await get_device(conn, device_id)
+                facts = {} if device is None else {
+                    "hardware_id": device.hardware_id, "site": device.site,
+                    "hardware_type": str(device.inventory.get("hardware_type") or "")}
+                await ek_approvals.request_approval(conn, fingerprint, device_id, reason=why, facts=facts, now=now)
+                filed = True
+        if filed:
+            log.warning("EK %s of %s waits for an operator's approval: %s", fingerprint, device_id, why)
+            if self.audit is not None:
+                await self.audit.record(actor="enrollment", action="ek approval requested", subject=device_id,
+                                        outcome="pending", details={"fingerprint": fingerprint, "reason": why})
+        raise Forbidden(f"EK {fingerprint} of {device_id} waits for an operator's approval ({why}): "
+                        f"edgefleet devices approve {device_id}", code="ek_pending_approval")
+
+    async def decide_ek(self, device_id: str, fingerprint: str | None, *, approve: bool, by: str) -> EkApproval:
+        """Approve or reject a device's pending EK. Raises NotFound when none is pending."""
+        async with self.db.transaction() as conn:
+            decided = await ek_approvals.decide(conn, device_id, fingerprint, approve=approve, by=by,
+                                                now=self.clock.now())
+        if decided is None:
+            raise NotFound(f"no EK of {device_id} waits for approval"
+                           + (f" with fingerprint {fingerprint}" if fingerprint else ""))
+        log.warning("%s %s EK %s of %s", by, decided.state, decided.fingerprint, device_id)
+        return decided
 
     async def activate(self, device_id: str, credential: bytes) -> None:
         """Raises Unauthenticated when the credential is not the one the TPM should have

@@ -67,10 +67,12 @@ class ServerSettings(BaseSettings):
     attestation_reference_files: dict[str, Path] = Field(
         {}, description="hardware type -> reference values file (edgefleet-reference-values/1), event by event: "
                         "the firmware PCRs recorded from a golden device (`edgefleet image baseline`)")
-    ek_trust: Literal["tofu", "approved", "vendor"] = Field(
-        "tofu", description="endorsement keys accepted: any (tofu), listed fingerprints, or vendor-certified")
+    ek_trust: Literal["approval", "vendor", "approved", "tofu"] = Field(
+        "approval", description="endorsement keys accepted: vendor-certified or approved by an operator (approval), "
+        "vendor-certified only, listed fingerprints only, or any on first use (tofu: labs and demos)")
     tpm_vendor_roots: Path | None = Field(None, description="directory of TPM vendor root/intermediate certs")
-    approved_ek_fingerprints: list[str] = []
+    approved_ek_fingerprints: list[str] = Field(
+        [], description="EK fingerprints approved ahead of time (a factory scan): approval and approved modes")
     trust_domain: str = "edgefleet.local"
     workload_token_seconds: int = Field(300, ge=30, le=3600)
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")

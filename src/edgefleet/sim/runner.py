@@ -78,7 +78,8 @@ async def run_scenario(scenario: Scenario, out_dir: Path, console: Console) -> S
     database_url = None
     if scenario.servers.database == "postgresql":
         db_name, database_url = await create_postgres_database()
-    settings = ServerSettings(data_dir=data_dir, database_url=database_url, log_level="warning")
+    settings = ServerSettings(data_dir=data_dir, database_url=database_url, log_level="warning",
+                              ek_trust="tofu")  # simulated TPMs: no vendor EK certificates
     began = time.monotonic()
     try:
         report = await _run(run, settings)

@@ -325,3 +325,22 @@ class Revocation(Base):
     reason: Mapped[str] = mapped_column(String(256))
     revoked_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime]
+
+
+class EkApproval(Base):
+    """An endorsement key waiting for, or given, an operator's decision (``ek_trust =
+    "approval"``): the TPM's EK had no certificate chaining to the configured vendor CA
+    bundle, so the device may not bind an attestation identity until someone approves it.
+    ``facts`` are what the operator decides on (hardware id, site, hardware type, why it
+    was not accepted by itself)."""
+
+    __tablename__ = "ek_approvals"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, approved, rejected
+    reason: Mapped[str] = mapped_column(String(256))
+    facts: Mapped[dict[str, Any]]
+    requested_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None]
