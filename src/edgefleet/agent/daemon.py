@@ -30,6 +30,7 @@ from edgefleet.agent.device_health import HealthMonitor, HealthSources, health_d
 from edgefleet.agent.fetcher import https_client
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.health import HealthCheck, Probe, parse_checks
+from edgefleet.agent.renewal import CertificateRenewer
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
 from edgefleet.agent.update_flow import Phase, UpdateJob
@@ -141,6 +142,7 @@ class Agent:
         self.dir = StateDir(settings.state_dir)
         self._transport_factory = transport_factory
         self.clock = clock or SystemClock()
+        self.renewer = CertificateRenewer(self.dir, self.clock, settings.certificate_renew_before_seconds)
         self.rng = rng or random.Random()
         self.device_id: str | None = None
         self.checkins = 0
@@ -244,6 +246,8 @@ class Agent:
             ConfigError, PersistError: the agent cannot keep its state.
         """
         self.dir.path.mkdir(parents=True, exist_ok=True)
+        if await asyncio.to_thread(self.dir.recover_renewal):
+            log.info("finished a certificate renewal a stop interrupted")
         state = self.dir.load()
         halt = asyncio.Event()  # ``stop``, or a reboot the agent asked for
         forward = asyncio.ensure_future(self._forward(stop, halt))
@@ -674,6 +678,8 @@ class Agent:
                 if self.clock.monotonic() >= next_report and not stop.is_set():
                     await self._until_stopped(self._report(state, transport), stop)
                     next_report = self.clock.monotonic() + settings.status_interval_seconds
+                if not stop.is_set() and (attestor is None or self.attested) and self.renewer.due():
+                    await self._renew(state.device_id, transport, stop)
                 backoff.reset()
                 self.last_error = None
                 delay = (jittered(settings.checkin_interval_seconds, self.rng) if settings.long_poll_seconds == 0
@@ -695,6 +701,15 @@ class Agent:
                 log.log(logging.DEBUG if repeated else level, "check-in failed, retrying in %.1fs: %s%s", delay, exc,
                         hint)
             await pause(stop, delay)
+
+    async def _renew(self, device_id: str, transport: DeviceTransport, stop: asyncio.Event) -> None:
+        """Renew the certificate (a refusal is retried later; a network failure goes to the
+        check-in's backoff)."""
+        transports = [transport] + ([self._telemetry_transport] if self._telemetry_transport is not None else [])
+        try:
+            await self._until_stopped(self.renewer.renew(device_id, transports), stop)
+        except ServerRefused as exc:
+            self.renewer.refused(exc)
 
     def _attest_ahead(self, expires_in: float | None) -> None:
         """Re-attest before the server's freshness runs out: by a margin longer than the

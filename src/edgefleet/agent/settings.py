@@ -35,6 +35,9 @@ class AgentSettings(BaseSettings):
     tpm: str | None = Field(None, description="TCTI of the TPM, e.g. device:/dev/tpmrm0; unset: no attestation")
     attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
     ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")
+    certificate_renew_before_seconds: float | None = Field(
+        None, gt=0, description="renew the device certificate when less than this is left; default a third of its "
+        "lifetime")
     slot_a: Path | None = Field(None, description="block device of root slot A, e.g. /dev/disk/by-partlabel/root-a")
     slot_b: Path | None = Field(None, description="block device of root slot B")
     bootloader: Literal["systemd-boot", "grub", "uboot"] = Field(

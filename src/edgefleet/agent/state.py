@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import PersistError
-from edgefleet.util.atomic import atomic_write_bytes, atomic_write_json
+from edgefleet.util.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 
 
 @dataclass
@@ -41,6 +42,15 @@ class StateDir:
         return self.path / "ca.pem"
 
     @property
+    def next_key(self) -> Path:
+        """The key of a certificate renewal under way."""
+        return self.path / "device.key.next"
+
+    @property
+    def next_cert(self) -> Path:
+        return self.path / "device.pem.next"
+
+    @property
     def state_file(self) -> Path:
         return self.path / "state.json"
 
@@ -64,3 +74,25 @@ class StateDir:
 
     def save_key(self, key_pem: bytes) -> None:
         atomic_write_bytes(self.key, key_pem, mode=0o600)
+
+    def save_next_key(self, key_pem: bytes) -> None:
+        atomic_write_bytes(self.next_key, key_pem, mode=0o600)
+
+    def commit_renewal(self, cert_pem: bytes) -> None:
+        """Make the renewed certificate (and its key, saved before) the device's own."""
+        atomic_write_bytes(self.next_cert, cert_pem)
+        self.recover_renewal()
+
+    def recover_renewal(self) -> bool:
+        """Finish a renewal a stop interrupted once its certificate was saved (True), or drop
+        one that got none (the server keeps accepting the old certificate until the new one
+        is presented, so nothing is lost). Each step is a rename: a stop between any two
+        leaves a state this finishes."""
+        if self.next_cert.exists():
+            if self.next_key.exists():
+                os.replace(self.next_key, self.key)
+            os.replace(self.next_cert, self.cert)
+            fsync_dir(self.path)
+            return True
+        self.next_key.unlink(missing_ok=True)
+        return False

@@ -397,6 +397,17 @@ class BootstrapTokenRequest(Strict):
     kind: DeviceKind = "device"  # what enrolls with it
 
 
+class RenewCertificate(Strict):
+    """A device's request for a new certificate: a CSR for a key it made for the purpose."""
+
+    csr_pem: Annotated[str, StringConstraints(max_length=8192)]
+
+
+class CertificateRenewed(Strict):
+    certificate_pem: str
+    not_after: datetime
+
+
 class RevokeRequest(Strict):
     # One printable line: it goes into logs and the audit trail.
     reason: Annotated[str, StringConstraints(pattern=r"^[ -~]{1,256}$")] = "revoked by an operator"

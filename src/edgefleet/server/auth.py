@@ -15,7 +15,8 @@ from edgefleet.credentials import Role, TokenKind, parse_token, secret_matches
 from edgefleet.errors import Forbidden, Unauthenticated
 from edgefleet.pki import DeviceCertificate, verify_device_certificate
 from edgefleet.server.state import ServerState, server_state
-from edgefleet.store.devices import DeviceAuth, device_auth, device_auth_and_desired
+from edgefleet.store.devices import DeviceAuth, device_auth, device_auth_and_desired, promote_next_certificate
+from edgefleet.store.revocations import revoke_serial
 from edgefleet.store.tokens import admin_token
 
 log = logging.getLogger("edgefleet.server")
@@ -96,13 +97,36 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
     auth = state.devices.get(device_id)
     if auth is None:
         auth = await fresh_device_auth(state, device_id)
+    if auth is not None and auth.cert_serial != identity.serial:
+        auth = await fresh_device_auth(state, device_id)  # this process's copy may predate a renewal
     if auth is None:
         raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
     if auth.cert_serial != identity.serial:
-        raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded", code="stale_certificate")
+        if auth.next_serial != identity.serial:
+            raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded",
+                                  code="stale_certificate")
+        auth = await _promote(state, device_id, identity.serial)
     if auth.revoked:
         raise Unauthenticated(f"certificate {identity.serial} of {device_id} was revoked", code="certificate_revoked")
     return AuthenticatedDevice(device_id, auth.desired_version, auth, identity.site)
+
+
+async def _promote(state: ServerState, device_id: str, serial: str) -> DeviceAuth:
+    """The device presents its renewed certificate for the first time: from now on only that
+    one works, here and (through the revocation list) at its hub."""
+    now = state.clock.now()
+    async with state.db.transaction() as conn:
+        old = await promote_next_certificate(conn, device_id, serial, now)
+        if old is not None:
+            await revoke_serial(conn, old[0], old[1], device_id, reason="superseded by its renewal", by="renewal",
+                                now=now)
+    state.devices.forget(device_id)
+    if old is not None:
+        log.info("%s presented its renewed certificate %s; %s no longer works", device_id, serial, old[0])
+    auth = await fresh_device_auth(state, device_id)
+    if auth is None or auth.cert_serial != serial:
+        raise Unauthenticated(f"certificate {serial} of {device_id} was superseded", code="stale_certificate")
+    return auth
 
 
 async def admin_principal(state: ServerState, presented: str) -> AdminPrincipal:

@@ -59,6 +59,9 @@ async def enroll_device(state: ServerState, request: EnrollRequest) -> EnrollRes
                     f"token {token.id} is for site {claimed.site}, device claims {inventory.site}",
                     code="site_mismatch",
                 )
+            if claimed.kind == "hub" and state.settings.hub_cert_days != state.settings.device_cert_days:
+                cert_pem, cert = issue_device_certificate(state.ca, request.csr_pem, device_id, now,
+                                                          state.settings.hub_cert_days, site=inventory.site)
             if await hardware_id_taken(conn, inventory.hardware_id):
                 raise Conflict(f"hardware id {inventory.hardware_id} is already enrolled", code="already_enrolled")
             await insert_device(

@@ -60,6 +60,10 @@ def refusal(state: ServerState, method: str, path: str, exc: EdgefleetError, ove
     headers = {"www-authenticate": "Bearer"} if bearer else None
     if isinstance(exc, RateLimited):
         headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    if status == 401 and not bearer:
+        # A device certificate refused (superseded by a renewal, revoked): this connection
+        # goes on presenting it, so end it; the client's next one presents what it holds now.
+        headers = {"connection": "close"}
     return error_response(status, exc.code, PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
 
 

@@ -33,7 +33,7 @@ class RevocationPublisher:
             return signed[2]
         async with self._lock:
             async with self.db.transaction() as conn:
-                number, entries = await revocations(conn)
+                number, entries = await revocations(conn, now)
             der = await asyncio.to_thread(sign_crl, self.ca, number, entries, now)
             self._signed = (number, now, der)
             return der

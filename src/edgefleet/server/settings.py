@@ -50,7 +50,9 @@ class ServerSettings(BaseSettings):
     device_cache_seconds: float = Field(600.0, ge=0, description="max age of a cached device entry; 0: no cache")
     device_cache_sync_seconds: float = Field(1.0, gt=0, description="staleness bound across server processes")
     device_cache_entries: int = Field(200_000, ge=1)
-    device_cert_days: int = Field(365, ge=1, le=3650)
+    device_cert_days: int = Field(30, ge=1, le=3650, description="device certificates' lifetime; agents renew "
+                                  "them over mTLS a third before the end, while attested")
+    hub_cert_days: int = Field(365, ge=1, le=3650, description="regional hubs' certificates (hubs do not renew yet)")
     trusted_proxies: list[str] = Field([], description="IPs whose client-cert header is believed")
     client_cert_header: str = "x-ssl-client-cert"
     graceful_shutdown_seconds: float = Field(10.0, ge=0)

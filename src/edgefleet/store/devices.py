@@ -28,6 +28,7 @@ class DeviceAuth:
     tpm_identity: bool = False  # an active TPM identity (credential activated)
     attested_release: str | None = None  # the release its last verdict judged it against
     revoked: bool = False  # its current certificate is on the fleet's revocation list
+    next_serial: str | None = None  # a renewed certificate it has not presented yet
 
 
 async def insert_device(conn: AsyncConnection, **values: Any) -> None:
@@ -42,7 +43,8 @@ async def hardware_id_taken(conn: AsyncConnection, hardware_id: str) -> bool:
 _AUTH = (
     select(Device.cert_serial, Device.desired_version, AttestationStatus.passed, AttestationStatus.attested_at,
            AttestationStatus.quarantined, AttestationStatus.release.label("attested_release"),
-           AttestationIdentity.state.label("identity_state"), Revocation.id.label("revocation"))
+           AttestationIdentity.state.label("identity_state"), Revocation.id.label("revocation"),
+           Device.next_cert_serial)
     .outerjoin(AttestationStatus, AttestationStatus.device_id == Device.id)
     .outerjoin(AttestationIdentity, AttestationIdentity.device_id == Device.id)
     .outerjoin(Revocation, Revocation.serial == Device.cert_serial)
@@ -59,7 +61,7 @@ def device_auth(conn: Connection, device_id: str) -> DeviceAuth | None:
 def _auth_of(row: Row[*tuple[Any, ...]]) -> DeviceAuth:
     return DeviceAuth(row.cert_serial, row.desired_version, row.attested_at if row.passed else None,
                       bool(row.quarantined), row.identity_state == "active", row.attested_release,
-                      row.revocation is not None)
+                      row.revocation is not None, row.next_cert_serial)
 
 
 _AUTH_AND_DESIRED = _AUTH.add_columns(Device.desired)
@@ -242,6 +244,33 @@ async def hardware_and_config(conn: AsyncConnection, device_ids: Sequence[str]) 
 async def desired_documents(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     rows = await conn.execute(select(Device.id, Device.desired).where(Device.id.in_(device_ids)))
     return {device_id: desired for device_id, desired in rows}
+
+
+async def set_next_certificate(conn: AsyncConnection, device_id: str, serial: str, not_after: datetime,
+                               now: datetime) -> None:
+    """A renewed certificate for ``device_id``; it replaces the current one when first used."""
+    await conn.execute(update(Device).where(Device.id == device_id)
+                       .values(next_cert_serial=serial, next_cert_not_after=not_after))
+    await conn.run_sync(changed, device_id, now)
+
+
+async def promote_next_certificate(conn: AsyncConnection, device_id: str, serial: str,
+                                   now: datetime) -> tuple[str, datetime] | None:
+    """``serial`` was presented: it becomes the device's certificate. The one it replaces
+    (serial, not-after), or None when ``serial`` is not the device's next certificate (any
+    more: another process promoted it first)."""
+    old = (await conn.execute(select(Device.cert_serial, Device.cert_not_after)
+                              .where(Device.id == device_id, Device.next_cert_serial == serial))).first()
+    if old is None:
+        return None
+    result = await conn.execute(
+        update(Device).where(Device.id == device_id, Device.next_cert_serial == serial)
+        .values(cert_serial=Device.next_cert_serial, cert_not_after=Device.next_cert_not_after,
+                next_cert_serial=None, next_cert_not_after=None))
+    if result.rowcount != 1:
+        return None
+    await conn.run_sync(changed, device_id, now)
+    return old.cert_serial, old.cert_not_after
 
 
 async def delete_device(conn: AsyncConnection, device_id: str, now: datetime) -> bool:

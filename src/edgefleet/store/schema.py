@@ -55,6 +55,10 @@ class Device(Base):
     kind: Mapped[str] = mapped_column(String(16), index=True, server_default="device", default="device")
     cert_serial: Mapped[str] = mapped_column(String(64))
     cert_not_after: Mapped[datetime]
+    # A renewed certificate the device has not presented yet: both work until it does, then
+    # only the new one (the old goes on the revocation list).
+    next_cert_serial: Mapped[str | None] = mapped_column(String(64))
+    next_cert_not_after: Mapped[datetime | None]
     enrolled_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
     status_seq: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -325,6 +329,7 @@ class Revocation(Base):
     reason: Mapped[str] = mapped_column(String(256))
     revoked_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime]
+    not_after: Mapped[datetime]  # the certificate's own end: past it, the CRL leaves it out
 
 
 class EkApproval(Base):

@@ -21,6 +21,7 @@ from edgefleet.protocol.telemetry import TelemetryAck
 from edgefleet.protocol.v1 import (
     AttestationIdentityRequest,
     AttestationResult,
+    CertificateRenewed,
     CredentialActivation,
     CredentialChallenge,
     DesiredState,
@@ -28,6 +29,7 @@ from edgefleet.protocol.v1 import (
     EnrollResponse,
     NonceIssuedView,
     QuoteSubmission,
+    RenewCertificate,
     StatusAck,
     StatusReport,
     WorkloadToken,
@@ -63,6 +65,13 @@ class DeviceTransport(Protocol):
         """POST a gzip-compressed telemetry batch; how far the receiver has stored."""
         ...
 
+    async def renew_certificate(self, device_id: str, request: RenewCertificate) -> CertificateRenewed: ...
+
+    async def reconnect(self) -> None:
+        """Drop pooled connections: the next request shakes hands afresh (with a renewed
+        certificate)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -76,16 +85,19 @@ class HttpsTransport:
         self, server_url: str, ca_file: Path, *, cert_file: Path | None = None, key_file: Path | None = None,
         timeout: float = 30.0,
     ) -> None:
-        context = tls_context(ca_file, cert_file, key_file)
-        self._timeout = timeout
-        self._client = httpx.AsyncClient(
-            base_url=server_url.rstrip("/"),
-            timeout=timeout,
+        self._context = tls_context(ca_file, cert_file, key_file)  # reloaded in place on renewal
+        self._base_url, self._timeout = server_url.rstrip("/"), timeout
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self._base_url,
+            timeout=self._timeout,
             headers={"user-agent": f"edgefleet-agent/{__version__}"},
             # The agent drops an idle connection before the server would (it keeps them 120 s
             # by default): a request never races the server closing the connection under it.
             # Requests are cancelled whenever the agent stops: no socket may outlive that.
-            transport=CancelSafeTransport(verify=context, limits=httpx.Limits(
+            transport=CancelSafeTransport(verify=self._context, limits=httpx.Limits(
                 max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS)),
         )
 
@@ -160,6 +172,16 @@ class HttpsTransport:
                                        params={"workload": workload, "audience": audience})
         result: WorkloadToken = self._parse(WorkloadToken, response)
         return result
+
+    async def renew_certificate(self, device_id: str, request: RenewCertificate) -> CertificateRenewed:
+        response = await self._request("POST", f"/api/v1/devices/{device_id}/certificate",
+                                       json=request.model_dump(mode="json"))
+        result: CertificateRenewed = self._parse(CertificateRenewed, response)
+        return result
+
+    async def reconnect(self) -> None:
+        old, self._client = self._client, self._new_client()
+        await old.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()

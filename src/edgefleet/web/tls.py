@@ -4,9 +4,15 @@ a certificate when it has one (agent, hub and admin tools alike)."""
 from __future__ import annotations
 
 import ssl
+import weakref
 from pathlib import Path
 
 from edgefleet.errors import ConfigError
+
+# Every live context presenting a certificate, by its (certificate, key) files: a device that
+# renewed its certificate reloads them all at once (``reload_presented``), so each of its
+# clients presents the new one from its next connection.
+_PRESENTING: dict[tuple[Path, Path], weakref.WeakSet[ssl.SSLContext]] = {}
 
 
 def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None, *,
@@ -26,4 +32,19 @@ def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | N
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot use the certificate {cert_file} with key {key_file}: "
                               f"{exc.strerror or exc}") from exc
+        _PRESENTING.setdefault((cert_file, key_file), weakref.WeakSet()).add(context)
     return context
+
+
+def reload_presented(cert_file: Path, key_file: Path) -> int:
+    """Load ``cert_file`` and ``key_file`` anew into every live context presenting them; how
+    many. Raises ConfigError when they cannot be used (nothing is changed then: the first
+    load fails before any context is touched)."""
+    contexts = list(_PRESENTING.get((cert_file, key_file), ()))
+    for context in contexts:
+        try:
+            context.load_cert_chain(str(cert_file), str(key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the certificate {cert_file} with key {key_file}: "
+                              f"{exc.strerror or exc}") from exc
+    return len(contexts)

@@ -12,9 +12,19 @@ from starlette.responses import JSONResponse
 
 from edgefleet.errors import NotFound
 from edgefleet.protocol.base import MAX_INT
-from edgefleet.protocol.v1 import DesiredState, DeviceView, EnrollRequest, EnrollResponse, StatusAck, StatusReport
+from edgefleet.protocol.v1 import (
+    CertificateRenewed,
+    DesiredState,
+    DeviceView,
+    EnrollRequest,
+    EnrollResponse,
+    RenewCertificate,
+    StatusAck,
+    StatusReport,
+)
 from edgefleet.server.auth import CurrentDevice, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
+from edgefleet.server.renewal import renew_certificate
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.devices import apply_status, desired_state, get_device, stored_health
@@ -111,6 +121,14 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq,
                      attestation_expires_in_seconds=state.attestation.expires_in(device.auth))
+
+
+@router.post("/devices/{device_id}/certificate")
+async def renew(device: CurrentDevice, body: RenewCertificate, request: Request) -> CertificateRenewed:
+    """A new certificate for a key the device made, while it is not quarantined and (with a
+    TPM identity, or when the fleet requires it) freshly attested. The current one keeps
+    working until the device presents the new one."""
+    return await renew_certificate(server_state(request), device, body.csr_pem)
 
 
 @router.get("/devices/{device_id}/director/{name}")

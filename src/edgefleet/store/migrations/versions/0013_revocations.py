@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(256), nullable=False),
         sa.Column("revoked_by", sa.String(128), nullable=False),
         sa.Column("revoked_at", UTCDateTime(), nullable=False),
+        sa.Column("not_after", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_revocations"),
         sa.UniqueConstraint("serial", name="uq_revocations_serial"),
         sqlite_autoincrement=True,
