@@ -34,7 +34,7 @@ TABLES = {"devices": "id", "bootstrap_tokens": "id", "admin_tokens": "id", "devi
           "director_state": "device_id", "attestation_identities": "device_id", "attestation_nonces": "nonce",
           "attestation_status": "device_id", "update_events": "device_id", "gitops_syncs": "name",
           "gitops_commits": "commit_sha", "alerts": "id", "drift_status": "device_id", "rollouts": "id",
-          "rollout_events": "id", "ek_approvals": "fingerprint", "revocations": "id"}
+          "rollout_events": "id", "approvals": "fingerprint", "revocations": "id"}
 
 
 def need(component: str, reason: str) -> None:

@@ -7,20 +7,29 @@ itself, and a stop between any two of its file steps is finished at the next sta
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import ssl
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from typer.testing import CliRunner
 
 from edgefleet.agent.hardware.swtpm import Swtpm
 from edgefleet.agent.state import StateDir
+from edgefleet.cli.app import app
 from edgefleet.credentials import Role
 from edgefleet.pki import make_csr, new_device_key
+from edgefleet.pki.certs import load_ca, sign_possession
 from edgefleet.pki.crl import verify_crl
+from tests.cli_helpers import server_args
 from tests.conftest import Device, Fleet, start_fleet
 from tests.test_agent import make_agent, run_until
 from tests.test_attestation_flow import attesting_plane, boot
@@ -162,3 +171,65 @@ def test_a_renewal_stopped_between_any_two_steps_is_finished_or_dropped_at_the_n
         assert not files.next_key.exists()
         assert not files.next_cert.exists()
         assert files.recover_renewal() is False  # nothing left to do
+
+
+def expire(fleet: Fleet, files: StateDir, device_id: str) -> None:
+    """The device was off for 40 days: its certificate (same serial, same key) ended 10
+    days ago, as the fleet CA issued it."""
+    current = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    ca_cert, ca_key = load_ca(fleet.settings.pki.load_ca())
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca_cert.subject)
+               .public_key(current.public_key()).serial_number(current.serial_number)
+               .not_valid_before(now - timedelta(days=40)).not_valid_after(now - timedelta(days=10)))
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    files.cert.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_device_whose_certificate_ended_re_enrolls_only_once_an_operator_approves(
+        fleet: Fleet, tmp_path: Path) -> None:
+    agent = make_agent(fleet, tmp_path)
+    asyncio.run(run_until(agent, lambda: agent.checkins >= 1))
+    files, device_id = StateDir(agent.settings.state_dir), agent.device_id
+    assert device_id is not None
+    expire(fleet, files, device_id)
+    old_serial = serial_of(files.cert.read_text())
+    asyncio.run(run_until(agent, lambda: "waits for an operator" in (agent.last_error or "")))
+    pending = CliRunner().invoke(app, ["devices", "pending", "--json", *server_args(fleet)])
+    assert pending.exit_code == 0, pending.output
+    (request,) = json.loads(pending.output)["approvals"]
+    assert (request["kind"], request["device_id"], request["state"]) == ("reenroll", device_id, "pending")
+    assert old_serial in request["reason"]
+    key = serialization.load_pem_private_key(files.reenroll_key.read_bytes(), password=None)
+    assert request["fingerprint"] == hashlib.sha256(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    approved = CliRunner().invoke(app, ["devices", "approve", device_id, "--fingerprint", request["fingerprint"],
+                                        *server_args(fleet)])
+    assert approved.exit_code == 0, approved.output
+    checkins = agent.checkins
+    asyncio.run(run_until(agent, lambda: agent.checkins > checkins, timeout=60))  # speaking mTLS again
+    renewed = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert renewed.not_valid_after_utc > datetime.now(UTC) + timedelta(days=29)
+    assert not files.reenroll_key.exists()
+    row = next(d for d in fleet.rows()["devices"] if d["id"] == device_id)
+    assert row["cert_serial"] == format(renewed.serial_number, "x")
+    assert [r["state"] for r in fleet.rows()["approvals"]] == ["used"]  # one certificate per approval
+
+
+def test_a_re_enrollment_without_the_old_key_or_for_a_revoked_device_is_refused(fleet: Fleet) -> None:
+    device = fleet.enroll()
+    cert_pem = (device.directory / "cert.pem").read_text()
+    csr = make_csr(new_device_key(), device.id)
+    url = f"/api/v1/devices/{device.id}/reenroll"
+    forged = fleet.client().post(url, json={"certificate_pem": cert_pem, "csr_pem": csr.decode(), "signature":
+                                            base64.b64encode(sign_possession(new_device_key(), csr)).decode()})
+    assert (forged.status_code, forged.json()["error"]["code"]) == (401, "bad_proof")
+    signed = base64.b64encode(sign_possession((device.directory / "key.pem").read_bytes(), csr)).decode()
+    body = {"certificate_pem": cert_pem, "csr_pem": csr.decode(), "signature": signed}
+    other = fleet.enroll()
+    assert fleet.client().post(f"/api/v1/devices/{other.id}/reenroll", json=body).status_code == 401  # not its own
+    assert fleet.client().post(url, json=body).status_code == 202  # filed for an operator
+    assert fleet.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{device.id}/revoke", json={}).status_code == 200
+    revoked = fleet.client().post(url, json=body)
+    assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "certificate_revoked")

@@ -12,14 +12,14 @@ from pydantic import RootModel, ValidationError
 from edgefleet.errors import BadAnswer, ServerRefused, TransportError
 from edgefleet.protocol.v1 import (
     AdminTokenList,
+    ApprovalList,
+    ApprovalView,
     AssignmentView,
     BootstrapTokenCreated,
     BootstrapTokenList,
     DesiredState,
     DeviceList,
     DeviceView,
-    EkApprovalList,
-    EkApprovalView,
     RevokeResult,
     UpdateHistory,
 )
@@ -87,14 +87,14 @@ class AdminClient:
     def decommission(self, device_id: str) -> None:
         self._call("DELETE", f"/api/v1/admin/devices/{device_id}")
 
-    def ek_approvals(self, state: str = "pending") -> EkApprovalList:
-        result: EkApprovalList = self._call("GET", "/api/v1/admin/ek-approvals", EkApprovalList,
+    def approvals(self, state: str = "pending") -> ApprovalList:
+        result: ApprovalList = self._call("GET", "/api/v1/admin/approvals", ApprovalList,
                                             params={"state": state})
         return result
 
-    def decide_ek(self, device_id: str, *, approve: bool, fingerprint: str | None = None) -> EkApprovalView:
+    def decide_approval(self, device_id: str, *, approve: bool, fingerprint: str | None = None) -> ApprovalView:
         verb = "approve" if approve else "reject"
-        result: EkApprovalView = self._call("POST", f"/api/v1/admin/devices/{device_id}/{verb}", EkApprovalView,
+        result: ApprovalView = self._call("POST", f"/api/v1/admin/devices/{device_id}/{verb}", ApprovalView,
                                             json={"fingerprint": fingerprint})
         return result
 

@@ -261,6 +261,8 @@ class Agent:
         try:
             if state.device_id is None or not self.dir.cert.exists():
                 state = await self._enroll(state, halt)
+            elif self.renewer.expired():
+                await self._reenroll(state, halt)
             self.device_id = state.device_id
             transport = self._transport_factory(self.settings, self.dir, True)
             self.updates = self._update_client(state)
@@ -372,6 +374,30 @@ class Agent:
         self.dir.save(state)
         log.info("enrolled as %s at site %s", response.device_id, self.site)
         return state
+
+    async def _reenroll(self, state: AgentState, stop: asyncio.Event) -> None:
+        """The certificate ended (the device was off longer than it lives): ask to re-enroll,
+        over server-authenticated TLS, until an operator approves it."""
+        assert state.device_id is not None
+        log.warning("the device certificate has ended: asking to re-enroll")
+        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds, self.rng)
+        transport = self._transport_factory(self.settings, self.dir, False)
+        try:
+            while True:
+                try:
+                    if await self._until_stopped(self.renewer.reenroll(state.device_id, transport), stop):
+                        return
+                    why = ("the device certificate has ended; re-enrollment waits for an operator (edgefleet devices "
+                           f"approve {state.device_id})")
+                except (TransportError, ServerRefused) as exc:
+                    why = f"re-enrollment failed: {exc}"
+                log.log(logging.DEBUG if why == self.last_error else logging.WARNING, "%s", why)
+                self.last_error = why
+                await pause(stop, backoff.next_delay())
+                if stop.is_set():
+                    raise _Stopped
+        finally:
+            await transport.aclose()
 
     def _update_client(self, state: AgentState) -> UpdateClient | None:
         """Signed updates need the TUF roots that ship in the OS image; without them the

@@ -8,6 +8,7 @@ quarantined, freshly attested)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from datetime import datetime
 
@@ -18,7 +19,9 @@ from edgefleet.agent.state import StateDir
 from edgefleet.clock import Clock
 from edgefleet.errors import BadAnswer, ServerRefused, Unauthenticated
 from edgefleet.pki import device_identity_from_pem, make_csr, new_device_key
-from edgefleet.protocol.v1 import RenewCertificate
+from edgefleet.pki.certs import sign_possession
+from edgefleet.protocol.v1 import Reenroll, RenewCertificate
+from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.web.device_client import DeviceTransport
 from edgefleet.web.tls import reload_presented
 
@@ -57,8 +60,7 @@ class CertificateRenewer:
         await asyncio.to_thread(self.dir.save_next_key, key_pem)
         answer = await transports[0].renew_certificate(device_id, RenewCertificate(
             csr_pem=make_csr(key_pem, device_id).decode()))
-        _check(answer.certificate_pem, key_pem, device_id)
-        await asyncio.to_thread(self.dir.commit_renewal, answer.certificate_pem.encode())
+        await self._commit(answer.certificate_pem, key_pem, device_id)
         reloaded = reload_presented(self.dir.cert, self.dir.key)
         for transport in transports:
             await transport.reconnect()
@@ -67,6 +69,37 @@ class CertificateRenewer:
         self._next_look = self.clock.monotonic() + CHECK_AT_MOST_SECONDS
         log.info("certificate renewed until %s (%d TLS contexts reloaded)", answer.not_after.isoformat(), reloaded)
         return answer.not_after
+
+
+    def expired(self) -> bool:
+        """Whether the certificate has ended (by this device's clock): mTLS cannot work."""
+        cert = x509.load_pem_x509_certificate(self.dir.cert.read_bytes())
+        return cert.not_valid_after_utc <= self.clock.now()
+
+    async def reenroll(self, device_id: str, transport: DeviceTransport) -> bool:
+        """Ask once to re-enroll (``transport`` without a client certificate); True when the
+        new certificate is in place, False while an operator has not approved it. The new
+        key is kept across tries: it is the one the operator approves.
+        Raises ServerRefused (rejected, revoked, decommissioned) or TransportError."""
+        if not self.dir.reenroll_key.exists():
+            await asyncio.to_thread(atomic_write_bytes, self.dir.reenroll_key, new_device_key(), mode=0o600)
+        key_pem = self.dir.reenroll_key.read_bytes()
+        csr = make_csr(key_pem, device_id)
+        answer = await transport.reenroll(device_id, Reenroll(
+            certificate_pem=self.dir.cert.read_text(), csr_pem=csr.decode(),
+            signature=base64.b64encode(sign_possession(self.dir.key.read_bytes(), csr)).decode()))
+        if answer.certificate is None:
+            return False
+        await asyncio.to_thread(self.dir.save_next_key, key_pem)
+        await self._commit(answer.certificate.certificate_pem, key_pem, device_id)
+        self.dir.reenroll_key.unlink(missing_ok=True)
+        self._next_look = 0.0
+        log.info("re-enrolled: certificate valid until %s", answer.certificate.not_after.isoformat())
+        return True
+
+    async def _commit(self, cert_pem: str, key_pem: bytes, device_id: str) -> None:
+        _check(cert_pem, key_pem, device_id)
+        await asyncio.to_thread(self.dir.commit_renewal, cert_pem.encode())
 
 
 def _check(cert_pem: str, key_pem: bytes, device_id: str) -> None:

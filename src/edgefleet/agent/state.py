@@ -51,6 +51,12 @@ class StateDir:
         return self.path / "device.pem.next"
 
     @property
+    def reenroll_key(self) -> Path:
+        """The key a re-enrollment asks for: kept across restarts, it is what an operator
+        approves."""
+        return self.path / "device.key.reenroll"
+
+    @property
     def state_file(self) -> Path:
         return self.path / "state.json"
 

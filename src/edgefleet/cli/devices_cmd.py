@@ -96,47 +96,48 @@ def pending(
     state: Annotated[str, typer.Option("--state", help="pending, approved, rejected or all.")] = "pending",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Devices whose TPM endorsement key waits for an operator (no EK certificate chaining
-    to the vendor CA bundle), with the facts to decide on (role operator)."""
+    """What waits for an operator (role operator): TPMs whose endorsement key no vendor CA
+    certifies, and devices whose certificate ended asking to re-enroll, with the facts to
+    decide on."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        result = client.ek_approvals(state)
+        result = client.approvals(state)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
-    table = Table(title=f"{len(result.approvals)} endorsement keys ({state})")
+    table = Table(title=f"{len(result.approvals)} requests ({state})")
     table.add_column("device", no_wrap=True)
-    for column in ("hardware", "site", "type", "EK fingerprint", "state", "why", "asked"):
+    for column in ("what", "hardware", "site", "type", "fingerprint", "state", "why", "asked"):
         table.add_column(column, overflow="fold")
     for a in result.approvals:
-        table.add_row(a.device_id, a.hardware_id or "", a.site or "", a.hardware_type or "", a.fingerprint,
+        table.add_row(a.device_id, a.kind, a.hardware_id or "", a.site or "", a.hardware_type or "", a.fingerprint,
                       a.state + (f" by {a.decided_by}" if a.decided_by else ""), a.reason,
                       a.requested_at.isoformat(timespec="seconds"))
     console.print(table)
 
 
 Fingerprint = Annotated[str | None, typer.Option(
-    "--fingerprint", help="The EK fingerprint you checked (sha256 hex, as `devices pending` shows); "
+    "--fingerprint", help="The fingerprint you checked (sha256 hex, as `devices pending` shows); "
     "without it, the device's newest pending request.")]
 
 
 @app.command("approve")
 def approve(device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
             fingerprint: Fingerprint = None) -> None:
-    """Approve a device's pending TPM endorsement key (role admin): its next identity
-    request binds it, and it attests from then on."""
+    """Approve what a device waits for (role admin): its TPM (its next identity request
+    binds it) or its re-enrollment (its next request gets a certificate)."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        decided = client.decide_ek(device_id, approve=True, fingerprint=fingerprint)
-    typer.echo(f"{device_id}: EK {decided.fingerprint} approved", err=True)
+        decided = client.decide_approval(device_id, approve=True, fingerprint=fingerprint)
+    typer.echo(f"{device_id}: {decided.kind} {decided.fingerprint} approved", err=True)
 
 
 @app.command("reject")
 def reject(device_id: DeviceId, server: ServerUrl, token: AdminToken, ca_file: CaFile,
            fingerprint: Fingerprint = None) -> None:
-    """Reject a device's pending TPM endorsement key (role admin): it never binds an
-    identity with that TPM, so it gets no configuration or workload tokens."""
+    """Reject what a device waits for (role admin): it never binds an identity with that
+    TPM, or never gets a certificate for that key."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        decided = client.decide_ek(device_id, approve=False, fingerprint=fingerprint)
-    typer.echo(f"{device_id}: EK {decided.fingerprint} rejected", err=True)
+        decided = client.decide_approval(device_id, approve=False, fingerprint=fingerprint)
+    typer.echo(f"{device_id}: {decided.kind} {decided.fingerprint} rejected", err=True)
 
 
 @app.command("revoke")

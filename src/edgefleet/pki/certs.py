@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.errors import InvalidRequest, Unauthenticated
@@ -173,6 +174,14 @@ def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def csr_key_fingerprint(csr_pem: str) -> str:
+    """sha256 (hex) of the SubjectPublicKeyInfo a valid CSR asks a certificate for.
+    Raises InvalidRequest like ``issue_device_certificate``."""
+    key = _parse_csr(csr_pem).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 def issue_device_certificate(
     ca: IssuedCertificate, csr_pem: str, device_id: str, now: datetime, days: int, site: str | None = None
 ) -> tuple[bytes, DeviceCertificate]:
@@ -232,9 +241,10 @@ def device_identity_from_pem(cert_pem: str) -> DeviceCertificate:
     return _identity(cert)
 
 
-def verify_device_certificate(ca_cert_pem: bytes, cert_pem: str, now: datetime) -> DeviceCertificate:
+def verify_device_certificate(ca_cert_pem: bytes, cert_pem: str, now: datetime | None) -> DeviceCertificate:
     """Fully verify a device certificate that did not come through our own TLS handshake
-    (a trusted reverse proxy forwarded it): issuer signature, validity period, client EKU.
+    (a trusted reverse proxy forwarded it): issuer signature, validity period at ``now``
+    (None: whatever its period, as for an expired device asking to re-enroll), client EKU.
 
     Raises:
         Unauthenticated: any check fails.
@@ -245,7 +255,7 @@ def verify_device_certificate(ca_cert_pem: bytes, cert_pem: str, now: datetime) 
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise Unauthenticated("client certificate not issued by the fleet CA", code="bad_client_cert") from exc
-    if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+    if now is not None and not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
         raise Unauthenticated("client certificate is outside its validity period", code="bad_client_cert")
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -254,3 +264,28 @@ def verify_device_certificate(ca_cert_pem: bytes, cert_pem: str, now: datetime) 
     if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise Unauthenticated("client certificate has no client EKU", code="bad_client_cert")
     return _identity(cert)
+
+
+def verify_possession(cert_pem: str, data: bytes, signature: bytes) -> None:
+    """``signature`` is the certificate's key signing ``data`` (ECDSA or RSA PKCS#1 v1.5,
+    SHA-256). Raises Unauthenticated otherwise."""
+    public_key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise InvalidSignature
+    except InvalidSignature as exc:
+        raise Unauthenticated("the request is not signed by the certificate's key", code="bad_proof") from exc
+
+
+def sign_possession(key_pem: bytes, data: bytes) -> bytes:
+    """What ``verify_possession`` checks: ``data`` signed with the device's key."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    raise TypeError("device keys are EC or RSA")

@@ -408,6 +408,20 @@ class CertificateRenewed(Strict):
     not_after: datetime
 
 
+class Reenroll(Strict):
+    """A device whose certificate expired asks for a new one: its old certificate, a CSR
+    for a new key, and the CSR signed with the old key (base64), proving it holds it."""
+
+    certificate_pem: Annotated[str, StringConstraints(max_length=8192)]
+    csr_pem: Annotated[str, StringConstraints(max_length=8192)]
+    signature: Annotated[str, StringConstraints(max_length=1024)]
+
+
+class ReenrollAnswer(Strict):
+    state: Literal["pending", "issued"]
+    certificate: CertificateRenewed | None = None  # when issued
+
+
 class RevokeRequest(Strict):
     # One printable line: it goes into logs and the audit trail.
     reason: Annotated[str, StringConstraints(pattern=r"^[ -~]{1,256}$")] = "revoked by an operator"
@@ -416,14 +430,15 @@ class RevokeRequest(Strict):
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class EkApprovalView(Strict):
-    """An endorsement key that was not accepted by itself (no EK certificate chaining to
-    the vendor CA bundle), and what an operator decided."""
+class ApprovalView(Strict):
+    """A request only an operator grants, and the decision: ``tpm``, an endorsement key no
+    configured vendor CA certifies; ``reenroll``, a device whose certificate expired."""
 
+    kind: Literal["tpm", "reenroll"]
     device_id: str
-    fingerprint: str  # sha256 of the EK's TPMT_PUBLIC
-    state: Literal["pending", "approved", "rejected"]
-    reason: str  # why it was not accepted by itself
+    fingerprint: str  # sha256: of the EK's TPMT_PUBLIC (tpm), of the new key's SubjectPublicKeyInfo (reenroll)
+    state: Literal["pending", "approved", "rejected", "used"]
+    reason: str  # why it was not granted by itself
     hardware_id: str | None = None
     site: str | None = None
     hardware_type: str | None = None
@@ -432,13 +447,13 @@ class EkApprovalView(Strict):
     decided_at: datetime | None = None
 
 
-class EkApprovalList(Strict):
-    approvals: list[EkApprovalView]
+class ApprovalList(Strict):
+    approvals: list[ApprovalView]
 
 
-class EkDecision(Strict):
-    # The EK the operator checked (against the device's label, a factory scan); without it,
-    # the device's newest pending request is decided.
+class ApprovalDecision(Strict):
+    # The fingerprint the operator checked (an EK against the device's label or a factory
+    # scan); without it, the device's newest pending request is decided.
     fingerprint: Fingerprint | None = None
 
 

@@ -40,10 +40,11 @@ from edgefleet.server.metrics import Metrics
 from edgefleet.server.nonces import NonceMint, ensure_secret_key
 from edgefleet.server.repository import RepositoryService
 from edgefleet.server.settings import ServerSettings
-from edgefleet.store import Database, ek_approvals
+from edgefleet.store import Database
+from edgefleet.store import approvals as approval_store
 from edgefleet.store import attestation as store
 from edgefleet.store.devices import DeviceAuth, changed, device_auth, get_device
-from edgefleet.store.schema import EkApproval
+from edgefleet.store.schema import Approval
 
 log = logging.getLogger("edgefleet.attestation")
 INLINE_EVENT_LOG = 64 * 1024  # bytes of event log verified on the event loop; larger ones in a thread
@@ -153,7 +154,7 @@ class AttestationService:
         ``ek_rejected``)."""
         now = self.clock.now()
         async with self.db.transaction() as conn:
-            held = await ek_approvals.approval(conn, fingerprint)
+            held = await approval_store.approval(conn, fingerprint)
             if held is not None and held.device_id == device_id:
                 if held.state == "approved":
                     return
@@ -166,7 +167,8 @@ class AttestationService:
                 facts = {} if device is None else {
                     "hardware_id": device.hardware_id, "site": device.site,
                     "hardware_type": str(device.inventory.get("hardware_type") or "")}
-                await ek_approvals.request_approval(conn, fingerprint, device_id, reason=why, facts=facts, now=now)
+                await approval_store.request_approval(conn, "tpm", fingerprint, device_id, reason=why, facts=facts,
+                                                      now=now)
                 filed = True
         if filed:
             log.warning("EK %s of %s waits for an operator's approval: %s", fingerprint, device_id, why)
@@ -176,15 +178,16 @@ class AttestationService:
         raise Forbidden(f"EK {fingerprint} of {device_id} waits for an operator's approval ({why}): "
                         f"edgefleet devices approve {device_id}", code="ek_pending_approval")
 
-    async def decide_ek(self, device_id: str, fingerprint: str | None, *, approve: bool, by: str) -> EkApproval:
-        """Approve or reject a device's pending EK. Raises NotFound when none is pending."""
+    async def decide_approval(self, device_id: str, fingerprint: str | None, *, approve: bool, by: str) -> Approval:
+        """Approve or reject a device's pending request (a TPM to trust, a re-enrollment).
+        Raises NotFound when none is pending."""
         async with self.db.transaction() as conn:
-            decided = await ek_approvals.decide(conn, device_id, fingerprint, approve=approve, by=by,
-                                                now=self.clock.now())
+            decided = await approval_store.decide(conn, device_id, fingerprint, approve=approve, by=by,
+                                                  now=self.clock.now())
         if decided is None:
-            raise NotFound(f"no EK of {device_id} waits for approval"
+            raise NotFound(f"nothing of {device_id} waits for approval"
                            + (f" with fingerprint {fingerprint}" if fingerprint else ""))
-        log.warning("%s %s EK %s of %s", by, decided.state, decided.fingerprint, device_id)
+        log.warning("%s %s the %s request %s of %s", by, decided.state, decided.kind, decided.fingerprint, device_id)
         return decided
 
     async def activate(self, device_id: str, credential: bytes) -> None:

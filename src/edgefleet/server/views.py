@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.errors import InvalidRequest
 from edgefleet.protocol.typed_text import parse_pairs
-from edgefleet.protocol.v1 import DeviceList, DeviceView, EkApprovalView, HealthFinding, RevocationView
+from edgefleet.protocol.v1 import ApprovalView, DeviceList, DeviceView, HealthFinding, RevocationView
 from edgefleet.server.presence import Presence
 from edgefleet.store.attestation import statuses as attestation_statuses
 from edgefleet.store.devices import DeviceFilter, count_devices, list_devices
-from edgefleet.store.schema import AttestationStatus, Device, EkApproval, Revocation
+from edgefleet.store.schema import Approval, AttestationStatus, Device, Revocation
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,9 @@ def device_filter(*, site: str | None = None, kind: str = "device", selector: st
     return DeviceFilter(site=site or None, kind=kind, labels=labels, search=(search or "").strip() or None)
 
 
-def ek_approval_view(row: EkApproval) -> EkApprovalView:
+def approval_view(row: Approval) -> ApprovalView:
     facts = row.facts or {}
-    return EkApprovalView(device_id=row.device_id, fingerprint=row.fingerprint, state=row.state,
-                          reason=row.reason, hardware_id=facts.get("hardware_id"), site=facts.get("site"),
-                          hardware_type=facts.get("hardware_type") or None, requested_at=row.requested_at,
-                          decided_by=row.decided_by, decided_at=row.decided_at)
+    return ApprovalView(kind=row.kind, device_id=row.device_id, fingerprint=row.fingerprint,
+                        state=row.state, reason=row.reason, hardware_id=facts.get("hardware_id"),
+                        site=facts.get("site"), hardware_type=facts.get("hardware_type") or None,
+                        requested_at=row.requested_at, decided_by=row.decided_by, decided_at=row.decided_at)

@@ -332,18 +332,19 @@ class Revocation(Base):
     not_after: Mapped[datetime]  # the certificate's own end: past it, the CRL leaves it out
 
 
-class EkApproval(Base):
-    """An endorsement key waiting for, or given, an operator's decision (``ek_trust =
-    "approval"``): the TPM's EK had no certificate chaining to the configured vendor CA
-    bundle, so the device may not bind an attestation identity until someone approves it.
-    ``facts`` are what the operator decides on (hardware id, site, hardware type, why it
-    was not accepted by itself)."""
+class Approval(Base):
+    """A request only an operator may grant, and the decision. ``kind`` is ``tpm``: a TPM
+    whose endorsement key no configured vendor CA certifies wants to bind an attestation
+    identity (``ek_trust = "approval"``; ``fingerprint`` is the EK's); or ``reenroll``: a
+    device whose certificate expired wants a new one, proving it holds the old key
+    (``fingerprint`` is the new key's). ``facts`` are what the operator decides on."""
 
-    __tablename__ = "ek_approvals"
+    __tablename__ = "approvals"
 
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
     device_id: Mapped[str] = mapped_column(String(64), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, approved, rejected
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, approved, rejected, used
     reason: Mapped[str] = mapped_column(String(256))
     facts: Mapped[dict[str, Any]]
     requested_at: Mapped[datetime]

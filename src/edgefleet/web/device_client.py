@@ -29,6 +29,8 @@ from edgefleet.protocol.v1 import (
     EnrollResponse,
     NonceIssuedView,
     QuoteSubmission,
+    Reenroll,
+    ReenrollAnswer,
     RenewCertificate,
     StatusAck,
     StatusReport,
@@ -66,6 +68,10 @@ class DeviceTransport(Protocol):
         ...
 
     async def renew_certificate(self, device_id: str, request: RenewCertificate) -> CertificateRenewed: ...
+
+    async def reenroll(self, device_id: str, request: Reenroll) -> ReenrollAnswer:
+        """With an expired certificate (server-authenticated TLS): pending, or the new one."""
+        ...
 
     async def reconnect(self) -> None:
         """Drop pooled connections: the next request shakes hands afresh (with a renewed
@@ -177,6 +183,12 @@ class HttpsTransport:
         response = await self._request("POST", f"/api/v1/devices/{device_id}/certificate",
                                        json=request.model_dump(mode="json"))
         result: CertificateRenewed = self._parse(CertificateRenewed, response)
+        return result
+
+    async def reenroll(self, device_id: str, request: Reenroll) -> ReenrollAnswer:
+        response = await self._request("POST", f"/api/v1/devices/{device_id}/reenroll",
+                                       json=request.model_dump(mode="json"))
+        result: ReenrollAnswer = self._parse(ReenrollAnswer, response)
         return result
 
     async def reconnect(self) -> None:

@@ -30,10 +30,10 @@ from edgefleet.server.auth import AdminPrincipal, admin_principal
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.lifecycle import decommission, revoke
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_filter, device_list, device_view, ek_approval_view
+from edgefleet.server.views import approval_view, device_filter, device_list, device_view
+from edgefleet.store.approvals import approvals as approval_rows
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import get_device
-from edgefleet.store.ek_approvals import approvals as ek_approvals
 from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.revocations import revocation_of
@@ -180,8 +180,8 @@ def _short(body: str) -> str:
 async def approvals_page(request: Request) -> HTMLResponse:
     who = await _who(request)
     async with server_state(request).db.transaction() as conn:
-        rows = await ek_approvals(conn, "pending", 500)
-    return _page(request, "approvals.html", who, approvals=[ek_approval_view(row) for row in rows])
+        rows = await approval_rows(conn, "pending", 500)
+    return _page(request, "approvals.html", who, approvals=[approval_view(row) for row in rows])
 
 
 @router.post("/approvals/{device_id}/{verb}")
@@ -190,7 +190,7 @@ async def decide_approval(request: Request, device_id: Annotated[str, Path(patte
                           fingerprint: Annotated[str, Form(pattern=r"^[0-9a-f]{64}$")]) -> Response:
     """An admin decides on the TPM they looked at (the form carries its fingerprint)."""
     who = await _allowed(request, Role.ADMIN, verb)
-    await server_state(request).attestation.decide_ek(device_id, fingerprint, approve=verb == "approve",
+    await server_state(request).attestation.decide_approval(device_id, fingerprint, approve=verb == "approve",
                                                       by=who.name)
     return RedirectResponse("/ui/approvals", status_code=303)
 

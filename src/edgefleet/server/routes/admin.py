@@ -10,15 +10,15 @@ from fastapi import APIRouter, Query, Request, Response
 from edgefleet.errors import NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
+    ApprovalDecision,
+    ApprovalList,
+    ApprovalView,
     AssignmentView,
     AssignRelease,
     DesiredState,
     DeviceKind,
     DeviceList,
     DeviceView,
-    EkApprovalList,
-    EkApprovalView,
-    EkDecision,
     Name,
     RevokeRequest,
     RevokeResult,
@@ -30,10 +30,10 @@ from edgefleet.server.auth import Admin, DeviceIdPath, Operator, Viewer
 from edgefleet.server.lifecycle import decommission as decommission_device
 from edgefleet.server.lifecycle import revoke as revoke_device
 from edgefleet.server.state import server_state
-from edgefleet.server.views import device_filter, device_list, device_view, ek_approval_view
+from edgefleet.server.views import approval_view, device_filter, device_list, device_view
+from edgefleet.store.approvals import approvals
 from edgefleet.store.attestation import status as attestation_status
 from edgefleet.store.devices import desired_state, get_device
-from edgefleet.store.ek_approvals import approvals
 from edgefleet.store.revocations import revocation_of
 from edgefleet.store.updates import update_history
 
@@ -134,32 +134,34 @@ async def decommission(who: Admin, device_id: DeviceIdPath, request: Request) ->
     return Response(status_code=204)
 
 
-@router.get("/ek-approvals")
+@router.get("/approvals")
 async def ek_approval_list(
-    _: Operator, request: Request, state: Literal["pending", "approved", "rejected", "all"] = "pending",
+    _: Operator, request: Request, state: Literal["pending", "approved", "rejected", "used", "all"] = "pending",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> EkApprovalList:
-    """Endorsement keys an operator decides on (``ek_trust = "approval"``), newest first;
-    ``state`` pending by default."""
+) -> ApprovalList:
+    """What an operator decides on, newest first: TPMs no vendor CA certifies (``ek_trust =
+    "approval"``) and re-enrollments of devices whose certificate ended; ``state`` pending
+    by default."""
     async with server_state(request).db.transaction() as conn:
         rows = await approvals(conn, None if state == "all" else state, limit)
-    return EkApprovalList(approvals=[ek_approval_view(row) for row in rows])
+    return ApprovalList(approvals=[approval_view(row) for row in rows])
 
 
 @router.post("/devices/{device_id}/approve")
-async def approve(who: Admin, device_id: DeviceIdPath, body: EkDecision, request: Request) -> EkApprovalView:
-    """Approve the device's pending endorsement key: its next identity request binds it."""
-    decided = await server_state(request).attestation.decide_ek(device_id, body.fingerprint, approve=True,
+async def approve(who: Admin, device_id: DeviceIdPath, body: ApprovalDecision, request: Request) -> ApprovalView:
+    """Approve what the device waits for: its TPM binds at its next identity request, or
+    its next re-enrollment request gets a certificate."""
+    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint, approve=True,
                                                                 by=who.name)
-    return ek_approval_view(decided)
+    return approval_view(decided)
 
 
 @router.post("/devices/{device_id}/reject")
-async def reject(who: Admin, device_id: DeviceIdPath, body: EkDecision, request: Request) -> EkApprovalView:
-    """Reject the device's pending endorsement key: it never binds an identity with it."""
-    decided = await server_state(request).attestation.decide_ek(device_id, body.fingerprint, approve=False,
+async def reject(who: Admin, device_id: DeviceIdPath, body: ApprovalDecision, request: Request) -> ApprovalView:
+    """Reject what the device waits for: that TPM never binds, that key gets no certificate."""
+    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint, approve=False,
                                                                 by=who.name)
-    return ek_approval_view(decided)
+    return approval_view(decided)
 
 
 @router.post("/devices/{device_id}/revoke")

@@ -18,13 +18,15 @@ from edgefleet.protocol.v1 import (
     DeviceView,
     EnrollRequest,
     EnrollResponse,
+    Reenroll,
+    ReenrollAnswer,
     RenewCertificate,
     StatusAck,
     StatusReport,
 )
-from edgefleet.server.auth import CurrentDevice, fresh_device_state
+from edgefleet.server.auth import CurrentDevice, DeviceIdPath, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
-from edgefleet.server.renewal import renew_certificate
+from edgefleet.server.renewal import reenroll, renew_certificate
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.devices import apply_status, desired_state, get_device, stored_health
@@ -129,6 +131,15 @@ async def renew(device: CurrentDevice, body: RenewCertificate, request: Request)
     TPM identity, or when the fleet requires it) freshly attested. The current one keeps
     working until the device presents the new one."""
     return await renew_certificate(server_state(request), device, body.csr_pem)
+
+
+@router.post("/devices/{device_id}/reenroll", responses={202: {"model": ReenrollAnswer}})
+async def reenroll_device(device_id: DeviceIdPath, body: Reenroll, request: Request) -> Response:
+    """For a device whose certificate expired (server-authenticated TLS only): its old
+    certificate and a CSR signed by the old key. 202 while an operator has not approved it
+    (the first request files it), 200 with the new certificate once one has."""
+    answer = await reenroll(server_state(request), device_id, body)
+    return JSONResponse(answer.model_dump(mode="json"), status_code=200 if answer.state == "issued" else 202)
 
 
 @router.get("/devices/{device_id}/director/{name}")

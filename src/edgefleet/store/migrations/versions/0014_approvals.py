@@ -1,4 +1,4 @@
-"""ek_approvals: endorsement keys waiting for an operator's approval
+"""approvals: endorsement keys and re-enrollments waiting for an operator
 
 Revision ID: 0014
 Revises: 0013
@@ -17,8 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "ek_approvals",
+        "approvals",
         sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("device_id", sa.String(64), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("reason", sa.String(256), nullable=False),
@@ -26,13 +27,13 @@ def upgrade() -> None:
         sa.Column("requested_at", UTCDateTime(), nullable=False),
         sa.Column("decided_by", sa.String(128), nullable=True),
         sa.Column("decided_at", UTCDateTime(), nullable=True),
-        sa.PrimaryKeyConstraint("fingerprint", name="pk_ek_approvals"),
+        sa.PrimaryKeyConstraint("fingerprint", name="pk_approvals"),
     )
-    op.create_index("ix_ek_approvals_device_id", "ek_approvals", ["device_id"])
-    op.create_index("ix_ek_approvals_state", "ek_approvals", ["state"])
+    op.create_index("ix_approvals_device_id", "approvals", ["device_id"])
+    op.create_index("ix_approvals_state", "approvals", ["state"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_ek_approvals_state", "ek_approvals")
-    op.drop_index("ix_ek_approvals_device_id", "ek_approvals")
-    op.drop_table("ek_approvals")
+    op.drop_index("ix_approvals_state", "approvals")
+    op.drop_index("ix_approvals_device_id", "approvals")
+    op.drop_table("approvals")

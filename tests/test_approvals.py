@@ -66,7 +66,7 @@ def test_an_ek_the_vendor_bundle_certifies_binds_without_an_operator(plane: tupl
                            (intermediate.subject, intermediate_key), False)
     device = fleet.enroll(hardware_type="hw-x86")
     assert code(bind(device, tpm, certificate.public_bytes(serialization.Encoding.DER))) == (200, None)
-    assert fleet.rows()["ek_approvals"] == []  # nobody was asked
+    assert fleet.rows()["approvals"] == []  # nobody was asked
 
 
 def test_a_swtpm_ek_waits_with_its_facts_until_an_operator_approves_it_from_the_cli(plane: tuple[Fleet, Any],
@@ -80,7 +80,7 @@ def test_a_swtpm_ek_waits_with_its_facts_until_an_operator_approves_it_from_the_
         assert code(waiting) == (403, "ek_pending_approval")
     rows = fleet.rows()
     assert rows["attestation_identities"] == []  # no challenge was issued
-    assert [(r["device_id"], r["fingerprint"], r["state"]) for r in rows["ek_approvals"]] == [
+    assert [(r["device_id"], r["fingerprint"], r["state"]) for r in rows["approvals"]] == [
         (device.id, fingerprint, "pending")]
     listed = cli(fleet, "devices", "pending", "--json")
     assert listed.exit_code == 0, listed.output
@@ -91,7 +91,7 @@ def test_a_swtpm_ek_waits_with_its_facts_until_an_operator_approves_it_from_the_
     assert device.id in table.output
     wrong = cli(fleet, "devices", "approve", device.id, "--fingerprint", "0" * 64)
     assert wrong.exit_code == 1
-    assert "no EK of" in wrong.output
+    assert "nothing of" in wrong.output
     assert "Traceback" not in wrong.output
     assert cli(fleet, "devices", "approve", device.id, "--fingerprint", fingerprint).exit_code == 0
     assert code(bind(device, tpm)) == (200, None)  # the credential challenge: it binds now
@@ -138,10 +138,10 @@ def test_an_agent_waits_for_approval_and_attests_once_approved(plane: tuple[Flee
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await until(lambda: bool(fleet.rows()["ek_approvals"]), "the request for approval")
+            await until(lambda: bool(fleet.rows()["approvals"]), "the request for approval")
             await until(lambda: "edgefleet devices approve" in (agent.last_error or ""), "the agent's hint")
             assert agent.attested is None
-            device_id = (await asyncio.to_thread(fleet.rows))["ek_approvals"][0]["device_id"]
+            device_id = (await asyncio.to_thread(fleet.rows))["approvals"][0]["device_id"]
             approved = await asyncio.to_thread(admin.post, f"/api/v1/admin/devices/{device_id}/approve", json={})
             assert approved.status_code == 200
             await until(lambda: agent.attested is not None, "the first attestation after the approval")
@@ -180,5 +180,5 @@ def test_an_admin_approves_from_the_dashboard_the_tpm_whose_fingerprint_it_shows
         other = "f" * 64  # a fingerprint the admin did not see: nothing is decided
         assert browser.post(f"/ui/approvals/{device.id}/approve", data={"fingerprint": other}).status_code == 404
         assert browser.post(f"/ui/approvals/{device.id}/approve", data={"fingerprint": fingerprint}).status_code == 303
-        assert "No TPM waits for approval." in browser.get("/ui/approvals").text
+        assert "Nothing waits for approval." in browser.get("/ui/approvals").text
     assert code(bind(device, tpm)) == (200, None)
