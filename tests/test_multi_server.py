@@ -59,6 +59,15 @@ def test_device_decommissioned_on_one_instance_is_refused_by_the_other(fleet: Fl
     assert _eventually(lambda: device.client.get(url).status_code == 401)
 
 
+def test_device_revoked_on_one_instance_is_refused_by_the_other(fleet: Fleet, second: ServerThread) -> None:
+    device = fleet.enroll()
+    url = f"/api/v1/devices/{device.id}/desired"
+    assert device.client.get(url).status_code == 200  # cached on the first
+    revoked = _client_at(fleet, second, role=Role.ADMIN).post(f"/api/v1/admin/devices/{device.id}/revoke", json={})
+    assert revoked.status_code == 200
+    assert _eventually(lambda: device.client.get(url).status_code == 401)
+
+
 def test_long_poll_on_one_instance_wakes_for_a_change_made_on_the_other(fleet: Fleet, second: ServerThread) -> None:
     device = fleet.enroll()
     result: dict[str, httpx.Response] = {}
