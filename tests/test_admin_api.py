@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
+import yaml
+from typer.testing import CliRunner
+
+from edgefleet.cli.app import app
 from edgefleet.credentials import Role
 from edgefleet.server.local import create_admin_token
 from tests.cli_helpers import cli, server_args
@@ -137,3 +142,18 @@ def test_the_device_list_filters_by_labels_and_by_a_piece_of_the_id(fleet: Fleet
     refused = viewer.get("/api/v1/admin/devices", params={"selector": "no-equals-sign"})
     assert refused.status_code == 422
     assert "selector" in refused.json()["error"]["message"]
+
+
+def test_listing_and_showing_commands_print_the_same_data_as_json_or_yaml(fleet: Fleet) -> None:
+    device = fleet.enroll(site="store-y", labels={"fleet": "yaml"})
+    for words in (["devices", "ls", "-l", "fleet=yaml"], ["devices", "show", device.id],
+                  ["devices", "updates", device.id], ["devices", "pending"], ["rollout", "ls"],
+                  ["tokens", "list"], ["tokens", "list", "--admin"], ["audit", "list", "--limit", "5"]):
+        as_json = json.loads(cli(*words, "-o", "json", *server_args(fleet)))
+        as_yaml = yaml.safe_load(cli(*words, "-o", "yaml", *server_args(fleet)))
+        assert as_yaml == as_json, words  # reading makes no audit row: both saw the same
+    listed = yaml.safe_load(cli("devices", "ls", "-l", "fleet=yaml", "-o", "yaml", *server_args(fleet)))
+    assert [d["id"] for d in listed["devices"]] == [device.id]
+    wrong = CliRunner().invoke(app, ["devices", "ls", "-o", "xml", *server_args(fleet)])
+    assert wrong.exit_code == 2
+    assert "-o is one of table, wide, json, yaml" in wrong.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
+from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.client import AdminClient
 from edgefleet.ui import console, err_console
 
@@ -24,7 +24,8 @@ def list_entries(
     = None,
     device: Annotated[str | None, typer.Option(help="Only rows about this device (or rollout, or token).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Rows to show, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    output: Output = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (-o json).")] = False,
 ) -> None:
     """Newest first (role admin)."""
     params: dict[str, Any] = {"limit": limit}
@@ -33,8 +34,7 @@ def list_entries(
             params[name] = value
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         entries = client.call_json("GET", "/api/v1/admin/audit", params=params)["entries"]
-    if as_json:
-        typer.echo(json.dumps(entries, indent=2))
+    if printed_for_machines(output, entries, as_json=as_json):
         return
     table = Table(title=f"{len(entries)} audit rows, newest first")
     for column in ("seq", "at", "actor", "action", "subject", "outcome", "from"):

@@ -3,13 +3,13 @@ quarantine or decommission it (role admin)."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, parse_labels, shown_errors
+from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.client import AdminClient
 from edgefleet.ui import console, device_table, update_history_table
 
@@ -27,18 +27,15 @@ def ls(
     = None,
     search: Annotated[str | None, typer.Option("--search", "-q", help="A piece of the device id or hardware id.")]
     = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="table, wide (with labels) or json.")] = "table",
+    output: Output = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (-o json).")] = False,
     hubs: Annotated[bool, typer.Option("--hubs", help="The sites' regional hubs instead of the devices.")] = False,
 ) -> None:
     """List devices by site."""
-    if output not in ("table", "wide", "json"):
-        raise typer.BadParameter(f"-o is table, wide or json, got {output!r}", param_hint="--output")
     labels = ",".join(f"{k}={v}" for k, v in parse_labels(selector).items()) or None
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         result = client.devices(site=site, kind="hub" if hubs else "device", selector=labels, search=search)
-    if as_json or output == "json":
-        typer.echo(result.model_dump_json(indent=2))
+    if printed_for_machines(output, result.model_dump(mode="json"), as_json=as_json):
         return
     what = "hubs" if hubs else "devices"
     console.print(device_table(result.devices, title=f"{len(result.devices)} of {result.total} {what}",
@@ -51,11 +48,12 @@ def show(
     server: ServerUrl,
     token: AdminToken,
     ca_file: CaFile,
+    output: Output = "json",
 ) -> None:
-    """Everything the control plane knows about one device, as JSON."""
+    """Everything the control plane knows about one device (JSON, or -o yaml)."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         device = client.device(device_id)
-    typer.echo(json.dumps(device.model_dump(mode="json"), indent=2))
+    printed_for_machines("json" if output in ("table", "wide") else output, device.model_dump(mode="json"))
 
 
 @app.command("updates")
@@ -65,11 +63,14 @@ def updates(
     token: AdminToken,
     ca_file: CaFile,
     limit: Annotated[int, typer.Option(help="Newest N transitions.")] = 50,
+    output: Output = "table",
 ) -> None:
     """A device's A/B update history: every phase it went through, and why."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         history = client.update_history(device_id, limit)
         device = client.device(device_id)
+    if printed_for_machines(output, history.model_dump(mode="json")):
+        return
     title = f"{device_id}: running {device.running_version or '?'}, update {device.update_state}"
     how = (device.update or {}).get("delivery")
     if isinstance(how, dict):
@@ -93,16 +94,16 @@ def release_quarantine(device_id: DeviceId, server: ServerUrl, token: AdminToken
 @app.command("pending")
 def pending(
     server: ServerUrl, token: AdminToken, ca_file: CaFile,
-    state: Annotated[str, typer.Option("--state", help="pending, approved, rejected or all.")] = "pending",
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    state: Annotated[str, typer.Option("--state", help="pending, approved, rejected, used or all.")] = "pending",
+    output: Output = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (-o json).")] = False,
 ) -> None:
     """What waits for an operator (role operator): TPMs whose endorsement key no vendor CA
     certifies, and devices whose certificate ended asking to re-enroll, with the facts to
     decide on."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         result = client.approvals(state)
-    if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+    if printed_for_machines(output, result.model_dump(mode="json"), as_json=as_json):
         return
     table = Table(title=f"{len(result.approvals)} requests ({state})")
     table.add_column("device", no_wrap=True)

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
+from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.client import AdminClient
 from edgefleet.errors import ConfigError
 from edgefleet.protocol.typed_text import parse_pair, parse_wave
@@ -122,16 +123,22 @@ def status(
     server: ServerUrl, token: AdminToken, ca_file: CaFile,
     rollout_id: Annotated[str | None, typer.Argument(help="Rollout id; all rollouts when omitted.")] = None,
     events: Annotated[bool, typer.Option(help="Also the audit trail of decisions and verbs.")] = False,
+    output: Output = "table",
 ) -> None:
     """Counts per wave and why each failed device failed."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         if rollout_id is None:
-            for view in client.call_json("GET", "/api/v1/admin/rollouts")["rollouts"]:
-                console.print(rollout_table(view))
+            views = client.call_json("GET", "/api/v1/admin/rollouts")["rollouts"]
+            if not printed_for_machines(output, views):
+                for view in views:
+                    console.print(rollout_table(view))
             return
-        console.print(rollout_table(client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")))
-        if events:
-            trail = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}/events")["events"]
+        view = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}")
+        trail = client.call_json("GET", f"/api/v1/admin/rollouts/{rollout_id}/events")["events"] if events else None
+        if printed_for_machines(output, view if trail is None else {**view, "events": trail}):
+            return
+        console.print(rollout_table(view))
+        if trail is not None:
             table = Table(title="decisions")
             for column in ("at", "kind", "device", "reason"):
                 table.add_column(column)
@@ -141,10 +148,12 @@ def status(
 
 
 @app.command("ls")
-def ls(server: ServerUrl, token: AdminToken, ca_file: CaFile) -> None:
+def ls(server: ServerUrl, token: AdminToken, ca_file: CaFile, output: Output = "table") -> None:
     """One line per rollout, newest first: id, release, status, wave, counts."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
         views = client.call_json("GET", "/api/v1/admin/rollouts")["rollouts"]
+    if printed_for_machines(output, views):
+        return
     table = Table()
     for column in ("id", "release", "status", "wave", "succeeded", "failed", "started", "by"):
         table.add_column(column)

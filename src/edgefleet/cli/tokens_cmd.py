@@ -9,8 +9,10 @@ import typer
 from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ConfigOption, ServerUrl, parse_labels, shown_errors
+from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.cli.server_cmd import DatabaseUrl, DataDir, create_admin_token_command
 from edgefleet.client import AdminClient
+from edgefleet.protocol.v1 import AdminTokenList
 from edgefleet.ui import ago, console
 
 app = typer.Typer(help="Enrollment (bootstrap) tokens and admin API tokens.")
@@ -56,20 +58,24 @@ AdminKind = Annotated[bool, typer.Option("--admin", help="Admin API tokens (need
 
 
 @app.command("list")
-def list_tokens(server: ServerUrl, token: AdminToken, ca_file: CaFile, admin: AdminKind = False) -> None:
+def list_tokens(server: ServerUrl, token: AdminToken, ca_file: CaFile, admin: AdminKind = False,
+                output: Output = "table") -> None:
     """Bootstrap tokens (newest first: site, state, the device that used it) or, with
     --admin, admin tokens (name, role, state). Secrets are never shown again."""
     with shown_errors(), AdminClient(server, token, ca_file) as client:
-        if admin:
-            table = Table("id", "name", "role", "state", "created", "expires", title="admin tokens")
-            for a in client.admin_tokens().tokens:
-                table.add_row(a.id, a.name, a.role, a.state, ago(a.created_at),
-                              a.expires_at.isoformat(timespec="seconds") if a.expires_at else "never")
-        else:
-            table = Table("id", "site", "state", "device", "created by", "expires", title="bootstrap tokens")
-            for b in client.bootstrap_tokens().tokens:
-                table.add_row(b.id, b.site, b.state, b.device_id or "", b.created_by,
-                              b.expires_at.isoformat(timespec="seconds"))
+        listed = client.admin_tokens() if admin else client.bootstrap_tokens()
+    if printed_for_machines(output, listed.model_dump(mode="json")):
+        return
+    if isinstance(listed, AdminTokenList):
+        table = Table("id", "name", "role", "state", "created", "expires", title="admin tokens")
+        for a in listed.tokens:
+            table.add_row(a.id, a.name, a.role, a.state, ago(a.created_at),
+                          a.expires_at.isoformat(timespec="seconds") if a.expires_at else "never")
+    else:
+        table = Table("id", "site", "state", "device", "created by", "expires", title="bootstrap tokens")
+        for b in listed.tokens:
+            table.add_row(b.id, b.site, b.state, b.device_id or "", b.created_by,
+                          b.expires_at.isoformat(timespec="seconds"))
     console.print(table)
 
 
