@@ -173,10 +173,10 @@ def test_a_renewal_stopped_between_any_two_steps_is_finished_or_dropped_at_the_n
         assert files.recover_renewal() is False  # nothing left to do
 
 
-def expire(fleet: Fleet, files: StateDir, device_id: str) -> None:
+def expire(fleet: Fleet, cert_file: Path) -> None:
     """The device was off for 40 days: its certificate (same serial, same key) ended 10
     days ago, as the fleet CA issued it."""
-    current = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    current = x509.load_pem_x509_certificate(cert_file.read_bytes())
     ca_cert, ca_key = load_ca(fleet.settings.pki.load_ca())
     now = datetime.now(UTC)
     builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca_cert.subject)
@@ -184,7 +184,7 @@ def expire(fleet: Fleet, files: StateDir, device_id: str) -> None:
                .not_valid_before(now - timedelta(days=40)).not_valid_after(now - timedelta(days=10)))
     for extension in current.extensions:
         builder = builder.add_extension(extension.value, critical=extension.critical)
-    files.cert.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
 
 def test_a_device_whose_certificate_ended_re_enrolls_only_once_an_operator_approves(
@@ -193,7 +193,7 @@ def test_a_device_whose_certificate_ended_re_enrolls_only_once_an_operator_appro
     asyncio.run(run_until(agent, lambda: agent.checkins >= 1))
     files, device_id = StateDir(agent.settings.state_dir), agent.device_id
     assert device_id is not None
-    expire(fleet, files, device_id)
+    expire(fleet, files.cert)
     old_serial = serial_of(files.cert.read_text())
     asyncio.run(run_until(agent, lambda: "waits for an operator" in (agent.last_error or "")))
     pending = CliRunner().invoke(app, ["devices", "pending", "--json", *server_args(fleet)])
@@ -219,6 +219,8 @@ def test_a_device_whose_certificate_ended_re_enrolls_only_once_an_operator_appro
 
 def test_a_re_enrollment_without_the_old_key_or_for_a_revoked_device_is_refused(fleet: Fleet) -> None:
     device = fleet.enroll()
+    valid = (device.directory / "cert.pem").read_text()
+    expire(fleet, device.directory / "cert.pem")
     cert_pem = (device.directory / "cert.pem").read_text()
     csr = make_csr(new_device_key(), device.id)
     url = f"/api/v1/devices/{device.id}/reenroll"
@@ -230,6 +232,8 @@ def test_a_re_enrollment_without_the_old_key_or_for_a_revoked_device_is_refused(
     other = fleet.enroll()
     assert fleet.client().post(f"/api/v1/devices/{other.id}/reenroll", json=body).status_code == 401  # not its own
     assert fleet.client().post(url, json=body).status_code == 202  # filed for an operator
+    early = fleet.client().post(url, json={**body, "certificate_pem": valid, "signature": signed})
+    assert (early.status_code, early.json()["error"]["code"]) == (409, "certificate_still_valid")  # a clock ahead
     assert fleet.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{device.id}/revoke", json={}).status_code == 200
     revoked = fleet.client().post(url, json=body)
     assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "certificate_revoked")

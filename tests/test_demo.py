@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -18,10 +20,32 @@ def test_headless_demo_tells_the_whole_story_and_the_rollout_halts_on_the_implan
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     output = io.StringIO()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo makes its directory
-    ok = asyncio.run(run_demo(DemoOptions(devices=12, sites=3, headless=True, duration=5),
-                              Console(file=output, width=160)))
+    technician: dict[str, str] = {}
+
+    async def visit_the_technicians_page() -> None:
+        """While the demo runs: the page it printed serves that device's own view."""
+        pattern = re.compile(r"technician's page of (\S+) .*?: (http://\S+)\s+credential: (\S+)")
+        while not (found := pattern.search(output.getvalue())):  # noqa: ASYNC110 - a console, not an event
+            await asyncio.sleep(0.2)
+        hardware_id, url, credential = found.groups()
+
+        def visit() -> str:
+            with httpx.Client(base_url=url, timeout=10) as browser:
+                assert browser.post("login", data={"credential": credential}).status_code in (200, 303)
+                return browser.get("status.json").text
+
+        technician["hardware_id"], technician["status"] = hardware_id, await asyncio.to_thread(visit)
+
+    async def both() -> bool:
+        demo = asyncio.ensure_future(run_demo(DemoOptions(devices=12, sites=3, headless=True, duration=5),
+                                              Console(file=output, width=160)))
+        await asyncio.wait_for(visit_the_technicians_page(), 600)
+        return await demo
+
+    ok = asyncio.run(both())
     text = output.getvalue()
     assert ok, text
+    assert technician["hardware_id"] in technician["status"]
     # The scripted tamper and the refused device are expected events: warnings, not errors.
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "is removed (--keep keeps it)" in " ".join(text.split())

@@ -389,7 +389,12 @@ class Agent:
                         return
                     why = ("the device certificate has ended; re-enrollment waits for an operator (edgefleet devices "
                            f"approve {state.device_id})")
-                except (TransportError, ServerRefused) as exc:
+                except ServerRefused as exc:
+                    if exc.code == "certificate_still_valid":  # this device's clock runs ahead, not its certificate
+                        log.warning("the server still accepts the device certificate: %s (check the clock)", exc)
+                        return
+                    why = f"re-enrollment refused: {exc}"
+                except TransportError as exc:
                     why = f"re-enrollment failed: {exc}"
                 log.log(logging.DEBUG if why == self.last_error else logging.WARNING, "%s", why)
                 self.last_error = why

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import shutil
 import signal
 import tempfile
@@ -65,6 +66,7 @@ from edgefleet.server.settings import ServerSettings
 from edgefleet.ui import console as default_console
 from edgefleet.ui import device_table
 from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.util.ports import free_port
 
 RUNNING = "2026.11.0"
 RELEASE = "2026.12.0"
@@ -132,8 +134,13 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
     out.print(f"[bold green]regional hub[/] for {site_name(0)} on [bold]https://127.0.0.1:{hub.port}[/]: its devices "
               "ship telemetry there and fetch releases through its cache")
     try:
+        technician = Technician(free_port(), secrets.token_urlsafe(12))
         devices = await _start_fleet(options, settings, server.url, client, stop, tasks,
-                                     hub_url=f"https://127.0.0.1:{hub.port}", emulators=emulators)
+                                     hub_url=f"https://127.0.0.1:{hub.port}", emulators=emulators,
+                                     technician=technician)
+        out.print(f"[bold green]technician's page[/] of {devices[0].device.hardware_id()} (what a store's "
+                  f"technician sees on the LAN, from the device alone): {technician.url}   credential: "
+                  f"{technician.credential}", highlight=False)
         out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
         out.print("[dim]emulated: each device's firmware, boot and reboots are software (agent/hardware/firmware.py); "
                   "the real boot chain (OVMF, systemd-boot, UKI, dm-verity) is `edgefleet image build` in a VM, "
@@ -170,7 +177,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
         ok = await _report_hub(hub, out) and ok
         fleet = await asyncio.to_thread(_fleet, client)
         out.print(device_table(fleet.devices, title="fleet"))
-        _print_summary(out, fleet, server.url, settings, admin_token)
+        _print_summary(out, fleet, server.url, settings, admin_token, technician)
         if options.headless:
             await asyncio.sleep(max(0.0, options.duration - (time.monotonic() - started)))
         else:
@@ -270,6 +277,7 @@ def _device_tpm(device: VirtualDevice,
 async def _start_fleet(
     options: DemoOptions, settings: ServerSettings, url: str, client: AdminClient, stop: asyncio.Event,
     tasks: list[asyncio.Task[None]], *, hub_url: str, emulators: list[swtpm.Swtpm] | None,
+    technician: Technician,
 ) -> list[EmulatedDevice]:
     devices = []
     for index in range(options.devices):
@@ -295,6 +303,7 @@ async def _start_fleet(
             status_interval_seconds=30, backoff_initial_seconds=0.2, backoff_max_seconds=5,
             trial_deadline_seconds=60, telemetry_batch_seconds=2, telemetry_url=hub_url if via_hub else None,
             mirrors=[f"{hub_url}/repository"] if via_hub else [],
+            **(technician.settings(device.agent_dir.parent) if index == 0 else {}),
         )
 
         def make_agent(s: AgentSettings = agent_settings, d: VirtualDevice = device, t: DemoTpm = tpm,
@@ -509,7 +518,25 @@ async def _push_desired_state(client: AdminClient, site: str, out: Console) -> b
     return done
 
 
-def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSettings, token: str) -> None:
+@dataclass(frozen=True)
+class Technician:
+    """The first device serves its technician's page on the loopback interface."""
+
+    port: int
+    credential: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def settings(self, directory: Path) -> dict[str, Any]:
+        credential = directory / "technician-credential"
+        atomic_write_bytes(credential, self.credential.encode(), mode=0o600)
+        return {"local_ui": f"127.0.0.1:{self.port}", "local_ui_token_file": credential}
+
+
+def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSettings, token: str,
+                   technician: Technician) -> None:
     sites: dict[str, int] = {}
     for device in fleet.devices:
         sites[device.site] = sites.get(device.site, 0) + 1
@@ -524,5 +551,6 @@ def _print_summary(out: Console, fleet: DeviceList, url: str, settings: ServerSe
         f"  export EDGEFLEET_SERVER_URL={url} EDGEFLEET_CA_FILE={settings.pki.ca_cert}",
         f"  export EDGEFLEET_ADMIN_TOKEN={token}",
         "  edgefleet devices ls",
+        f"technician's page of one device: {technician.url}   credential: {technician.credential}",
     ]
     out.print("\n".join(lines), soft_wrap=True, highlight=False)

@@ -11,7 +11,7 @@ import base64
 import binascii
 import logging
 
-from edgefleet.errors import Forbidden, InvalidRequest, Unauthenticated
+from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticated
 from edgefleet.pki import issue_device_certificate, verify_device_certificate
 from edgefleet.pki.certs import csr_key_fingerprint, verify_possession
 from edgefleet.protocol.v1 import CertificateRenewed, Reenroll, ReenrollAnswer
@@ -51,7 +51,8 @@ async def reenroll(state: ServerState, device_id: str, request: Reenroll) -> Ree
     the same request gets the certificate (for the key the operator approved).
 
     Raises Unauthenticated (not the fleet's certificate for this device, superseded,
-    revoked, or not signed by its key), Forbidden (``reenroll_rejected``) or
+    revoked, or not signed by its key), Conflict (``certificate_still_valid``: the
+    device's clock is wrong, not its certificate), Forbidden (``reenroll_rejected``) or
     InvalidRequest (bad CSR or signature encoding).
     """
     identity = verify_device_certificate(state.ca.cert_pem, request.certificate_pem, None)
@@ -65,6 +66,10 @@ async def reenroll(state: ServerState, device_id: str, request: Reenroll) -> Ree
     verify_possession(request.certificate_pem, request.csr_pem.encode(), signature)
     fingerprint = csr_key_fingerprint(request.csr_pem)
     now = state.clock.now()
+    if identity.not_after > now:  # a device whose own clock runs ahead: mTLS still works
+        raise Conflict(f"certificate {identity.serial} of {device_id} is valid until "
+                       f"{identity.not_after.isoformat(timespec='seconds')}: renew it instead",
+                       code="certificate_still_valid")
     filed = issued = None
     async with state.db.transaction() as conn:
         device = await get_device(conn, device_id)

@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,12 @@ import httpx
 
 from edgefleet.errors import ConfigError
 from edgefleet.server.settings import ServerSettings
+from edgefleet.util.ports import free_port
 from edgefleet.web.tls import tls_context
 
 # where the simulator creates (and afterwards drops) a database of its own for each run
 POSTGRES_ADMIN_URL = os.environ.get("EDGEFLEET_SIM_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
