@@ -284,7 +284,8 @@ async def run_config(backend: str, processes: int, steps: list[int], args: argpa
                      profile_at: int | None = None) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix=f"edgefleet-scale-{backend}-{processes}-"))
     db_name, database_url = (await create_postgres_database()) if backend == "postgresql" else (None, None)
-    settings = ServerSettings(data_dir=workdir / "server", database_url=database_url, log_level="error")
+    settings = ServerSettings(data_dir=workdir / "server", database_url=database_url, log_level="error",
+                              ek_trust="tofu")  # emulated devices: no vendor EK certificates
     init_server(settings, datetime.now(UTC))
     key = workdir / "device.key"
     key.write_bytes(new_device_key())

@@ -140,7 +140,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> bool
                                      technician=technician)
         out.print(f"[bold green]technician's page[/] of {devices[0].device.hardware_id()} (what a store's "
                   f"technician sees on the LAN, from the device alone): {technician.url}   credential: "
-                  f"{technician.credential}", highlight=False)
+                  f"{technician.credential}", highlight=False, soft_wrap=True)
         out.print(f"started {len(devices)} emulated devices across {options.sites} sites; enrolling over mTLS ...")
         out.print("[dim]emulated: each device's firmware, boot and reboots are software (agent/hardware/firmware.py); "
                   "the real boot chain (OVMF, systemd-boot, UKI, dm-verity) is `edgefleet image build` in a VM, "

@@ -96,7 +96,9 @@ class ServerPool:
                    "--port", str(self.port), "--reuse-port", "--log-level", self.settings.log_level]
         if self.settings.database_url:
             command += ["--database-url", self.settings.database_url]
-        env = {**os.environ, **self.env}
+        # Which TPMs the processes trust is the pool's settings' choice (the simulator's
+        # software TPMs are trusted on first use), unless the caller's env says otherwise.
+        env = {**os.environ, "EDGEFLEET_EK_TRUST": self.settings.ek_trust, **self.env}
         for index in range(self.processes):
             log = self.log_dir / f"server-{index}.log" if self.log_dir else None
             proc = await _spawn(command, env, log)
