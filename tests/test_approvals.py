@@ -23,7 +23,7 @@ from edgefleet.server.attestation import ek_fingerprint
 from edgefleet.server.settings import ServerSettings
 from tests.cli_helpers import server_args
 from tests.conftest import Device, Fleet, start_fleet
-from tests.test_ek_certificates import issue, vendor
+from tests.test_ek_certificates import issue, swtpm_agent, vendor
 from tests.tpm_world import tpm2_or_skip
 
 
@@ -119,19 +119,8 @@ def test_a_rejected_ek_never_binds(plane: tuple[Fleet, Any], emulator: Any) -> N
 
 def test_an_agent_waits_for_approval_and_attests_once_approved(plane: tuple[Fleet, Any], emulator: Any,
                                                                tmp_path: Path) -> None:
-    from edgefleet.agent import Agent, AgentSettings
-    from edgefleet.agent.hardware import VirtualDevice
-    from edgefleet.agent.hardware.firmware import measured_boot
-
     fleet, _ = plane
-    tpm = tpm2_or_skip()(emulator.tcti)
-    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-approve-1", site="store-1",
-                                  hardware_type="hw-x86")
-    measured_boot(tpm, device.slot_image("a"), device.event_log(), power_cycle=emulator.power_cycle)
-    settings = AgentSettings(server_url=fleet.url, ca_file=fleet.settings.pki.ca_cert, state_dir=device.agent_dir,
-                             bootstrap_token=fleet.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
-                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
-    agent = Agent(settings, device, site="store-1", tpm=tpm)
+    agent = swtpm_agent(fleet, emulator, tmp_path, "hw-approve-1")
     admin = fleet.client(role=Role.ADMIN)
 
     async def scenario() -> None:

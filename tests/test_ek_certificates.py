@@ -113,26 +113,33 @@ def provision_ek_certificate(tcti: str, der: bytes) -> None:
             ectx.nv_write(index, der[offset:offset + 512], offset, auth_handle=ESYS_TR.OWNER)
 
 
+def swtpm_agent(plane: Fleet, emulator: Any, tmp_path: Path, hardware_id: str) -> Any:
+    """An agent on an emulated device of store-1 whose TPM is ``emulator``, booted (its
+    PCRs and event log measured), with a bootstrap token and quick retries."""
+    from edgefleet.agent import Agent, AgentSettings
+    from edgefleet.agent.hardware import VirtualDevice
+    from edgefleet.agent.hardware.firmware import measured_boot
+
+    tpm = tpm2_or_skip()(emulator.tcti)
+    device = VirtualDevice.create(tmp_path / "vdev", hardware_id=hardware_id, site="store-1", hardware_type="hw-x86")
+    measured_boot(tpm, device.slot_image("a"), device.event_log(), power_cycle=emulator.power_cycle)
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
+    return Agent(settings, device, site="store-1", tpm=tpm)
+
+
 def test_agent_reads_its_ek_certificate_from_the_tpm_and_binds_its_identity(vendor_plane: Any, emulator: Any,
                                                                            tmp_path: Path) -> None:
     import asyncio
 
-    from edgefleet.agent import Agent, AgentSettings
-    from edgefleet.agent.hardware import VirtualDevice
-    from edgefleet.agent.hardware.firmware import measured_boot
 
     plane, (_, _, intermediate, intermediate_key) = vendor_plane
     tpm = tpm2_or_skip()(emulator.tcti)
     provision_ek_certificate(emulator.tcti, ek_cert(emulator, (intermediate, intermediate_key))
                              .public_bytes(serialization.Encoding.DER))
     assert tpm.ek_certificate() is not None
-    device = VirtualDevice.create(tmp_path / "vdev", hardware_id="hw-vendor-1", site="store-1",
-                                  hardware_type="hw-x86")
-    measured_boot(tpm, device.slot_image("a"), device.event_log(), power_cycle=emulator.power_cycle)
-    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
-                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
-                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
-    agent = Agent(settings, device, site="store-1", tpm=tpm)
+    agent = swtpm_agent(plane, emulator, tmp_path, "hw-vendor-1")
 
     async def until_attested() -> None:
         stop = asyncio.Event()
