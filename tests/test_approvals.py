@@ -101,6 +101,19 @@ def test_a_swtpm_ek_waits_with_its_facts_until_an_operator_approves_it_from_the_
         ("ek approval requested", "pending"), ("POST /api/v1/admin/devices/{device_id}/approve", "ok")}
 
 
+def test_another_device_presenting_an_ek_already_asked_for_changes_nothing(plane: tuple[Fleet, Any],
+                                                                          emulator: Any) -> None:
+    fleet, _ = plane
+    tpm = tpm2_or_skip()(emulator.tcti)
+    first, second = fleet.enroll(), fleet.enroll()
+    assert code(bind(first, tpm)) == (403, "ek_pending_approval")
+    assert fleet.client(role=Role.ADMIN).post(f"/api/v1/admin/devices/{first.id}/approve", json={}).status_code == 200
+    before = fleet.rows()["approvals"]
+    assert code(bind(second, tpm)) == (409, "ek_in_use")  # the same TPM's EK, from another enrolled device
+    assert fleet.rows()["approvals"] == before  # the first device's approval stands
+    assert code(bind(first, tpm)) == (200, None)
+
+
 def test_a_rejected_ek_never_binds(plane: tuple[Fleet, Any], emulator: Any) -> None:
     fleet, _ = plane
     tpm = tpm2_or_skip()(emulator.tcti)

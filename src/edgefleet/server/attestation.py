@@ -155,6 +155,10 @@ class AttestationService:
         now = self.clock.now()
         async with self.db.transaction() as conn:
             held = await approval_store.approval(conn, fingerprint)
+            if held is not None and held.device_id != device_id and await get_device(conn, held.device_id):
+                # Another enrolled device asked for this EK first: a second device presenting
+                # it must not reset that device's request or decision.
+                raise Conflict(f"EK {fingerprint} is already asked for by {held.device_id}", code="ek_in_use")
             if held is not None and held.device_id == device_id:
                 if held.state == "approved":
                     return
