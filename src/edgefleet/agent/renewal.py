@@ -40,7 +40,7 @@ class CertificateRenewer:
         """Whether the certificate should be renewed now (read from its file)."""
         if self.clock.monotonic() < self._next_look:
             return False
-        cert = x509.load_pem_x509_certificate(self.dir.cert.read_bytes())
+        cert = self._certificate()
         before = self.renew_before or (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds() / 3
         wait = (cert.not_valid_after_utc - self.clock.now()).total_seconds() - before
         if wait > 0:
@@ -73,8 +73,10 @@ class CertificateRenewer:
 
     def expired(self) -> bool:
         """Whether the certificate has ended (by this device's clock): mTLS cannot work."""
-        cert = x509.load_pem_x509_certificate(self.dir.cert.read_bytes())
-        return cert.not_valid_after_utc <= self.clock.now()
+        return self._certificate().not_valid_after_utc <= self.clock.now()
+
+    def _certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.dir.cert.read_bytes())
 
     async def reenroll(self, device_id: str, transport: DeviceTransport) -> bool:
         """Ask once to re-enroll (``transport`` without a client certificate); True when the
@@ -108,9 +110,6 @@ def _check(cert_pem: str, key_pem: bytes, device_id: str) -> None:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except (Unauthenticated, ValueError) as exc:
         raise BadAnswer(f"the renewed certificate is unreadable: {exc}") from exc
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    ours = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    theirs = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    if named != device_id or ours != theirs:
+    if named != device_id or serialization.load_pem_private_key(key_pem, password=None).public_key() != \
+            cert.public_key():
         raise BadAnswer(f"the renewed certificate is not for this device's new key ({named})")

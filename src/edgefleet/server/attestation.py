@@ -113,19 +113,11 @@ class AttestationService:
         trust = self.settings.ek_trust
         if trust == "approved" and fingerprint not in self.settings.approved_ek_fingerprints:
             raise Forbidden(f"EK {fingerprint} of {device_id} is not approved", code="ek_not_trusted")
-        if trust == "vendor":
-            if ek_certificate is None or self.settings.tpm_vendor_roots is None:
-                raise Forbidden(f"{device_id} sent no EK certificate (or no vendor roots are configured)",
-                                code="ek_not_trusted")
-            await self._verify_ek_certificate(ek_certificate, ek)
-        if trust == "approval" and fingerprint not in self.settings.approved_ek_fingerprints:
-            try:
-                if ek_certificate is None or self.settings.tpm_vendor_roots is None:
-                    raise Forbidden("the TPM sent no EK certificate" if self.settings.tpm_vendor_roots is not None
-                                    else "no TPM vendor CA bundle is configured", code="ek_not_trusted")
-                await self._verify_ek_certificate(ek_certificate, ek)
-            except Forbidden as exc:  # not accepted by itself: an operator decides
-                await self._await_approval(device_id, fingerprint, exc.message)
+        if trust == "vendor" and (why := await self._not_vendor_certified(ek_certificate, ek)) is not None:
+            raise Forbidden(f"EK {fingerprint} of {device_id}: {why}", code="ek_not_trusted")
+        if trust == "approval" and fingerprint not in self.settings.approved_ek_fingerprints and \
+                (why := await self._not_vendor_certified(ek_certificate, ek)) is not None:
+            await self._await_approval(device_id, fingerprint, why)  # not accepted by itself: an operator decides
         async with self.db.transaction(readonly=True) as conn:
             current = await store.identity(conn, device_id)
             owner = await store.identity_by_ek(conn, ek_public)
@@ -143,10 +135,20 @@ class AttestationService:
                                               self.clock.now())
         return Challenge(id_object, secret)
 
-    async def _verify_ek_certificate(self, certificate: bytes, ek: PublicKey) -> None:
-        assert self.settings.tpm_vendor_roots is not None
-        pool = await asyncio.to_thread(load_vendor_pool, self.settings.tpm_vendor_roots)
-        verify_ek_certificate(certificate, ek, pool, self.clock.now())
+    async def _not_vendor_certified(self, certificate: bytes | None, ek: PublicKey) -> str | None:
+        """Why ``certificate`` does not make ``ek`` one a configured TPM vendor certified;
+        None when it does."""
+        roots = self.settings.tpm_vendor_roots
+        if roots is None:
+            return "no TPM vendor CA bundle is configured"
+        if certificate is None:
+            return "the TPM sent no EK certificate"
+        pool = await asyncio.to_thread(load_vendor_pool, roots)
+        try:
+            verify_ek_certificate(certificate, ek, pool, self.clock.now())
+        except Forbidden as exc:
+            return exc.message
+        return None
 
     async def _await_approval(self, device_id: str, fingerprint: str, why: str) -> None:
         """Return when an operator approved this EK for this device; otherwise raise

@@ -95,25 +95,33 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         )
     state.rate_limits.charge(device_id)
     auth = state.devices.get(device_id)
-    if auth is None:
+    if auth is None or auth.cert_serial != identity.serial:  # not cached, or the copy may predate a renewal
         auth = await fresh_device_auth(state, device_id)
-    if auth is not None and auth.cert_serial != identity.serial:
-        auth = await fresh_device_auth(state, device_id)  # this process's copy may predate a renewal
+    if auth is not None and auth.cert_serial != identity.serial and auth.next_serial == identity.serial:
+        auth = await _promote(state, device_id, identity.serial)
+    current = current_or_refuse(auth, device_id, identity.serial)
+    return AuthenticatedDevice(device_id, current.desired_version, current, identity.site)
+
+
+def current_or_refuse(auth: DeviceAuth | None, device_id: str, serial: str) -> DeviceAuth:
+    """``auth`` when ``serial`` is the enrolled device's current, unrevoked certificate.
+
+    Raises:
+        Unauthenticated: the device is unknown (or decommissioned), the certificate was
+            superseded (a newer enrollment or renewal) or revoked.
+    """
     if auth is None:
         raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
-    if auth.cert_serial != identity.serial:
-        if auth.next_serial != identity.serial:
-            raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded",
-                                  code="stale_certificate")
-        auth = await _promote(state, device_id, identity.serial)
+    if auth.cert_serial != serial:
+        raise Unauthenticated(f"certificate {serial} of {device_id} was superseded", code="stale_certificate")
     if auth.revoked:
-        raise Unauthenticated(f"certificate {identity.serial} of {device_id} was revoked", code="certificate_revoked")
-    return AuthenticatedDevice(device_id, auth.desired_version, auth, identity.site)
+        raise Unauthenticated(f"certificate {serial} of {device_id} was revoked", code="certificate_revoked")
+    return auth
 
 
-async def _promote(state: ServerState, device_id: str, serial: str) -> DeviceAuth:
+async def _promote(state: ServerState, device_id: str, serial: str) -> DeviceAuth | None:
     """The device presents its renewed certificate for the first time: from now on only that
-    one works, here and (through the revocation list) at its hub."""
+    one works, here and (through the revocation list) at its hub. Its auth, read afresh."""
     now = state.clock.now()
     async with state.db.transaction() as conn:
         old = await promote_next_certificate(conn, device_id, serial, now)
@@ -123,10 +131,7 @@ async def _promote(state: ServerState, device_id: str, serial: str) -> DeviceAut
     state.devices.forget(device_id)
     if old is not None:
         log.info("%s presented its renewed certificate %s; %s no longer works", device_id, serial, old[0])
-    auth = await fresh_device_auth(state, device_id)
-    if auth is None or auth.cert_serial != serial:
-        raise Unauthenticated(f"certificate {serial} of {device_id} was superseded", code="stale_certificate")
-    return auth
+    return await fresh_device_auth(state, device_id)
 
 
 async def admin_principal(state: ServerState, presented: str) -> AdminPrincipal:

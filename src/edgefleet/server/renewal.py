@@ -15,11 +15,10 @@ from edgefleet.errors import Conflict, Forbidden, InvalidRequest, Unauthenticate
 from edgefleet.pki import issue_device_certificate, verify_device_certificate
 from edgefleet.pki.certs import csr_key_fingerprint, verify_possession
 from edgefleet.protocol.v1 import CertificateRenewed, Reenroll, ReenrollAnswer
-from edgefleet.server.auth import AuthenticatedDevice
+from edgefleet.server.auth import AuthenticatedDevice, current_or_refuse, fresh_device_auth
 from edgefleet.server.state import ServerState
 from edgefleet.store import approvals
 from edgefleet.store.devices import get_device, set_next_certificate
-from edgefleet.store.revocations import revocation_of
 
 log = logging.getLogger("edgefleet.server")
 
@@ -70,17 +69,12 @@ async def reenroll(state: ServerState, device_id: str, request: Reenroll) -> Ree
         raise Conflict(f"certificate {identity.serial} of {device_id} is valid until "
                        f"{identity.not_after.isoformat(timespec='seconds')}: renew it instead",
                        code="certificate_still_valid")
+    current_or_refuse(await fresh_device_auth(state, device_id), device_id, identity.serial)
     filed = issued = None
     async with state.db.transaction() as conn:
         device = await get_device(conn, device_id)
-        if device is None:
+        if device is None:  # decommissioned since
             raise Unauthenticated(f"device {device_id} is not enrolled", code="unknown_device")
-        if device.cert_serial != identity.serial:
-            raise Unauthenticated(f"certificate {identity.serial} of {device_id} was superseded",
-                                  code="stale_certificate")
-        if await revocation_of(conn, identity.serial) is not None:
-            raise Unauthenticated(f"certificate {identity.serial} of {device_id} was revoked",
-                                  code="certificate_revoked")
         held = await approvals.approval(conn, fingerprint)
         if held is None or held.device_id != device_id:
             facts = {"hardware_id": device.hardware_id, "site": device.site, "old_serial": identity.serial,

@@ -191,7 +191,7 @@ async def decide_approval(request: Request, device_id: Annotated[str, Path(patte
     """An admin decides on the TPM they looked at (the form carries its fingerprint)."""
     who = await _allowed(request, Role.ADMIN, verb)
     await server_state(request).attestation.decide_approval(device_id, fingerprint, approve=verb == "approve",
-                                                      by=who.name)
+                                                            by=who.name)
     return RedirectResponse("/ui/approvals", status_code=303)
 
 

@@ -151,16 +151,16 @@ async def ek_approval_list(
 async def approve(who: Admin, device_id: DeviceIdPath, body: ApprovalDecision, request: Request) -> ApprovalView:
     """Approve what the device waits for: its TPM binds at its next identity request, or
     its next re-enrollment request gets a certificate."""
-    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint, approve=True,
-                                                                by=who.name)
+    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint,
+                                                                      approve=True, by=who.name)
     return approval_view(decided)
 
 
 @router.post("/devices/{device_id}/reject")
 async def reject(who: Admin, device_id: DeviceIdPath, body: ApprovalDecision, request: Request) -> ApprovalView:
     """Reject what the device waits for: that TPM never binds, that key gets no certificate."""
-    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint, approve=False,
-                                                                by=who.name)
+    decided = await server_state(request).attestation.decide_approval(device_id, body.fingerprint,
+                                                                      approve=False, by=who.name)
     return approval_view(decided)
 
 
