@@ -41,17 +41,23 @@ def attesting_plane(tmp_path: Path, database: str | None) -> Fleet:
     """A control plane that requires attestation, with release 2026.12.0 published."""
     tpm2_or_skip()
     fleet = start_fleet(tmp_path / "plane", database, attestation_required=True)
+    Workspace(tmp_path / "ws").init(Keystore(tmp_path / "keys"), load_online_keys(
+        fleet.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
+    publish_golden_release(fleet, tmp_path, "2026.12.0", 1)
+    return fleet
+
+
+def publish_golden_release(fleet: Fleet, tmp_path: Path, version: str, counter: int) -> None:
+    """Publish ``version`` from the plane's release workspace, with the golden boot's
+    reference measurements: what PCRs 0 and 4 must show after booting it."""
     keys, workspace = Keystore(tmp_path / "keys"), Workspace(tmp_path / "ws")
-    workspace.init(keys, load_online_keys(fleet.settings.data_dir / "keys" / "online-keys.json"), datetime.now(UTC))
-    image = tmp_path / "golden.img"
-    image.write_bytes(b"golden")
-    # The release's reference measurements: what PCRs 0 and 4 must show after booting it.
-    workspace.create_release(image, ReleaseInfo("2026.12.0", 1, ("hw-x86",), {
+    image = tmp_path / f"{version}.img"
+    image.write_bytes(version.encode())
+    workspace.create_release(image, ReleaseInfo(version, counter, ("hw-x86",), {
         "0": GOLDEN[0].hex(), "4": GOLDEN[4].hex()}), datetime.now(UTC))
     workspace.sign_targets(keys.signer("targets-1"))
     with AdminClient(fleet.url, fleet.tokens[Role.ADMIN], fleet.settings.pki.ca_cert) as admin:
         publish_workspace(workspace, admin)
-    return fleet
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -226,6 +232,22 @@ def test_quote_without_reference_measurements_for_the_device_fails(plane: Fleet,
     assert dev.attest(log).json() == {"passed": False}
     record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{device.id}").json()
     assert any("no reference measurements" in c for c in record["attestation"]["failed_checks"])
+
+
+def test_a_release_published_after_a_quote_was_judged_without_it_is_the_yardstick_of_the_next_quote(
+        plane: Fleet, emulator: Swtpm, tmp_path: Path) -> None:
+    # The server prepares one policy per release and hardware model; publishing must not
+    # leave a device judged by the policy prepared before its release existed.
+    device = plane.enroll(hardware_type="hw-x86")
+    device.client.post(f"/api/v1/devices/{device.id}/status", json={"seq": 1, "running_version": "2026.12.1"})
+    tpm = tpm2_or_skip()(emulator.tcti)
+    dev = TpmDevice(device, tpm)
+    log = measured_boot(tpm, boot_events())
+    dev.enroll_identity()
+    assert dev.attest(log).json() == {"passed": False}  # 2026.12.1 is not published yet
+    publish_golden_release(plane, tmp_path, "2026.12.1", 2)
+    cli("devices", "release-quarantine", device.id, *server_args(plane))
+    assert dev.attest(log).json() == {"passed": True}
 
 
 def test_activation_with_a_wrong_credential_is_refused(plane: Fleet, emulator: Swtpm) -> None:

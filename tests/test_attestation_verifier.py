@@ -4,8 +4,11 @@ quote passes, and every forgery, mix-up or tampered boot is refused with the che
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import random
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -13,11 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from edgefleet.agent.hardware import swtpm
-from edgefleet.attestation import eventlog
-from edgefleet.attestation.structures import ClockInfo, parse_attest, parse_public
+from edgefleet.attestation import eventlog, reference, verifier
+from edgefleet.attestation.structures import ClockInfo, match_quote, parse_attest, parse_public, quote_tail
 from edgefleet.attestation.verifier import (
-    COMPARISONS,
-    REPLAYS,
+    LOGS,
     Evidence,
     Policy,
     QuoteRequest,
@@ -25,7 +27,9 @@ from edgefleet.attestation.verifier import (
     verify_quote,
 )
 from edgefleet.errors import InvalidRequest
-from tests.tpm_world import PCRS, boot_events, measured_boot, tpm2_or_skip
+from tests.tpm_world import PCRS, boot_events, measured_boot, sha256, tpm2_or_skip
+
+REAL_LOGS = Path(__file__).parent / "data" / "eventlogs"
 
 
 @dataclasses.dataclass
@@ -39,22 +43,25 @@ class Booted:
     def verify(self, evidence: Evidence | None = None, *, nonce: bytes | None = None, pcrs: tuple[int, ...] = PCRS,
                bank: str = "sha256", policy: Policy | None = None, previous: ClockInfo | None = None) -> Verdict:
         """The verdict, checked to be the same whether the log's replay and comparison are
-        computed (cold) or remembered from an earlier quote with this log (warm), and the
-        same after the golden log's results were remembered: a remembered result can
-        never turn a failing log into a passing one."""
+        computed (cold) or remembered from an earlier quote with this log (warm), the same
+        after the golden log's results were remembered (a remembered result can never
+        turn a failing log into a passing one), and the same when the quote is parsed in
+        full instead of matched against what a good quote must carry."""
         def run() -> Verdict:
             return verify_quote(self.ak, QuoteRequest(nonce or self.nonce, pcrs, bank),  # type: ignore[arg-type]
                                 evidence or self.evidence, policy or Policy(), previous)
 
-        REPLAYS.clear()
-        COMPARISONS.clear()
+        LOGS.clear()
         cold = run()
-        assert REPLAYS.hits == 0
+        assert LOGS.hits == 0
         warm = run()
         assert warm == cold
-        assert REPLAYS.hits + COMPARISONS.hits >= (1 if cold.pcr_values else 0)  # the second was remembered
-        verify_quote(self.ak, QuoteRequest(self.nonce, PCRS), self.evidence, Policy())  # type: ignore[arg-type]
+        assert LOGS.hits >= (1 if cold.pcr_values else 0)  # the second was remembered
+        verify_quote(self.ak, QuoteRequest(self.nonce, pcrs, bank), self.evidence,  # type: ignore[arg-type]
+                     policy or Policy())
         assert run() == cold
+        with mock.patch.object(verifier, "match_quote", return_value=None):
+            assert run() == cold
         return cold
 
 
@@ -224,3 +231,90 @@ def test_truncated_and_oversized_structures_are_refused_by_the_parsers(emulator:
         eventlog.parse(b"\0" * (eventlog.MAX_LOG_BYTES + 1))
     truncated_attest = dataclasses.replace(booted.evidence, attest=booted.evidence.attest[:40])
     assert failed(booted.verify(truncated_attest)) == {"signature"}
+
+
+def test_a_quote_recognised_by_comparison_is_one_the_full_parse_accepts_with_that_nonce_selection_and_digest(
+        emulator: swtpm.Swtpm) -> None:
+    booted = boot_and_quote(emulator)
+    values = booted.evidence.pcr_values
+    tail = quote_tail(eventlog.ALG_SHA256, PCRS, sha256(b"".join(values[i] for i in PCRS)))
+    assert tail is not None
+    assert match_quote(booted.evidence.attest, booted.nonce, tail) == parse_attest(booted.evidence.attest).clock_info
+    rng, recognised = random.Random(35), 0
+    for _ in range(20_000):
+        data = bytearray(booted.evidence.attest)
+        for _ in range(rng.randint(1, 3)):
+            where = rng.randrange(len(data))
+            if rng.random() < 0.2:
+                del data[where:where + rng.randint(1, 4)]
+            elif rng.random() < 0.2:
+                data[where:where] = rng.randbytes(rng.randint(1, 4))
+            else:
+                data[where] = rng.randrange(256)
+        clock = match_quote(bytes(data), booted.nonce, tail)
+        if clock is None:
+            continue
+        recognised += 1  # only bytes the comparison ignores changed (the signer's name, clock, firmware)
+        quote = parse_attest(bytes(data))
+        assert (quote.extra_data, quote.selections, quote.clock_info) == (
+            booted.nonce, (verifier.PcrSelection(eventlog.ALG_SHA256, PCRS),), clock)
+        assert quote.pcr_digest == tail[-32:]
+    assert recognised > 0
+
+
+def test_a_remembered_log_outcome_is_found_only_by_a_byte_for_byte_equal_log() -> None:
+    memo: verifier.LogMemo[str] = verifier.LogMemo(entries=8, max_bytes=10_000)
+    first = bytes(100) + b"A" + bytes(100)     # the same length and sampled windows ...
+    second = bytes(100) + b"B" + bytes(100)    # ... but other content
+    assert memo.get(first, "k", lambda: "first") == "first"
+    assert memo.get(second, "k", lambda: "second") == "second"
+    assert memo.get(bytes(bytearray(first)), "k", lambda: "recomputed") == "first"  # an equal copy hits
+    assert memo.get(second, "other key", lambda: "other") == "other"
+    assert (memo.hits, memo.misses) == (1, 3)
+    for n in range(10):  # more logs sharing one sample than a bucket holds: the oldest go, nothing mixes
+        log = bytes(100) + bytes([n + 10]) + bytes(100)
+        assert memo.get(log, "k", lambda n=n: f"log {n}") == f"log {n}"  # type: ignore[misc]
+    assert memo.get(first, "k", lambda: "recomputed") == "recomputed"
+    big = verifier.LogMemo[str](entries=100, max_bytes=1_000)
+    for n in range(5):
+        big.get(bytes([n]) * 400, "k", lambda: "x")
+    assert big.bytes_held <= 1_000  # bounded in bytes held
+    assert len(big) == 2
+
+
+def _real_boot(emulator: swtpm.Swtpm, algorithm: str) -> tuple[Booted, reference.ReferenceValues, tuple[int, ...]]:
+    """A swtpm whose PCRs hold what the OVMF boot of the test image measured (its real
+    event log, captured from the VM), quoted over the PCRs the server quotes."""
+    log = (REAL_LOGS / "qemu-q35-ovmf-uki.bin").read_bytes()
+    recorded = json.loads((REAL_LOGS / "qemu-q35-ovmf-uki.pcrs.json").read_text())["pcrs"]
+    pcrs = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12)
+    tpm = tpm2_or_skip()(emulator.tcti, algorithm)
+    for event in eventlog.parse(log).events:
+        if event.event_type != eventlog.EV_NO_ACTION:
+            tpm.extend_pcr(event.pcr, "sha256", event.digests[eventlog.ALG_SHA256])
+    nonce = os.urandom(32)
+    attest, signature, values = tpm.quote(nonce, "sha256", list(pcrs))
+    assert {i: v.hex() for i, v in values.items()} == {i: recorded[str(i)] for i in pcrs}  # as in the VM
+    release = reference.loads((REAL_LOGS / "qemu-q35-ovmf-uki.reference-values.json").read_bytes())
+    firmware = reference.from_log(eventlog.parse(log), (0, 1, 2, 3, 6))
+    booted = Booted(tpm, parse_public(tpm.attestation_key()), log, nonce, Evidence(attest, signature, values, log))
+    return booted, release.merged(firmware), pcrs
+
+
+@pytest.mark.parametrize("algorithm", ["ecc", "rsa"])
+def test_a_real_ovmf_boot_log_passes_against_its_release_and_a_tampered_copy_fails_cold_and_warm(
+        emulator: swtpm.Swtpm, algorithm: str) -> None:
+    booted, events, pcrs = _real_boot(emulator, algorithm)
+    policy = Policy(events.values(), events)
+    verdict = booted.verify(pcrs=pcrs, policy=policy)
+    assert verdict.passed, verdict.failures
+    parsed = eventlog.parse(booted.log)
+    kernel = next(i for i, e in enumerate(parsed.events) if e.pcr == 11)
+    for changed in ([eventlog.measure(11, parsed.events[kernel].event_type, b"another kernel")], []):
+        events_now = list(parsed.events)
+        events_now[kernel:kernel + 1] = changed  # another kernel measured, or none
+        log = eventlog.encode(events_now, parsed.algorithms)
+        assert not booted.verify(dataclasses.replace(booted.evidence, event_log=log), pcrs=pcrs,
+                                 policy=policy).passed
+    other_release = Policy(events.values(), dataclasses.replace(events, events=events.events[1:]))
+    assert "PCR 4" in " ".join(booted.verify(pcrs=pcrs, policy=other_release).failures)  # the same log, other values

@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from typing import Any
 
@@ -74,9 +75,17 @@ class ReferenceValues:
     events: tuple[ReferenceEvent, ...]
     bank: str = "sha256"
 
-    @property
+    @cached_property
     def pcrs(self) -> tuple[int, ...]:
         return tuple(sorted({event.pcr for event in self.events}))
+
+    @cached_property
+    def digest(self) -> bytes:
+        """Names this content (every field of every event): what a verdict remembered
+        against these values is keyed on."""
+        canonical = [self.bank, [[e.pcr, e.event_type, e.digest.hex(), e.description, e.source]
+                                 for e in self.events]]
+        return hashlib.sha256(json.dumps(canonical).encode()).digest()
 
     def values(self) -> dict[int, bytes]:
         """What the events replay to (TPM2_PCR_Extend from zeros)."""

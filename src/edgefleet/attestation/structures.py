@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -65,6 +67,19 @@ def _attest_error(message: str) -> InvalidRequest:
     return InvalidRequest(f"Attest: {message}", code="bad_attest")
 
 
+def _sized(data: bytes, at: int, limit: int, error: Callable[[str], InvalidRequest]) -> tuple[bytes, int]:
+    """A TPM2B at ``at`` (a big-endian size, then that many bytes) and where it ends,
+    refused like ``Reader.tpm2b``."""
+    if at + 2 > len(data):
+        raise error(f"truncated at byte {at} (wanted 2 more)")
+    (size,) = _U16.unpack_from(data, at)
+    if size > limit:
+        raise error(f"a {size}-byte field is over its {limit}-byte bound")
+    if at + 2 + size > len(data):
+        raise error(f"truncated at byte {at + 2} (wanted {size} more)")
+    return data[at + 2:at + 2 + size], at + 2 + size
+
+
 def parse_attest(data: bytes) -> Quote:
     """Parse a TPMS_ATTEST; refuses anything but a well-formed quote. Read with offsets
     and ``unpack_from`` (every quote of every check-in passes here), bounded like
@@ -73,21 +88,11 @@ def parse_attest(data: bytes) -> Quote:
     if end > MAX_STRUCTURE:
         raise _attest_error(f"{end} bytes is over the {MAX_STRUCTURE} byte bound")
 
-    def sized(at: int, limit: int) -> tuple[bytes, int]:
-        if at + 2 > end:
-            raise _attest_error(f"truncated at byte {at} (wanted 2 more)")
-        (size,) = _U16.unpack_from(data, at)
-        if size > limit:
-            raise _attest_error(f"a {size}-byte field is over its {limit}-byte bound")
-        if at + 2 + size > end:
-            raise _attest_error(f"truncated at byte {at + 2} (wanted {size} more)")
-        return data[at + 2:at + 2 + size], at + 2 + size
-
     if end < 6:
         raise _attest_error("truncated at byte 0 (wanted 6 more)")
     magic, kind = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:6], "big")
-    signer, at = sized(6, 1024)
-    extra, at = sized(at, 64)
+    signer, at = _sized(data, 6, 1024, _attest_error)
+    extra, at = _sized(data, at, 64, _attest_error)
     if at + _CLOCK_INFO.size > end:
         raise _attest_error(f"truncated at byte {at} (wanted {_CLOCK_INFO.size} more)")
     ticks, resets, restarts, safe, firmware = _CLOCK_INFO.unpack_from(data, at)
@@ -115,11 +120,52 @@ def parse_attest(data: bytes) -> Quote:
         bits = int.from_bytes(data[at:at + size], "little")
         at += size
         selections.append(PcrSelection(bank, tuple(i for i in range(size * 8) if bits >> i & 1)))
-    digest, at = sized(at, 64)
+    digest, at = _sized(data, at, 64, _attest_error)
     if at != end:
         raise _attest_error(f"{end - at} trailing bytes")
     return Quote(magic, kind, signer, extra, ClockInfo(ticks, resets, restarts, bool(safe)), firmware,
                  tuple(selections), digest)
+
+
+_QUOTE_HEADER = struct.Struct(">IH").pack(TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+
+
+@lru_cache(maxsize=64)
+def _selection_bytes(bank: int, pcrs: tuple[int, ...]) -> bytes | None:
+    if pcrs and max(pcrs) > 31:
+        return None
+    size = max(3, (max(pcrs, default=0) + 8) // 8)
+    bits = sum(1 << i for i in set(pcrs))
+    return struct.pack(">IHB", 1, bank, size) + bits.to_bytes(size, "little")
+
+
+def quote_tail(bank: int, pcrs: tuple[int, ...], pcr_digest: bytes) -> bytes | None:
+    """The bytes a quote of exactly these PCRs (one selection, the TPM's usual 3-byte
+    bitmap or wider) over values hashing to ``pcr_digest`` ends with; None where no such
+    quote parses (PCR past 31, or a digest over its bound)."""
+    selection = _selection_bytes(bank, pcrs)
+    if selection is None or len(pcr_digest) > 64:
+        return None
+    return selection + _U16.pack(len(pcr_digest)) + pcr_digest
+
+
+def match_quote(data: bytes, nonce: bytes, tail: bytes) -> ClockInfo | None:
+    """The clock of ``data`` when it is exactly a quote carrying ``nonce`` and ending with
+    ``tail`` (``quote_tail``), read in a few comparisons; None otherwise. What it
+    accepts, ``parse_attest`` accepts with that nonce, selection and digest; anything else
+    goes to ``parse_attest``, which says precisely what is wrong."""
+    end = len(data)
+    if end > MAX_STRUCTURE or end < 8 or not data.startswith(_QUOTE_HEADER) or len(nonce) > 64:
+        return None
+    (signer,) = _U16.unpack_from(data, 6)
+    at = 8 + signer
+    if signer > 1024 or not data.startswith(_U16.pack(len(nonce)) + nonce, at):
+        return None
+    at += 2 + len(nonce)
+    if at + _CLOCK_INFO.size + len(tail) != end or not data.endswith(tail):
+        return None
+    ticks, resets, restarts, safe, _ = _CLOCK_INFO.unpack_from(data, at)
+    return ClockInfo(ticks, resets, restarts, bool(safe))
 
 
 @dataclass(frozen=True)
@@ -131,18 +177,38 @@ class Signature:
     ecc_s: bytes = b""
 
 
+def _signature_error(message: str) -> InvalidRequest:
+    return InvalidRequest(f"Signature: {message}", code="bad_signature")
+
+
+_SIGNATURE_BOUNDS = {TPM_ALG_RSASSA: 512, TPM_ALG_RSAPSS: 512, TPM_ALG_ECDSA: 66}
+
+
 def parse_signature(data: bytes) -> Signature:
-    r = Reader(data, "Signature")
-    alg = r.u16()
-    if alg in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS):
-        sig = Signature(alg, r.u16(), rsa=r.tpm2b(512))
-    elif alg == TPM_ALG_ECDSA:
-        sig = Signature(alg, r.u16(), ecc_r=r.tpm2b(66), ecc_s=r.tpm2b(66))
+    """Parse a TPMT_SIGNATURE (RSASSA, RSAPSS or ECDSA), with offsets like
+    ``parse_attest``: bounded, nothing read past the end, trailing bytes refused."""
+    end = len(data)
+    if end > MAX_STRUCTURE:
+        raise _signature_error(f"{end} bytes is over the {MAX_STRUCTURE} byte bound")
+    if end < 2:
+        raise _signature_error("truncated at byte 0 (wanted 2 more)")
+    (alg,) = _U16.unpack_from(data, 0)
+    limit = _SIGNATURE_BOUNDS.get(alg)
+    if limit is None:
+        raise _signature_error(f"signature algorithm {alg:#06x} is not supported")
+    if end < 4:
+        raise _signature_error("truncated at byte 2 (wanted 2 more)")
+    (hash_alg,) = _U16.unpack_from(data, 2)
+    first, at = _sized(data, 4, limit, _signature_error)
+    if alg == TPM_ALG_ECDSA:
+        second, at = _sized(data, at, limit, _signature_error)
+        sig = Signature(alg, hash_alg, ecc_r=first, ecc_s=second)
     else:
-        raise r.error(f"signature algorithm {alg:#06x} is not supported")
-    r.end()
-    if sig.hash_alg not in DIGEST_SIZES:
-        raise r.error(f"hash algorithm {sig.hash_alg:#06x}")
+        sig = Signature(alg, hash_alg, rsa=first)
+    if at != end:
+        raise _signature_error(f"{end - at} trailing bytes")
+    if hash_alg not in DIGEST_SIZES:
+        raise _signature_error(f"hash algorithm {hash_alg:#06x}")
     return sig
 
 

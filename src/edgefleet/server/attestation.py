@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from tuf.api.metadata import Metadata, Targets
 
 from edgefleet.attestation import reference
 from edgefleet.attestation.credential import credential_digest, make_credential
@@ -64,6 +65,9 @@ class NonceIssued:
     ttl: timedelta
 
 
+POLICIES_HELD = 1024
+
+
 @lru_cache(maxsize=64)
 def load_reference_file(path: Path) -> reference.ReferenceValues:
     """A hardware model's reference values (read once per path).
@@ -96,6 +100,10 @@ class AttestationService:
         # Building an RSA key from its numbers costs more than verifying a signature with
         # it; a device quotes with the same attestation key every time.
         self.attestation_key = lru_cache(maxsize=65536)(parse_public)
+        # One policy per release and hardware model while the published targets stay the
+        # same: every quote of a release compares with one prepared object.
+        self._policies: dict[tuple[str | None, str], Policy] = {}
+        self._policies_of: object = None
 
     async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes,
                               ek_certificate: bytes | None = None) -> Challenge | None:
@@ -231,17 +239,30 @@ class AttestationService:
         """The release the device runs (its last report, else its enrollment inventory) and
         the PCR values that signed release and its hardware model require. A device that
         claims another release must then match that release's reference measurements; a
-        release being rolled out to it is not the yardstick until it has installed it."""
+        release being rolled out to it is not the yardstick until it has installed it.
+        Built once per release and hardware model for each version of the published
+        targets (a new version starts afresh)."""
         release = running_version or inventory.get("os_version")
-        expected: dict[int, bytes] = {}
         hardware = str(inventory.get("hardware_type"))
+        published = self.repository.published()
+        if published is not self._policies_of:
+            self._policies, self._policies_of = {}, published
+        policy = self._policies.get((release, hardware))
+        if policy is None:
+            policy = self._build_policy(release, hardware, published)
+            if len(self._policies) >= POLICIES_HELD:  # device-reported names: bounded, oldest first out
+                del self._policies[next(iter(self._policies))]
+            self._policies[(release, hardware)] = policy
+        return policy, release
+
+    def _build_policy(self, release: str | None, hardware: str, published: Metadata[Targets] | None) -> Policy:
+        expected: dict[int, bytes] = {}
         baseline = self.settings.attestation_baselines.get(hardware, {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
         events = None
         golden = self.settings.attestation_reference_files.get(hardware)
         if golden is not None:
             events = load_reference_file(golden)
-        published = self.repository.published()
         if release and published is not None:
             for target in published.signed.targets.values():
                 fields = release_fields(target)
@@ -260,7 +281,7 @@ class AttestationService:
                     events = signed if events is None else signed.merged(events)
         if events is not None:
             expected.update(events.values())
-        return Policy(expected, events), release
+        return Policy(expected, events)
 
     async def submit_quote(self, device_id: str, nonce: bytes, evidence: Evidence) -> bool:
         """Verify a quote; a failure quarantines the device. Returns pass or fail only.
