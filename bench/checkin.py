@@ -21,6 +21,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import socket
 import ssl
 import statistics
@@ -202,6 +203,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, flo
             conn = await asyncpg.connect(PG_ADMIN)
             await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
             await conn.close()
+        shutil.rmtree(workdir, ignore_errors=True)  # the server's data, the devices' keys
     result = {
         "devices": len(devices),
         "enrollments_per_s": len(devices) / enroll_s,

@@ -23,6 +23,7 @@ from edgefleet.agent.state import StateDir
 from edgefleet.credentials import Role
 from edgefleet.errors import ServerRefused, Throttled, TransportError
 from edgefleet.protocol.v1 import DesiredState
+from edgefleet.util.ports import free_port
 from edgefleet.web.device_client import DeviceTransport, HttpsTransport
 from tests.conftest import Fleet, own_findings
 
@@ -275,3 +276,45 @@ def test_agent_told_to_slow_down_waits_the_servers_retry_after_not_its_own_short
     throttled = wrap_enrolled_transport(agent, lambda inner: ThrottledTransport(inner, retry_after=1.0))
     asyncio.run(run_until(agent, lambda: bool(throttled) and len(throttled[0].at) >= 2))
     assert throttled[0].at[1] - throttled[0].at[0] >= 1.0
+
+
+def test_the_technician_page_is_closed_before_the_agent_closes_what_it_reads(fleet: Fleet, tmp_path: Path) -> None:
+    # It reads the telemetry buffer: a request while the agent stopped once met a closed
+    # database (a 500 in the demo's last second).
+    (tmp_path / "technician").write_text("open-sesame-42\n")
+    port = free_port()
+    page = f"http://127.0.0.1:{port}/login"
+    agent = make_agent(fleet, tmp_path, local_ui=f"127.0.0.1:{port}", local_ui_token_file=tmp_path / "technician")
+    closing = agent._stop_telemetry
+    answered_while_closing: list[int] = []
+
+    async def answer(client: httpx.AsyncClient) -> int | None:
+        try:
+            return (await client.get(page)).status_code
+        except httpx.TransportError:
+            return None  # nobody listens
+
+    async def stop_telemetry(*args: object) -> None:
+        async with httpx.AsyncClient() as client:
+            status = await answer(client)
+        if status is not None:
+            answered_while_closing.append(status)
+        await closing(*args)  # type: ignore[arg-type]
+
+    agent._stop_telemetry = stop_telemetry  # type: ignore[method-assign]
+
+    async def scenario() -> int | None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient() as client:
+            while agent.reports < 1 or await answer(client) != 200:
+                assert not task.done(), agent.last_error
+                assert time.monotonic() < deadline, agent.last_error
+                await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            return await answer(client)
+
+    assert asyncio.run(scenario()) is None  # it served, and stopped with the agent
+    assert answered_while_closing == []

@@ -258,6 +258,13 @@ class Agent:
 
             local = asyncio.ensure_future(serve_local_ui(self, self.settings.local_ui,
                                                          self.settings.local_ui_token_file, halt))
+
+        async def close_page() -> None:
+            """The page reads the telemetry buffer and the update state: it closes first."""
+            if local is not None:
+                halt.set()
+                await asyncio.gather(local, return_exceptions=True)
+
         try:
             if state.device_id is None or not self.dir.cert.exists():
                 state = await self._enroll(state, halt)
@@ -284,6 +291,7 @@ class Agent:
                     await asyncio.to_thread(self.runner.resume)
                 await self._loop(state, transport, halt)
             finally:
+                await close_page()
                 await self.workloads.close()
                 await self._stop_telemetry(recorder, telemetry)
                 await transport.aclose()
@@ -293,9 +301,7 @@ class Agent:
             pass
         finally:
             forward.cancel()
-            if local is not None:
-                halt.set()
-                await asyncio.gather(local, return_exceptions=True)
+            await close_page()
         log.info("agent %s stopped%s", self.device_id or "(not enrolled)", " for a reboot" if self.rebooting else "")
 
     async def _start_telemetry(self, state: AgentState, transport: DeviceTransport,
