@@ -143,15 +143,20 @@ def _ttl(days: float | None) -> timedelta | None:
 
 def create_admin_token_command(
     config: Path | None, data_dir: Path | None, database_url: str | None, name: str, role: str,
-    ttl_days: float | None,
+    ttl_days: float | None, scope: str | None = None,
 ) -> str:
     from edgefleet.credentials import Role
+    from edgefleet.protocol.scope import ScopeError, parse_scope
     from edgefleet.server.local import create_admin_token
 
     try:
         parsed_role = Role(role)
     except ValueError:
         raise typer.BadParameter(f"role must be one of {', '.join(r.value for r in Role)}") from None
+    try:
+        parsed_scope = None if scope is None else parse_scope(scope)
+    except ScopeError as exc:
+        raise typer.BadParameter(f"--scope: {exc}") from None
     settings = server_settings(config, data_dir=data_dir, database_url=database_url)
     return asyncio.run(create_admin_token(settings, name=name, role=parsed_role, now=SystemClock().now(),
-                                          ttl=_ttl(ttl_days)))
+                                          ttl=_ttl(ttl_days), scope=parsed_scope))

@@ -42,15 +42,18 @@ def create_admin(
     name: Annotated[str, typer.Option(help="Who or what holds the token (shown in logs).")],
     role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
     ttl_days: Annotated[float | None, typer.Option(help="Days until it expires (default: never).")] = None,
+    scope: Annotated[str | None, typer.Option(
+        help="Limit it to some devices, e.g. 'site in (berlin-*), ring=canary': it sees and acts on those "
+             "devices and the rollouts that keep to them, nothing fleet-wide (default: the whole fleet).")] = None,
     config: ConfigOption = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Mint an admin API token directly in the control plane's database (run on its host)."""
     with shown_errors():
-        text = create_admin_token_command(config, data_dir, database_url, name, role, ttl_days)
+        text = create_admin_token_command(config, data_dir, database_url, name, role, ttl_days, scope)
     console.print(text, soft_wrap=True, highlight=False)
-    typer.echo(f"role {role} for {name}; shown once, store it now", err=True)
+    typer.echo(f"role {role} for {name}{f' within {scope}' if scope else ''}; shown once, store it now", err=True)
 
 
 AdminKind = Annotated[bool, typer.Option("--admin", help="Admin API tokens (needs role admin) instead of bootstrap "
@@ -67,9 +70,9 @@ def list_tokens(server: ServerUrl, token: AdminToken, ca_file: CaFile, admin: Ad
     if printed_for_machines(output, listed.model_dump(mode="json")):
         return
     if isinstance(listed, AdminTokenList):
-        table = Table("id", "name", "role", "state", "created", "expires", title="admin tokens")
+        table = Table("id", "name", "role", "scope", "state", "created", "expires", title="admin tokens")
         for a in listed.tokens:
-            table.add_row(a.id, a.name, a.role, a.state, ago(a.created_at),
+            table.add_row(a.id, a.name, a.role, a.scope or "whole fleet", a.state, ago(a.created_at),
                           a.expires_at.isoformat(timespec="seconds") if a.expires_at else "never")
     else:
         table = Table("id", "site", "state", "device", "created by", "expires", title="bootstrap tokens")

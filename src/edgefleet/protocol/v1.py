@@ -270,6 +270,7 @@ class RolloutView(Strict):
     wave: int  # 1-based; 0 before the first wave
     waves: list[RolloutWaveView]
     group: str | None = None  # a rollout of a group of the fleet repository
+    selector: dict[str, str] = {}  # the device labels (site too) it takes
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -500,6 +501,7 @@ class AdminTokenView(Strict):
     id: str
     name: str
     role: str
+    scope: str | None = None  # the devices it is limited to (protocol/scope.py); None: the whole fleet
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from starlette.requests import Request
 from edgefleet.credentials import Role, TokenKind, parse_token, secret_matches
 from edgefleet.errors import Forbidden, Unauthenticated
 from edgefleet.pki import DeviceCertificate, verify_device_certificate
+from edgefleet.protocol.scope import Scope, parse_scope
 from edgefleet.server.state import ServerState, server_state
 from edgefleet.store.devices import DeviceAuth, device_auth, device_auth_and_desired, promote_next_certificate
 from edgefleet.store.revocations import revoke_serial
@@ -37,6 +38,11 @@ class AdminPrincipal:
     token_id: str
     name: str
     role: Role
+    scope: Scope | None = None  # None: the whole fleet
+
+    def sees(self, site: str | None, labels: Mapping[str, str]) -> bool:
+        """Whether a device with this site and these labels is in this operator's scope."""
+        return self.scope is None or self.scope.admits(site, labels)
 
 
 def _presented_certificate(state: ServerState, request: Request) -> DeviceCertificate:
@@ -150,11 +156,27 @@ async def admin_principal(state: ServerState, presented: str) -> AdminPrincipal:
         raise Unauthenticated(f"admin token {token.id} was revoked", code="invalid_token")
     if row.expires_at is not None and row.expires_at <= now:
         raise Unauthenticated(f"admin token {token.id} expired", code="invalid_token")
-    return AdminPrincipal(token.id, row.name, Role(row.role))
+    return AdminPrincipal(token.id, row.name, Role(row.role), None if row.scope is None else parse_scope(row.scope))
 
 
-def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]:
-    """A dependency admitting bearer tokens whose role includes ``needed``."""
+def allowed(principal: AdminPrincipal, needed: Role, *, scoped: bool, what: str | None = None) -> AdminPrincipal:
+    """``principal`` if its role includes ``needed`` and, unless the action itself keeps to
+    the principal's scope (``scoped``), it is not limited to part of the fleet.
+
+    Raises Forbidden (``insufficient_role``, ``fleet_wide_only``)."""
+    doing = f": {what} needs {needed}" if what else f", needs {needed}"
+    if not principal.role.allows(needed):
+        raise Forbidden(f"{principal.name!r} has role {principal.role}{doing}", code="insufficient_role")
+    if principal.scope is not None and not scoped:
+        raise Forbidden(f"{principal.name!r} is limited to {principal.scope}: this acts on the whole fleet",
+                        code="fleet_wide_only")
+    return principal
+
+
+def require_role(needed: Role, *, scoped: bool = False) -> Callable[[Request], Awaitable[AdminPrincipal]]:
+    """A dependency admitting bearer tokens whose role includes ``needed``; a token limited
+    to a scope only where the route keeps to it (``scoped``: it filters what it lists and
+    refuses a device or rollout outside the scope as not found)."""
 
     async def dependency(request: Request) -> AdminPrincipal:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -162,15 +184,17 @@ def require_role(needed: Role) -> Callable[[Request], Awaitable[AdminPrincipal]]
             raise Unauthenticated("bearer token required", code="token_required")
         principal = await admin_principal(server_state(request), value)
         request.state.principal = principal  # the audit trail's actor
-        if not principal.role.allows(needed):
-            raise Forbidden(f"token {principal.name!r} has role {principal.role}, needs {needed}",
-                            code="insufficient_role")
-        return principal
+        return allowed(principal, needed, scoped=scoped)
 
     return dependency
 
 
 CurrentDevice = Annotated[AuthenticatedDevice, Depends(authenticate_device)]
+# Fleet-wide routes (tokens, releases, GitOps, the audit log, hubs): a scoped token is refused.
 Viewer = Annotated[AdminPrincipal, Depends(require_role(Role.VIEWER))]
 Operator = Annotated[AdminPrincipal, Depends(require_role(Role.OPERATOR))]
 Admin = Annotated[AdminPrincipal, Depends(require_role(Role.ADMIN))]
+# Routes that keep to the caller's scope.
+ScopedViewer = Annotated[AdminPrincipal, Depends(require_role(Role.VIEWER, scoped=True))]
+ScopedOperator = Annotated[AdminPrincipal, Depends(require_role(Role.OPERATOR, scoped=True))]
+ScopedAdmin = Annotated[AdminPrincipal, Depends(require_role(Role.ADMIN, scoped=True))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from edgefleet.credentials import Role, TokenKind, new_token
+from edgefleet.protocol.scope import Scope
 from edgefleet.releases.keys import Keystore
 from edgefleet.server.nonces import ensure_secret_key
 from edgefleet.server.repository import ensure_online_keys
@@ -28,16 +29,19 @@ def init_server(settings: ServerSettings, now: datetime) -> bool:
 
 
 async def create_admin_token(
-    settings: ServerSettings, *, name: str, role: Role, now: datetime, ttl: timedelta | None
+    settings: ServerSettings, *, name: str, role: Role, now: datetime, ttl: timedelta | None,
+    scope: Scope | None = None,
 ) -> str:
-    """Migrate the database if needed and store a new admin token; returns it (shown once)."""
+    """Migrate the database if needed and store a new admin token; returns it (shown once).
+    With ``scope``, the token sees and acts on the devices in it only."""
     db = Database(settings.effective_database_url)
     try:
         await db.migrate()
         text, token = new_token(TokenKind.ADMIN)
         async with db.transaction() as conn:
             await insert_admin(conn, token, name=name, role=role, now=now,
-                               expires_at=None if ttl is None else now + ttl)
+                               expires_at=None if ttl is None else now + ttl,
+                               scope=None if scope is None else str(scope))
         return text
     finally:
         await db.close()

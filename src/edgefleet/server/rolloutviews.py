@@ -38,7 +38,8 @@ def rollout_view(row: RolloutRow, state: State | None = None) -> RolloutView:
             failed[place.wave].append({"device_id": device_id, "state": str(place.state), "reason": place.reason})
     waves = [RolloutWaveView(wave=n + 1, counts=counts[n], failed=failed[n]) for n in range(count)]
     return RolloutView(id=row.id, release=row.release, status=row.status, reason=state.reason, wave=state.wave + 1,
-                       waves=waves, group=row.spec.get("group"), created_by=row.created_by,
+                       waves=waves, group=row.spec.get("group"),
+                       selector={str(k): str(v) for k, v in row.selector.items()}, created_by=row.created_by,
                        created_at=row.created_at, updated_at=row.updated_at)
 
 

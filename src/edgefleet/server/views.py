@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.errors import InvalidRequest
+from edgefleet.protocol.scope import Scope
 from edgefleet.protocol.typed_text import parse_pairs
 from edgefleet.protocol.v1 import ApprovalView, DeviceList, DeviceView, HealthFinding, RevocationView
 from edgefleet.server.presence import Presence
@@ -112,14 +113,15 @@ async def device_list(conn: AsyncConnection, presence: Presence, only: DeviceFil
 
 
 def device_filter(*, site: str | None = None, kind: str = "device", selector: str | None = None,
-                  search: str | None = None) -> DeviceFilter:
+                  search: str | None = None, scope: Scope | None = None) -> DeviceFilter:
     """A device list's filter from its query (the admin API's and the dashboard's):
     ``selector`` is ``k=v,k2=v2``. Raises InvalidRequest naming what could not be read."""
     try:
         labels = parse_pairs((selector or "").split(","))
     except ValueError as exc:
         raise InvalidRequest(f"selector: {exc}") from exc
-    return DeviceFilter(site=site or None, kind=kind, labels=labels, search=(search or "").strip() or None)
+    return DeviceFilter(site=site or None, kind=kind, labels=labels, search=(search or "").strip() or None,
+                        scope=scope)
 
 
 def approval_view(row: Approval) -> ApprovalView:

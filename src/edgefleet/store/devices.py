@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Boolean, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
+from edgefleet.protocol.scope import Scope
 from edgefleet.store.schema import AttestationIdentity, AttestationStatus, Device, DeviceChange, Revocation
 
 
@@ -202,6 +206,7 @@ class DeviceFilter:
     kind: str = "device"
     labels: Mapping[str, str] = field(default_factory=dict)
     search: str | None = None
+    scope: Scope | None = None  # the operator's (protocol/scope.py): only devices in it
 
     def where(self) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = [Device.kind == self.kind]
@@ -209,9 +214,39 @@ class DeviceFilter:
             clauses.append(Device.site == self.site)
         clauses += [Device.labels[key].as_string() == value for key, value in sorted(self.labels.items())]
         if self.search:
-            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = "%" + _escape_like(self.search) + "%"
             clauses.append(or_(Device.id.like(pattern, escape="\\"), Device.hardware_id.like(pattern, escape="\\")))
+        for requirement in self.scope.requirements if self.scope is not None else ():
+            column = Device.site if requirement.key == "site" else Device.labels[requirement.key].as_string()
+            clauses.append(or_(*(_Glob(column, literal(_escape_like(value).replace("*", "%")), literal(value))
+                                 if "*" in value else column == value for value in requirement.values)))
         return clauses
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class _Glob(FunctionElement[bool]):
+    """``column`` matches a scope's ``*`` pattern, case-sensitively as the scope does: LIKE
+    on PostgreSQL, GLOB on SQLite (whose LIKE ignores case). Arguments: the column, the
+    pattern for LIKE, the pattern for GLOB (scope values hold no other special character)."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "scope_glob"
+
+
+@compiles(_Glob)
+def _like(element: _Glob, compiler: SQLCompiler, **kw: Any) -> str:
+    column, pattern, _ = list(element.clauses)
+    return f"({compiler.process(column, **kw)} LIKE {compiler.process(pattern, **kw)} ESCAPE '\\')"
+
+
+@compiles(_Glob, "sqlite")
+def _sqlite_glob(element: _Glob, compiler: SQLCompiler, **kw: Any) -> str:
+    column, _, pattern = list(element.clauses)
+    return f"({compiler.process(column, **kw)} GLOB {compiler.process(pattern, **kw)})"
 
 
 async def list_devices(conn: AsyncConnection, only: DeviceFilter = DeviceFilter(), *, limit: int,

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
+from edgefleet.protocol.scope import Scope
+from edgefleet.store.devices import DeviceFilter
 from edgefleet.store.schema import AttestationStatus, Device, DriftStatus, TelemetryRecordRow
-
-FLEET = Device.kind == "device"  # the counts are of fleet devices: a site's hub is not one
 
 
 @dataclass(frozen=True)
@@ -28,26 +28,28 @@ class FleetCounts:
     drift: dict[str, int]  # in_sync, out_of_sync, unknown, never
 
 
-async def _grouped(conn: AsyncConnection, column: ColumnElement[Any] | InstrumentedAttribute[Any],
-                   limit: int = 50) -> dict[str, int]:
-    rows = await conn.execute(select(column, func.count()).select_from(Device).where(FLEET).group_by(column)
+async def _grouped(conn: AsyncConnection, fleet: list[ColumnElement[bool]],
+                   column: ColumnElement[Any] | InstrumentedAttribute[Any], limit: int = 50) -> dict[str, int]:
+    rows = await conn.execute(select(column, func.count()).select_from(Device).where(*fleet).group_by(column)
                               .order_by(func.count().desc()).limit(limit))
     return {str(key) if key is not None else "none": int(count) for key, count in rows}
 
 
-async def fleet_counts(conn: AsyncConnection) -> FleetCounts:
-    total = int((await conn.execute(select(func.count()).select_from(Device).where(FLEET))).scalar_one())
+async def fleet_counts(conn: AsyncConnection, scope: Scope | None = None) -> FleetCounts:
+    """The fleet's devices (with ``scope``, those in it) counted every way the overview shows."""
+    fleet = DeviceFilter(scope=scope).where()
+    total = int((await conn.execute(select(func.count()).select_from(Device).where(*fleet))).scalar_one())
     verdict = case((AttestationStatus.device_id.is_(None), "never"), (AttestationStatus.quarantined, "quarantined"),
                    (AttestationStatus.passed, "passed"), else_="failed")
     attested = await conn.execute(select(verdict, func.count()).select_from(Device).outerjoin(
-        AttestationStatus, AttestationStatus.device_id == Device.id).where(FLEET).group_by(verdict))
+        AttestationStatus, AttestationStatus.device_id == Device.id).where(*fleet).group_by(verdict))
     drift_state = func.coalesce(DriftStatus.state, "never")
     drift = await conn.execute(select(drift_state, func.count()).select_from(Device).outerjoin(
-        DriftStatus, DriftStatus.device_id == Device.id).where(FLEET).group_by(drift_state))
+        DriftStatus, DriftStatus.device_id == Device.id).where(*fleet).group_by(drift_state))
     return FleetCounts(
-        total=total, by_update_state=await _grouped(conn, Device.update_state),
-        by_health=await _grouped(conn, Device.health), by_site=await _grouped(conn, Device.site),
-        by_release=await _grouped(conn, Device.running_version),
+        total=total, by_update_state=await _grouped(conn, fleet, Device.update_state),
+        by_health=await _grouped(conn, fleet, Device.health), by_site=await _grouped(conn, fleet, Device.site),
+        by_release=await _grouped(conn, fleet, Device.running_version),
         attestation={str(k): int(v) for k, v in attested}, drift={str(k): int(v) for k, v in drift})
 
 

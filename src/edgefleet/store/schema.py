@@ -166,6 +166,7 @@ class AdminToken(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    scope: Mapped[str | None] = mapped_column(String(1000))  # None: the whole fleet (protocol/scope.py)
 
 
 class UpdateEventRow(Base):

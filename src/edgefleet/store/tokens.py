@@ -71,12 +71,12 @@ async def why_bootstrap_refused(conn: AsyncConnection, token: ParsedToken, now: 
 
 async def insert_admin(
     conn: AsyncConnection, token: ParsedToken, *, name: str, role: Role, now: datetime,
-    expires_at: datetime | None,
+    expires_at: datetime | None, scope: str | None = None,
 ) -> None:
     await conn.execute(
         insert(AdminToken).values(
             id=token.id, name=name, role=role.value, secret_hash=token.secret_hash,
-            created_at=now, expires_at=expires_at,
+            created_at=now, expires_at=expires_at, scope=scope,
         )
     )
 

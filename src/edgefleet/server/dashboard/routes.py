@@ -23,17 +23,24 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
-from edgefleet.errors import EdgefleetError, Forbidden, NotFound, Unauthenticated
+from edgefleet.errors import EdgefleetError, Unauthenticated
 from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
-from edgefleet.server.auth import AdminPrincipal, admin_principal
+from edgefleet.server.auth import AdminPrincipal, admin_principal, allowed
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.lifecycle import decommission, revoke
+from edgefleet.server.scoping import (
+    check_device,
+    check_selector,
+    covers,
+    sees_device,
+    visible_device,
+    visible_rollout,
+)
 from edgefleet.server.state import server_state
 from edgefleet.server.views import approval_view, device_filter, device_list, device_view
 from edgefleet.store.approvals import approvals as approval_rows
 from edgefleet.store.attestation import status as attestation_status
-from edgefleet.store.devices import get_device
 from edgefleet.store.gitops import commit_log, drift_of, list_alerts
 from edgefleet.store.overview import fleet_counts, recent_telemetry
 from edgefleet.store.revocations import revocation_of
@@ -123,9 +130,10 @@ async def overview(request: Request) -> HTMLResponse:
     who = await _who(request)
     state = server_state(request)
     async with state.db.transaction() as conn:
-        counts = await fleet_counts(conn)
-        alerts = await list_alerts(conn, 10)
-    rollouts = [r for r in await state.rollout_views.all() if r.status not in ("completed", "aborted")][:10]
+        counts = await fleet_counts(conn, who.scope)
+        alerts = await list_alerts(conn, 10) if who.scope is None else []  # fleet-wide
+    rollouts = [r for r in await state.rollout_views.all()
+                if r.status not in ("completed", "aborted") and covers(who, r.selector)][:10]
     return _page(request, "overview.html", who, counts=counts, alerts=alerts, rollouts=rollouts)
 
 
@@ -137,7 +145,7 @@ async def devices(request: Request, site: Annotated[str | None, Query(max_length
     """The devices, filtered by site, labels (``k=v, k2=v2``) and a piece of their id."""
     who = await _who(request)
     state = server_state(request)
-    only = device_filter(site=site, selector=selector, search=q)
+    only = device_filter(site=site, selector=selector, search=q, scope=who.scope)
     async with state.db.transaction() as conn:
         listed = await device_list(conn, state.presence, only, limit=PAGE, offset=page * PAGE,
                                    fresh=state.freshness())
@@ -151,9 +159,7 @@ async def device(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-
     who = await _who(request)
     state = server_state(request)
     async with state.db.transaction() as conn:
-        row = await get_device(conn, device_id)
-        if row is None:
-            raise NotFound(f"device {device_id} not found")
+        row = await visible_device(conn, who, device_id)
         attested = await attestation_status(conn, device_id)
         revoked = await revocation_of(conn, row.cert_serial)
         history = await update_history(conn, device_id, 30)
@@ -180,7 +186,8 @@ def _short(body: str) -> str:
 async def approvals_page(request: Request) -> HTMLResponse:
     who = await _who(request)
     async with server_state(request).db.transaction() as conn:
-        rows = await approval_rows(conn, "pending", 500)
+        rows = [row for row in await approval_rows(conn, "pending", 500)
+                if who.scope is None or await sees_device(conn, who, row.device_id)]
     return _page(request, "approvals.html", who, approvals=[approval_view(row) for row in rows])
 
 
@@ -190,6 +197,7 @@ async def decide_approval(request: Request, device_id: Annotated[str, Path(patte
                           fingerprint: Annotated[str, Form(pattern=r"^[0-9a-f]{64}$")]) -> Response:
     """An admin decides on the TPM they looked at (the form carries its fingerprint)."""
     who = await _allowed(request, Role.ADMIN, verb)
+    await check_device(server_state(request), who, device_id)
     await server_state(request).attestation.decide_approval(device_id, fingerprint, approve=verb == "approve",
                                                             by=who.name)
     return RedirectResponse("/ui/approvals", status_code=303)
@@ -201,7 +209,7 @@ async def releases(request: Request) -> HTMLResponse:
     state = server_state(request)
     version, rows = await asyncio.to_thread(state.repository.releases)
     async with state.db.transaction() as conn:
-        running = (await fleet_counts(conn)).by_release
+        running = (await fleet_counts(conn, who.scope)).by_release
     return _page(request, "releases.html", who, targets_version=version, releases=release_rows(rows),
                  running=running)
 
@@ -220,6 +228,7 @@ def release_rows(targets: list[dict[str, object]]) -> list[dict[str, object]]:
 @router.get("/events")
 async def events(request: Request) -> HTMLResponse:
     who = await _who(request)
+    allowed(who, Role.VIEWER, scoped=False, what="the fleet's events")
     async with server_state(request).db.transaction() as conn:
         alerts = await list_alerts(conn, 100)
         trail = await rollout_events(conn, None, 100)
@@ -230,7 +239,8 @@ async def events(request: Request) -> HTMLResponse:
 @router.get("/rollouts")
 async def rollouts(request: Request) -> HTMLResponse:
     who = await _who(request)
-    return _page(request, "rollouts.html", who, rollouts=await server_state(request).rollout_views.all())
+    return _page(request, "rollouts.html", who, rollouts=[
+        view for view in await server_state(request).rollout_views.all() if covers(who, view.selector)])
 
 
 @router.get("/rollouts/new")
@@ -256,6 +266,7 @@ async def new_rollout_post(request: Request, release: Annotated[str, Form(max_le
             "release": release, "selector": parse_pairs(selector.split(",")),
             "waves": [parse_wave(w) for w in waves.split(",") if w.strip()],
             "failure_threshold": failure_threshold.strip(), "approval_between_waves": approval})
+        check_selector(who, body.selector)
         if action == "start":
             row = await state.rollouts.start(body, who.name)
             log.info("%s (dashboard) started rollout %s of %s", who.name, row.id, release)
@@ -286,11 +297,10 @@ class NewRollout:
 
 
 async def _allowed(request: Request, needed: Role, what: str) -> AdminPrincipal:
-    """The session's operator, if its role may do ``what`` (Forbidden otherwise)."""
-    who = await _who(request)
-    if not who.role.allows(needed):
-        raise Forbidden(f"{who.name} has role {who.role}: {what} needs {needed}", code="insufficient_role")
-    return who
+    """The session's operator, if its role may do ``what`` (Forbidden otherwise); every
+    verb of the dashboard keeps to the operator's scope (it checks the device or rollout)."""
+    return allowed(await _who(request), needed, scoped=True, what=what)
+
 
 
 async def _new_rollout_page(request: Request, who: AdminPrincipal, typed: NewRollout, *,
@@ -307,7 +317,7 @@ async def _new_rollout_page(request: Request, who: AdminPrincipal, typed: NewRol
 async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]) -> HTMLResponse:
     who = await _who(request)
     state = server_state(request)
-    view = await state.rollouts.with_planned(await state.rollout_views.get(rollout_id))
+    view = await state.rollouts.with_planned(visible_rollout(who, await state.rollout_views.get(rollout_id)))
     async with state.db.transaction() as conn:
         events = await rollout_events(conn, rollout_id, 5000)
     points, marks = progress([(e.at, e.kind, e.reason) for e in events])
@@ -320,6 +330,7 @@ async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")],
                   verb: Literal["approve", "pause", "resume", "abort", "abort-revert", "revert"]) -> Response:
     who = await _allowed(request, Role.OPERATOR, verb)
+    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
     if verb.startswith("abort"):
         await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=verb == "abort-revert")
     else:
@@ -334,6 +345,7 @@ async def device_verb(request: Request, device_id: Annotated[str, Path(pattern=r
     """An admin's verbs on a device (the page asks before it posts them)."""
     who = await _allowed(request, Role.ADMIN, verb)
     state = server_state(request)
+    await check_device(state, who, device_id)
     if verb == "decommission":
         await decommission(state, device_id, by=who.name)
         log.warning("%s (dashboard) decommissioned %s", who.name, device_id)

@@ -18,7 +18,8 @@ from edgefleet.protocol.v1 import (
     RolloutRequest,
     RolloutView,
 )
-from edgefleet.server.auth import Operator, Viewer
+from edgefleet.server.auth import ScopedOperator, ScopedViewer
+from edgefleet.server.scoping import check_selector, covers, visible_rollout
 from edgefleet.server.state import server_state
 from edgefleet.store.rollouts import rollout_events
 
@@ -38,36 +39,42 @@ RolloutId = Annotated[str, Depends(_rollout_id)]
 
 
 @router.post("", status_code=201)
-async def start(who: Operator, body: RolloutRequest, request: Request) -> RolloutView:
-    """Start rolling a published release out to the devices matching ``selector``, in waves."""
+async def start(who: ScopedOperator, body: RolloutRequest, request: Request) -> RolloutView:
+    """Start rolling a published release out to the devices matching ``selector``, in waves.
+    A token limited to a scope starts only rollouts whose selector keeps to it."""
+    check_selector(who, body.selector)
     row = await server_state(request).rollouts.start(body, who.name)
     log.info("%s started rollout %s of %s", who.name, row.id, body.release)
     return server_state(request).rollout_views.of(row)
 
 
 @router.post("/preview")
-async def preview(_: Operator, body: RolloutRequest, request: Request) -> RolloutPreview:
+async def preview(who: ScopedOperator, body: RolloutRequest, request: Request) -> RolloutPreview:
     """Who each wave would take were this rollout started now; nothing is started."""
+    check_selector(who, body.selector)
     return await server_state(request).rollouts.preview(body)
 
 
 @router.get("")
-async def rollouts(_: Viewer, request: Request) -> RolloutList:
-    return RolloutList(rollouts=await server_state(request).rollout_views.all())
+async def rollouts(who: ScopedViewer, request: Request) -> RolloutList:
+    """Every rollout (a token limited to a scope: those that keep to it)."""
+    views = await server_state(request).rollout_views.all()
+    return RolloutList(rollouts=[view for view in views if covers(who, view.selector)])
 
 
 @router.get("/{rollout_id}")
-async def rollout(_: Viewer, rollout_id: RolloutId, request: Request) -> RolloutView:
+async def rollout(who: ScopedViewer, rollout_id: RolloutId, request: Request) -> RolloutView:
     """A rollout's status: counts per wave and why each failed device failed; the waves it
     has not started show who they would take now."""
     state = server_state(request)
-    return await state.rollouts.with_planned(await state.rollout_views.get(rollout_id))
+    return await state.rollouts.with_planned(visible_rollout(who, await state.rollout_views.get(rollout_id)))
 
 
 @router.get("/{rollout_id}/events")
-async def events(_: Viewer, rollout_id: RolloutId, request: Request,
+async def events(who: ScopedViewer, rollout_id: RolloutId, request: Request,
                  limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> RolloutEvents:
     """The audit trail: every decision and verb, with its reason, newest first."""
+    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
     async with server_state(request).db.transaction() as conn:
         rows = await rollout_events(conn, rollout_id, limit)
     return RolloutEvents(events=[RolloutEventView(at=r.at, kind=r.kind, device_id=r.device_id, reason=r.reason)
@@ -75,17 +82,19 @@ async def events(_: Viewer, rollout_id: RolloutId, request: Request,
 
 
 @router.post("/{rollout_id}/{verb}")
-async def operate(who: Operator, rollout_id: RolloutId, verb: Literal["pause", "resume", "approve", "revert"],
+async def operate(who: ScopedOperator, rollout_id: RolloutId, verb: Literal["pause", "resume", "approve", "revert"],
                   request: Request) -> RolloutView:
     """pause, resume, approve; revert: an aborted rollout's devices go back to their previous release."""
+    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
     row = await server_state(request).rollouts.operate(rollout_id, verb, who.name)
     log.info("%s: %s rollout %s", who.name, verb, rollout_id)
     return server_state(request).rollout_views.of(row)
 
 
 @router.post("/{rollout_id}/abort/now")
-async def abort(who: Operator, rollout_id: RolloutId, body: RolloutAbort, request: Request) -> RolloutView:
+async def abort(who: ScopedOperator, rollout_id: RolloutId, body: RolloutAbort, request: Request) -> RolloutView:
     """Stop the rollout; with ``revert``, devices it updated go back to their previous release."""
+    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
     row = await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=body.revert)
     log.warning("%s aborted rollout %s%s", who.name, rollout_id, " with revert" if body.revert else "")
     return server_state(request).rollout_views.of(row)

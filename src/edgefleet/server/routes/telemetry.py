@@ -11,7 +11,8 @@ from fastapi import APIRouter, Path, Query, Request
 from edgefleet.errors import NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.telemetry import TelemetryAck, TelemetryPage, TelemetryRecord, parse_batch
-from edgefleet.server.auth import CurrentDevice, Viewer
+from edgefleet.server.auth import CurrentDevice, ScopedViewer
+from edgefleet.server.scoping import sees_device
 from edgefleet.server.state import server_state
 from edgefleet.store.telemetry import store_batch, telemetry_records, telemetry_stream
 
@@ -33,12 +34,14 @@ async def ship(device: CurrentDevice, request: Request) -> TelemetryAck:
 
 
 @router.get("/admin/devices/{device_id}/telemetry")
-async def read(_: Viewer, request: Request, device_id: Annotated[str, Path(max_length=64)],
+async def read(who: ScopedViewer, request: Request, device_id: Annotated[str, Path(max_length=64)],
                after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> TelemetryPage:
     """A device's stored records after ``after``, in order."""
     state = server_state(request)
     async with state.db.transaction() as conn:
+        if who.scope is not None and not await sees_device(conn, who, device_id):
+            raise NotFound(f"no telemetry from {device_id}")
         stream = await telemetry_stream(conn, device_id)
         rows = await telemetry_records(conn, device_id, after, limit)
     if stream is None:

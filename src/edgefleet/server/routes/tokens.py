@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.credentials import TokenKind, new_token
-from edgefleet.errors import NotFound
+from edgefleet.errors import Forbidden, NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
     AdminTokenList,
@@ -22,7 +22,7 @@ from edgefleet.protocol.v1 import (
     BootstrapTokenRequest,
     BootstrapTokenView,
 )
-from edgefleet.server.auth import Admin, AdminPrincipal, Operator
+from edgefleet.server.auth import Admin, AdminPrincipal, Operator, ScopedOperator
 from edgefleet.server.state import server_state
 from edgefleet.store.tokens import admin_tokens, bootstrap_tokens, insert_bootstrap, revoke_admin, revoke_bootstrap
 
@@ -33,8 +33,13 @@ TokenIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
 
 
 @router.post("/bootstrap-tokens", status_code=201)
-async def create_bootstrap_token(who: Operator, body: BootstrapTokenRequest, request: Request) -> BootstrapTokenCreated:
-    """Create a single-use enrollment token for one device at ``site``. Shown once."""
+async def create_bootstrap_token(who: ScopedOperator, body: BootstrapTokenRequest, request: Request
+                                 ) -> BootstrapTokenCreated:
+    """Create a single-use enrollment token for one device at ``site``. Shown once. A token
+    limited to a scope creates them only for devices that will be in it."""
+    if not who.sees(body.site, body.labels):
+        raise Forbidden(f"{who.name!r} is limited to {who.scope}: a device enrolled at {body.site} with labels "
+                        f"{body.labels} would be outside it", code="out_of_scope")
     state = server_state(request)
     now = state.clock.now()
     text, token = new_token(TokenKind.BOOTSTRAP)
@@ -94,7 +99,8 @@ async def list_admin_tokens(_: Admin, request: Request) -> AdminTokenList:
         rows = await admin_tokens(conn)
     now = state.clock.now()
     return AdminTokenList(tokens=[AdminTokenView(
-        id=row.id, name=row.name, role=row.role, created_at=row.created_at, expires_at=row.expires_at,
+        id=row.id, name=row.name, role=row.role, scope=row.scope, created_at=row.created_at,
+        expires_at=row.expires_at,
         revoked_at=row.revoked_at, state="revoked" if row.revoked_at is not None else "expired"
         if row.expires_at is not None and row.expires_at <= now else "active") for row in rows])
 
