@@ -182,3 +182,15 @@ def test_the_readmes_agent_settings_are_valid_as_written_and_name_the_tpm(tmp_pa
     settings = load_settings(AgentSettings, tmp_path / "agent.toml", {})
     assert settings.tpm == "device:/dev/tpmrm0"  # without it the server refuses a device that cannot attest
     assert settings.bootstrap_token_file is not None
+
+
+def test_the_readmes_sign_in_settings_are_valid_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("# /etc/edgefleet/server.toml", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "server.toml").write_text(block)
+    from edgefleet.server.settings import ServerSettings
+
+    settings = load_settings(ServerSettings, tmp_path / "server.toml", {})
+    assert settings.oidc is not None
+    assert settings.oidc.roles["store-ops"] == "operator"
+    assert settings.oidc.scopes["store-ops"] == "site in (berlin-*)"

@@ -11,6 +11,8 @@ from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import BadAnswer, ServerRefused, TransportError
 from edgefleet.protocol.v1 import (
+    ID_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
     AdminTokenList,
     ApprovalList,
     ApprovalView,
@@ -20,7 +22,9 @@ from edgefleet.protocol.v1 import (
     DesiredState,
     DeviceList,
     DeviceView,
+    OidcInfo,
     RevokeResult,
+    TokenExchanged,
     UpdateHistory,
 )
 from edgefleet.util.http import checked
@@ -45,7 +49,7 @@ class AdminClient:
         self._client = httpx.Client(
             base_url=server_url.rstrip("/"),
             verify=tls_context(ca_file),
-            headers={"authorization": f"Bearer {token}"},
+            headers={"authorization": f"Bearer {token}"} if token else {},  # none: the sign-in routes
             timeout=timeout,
         )
 
@@ -61,6 +65,17 @@ class AdminClient:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise BadAnswer(f"unexpected answer from server: {exc}") from exc
+
+    def oidc_info(self) -> OidcInfo:
+        """Where operators of this control plane sign in (no token needed)."""
+        info: OidcInfo = self._call("GET", "/api/v1/auth/oidc", OidcInfo)
+        return info
+
+    def exchange_id_token(self, id_token: str) -> TokenExchanged:
+        """An admin token for the operator an ID token of the provider names (no token needed)."""
+        exchanged: TokenExchanged = self._call("POST", "/api/v1/auth/oidc/token", TokenExchanged, data={
+            "grant_type": TOKEN_EXCHANGE, "subject_token": id_token, "subject_token_type": ID_TOKEN_TYPE})
+        return exchanged
 
     def devices(self, *, site: str | None = None, limit: int = 1000, offset: int = 0, kind: str = "device",
                 selector: str | None = None, search: str | None = None) -> DeviceList:

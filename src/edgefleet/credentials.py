@@ -6,6 +6,7 @@ stored as its SHA-256 (it has 256 bits of entropy, so a slow hash adds nothing).
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from edgefleet.errors import Unauthenticated
 
-__all__ = ["ParsedToken", "Role", "TokenKind", "new_token", "parse_token", "secret_matches"]
+__all__ = ["ParsedToken", "Role", "TokenKind", "new_token", "parse_token", "pkce_challenge", "secret_matches"]
 
 
 class TokenKind(enum.StrEnum):
@@ -72,3 +73,8 @@ def parse_token(kind: TokenKind, token: str) -> ParsedToken:
 
 def secret_matches(parsed: ParsedToken, stored_hash: str) -> bool:
     return hmac.compare_digest(parsed.secret_hash, stored_hash)
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The PKCE S256 code challenge of ``verifier`` (RFC 7636)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()

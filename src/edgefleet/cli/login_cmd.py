@@ -20,16 +20,33 @@ app = typer.Typer(help="Named control planes (server, fleet CA, admin token) for
 def login(
     server: Annotated[str, typer.Argument(help="Control plane URL, e.g. https://fleet.example.com:8443.")],
     ca_file: Annotated[Path, typer.Option("--ca-file", help="The fleet CA certificate (<data-dir>/pki/ca.pem).")],
-    token: Annotated[str, typer.Option("--token", envvar="EDGEFLEET_ADMIN_TOKEN", prompt="Admin token",
-                                       hide_input=True, help="Admin token (asked for when not given).")],
+    token: Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_ADMIN_TOKEN",
+                                              help="Admin token (asked for when neither it nor --oidc is given).")]
+    = None,
+    oidc: Annotated[bool, typer.Option("--oidc", help="Sign in at the control plane's OpenID Connect provider "
+                                                      "instead (a browser opens; the token it yields is kept).")]
+    = False,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="With --oidc: open the sign-in page "
+                                                                         "(else only print its address).")] = True,
     name: Annotated[str | None, typer.Option(help="Context name (default: the server's host).")] = None,
 ) -> None:
-    """Check the token against the server, then keep server, CA and token as a context and
-    make it current: later commands need no --server, --token or --ca-file."""
+    """Check the token against the server (or sign in with --oidc), then keep server, CA and
+    token as a context and make it current: later commands need no --server, --token or
+    --ca-file."""
     from urllib.parse import urlparse
 
     name = name or urlparse(server).hostname or server
     with shown_errors():
+        if oidc:
+            from edgefleet.cli.oidc_login import sign_in
+
+            with AdminClient(server, "", ca_file) as anonymous:
+                exchanged = sign_in(anonymous, open_browser=browser)
+            token = exchanged.access_token
+            scope = f" within {exchanged.scope}" if exchanged.scope else ""
+            console.print(f"signed in as {exchanged.role}{scope} for {exchanged.expires_in // 3600} h")
+        elif token is None:
+            token = typer.prompt("Admin token", hide_input=True)
         with AdminClient(server, token, ca_file) as client:
             client.devices(limit=1)  # refused (401, TLS, unreachable) before anything is kept
         data = contexts.load()

@@ -465,6 +465,31 @@ class RevocationView(Strict):
     revoked_at: datetime
 
 
+class OidcInfo(Strict):
+    """How the CLI signs in (``edgefleet login --oidc``): at this issuer, as this public client."""
+
+    issuer: str
+    client_id: str
+    scope: str  # what to ask the provider for
+
+
+# RFC 8693 names (not secrets)
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+
+
+class TokenExchanged(Strict):
+    """RFC 8693's answer: an admin token for the operator the ID token names."""
+
+    access_token: str
+    issued_token_type: str = ACCESS_TOKEN_TYPE
+    token_type: str = "Bearer"  # noqa: S105
+    expires_in: int
+    role: str
+    scope: str | None = None  # the devices it is limited to (protocol/scope.py)
+
+
 class RevokeResult(Strict):
     device_id: str
     serial: str  # of the certificate now on the fleet's revocation list

@@ -32,6 +32,7 @@ from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
 from edgefleet.server.middleware import RequestMetrics
 from edgefleet.server.nonces import ensure_secret_key
+from edgefleet.server.oidc import OidcSignIn
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
@@ -48,6 +49,7 @@ from edgefleet.server.routes import (
     repository,
     revocations,
     rollouts,
+    signin,
     telemetry,
     tokens,
 )
@@ -137,6 +139,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
         rollout_views=RolloutViews(db, controller.decoded),
         rate_limits=DeviceRateLimiter(settings.device_rate_per_second, settings.device_rate_burst,
                                       monotonic=clock.monotonic),
+        oidc=None if settings.oidc is None else OidcSignIn(settings.oidc),
     )
 
     @contextlib.asynccontextmanager
@@ -199,6 +202,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(gitops.router)
     app.include_router(rollouts.router)
     app.include_router(telemetry.router)
+    app.include_router(signin.router)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=Path(dashboard.__file__).parent / "static"), name="ui-static")
     app.add_exception_handler(dashboard.LoginRequired, _to_login)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.pki import FleetPki
+from edgefleet.protocol.scope import ScopeError, parse_scope
 from edgefleet.store import default_sqlite_url
 
 
@@ -21,6 +23,39 @@ class GitSyncSettings(BaseModel):
     url: str = Field(description="anything git fetch takes: https://, ssh://, a path")
     branch: str = "main"
     allowed_signers: Path = Field(description="ssh allowed_signers file pinned on the server")
+
+
+class OidcSettings(BaseModel):
+    """Operators sign in at an OpenID Connect provider: the dashboard with the authorization
+    code flow and PKCE (``client_id``, a confidential client), the CLI with the same flow
+    from a loopback redirect (``cli_client_id``, a public client) and a token exchange at the
+    control plane. Either way the operator gets a short-lived admin token whose role (and
+    scope) come from the groups in the ID token."""
+
+    model_config = ConfigDict(extra="forbid")
+    issuer: str = Field(description="the provider's issuer URL (https; http only on the loopback interface)")
+    client_id: str = "edgefleet"
+    client_secret: str | None = Field(None, description="the dashboard client's secret (none: a public client)")
+    cli_client_id: str = "edgefleet-cli"
+    groups_claim: str = "groups"
+    roles: dict[str, Literal["viewer", "operator", "admin"]] = Field(
+        description="group -> role; a sign-in whose groups map to no role is refused")
+    scopes: dict[str, str] = Field({}, description="group -> scope (protocol/scope.py): that group's role is "
+                                                   "limited to it; a group without one acts on the whole fleet")
+    session_hours: float = Field(12.0, gt=0, le=24 * 7, description="how long a sign-in's admin token lives")
+    ca_file: Path | None = Field(None, description="CA bundle for the provider's TLS (default: the system's)")
+
+    @model_validator(mode="after")
+    def _checked(self) -> OidcSettings:
+        url = urlparse(self.issuer)
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost", "::1")):
+            raise ValueError(f"oidc.issuer must be https (http only on the loopback interface): {self.issuer}")
+        for group, text in self.scopes.items():
+            try:
+                parse_scope(text)
+            except ScopeError as exc:
+                raise ValueError(f"oidc.scopes.{group}: {exc}") from None
+        return self
 
 
 class ServerSettings(BaseSettings):
@@ -75,6 +110,7 @@ class ServerSettings(BaseSettings):
     tpm_vendor_roots: Path | None = Field(None, description="directory of TPM vendor root/intermediate certs")
     approved_ek_fingerprints: list[str] = Field(
         [], description="EK fingerprints approved ahead of time (a factory scan): approval and approved modes")
+    oidc: OidcSettings | None = Field(None, description="operator sign-in through an OpenID Connect provider")
     trust_domain: str = "edgefleet.local"
     workload_token_seconds: int = Field(300, ge=30, le=3600)
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")

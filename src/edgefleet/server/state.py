@@ -18,6 +18,7 @@ from edgefleet.server.director import DirectorService
 from edgefleet.server.gitops import GitOpsService
 from edgefleet.server.longpoll import LongPolls
 from edgefleet.server.metrics import Metrics
+from edgefleet.server.oidc import OidcSignIn
 from edgefleet.server.presence import Presence
 from edgefleet.server.ratelimit import DeviceRateLimiter
 from edgefleet.server.repository import RepositoryService
@@ -52,6 +53,7 @@ class ServerState:
     rollouts: RolloutController
     rollout_views: RolloutViews
     rate_limits: DeviceRateLimiter
+    oidc: OidcSignIn | None = None  # operator sign-in, when settings.oidc names a provider
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
 

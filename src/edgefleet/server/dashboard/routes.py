@@ -23,12 +23,14 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
-from edgefleet.errors import EdgefleetError, Unauthenticated
+from edgefleet.errors import EdgefleetError, NotFound, Unauthenticated
 from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal, allowed
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.lifecycle import decommission, revoke
+from edgefleet.server.oidc import Pending
+from edgefleet.server.routes.signin import record_sign_in
 from edgefleet.server.scoping import (
     check_device,
     check_selector,
@@ -64,6 +66,7 @@ def when(moment: datetime | None) -> Markup:
 
 templates.env.filters["when"] = when
 COOKIE = "edgefleet_session"
+OIDC_COOKIE = "edgefleet_oidc"
 PAGE = 100
 
 
@@ -100,7 +103,59 @@ def _page(request: Request, name: str, who: AdminPrincipal, **context: Any) -> H
 
 @router.get("/login")
 async def login_form(request: Request, error: str | None = None) -> HTMLResponse:
-    return templates.TemplateResponse(request, "login.html", {"error": error, "who": None})
+    return _login_page(request, error)
+
+
+def _login_page(request: Request, error: str | None, status: int = 200) -> HTMLResponse:
+    oidc = server_state(request).oidc
+    return templates.TemplateResponse(request, "login.html", {
+        "error": error, "who": None, "oidc": None if oidc is None else oidc.settings.issuer}, status_code=status)
+
+
+@router.get("/oidc/start")
+async def oidc_start(request: Request) -> Response:
+    """Off to the OpenID Connect provider; the browser keeps what it must bring back."""
+    oidc = server_state(request).oidc
+    if oidc is None:
+        raise NotFound("this control plane has no OpenID Connect provider (settings: oidc)")
+    url, pending = await oidc.start(str(request.url_for("oidc_callback")))
+    response = RedirectResponse(url, status_code=303)
+    # Lax: the provider sends the browser back with a top-level GET from its own site.
+    response.set_cookie(OIDC_COOKIE, pending.encode(), max_age=600, httponly=True, secure=True, samesite="lax",
+                        path="/ui/oidc")
+    return response
+
+
+@router.get("/oidc/callback", name="oidc_callback")
+async def oidc_callback(request: Request, code: Annotated[str | None, Query(max_length=2048)] = None,
+                        state: Annotated[str | None, Query(max_length=256)] = None,
+                        error: Annotated[str | None, Query(max_length=256)] = None) -> Response:
+    """Back from the provider: redeem the code, verify the ID token, start a session with
+    an admin token of the role the operator's groups map to."""
+    service = server_state(request)
+    oidc = service.oidc
+    if oidc is None:
+        raise NotFound("this control plane has no OpenID Connect provider (settings: oidc)")
+    pending = Pending.decode(request.cookies.get(OIDC_COOKIE, ""))
+    if error is not None or code is None or state is None or pending is None:
+        why = f"the provider said {error}" if error else "the sign-in expired or was started elsewhere"
+        log.warning("dashboard sign-in refused: %s", why)
+        return _login_page(request, f"Sign-in failed: {why}. Try again.", status=401)
+    try:
+        grant = await oidc.finish(pending, state, code, str(request.url_for("oidc_callback")))
+    except EdgefleetError as exc:
+        log.warning("dashboard sign-in refused: %s", exc.message)
+        return _login_page(request, "Sign-in failed: " + ("none of your groups has a role here."
+                                                         if exc.code == "oidc_no_role" else "the provider's answer "
+                                                         "was not accepted."), status=status_for(exc))
+    token, _ = await oidc.mint(service.db, grant, service.clock.now())
+    await record_sign_in(service, grant, request, "dashboard")
+    # A page, not a redirect: the session cookie is SameSite=Strict, and a redirect would
+    # still belong to the navigation the provider's site started.
+    response = templates.TemplateResponse(request, "signed_in.html", {"who": None, "name": grant.name})
+    response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="strict", path="/ui")
+    response.delete_cookie(OIDC_COOKIE, path="/ui/oidc")
+    return response
 
 
 @router.post("/login")
@@ -109,8 +164,7 @@ async def login(request: Request, token: Annotated[str, Form(max_length=200)]) -
         who = await admin_principal(server_state(request), token)
     except EdgefleetError as exc:
         log.warning("dashboard login refused: %s", exc.message)
-        return templates.TemplateResponse(request, "login.html", {"error": "That token is not valid.", "who": None},
-                                          status_code=401)
+        return _login_page(request, "That token is not valid.", status=401)
     request.state.principal = who  # the audit trail records the sign-in
     log.info("dashboard login: %s (%s)", who.name, who.role)
     response = RedirectResponse("/ui/", status_code=303)
