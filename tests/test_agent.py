@@ -318,3 +318,30 @@ def test_the_technician_page_is_closed_before_the_agent_closes_what_it_reads(fle
 
     assert asyncio.run(scenario()) is None  # it served, and stopped with the agent
     assert answered_while_closing == []
+
+
+def test_a_decommissioned_device_erases_its_credentials_and_stops(fleet: Fleet, tmp_path: Path) -> None:
+    agent = make_agent(fleet, tmp_path)
+    state_dir = StateDir(agent.settings.state_dir)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 20
+        while agent.reports < 1:
+            assert not task.done(), agent.last_error
+            assert time.monotonic() < deadline, agent.last_error
+            await asyncio.sleep(0.05)
+        assert state_dir.key.exists()
+        assert state_dir.cert.exists()
+        admin = fleet.client(role=Role.ADMIN)
+        ended = await asyncio.to_thread(admin.delete, f"/api/v1/admin/devices/{agent.device_id}")
+        assert ended.status_code == 204
+        with pytest.raises(ServerRefused) as refused:
+            await asyncio.wait_for(task, 20)  # by itself, at its next check-in
+        assert refused.value.code == "decommissioned"
+
+    asyncio.run(scenario())
+    assert not state_dir.key.exists()
+    assert not state_dir.cert.exists()
+    assert not state_dir.state_file.exists()

@@ -173,6 +173,7 @@ def test_decommissioned_device_loses_access_immediately(fleet: Fleet) -> None:
     cli("devices", "decommission", device.id, "--yes", *server_args(fleet))
     response = device.client.get(f"/api/v1/devices/{device.id}/desired")
     assert response.status_code == 401
+    assert response.json()["error"]["code"] == "decommissioned"  # so it erases its credentials and stops
     assert fleet.client(role="admin").delete(f"/api/v1/admin/devices/{device.id}").status_code == 404
 
 

@@ -243,6 +243,8 @@ class Agent:
         Raises:
             ServerRefused: enrollment was refused (bad or used token, site mismatch,
                 hardware id already enrolled); retrying cannot help, an operator must act.
+                Or the device was decommissioned (code ``decommissioned``): its credentials
+                were erased first.
             ConfigError, PersistError: the agent cannot keep its state.
         """
         self.dir.path.mkdir(parents=True, exist_ok=True)
@@ -299,6 +301,13 @@ class Agent:
                     self.updates.close()
         except _Stopped:
             pass
+        except ServerRefused as exc:
+            if exc.code != "decommissioned":
+                raise
+            await asyncio.to_thread(self.dir.erase_credentials)
+            log.error("%s was decommissioned: its keys, certificates and state are erased; the agent stops "
+                      "(it enrolls again only as a new device, with a new bootstrap token)", self.device_id)
+            raise
         finally:
             forward.cancel()
             await close_page()
@@ -722,6 +731,8 @@ class Agent:
                 delay = (jittered(settings.checkin_interval_seconds, self.rng) if settings.long_poll_seconds == 0
                          else self.rng.uniform(0, 1))
             except (TransportError, ServerRefused) as exc:
+                if isinstance(exc, ServerRefused) and exc.code == "decommissioned":
+                    raise  # the end of this device's identity: run() erases it
                 hint = refusal_hint(exc, has_tpm=attestor is not None)
                 repeated = self.last_error == str(exc) + hint
                 self.last_error = str(exc) + hint  # the technician's page shows it too

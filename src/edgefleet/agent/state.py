@@ -89,6 +89,22 @@ class StateDir:
         atomic_write_bytes(self.next_cert, cert_pem)
         self.recover_renewal()
 
+    def erase_credentials(self) -> None:
+        """Forget this device's identity: its keys, certificates and state (the device was
+        decommissioned; it can only enroll again, as a new device, with a new bootstrap
+        token). Each file is overwritten before it is removed."""
+        for path in (self.key, self.next_key, self.reenroll_key, self.cert, self.next_cert, self.state_file):
+            try:
+                size = path.stat().st_size
+                with path.open("r+b") as handle:
+                    handle.write(b"\0" * size)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                path.unlink()
+            except FileNotFoundError:
+                continue
+        fsync_dir(self.path)
+
     def recover_renewal(self) -> bool:
         """Finish a renewal a stop interrupted once its certificate was saved (True), or drop
         one that got none (the server keeps accepting the old certificate until the new one

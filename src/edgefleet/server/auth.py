@@ -17,12 +17,13 @@ from edgefleet.pki import DeviceCertificate, verify_device_certificate
 from edgefleet.protocol.scope import Scope, parse_scope
 from edgefleet.server.state import ServerState, server_state
 from edgefleet.store.devices import DeviceAuth, device_auth, device_auth_and_desired, promote_next_certificate
-from edgefleet.store.revocations import revoke_serial
+from edgefleet.store.revocations import revocation_of, revoke_serial
 from edgefleet.store.tokens import admin_token
 
 log = logging.getLogger("edgefleet.server")
 
 DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+DECOMMISSIONED = "decommissioned"  # the revocation reason lifecycle.decommission records
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,13 @@ async def authenticate_device(request: Request, device_id: DeviceIdPath) -> Auth
         auth = await fresh_device_auth(state, device_id)
     if auth is not None and auth.cert_serial != identity.serial and auth.next_serial == identity.serial:
         auth = await _promote(state, device_id, identity.serial)
+    if auth is None:
+        async with state.db.transaction(readonly=True) as conn:
+            revoked = await revocation_of(conn, identity.serial)
+        if revoked is not None and revoked.device_id == device_id and revoked.reason == DECOMMISSIONED:
+            # The fleet CA's certificate of a device an operator ended: tell it to erase
+            # its credentials and stop (it cannot enroll again with them anyway).
+            raise Unauthenticated(f"{device_id} was decommissioned by {revoked.revoked_by}", code="decommissioned")
     current = current_or_refuse(auth, device_id, identity.serial)
     return AuthenticatedDevice(device_id, current.desired_version, current, identity.site)
 

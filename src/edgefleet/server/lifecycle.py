@@ -7,6 +7,7 @@ dashboard both end a device here."""
 from __future__ import annotations
 
 from edgefleet.errors import NotFound
+from edgefleet.server.auth import DECOMMISSIONED
 from edgefleet.server.state import ServerState
 from edgefleet.store.devices import changed, delete_device
 from edgefleet.store.director import forget_device as forget_director
@@ -31,7 +32,7 @@ async def decommission(state: ServerState, device_id: str, *, by: str) -> None:
     """Raises NotFound when there is no such device."""
     now = state.clock.now()
     async with state.db.transaction() as conn:
-        found = await revoke_current_certificate(conn, device_id, reason="decommissioned", by=by, now=now)
+        found = await revoke_current_certificate(conn, device_id, reason=DECOMMISSIONED, by=by, now=now)
         await delete_device(conn, device_id, now)
         await forget_director(conn, device_id)
         await forget_update_history(conn, device_id)
