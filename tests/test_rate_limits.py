@@ -26,6 +26,17 @@ def test_a_device_over_its_limit_gets_429_while_its_neighbour_behind_the_same_ad
     assert neighbour.client.get(f"/api/v1/devices/{neighbour.id}/desired").status_code == 200
 
 
+def test_re_enrollment_requests_for_one_device_are_limited_before_anything_is_verified(fleet: Fleet) -> None:
+    # Re-enrollment has no client certificate (the device's ended): the limit is the guard.
+    device = fleet.enroll()
+    body = {"certificate_pem": "not a certificate", "csr_pem": "not a request", "signature": "AAAA"}
+    client = fleet.client()
+    answers = [client.post(f"/api/v1/devices/{device.id}/reenroll", json=body).status_code
+               for _ in range(fleet.settings.device_rate_burst + int(fleet.settings.device_rate_per_second) * 2)]
+    assert set(answers) == {401, 429}
+    assert answers[0] == 401
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 0.0

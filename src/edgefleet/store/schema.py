@@ -169,6 +169,17 @@ class AdminToken(Base):
     scope: Mapped[str | None] = mapped_column(String(1000))  # None: the whole fleet (protocol/scope.py)
 
 
+class SpentIdToken(Base):
+    """An ID token exchanged for an admin token (``POST /api/v1/auth/oidc/token``): kept
+    until it expires, so the same token signs in once."""
+
+    __tablename__ = "spent_id_tokens"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token, hex
+    subject: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class UpdateEventRow(Base):
     """A device's A/B update transitions as the device reported them, numbered per device."""
 

@@ -137,8 +137,11 @@ async def renew(device: CurrentDevice, body: RenewCertificate, request: Request)
 async def reenroll_device(device_id: DeviceIdPath, body: Reenroll, request: Request) -> Response:
     """For a device whose certificate expired (server-authenticated TLS only): its old
     certificate and a CSR signed by the old key. 202 while an operator has not approved it
-    (the first request files it), 200 with the new certificate once one has."""
-    answer = await reenroll(server_state(request), device_id, body)
+    (the first request files it), 200 with the new certificate once one has. Charged to the
+    device's rate limit before anything is verified: no certificate vouches for the caller."""
+    state = server_state(request)
+    state.rate_limits.charge(device_id)
+    answer = await reenroll(state, device_id, body)
     return JSONResponse(answer.model_dump(mode="json"), status_code=200 if answer.state == "issued" else 202)
 
 

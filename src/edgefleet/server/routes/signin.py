@@ -4,15 +4,18 @@ The dashboard's sign-in is in ``dashboard/routes.py``; both go through ``server/
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 
-from edgefleet.errors import InvalidRequest, NotFound
+from edgefleet.errors import InvalidRequest, NotFound, Unauthenticated
 from edgefleet.protocol.v1 import ID_TOKEN_TYPE, TOKEN_EXCHANGE, OidcInfo, TokenExchanged
-from edgefleet.server.oidc import MAX_ID_TOKEN, Grant, OidcSignIn
+from edgefleet.server.oidc import LEEWAY_SECONDS, MAX_ID_TOKEN, Grant, OidcSignIn
 from edgefleet.server.state import ServerState, server_state
+from edgefleet.store.signins import spend_id_token
 
 log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
@@ -40,7 +43,8 @@ async def exchange(
     subject_token_type: Annotated[str, Form(max_length=128)],
 ) -> TokenExchanged:
     """RFC 8693 token exchange: an ID token the provider issued to the CLI's client, for an
-    admin token of the role its groups map to (401 ``oidc_refused``, 403 ``oidc_no_role``)."""
+    admin token of the role its groups map to (401 ``oidc_refused``, 403 ``oidc_no_role``).
+    Each ID token is exchanged once: a copy of it (from a log, a shell history) gets nothing."""
     state = server_state(request)
     provider = _provider(state)
     if grant_type != TOKEN_EXCHANGE or subject_token_type != ID_TOKEN_TYPE:
@@ -48,6 +52,13 @@ async def exchange(
                              code="unsupported_grant_type")
     claims = await provider.verify_id_token(subject_token, provider.settings.cli_client_id)
     grant = provider.grant(claims)
+    now = state.clock.now()
+    async with state.db.transaction() as conn:
+        fresh = await spend_id_token(conn, hashlib.sha256(subject_token.encode()).hexdigest(), str(claims["sub"]),
+                                     datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_SECONDS, UTC), now)
+    if not fresh:
+        raise Unauthenticated(f"the ID token of {grant.name} was exchanged before: sign in again",
+                              code="oidc_refused")
     token, expires_at = await provider.mint(state.db, grant, state.clock.now())
     await record_sign_in(state, grant, request, "cli")
     return TokenExchanged(access_token=token, expires_in=int((expires_at - state.clock.now()).total_seconds()),
