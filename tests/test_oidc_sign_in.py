@@ -126,7 +126,8 @@ def test_an_operator_signs_in_from_the_cli_and_gets_the_role_and_scope_of_their_
     assert any(e["action"] == "sign in" and e["actor"] == "oidc:bob@example.com" for e in audited)
 
 
-def test_an_id_token_for_another_client_an_altered_one_a_spent_one_or_one_without_a_role_gets_nothing(world: World) -> None:
+def test_an_id_token_for_another_client_an_altered_one_a_spent_one_or_one_without_a_role_gets_nothing(
+        world: World) -> None:
     for_the_dashboard = id_token_for(world, "alice", "edgefleet", DASHBOARD_SECRET)
     refused = exchange(world, for_the_dashboard)  # its audience is the dashboard, not the CLI
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "oidc_refused")

@@ -21,6 +21,7 @@ from edgefleet.credentials import Role
 from edgefleet.image import predict, rootfs
 from edgefleet.image import uki as uki_builder
 from edgefleet.image.build import FIRST_ENTRY, REFERENCE_VALUES, STUB_COPY, UKI, BuiltImage, build_image
+from edgefleet.image.sbom import SBOM
 from edgefleet.image.spec import load_spec
 from edgefleet.image.uki import UkiParts
 from edgefleet.vm import Machine, MachineConfig
@@ -72,6 +73,27 @@ def test_the_guest_tpm_and_event_log_equal_the_predicted_reference_values(
     assert reference.compare(log, expected) == []  # event by event
     assert {p: v for p, v in expected.values().items()} == {p: tpm[p] for p in expected.pcrs}
     assert "slot a verified and mounted" in console  # dm-verity opened the slot with the measured root hash
+
+
+def test_the_images_sbom_lists_what_dpkg_query_finds_in_its_root_and_the_schema_accepts_it(
+        real_image: BuiltImage, tmp_path: Path) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+
+    text = real_image.path(SBOM).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    listed = [PackageURL.from_string(c["purl"]) for c in json.loads(text)["components"]]
+    root = tmp_path / "root"  # the slot's own files, as the device mounts them
+    subprocess.run(["fsck.erofs", f"--extract={root}", str(real_image.path("root.erofs"))], check=True,
+                   capture_output=True)
+    dpkg = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f",
+                           "${Package} ${Version} ${Architecture}\n"], capture_output=True, text=True, check=True)
+    installed = {tuple(line.split()) for line in dpkg.stdout.splitlines()}
+    assert {(p.name, p.version, (p.qualifiers or {}).get("arch")) for p in listed if p.type == "deb"} == installed
+    assert len(installed) > 100
+    python = {p.name for p in listed if p.type == "pypi"}
+    assert {"httpx", "cryptography", "pydantic"} <= python  # the agent's own dependencies, as installed
 
 
 def test_two_builds_of_the_same_inputs_give_the_same_reference_values(

@@ -14,6 +14,7 @@ from edgefleet.protocol.v1 import (
     ID_TOKEN_TYPE,
     TOKEN_EXCHANGE,
     AdminTokenList,
+    AdvisoryImport,
     ApprovalList,
     ApprovalView,
     AssignmentView,
@@ -26,6 +27,8 @@ from edgefleet.protocol.v1 import (
     RevokeResult,
     TokenExchanged,
     UpdateHistory,
+    VexImport,
+    VulnerabilityReport,
 )
 from edgefleet.util.http import checked
 from edgefleet.web.tls import tls_context
@@ -180,6 +183,23 @@ class AdminClient:
     def put_targets(self, data: bytes) -> int:
         result = self._call("PUT", "/api/v1/admin/repository/targets", _Json, content=data)
         return int(result.root["snapshot_version"])
+
+    def import_advisories(self, batch: bytes) -> AdvisoryImport:
+        """``batch``: a JSON list of OSV advisories, already encoded."""
+        result: AdvisoryImport = self._call("POST", "/api/v1/admin/vulnerabilities/advisories", AdvisoryImport,
+                                            content=batch, headers={"content-type": "application/json"})
+        return result
+
+    def import_vex(self, document: bytes) -> VexImport:
+        result: VexImport = self._call("POST", "/api/v1/admin/vulnerabilities/vex", VexImport, content=document,
+                                       headers={"content-type": "application/json"})
+        return result
+
+    def vulnerabilities(self, **query: str) -> VulnerabilityReport:
+        """``release=``, ``device=`` or ``cve=`` (exactly one)."""
+        result: VulnerabilityReport = self._call("GET", "/api/v1/admin/vulnerabilities", VulnerabilityReport,
+                                                 params={**query, "limit": 10_000})
+        return result
 
     def call_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """An admin API call whose answer is shown as it is (the CLI's GitOps views)."""

@@ -135,6 +135,10 @@ def release_create(
              "or auto (blocks for erofs).")] = Chunking.auto,
     dictionary: Annotated[bool, typer.Option(
         help="Compress pieces with the workspace's zstd dictionary (trained on the first release).")] = True,
+    sbom: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="The image's SBOM (sbom.cdx.json from `edgefleet image build`, or any CycloneDX 1.4-1.6 JSON): "
+             "signed and published beside the image; vulnerability findings read it.")] = None,
 ) -> None:
     """Stream the image once, record its length, hashes and custom fields as a new,
     unsigned targets version (sign it with `edgefleet release sign`), with its content
@@ -158,7 +162,7 @@ def release_create(
             image, ReleaseInfo(version, counter, tuple(hardware_id), measurements, document), SystemClock().now(),
             artifact,
             deltas=deltas, index=index, chunking=None if chunking is Chunking.auto else chunking.value,
-            dictionary=dictionary,
+            dictionary=dictionary, sbom=sbom,
         )
     made = sizes(targets.signed.targets.values()).get(f"os/{version}/{image.name}", {})
     console.print(f"release {version} added as targets version {targets.signed.version} (unsigned)")

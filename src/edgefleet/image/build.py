@@ -15,7 +15,7 @@ from pathlib import Path
 from edgefleet import bootchain
 from edgefleet.delta.erofs import build_erofs
 from edgefleet.errors import BuildError
-from edgefleet.image import _tools, closure, disk, initramfs, kernel, rootfs, uki, verity
+from edgefleet.image import _tools, closure, disk, initramfs, kernel, rootfs, sbom, uki, verity
 from edgefleet.image.cache import cached, digest_of, file_digest
 from edgefleet.image.spec import ImageSpec
 
@@ -187,6 +187,8 @@ def _build(spec: ImageSpec, spec_dir: Path, debian: Path, wheels: Path, out: Pat
     from edgefleet.image import predict
 
     root = _slot_tree(spec, spec_dir, debian, wheels, work)
+    packages = sbom.debian_packages(root) + sbom.python_packages(root / rootfs.AGENT_LIB)
+    (out / sbom.SBOM).write_text(sbom.build_sbom(spec.name, spec.version, packages))
     booted = kernel.extract(debian / rootfs.KERNEL_DEB, work / "kernel")
     initrd = initramfs.build(root, booted, work)
     slot = out / "root.erofs"

@@ -11,6 +11,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from edgefleet.image import _tools
 from edgefleet.image.cache import cached, digest_of, file_digest
 from edgefleet.image.spec import ImageSpec
@@ -53,12 +55,19 @@ def debian_stage(spec: ImageSpec, cache: Path | None = None) -> tuple[Path, bool
     return cached("debian", digest_of(inputs), build, cache)
 
 
+# Needed where images are built and vulnerabilities matched, never on a device (the
+# import-linter contract "the agent runs on a device" keeps edgefleet.vuln off it).
+HOST_ONLY = ("cyclonedx-python-lib", "python-debian", "packaging")
+
+
 def agent_requirements() -> list[str]:
     """What the installed edgefleet needs at run time on a device (its tpm extra included)."""
     requirements = []
     for requirement in importlib.metadata.requires("edgefleet") or []:
         name, _, marker = requirement.partition(";")
         if "extra" in marker and "'tpm'" not in marker and '"tpm"' not in marker:
+            continue
+        if Requirement(name).name in HOST_ONLY:
             continue
         requirements.append(name.strip())
     return sorted(requirements)

@@ -490,6 +490,53 @@ class TokenExchanged(Strict):
     scope: str | None = None  # the devices it is limited to (protocol/scope.py)
 
 
+class AdvisoryImport(Strict):
+    """What an import of OSV advisories did: each is added, replaced by a newer
+    ``modified``, left as it was, or refused with the reason."""
+
+    added: int
+    updated: int
+    unchanged: int
+    refused: list[dict[str, str]]  # {"id", "reason"}
+
+
+class VexImport(Strict):
+    stored: int
+
+
+class FindingView(Strict):
+    """A vulnerability of a package in a release's SBOM."""
+
+    advisory: str
+    aliases: list[str]
+    severity: str
+    summary: str
+    ecosystem: str
+    package: str
+    version: str
+    fixed_in: str | None  # the first version that fixes it (none yet: null)
+    suppressed: str | None = None  # a VEX statement's status and justification: not counted as affected
+
+
+class AffectedDevice(Strict):
+    device_id: str
+    site: str
+    release: str
+    proven: bool  # its last attestation passed on this release (else: the release it reports)
+    package: str
+    version: str
+    fixed_in: str | None
+
+
+class VulnerabilityReport(Strict):
+    release: str | None = None
+    device: str | None = None
+    cve: str | None = None
+    findings: list[FindingView] = []
+    devices: list[AffectedDevice] = []
+    total: int  # findings (release, device) or affected devices (cve), before limit and offset
+
+
 class RevokeResult(Strict):
     device_id: str
     serial: str  # of the certificate now on the fleet's revocation list

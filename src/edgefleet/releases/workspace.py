@@ -97,16 +97,20 @@ class Workspace:
     def create_release(self, image: Path, info: ReleaseInfo, now: datetime,
                        artifacts: list[Path] | None = None, *, deltas: int = 0,
                        index: bool = False, chunking: str | None = None,
-                       dictionary: bool = True) -> Metadata[Targets]:
+                       dictionary: bool = True, sbom: Path | None = None) -> Metadata[Targets]:
         """Add an OS image (and artifacts) as a new, unsigned targets version, with a
         content index (``chunking``: blocks, cdc, or None to choose by the image; pieces
         compressed with the workspace's dictionary, trained on this image if there is none
         yet) and known-base deltas from the last ``deltas`` releases that fit the same
-        hardware (``releases.deltas``).
+        hardware (``releases.deltas``), and the image's ``sbom`` (CycloneDX JSON, checked
+        against the schema) signed beside it.
 
         Raises InvalidRequest if the counter is lower than an existing release's (devices
-        would refuse it) or the version exists already.
+        would refuse it), the version exists already, or the SBOM is not a valid CycloneDX
+        document.
         """
+        if sbom is not None:
+            check_sbom(sbom)
         for existing in self.releases():
             fields = release_fields(existing)
             if fields.get("version") == info.version:
@@ -126,10 +130,12 @@ class Workspace:
                                                    index=index, chunking=chunking, dictionary=trained):
                 self.image.add_target_file(path, extra)
                 targets.signed.targets[extra.path] = extra
-        for artifact in artifacts or []:
-            extra = describe(artifact, f"artifacts/{info.version}/{artifact.name}",
-                             {"edgefleet": {"kind": "artifact", "release": info.version}})
-            self.image.add_target_file(artifact, extra)
+        extras = [(artifact, "artifacts", "artifact") for artifact in artifacts or []]
+        extras += [(sbom, "sbom", "sbom")] if sbom is not None else []
+        for path, folder, kind in extras:
+            extra = describe(path, f"{folder}/{info.version}/{path.name}",
+                             {"edgefleet": {"kind": kind, "release": info.version}})
+            self.image.add_target_file(path, extra)
             targets.signed.targets[extra.path] = extra
         self.image.write_targets(targets)
         return targets
@@ -220,3 +226,22 @@ class Workspace:
     def target_file(self, target: TargetFile) -> Path:
         directory, _, name = target.path.rpartition("/")
         return self.image.targets_dir / directory / f"{target.hashes['sha256']}.{name}"
+
+
+def check_sbom(path: Path) -> None:
+    """Raises InvalidRequest unless ``path`` is a CycloneDX JSON document the schema accepts."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        version = json.loads(text).get("specVersion")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"SBOM {path}: not a JSON document ({exc})", code="invalid_sbom") from exc
+    schema = {"1.6": SchemaVersion.V1_6, "1.5": SchemaVersion.V1_5, "1.4": SchemaVersion.V1_4}.get(str(version))
+    if schema is None:
+        raise InvalidRequest(f"SBOM {path}: CycloneDX specVersion {version!r} (1.4 to 1.6 are read)",
+                             code="invalid_sbom")
+    error = JsonStrictValidator(schema).validate_str(text)
+    if error is not None:
+        raise InvalidRequest(f"SBOM {path}: {str(error)[:300]}", code="invalid_sbom")

@@ -52,6 +52,7 @@ from edgefleet.server.routes import (
     signin,
     telemetry,
     tokens,
+    vulns,
 )
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
@@ -77,7 +78,8 @@ async def _refresh_timestamps(state: ServerState, interval: float) -> None:
 
 def _streams_large_bodies(path: str) -> bool:
     """Routes that read their (larger) bodies with their own bounds."""
-    return path.startswith("/api/v1/admin/repository/") or path.endswith("/attestation/quote")
+    return (path.startswith("/api/v1/admin/repository/") or path.endswith("/attestation/quote")
+            or path.startswith("/api/v1/admin/vulnerabilities/"))
 
 
 def _telemetry_options() -> dict[str, Any]:
@@ -203,6 +205,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(rollouts.router)
     app.include_router(telemetry.router)
     app.include_router(signin.router)
+    app.include_router(vulns.router)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=Path(dashboard.__file__).parent / "static"), name="ui-static")
     app.add_exception_handler(dashboard.LoginRequired, _to_login)

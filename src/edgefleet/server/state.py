@@ -27,6 +27,7 @@ from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.views import Freshness
+from edgefleet.server.vulns import Vulnerabilities
 from edgefleet.server.workload import WorkloadIssuer
 from edgefleet.store import Database
 
@@ -53,6 +54,7 @@ class ServerState:
     rollouts: RolloutController
     rollout_views: RolloutViews
     rate_limits: DeviceRateLimiter
+    vulns: Vulnerabilities = field(init=False)
     oidc: OidcSignIn | None = None  # operator sign-in, when settings.oidc names a provider
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
@@ -61,6 +63,7 @@ class ServerState:
         # Parsing a certificate costs more than the rest of a check-in; each device
         # presents the same one on every request.
         self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
+        self.vulns = Vulnerabilities(self.db, self.repository, self.clock)
 
     def freshness(self) -> Freshness:
         """How long a passing attestation counts, as of now (a device view's "stale")."""

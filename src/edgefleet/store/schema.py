@@ -38,7 +38,8 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON(),
+                           list[dict[str, Any]]: JSON()}
 
 
 class Device(Base):
@@ -167,6 +168,42 @@ class AdminToken(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     scope: Mapped[str | None] = mapped_column(String(1000))  # None: the whole fleet (protocol/scope.py)
+
+
+class AdvisoryRow(Base):
+    """A vulnerability advisory (OSV), the ecosystems' packages it names kept as JSON."""
+
+    __tablename__ = "advisories"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    modified: Mapped[datetime]
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(String(500))
+    aliases: Mapped[list[str]]
+    affected: Mapped[list[dict[str, Any]]]
+    imported_at: Mapped[datetime]
+
+
+class AdvisoryPackage(Base):
+    """Which advisories name a package (ecosystem without its release, package name)."""
+
+    __tablename__ = "advisory_packages"
+
+    ecosystem: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class VexStatement(Base):
+    """An OpenVEX statement: a vulnerability's status for a product (a package URL)."""
+
+    __tablename__ = "vex_statements"
+
+    vulnerability: Mapped[str] = mapped_column(String(128), primary_key=True)
+    product: Mapped[str] = mapped_column(String(512), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    justification: Mapped[str] = mapped_column(String(500))
+    imported_at: Mapped[datetime]
 
 
 class SpentIdToken(Base):
