@@ -80,10 +80,14 @@ def sign_in(client: AdminClient, *, open_browser: bool, timeout: float = 300.0) 
         raise _refused(f"the provider refused the sign-in: {received['error']}")
     if received.get("state") != state or "code" not in received:
         raise _refused("the provider's answer does not belong to this sign-in")
-    answer = httpx.post(str(configuration["token_endpoint"]), timeout=10, data={
-        "grant_type": "authorization_code", "code": received["code"], "redirect_uri": redirect_uri,
-        "code_verifier": verifier, "client_id": info.client_id})
-    id_token = answer.json().get("id_token") if answer.status_code == 200 else None
+    try:
+        answer = httpx.post(str(configuration["token_endpoint"]), timeout=10, data={
+            "grant_type": "authorization_code", "code": received["code"], "redirect_uri": redirect_uri,
+            "code_verifier": verifier, "client_id": info.client_id})
+        body = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TransportError(f"the provider's token endpoint: {exc}") from exc
+    id_token = body.get("id_token") if isinstance(body, dict) else None
     if not isinstance(id_token, str):
         raise _refused(f"the provider gave no ID token ({answer.status_code})")
     # The nonce is checked here and the token's signature and audience at the control plane.

@@ -30,6 +30,7 @@ from edgefleet.protocol.scope import Scope, parse_scope
 from edgefleet.server.settings import OidcSettings
 from edgefleet.store import Database
 from edgefleet.store.tokens import insert_admin
+from edgefleet.web.tls import tls_context
 
 log = logging.getLogger("edgefleet.server.oidc")
 
@@ -77,8 +78,8 @@ class OidcSignIn:
         self._keys: dict[str, jwt.PyJWK] = {}
 
     def _client(self) -> httpx.AsyncClient:
-        verify: Any = str(self.settings.ca_file) if self.settings.ca_file is not None else True
-        return httpx.AsyncClient(timeout=10.0, verify=verify)
+        ca_file = self.settings.ca_file
+        return httpx.AsyncClient(timeout=10.0, verify=True if ca_file is None else tls_context(ca_file))
 
     async def configuration(self) -> dict[str, Any]:
         """The provider's discovery document (kept an hour), checked to name our issuer."""
@@ -142,8 +143,11 @@ class OidcSignIn:
             raise TransportError(f"OIDC token endpoint: {exc}") from exc
         if answer.status_code != 200:
             raise _refused(f"the provider refused the code ({answer.status_code}: {answer.text[:200]})")
-        id_token = answer.json().get("id_token") if answer.headers.get("content-type", "").startswith(
-            "application/json") else None
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        id_token = body.get("id_token") if isinstance(body, dict) else None
         if not isinstance(id_token, str):
             raise _refused("the provider's token answer carries no ID token")
         claims = await self.verify_id_token(id_token, self.settings.client_id, nonce=pending.nonce)
