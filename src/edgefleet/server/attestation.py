@@ -102,7 +102,7 @@ class AttestationService:
         self.attestation_key = lru_cache(maxsize=65536)(parse_public)
         # One policy per release and hardware model while the published targets stay the
         # same: every quote of a release compares with one prepared object.
-        self._policies: dict[tuple[str | None, str], Policy] = {}
+        self._policies: dict[tuple[str | None, str, Path | None], Policy] = {}
         self._policies_of: object = None
 
     async def enroll_identity(self, device_id: str, ek_public: bytes, ak_public: bytes,
@@ -247,12 +247,15 @@ class AttestationService:
         published = self.repository.published()
         if published is not self._policies_of:
             self._policies, self._policies_of = {}, published
-        policy = self._policies.get((release, hardware))
+        # The hardware model's reference file is named in the key: pointing the model at
+        # another file (a re-recorded golden boot) takes effect at the next quote.
+        key = (release, hardware, self.settings.attestation_reference_files.get(hardware))
+        policy = self._policies.get(key)
         if policy is None:
             policy = self._build_policy(release, hardware, published)
             if len(self._policies) >= POLICIES_HELD:  # device-reported names: bounded, oldest first out
                 del self._policies[next(iter(self._policies))]
-            self._policies[(release, hardware)] = policy
+            self._policies[key] = policy
         return policy, release
 
     def _build_policy(self, release: str | None, hardware: str, published: Metadata[Targets] | None) -> Policy:
