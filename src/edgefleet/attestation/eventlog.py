@@ -21,7 +21,7 @@ ALG_SHA1, ALG_SHA256, ALG_SHA384, ALG_SHA512 = 0x0004, 0x000B, 0x000C, 0x000D
 DIGEST_SIZES = {ALG_SHA1: 20, ALG_SHA256: 32, ALG_SHA384: 48, ALG_SHA512: 64}
 HASH_NAMES = {ALG_SHA1: "sha1", ALG_SHA256: "sha256", ALG_SHA384: "sha384", ALG_SHA512: "sha512"}
 BANKS = {name: alg for alg, name in HASH_NAMES.items()}
-_HASH: dict[int, Callable[[bytes], Any]] = {
+HASH_FUNCTIONS: dict[int, Callable[[bytes], Any]] = {  # algorithm id -> hashlib constructor
     ALG_SHA1: hashlib.sha1, ALG_SHA256: hashlib.sha256, ALG_SHA384: hashlib.sha384, ALG_SHA512: hashlib.sha512,
 }
 
@@ -169,7 +169,7 @@ def _extend(events: Iterable[Scanned | Event], algorithms: tuple[int, ...], loca
     if alg not in algorithms:
         raise _err(f"the log has no {bank} digests")
     size = DIGEST_SIZES[alg]
-    extend = _HASH[alg]
+    extend = HASH_FUNCTIONS[alg]
     values = {i: b"\0" * size for i in (pcrs if pcrs is not None else range(PCR_COUNT))}
     if 0 in values and locality:
         values[0] = b"\0" * (size - 1) + bytes([locality])

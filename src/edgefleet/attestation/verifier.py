@@ -34,7 +34,6 @@ few byte comparisons; anything else is parsed in full and every difference named
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -74,7 +73,6 @@ from edgefleet.errors import InvalidRequest
 _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     eventlog.ALG_SHA256: hashes.SHA256, eventlog.ALG_SHA384: hashes.SHA384, eventlog.ALG_SHA512: hashes.SHA512,
 }
-_DIGESTS = {alg: getattr(hashlib, eventlog.HASH_NAMES[alg]) for alg in eventlog.HASH_NAMES}
 AK_ATTRIBUTES = RESTRICTED | SIGN | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN
 
 
@@ -297,7 +295,7 @@ def _signature_check(ak: PublicKey, attest: bytes, signature: bytes) -> tuple[st
 
 
 def _pcr_digest(values: Mapping[int, bytes], pcrs: tuple[int, ...], hash_alg: int) -> bytes:
-    digest: bytes = _DIGESTS[hash_alg](b"".join(map(values.__getitem__, pcrs))).digest()
+    digest: bytes = eventlog.HASH_FUNCTIONS[hash_alg](b"".join(map(values.__getitem__, pcrs))).digest()
     return digest
 
 
@@ -306,7 +304,6 @@ class _Selection(NamedTuple):
 
     pcrs: tuple[int, ...]  # sorted
     wanted: tuple[PcrSelection, ...]
-    digest_size: int
     pcr_set: frozenset[int]
     digest_sizes: set[int]  # what the reported values' lengths must be, as a set
     distinct: bool  # no PCR asked for twice (a quote never selects one twice)
@@ -317,8 +314,13 @@ def _selection(bank_name: str, pcrs: tuple[int, ...]) -> _Selection:
     bank = eventlog.BANKS[bank_name]
     ordered = tuple(sorted(pcrs))
     size = eventlog.DIGEST_SIZES[bank]
-    return _Selection(ordered, (PcrSelection(bank, ordered),), size, frozenset(pcrs), {size} if pcrs else set(),
+    return _Selection(ordered, (PcrSelection(bank, ordered),), frozenset(pcrs), {size} if pcrs else set(),
                       len(set(pcrs)) == len(pcrs))
+
+
+def _exactly_requested(reported: Mapping[int, bytes], selection: _Selection) -> bool:
+    """The reported values are exactly the requested PCRs, each a digest of the requested bank."""
+    return reported.keys() == selection.pcr_set and set(map(len, reported.values())) == selection.digest_sizes
 
 
 def _counters(clock: ClockInfo, previous: ClockInfo | None) -> list[str]:
@@ -389,8 +391,7 @@ def _check(ak: PublicKey, request: QuoteRequest, evidence: Evidence,
         return failures, None, None
     selection = _selection(request.bank, request.pcrs)
     reported = {i: bytes(v) for i, v in evidence.pcr_values.items()}
-    if selection.distinct and reported.keys() == selection.pcr_set \
-            and set(map(len, reported.values())) == selection.digest_sizes:
+    if selection.distinct and _exactly_requested(reported, selection):
         tail = quote_tail(selection.wanted[0].bank, selection.pcrs,
                           _pcr_digest(reported, selection.pcrs, signature.hash_alg))
         clock = None if tail is None else match_quote(evidence.attest, request.nonce, tail)
@@ -408,7 +409,7 @@ def _check(ak: PublicKey, request: QuoteRequest, evidence: Evidence,
         failures.append("nonce: the quote does not carry the nonce that was issued")
     if quote.selections != selection.wanted:                                    # step 5
         failures.append(f"pcr_selection: quoted {quote.selections}, requested {selection.wanted}")
-    if set(reported) != set(request.pcrs) or any(len(v) != selection.digest_size for v in reported.values()):
+    if not _exactly_requested(reported, selection):
         failures.append("pcr_values: not exactly the requested PCRs of the requested bank")
         return failures, quote.clock_info, None
     if _pcr_digest(reported, selection.pcrs, signature.hash_alg) != quote.pcr_digest:   # step 6
