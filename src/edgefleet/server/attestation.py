@@ -249,21 +249,22 @@ class AttestationService:
             self._policies, self._policies_of = {}, published
         # The hardware model's reference file is named in the key: pointing the model at
         # another file (a re-recorded golden boot) takes effect at the next quote.
-        key = (release, hardware, self.settings.attestation_reference_files.get(hardware))
+        golden = self.settings.attestation_reference_files.get(hardware)
+        key = (release, hardware, golden)
         policy = self._policies.get(key)
         if policy is None:
-            policy = self._build_policy(release, hardware, published)
+            policy = self._build_policy(release, hardware, golden, published)
             if len(self._policies) >= POLICIES_HELD:  # device-reported names: bounded, oldest first out
                 del self._policies[next(iter(self._policies))]
             self._policies[key] = policy
         return policy, release
 
-    def _build_policy(self, release: str | None, hardware: str, published: Metadata[Targets] | None) -> Policy:
+    def _build_policy(self, release: str | None, hardware: str, golden: Path | None,
+                      published: Metadata[Targets] | None) -> Policy:
         expected: dict[int, bytes] = {}
         baseline = self.settings.attestation_baselines.get(hardware, {})
         expected.update({int(pcr): bytes.fromhex(value) for pcr, value in baseline.items()})
         events = None
-        golden = self.settings.attestation_reference_files.get(hardware)
         if golden is not None:
             events = load_reference_file(golden)
         if release and published is not None:

@@ -16,18 +16,21 @@ from edgefleet.store.devices import get_device
 from edgefleet.store.schema import Device
 
 
+def _sees(who: AdminPrincipal, row: Device | None) -> bool:
+    return row is not None and who.sees(row.site, row.labels or {})
+
+
 async def visible_device(conn: AsyncConnection, who: AdminPrincipal, device_id: str) -> Device:
     """The device, if it exists and is in ``who``'s scope. Raises NotFound otherwise."""
     row = await get_device(conn, device_id)
-    if row is None or not who.sees(row.site, row.labels or {}):
+    if row is None or not _sees(who, row):
         raise NotFound(f"device {device_id} not found")
     return row
 
 
 async def sees_device(conn: AsyncConnection, who: AdminPrincipal, device_id: str) -> bool:
     """Whether the device exists and is in ``who``'s scope."""
-    row = await get_device(conn, device_id)
-    return row is not None and who.sees(row.site, row.labels or {})
+    return _sees(who, await get_device(conn, device_id))
 
 
 async def check_device(state: ServerState, who: AdminPrincipal, device_id: str) -> None:
@@ -37,7 +40,7 @@ async def check_device(state: ServerState, who: AdminPrincipal, device_id: str) 
         return
     async with state.db.transaction(readonly=True) as conn:
         row = await get_device(conn, device_id)
-    if row is not None and not who.sees(row.site, row.labels or {}):
+    if row is not None and not _sees(who, row):
         raise NotFound(f"device {device_id} not found")
 
 
@@ -51,6 +54,13 @@ def visible_rollout(who: AdminPrincipal, view: RolloutView) -> RolloutView:
     if not covers(who, view.selector):
         raise NotFound(f"rollout {view.id} not found")
     return view
+
+
+async def check_rollout(state: ServerState, who: AdminPrincipal, rollout_id: str) -> None:
+    """Before acting on a rollout: NotFound when it does not keep to ``who``'s scope (a
+    whole-fleet token reads nothing for it)."""
+    if who.scope is not None:
+        visible_rollout(who, await state.rollout_views.get(rollout_id))
 
 
 def check_selector(who: AdminPrincipal, selector: Mapping[str, str]) -> None:

@@ -33,6 +33,7 @@ from edgefleet.server.oidc import Pending
 from edgefleet.server.routes.signin import record_sign_in
 from edgefleet.server.scoping import (
     check_device,
+    check_rollout,
     check_selector,
     covers,
     sees_device,
@@ -384,7 +385,7 @@ async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^r
 async def operate(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")],
                   verb: Literal["approve", "pause", "resume", "abort", "abort-revert", "revert"]) -> Response:
     who = await _allowed(request, Role.OPERATOR, verb)
-    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
+    await check_rollout(server_state(request), who, rollout_id)
     if verb.startswith("abort"):
         await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=verb == "abort-revert")
     else:

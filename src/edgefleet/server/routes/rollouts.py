@@ -19,7 +19,7 @@ from edgefleet.protocol.v1 import (
     RolloutView,
 )
 from edgefleet.server.auth import ScopedOperator, ScopedViewer
-from edgefleet.server.scoping import check_selector, covers, visible_rollout
+from edgefleet.server.scoping import check_rollout, check_selector, covers, visible_rollout
 from edgefleet.server.state import server_state
 from edgefleet.store.rollouts import rollout_events
 
@@ -73,7 +73,8 @@ async def rollout(who: ScopedViewer, rollout_id: RolloutId, request: Request) ->
 @router.get("/{rollout_id}/events")
 async def events(who: ScopedViewer, rollout_id: RolloutId, request: Request,
                  limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> RolloutEvents:
-    """The audit trail: every decision and verb, with its reason, newest first."""
+    """The audit trail: every decision and verb, with its reason, newest first (404 for a
+    rollout that does not exist, or not in the caller's scope)."""
     visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
     async with server_state(request).db.transaction() as conn:
         rows = await rollout_events(conn, rollout_id, limit)
@@ -85,7 +86,7 @@ async def events(who: ScopedViewer, rollout_id: RolloutId, request: Request,
 async def operate(who: ScopedOperator, rollout_id: RolloutId, verb: Literal["pause", "resume", "approve", "revert"],
                   request: Request) -> RolloutView:
     """pause, resume, approve; revert: an aborted rollout's devices go back to their previous release."""
-    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
+    await check_rollout(server_state(request), who, rollout_id)
     row = await server_state(request).rollouts.operate(rollout_id, verb, who.name)
     log.info("%s: %s rollout %s", who.name, verb, rollout_id)
     return server_state(request).rollout_views.of(row)
@@ -94,7 +95,7 @@ async def operate(who: ScopedOperator, rollout_id: RolloutId, verb: Literal["pau
 @router.post("/{rollout_id}/abort/now")
 async def abort(who: ScopedOperator, rollout_id: RolloutId, body: RolloutAbort, request: Request) -> RolloutView:
     """Stop the rollout; with ``revert``, devices it updated go back to their previous release."""
-    visible_rollout(who, await server_state(request).rollout_views.get(rollout_id))
+    await check_rollout(server_state(request), who, rollout_id)
     row = await server_state(request).rollouts.operate(rollout_id, "abort", who.name, revert=body.revert)
     log.warning("%s aborted rollout %s%s", who.name, rollout_id, " with revert" if body.revert else "")
     return server_state(request).rollout_views.of(row)
