@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from edgefleet.errors import Unauthenticated
 
-__all__ = ["ParsedToken", "Role", "TokenKind", "new_token", "parse_token", "pkce_challenge", "secret_matches"]
+__all__ = ["ParsedToken", "Role", "TokenKind", "authorization_url", "new_token", "parse_token", "pkce_challenge",
+           "secret_matches"]
 
 
 class TokenKind(enum.StrEnum):
@@ -78,3 +79,14 @@ def secret_matches(parsed: ParsedToken, stored_hash: str) -> bool:
 def pkce_challenge(verifier: str) -> str:
     """The PKCE S256 code challenge of ``verifier`` (RFC 7636)."""
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def authorization_url(endpoint: str, *, client_id: str, redirect_uri: str, scope: str, state: str, nonce: str,
+                      verifier: str) -> str:
+    """An OpenID Connect authorization request: the code flow with PKCE (S256), ``state``
+    binding the answer to this browser and ``nonce`` binding the ID token to this sign-in."""
+    from urllib.parse import urlencode
+
+    return endpoint + "?" + urlencode({
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": scope,
+        "state": state, "nonce": nonce, "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"})

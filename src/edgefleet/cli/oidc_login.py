@@ -11,12 +11,12 @@ import sys
 import threading
 import webbrowser
 from typing import Any, cast
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 
 from edgefleet.client import AdminClient
-from edgefleet.credentials import pkce_challenge
+from edgefleet.credentials import authorization_url
 from edgefleet.errors import TransportError, Unauthenticated
 from edgefleet.protocol.v1 import TokenExchanged
 
@@ -61,9 +61,8 @@ def sign_in(client: AdminClient, *, open_browser: bool, timeout: float = 300.0) 
     server = _Loopback()
     redirect_uri = f"http://127.0.0.1:{server.server_port}/callback"
     state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-    url = str(configuration["authorization_endpoint"]) + "?" + urlencode({
-        "response_type": "code", "client_id": info.client_id, "redirect_uri": redirect_uri, "scope": info.scope,
-        "state": state, "nonce": nonce, "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"})
+    url = authorization_url(str(configuration["authorization_endpoint"]), client_id=info.client_id,
+                            redirect_uri=redirect_uri, scope=info.scope, state=state, nonce=nonce, verifier=verifier)
     thread = threading.Thread(target=server.serve_forever, name="oidc-callback", daemon=True)
     thread.start()
     try:

@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import jwt
 
-from edgefleet.credentials import Role, TokenKind, new_token, pkce_challenge
+from edgefleet.credentials import Role, TokenKind, authorization_url, new_token
 from edgefleet.errors import Forbidden, TransportError, Unauthenticated
 from edgefleet.protocol.scope import Scope, parse_scope
 from edgefleet.server.settings import OidcSettings
@@ -97,12 +96,16 @@ class OidcSignIn:
         self._configuration = (time.monotonic(), document)
         return document
 
-    async def _get_json(self, url: str) -> dict[str, Any]:
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request to the provider. Raises TransportError when it cannot be reached."""
         try:
             async with self._client() as client:
-                answer = await client.get(url)
+                return await client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise TransportError(f"OIDC provider {url}: {exc}") from exc
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        answer = await self._send("GET", url)
         if answer.status_code != 200:
             raise _refused(f"OIDC provider {url} answered {answer.status_code}")
         try:
@@ -117,12 +120,9 @@ class OidcSignIn:
         """Where to send the browser, and what it must bring back."""
         configuration = await self.configuration()
         pending = Pending(secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48))
-        query = urlencode({
-            "response_type": "code", "client_id": self.settings.client_id, "redirect_uri": redirect_uri,
-            "scope": "openid email profile " + self.settings.groups_claim, "state": pending.state,
-            "nonce": pending.nonce, "code_challenge": pkce_challenge(pending.verifier), "code_challenge_method": "S256",
-        })
-        return f"{configuration['authorization_endpoint']}?{query}", pending
+        return authorization_url(configuration["authorization_endpoint"], client_id=self.settings.client_id,
+                                 redirect_uri=redirect_uri, scope=self.settings.request_scope, state=pending.state,
+                                 nonce=pending.nonce, verifier=pending.verifier), pending
 
     async def finish(self, pending: Pending, state: str, code: str, redirect_uri: str) -> Grant:
         """The browser came back with ``code``: redeem it, verify the ID token, map it."""
@@ -132,15 +132,9 @@ class OidcSignIn:
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
                 "code_verifier": pending.verifier, "client_id": self.settings.client_id}
         secret = self.settings.client_secret
-        try:
-            async with self._client() as client:
-                if secret is None:  # a public client: PKCE alone binds the code to this sign-in
-                    answer = await client.post(configuration["token_endpoint"], data=form)
-                else:
-                    answer = await client.post(configuration["token_endpoint"], data=form,
-                                               auth=httpx.BasicAuth(self.settings.client_id, secret))
-        except httpx.HTTPError as exc:
-            raise TransportError(f"OIDC token endpoint: {exc}") from exc
+        # A public client has no secret: PKCE alone binds the code to this sign-in.
+        auth = {} if secret is None else {"auth": httpx.BasicAuth(self.settings.client_id, secret)}
+        answer = await self._send("POST", configuration["token_endpoint"], data=form, **auth)
         if answer.status_code != 200:
             raise _refused(f"the provider refused the code ({answer.status_code}: {answer.text[:200]})")
         try:

@@ -45,6 +45,11 @@ class OidcSettings(BaseModel):
     session_hours: float = Field(12.0, gt=0, le=24 * 7, description="how long a sign-in's admin token lives")
     ca_file: Path | None = Field(None, description="CA bundle for the provider's TLS (default: the system's)")
 
+    @property
+    def request_scope(self) -> str:
+        """What a sign-in asks the provider for: the ID token, the e-mail and the groups."""
+        return "openid email profile " + self.groups_claim
+
     @model_validator(mode="after")
     def _checked(self) -> OidcSettings:
         url = urlparse(self.issuer)

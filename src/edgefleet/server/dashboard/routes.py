@@ -23,14 +23,14 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
-from edgefleet.errors import EdgefleetError, NotFound, Unauthenticated
+from edgefleet.errors import EdgefleetError, Unauthenticated
 from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal, allowed
 from edgefleet.server.dashboard.charts import progress, progress_svg
 from edgefleet.server.lifecycle import decommission, revoke
 from edgefleet.server.oidc import Pending
-from edgefleet.server.routes.signin import record_sign_in
+from edgefleet.server.routes.signin import provider, record_sign_in
 from edgefleet.server.scoping import (
     check_device,
     check_rollout,
@@ -116,9 +116,7 @@ def _login_page(request: Request, error: str | None, status: int = 200) -> HTMLR
 @router.get("/oidc/start")
 async def oidc_start(request: Request) -> Response:
     """Off to the OpenID Connect provider; the browser keeps what it must bring back."""
-    oidc = server_state(request).oidc
-    if oidc is None:
-        raise NotFound("this control plane has no OpenID Connect provider (settings: oidc)")
+    oidc = provider(server_state(request))
     url, pending = await oidc.start(str(request.url_for("oidc_callback")))
     response = RedirectResponse(url, status_code=303)
     # Lax: the provider sends the browser back with a top-level GET from its own site.
@@ -134,9 +132,7 @@ async def oidc_callback(request: Request, code: Annotated[str | None, Query(max_
     """Back from the provider: redeem the code, verify the ID token, start a session with
     an admin token of the role the operator's groups map to."""
     service = server_state(request)
-    oidc = service.oidc
-    if oidc is None:
-        raise NotFound("this control plane has no OpenID Connect provider (settings: oidc)")
+    oidc = provider(service)
     pending = Pending.decode(request.cookies.get(OIDC_COOKIE, ""))
     if error is not None or code is None or state is None or pending is None:
         why = f"the provider said {error}" if error else "the sign-in expired or was started elsewhere"

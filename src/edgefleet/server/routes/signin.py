@@ -21,7 +21,8 @@ log = logging.getLogger("edgefleet.server")
 router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
 
 
-def _provider(state: ServerState) -> OidcSignIn:
+def provider(state: ServerState) -> OidcSignIn:
+    """The configured provider. Raises NotFound when there is none."""
     if state.oidc is None:
         raise NotFound("this control plane has no OpenID Connect provider (settings: oidc)")
     return state.oidc
@@ -30,9 +31,8 @@ def _provider(state: ServerState) -> OidcSignIn:
 @router.get("/oidc")
 async def oidc_info(request: Request) -> OidcInfo:
     """Where an operator signs in from the CLI (public: the issuer and a public client id)."""
-    settings = _provider(server_state(request)).settings
-    return OidcInfo(issuer=settings.issuer, client_id=settings.cli_client_id,
-                    scope="openid email profile " + settings.groups_claim)
+    settings = provider(server_state(request)).settings
+    return OidcInfo(issuer=settings.issuer, client_id=settings.cli_client_id, scope=settings.request_scope)
 
 
 @router.post("/oidc/token")
@@ -46,12 +46,12 @@ async def exchange(
     admin token of the role its groups map to (401 ``oidc_refused``, 403 ``oidc_no_role``).
     Each ID token is exchanged once: a copy of it (from a log, a shell history) gets nothing."""
     state = server_state(request)
-    provider = _provider(state)
+    oidc = provider(state)
     if grant_type != TOKEN_EXCHANGE or subject_token_type != ID_TOKEN_TYPE:
         raise InvalidRequest(f"grant_type must be {TOKEN_EXCHANGE} and subject_token_type {ID_TOKEN_TYPE}",
                              code="unsupported_grant_type")
-    claims = await provider.verify_id_token(subject_token, provider.settings.cli_client_id)
-    grant = provider.grant(claims)
+    claims = await oidc.verify_id_token(subject_token, oidc.settings.cli_client_id)
+    grant = oidc.grant(claims)
     now = state.clock.now()
     async with state.db.transaction() as conn:
         fresh = await spend_id_token(conn, hashlib.sha256(subject_token.encode()).hexdigest(), str(claims["sub"]),
@@ -59,9 +59,9 @@ async def exchange(
     if not fresh:
         raise Unauthenticated(f"the ID token of {grant.name} was exchanged before: sign in again",
                               code="oidc_refused")
-    token, expires_at = await provider.mint(state.db, grant, state.clock.now())
+    token, expires_at = await oidc.mint(state.db, grant, now)
     await record_sign_in(state, grant, request, "cli")
-    return TokenExchanged(access_token=token, expires_in=int((expires_at - state.clock.now()).total_seconds()),
+    return TokenExchanged(access_token=token, expires_in=int((expires_at - now).total_seconds()),
                           role=str(grant.role), scope=None if grant.scope is None else str(grant.scope))
 
 
