@@ -5,7 +5,7 @@ ranges evaluated with each ecosystem's own ordering (Debian: python-debian, with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -172,16 +172,3 @@ def _severity(document: Mapping[str, Any]) -> str:
             if word == "MODERATE":
                 return "MEDIUM"
     return "UNKNOWN"
-
-
-def matching(advisories: Iterable[Advisory], ecosystem: str, name: str,
-             version: str) -> list[tuple[Advisory, str | None]]:
-    """The advisories that affect ``name`` ``version`` in ``ecosystem`` (base name), each
-    with the first version that fixes it (None: no fix yet)."""
-    found = []
-    for advisory in advisories:
-        for affected in advisory.affected:
-            if base_ecosystem(affected.ecosystem) == ecosystem and affected.name == name and affected.contains(version):
-                found.append((advisory, affected.fixed_after(version)))
-                break
-    return found

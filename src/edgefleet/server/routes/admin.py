@@ -156,7 +156,6 @@ async def ek_approval_list(
     return ApprovalList(approvals=[approval_view(row) for row in rows])
 
 
-
 @router.post("/devices/{device_id}/approve")
 async def approve(who: ScopedAdmin, device_id: DeviceIdPath, body: ApprovalDecision, request: Request
                   ) -> ApprovalView:
