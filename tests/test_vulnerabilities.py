@@ -180,5 +180,15 @@ def test_a_bad_advisory_is_refused_by_name_while_the_rest_go_in(plane: Fleet) ->
     vex = operator.post("/api/v1/admin/vulnerabilities/vex", json={"statements": [{
         "vulnerability": "CVE-1", "products": ["pkg:pypi/x"], "status": "not_affected"}]})
     assert (vex.status_code, vex.json()["error"]["code"]) == (422, "invalid_vex")  # no justification
-    assert plane.client(role=Role.VIEWER).get("/api/v1/admin/vulnerabilities",
-                                              params={"release": "nope"}).status_code == 404
+    viewer = plane.client(role=Role.VIEWER)
+    assert viewer.get("/api/v1/admin/vulnerabilities", params={"release": "nope"}).status_code == 404
+    naive = advisory("DSA-3", "Debian:12", "bash", [{"introduced": "0"}])
+    naive["modified"] = "2026-11-01T00:00:00"  # no zone: read as UTC, not a server error
+    assert operator.post("/api/v1/admin/vulnerabilities/advisories", json=[naive]).json()["added"] == 1
+    for kev in ({"vulnerabilities": [{"dateAdded": "2026-12-01"}]}, {"catalogVersion": "1"}, [1, 2]):
+        refused = operator.post("/api/v1/admin/vulnerabilities/exploited", json=kev)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (422, "invalid_kev")
+    assert viewer.get("/api/v1/admin/vulnerabilities/report", params={"cve": "CVE-2099-1"}).status_code == 404
+    for trick in ("../../etc/passwd", "CVE 1", "x" * 200):
+        assert viewer.get("/api/v1/admin/vulnerabilities/report", params={"cve": trick}).status_code == 422
+    assert viewer.post("/api/v1/admin/vulnerabilities/exploited", json={"vulnerabilities": []}).status_code == 403

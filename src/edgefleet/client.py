@@ -20,15 +20,18 @@ from edgefleet.protocol.v1 import (
     AssignmentView,
     BootstrapTokenCreated,
     BootstrapTokenList,
+    CveReport,
     DesiredState,
     DeviceList,
     DeviceView,
+    ExploitedImport,
     OidcInfo,
     RevokeResult,
     TokenExchanged,
     UpdateHistory,
     VexImport,
     VulnerabilityReport,
+    VulnerabilitySummary,
 )
 from edgefleet.util.http import checked
 from edgefleet.web.tls import tls_context
@@ -193,6 +196,22 @@ class AdminClient:
     def import_vex(self, document: bytes) -> VexImport:
         result: VexImport = self._call("POST", "/api/v1/admin/vulnerabilities/vex", VexImport, content=document,
                                        headers={"content-type": "application/json"})
+        return result
+
+    def import_exploited(self, catalogue: bytes) -> ExploitedImport:
+        """A KEV catalogue (JSON), already encoded."""
+        result: ExploitedImport = self._call("POST", "/api/v1/admin/vulnerabilities/exploited", ExploitedImport,
+                                             content=catalogue, headers={"content-type": "application/json"})
+        return result
+
+    def vulnerability_summary(self) -> VulnerabilitySummary:
+        result: VulnerabilitySummary = self._call("GET", "/api/v1/admin/vulnerabilities/summary",
+                                                  VulnerabilitySummary, params={"limit": 10_000})
+        return result
+
+    def cve_report(self, cve: str) -> CveReport:
+        result: CveReport = self._call("GET", "/api/v1/admin/vulnerabilities/report", CveReport,
+                                       params={"cve": cve})
         return result
 
     def vulnerabilities(self, **query: str) -> VulnerabilityReport:

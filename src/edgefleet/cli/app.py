@@ -54,8 +54,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                                      "commands."),
     "audit": ("audit_cmd", "app", "The audit log: who did what, when and from where; verify that no row was "
                                   "changed."),
-    "vuln": ("vuln_cmd", "app", "Vulnerabilities: import advisories (OSV) and VEX; findings per release, device or "
-                                "CVE."),
+    "vuln": ("vuln_cmd", "app", "Vulnerabilities: import advisories (OSV), VEX and KEV; findings, reports, fixes."),
 }
 
 

@@ -42,7 +42,7 @@ def rollout_table(view: dict[str, Any]) -> Table:
     return table
 
 
-def _size(text: str) -> dict[str, Any]:
+def wave_of(text: str) -> dict[str, Any]:
     """``--wave`` SIZE or SIZE/BAKE_SECONDS (``10%/1800``) as the API's wave."""
     try:
         return parse_wave(text)
@@ -50,7 +50,7 @@ def _size(text: str) -> dict[str, Any]:
         raise typer.BadParameter(str(exc), param_hint="--wave") from None
 
 
-def _pair(text: str, option: str) -> tuple[str, str]:
+def pair_of(text: str, option: str) -> tuple[str, str]:
     try:
         return parse_pair(text)
     except ValueError as exc:
@@ -84,6 +84,8 @@ def start(
     approval: Annotated[bool, typer.Option(help="Wait for `approve` between waves.")] = False,
     group: Annotated[str | None, typer.Option(help="Only devices the fleet repository puts in this group.")] = None,
     allow_empty: Annotated[bool, typer.Option(help="Start even when the selector matches no device.")] = False,
+    from_release: Annotated[list[str] | None, typer.Option(help="Only devices running this release when the "
+                                                                "rollout reaches them (repeat).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show who each wave would take; start nothing.")] = False,
 ) -> None:
     """Start a rollout: waves in order; it halts by itself on a failed attestation or
@@ -93,18 +95,22 @@ def start(
         if spec is not None:
             body = _spec(spec)
         else:
-            body = {"release": release, "waves": [_size(w) for w in waves or ["1", "10%", "100%"]],
-                    "selector": dict(_pair(s, "--selector") for s in selector or []),
+            body = {"release": release, "waves": [wave_of(w) for w in waves or ["1", "10%", "100%"]],
+                    "selector": dict(pair_of(s, "--selector") for s in selector or []),
                     "failure_threshold": failure_threshold, "approval_between_waves": approval,
                     "budgets": [{"group_by": k, "max_updating": int(v)}
-                                for k, v in (_pair(m, "--max-per") for m in max_per or [])], "group": group,
-                    "allow_empty": allow_empty}
+                                for k, v in (pair_of(m, "--max-per") for m in max_per or [])], "group": group,
+                    "allow_empty": allow_empty, "from_releases": from_release or []}
         with AdminClient(server, token, ca_file) as client:
-            console.print(preview_table(client.call_json("POST", "/api/v1/admin/rollouts/preview", json=body)))
-            if dry_run:
-                return
-            view = client.call_json("POST", "/api/v1/admin/rollouts", json=body)
-    console.print(rollout_table(view))
+            start_shown(client, body, dry_run)
+
+
+def start_shown(client: AdminClient, body: dict[str, Any], dry_run: bool) -> None:
+    """Show who each wave of the rollout ``body`` takes, then (unless ``dry_run``) start it
+    and show it."""
+    console.print(preview_table(client.call_json("POST", "/api/v1/admin/rollouts/preview", json=body)))
+    if not dry_run:
+        console.print(rollout_table(client.call_json("POST", "/api/v1/admin/rollouts", json=body)))
 
 
 def preview_table(preview: dict[str, Any]) -> Table:

@@ -1,10 +1,13 @@
 """``edgefleet vuln``: import vulnerability advisories (OSV, offline: a directory or zip of
-the ecosystems' exports) and VEX statements, and list what they mean for the fleet: the
-findings of a release, of a device, or the devices an advisory (a CVE) affects."""
+the ecosystems' exports), VEX statements and KEV catalogues, and show what they mean for
+the fleet: the findings of a release, of a device, or the devices an advisory (a CVE)
+affects; the fleet's summary; a CVE's notification report (JSON and HTML); and a rollout
+that moves every affected device to the first release that fixes it."""
 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +18,15 @@ from rich.table import Table
 
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.cli.output import Output, printed_for_machines
+from edgefleet.cli.rollout_cmd import pair_of, start_shown, wave_of
 from edgefleet.client import AdminClient
 from edgefleet.errors import ConfigError
 from edgefleet.ui import console
+from edgefleet.util.atomic import atomic_write_bytes
+from edgefleet.vuln.report import render_html
 
-app = typer.Typer(help="Vulnerabilities: import advisories (OSV) and VEX; findings per release, device or CVE.")
+app = typer.Typer(help="Vulnerabilities: import advisories (OSV), VEX and KEV; findings, reports, fixes.")
+CVE = typer.Option(help="An advisory id or alias, e.g. CVE-2026-0001.")
 
 BATCH_BYTES = 4 * 1024 * 1024  # per request (the server takes up to 16 MiB)
 
@@ -124,3 +131,94 @@ def list_findings(
             names = ", ".join([f.advisory, *[a for a in f.aliases if a.startswith("CVE-")][:2]])
             table.add_row(f.severity, names, f.package, f.version, f.fixed_in or "no fix yet", f.suppressed or "")
     console.print(table)
+
+
+@app.command("exploited")
+def import_exploited(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A KEV catalogue (CISA's "
+                                                                          "known_exploited_vulnerabilities.json).")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+) -> None:
+    """Import a catalogue of vulnerabilities known to be exploited (role operator): their
+    findings are marked, and each one running in the fleet raises an alert (once)."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        result = client.import_exploited(path.read_bytes())
+    console.print(f"{result.added} new entries, {result.alerts} alerts raised")
+
+
+@app.command("summary")
+def summary(server: ServerUrl, token: AdminToken, ca_file: CaFile, output: Output = "table") -> None:
+    """Counts per severity over the fleet, and the advisories that affect its devices."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        found = client.vulnerability_summary()
+    if printed_for_machines(output, found.model_dump(mode="json")):
+        return
+    counts = Table("severity", "advisories", "devices", title=f"findings over {found.devices} devices")
+    for severity, count in found.severities.items():
+        counts.add_row(severity, str(count.advisories), str(count.devices))
+    console.print(counts)
+    table = Table("advisory", "severity", "devices", "releases", "fixed by", "exploited")
+    for a in found.advisories[:50]:
+        table.add_row(", ".join([a.advisory, *[x for x in a.aliases if x.startswith("CVE-")][:2]]), a.severity,
+                      str(a.devices), ", ".join(a.releases), a.fixed_by_release or "no release yet",
+                      a.known_exploited or "")
+    console.print(table)
+    if found.releases_without_sbom:
+        console.print(f"not judged (no SBOM published): {', '.join(found.releases_without_sbom)}", highlight=False)
+
+
+def _file_name(cve: str) -> str:
+    """A report's file name for ``cve`` (the server refuses names outside this pattern)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}", cve):
+        raise typer.BadParameter("an advisory id or alias such as CVE-2026-0001", param_hint="--cve")
+    return cve.replace(":", "_")
+
+
+@app.command("report")
+def report(
+    cve: Annotated[str, CVE],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    out: Annotated[Path, typer.Option(file_okay=False, help="Directory for CVE.json and CVE.html.")] = Path("."),
+) -> None:
+    """Write what a vulnerability notification (EU CRA) needs for one CVE: affected
+    releases and devices by site, first seen, whether a fix exists and how far it is rolled
+    out; as JSON and as a printable HTML page listing the devices."""
+    name = _file_name(cve)
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        found = client.cve_report(cve)
+        devices = client.vulnerabilities(cve=cve).devices
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{name}.json", found.model_dump_json(indent=2).encode() + b"\n")
+    atomic_write_bytes(out / f"{name}.html", render_html(found, devices).encode())
+    rolled = "n/a" if found.fix_rolled_out_percent is None else f"{found.fix_rolled_out_percent}%"
+    console.print(f"{found.cve}: {found.affected_devices} devices affected, first fixed release "
+                  f"{found.first_fixed_release or 'none yet'}, fix rolled out to {rolled}; wrote "
+                  f"{out / (name + '.json')} and {out / (name + '.html')}", highlight=False)
+
+
+@app.command("fix")
+def fix(
+    cve: Annotated[str, CVE],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    waves: Annotated[list[str] | None, typer.Option("--wave", help="SIZE or SIZE/BAKE_SECONDS (repeat, in "
+                                                                   "order).")] = None,
+    selector: Annotated[list[str] | None, typer.Option("--selector", "-l", help="label=value: only these "
+                                                                                "devices (site too).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only show who each wave would take; start nothing.")] = False,
+) -> None:
+    """Start a rollout (role operator) that moves every device running a release the CVE
+    affects to the first published release after them that it does not affect; devices on
+    other releases are left alone."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        found = client.cve_report(cve)
+        if found.first_fixed_release is None:
+            raise ConfigError(f"no published release after the affected ones is free of {cve}: publish one first")
+        affected = sorted({r.release for r in found.affected_releases if r.devices})
+        if not affected:
+            raise ConfigError(f"no device runs a release {cve} affects")
+        body = {"release": found.first_fixed_release, "from_releases": affected,
+                "waves": [wave_of(w) for w in waves or ["1", "10%", "100%"]],
+                "selector": dict(pair_of(s, "--selector") for s in selector or [])}
+        console.print(f"{cve}: moving the devices on {', '.join(affected)} to {found.first_fixed_release}",
+                      highlight=False)
+        start_shown(client, body, dry_run)

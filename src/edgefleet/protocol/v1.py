@@ -250,6 +250,10 @@ class RolloutRequest(RolloutPlan):
     # A selector that matches no device is refused (a typo would "complete" at once)
     # unless this says it is meant: a group in the fleet repository waiting for devices.
     allow_empty: bool = False
+    # Only devices that run one of these releases when the rollout reaches them (e.g. the
+    # releases a vulnerability affects); a device keeps its place once taken. Empty: any.
+    from_releases: Annotated[list[Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]], Field(max_length=100)] = []
 
 
 class RolloutWaveView(Strict):
@@ -271,6 +275,7 @@ class RolloutView(Strict):
     waves: list[RolloutWaveView]
     group: str | None = None  # a rollout of a group of the fleet repository
     selector: dict[str, str] = {}  # the device labels (site too) it takes
+    from_releases: list[str] = []  # only devices running one of these when taken
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -516,6 +521,9 @@ class FindingView(Strict):
     version: str
     fixed_in: str | None  # the first version that fixes it (none yet: null)
     suppressed: str | None = None  # a VEX statement's status and justification: not counted as affected
+    # The first published release after this one (by counter) whose SBOM it does not affect.
+    fixed_by_release: str | None = None
+    known_exploited: str | None = None  # the date a KEV catalogue added it
 
 
 class AffectedDevice(Strict):
@@ -535,6 +543,72 @@ class VulnerabilityReport(Strict):
     findings: list[FindingView] = []
     devices: list[AffectedDevice] = []
     total: int  # findings (release, device) or affected devices (cve), before limit and offset
+
+
+class AffectedRelease(Strict):
+    release: str
+    product: str  # the SBOM's subject (the image's name)
+    package: str
+    version: str
+    fixed_in: str | None
+    devices: int  # in the caller's scope
+
+
+class CveReport(Strict):
+    """What a vulnerability notification (EU CRA, article 14) asks of a manufacturer, for
+    one advisory or CVE, over the caller's part of the fleet."""
+
+    cve: str
+    advisories: list[str]  # the advisory ids that name it (DSA-..., GHSA-..., or the CVE itself)
+    aliases: list[str]
+    severity: str
+    summary: str
+    published: datetime | None  # by the advisory's publisher
+    first_seen: datetime | None  # when this fleet first imported an advisory naming it
+    known_exploited: str | None  # the date a KEV catalogue added it
+    affected_releases: list[AffectedRelease]
+    affected_devices: int
+    proven_devices: int  # of the affected, those whose last attestation proved the release
+    affected_by_site: dict[str, int]
+    fix_available: bool  # a fixed version of every affected package is known
+    fixing_releases: list[str]  # published releases (after an affected one) that it does not affect
+    first_fixed_release: str | None  # the first of those after every affected release
+    fixed_devices: int  # devices on a fixing release
+    fix_rolled_out_percent: float | None  # fixed / (fixed + affected); null when neither
+    vex: list[str]  # VEX statements naming it: "status: justification (product)"
+    generated_at: datetime
+
+
+class SeverityCount(Strict):
+    advisories: int  # distinct advisories affecting at least one device
+    devices: int  # devices with at least one such finding
+
+
+class FleetAdvisory(Strict):
+    advisory: str
+    aliases: list[str]
+    severity: str
+    summary: str
+    devices: int
+    releases: list[str]
+    fixed_by_release: str | None
+    known_exploited: str | None
+
+
+class VulnerabilitySummary(Strict):
+    """Findings over the caller's part of the fleet: counts per severity and every
+    advisory that affects a device, most severe and widest first."""
+
+    devices: int  # devices whose release is known
+    severities: dict[str, SeverityCount]
+    advisories: list[FleetAdvisory]
+    total: int  # advisories, before limit and offset
+    releases_without_sbom: list[str]  # run by devices, but no SBOM was published: not judged
+
+
+class ExploitedImport(Strict):
+    added: int
+    alerts: int  # known-exploited vulnerabilities found running in the fleet and alerted
 
 
 class RevokeResult(Strict):

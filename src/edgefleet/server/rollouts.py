@@ -131,8 +131,14 @@ def look(rows: Sequence[Row[Any]], presence: Presence, before: Looks) -> tuple[l
     return seen, now
 
 
-def _selected(device: Seen, selector: dict[str, Any], group: str | None) -> bool:
-    return matches(device.observation.labels, selector) and (group is None or device.group == group)
+def _selected(device: Seen, selector: dict[str, Any], group: str | None, from_releases: Sequence[str] = (),
+              state: State | None = None) -> bool:
+    """Whether a rollout of ``selector`` and ``group`` takes ``device``: with
+    ``from_releases``, only while it runs one of them, unless ``state`` placed it already."""
+    if not (matches(device.observation.labels, selector) and (group is None or device.group == group)):
+        return False
+    return (not from_releases or device.observation.running_version in from_releases
+            or (state is not None and device.id in state.devices))
 
 
 def _workload_observation(device: Seen, release: str, workloads: dict[str, Any],
@@ -224,13 +230,15 @@ class RolloutController:
         async with self.db.transaction(readonly=True) as conn:
             active = [r for r in await rollout_heads(conn, statuses=ACTIVE) if _kind(r.spec) == _kind(spec)]
             devices = look(await rollout_devices(conn), self.presence, {})[0]
-        mine = {d.id for d in devices if _selected(d, request.selector, request.group)}
+        mine = {d.id for d in devices if _selected(d, request.selector, request.group, request.from_releases)}
         if not mine and not request.allow_empty:
             where = f" in group {request.group}" if request.group else ""
             raise InvalidRequest(f"the selector {dict(request.selector)}{where} matches no device; allow_empty "
                                  "starts it anyway", code="selector_matches_nothing")
         for other in active:
-            shared = mine & {d.id for d in devices if _selected(d, other.selector, other.spec.get("group"))}
+            shared = mine & {d.id for d in devices if _selected(d, other.selector, other.spec.get("group"),
+                                                                other.spec.get("from_releases") or (),
+                                                                self.decoded(other.id, other.version))}
             if shared:
                 raise Conflict(f"rollout {other.id} of {other.release} is active for {len(shared)} of the same "
                                f"devices (e.g. {min(shared)}); let it finish or abort it first", code="rollout_overlap")
@@ -286,7 +294,8 @@ class RolloutController:
         """How many devices ``request`` selects now, and who each wave after ``state``'s would take."""
         async with self.db.transaction(readonly=True) as conn:
             devices = look(await rollout_devices(conn), self.presence, {})[0]
-        observations = [d.observation for d in devices if _selected(d, request.selector, request.group)]
+        observations = [d.observation for d in devices
+                        if _selected(d, request.selector, request.group, request.from_releases, state)]
         return len(observations), planned_waves(spec_from_request(request), state, observations, self.clock.now())
 
     async def from_git(self, groups: Mapping[str, GroupSpec], commit: str) -> list[str]:
@@ -534,7 +543,7 @@ class RolloutController:
             return await self._workload_step(row, request, workloads, everyone), set()
         spec = replace(spec_from_request(request), attestation_required=self.attestation_required)
         state = row.state
-        devices = [d for d in everyone if _selected(d, row.selector, request.group)]
+        devices = [d for d in everyone if _selected(d, row.selector, request.group, request.from_releases, state)]
         if state.status is Status.COMPLETED:  # only its own devices, and joiners nobody assigned
             devices = [d for d in devices if d.id in state.devices or (d.assigned is None and d.id not in taken)]
         observations = [d.observation for d in devices]

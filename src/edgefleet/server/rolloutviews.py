@@ -39,7 +39,8 @@ def rollout_view(row: RolloutRow, state: State | None = None) -> RolloutView:
     waves = [RolloutWaveView(wave=n + 1, counts=counts[n], failed=failed[n]) for n in range(count)]
     return RolloutView(id=row.id, release=row.release, status=row.status, reason=state.reason, wave=state.wave + 1,
                        waves=waves, group=row.spec.get("group"),
-                       selector={str(k): str(v) for k, v in row.selector.items()}, created_by=row.created_by,
+                       selector={str(k): str(v) for k, v in row.selector.items()},
+                       from_releases=[str(r) for r in row.spec.get("from_releases") or []], created_by=row.created_by,
                        created_at=row.created_at, updated_at=row.updated_at)
 
 

@@ -63,7 +63,7 @@ class ServerState:
         # Parsing a certificate costs more than the rest of a check-in; each device
         # presents the same one on every request.
         self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
-        self.vulns = Vulnerabilities(self.db, self.repository, self.clock)
+        self.vulns = Vulnerabilities(self.db, self.repository, self.clock, self.alerts)
 
     def freshness(self) -> Freshness:
         """How long a passing attestation counts, as of now (a device view's "stale")."""

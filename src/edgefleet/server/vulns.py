@@ -1,12 +1,12 @@
-"""What the fleet's releases contain that advisories name: advisories (OSV) and VEX
-statements imported by operators, each published release's SBOM (its signed ``sbom``
-target), and the devices on each release.
+"""What the fleet's releases contain that advisories name: advisories (OSV), VEX statements
+and KEV catalogues imported by operators, each published release's SBOM (its signed
+``sbom`` target), and the devices on each release. The matching itself is
+``vuln/findings.py``; this service reads what it needs, keeps the findings of every
+release while neither the published targets nor the imported data change, and raises an
+alert when a vulnerability known to be exploited runs in the fleet.
 
-A release's findings are its SBOM's components matched with the advisories that name them
-(Debian by source package and version, in Debian's ordering, for the image's Debian
-release; PyPI by canonical name, in PEP 440's), less what a VEX statement says does not
-affect it. A device's findings are those of the release its last passing attestation
-proved (else the one it reports, marked as not proven).
+A device's findings are those of the release its last passing attestation proved (else
+the one it reports, marked as not proven).
 """
 
 from __future__ import annotations
@@ -14,41 +14,56 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from edgefleet.clock import Clock
 from edgefleet.errors import InvalidRequest
 from edgefleet.protocol.scope import Scope
-from edgefleet.protocol.v1 import AdvisoryImport, AffectedDevice, FindingView
+from edgefleet.protocol.v1 import (
+    AdvisoryImport,
+    AffectedDevice,
+    CveReport,
+    ExploitedImport,
+    FindingView,
+    VulnerabilitySummary,
+)
 from edgefleet.releases.image import release_fields
+from edgefleet.server.alerts import Alerts
 from edgefleet.server.repository import RepositoryService
 from edgefleet.store import Database
 from edgefleet.store.devices import DeviceFilter
-from edgefleet.store.schema import AttestationStatus, Device
-from edgefleet.store.vulns import advisories_naming, modified_of, save_advisory, save_statements, statements
+from edgefleet.store.schema import AdvisoryRow, AttestationStatus, Device, KnownExploited, VexStatement
+from edgefleet.store.vulns import (
+    advisories_naming,
+    exploited,
+    first_imported,
+    mark_alerted,
+    modified_of,
+    save_advisories,
+    save_exploited,
+    save_statements,
+    statements,
+)
 from edgefleet.util.paths import contained
+from edgefleet.vuln import findings as judge
 from edgefleet.vuln import osv, vex
-from edgefleet.vuln.components import Component, components
+from edgefleet.vuln.components import components, subject
+from edgefleet.vuln.findings import DeviceRelease, Release
 
 log = logging.getLogger("edgefleet.server.vulns")
 
 MAX_SBOM_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class DeviceRelease:
-    device_id: str
-    site: str
-    release: str
-    proven: bool
+MAX_EXPLOITED = 100_000
+SBOMS_HELD = 256  # parsed SBOMs kept, by content digest
 
 
 class Vulnerabilities:
-    def __init__(self, db: Database, repository: RepositoryService, clock: Clock) -> None:
-        self.db, self.repository, self.clock = db, repository, clock
+    def __init__(self, db: Database, repository: RepositoryService, clock: Clock, alerts: Alerts) -> None:
+        self.db, self.repository, self.clock, self.alerts = db, repository, clock, alerts
+        self._sboms: dict[str, Release] = {}  # by the SBOM target's sha256 and release
+        self._kept: tuple[Any, dict[str, list[FindingView]], list[Release]] | None = None
 
     async def import_advisories(self, documents: list[Any]) -> AdvisoryImport:
         """Store these OSV advisories: new ones, and those ``modified`` since they were
@@ -62,20 +77,23 @@ class Vulnerabilities:
             except InvalidRequest as exc:
                 ident = document.get("id") if isinstance(document, dict) else None
                 refused.append({"id": str(ident)[:128] if ident else "?", "reason": exc.message[:300]})
-        added = updated = unchanged = 0
         now = self.clock.now()
+        latest: dict[str, osv.Advisory] = {}
+        for advisory in parsed:  # an export may list an advisory twice: the newest counts
+            if advisory.id not in latest or advisory.modified > latest[advisory.id].modified:
+                latest[advisory.id] = advisory
         async with self.db.transaction() as conn:
-            stored = await modified_of(conn, [a.id for a in parsed])
-            for advisory in parsed:
-                before = stored.get(advisory.id)
-                if before is not None and before >= advisory.modified:
-                    unchanged += 1
-                    continue
-                await save_advisory(conn, advisory, now)
-                stored[advisory.id] = advisory.modified
-                added, updated = (added + 1, updated) if before is None else (added, updated + 1)
+            stored = await modified_of(conn, list(latest))
+            changed = [(a, None if a.id not in stored else stored[a.id][1]) for a in latest.values()
+                       if a.id not in stored or stored[a.id][0] < a.modified]
+            await save_advisories(conn, changed, now)
+        added = sum(first is None for _, first in changed)
+        updated = len(changed) - added
+        unchanged = len(parsed) - len(changed)
         if refused:
             log.warning("%d advisories refused, e.g. %s: %s", len(refused), refused[0]["id"], refused[0]["reason"])
+        if added or updated:
+            await self.alert_exploited()  # an advisory may name a known-exploited CVE the fleet runs
         return AdvisoryImport(added=added, updated=updated, unchanged=unchanged, refused=refused)
 
     async def import_vex(self, document: Any) -> int:
@@ -84,46 +102,129 @@ class Vulnerabilities:
         async with self.db.transaction() as conn:
             return await save_statements(conn, found, self.clock.now())
 
-    def sbom(self, release: str) -> list[Component] | None:
-        """The components of ``release``'s published SBOM (None: no SBOM was published
-        with it). Raises InvalidRequest when the published file is not a CycloneDX SBOM."""
+    async def import_exploited(self, document: Any) -> ExploitedImport:
+        """Store a KEV catalogue (CISA's ``known_exploited_vulnerabilities.json`` shape:
+        ``vulnerabilities`` of ``cveID`` and ``dateAdded``), then alert for each entry the
+        fleet runs. Raises InvalidRequest for something that is not one."""
+        listed = document.get("vulnerabilities") if isinstance(document, dict) else None
+        if not isinstance(listed, list):
+            raise InvalidRequest("not a KEV catalogue (no vulnerabilities list)", code="invalid_kev")
+        entries = {}
+        for index, item in enumerate(listed[:MAX_EXPLOITED]):
+            cve = item.get("cveID") if isinstance(item, dict) else None
+            if not isinstance(cve, str) or not 0 < len(cve) <= 128:
+                raise InvalidRequest(f"KEV entry {index} has no cveID", code="invalid_kev")
+            note = " ".join(str(item.get(k) or "") for k in ("vendorProject", "product", "vulnerabilityName"))
+            entries[cve] = (cve, str(item.get("dateAdded") or "")[:32], note.strip()[:500])
+        async with self.db.transaction() as conn:
+            added = await save_exploited(conn, entries.values(), self.clock.now())
+        return ExploitedImport(added=added, alerts=await self.alert_exploited())
+
+    async def alert_exploited(self) -> int:
+        """Raise one alert (``vulnerability_exploited``, through the webhooks) for each
+        known-exploited vulnerability that affects a device of the fleet and was not alerted
+        yet; how many were raised."""
+        async with self.db.transaction(readonly=True) as conn:
+            pending = [e for e in (await exploited(conn)).values() if e.alerted_at is None]
+        if not pending:
+            return 0
+        everything, releases = await self.all_findings()
+        fleet = await self.devices(None)
+        raised = 0
+        for entry in pending:
+            report = judge.cve_report(entry.cve, releases, everything, fleet, {}, None, None, self.clock.now())
+            if report is None or not report.affected_devices:
+                continue
+            async with self.db.transaction() as conn:
+                if not await mark_alerted(conn, entry.cve, self.clock.now()):
+                    continue
+                await self.alerts.raise_alert(
+                    conn, "vulnerability_exploited", entry.cve,
+                    f"{entry.cve} is known to be exploited (since {entry.date_added}) and runs on "
+                    f"{report.affected_devices} devices", {
+                        "cve": entry.cve, "advisories": report.advisories, "severity": report.severity,
+                        "affected_devices": report.affected_devices, "affected_by_site": report.affected_by_site,
+                        "releases": sorted({r.release for r in report.affected_releases}),
+                        "first_fixed_release": report.first_fixed_release})
+            raised += 1
+        if raised:
+            self.alerts.wake()
+        return raised
+
+    def _release(self, version: str, counter: int, target: Any) -> Release:
+        """The parsed SBOM of a published ``sbom`` target (kept by its digest). Raises
+        InvalidRequest when the file is not a CycloneDX SBOM."""
+        key = f"{target.hashes['sha256']}:{version}:{counter}"
+        kept = self._sboms.get(key)
+        if kept is not None:
+            return kept
+        if target.length > MAX_SBOM_BYTES:
+            raise InvalidRequest(f"the SBOM of {version} is {target.length} bytes", code="invalid_sbom")
+        directory, _, name = target.path.rpartition("/")
+        path = contained(self.repository.image.targets_dir, directory, f"{target.hashes['sha256']}.{name}")
+        try:
+            document = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"the SBOM of {version} cannot be read: {exc}", code="invalid_sbom") from exc
+        release = Release(version, counter, subject(document), tuple(components(document)))
+        if len(self._sboms) >= SBOMS_HELD:
+            del self._sboms[next(iter(self._sboms))]
+        self._sboms[key] = release
+        return release
+
+    def releases(self) -> list[Release]:
+        """Every published release that has an SBOM, by counter."""
         published = self.repository.published()
         if published is None:
-            return None
+            return []
+        counters, sboms = {}, {}
         for target in published.signed.targets.values():
             fields = release_fields(target)
-            if fields.get("kind") != "sbom" or fields.get("release") != release:
-                continue
-            directory, _, name = target.path.rpartition("/")
-            path = contained(self.repository.image.targets_dir, directory, f"{target.hashes['sha256']}.{name}")
-            if target.length > MAX_SBOM_BYTES:
-                raise InvalidRequest(f"the SBOM of {release} is {target.length} bytes", code="invalid_sbom")
-            try:
-                return components(json.loads(path.read_bytes()))
-            except (OSError, ValueError) as exc:
-                raise InvalidRequest(f"the SBOM of {release} cannot be read: {exc}", code="invalid_sbom") from exc
-        return None
+            if fields.get("kind") == "sbom" and isinstance(fields.get("release"), str):
+                sboms[fields["release"]] = target
+            elif isinstance(fields.get("version"), str) and "release_counter" in fields:
+                counters[fields["version"]] = int(str(fields["release_counter"]))
+        return sorted((self._release(version, counters.get(version, -1), target)
+                       for version, target in sboms.items()), key=lambda r: (r.counter, r.version))
 
-    async def release_findings(self, release: str) -> list[FindingView] | None:
-        """Every advisory affecting a package of ``release`` (suppressed ones marked), most
-        severe first; None when the release has no published SBOM."""
-        listed = await asyncio.to_thread(self.sbom, release)
-        if listed is None:
-            return None
+    async def _fingerprint(self) -> tuple[Any, ...]:
+        """What the findings were computed from, in the database: changes with any import
+        (on any server of the fleet)."""
+        async with self.db.transaction(readonly=True) as conn:
+            advisories = (await conn.execute(select(func.count(), func.max(AdvisoryRow.modified),
+                                                    func.max(AdvisoryRow.stored_at)))).one()
+            said = (await conn.execute(select(func.count(), func.max(VexStatement.imported_at)))).one()
+            known = (await conn.execute(select(func.count(), func.max(KnownExploited.imported_at)))).one()
+        return (*advisories, *said, *known)
+
+    async def all_findings(self) -> tuple[dict[str, list[FindingView]], list[Release]]:
+        """The findings of every published release with an SBOM, each with the release that
+        first fixes it; kept while neither the published targets nor the imports change."""
+        published = self.repository.published()
+        fingerprint = await self._fingerprint()
+        kept = self._kept
+        if kept is not None and kept[0][0] is published and kept[0][1] == fingerprint:
+            return kept[1], kept[2]
+        releases = await asyncio.to_thread(self.releases)
         async with self.db.transaction(readonly=True) as conn:
             naming: dict[tuple[str, str], list[osv.Advisory]] = {}
-            for ecosystem in ("Debian", "PyPI"):
-                names = {c.match_name for c in listed if c.ecosystem == ecosystem}
+            for ecosystem in osv.ECOSYSTEMS:
+                names = {c.match_name for r in releases for c in r.components if c.ecosystem == ecosystem}
                 for advisory in await advisories_naming(conn, ecosystem, names):
                     for affected in advisory.affected:
                         if osv.base_ecosystem(affected.ecosystem) == ecosystem:
                             naming.setdefault((ecosystem, affected.name), []).append(advisory)
             said = await statements(conn)
-        findings = [finding for component in listed
-                    for finding in _findings(component, naming.get((component.ecosystem, component.match_name), []),
-                                             said)]
-        findings.sort(key=lambda f: (osv.SEVERITIES.index(f.severity), f.advisory, f.package))
-        return findings
+            known = {cve: e.date_added for cve, e in (await exploited(conn)).items()}
+        found = judge.with_fixing_releases(releases, {
+            r.version: judge.release_findings(r, naming, said, known) for r in releases})
+        self._kept = ((published, fingerprint), found, releases)
+        return found, releases
+
+    async def release_findings(self, release: str) -> list[FindingView] | None:
+        """Every advisory affecting a package of ``release`` (suppressed ones marked), most
+        severe first; None when the release has no published SBOM."""
+        return (await self.all_findings())[0].get(release)
 
     async def devices(self, scope: Scope | None, device_id: str | None = None) -> list[DeviceRelease]:
         """The fleet's devices (in ``scope``) with the release each runs."""
@@ -147,39 +248,30 @@ class Vulnerabilities:
     async def affected_devices(self, name: str, scope: Scope | None) -> list[AffectedDevice]:
         """The devices (in ``scope``) whose release has a package ``name`` (an advisory id
         or alias, e.g. a CVE) affects and no VEX statement clears."""
-        fleet = await self.devices(scope)
+        everything, _ = await self.all_findings()
         affected: list[AffectedDevice] = []
-        for release in sorted({d.release for d in fleet}):
-            findings = [f for f in await self.release_findings(release) or []
-                        if f.suppressed is None and (f.advisory == name or name in f.aliases)]
-            for device in (d for d in fleet if d.release == release):
-                affected += [AffectedDevice(device_id=device.device_id, site=device.site, release=release,
-                                            proven=device.proven, package=f.package, version=f.version,
-                                            fixed_in=f.fixed_in) for f in findings]
+        for device in await self.devices(scope):
+            affected += [AffectedDevice(device_id=device.device_id, site=device.site, release=device.release,
+                                        proven=device.proven, package=f.package, version=f.version,
+                                        fixed_in=f.fixed_in)
+                         for f in judge.affecting(everything.get(device.release, []), name)]
         return affected
 
+    async def report(self, name: str, scope: Scope | None) -> CveReport | None:
+        """The facts of a vulnerability notification for ``name`` (an advisory id or CVE)
+        over the devices in ``scope``; None when no published release has a package it names."""
+        everything, releases = await self.all_findings()
+        fleet = await self.devices(scope)
+        async with self.db.transaction(readonly=True) as conn:
+            said = await statements(conn)
+        named = {f.advisory for listed in everything.values() for f in listed if name in judge.names_of(f)}
+        async with self.db.transaction(readonly=True) as conn:
+            first = await first_imported(conn, named)
+            rows = await conn.execute(select(AdvisoryRow.published).where(AdvisoryRow.id.in_(sorted(named))))
+            published = [p for (p,) in rows if p is not None]
+        return judge.cve_report(name, releases, everything, fleet, said, min(first.values(), default=None),
+                                min(published, default=None), self.clock.now())
 
-def _findings(component: Component, advisories: list[osv.Advisory],
-              said: dict[tuple[str, str], tuple[str, str]]) -> list[FindingView]:
-    found = []
-    for advisory in advisories:
-        for affected in advisory.affected:
-            ecosystem, _, distro = affected.ecosystem.partition(":")
-            if ecosystem != component.ecosystem or affected.name != component.match_name:
-                continue
-            if distro and component.distro_release is not None and distro != component.distro_release:
-                continue  # an advisory of another Debian release
-            if not affected.contains(component.match_version):
-                continue
-            statement = next((said[(n, p)] for n in advisory.names for p in component.products if (n, p) in said),
-                             None)
-            suppressed = None
-            if statement is not None and statement[0] in ("not_affected", "fixed"):
-                suppressed = f"{statement[0]}: {statement[1]}"
-            found.append(FindingView(
-                advisory=advisory.id, aliases=list(advisory.aliases), severity=advisory.severity,
-                summary=advisory.summary, ecosystem=component.ecosystem, package=component.name,
-                version=component.version, fixed_in=affected.fixed_after(component.match_version),
-                suppressed=suppressed))
-            break
-    return found
+    async def summary(self, scope: Scope | None) -> VulnerabilitySummary:
+        everything, releases = await self.all_findings()
+        return judge.summary(releases, everything, await self.devices(scope))

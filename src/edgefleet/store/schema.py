@@ -181,7 +181,9 @@ class AdvisoryRow(Base):
     summary: Mapped[str] = mapped_column(String(500))
     aliases: Mapped[list[str]]
     affected: Mapped[list[dict[str, Any]]]
-    imported_at: Mapped[datetime]
+    imported_at: Mapped[datetime]  # first imported: kept when a newer version replaces it
+    published: Mapped[datetime | None]
+    stored_at: Mapped[datetime | None]  # last stored (null: before migration 0019)
 
 
 class AdvisoryPackage(Base):
@@ -204,6 +206,19 @@ class VexStatement(Base):
     status: Mapped[str] = mapped_column(String(32))
     justification: Mapped[str] = mapped_column(String(500))
     imported_at: Mapped[datetime]
+
+
+class KnownExploited(Base):
+    """A vulnerability known to be exploited in the wild (an entry of a KEV catalogue),
+    and when the fleet was alerted that it runs it."""
+
+    __tablename__ = "known_exploited"
+
+    cve: Mapped[str] = mapped_column(String(128), primary_key=True)
+    date_added: Mapped[str] = mapped_column(String(32))  # as the catalogue gives it
+    note: Mapped[str] = mapped_column(String(500))
+    imported_at: Mapped[datetime]
+    alerted_at: Mapped[datetime | None]
 
 
 class SpentIdToken(Base):

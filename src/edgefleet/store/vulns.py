@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edgefleet.store.schema import AdvisoryPackage, AdvisoryRow, VexStatement
+from edgefleet.store.schema import AdvisoryPackage, AdvisoryRow, KnownExploited, VexStatement
 from edgefleet.vuln.osv import Advisory, Affected, base_ecosystem
 from edgefleet.vuln.vex import Statement
 
 
-async def modified_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, datetime]:
-    """When each of these advisories, if stored, was last modified."""
-    rows = await conn.execute(select(AdvisoryRow.id, AdvisoryRow.modified).where(AdvisoryRow.id.in_(list(ids))))
-    return {ident: modified for ident, modified in rows}
+@dataclass(frozen=True)
+class KnownExploitedEntry:
+    cve: str
+    date_added: str
+    alerted_at: datetime | None
 
 
-async def save_advisory(conn: AsyncConnection, advisory: Advisory, now: datetime) -> None:
-    """Store (or replace) an advisory and the packages it names."""
-    await conn.execute(delete(AdvisoryPackage).where(AdvisoryPackage.advisory_id == advisory.id))
-    await conn.execute(delete(AdvisoryRow).where(AdvisoryRow.id == advisory.id))
-    await conn.execute(insert(AdvisoryRow).values(
-        id=advisory.id, modified=advisory.modified, severity=advisory.severity, summary=advisory.summary,
-        aliases=list(advisory.aliases), affected=[a.to_json() for a in advisory.affected], imported_at=now))
-    names = sorted({(base_ecosystem(a.ecosystem), a.name) for a in advisory.affected})
+async def modified_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, tuple[datetime, datetime]]:
+    """When each of these advisories, if stored, was last modified and first imported."""
+    wanted, found = list(ids), {}
+    for start in range(0, len(wanted), 500):  # bounded IN lists
+        rows = await conn.execute(select(AdvisoryRow.id, AdvisoryRow.modified, AdvisoryRow.imported_at)
+                                  .where(AdvisoryRow.id.in_(wanted[start:start + 500])))
+        found.update({ident: (modified, imported) for ident, modified, imported in rows})
+    return found
+
+
+async def save_advisories(conn: AsyncConnection, advisories: Sequence[tuple[Advisory, datetime | None]],
+                          now: datetime) -> None:
+    """Store (or replace) advisories and the packages they name, in a few statements.
+    Each comes with when the advisory it replaces was first imported (None: a new one),
+    which is kept: it is when the fleet learned of it."""
+    replaced = [advisory.id for advisory, first in advisories if first is not None]
+    for start in range(0, len(replaced), 500):  # bounded IN lists
+        await conn.execute(delete(AdvisoryPackage).where(AdvisoryPackage.advisory_id.in_(replaced[start:start + 500])))
+        await conn.execute(delete(AdvisoryRow).where(AdvisoryRow.id.in_(replaced[start:start + 500])))
+    if not advisories:
+        return
+    await conn.execute(insert(AdvisoryRow), [
+        {"id": a.id, "modified": a.modified, "severity": a.severity, "summary": a.summary, "aliases": list(a.aliases),
+         "affected": [x.to_json() for x in a.affected], "imported_at": first or now, "published": a.published,
+         "stored_at": now} for a, first in advisories])
+    names = [{"ecosystem": ecosystem, "name": name, "advisory_id": a.id} for a, _ in advisories
+             for ecosystem, name in sorted({(base_ecosystem(x.ecosystem), x.name) for x in a.affected})]
     if names:
-        await conn.execute(insert(AdvisoryPackage), [
-            {"ecosystem": ecosystem, "name": name, "advisory_id": advisory.id} for ecosystem, name in names])
+        await conn.execute(insert(AdvisoryPackage), names)
 
 
 async def advisories_naming(conn: AsyncConnection, ecosystem: str, names: Iterable[str]) -> list[Advisory]:
@@ -41,9 +62,41 @@ async def advisories_naming(conn: AsyncConnection, ecosystem: str, names: Iterab
             select(AdvisoryRow.__table__).join(AdvisoryPackage, AdvisoryPackage.advisory_id == AdvisoryRow.id)
             .where(AdvisoryPackage.ecosystem == ecosystem, AdvisoryPackage.name.in_(wanted[start:start + 500])))
         for row in rows:
-            found[row.id] = Advisory(row.id, row.modified, tuple(row.aliases), row.summary, row.severity,
-                                     tuple(Affected.from_json(a) for a in row.affected))
+            found[row.id] = _advisory(row)
     return [found[key] for key in sorted(found)]
+
+
+def _advisory(row: Any) -> Advisory:
+    return Advisory(row.id, row.modified, tuple(row.aliases), row.summary, row.severity,
+                    tuple(Affected.from_json(a) for a in row.affected), row.published)
+
+
+async def first_imported(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, datetime]:
+    """When each of these advisories was first imported."""
+    return {ident: imported for ident, (_, imported) in (await modified_of(conn, ids)).items()}
+
+
+async def save_exploited(conn: AsyncConnection, entries: Iterable[tuple[str, str, str]], now: datetime) -> int:
+    """Store (cve, date added, note) entries of a KEV catalogue; how many were new."""
+    known = {cve for (cve,) in await conn.execute(select(KnownExploited.cve))}
+    fresh = [{"cve": cve, "date_added": added, "note": note, "imported_at": now, "alerted_at": None}
+             for cve, added, note in entries if cve not in known]
+    if fresh:
+        await conn.execute(insert(KnownExploited), fresh)
+    return len(fresh)
+
+
+async def exploited(conn: AsyncConnection) -> dict[str, KnownExploitedEntry]:
+    rows = await conn.execute(select(KnownExploited.cve, KnownExploited.date_added, KnownExploited.alerted_at))
+    return {cve: KnownExploitedEntry(cve, added, alerted) for cve, added, alerted in rows}
+
+
+async def mark_alerted(conn: AsyncConnection, cve: str, now: datetime) -> bool:
+    """Mark ``cve``'s alert raised; False when another server did first."""
+    done = await conn.execute(update(KnownExploited).where(KnownExploited.cve == cve,
+                                                           KnownExploited.alerted_at.is_(None))
+                              .values(alerted_at=now))
+    return bool(done.rowcount)
 
 
 async def advisory_count(conn: AsyncConnection) -> int:

@@ -61,3 +61,10 @@ def components(document: Any) -> list[Component]:
             products = {f"pkg:pypi/{name}@{purl.version}", f"pkg:pypi/{name}"}
             found.append(Component("PyPI", purl.name, purl.version, name, purl.version, None, tuple(sorted(products))))
     return found
+
+
+def subject(document: Any) -> str:
+    """What a CycloneDX SBOM describes (``metadata.component``'s name), or "" when unnamed."""
+    component = (document.get("metadata") or {}).get("component") if isinstance(document, dict) else None
+    name = component.get("name") if isinstance(component, dict) else None
+    return name[:128] if isinstance(name, str) else ""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from functools import lru_cache
+from datetime import UTC, datetime
 from typing import Any
 
 from debian.debian_support import Version as DebianVersion
@@ -33,8 +34,10 @@ def base_ecosystem(ecosystem: str) -> str:
     return ecosystem.split(":", 1)[0]
 
 
+@lru_cache(maxsize=65536)
 def version_key(ecosystem: str, version: str) -> Any:
-    """What ``version`` sorts by in ``ecosystem``. Raises InvalidRequest when the ecosystem
+    """What ``version`` sorts by in ``ecosystem`` (kept: judging a fleet compares the same
+    few thousand versions again and again). Raises InvalidRequest when the ecosystem
     cannot read it."""
     try:
         return Pep440Version(version) if ecosystem == "PyPI" else DebianVersion(version)
@@ -106,6 +109,7 @@ class Advisory:
     summary: str
     severity: str  # one of SEVERITIES
     affected: tuple[Affected, ...]  # only the ecosystems read here
+    published: datetime | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -117,13 +121,12 @@ def parse(document: Any) -> Advisory:
     """One OSV advisory. Raises InvalidRequest naming what is wrong."""
     if not isinstance(document, dict):
         raise _bad("not a JSON object")
-    ident, modified = document.get("id"), document.get("modified")
+    ident = document.get("id")
     if not isinstance(ident, str) or not 0 < len(ident) <= 128:
         raise _bad("id missing or not a short string")
-    try:
-        when = datetime.fromisoformat(str(modified).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _bad(f"{ident}: modified {modified!r} is not a timestamp") from exc
+    when = _timestamp(ident, "modified", document.get("modified"))
+    published = None if document.get("published") is None else _timestamp(ident, "published",
+                                                                           document["published"])
     aliases = tuple(str(a)[:128] for a in document.get("aliases") or [] if isinstance(a, str))[:32]
     affected = []
     for entry in document.get("affected") or []:
@@ -132,7 +135,15 @@ def parse(document: Any) -> Advisory:
             continue  # another ecosystem: nothing of ours
         affected.append(_affected(ident, str(package["ecosystem"]), str(package.get("name", "")), entry))
     return Advisory(ident, when, aliases, str(document.get("summary") or document.get("details") or "")[:500],
-                    _severity(document), tuple(affected))
+                    _severity(document), tuple(affected), published)
+
+
+def _timestamp(ident: str, field: str, value: Any) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _bad(f"{ident}: {field} {value!r} is not a timestamp") from exc
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _affected(ident: str, ecosystem: str, name: str, entry: Mapping[str, Any]) -> Affected:

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
-from edgefleet.errors import EdgefleetError, Unauthenticated
+from edgefleet.errors import EdgefleetError, NotFound, Unauthenticated
 from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal, allowed
@@ -50,6 +50,7 @@ from edgefleet.store.revocations import revocation_of
 from edgefleet.store.rollouts import rollout_events
 from edgefleet.store.updates import update_history
 from edgefleet.ui import ago
+from edgefleet.vuln.report import render_html
 from edgefleet.web.errors import status_for
 
 log = logging.getLogger("edgefleet.server.dashboard")
@@ -274,6 +275,29 @@ def release_rows(targets: list[dict[str, object]]) -> list[dict[str, object]]:
             artifacts.setdefault(target.get("release"), []).append(str(target["path"]).rsplit("/", 1)[-1])
     return [{**target, "artifacts": artifacts.get(target.get("version"), [])} for target in targets
             if target.get("kind") == "os-image"]
+
+
+@router.get("/vulnerabilities")
+async def vulnerabilities(request: Request) -> HTMLResponse:
+    """Findings over the fleet (the caller's part): counts per severity, every advisory
+    that affects a device, each opening its report."""
+    who = await _who(request)
+    found = await server_state(request).vulns.summary(who.scope)
+    return _page(request, "vulnerabilities.html", who, summary=found)
+
+
+@router.get("/vulnerabilities/{cve}")
+async def vulnerability(request: Request,
+                        cve: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")]) -> HTMLResponse:
+    """One advisory's report (as ``edgefleet vuln report`` writes it) and its devices."""
+    who = await _who(request)
+    vulns = server_state(request).vulns
+    found = await vulns.report(cve, who.scope)
+    if found is None:
+        raise NotFound(f"no published release has a package {cve} names (or no advisory names it)")
+    devices = await vulns.affected_devices(cve, who.scope)
+    return HTMLResponse(render_html(found, devices[:PAGE * 10], back="/ui/vulnerabilities",
+                                    device_link="/ui/devices/"))
 
 
 @router.get("/events")

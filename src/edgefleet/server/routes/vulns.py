@@ -1,5 +1,6 @@
-"""Admin API v1: vulnerability advisories (OSV) and VEX in; findings per release, per
-device and per advisory out (``server/vulns.py``)."""
+"""Admin API v1: vulnerability advisories (OSV), VEX and KEV catalogues in; findings per
+release, per device and per advisory, the fleet's summary and a CVE's notification report
+out (``server/vulns.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from fastapi import APIRouter, Query, Request
 
 from edgefleet.errors import InvalidRequest, NotFound
 from edgefleet.protocol.base import MAX_INT
-from edgefleet.protocol.v1 import AdvisoryImport, VexImport, VulnerabilityReport
+from edgefleet.protocol.v1 import (
+    AdvisoryImport,
+    CveReport,
+    ExploitedImport,
+    VexImport,
+    VulnerabilityReport,
+    VulnerabilitySummary,
+)
 from edgefleet.server.auth import Operator, ScopedViewer
 from edgefleet.server.bodies import bounded_body
 from edgefleet.server.state import server_state
@@ -22,6 +30,8 @@ router = APIRouter(prefix="/api/v1/admin/vulnerabilities", tags=["vulnerabilitie
 MAX_IMPORT_BYTES = 16 * 1024 * 1024  # a batch of advisories (the CLI sends a few MiB at a time)
 MAX_ADVISORIES = 10_000
 MAX_VEX_BYTES = 4 * 1024 * 1024
+MAX_KEV_BYTES = 16 * 1024 * 1024  # CISA's catalogue is about 1.5 MiB
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"  # an advisory id or alias (CVE-2026-1234, DSA-5801-1, GHSA-...)
 
 
 async def _json(request: Request, limit: int) -> Any:
@@ -57,12 +67,48 @@ async def import_vex(who: Operator, request: Request) -> VexImport:
     return VexImport(stored=stored)
 
 
+@router.post("/exploited")
+async def import_exploited(who: Operator, request: Request) -> ExploitedImport:
+    """A KEV catalogue (CISA's ``known_exploited_vulnerabilities.json`` shape): findings of
+    its CVEs are marked known exploited, and each one that runs in the fleet raises a
+    ``vulnerability_exploited`` alert (once) through the webhooks."""
+    result = await server_state(request).vulns.import_exploited(await _json(request, MAX_KEV_BYTES))
+    log.info("%s imported a KEV catalogue: %d new entries, %d alerts", who.name, result.added, result.alerts)
+    return result
+
+
+@router.get("/summary")
+async def summary(
+    who: ScopedViewer, request: Request,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> VulnerabilitySummary:
+    """Counts per severity over the caller's devices, and the advisories that affect them
+    (known exploited first, then most severe and widest)."""
+    found = await server_state(request).vulns.summary(who.scope)
+    return found.model_copy(update={"advisories": found.advisories[offset:offset + limit]})
+
+
+@router.get("/report")
+async def cve_report(
+    who: ScopedViewer, request: Request,
+    cve: Annotated[str, Query(pattern=NAME, description="an advisory id or alias")],
+) -> CveReport:
+    """What a vulnerability notification needs for one CVE over the caller's devices:
+    affected releases and devices (by site), first seen, whether and where it is fixed, and
+    how far the fix has been rolled out."""
+    found = await server_state(request).vulns.report(cve, who.scope)
+    if found is None:
+        raise NotFound(f"no published release has a package {cve} names (or no advisory names it)")
+    return found
+
+
 @router.get("")
 async def report(
     who: ScopedViewer, request: Request,
     release: Annotated[str | None, Query(max_length=128)] = None,
     device: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
-    cve: Annotated[str | None, Query(max_length=128, description="an advisory id or alias")] = None,
+    cve: Annotated[str | None, Query(pattern=NAME, description="an advisory id or alias")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> VulnerabilityReport:
