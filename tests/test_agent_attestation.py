@@ -147,3 +147,18 @@ def test_a_host_that_no_image_of_ours_booted_reports_no_release(tmp_path: Path) 
     assert LinuxHost(tmp_path).os_version() is None  # Debian's 12 is not a release
     (tmp_path / "etc" / "os-release").write_text('VERSION_ID="12"\nIMAGE_VERSION=2026.12.1\n')
     assert LinuxHost(tmp_path).os_version() == "2026.12.1"
+
+
+def test_an_agent_whose_event_log_is_missing_keeps_running_and_the_server_says_no_log_was_sent(
+        released: Any, emulator: Any, tmp_path: Path) -> None:
+    plane, device = released
+    tpm = tpm2_or_skip()(emulator.tcti)
+    settings = AgentSettings(server_url=plane.url, ca_file=plane.settings.pki.ca_cert, state_dir=device.agent_dir,
+                             bootstrap_token=plane.bootstrap_token("store-1"), checkin_interval_seconds=0.1,
+                             backoff_initial_seconds=0.05, backoff_max_seconds=0.2, tpm=emulator.tcti,
+                             event_log=tmp_path / "no-such-log")  # a kernel that exposes none
+    agent = Agent(settings, device, site="store-1", tpm=tpm)
+    run_until(agent, lambda: "quarantined" in (agent.last_error or ""))
+    assert agent.attested is False
+    record = plane.client(role=Role.VIEWER).get(f"/api/v1/admin/devices/{agent.device_id}").json()
+    assert any("none sent" in check for check in record["attestation"]["failed_checks"])

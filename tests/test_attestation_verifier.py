@@ -201,6 +201,13 @@ def test_reboot_increases_the_reset_count_and_clears_the_pcrs(emulator: swtpm.Sw
     assert parse_attest(after.evidence.attest).clock_info.reset_count > before.reset_count
 
 
+def test_a_quote_without_an_event_log_is_refused_saying_no_log_was_sent(emulator: swtpm.Swtpm) -> None:
+    booted = boot_and_quote(emulator)
+    verdict = booted.verify(dataclasses.replace(booted.evidence, event_log=b""))
+    assert failed(verdict) == {"event_log"}
+    assert "none sent" in verdict.failures[0]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "reordered", "extra_event", "missing_event"])
 def test_event_log_that_does_not_replay_is_refused(emulator: swtpm.Swtpm, damage: str) -> None:
     booted = boot_and_quote(emulator)

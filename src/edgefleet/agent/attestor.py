@@ -67,7 +67,14 @@ class Attestor:
         except ValueError as exc:
             raise BadAnswer(f"unexpected nonce answer: {exc}") from exc
         attest, signature, values = await asyncio.to_thread(self.tpm.quote, nonce, issued.bank, issued.pcrs)
-        log_bytes = await asyncio.to_thread(self.event_log.read_bytes)
+        try:
+            log_bytes = await asyncio.to_thread(self.event_log.read_bytes)
+        except OSError as exc:
+            # The quote goes without it: the server refuses what it cannot check, and says
+            # why, rather than this device never attesting at all.
+            log.warning("no boot event log (%s: %s): the quote goes without one and cannot pass (set event_log "
+                        "if the firmware's log is elsewhere)", self.event_log, exc.strerror)
+            log_bytes = b""
         try:
             quote = QuoteSubmission(nonce=nonce.hex(), attest=_b64(attest), signature=_b64(signature),
                                     pcr_values={str(k): v.hex() for k, v in values.items()},

@@ -618,7 +618,7 @@ class Agent:
         assert state.device_id is not None
         attestor = None
         if self.tpm is not None:
-            attestor = Attestor(self.tpm, self.platform.event_log(), settings.ek_certificate_file)
+            attestor = Attestor(self.tpm, settings.event_log or self.platform.event_log(), settings.ek_certificate_file)
         self.health = HealthMonitor(self._health_sources(state), settings.health_interval_seconds)
         watch_health = self.health.run(stop, lambda verdict: self._health_changed(verdict, state, transport, stop))
         helpers = [asyncio.ensure_future(self._forward_stop(stop)), asyncio.ensure_future(watch_health)]

@@ -35,6 +35,8 @@ class AgentSettings(BaseSettings):
     tpm: str | None = Field(None, description="TCTI of the TPM, e.g. device:/dev/tpmrm0; unset: no attestation")
     attestation_interval_seconds: float = Field(3600.0, gt=0, description="attest at boot and this often")
     ek_certificate_file: Path | None = Field(None, description="EK certificate, if not in the TPM's NV index")
+    event_log: Path | None = Field(None, description="the boot's TCG event log; default per platform "
+                                   "(/sys/kernel/security/tpm0/binary_bios_measurements)")
     certificate_renew_before_seconds: float | None = Field(
         None, gt=0, description="renew the device certificate when less than this is left; default a third of its "
         "lifetime")

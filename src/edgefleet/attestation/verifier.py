@@ -345,7 +345,9 @@ def verify_quote(ak: PublicKey, request: QuoteRequest, evidence: Evidence, polic
         return Verdict(tuple(failures), clock)  # not authentic, or not the PCRs asked for: nothing further
     pcrs = _selection(request.bank, request.pcrs).pcrs
     outcome = _examine(evidence.event_log, request.bank, pcrs, policy.events)        # step 8
-    if outcome.replayed is None:
+    if not evidence.event_log:
+        failures.append("event_log: none sent (the device found no boot event log): what booted cannot be checked")
+    elif outcome.replayed is None:
         failures.append(f"event_log: {outcome.unreadable}")
     elif outcome.replayed != reported:
         mismatched = [i for i in pcrs if outcome.replayed[i] != reported[i]]

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2_SU, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RH, TPM2_SE, TPM2_SU, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2_HANDLE,
     TPM2B_DATA,
@@ -24,7 +24,7 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF,
     TPMU_HA,
 )
-from tpm2_pytss.utils import NVReadEK, create_ek_template
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from edgefleet.errors import ConfigError
 
@@ -112,7 +112,7 @@ class Tpm2:
     def _load_ek(self, ectx: ESAPI) -> ESYS_TR:
         # The TCG default EK template (or the one the manufacturer left in NV), so the key
         # matches the EK certificate; it is re-derived from the endorsement seed each time.
-        _, template = create_ek_template("EK-RSA2048", NVReadEK(ectx))
+        _, template = create_ek_template("EK-RSA2048", _PresentOnly(ectx))
         handle, public, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
         self._ek_public = public.publicArea.marshal()
         return handle
@@ -127,10 +127,9 @@ class Tpm2:
         """The manufacturer's EK certificate from NV index 0x01C00002 (TCG EK Credential
         Profile, RSA 2048 EK), or None when the TPM has none."""
         with self._esapi() as ectx:
-            try:
-                index = ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_CERT_NV_INDEX))
-            except TSS2_Exception:  # no such NV index: the TPM carries no EK certificate
+            if EK_CERT_NV_INDEX not in _nv_indexes(ectx):  # the TPM carries no EK certificate
                 return None
+            index = ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_CERT_NV_INDEX))
             public, _ = ectx.nv_read_public(index)
             size = public.nvPublic.dataSize
             data = b""
@@ -175,3 +174,31 @@ class Tpm2:
         with self._esapi() as ectx:
             ectx.pcr_extend(ESYS_TR.parse(f"pcr{index}"), TPML_DIGEST_VALUES(
                 [TPMT_HA(hashAlg=alg, digest=TPMU_HA(**{bank: digest}))]))
+
+
+def _nv_indexes(ectx: ESAPI) -> set[int]:
+    """The NV indexes the TPM defines. Asked first, so that an absent one (a TPM without an
+    EK certificate or template, as swtpm) is not an error tpm2-tss logs on every attempt."""
+    found: set[int] = set()
+    start, more = TPM2_HT.NV_INDEX << 24, True
+    while more:
+        more, data = ectx.get_capability(TPM2_CAP.HANDLES, start, 256)
+        handles = [int(h) for h in data.data.handles]
+        found.update(handles)
+        if not handles:
+            break
+        start = max(handles) + 1
+    return found
+
+
+class _PresentOnly:
+    """tpm2-pytss's NV reader for the EK template, asking only for indexes that exist."""
+
+    def __init__(self, ectx: ESAPI) -> None:
+        self._read, self._present = NVReadEK(ectx), _nv_indexes(ectx)
+
+    def __call__(self, index: int | TPM2_RH) -> bytes:
+        if int(index) not in self._present:
+            raise NoSuchIndex(index)
+        data: bytes = self._read(index)
+        return data
