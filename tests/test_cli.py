@@ -186,7 +186,8 @@ def test_the_readmes_agent_settings_are_valid_as_written_and_name_the_tpm(tmp_pa
 
 def test_the_readmes_sign_in_settings_are_valid_as_written(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("# /etc/edgefleet/server.toml", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    blocks = [part.split("\n", 1)[1].split("```", 1)[0] for part in readme.split("# /etc/edgefleet/server.toml")[1:]]
+    (block,) = [b for b in blocks if "[oidc]" in b]
     (tmp_path / "server.toml").write_text(block)
     from edgefleet.server.settings import ServerSettings
 
