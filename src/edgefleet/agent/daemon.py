@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, write_to_textfile
 from pydantic import TypeAdapter, ValidationError
 
 from edgefleet import __version__
@@ -64,7 +63,7 @@ from edgefleet.protocol.workload_verdicts import Verdict, judge
 from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
 from edgefleet.releases.instructions import PLAIN
 from edgefleet.telemetry.buffer import open_buffer
-from edgefleet.telemetry.health import BufferHealth, BufferHealthCollector
+from edgefleet.telemetry.health import BufferHealth
 from edgefleet.telemetry.recorder import Recorder, RecordingHandler
 from edgefleet.telemetry.shipper import Shipper
 from edgefleet.util.aio import pause
@@ -986,11 +985,10 @@ class Agent:
 
     @staticmethod
     def _write_metrics_file(path: Path, health: BufferHealth) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(BufferHealthCollector("edgefleet_agent_telemetry", lambda: health))
+        from edgefleet.telemetry.health_metrics import write_textfile  # prometheus_client, when asked for
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_to_textfile(str(path), registry)  # a temporary file renamed over it
+            write_textfile(path, "edgefleet_agent_telemetry", health)
         except OSError as exc:
             log.warning("cannot write the metrics file %s: %s", path, exc)
 

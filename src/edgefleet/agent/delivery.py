@@ -23,19 +23,20 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from tuf.api.metadata import TargetFile
 
 from edgefleet.agent.download import fetch_target, verify_target
-from edgefleet.delta.assemble import assemble
-from edgefleet.delta.bsdelta import apply_delta, file_sha256
-from edgefleet.delta.index import RAW, Index, dictionary_path, dictionary_url, piece_url
-from edgefleet.delta.pieces import Dictionary, check_dictionary, load_dictionary
 from edgefleet.errors import DeltaRefused, PersistError, TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
 from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.util.stop import StopSignal
+
+if TYPE_CHECKING:  # the delta code (fastcdc, bsdiff4, zstandard) loads when an update uses it
+    from edgefleet.delta.index import Index
+    from edgefleet.delta.pieces import Dictionary
 
 log = logging.getLogger("edgefleet.agent.delivery")
 
@@ -62,6 +63,8 @@ class Delivery:
 
 def slot_matches(running: Running) -> bool:
     """Whether the active slot holds exactly the signed image of the running release."""
+    from edgefleet.delta.bsdelta import file_sha256
+
     target = running.target
     if target is None:
         return False
@@ -78,9 +81,13 @@ class PieceFetcher:
         self.client, self.mirrors, self.namespace = client, mirrors, namespace
 
     def __call__(self, ident: bytes, limit: int) -> bytes:
+        from edgefleet.delta.index import piece_url
+
         return self.get(piece_url("{mirror}", self.namespace, ident), ident.hex(), limit)
 
     def dictionary(self, length: int) -> bytes:
+        from edgefleet.delta.index import dictionary_url
+
         return self.get(dictionary_url("{mirror}", self.namespace), f"dictionary {self.namespace}", length)
 
     def get(self, address: str, what: str, limit: int) -> bytes:
@@ -162,6 +169,8 @@ class Deliverer:
 
     def _by_delta(self, image: TargetFile, targets: list[TargetFile], running: Running,
                   stop: StopSignal) -> Delivery | None:
+        from edgefleet.delta.bsdelta import apply_delta
+
         assert running.target is not None
         base = running.target.hashes["sha256"]
         deltas = [t for t in targets if release_fields(t).get("kind") == "os-delta"
@@ -177,6 +186,9 @@ class Deliverer:
 
     def _by_index(self, image: TargetFile, targets: list[TargetFile], running: Running,
                   stop: StopSignal) -> Delivery | None:
+        from edgefleet.delta.assemble import assemble
+        from edgefleet.delta.index import Index
+
         assert running.target is not None
         indexes = [t for t in targets
                    if release_fields(t).get("kind") == "os-index" and release_fields(t).get("image") == image.path]
@@ -199,6 +211,9 @@ class Deliverer:
     def _dictionary(self, index: Index, fetcher: PieceFetcher) -> tuple[Dictionary | None, int]:
         """The index's dictionary, kept from an earlier update or fetched (and kept); and
         the bytes fetched for it."""
+        from edgefleet.delta.index import RAW, dictionary_path
+        from edgefleet.delta.pieces import check_dictionary, load_dictionary
+
         if index.namespace == RAW:
             return None, 0
         kept = self.directory / "dictionaries"

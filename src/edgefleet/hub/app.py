@@ -26,7 +26,7 @@ from edgefleet.hub.summary import QUANTILES
 from edgefleet.localpage import create_local_app, read_credential
 from edgefleet.pki import DeviceCertificate, device_identity_from_pem
 from edgefleet.protocol.telemetry import TelemetryAck, parse_batch
-from edgefleet.telemetry.health import BufferHealthCollector
+from edgefleet.telemetry.health_metrics import BufferHealthCollector
 from edgefleet.web.bodylimit import BodyLimit
 from edgefleet.web.errors import error_response, status_for
 from edgefleet.web.mtls import MutualTlsHttpProtocol

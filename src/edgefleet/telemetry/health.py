@@ -1,15 +1,12 @@
-"""A telemetry buffer's health as Prometheus metrics (the agent's textfile, the hub's
-/metrics): records queued, bytes, records dropped, the oldest record's age and when a
-batch was last acknowledged."""
+"""A telemetry buffer's health: records queued, bytes, records dropped, the oldest record's
+age and when a batch was last acknowledged. As Prometheus metrics (the agent's textfile,
+the hub's /metrics): ``telemetry/health_metrics.py``, which an agent loads only when it
+writes them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from edgefleet.telemetry.buffer import Figures
 
@@ -35,21 +32,3 @@ HELP = {"queued_records": "Records waiting in the durable buffer",
         "dropped_records_total": "Records dropped because the buffer reached its bound",
         "oldest_age_seconds": "Age of the oldest record waiting (0 when none)",
         "last_ship_age_seconds": "Seconds since a batch was last acknowledged by the receiver"}
-
-
-class BufferHealthCollector(Collector):
-    """``<prefix>_<name>`` for each figure, read when scraped."""
-
-    def __init__(self, prefix: str, read: Callable[[], BufferHealth]) -> None:
-        self.prefix = prefix
-        self.read = read
-
-    def collect(self) -> Iterator[Metric]:
-        for name, value in self.read().samples().items():
-            full = f"{self.prefix}_{name}"
-            if name.endswith("_total"):
-                counter = CounterMetricFamily(full.removesuffix("_total"), HELP[name])
-                counter.add_metric([], value)
-                yield counter
-            else:
-                yield GaugeMetricFamily(full, HELP[name], value=value)

@@ -31,9 +31,7 @@ from edgefleet.protocol.workloads import (
 )
 from edgefleet.util.backoff import Backoff
 from edgefleet.workloads.common import Artifact, Runnable, RunResult, WorkloadRefused, version_of
-from edgefleet.workloads.microvm import MicroVm
 from edgefleet.workloads.native import NativeService
-from edgefleet.workloads.wasm import WasmModule
 
 log = logging.getLogger("edgefleet.workloads")
 
@@ -210,9 +208,13 @@ class Supervisor:
             raise WorkloadRefused(f"workload {spec.name} needs {len(spec.targets)} artifacts, got {len(artifacts)}",
                                   code="invalid_workload")
         if isinstance(spec, WasmWorkload):
+            from edgefleet.workloads.wasm import WasmModule  # wasmtime loads when a module runs
+
             return WasmModule(spec, artifacts)
         if isinstance(spec, NativeWorkload):
             return NativeService(spec, artifacts, self.cache_dir)
+        from edgefleet.workloads.microvm import MicroVm
+
         return MicroVm(spec, artifacts, self.cache_dir)
 
     def _start(self, spec: WorkloadSpec, module: Runnable) -> None:
