@@ -87,3 +87,46 @@ def test_only_the_one_writer_changes_a_devices_stored_desired_document() -> None
     assert desired_writes("await devices.set_desired_many(conn, docs, now)\n") == [1]
     assert desired_writes("admin.set_desired(device_id, document)\n") == []  # over the API: the writer runs
     assert desired_writes("update(Device).values(desired={}, desired_at=now)\n") == [1]
+
+
+def package_imports(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (anywhere in it: functions and
+    ``if TYPE_CHECKING`` too), with ``from a.b import c`` read as a.b.c when c is a module."""
+    base = ROOT / "src"
+    modules = {".".join(p.relative_to(base).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (base / package.replace(".", "/")).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                          for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, if it has one."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return None
+        for target in sorted(graph[node]):
+            found = visit(target, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return None
+
+    return next((c for c in (visit(n, []) for n in sorted(graph)) if c), None)
+
+
+def test_the_agents_modules_import_each_other_without_a_cycle() -> None:
+    assert cycle_in(package_imports("edgefleet.agent")) is None
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check finds one

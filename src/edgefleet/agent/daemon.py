@@ -257,7 +257,7 @@ class Agent:
             # Only a device that serves the technician's page pays for its web stack.
             from edgefleet.agent.localui import serve_local_ui
 
-            local = asyncio.ensure_future(serve_local_ui(self, self.settings.local_ui,
+            local = asyncio.ensure_future(serve_local_ui(self.local_view, self.settings.local_ui,
                                                          self.settings.local_ui_token_file, halt))
 
         async def close_page() -> None:
