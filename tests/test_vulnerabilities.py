@@ -5,6 +5,7 @@ SBOMs published with releases to name the devices that run an affected package."
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,35 @@ def test_a_bad_advisory_is_refused_by_name_while_the_rest_go_in(plane: Fleet) ->
     for trick in ("../../etc/passwd", "CVE 1", "x" * 200):
         assert viewer.get("/api/v1/admin/vulnerabilities/report", params={"cve": trick}).status_code == 422
     assert viewer.post("/api/v1/admin/vulnerabilities/exploited", json={"vulnerabilities": []}).status_code == 403
+
+
+def test_a_known_exploited_cve_is_alerted_once_when_a_device_starts_running_it(tmp_path: Path) -> None:
+    plane = start_fleet(tmp_path / "plane", None, exploited_check_seconds=0.2)
+    try:
+        publish_two_releases(plane, tmp_path)
+        device = plane.enroll(site="berlin-1")
+        reports(device, NEW, 1)  # the fixed release: nothing runs the CVE yet
+        operator, viewer = plane.client(role=Role.OPERATOR), plane.client(role=Role.VIEWER)
+        fixed = advisory("DSA-5801-1", "Debian:12", "openssl", [{"introduced": "0"}, {"fixed": "3.0.15-1~deb12u1"}],
+                         aliases=("CVE-2026-0001",), severity="CRITICAL")
+        assert operator.post("/api/v1/admin/vulnerabilities/advisories", json=[fixed]).json()["added"] == 1
+        kev = {"vulnerabilities": [{"cveID": "CVE-2026-0001", "dateAdded": "2026-12-01"}]}
+        assert operator.post("/api/v1/admin/vulnerabilities/exploited", json=kev).json() == {"added": 1, "alerts": 0}
+
+        def exploited_alerts() -> list[dict[str, Any]]:
+            alerts: list[dict[str, Any]] = viewer.get("/api/v1/admin/alerts").json()["alerts"]
+            return [a for a in alerts if a["kind"] == "vulnerability_exploited"]
+
+        time.sleep(1)  # several checks pass: nothing runs it
+        assert exploited_alerts() == []
+        reports(device, OLD, 2)  # the device went back to the affected release
+        deadline = time.monotonic() + 30
+        while not exploited_alerts():
+            assert time.monotonic() < deadline, "no alert for the device now running an exploited CVE"
+            time.sleep(0.1)
+        time.sleep(1)  # more checks pass: one alert, not one per check
+        (alert,) = exploited_alerts()
+        assert (alert["subject"], alert["details"]["affected_devices"], alert["details"]["releases"]) == (
+            "CVE-2026-0001", 1, [OLD])
+    finally:
+        plane.close()

@@ -633,7 +633,9 @@ class Agent:
             for helper in helpers:
                 helper.cancel()
             for outcome in await asyncio.gather(*helpers, return_exceptions=True):
-                if isinstance(outcome, Exception):
+                # A helper that was reporting when the loop ended (a reboot, a stop) ends
+                # with _Stopped: expected, not a failure.
+                if isinstance(outcome, Exception) and not isinstance(outcome, _Stopped):
                     log.error("agent task failed: %s", outcome, exc_info=outcome)
 
     async def _health_changed(self, verdict: device_health.Verdict, state: AgentState, transport: DeviceTransport,

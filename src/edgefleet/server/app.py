@@ -157,6 +157,7 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
             asyncio.create_task(state.alerts.run()),
             asyncio.create_task(state.rollouts.run()),
             asyncio.create_task(state.attestation.prune_nonces(NONCE_PRUNE_SECONDS)),
+            asyncio.create_task(state.vulns.watch_exploited(settings.exploited_check_seconds)),
         ]
         if settings.gitops:
             await restore_self_heal(state.gitops)

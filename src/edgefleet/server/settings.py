@@ -119,6 +119,8 @@ class ServerSettings(BaseSettings):
     trust_domain: str = "edgefleet.local"
     workload_token_seconds: int = Field(300, ge=30, le=3600)
     timestamp_check_seconds: float = Field(300.0, gt=0, description="how often to check timestamp expiry")
+    exploited_check_seconds: float = Field(
+        300.0, gt=0, description="how often to look for known-exploited vulnerabilities newly running in the fleet")
     log_level: str = "info"
     access_log: bool = False
     clock_speed: float = Field(1.0, ge=1, le=3600, description="simulation only: a virtual clock this many times "

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from edgefleet.clock import Clock
-from edgefleet.errors import InvalidRequest
+from edgefleet.errors import InvalidRequest, StoreError
 from edgefleet.protocol.scope import Scope
 from edgefleet.protocol.v1 import (
     AdvisoryImport,
@@ -123,33 +123,49 @@ class Vulnerabilities:
     async def alert_exploited(self) -> int:
         """Raise one alert (``vulnerability_exploited``, through the webhooks) for each
         known-exploited vulnerability that affects a device of the fleet and was not alerted
-        yet; how many were raised."""
+        yet; how many were raised. Cheap when nothing changed: a KEV catalogue lists
+        about a thousand CVEs, of which a fleet runs few."""
         async with self.db.transaction(readonly=True) as conn:
-            pending = [e for e in (await exploited(conn)).values() if e.alerted_at is None]
+            pending = {e.cve: e for e in (await exploited(conn)).values() if e.alerted_at is None}
         if not pending:
             return 0
         everything, releases = await self.all_findings()
+        running = {name for listed in everything.values() for finding in listed if finding.suppressed is None
+                   for name in judge.names_of(finding) if name in pending}
+        if not running:
+            return 0
         fleet = await self.devices(None)
         raised = 0
-        for entry in pending:
-            report = judge.cve_report(entry.cve, releases, everything, fleet, {}, None, None, self.clock.now())
+        for cve in sorted(running):
+            entry = pending[cve]
+            report = judge.cve_report(cve, releases, everything, fleet, {}, None, None, self.clock.now())
             if report is None or not report.affected_devices:
-                continue
+                continue  # its releases are published, but no device runs them (yet)
             async with self.db.transaction() as conn:
-                if not await mark_alerted(conn, entry.cve, self.clock.now()):
+                if not await mark_alerted(conn, cve, self.clock.now()):
                     continue
                 await self.alerts.raise_alert(
-                    conn, "vulnerability_exploited", entry.cve,
-                    f"{entry.cve} is known to be exploited (since {entry.date_added}) and runs on "
+                    conn, "vulnerability_exploited", cve,
+                    f"{cve} is known to be exploited (since {entry.date_added}) and runs on "
                     f"{report.affected_devices} devices", {
-                        "cve": entry.cve, "advisories": report.advisories, "severity": report.severity,
+                        "cve": cve, "advisories": report.advisories, "severity": report.severity,
                         "affected_devices": report.affected_devices, "affected_by_site": report.affected_by_site,
-                        "releases": sorted({r.release for r in report.affected_releases}),
+                        "releases": sorted({r.release for r in report.affected_releases if r.devices}),
                         "first_fixed_release": report.first_fixed_release})
             raised += 1
         if raised:
             self.alerts.wake()
         return raised
+
+    async def watch_exploited(self, interval: float) -> None:
+        """Every ``interval`` seconds, alert for a known-exploited vulnerability that now runs
+        in the fleet (a device moved to an affected release, a release was published)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.alert_exploited()
+            except (StoreError, InvalidRequest) as exc:
+                log.warning("could not look for known-exploited vulnerabilities in the fleet: %s", exc)
 
     def _release(self, version: str, counter: int, target: Any) -> Release:
         """The parsed SBOM of a published ``sbom`` target (kept by its digest). Raises
@@ -216,8 +232,11 @@ class Vulnerabilities:
                             naming.setdefault((ecosystem, affected.name), []).append(advisory)
             said = await statements(conn)
             known = {cve: e.date_added for cve, e in (await exploited(conn)).items()}
-        found = judge.with_fixing_releases(releases, {
-            r.version: judge.release_findings(r, naming, said, known) for r in releases})
+        def judged() -> dict[str, list[FindingView]]:  # seconds with a large feed: off the event loop
+            return judge.with_fixing_releases(releases, {
+                r.version: judge.release_findings(r, naming, said, known) for r in releases})
+
+        found = await asyncio.to_thread(judged)
         self._kept = ((published, fingerprint), found, releases)
         return found, releases
 
