@@ -2,9 +2,9 @@
 the device is running, its slots, the update in progress and its history, health checks,
 attestation, the telemetry waiting in the buffer and the newest log lines. Everything
 comes from the agent itself (``Agent.local_view``, the one thing the page reads of it), so
-the page works with the uplink down. Behind the credential in ``local_ui_token_file`` (``edgefleet.localpage``); plain
-HTTP on the local network: the store's LAN is the boundary, as for the console port next
-to the device."""
+the page works with the uplink down. Behind the credential in ``local_ui_token_file``
+(``edgefleet.localpage``); plain HTTP on the local network: the store's LAN is the
+boundary, as for the console port next to the device."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.cli.rollout_cmd import pair_of, start_shown, wave_of
 from edgefleet.client import AdminClient
 from edgefleet.errors import ConfigError
+from edgefleet.protocol.base import ADVISORY_NAME
 from edgefleet.ui import console
 from edgefleet.util.atomic import atomic_write_bytes
 from edgefleet.vuln.report import render_html
@@ -169,7 +170,7 @@ def summary(server: ServerUrl, token: AdminToken, ca_file: CaFile, output: Outpu
 
 def _file_name(cve: str) -> str:
     """A report's file name for ``cve`` (the server refuses names outside this pattern)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}", cve):
+    if not re.fullmatch(ADVISORY_NAME, cve):
         raise typer.BadParameter("an advisory id or alias such as CVE-2026-0001", param_hint="--cve")
     return cve.replace(":", "_")
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
 from edgefleet.clock import Clock
-from edgefleet.errors import InvalidRequest, StoreError
+from edgefleet.errors import InvalidRequest, NotFound, StoreError
 from edgefleet.protocol.scope import Scope
 from edgefleet.protocol.v1 import (
     AdvisoryImport,
@@ -37,8 +38,8 @@ from edgefleet.store.devices import DeviceFilter
 from edgefleet.store.schema import AdvisoryRow, AttestationStatus, Device, KnownExploited, VexStatement
 from edgefleet.store.vulns import (
     advisories_naming,
+    advisory_dates,
     exploited,
-    first_imported,
     mark_alerted,
     modified_of,
     save_advisories,
@@ -63,7 +64,7 @@ class Vulnerabilities:
     def __init__(self, db: Database, repository: RepositoryService, clock: Clock, alerts: Alerts) -> None:
         self.db, self.repository, self.clock, self.alerts = db, repository, clock, alerts
         self._sboms: dict[str, Release] = {}  # by the SBOM target's sha256 and release
-        self._kept: tuple[Any, dict[str, list[FindingView]], list[Release]] | None = None
+        self._kept: tuple[Any, Judged] | None = None  # (what it was computed from, the findings)
 
     async def import_advisories(self, documents: list[Any]) -> AdvisoryImport:
         """Store these OSV advisories: new ones, and those ``modified`` since they were
@@ -129,7 +130,8 @@ class Vulnerabilities:
             pending = {e.cve: e for e in (await exploited(conn)).values() if e.alerted_at is None}
         if not pending:
             return 0
-        everything, releases = await self.all_findings()
+        judged = await self.all_findings()
+        everything, releases = judged.findings, judged.releases
         running = {name for listed in everything.values() for finding in listed if finding.suppressed is None
                    for name in judge.names_of(finding) if name in pending}
         if not running:
@@ -213,14 +215,14 @@ class Vulnerabilities:
             known = (await conn.execute(select(func.count(), func.max(KnownExploited.imported_at)))).one()
         return (*advisories, *said, *known)
 
-    async def all_findings(self) -> tuple[dict[str, list[FindingView]], list[Release]]:
+    async def all_findings(self) -> Judged:
         """The findings of every published release with an SBOM, each with the release that
         first fixes it; kept while neither the published targets nor the imports change."""
         published = self.repository.published()
         fingerprint = await self._fingerprint()
         kept = self._kept
         if kept is not None and kept[0][0] is published and kept[0][1] == fingerprint:
-            return kept[1], kept[2]
+            return kept[1]
         releases = await asyncio.to_thread(self.releases)
         async with self.db.transaction(readonly=True) as conn:
             naming: dict[tuple[str, str], list[osv.Advisory]] = {}
@@ -232,18 +234,19 @@ class Vulnerabilities:
                             naming.setdefault((ecosystem, affected.name), []).append(advisory)
             said = await statements(conn)
             known = {cve: e.date_added for cve, e in (await exploited(conn)).items()}
+
         def judged() -> dict[str, list[FindingView]]:  # seconds with a large feed: off the event loop
             return judge.with_fixing_releases(releases, {
                 r.version: judge.release_findings(r, naming, said, known) for r in releases})
 
-        found = await asyncio.to_thread(judged)
-        self._kept = ((published, fingerprint), found, releases)
-        return found, releases
+        found = Judged(await asyncio.to_thread(judged), releases, said)
+        self._kept = ((published, fingerprint), found)
+        return found
 
     async def release_findings(self, release: str) -> list[FindingView] | None:
         """Every advisory affecting a package of ``release`` (suppressed ones marked), most
         severe first; None when the release has no published SBOM."""
-        return (await self.all_findings())[0].get(release)
+        return (await self.all_findings()).findings.get(release)
 
     async def devices(self, scope: Scope | None, device_id: str | None = None) -> list[DeviceRelease]:
         """The fleet's devices (in ``scope``) with the release each runs."""
@@ -267,30 +270,41 @@ class Vulnerabilities:
     async def affected_devices(self, name: str, scope: Scope | None) -> list[AffectedDevice]:
         """The devices (in ``scope``) whose release has a package ``name`` (an advisory id
         or alias, e.g. a CVE) affects and no VEX statement clears."""
-        everything, _ = await self.all_findings()
-        affected: list[AffectedDevice] = []
-        for device in await self.devices(scope):
-            affected += [AffectedDevice(device_id=device.device_id, site=device.site, release=device.release,
-                                        proven=device.proven, package=f.package, version=f.version,
-                                        fixed_in=f.fixed_in)
-                         for f in judge.affecting(everything.get(device.release, []), name)]
-        return affected
+        return _affected((await self.all_findings()).findings, await self.devices(scope), name)
 
-    async def report(self, name: str, scope: Scope | None) -> CveReport | None:
+    async def report(self, name: str, scope: Scope | None) -> tuple[CveReport, list[AffectedDevice]]:
         """The facts of a vulnerability notification for ``name`` (an advisory id or CVE)
-        over the devices in ``scope``; None when no published release has a package it names."""
-        everything, releases = await self.all_findings()
+        over the devices in ``scope``, and those devices. Raises NotFound when no published
+        release has a package it names."""
+        judged = await self.all_findings()
         fleet = await self.devices(scope)
+        named = {f.advisory for listed in judged.findings.values() for f in listed if name in judge.names_of(f)}
         async with self.db.transaction(readonly=True) as conn:
-            said = await statements(conn)
-        named = {f.advisory for listed in everything.values() for f in listed if name in judge.names_of(f)}
-        async with self.db.transaction(readonly=True) as conn:
-            first = await first_imported(conn, named)
-            rows = await conn.execute(select(AdvisoryRow.published).where(AdvisoryRow.id.in_(sorted(named))))
-            published = [p for (p,) in rows if p is not None]
-        return judge.cve_report(name, releases, everything, fleet, said, min(first.values(), default=None),
-                                min(published, default=None), self.clock.now())
+            first_seen, published = await advisory_dates(conn, named)
+        found = judge.cve_report(name, judged.releases, judged.findings, fleet, judged.said, first_seen, published,
+                                 self.clock.now())
+        if found is None:
+            raise NotFound(f"no published release has a package {name} names (or no advisory names it)")
+        return found, _affected(judged.findings, fleet, name)
 
     async def summary(self, scope: Scope | None) -> VulnerabilitySummary:
-        everything, releases = await self.all_findings()
-        return judge.summary(releases, everything, await self.devices(scope))
+        judged = await self.all_findings()
+        return judge.summary(judged.releases, judged.findings, await self.devices(scope))
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The findings of every published release with an SBOM, and what they were judged with."""
+
+    findings: dict[str, list[FindingView]]
+    releases: list[Release]
+    said: judge.Said  # the VEX statements
+
+
+def _affected(findings: dict[str, list[FindingView]], fleet: list[DeviceRelease], name: str) -> list[AffectedDevice]:
+    """The devices of ``fleet`` that advisory ``name`` affects (each release's findings
+    searched once, not once per device)."""
+    hits = {release: judge.affecting(listed, name) for release, listed in findings.items()}
+    return [AffectedDevice(device_id=device.device_id, site=device.site, release=device.release,
+                           proven=device.proven, package=f.package, version=f.version, fixed_in=f.fixed_in)
+            for device in fleet for f in hits.get(device.release, [])]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edgefleet.store.schema import AdvisoryPackage, AdvisoryRow, KnownExploited, VexStatement
 from edgefleet.vuln.osv import Advisory, Affected, base_ecosystem
 from edgefleet.vuln.vex import Statement
+
+IN_LIST = 500  # ids per IN list
 
 
 @dataclass(frozen=True)
@@ -22,14 +24,33 @@ class KnownExploitedEntry:
     alerted_at: datetime | None
 
 
+def _in_batches(values: Iterable[str]) -> Iterator[list[str]]:
+    """``values`` in bounded IN lists."""
+    listed = list(values)
+    for start in range(0, len(listed), IN_LIST):
+        yield listed[start:start + IN_LIST]
+
+
 async def modified_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, tuple[datetime, datetime]]:
     """When each of these advisories, if stored, was last modified and first imported."""
-    wanted, found = list(ids), {}
-    for start in range(0, len(wanted), 500):  # bounded IN lists
+    found = {}
+    for batch in _in_batches(ids):
         rows = await conn.execute(select(AdvisoryRow.id, AdvisoryRow.modified, AdvisoryRow.imported_at)
-                                  .where(AdvisoryRow.id.in_(wanted[start:start + 500])))
+                                  .where(AdvisoryRow.id.in_(batch)))
         found.update({ident: (modified, imported) for ident, modified, imported in rows})
     return found
+
+
+async def advisory_dates(conn: AsyncConnection, ids: Iterable[str]) -> tuple[datetime | None, datetime | None]:
+    """The earliest first import and the earliest publication among these advisories."""
+    imported: list[datetime] = []
+    published: list[datetime] = []
+    for batch in _in_batches(ids):
+        for first, when in await conn.execute(select(AdvisoryRow.imported_at, AdvisoryRow.published)
+                                              .where(AdvisoryRow.id.in_(batch))):
+            imported.append(first)
+            published += [when] if when is not None else []
+    return min(imported, default=None), min(published, default=None)
 
 
 async def save_advisories(conn: AsyncConnection, advisories: Sequence[tuple[Advisory, datetime | None]],
@@ -37,10 +58,9 @@ async def save_advisories(conn: AsyncConnection, advisories: Sequence[tuple[Advi
     """Store (or replace) advisories and the packages they name, in a few statements.
     Each comes with when the advisory it replaces was first imported (None: a new one),
     which is kept: it is when the fleet learned of it."""
-    replaced = [advisory.id for advisory, first in advisories if first is not None]
-    for start in range(0, len(replaced), 500):  # bounded IN lists
-        await conn.execute(delete(AdvisoryPackage).where(AdvisoryPackage.advisory_id.in_(replaced[start:start + 500])))
-        await conn.execute(delete(AdvisoryRow).where(AdvisoryRow.id.in_(replaced[start:start + 500])))
+    for batch in _in_batches(advisory.id for advisory, first in advisories if first is not None):
+        await conn.execute(delete(AdvisoryPackage).where(AdvisoryPackage.advisory_id.in_(batch)))
+        await conn.execute(delete(AdvisoryRow).where(AdvisoryRow.id.in_(batch)))
     if not advisories:
         return
     await conn.execute(insert(AdvisoryRow), [
@@ -55,12 +75,11 @@ async def save_advisories(conn: AsyncConnection, advisories: Sequence[tuple[Advi
 
 async def advisories_naming(conn: AsyncConnection, ecosystem: str, names: Iterable[str]) -> list[Advisory]:
     """Every advisory that names one of ``names`` in ``ecosystem`` (without its release)."""
-    wanted = sorted(set(names))
     found: dict[str, Advisory] = {}
-    for start in range(0, len(wanted), 500):  # bounded IN lists
+    for batch in _in_batches(sorted(set(names))):
         rows = await conn.execute(
             select(AdvisoryRow.__table__).join(AdvisoryPackage, AdvisoryPackage.advisory_id == AdvisoryRow.id)
-            .where(AdvisoryPackage.ecosystem == ecosystem, AdvisoryPackage.name.in_(wanted[start:start + 500])))
+            .where(AdvisoryPackage.ecosystem == ecosystem, AdvisoryPackage.name.in_(batch)))
         for row in rows:
             found[row.id] = _advisory(row)
     return [found[key] for key in sorted(found)]
@@ -69,11 +88,6 @@ async def advisories_naming(conn: AsyncConnection, ecosystem: str, names: Iterab
 def _advisory(row: Any) -> Advisory:
     return Advisory(row.id, row.modified, tuple(row.aliases), row.summary, row.severity,
                     tuple(Affected.from_json(a) for a in row.affected), row.published)
-
-
-async def first_imported(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, datetime]:
-    """When each of these advisories was first imported."""
-    return {ident: imported for ident, (_, imported) in (await modified_of(conn, ids)).items()}
 
 
 async def save_exploited(conn: AsyncConnection, entries: Iterable[tuple[str, str, str]], now: datetime) -> int:
@@ -97,10 +111,6 @@ async def mark_alerted(conn: AsyncConnection, cve: str, now: datetime) -> bool:
                                                            KnownExploited.alerted_at.is_(None))
                               .values(alerted_at=now))
     return bool(done.rowcount)
-
-
-async def advisory_count(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(AdvisoryRow))).scalar_one())
 
 
 async def save_statements(conn: AsyncConnection, statements: Iterable[Statement], now: datetime) -> int:

@@ -23,7 +23,8 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from edgefleet.credentials import Role
-from edgefleet.errors import EdgefleetError, NotFound, Unauthenticated
+from edgefleet.errors import EdgefleetError, Unauthenticated
+from edgefleet.protocol.base import ADVISORY_NAME
 from edgefleet.protocol.typed_text import parse_pairs, parse_wave
 from edgefleet.protocol.v1 import RolloutPreview, RolloutRequest
 from edgefleet.server.auth import AdminPrincipal, admin_principal, allowed
@@ -288,14 +289,10 @@ async def vulnerabilities(request: Request) -> HTMLResponse:
 
 @router.get("/vulnerabilities/{cve}")
 async def vulnerability(request: Request,
-                        cve: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")]) -> HTMLResponse:
+                        cve: Annotated[str, Path(pattern=ADVISORY_NAME)]) -> HTMLResponse:
     """One advisory's report (as ``edgefleet vuln report`` writes it) and its devices."""
     who = await _who(request)
-    vulns = server_state(request).vulns
-    found = await vulns.report(cve, who.scope)
-    if found is None:
-        raise NotFound(f"no published release has a package {cve} names (or no advisory names it)")
-    devices = await vulns.affected_devices(cve, who.scope)
+    found, devices = await server_state(request).vulns.report(cve, who.scope)
     return HTMLResponse(render_html(found, devices[:PAGE * 10], back="/ui/vulnerabilities",
                                     device_link="/ui/devices/"))
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from edgefleet.errors import InvalidRequest, NotFound
-from edgefleet.protocol.base import MAX_INT
+from edgefleet.protocol.base import ADVISORY_NAME, MAX_INT
 from edgefleet.protocol.v1 import (
     AdvisoryImport,
     CveReport,
@@ -31,7 +31,6 @@ MAX_IMPORT_BYTES = 16 * 1024 * 1024  # a batch of advisories (the CLI sends a fe
 MAX_ADVISORIES = 10_000
 MAX_VEX_BYTES = 4 * 1024 * 1024
 MAX_KEV_BYTES = 16 * 1024 * 1024  # CISA's catalogue is about 1.5 MiB
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"  # an advisory id or alias (CVE-2026-1234, DSA-5801-1, GHSA-...)
 
 
 async def _json(request: Request, limit: int) -> Any:
@@ -92,14 +91,12 @@ async def summary(
 @router.get("/report")
 async def cve_report(
     who: ScopedViewer, request: Request,
-    cve: Annotated[str, Query(pattern=NAME, description="an advisory id or alias")],
+    cve: Annotated[str, Query(pattern=ADVISORY_NAME, description="an advisory id or alias")],
 ) -> CveReport:
     """What a vulnerability notification needs for one CVE over the caller's devices:
     affected releases and devices (by site), first seen, whether and where it is fixed, and
     how far the fix has been rolled out."""
-    found = await server_state(request).vulns.report(cve, who.scope)
-    if found is None:
-        raise NotFound(f"no published release has a package {cve} names (or no advisory names it)")
+    found, _ = await server_state(request).vulns.report(cve, who.scope)
     return found
 
 
@@ -108,7 +105,7 @@ async def report(
     who: ScopedViewer, request: Request,
     release: Annotated[str | None, Query(max_length=128)] = None,
     device: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
-    cve: Annotated[str | None, Query(pattern=NAME, description="an advisory id or alias")] = None,
+    cve: Annotated[str | None, Query(pattern=ADVISORY_NAME, description="an advisory id or alias")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> VulnerabilityReport:
