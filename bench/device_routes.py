@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkin import read_response
 from edgefleet.client import AdminClient
 from edgefleet.pki import new_device_key
-from fleet_tpm import BootImage, Connection, software_tpms
+from fleet_tpm import WORKLOAD_TOKEN, BootImage, Connection, software_tpms
 from rollout import FACTORY, HARDWARE, cpu_seconds, publish, start_plane
 from scale import seed
 
@@ -83,7 +83,7 @@ class Device:
         await self.quote()
 
     async def token(self) -> None:
-        await self.conn.call("GET", "/workload-token")
+        await self.conn.call("GET", WORKLOAD_TOKEN)
 
 
 async def each(devices: list[Device], step: Callable[[Device], Awaitable[None]], concurrency: int) -> None:

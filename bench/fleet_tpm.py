@@ -72,6 +72,10 @@ class BootImage:
             tpm.extend_pcr(event.pcr, "sha1", event.digests[eventlog.ALG_SHA1])
 
 
+# A token as the agent asks for one: for one of its workloads, to show one service.
+WORKLOAD_TOKEN = "/workload-token?workload=telemetry&audience=metrics.example"
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -131,7 +135,7 @@ class Connection:
             "pcr_values": {str(k): v.hex() for k, v in values.items()}, "event_log": _b64(booted.log)}))[1]
         if verdict.get("passed") is not True:
             return False
-        await self.call("GET", "/workload-token")
+        await self.call("GET", WORKLOAD_TOKEN)
         return True
 
     async def director_metadata(self) -> None:

@@ -77,11 +77,12 @@ def seed(settings: ServerSettings, count: int, start: int, workdir: Path, key: P
     devices, rows = [], []
     for i in range(start, start + count):
         device_id = f"dev-{i:08d}{secrets.token_hex(6)}"
-        pem, cert = issue_device_certificate(ca, csr, device_id, now, 30)
+        site = f"site-{i % 500}"
+        pem, cert = issue_device_certificate(ca, csr, device_id, now, 30, site=site)  # as enrollment signs it
         path = workdir / f"{i}.pem"
         path.write_bytes(pem)
         devices.append(Device(device_id, path))
-        rows.append(dict(id=device_id, hardware_id=f"bench-{i}", site=f"site-{i % 500}", labels=labels or {},
+        rows.append(dict(id=device_id, hardware_id=f"bench-{i}", site=site, labels=labels or {},
                          inventory=inventory or {},
                          cert_serial=cert.serial, cert_not_after=cert.not_after, enrolled_at=now, status_seq=0,
                          health="ok", update_state="idle", desired_version=0, desired={}))

@@ -114,6 +114,48 @@ def test_a_function_run_as_one_transaction_commits_whole_or_rolls_back_with_a_ty
     asyncio.run(scenario())
 
 
+def test_writes_arriving_together_commit_as_one_transaction_and_a_failing_one_fails_alone(tmp_path: Path) -> None:
+    def set_health(conn: Connection, device_id: str, value: str) -> str:
+        conn.execute(Device.__table__.update().where(Device.id == device_id).values(health=value))
+        return value
+
+    def collide(conn: Connection) -> None:
+        conn.execute(Device.__table__.update().where(Device.id == "dev-0").values(health="collided"))
+        conn.execute(Device.__table__.update().where(Device.id == "dev-1").values(hardware_id="hw-2"))
+
+    def healths(conn: Connection) -> dict[str, str]:
+        return {row.id: row.health for row in conn.execute(select(Device.id, Device.health))}
+
+    async def scenario() -> None:
+        db = await database(tmp_path, devices=10)
+        commits: list[int] = []
+        event.listen(db.engine.sync_engine, "commit", lambda _conn: commits.append(1))
+        values = await asyncio.gather(*(db.write(set_health, f"dev-{i}", f"h{i}") for i in range(10)))
+        assert values == [f"h{i}" for i in range(10)]
+        assert len(commits) == 1  # ten writes, one transaction
+        assert await db.read(healths) == {f"dev-{i}": f"h{i}" for i in range(10)}
+
+        commits.clear()
+        outcomes = await asyncio.gather(db.write(set_health, "dev-5", "again"), db.write(collide),
+                                        db.write(set_health, "dev-6", "again"), return_exceptions=True)
+        assert outcomes[0] == outcomes[2] == "again"
+        assert isinstance(outcomes[1], StoreError) and outcomes[1].code == "integrity_error"
+        assert len(commits) == 2  # the group rolled back; the two good writes committed alone
+        stored = await db.read(healths)
+        assert stored["dev-0"] == "h0" and stored["dev-5"] == stored["dev-6"] == "again"  # the collision changed nothing
+
+        commits.clear()
+        given_up = asyncio.create_task(db.write(set_health, "dev-7", "abandoned"))
+        kept = asyncio.create_task(db.write(set_health, "dev-8", "kept"))
+        await asyncio.sleep(0)  # both queued
+        given_up.cancel()
+        assert await kept == "kept"
+        assert (await db.read(healths))["dev-7"] == "h7"  # a write whose caller gave up is not written
+        await db.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_task_waits_for_a_pooled_connection_while_the_loop_runs_on(tmp_path: Path) -> None:
     async def scenario() -> None:
         db = await database(tmp_path)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import greenlet_spawn
 
 from edgefleet.errors import ConfigError, StoreError
+from edgefleet.store.group_commit import GroupCommit, Outcome, WriterTurn
 from edgefleet.store.inline_sqlite import DRIVER, inline_url
 
 registry.register(DRIVER.replace("+", "."), "edgefleet.store.inline_sqlite", "InlineSQLiteDialect")
@@ -57,40 +57,6 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-class WriterTurn:
-    """On SQLite, one transaction that may write at a time in this process, in arrival order.
-
-    SQLite has a single writer. Connections racing for it lose to SQLite's busy handler,
-    which sleeps between tries (up to 100 ms at a time) whether or not the lock was freed
-    meanwhile: under a rollout's burst of reports, an UPDATE of one row took 100 ms of
-    waiting on average and the server's throughput fell to the sleeps'. Waiting here
-    instead costs nothing and ends the moment the writer finishes. Re-entrant for the task
-    that holds it (a transaction opened inside another's does not wait for itself); read-
-    only transactions do not take it (WAL: readers never wait for the writer).
-    """
-
-    def __init__(self) -> None:
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._owner: asyncio.Task[Any] | None = None
-
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        if self._owner is not None and self._owner is task:
-            yield  # nested inside the holder's own transaction, which releases the turn
-            return
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:  # a lock serves the loop it was made in
-            self._lock, self._loop = asyncio.Lock(), loop
-        async with self._lock:
-            self._owner = task
-            try:
-                yield
-            finally:
-                self._owner = None
-
-
 @contextlib.contextmanager
 def _typed_errors() -> Iterator[None]:
     try:
@@ -121,9 +87,11 @@ class Database:
                                                                pool_timeout=10, pool_reset_on_return=None)
                 event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
                 self._writer: WriterTurn | None = WriterTurn()
+                self._group: GroupCommit | None = GroupCommit(self._writer, self._run_group)
             else:
                 self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
                 self._writer = None  # PostgreSQL writes concurrently
+                self._group = None
         except (ArgumentError, ImportError) as exc:
             raise ConfigError(f"unusable database URL {self.safe_url}: {exc}") from exc
 
@@ -155,21 +123,41 @@ class Database:
             return await greenlet_spawn(self._in_transaction, lambda conn: work(conn, *args, **kwargs))
 
     async def write(self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """``work(connection, *args, **kwargs)`` in a transaction of its own, committed
-        when it returns, rolled back when it raises.
+        """``work(connection, *args, **kwargs)`` in a transaction, committed when it returns,
+        rolled back when it raises; it is a function of the connection only.
 
         The device requests' statements take this path. ``transaction()`` crosses
         SQLAlchemy's greenlet bridge once per step (checkout, begin, each statement,
         commit, checkin): measured here, a one-statement write cost 111 us of CPU that way
         and 43 us with the whole transaction run as one synchronous function, which is
-        what ``AsyncConnection.run_sync`` does for a connection already open."""
+        what ``AsyncConnection.run_sync`` does for a connection already open. On SQLite the
+        writes that arrive together share one transaction (``group_commit``)."""
+        def bound(conn: Connection) -> T:
+            return work(conn, *args, **kwargs)
+
         with _typed_errors():
-            async with self._writer_turn():
-                return await greenlet_spawn(self._in_transaction, lambda conn: work(conn, *args, **kwargs))
+            if self._group is None or (self._writer is not None and self._writer.held_here()):
+                async with self._writer_turn():
+                    return await greenlet_spawn(self._in_transaction, bound)
+            return await self._group.submit(bound)
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         with self.engine.sync_engine.begin() as conn:
             return work(conn)
+
+    def _run_group(self, works: Sequence[Callable[[Connection], Any]]) -> list[Outcome[Any]]:
+        """Writes in one transaction; when that fails, each in its own (``group_commit``)."""
+        if len(works) > 1:
+            with contextlib.suppress(Exception):  # rolled back: each write's own outcome is found below
+                return [Outcome(value) for value in self._in_transaction(lambda conn: [w(conn) for w in works])]
+        outcomes: list[Outcome[Any]] = []
+        for work in works:
+            try:
+                with _typed_errors():
+                    outcomes.append(Outcome(self._in_transaction(work)))
+            except Exception as exc:  # noqa: BLE001 - it is that write's outcome, raised to its caller
+                outcomes.append(Outcome(error=exc))
+        return outcomes
 
     def _writer_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext() if self._writer is None else self._writer.held()
