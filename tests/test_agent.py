@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from edgefleet.agent import Agent, AgentSettings
-from edgefleet.agent.daemon import https_transport
+from edgefleet.agent.enrollment import https_transport
 from edgefleet.agent.hardware import VirtualDevice
 from edgefleet.agent.state import StateDir
 from edgefleet.credentials import Role

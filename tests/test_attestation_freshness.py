@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from edgefleet.agent.daemon import https_transport
+from edgefleet.agent.enrollment import https_transport
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm

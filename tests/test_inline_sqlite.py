@@ -139,10 +139,12 @@ def test_writes_arriving_together_commit_as_one_transaction_and_a_failing_one_fa
         outcomes = await asyncio.gather(db.write(set_health, "dev-5", "again"), db.write(collide),
                                         db.write(set_health, "dev-6", "again"), return_exceptions=True)
         assert outcomes[0] == outcomes[2] == "again"
-        assert isinstance(outcomes[1], StoreError) and outcomes[1].code == "integrity_error"
+        assert isinstance(outcomes[1], StoreError)
+        assert outcomes[1].code == "integrity_error"
         assert len(commits) == 2  # the group rolled back; the two good writes committed alone
         stored = await db.read(healths)
-        assert stored["dev-0"] == "h0" and stored["dev-5"] == stored["dev-6"] == "again"  # the collision changed nothing
+        assert stored["dev-0"] == "h0"  # the collision changed nothing
+        assert stored["dev-5"] == stored["dev-6"] == "again"
 
         commits.clear()
         given_up = asyncio.create_task(db.write(set_health, "dev-7", "abandoned"))

@@ -130,3 +130,14 @@ def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_agents_modules_import_each_other_without_a_cycle() -> None:
     assert cycle_in(package_imports("edgefleet.agent")) is None
     assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check finds one
+
+
+AGENT_MODULE_MAX_LINES = 430  # about 400: a module past it has taken on a second job
+
+
+def test_no_module_of_the_agent_grows_past_about_four_hundred_lines() -> None:
+    agent = ROOT / "src" / "edgefleet" / "agent"
+    sizes = {path.relative_to(agent).as_posix(): len(path.read_text().splitlines()) for path in agent.rglob("*.py")}
+    assert len(sizes) > 20  # it reads the agent
+    assert "daemon.py" in sizes
+    assert {name: lines for name, lines in sizes.items() if lines > AGENT_MODULE_MAX_LINES} == {}

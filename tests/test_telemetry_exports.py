@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 
-from edgefleet.agent.daemon import Agent
+from edgefleet.agent.telemetry_link import TelemetryLink
 from edgefleet.hub.app import HubThread
 from edgefleet.hub.loop import HubSettings
 from edgefleet.hub.otlp import Item, Source, logs_request, metrics_request
@@ -249,7 +249,7 @@ def test_prometheus_scraping_the_hub_shows_the_site_summaries_and_promtool_accep
                                  verify=plane.tls()).text)
         promtool_check(plane.client().get("/metrics").text)
         metrics_file = tmp_path / "agent.prom"
-        Agent._write_metrics_file(metrics_file, BufferHealth(Figures(3, 300, 1, 2.5), time.time() - 4))
+        TelemetryLink.write_metrics_file(metrics_file, BufferHealth(Figures(3, 300, 1, 2.5), time.time() - 4))
         promtool_check(metrics_file.read_text())
         assert "edgefleet_agent_telemetry_dropped_records_total 1.0" in metrics_file.read_text()
     finally:

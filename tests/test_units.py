@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import edgefleet.errors
-from edgefleet.agent.daemon import usable
+from edgefleet.agent.configuration import usable
 from edgefleet.agent.hardware.grubenv import BLOCK_SIZE, GrubEnvFile, decode, encode
 from edgefleet.agent.hardware.vdevice import VirtualDevice
 from edgefleet.agent.state import StateDir

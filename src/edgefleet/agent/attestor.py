@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,16 @@ class AttestingTpm(Protocol):
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes: ...
 
     def quote(self, nonce: bytes, bank: str, pcrs: list[int]) -> tuple[bytes, bytes, dict[int, bytes]]: ...
+
+
+REATTEST_SLACK_SECONDS = 30.0  # re-attest this much earlier than the next report and check-in need
+
+
+def reattest_margin(reach_seconds: float, rng: random.Random) -> float:
+    """How long before the server's freshness runs out to quote again: longer than the time
+    to the next status report and check-in (``reach_seconds``), with jitter, so that no
+    check-in meets the 403 and the fleet's devices do not all come back at the same second."""
+    return (reach_seconds + REATTEST_SLACK_SECONDS) * rng.uniform(1.0, 1.5)
 
 
 def _b64(data: bytes) -> str:

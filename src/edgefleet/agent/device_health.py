@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edgefleet.agent.health import CheckResult, HealthCheck, Probe, run_checks
+from edgefleet.agent.hardware.interfaces import ABSystem
+from edgefleet.agent.health import CheckResult, HealthCheck, Probe, parse_checks, run_checks
+from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import EdgefleetError
 from edgefleet.protocol.v1 import HealthFinding
 from edgefleet.protocol.workloads import WorkloadStatus
@@ -99,6 +101,18 @@ def health_d_checks(directory: Path | None, timeout: float = CHECK_TIMEOUT_SECON
 def unit_checks(units: Sequence[str], timeout: float = CHECK_TIMEOUT_SECONDS) -> list[HealthCheck]:
     return [HealthCheck(name=f"unit/{unit}"[:64], kind="systemd", unit=unit, timeout_seconds=timeout)
             for unit in units]
+
+
+def configured_checks(settings: AgentSettings) -> list[HealthCheck]:
+    """The device's own checks besides the image's: the settings', health.d's, the named units."""
+    return (parse_checks(settings.health_checks) + health_d_checks(settings.health_dir)
+            + unit_checks(settings.health_units))
+
+
+def device_checks(settings: AgentSettings, system: ABSystem | None) -> list[HealthCheck]:
+    """What makes this device healthy in steady state: the same checks as a trial boot's."""
+    image = system.image_health_checks() if system is not None else []
+    return parse_checks(image) + configured_checks(settings)
 
 
 def check_findings(results: Iterable[CheckResult]) -> list[HealthFinding]:
