@@ -8,10 +8,16 @@ proportional (PSS) memory are read from /proc/PID/smaps_rollup, then its CPU tim
 --idle seconds, extrapolated to an hour. Mender's client daemon (Debian's ``mender``,
 3.4) runs beside it in the same run, pointed at a server that does not answer (as a
 device whose server is away), and is measured the same way; without it the recorded
-figure (33.6 MiB) is shown, marked as recorded. Not covered here (issue #31): an agent
-with a TPM, a WASM workload, and the peak during an update.
+figure (33.6 MiB) is shown, marked as recorded.
 
-    python bench/agent_footprint.py [--warmup 30] [--idle 300]
+The device is an emulated A/B device whose image ships the fleet's TUF roots (so the idle
+agent holds its update client, as a real device's does). After the idle phase the
+operator assigns it a signed release of --image-mib MiB: the agent downloads it from the
+server's repository, verifies it, writes it into slot B, reboots (in-process, emulated),
+runs its trial and commits. Its peak RSS (VmHWM, the kernel's high-water mark) is read
+until the commit. Not covered here (issue #31): an agent with a TPM, a WASM workload.
+
+    python bench/agent_footprint.py [--warmup 30] [--idle 300] [--image-mib 256]
 """
 
 from __future__ import annotations
@@ -23,12 +29,20 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from edgefleet.agent.hardware import VirtualDevice
-from rollout import cpu_seconds, start_plane
+from edgefleet.agent.hardware import VirtualDevice, vimage
+from edgefleet.client import AdminClient
+from edgefleet.releases.image import ReleaseInfo
+from edgefleet.releases.keys import Keystore
+from edgefleet.releases.publish import publish_workspace
+from edgefleet.releases.workspace import Workspace, load_online_keys
+from rollout import HARDWARE, Plane, cpu_seconds, start_plane
+
+FACTORY, UPDATE = "2026.11.0", "2026.12.0"
 
 MENDER_RECORDED_MIB = 33.6
 
@@ -40,6 +54,49 @@ def memory_mib(pid: int) -> tuple[float, float]:
         name, value, *_ = line.split()
         fields[name.rstrip(":")] = int(value)
     return fields["Rss"] / 1024, fields["Pss"] / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's resident high-water mark (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def publish(plane: Plane, workdir: Path, size: int) -> tuple[bytes, bytes]:
+    """The factory release and a --image-mib one, signed and published; the TUF roots."""
+    now = datetime.now(UTC)
+    keys = Keystore(workdir / "offline-keys")
+    workspace = Workspace(workdir / "workspace")
+    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), now)
+    for counter, version in enumerate((FACTORY, UPDATE), start=1):
+        image = workdir / f"{version}.img"
+        image.write_bytes(vimage.build(version, counter, size=size if version == UPDATE else 1 << 20))
+        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE,), {}), now)
+    workspace.sign_targets(keys.signer("targets-1"))
+    with AdminClient(plane.url, plane.admin, plane.ca) as client:
+        publish_workspace(workspace, client)
+    return ((workdir / "workspace" / "image" / "metadata" / "1.root.json").read_bytes(),
+            (workdir / "workspace" / "director" / "metadata" / "1.root.json").read_bytes())
+
+
+async def update_peak(plane: Plane, pid: int, timeout: float) -> tuple[float, float]:
+    """Assign the update; (peak RSS in MiB until the device reports it committed, seconds)."""
+    async with plane.client() as client:
+        device = (await client.get("/api/v1/admin/devices")).json()["devices"][0]["id"]
+        answer = await client.put(f"/api/v1/admin/devices/{device}/assignment", json={"release": UPDATE})
+        answer.raise_for_status()
+        start = time.monotonic()
+        peak = peak_rss_mib(pid)
+        while True:
+            peak = max(peak, peak_rss_mib(pid))
+            view = (await client.get(f"/api/v1/admin/devices/{device}")).json()
+            if view.get("running_version") == UPDATE and view.get("update_state") == "committed":
+                return max(peak, peak_rss_mib(pid)), time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"the update did not commit in {timeout:.0f} s: {view.get('update_state')}")
+            await asyncio.sleep(0.2)
 
 
 async def mender(workdir: Path) -> asyncio.subprocess.Process | None:
@@ -64,7 +121,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             answer = await client.post("/api/v1/admin/bootstrap-tokens", json={"site": "store-1", "labels": {}})
             answer.raise_for_status()
             token = answer.json()["token"]
-        VirtualDevice.create(workdir / "device", hardware_id="bench-1", site="store-1")
+        size = args.image_mib << 20
+        roots = await asyncio.to_thread(publish, plane, workdir, size)
+        device = VirtualDevice.create(workdir / "device", hardware_id="bench-1", site="store-1",
+                                      hardware_type=HARDWARE, os_version=FACTORY, release_counter=1, slot_bytes=size)
+        device.install_trust(*roots)
         config = workdir / "agent.toml"
         config.write_text(f'server_url = "{plane.url}"\nca_file = "{plane.ca}"\nstate_dir = "{workdir / "state"}"\n'
                           f'device_dir = "{workdir / "device"}"\nbootstrap_token = "{token}"\n'
@@ -91,6 +152,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         agent_cpu = (cpu_seconds(agent.pid) - cpu0) / hours
         mender_cpu = (cpu_seconds(other.pid) - mender_cpu0) / hours if other else float("nan")
         peak = max(agent_rss, memory_mib(agent.pid)[0])
+        print(f"assigning the {args.image_mib} MiB release")
+        update_rss, update_s = await update_peak(plane, agent.pid, args.update_timeout)
     finally:
         for process in (agent, other):
             if process is not None and process.returncode is None:
@@ -104,17 +167,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     print(f"mender 3.4 daemon ({origin}): RSS {mender_rss:.1f} MiB, PSS {mender_pss:.1f} MiB, "
           f"CPU {mender_cpu:.1f} s/hour")
     print(f"agent / mender idle RSS: {agent_rss / mender_rss:.2f}x")
+    print(f"update of a {args.image_mib} MiB image (download, verify, install, reboot, trial, commit) in "
+          f"{update_s:.1f} s: agent peak RSS {update_rss:.1f} MiB (goal: 96 MiB or less)")
     return {"agent_idle_rss_mib": round(agent_rss, 1), "agent_idle_pss_mib": round(agent_pss, 1),
             "agent_idle_cpu_s_per_hour": round(agent_cpu, 2), "mender_idle_rss_mib": round(mender_rss, 1),
             "mender_idle_pss_mib": None if other is None else round(mender_pss, 1),
             "mender_idle_cpu_s_per_hour": None if other is None else round(mender_cpu, 2),
-            "mender_measured_same_run": other is not None, "idle_seconds": args.idle}
+            "mender_measured_same_run": other is not None, "idle_seconds": args.idle,
+            "update_image_mib": args.image_mib, "agent_update_peak_rss_mib": round(update_rss, 1),
+            "update_s": round(update_s, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=float, default=30)
     parser.add_argument("--idle", type=float, default=300, help="seconds of idle CPU measured")
+    parser.add_argument("--image-mib", type=int, default=256, help="size of the release the update installs")
+    parser.add_argument("--update-timeout", type=float, default=900, help="seconds the update may take")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-footprint-") as tmp:
         figures = asyncio.run(run(args, Path(tmp)))

@@ -5,6 +5,14 @@
 and emulated (vdevice) implementations.
 """
 
+import sys
+
+# httpx imports its own command-line client (click, pygments and rich: about 70 modules)
+# whenever they are installed, as they are beside edgefleet's CLI; the agent never runs it.
+# A None entry makes that import fail, and httpx then leaves its CLI out (its own fallback).
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.settings import AgentSettings
 
