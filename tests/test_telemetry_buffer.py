@@ -5,17 +5,20 @@ aside."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from edgefleet.telemetry.buffer import OVERHEAD, BufferError, DurableBuffer, Record, open_buffer
+from edgefleet.telemetry.recorder import Recorder
 
 
 def records(first: int, count: int, size: int = 20) -> list[Record]:
@@ -132,3 +135,36 @@ def test_a_corrupt_buffer_is_moved_aside_and_a_new_one_started(tmp_path: Path,
     again = open_buffer(path, 1 << 20)
     assert numbers(again) == [0, 1]  # a sound buffer is kept
     again.close()
+
+
+def test_a_recorder_sleeps_while_nothing_is_staged_and_writes_a_record_from_another_thread_soon_after(
+        tmp_path: Path) -> None:
+    buffer = open_buffer(tmp_path / "telemetry.db", 1 << 20)
+    recorder = Recorder(buffer)
+    flushes: list[int] = []
+    flush = recorder.flush
+
+    def counted() -> int:
+        flushes.append(1)
+        return flush()
+
+    recorder.flush = counted  # type: ignore[method-assign]
+    told: list[int] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(recorder.run(stop, flush_seconds=0.02, on_flushed=lambda: told.append(1)))
+        await asyncio.sleep(0.5)  # 25 flush intervals with nothing staged
+        assert flushes == []  # an idle agent does not wake to write nothing
+        threading.Thread(target=recorder.log, args=("warning", "test", "from a workload's reader thread")).start()
+        deadline = time.monotonic() + 30
+        while buffer.figures().queued < 1:
+            assert time.monotonic() < deadline, "the record was never written"
+            await asyncio.sleep(0.01)
+        assert told == [1]  # the shipper hears of the write
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    assert buffer.figures().queued == 1
+    buffer.close()

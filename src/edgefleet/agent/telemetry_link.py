@@ -51,7 +51,7 @@ class TelemetryLink:
         if self.capture_logs:
             self._log_handler = RecordingHandler(recorder)
             logging.getLogger("edgefleet").addHandler(self._log_handler)
-        self._tasks = [asyncio.create_task(recorder.run(halt), name="telemetry-flush"),
+        self._tasks = [asyncio.create_task(recorder.run(halt, on_flushed=self.shipper.wake), name="telemetry-flush"),
                        asyncio.create_task(self.shipper.run(halt), name="telemetry-ship")]
         return recorder
 

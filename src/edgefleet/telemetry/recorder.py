@@ -1,17 +1,19 @@
 """What the agent records: logs (its own warnings and errors, and every line its workloads
 print), events and metrics, as JSON records staged in memory and written to the durable
-buffer in batches (every ``flush_seconds``, or at ``flush_records``), so that a chatty
-workload costs one transaction per batch and not one per line."""
+buffer in batches (``flush_seconds`` after the first record of a batch, or at
+``flush_records``), so that a chatty workload costs one transaction per batch and not one
+per line, and an idle agent does not wake for it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgefleet.errors import EdgefleetError
@@ -30,14 +32,23 @@ class Recorder:
         # The newest log lines, for the technician's page: shown with the uplink down and
         # after they have been shipped (and left the buffer).
         self.recent: deque[tuple[float, str, str, str]] = deque(maxlen=recent_logs)
+        self._signal: Callable[[], None] | None = None  # wakes ``run`` for a batch's first record
+
+    def _first_staged(self) -> None:
+        signal = self._signal
+        if signal is not None:
+            with contextlib.suppress(RuntimeError):  # the loop that ran the flushes has closed
+                signal()
 
     def _add(self, kind: Kind, body: Mapping[str, Any]) -> None:
         record = Record(kind, time.time(), json.dumps(body, separators=(",", ":"), default=str).encode())
         with self._lock:
             self._staged.append(record)
-            full = len(self._staged) >= self.flush_records
+            first, full = len(self._staged) == 1, len(self._staged) >= self.flush_records
         if full:
             self.flush()
+        elif first:
+            self._first_staged()
 
     def log(self, level: str, source: str, message: str) -> None:
         self.recent.append((time.time(), level, source, message[:1000]))
@@ -66,10 +77,33 @@ class Recorder:
             return 0
         return len(staged)
 
-    async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5) -> None:
-        while not stop.is_set():
-            await pause(stop, flush_seconds)
-            await asyncio.to_thread(self.flush)
+    async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5,
+                  on_flushed: Callable[[], None] | None = None) -> None:
+        """Write what is staged ``flush_seconds`` after a batch's first record (records may
+        come from any thread); sleep while nothing is. ``on_flushed`` hears of each write."""
+        loop = asyncio.get_running_loop()
+        pending = asyncio.Event()
+
+        def signal() -> None:
+            loop.call_soon_threadsafe(pending.set)
+
+        self._signal = signal
+        try:
+            while not stop.is_set():
+                if not self._staged:
+                    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(pending.wait())]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for wait in waits:
+                            wait.cancel()
+                pending.clear()
+                if await pause(stop, flush_seconds):
+                    return  # the agent flushes once more as it stops
+                if await asyncio.to_thread(self.flush) and on_flushed is not None:
+                    on_flushed()
+        finally:
+            self._signal = None
 
 
 class RecordingHandler(logging.Handler):

@@ -61,6 +61,7 @@ class Shipper:
     site: str | None = None  # tells a regional hub which site's summaries the records join
     max_records: int = 1000
     max_age_seconds: float = 5.0  # a partial batch waits this long for company
+    idle_seconds: float = 300.0  # with nothing queued, look again this often unless woken (``wake``)
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
@@ -68,7 +69,7 @@ class Shipper:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
-        """New records: ship now if a batch is full."""
+        """New records in the buffer: ship now if a batch is full, else when it is old enough."""
         self._wake.set()
 
     async def ship_once(self) -> int:
@@ -104,7 +105,7 @@ class Shipper:
                     await self.ship_once()
                     backoff.reset()
                     continue
-                delay = self.max_age_seconds if figures.queued == 0 else max(
+                delay = self.idle_seconds if figures.queued == 0 else max(
                     0.05, self.max_age_seconds - (figures.oldest_age_seconds or 0.0))
             except (TransportError, EdgefleetError) as exc:
                 delay, failed = backoff.next_delay(), True
