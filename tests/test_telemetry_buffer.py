@@ -168,3 +168,33 @@ def test_a_recorder_sleeps_while_nothing_is_staged_and_writes_a_record_from_anot
     asyncio.run(scenario())
     assert buffer.figures().queued == 1
     buffer.close()
+
+
+def test_a_batch_written_where_it_filled_up_wakes_the_shipper_too(tmp_path: Path) -> None:
+    buffer = open_buffer(tmp_path / "telemetry.db", 1 << 20)
+    recorder = Recorder(buffer, flush_records=3)
+    told: list[int] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(recorder.run(stop, flush_seconds=0.05, on_flushed=lambda: told.append(1)))
+        await asyncio.sleep(0)
+
+        def chatty() -> None:  # a workload's reader thread: the third line fills the batch
+            for n in range(3):
+                recorder.log("info", "workload/meter", f"line {n}")
+
+        reader = threading.Thread(target=chatty)
+        reader.start()
+        reader.join()
+        assert buffer.figures().queued == 3  # written by the thread that filled the batch, at once
+        deadline = time.monotonic() + 30
+        while not told:
+            assert time.monotonic() < deadline, "the shipper never heard of the full batch"
+            await asyncio.sleep(0.01)
+        assert told == [1]
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    buffer.close()

@@ -32,9 +32,10 @@ class Recorder:
         # The newest log lines, for the technician's page: shown with the uplink down and
         # after they have been shipped (and left the buffer).
         self.recent: deque[tuple[float, str, str, str]] = deque(maxlen=recent_logs)
-        self._signal: Callable[[], None] | None = None  # wakes ``run`` for a batch's first record
+        self._signal: Callable[[], None] | None = None  # wakes ``run``: a batch began, or one was written
+        self._written = 0  # batches written into the buffer so far
 
-    def _first_staged(self) -> None:
+    def _wake_run(self) -> None:
         signal = self._signal
         if signal is not None:
             with contextlib.suppress(RuntimeError):  # the loop that ran the flushes has closed
@@ -48,7 +49,7 @@ class Recorder:
         if full:
             self.flush()
         elif first:
-            self._first_staged()
+            self._wake_run()
 
     def log(self, level: str, source: str, message: str) -> None:
         self.recent.append((time.time(), level, source, message[:1000]))
@@ -75,22 +76,26 @@ class Recorder:
                 del self._staged[:-100_000]  # bounded in memory too, while the disk is full
             log.debug("telemetry staged, not written yet: %s", exc)
             return 0
+        with self._lock:
+            self._written += 1
+        self._wake_run()  # ``run`` tells the shipper, whichever thread wrote
         return len(staged)
 
     async def run(self, stop: asyncio.Event, flush_seconds: float = 0.5,
                   on_flushed: Callable[[], None] | None = None) -> None:
         """Write what is staged ``flush_seconds`` after a batch's first record (records may
-        come from any thread); sleep while nothing is. ``on_flushed`` hears of each write."""
+        come from any thread); sleep while nothing is. ``on_flushed`` hears of each write:
+        this loop's at once, a full batch's (written where it filled up) within ``flush_seconds``."""
         loop = asyncio.get_running_loop()
         pending = asyncio.Event()
 
         def signal() -> None:
             loop.call_soon_threadsafe(pending.set)
 
-        self._signal = signal
+        self._signal, told = signal, self._written
         try:
             while not stop.is_set():
-                if not self._staged:
+                if not self._staged and self._written == told:
                     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(pending.wait())]
                     try:
                         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -98,10 +103,14 @@ class Recorder:
                         for wait in waits:
                             wait.cancel()
                 pending.clear()
-                if await pause(stop, flush_seconds):
-                    return  # the agent flushes once more as it stops
-                if await asyncio.to_thread(self.flush) and on_flushed is not None:
-                    on_flushed()
+                if self._staged:
+                    if await pause(stop, flush_seconds):
+                        return  # the agent flushes once more as it stops
+                    await asyncio.to_thread(self.flush)
+                if self._written != told:
+                    told = self._written
+                    if on_flushed is not None:
+                        on_flushed()
         finally:
             self._signal = None
 
