@@ -43,6 +43,7 @@ from edgefleet.workloads.supervisor import Supervisor
 
 log = logging.getLogger("edgefleet.agent")
 
+
 class Agent:
     def __init__(
         self, settings: AgentSettings, platform: Platform, *, site: str, labels: dict[str, str] | None = None,
@@ -66,6 +67,8 @@ class Agent:
         self.last_contact: float | None = None  # unix time of the last check-in the control plane answered
         self.last_refused = False  # the last error was the server's answer (it is reachable), not the link
         self.tpm = tpm
+        self.attestor = (Attestor(tpm, settings.event_log or platform.event_log(), settings.ek_certificate_file)
+                         if tpm is not None else None)
         self.system = system
         self._attested: bool | None = None
         self.health: HealthMonitor | None = None  # while the agent runs
@@ -193,21 +196,16 @@ class Agent:
             return
         self.runner = update_runner(self.settings, self.system, self.clock, self.dir, state,
                                     configured_checks(self.settings), attestation=self.tpm is not None)
-        attest = None
-        if self.tpm is not None:
-            attestor = self._attestor()
-
-            async def attest() -> bool:
-                self.attested = await attestor.attest(transport, self._device(state))
-                return self.attested
-
+        device_id = self._device(state)
         self.driver = UpdateDriver(self.updates, self.runner, self.platform, self.system, self.dir,
-                                   report=lambda s: self._report(s, transport), attest=attest)
+                                   report=lambda s: self._report(s, transport),
+                                   attest=(lambda: self._attest(transport, device_id)) if self.attestor else None)
 
-    def _attestor(self) -> Attestor:
-        assert self.tpm is not None
-        return Attestor(self.tpm, self.settings.event_log or self.platform.event_log(),
-                        self.settings.ek_certificate_file)
+    async def _attest(self, transport: DeviceTransport, device_id: str) -> bool:
+        """Quote; the verdict becomes the device's ``attested``."""
+        assert self.attestor is not None
+        self.attested = await self.attestor.attest(transport, device_id)
+        return self.attested
 
     async def _stop_telemetry(self, telemetry: TelemetryLink) -> None:
         await telemetry.stop()
@@ -217,7 +215,6 @@ class Agent:
         halt.set()
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
-        attestor = self._attestor() if self.tpm is not None else None
         self.health = HealthMonitor(self._health_sources(state), self.settings.health_interval_seconds)
         watch_health = self.health.run(stop, lambda verdict: self._health_changed(verdict, state, transport, stop))
         helpers = [asyncio.ensure_future(watch_health)]
@@ -229,7 +226,7 @@ class Agent:
             if self.runner is not None:
                 helpers.append(asyncio.ensure_future(self.driver.watchdog(state, stop)))
         try:
-            await self._check_in_until(stop, state, transport, attestor)
+            await self._check_in_until(stop, state, transport)
         finally:
             # However the loop ends (a stop, a reboot, an error), its helpers end with it:
             # none may outlive the telemetry buffer and the transport they use.
@@ -258,10 +255,9 @@ class Agent:
                              unsigned=lambda: configuration.unsigned,
                              probe=self.runner.workloads_probe if self.runner is not None else None)
 
-    async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport,
-                              attestor: Attestor | None) -> None:
+    async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport) -> None:
         """Check in, report, attest and drive updates until ``stop``."""
-        settings, driver, configuration = self.settings, self.driver, self.configuration
+        settings, driver, configuration, attestor = self.settings, self.driver, self.configuration, self.attestor
         device_id = self._device(state)
         backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, self.rng)
         next_report = self.clock.monotonic()  # report right away after (re)start
@@ -280,7 +276,7 @@ class Agent:
                     if not identity_bound:
                         await until_stopped(attestor.enroll(transport, device_id), stop)
                         identity_bound = True
-                    self.attested = await until_stopped(attestor.attest(transport, device_id), stop)
+                    await until_stopped(self._attest(transport, device_id), stop)
                     self._next_attest = (self.clock.monotonic()
                                          + settings.attestation_interval_seconds * self.rng.uniform(0.85, 1.0))
                     await until_stopped(self._report(state, transport), stop)
