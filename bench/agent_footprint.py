@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.client import AdminClient
 from edgefleet.releases.image import ReleaseInfo
-from edgefleet.releases.keys import Keystore
-from edgefleet.releases.publish import publish_workspace
-from edgefleet.releases.workspace import Workspace, load_online_keys
-from rollout import HARDWARE, Plane, cpu_seconds, start_plane
+from rollout import HARDWARE, Plane, Release, cpu_seconds, publish_releases, start_plane
 
 FACTORY, UPDATE = "2026.11.0", "2026.12.0"
 
@@ -66,19 +62,15 @@ def peak_rss_mib(pid: int) -> float:
 
 def publish(plane: Plane, workdir: Path, size: int) -> tuple[bytes, bytes]:
     """The factory release and a --image-mib one, signed and published; the TUF roots."""
-    now = datetime.now(UTC)
-    keys = Keystore(workdir / "offline-keys")
-    workspace = Workspace(workdir / "workspace")
-    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), now)
+    releases = []
     for counter, version in enumerate((FACTORY, UPDATE), start=1):
         image = workdir / f"{version}.img"
         image.write_bytes(vimage.build(version, counter, size=size if version == UPDATE else 1 << 20))
-        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE,), {}), now)
-    workspace.sign_targets(keys.signer("targets-1"))
+        releases.append(Release(image, ReleaseInfo(version, counter, (HARDWARE,), {})))
     with AdminClient(plane.url, plane.admin, plane.ca) as client:
-        publish_workspace(workspace, client)
-    return ((workdir / "workspace" / "image" / "metadata" / "1.root.json").read_bytes(),
-            (workdir / "workspace" / "director" / "metadata" / "1.root.json").read_bytes())
+        workspace = publish_releases(plane.settings, workdir, client, releases)
+    return ((workspace / "image" / "metadata" / "1.root.json").read_bytes(),
+            (workspace / "director" / "metadata" / "1.root.json").read_bytes())
 
 
 async def update_peak(plane: Plane, pid: int, timeout: float) -> tuple[float, float]:

@@ -34,10 +34,11 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -69,23 +70,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def publish(settings: ServerSettings, workdir: Path, client: AdminClient) -> dict[str, BootImage]:
-    """The factory release and the three rolled out, signed with their reference measurements;
-    the last one requires a PCR 4 no device shows, so its canary fails attestation."""
+class Release(NamedTuple):
+    image: Path
+    info: ReleaseInfo
+    sbom: Path | None = None
+
+
+def publish_releases(settings: ServerSettings, workdir: Path, client: AdminClient,
+                     releases: Sequence[Release]) -> Path:
+    """Sign and publish these releases from a new workspace (its offline keys made here);
+    returns the workspace, whose metadata holds the roots a device ships."""
     now = datetime.now(UTC)
     keys = Keystore(workdir / "offline-keys")
     workspace = Workspace(workdir / "workspace")
     workspace.init(keys, load_online_keys(settings.data_dir / "keys" / "online-keys.json"), now)
-    images = {}
+    for image, info, sbom in releases:
+        workspace.create_release(image, info, now, sbom=sbom)
+    workspace.sign_targets(keys.signer("targets-1"))
+    publish_workspace(workspace, client)
+    return workdir / "workspace"
+
+
+def publish(settings: ServerSettings, workdir: Path, client: AdminClient) -> dict[str, BootImage]:
+    """The factory release and the three rolled out, signed with their reference measurements;
+    the last one requires a PCR 4 no device shows, so its canary fails attestation."""
+    images, releases = {}, []
     for counter, version in enumerate((FACTORY, *RELEASES), start=1):
         image = workdir / f"{version}.img"
         image.write_bytes(vimage.build(version, counter, size=4096))
         pcrs = reference_pcrs(image)
         measurements = {"0": pcrs[0].hex(), "4": "ab" * 32 if version == TAMPERED else pcrs[4].hex()}
-        workspace.create_release(image, ReleaseInfo(version, counter, (HARDWARE,), measurements), now)
+        releases.append(Release(image, ReleaseInfo(version, counter, (HARDWARE,), measurements)))
         images[version] = BootImage.of(version, image)
-    workspace.sign_targets(keys.signer("targets-1"))
-    publish_workspace(workspace, client)
+    publish_releases(settings, workdir, client, releases)
     return images
 
 

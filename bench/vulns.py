@@ -40,10 +40,7 @@ from edgefleet.cli.vuln_cmd import batches
 from edgefleet.client import AdminClient
 from edgefleet.image.sbom import Package, build_sbom
 from edgefleet.releases.image import ReleaseInfo
-from edgefleet.releases.keys import Keystore
-from edgefleet.releases.publish import publish_workspace
-from edgefleet.releases.workspace import Workspace, load_online_keys
-from rollout import HARDWARE, cpu_seconds, start_plane
+from rollout import HARDWARE, Release, cpu_seconds, publish_releases, start_plane
 from scale import insert_rows
 
 POOL = 4000  # Debian source packages the advisories name
@@ -107,19 +104,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def measure(args: argparse.Namespace, workdir: Path, plane: Any, pid: int, rng: random.Random) -> dict[str, Any]:
     now = datetime.now(UTC)
-    keys = Keystore(workdir / "offline-keys")
-    workspace = Workspace(workdir / "workspace")
-    workspace.init(keys, load_online_keys(plane.settings.data_dir / "keys" / "online-keys.json"), now)
     versions = [f"2026.{1 + n // 4}.{n % 4}" for n in range(args.releases)]
+    releases = []
     for counter, (release, packages) in enumerate(zip(versions, images(args.releases, args.packages, rng),
                                                        strict=True), start=1):
         image, sbom = workdir / f"{release}.img", workdir / f"{release}.cdx.json"
         image.write_bytes(vimage.build(release, counter, size=4096))
         sbom.write_text(build_sbom("edge", release, packages))
-        workspace.create_release(image, ReleaseInfo(release, counter, (HARDWARE,), {}), now, sbom=sbom)
-    workspace.sign_targets(keys.signer("targets-1"))
+        releases.append(Release(image, ReleaseInfo(release, counter, (HARDWARE,), {}), sbom))
     with AdminClient(plane.url, plane.admin, plane.ca, timeout=600) as client:
-        publish_workspace(workspace, client)
+        publish_releases(plane.settings, workdir, client, releases)
     rows = [dict(id=f"dev-{i:08d}{secrets.token_hex(4)}", hardware_id=f"bench-{i}", site=f"site-{i % SITES}",
                  labels={}, inventory={}, cert_serial=str(i), cert_not_after=now, enrolled_at=now, status_seq=1,
                  health="ok", update_state="idle", desired_version=0, desired={},
