@@ -30,3 +30,5 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "$WANT" >"$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+# The dashboard's browser libraries (xterm.js), from npm, once per web/package-lock.json.
+"$ROOT/scripts/vendor-web" || echo "==> the dashboard's terminal stays off until scripts/vendor-web runs" >&2

@@ -10,6 +10,7 @@ import httpx
 from pydantic import RootModel, ValidationError
 
 from edgefleet.errors import BadAnswer, ServerRefused, TransportError
+from edgefleet.protocol.sessions import SessionOpened, SessionRequest
 from edgefleet.protocol.v1 import (
     ID_TOKEN_TYPE,
     TOKEN_EXCHANGE,
@@ -123,6 +124,20 @@ class AdminClient:
         result: RevokeResult = self._call("POST", f"/api/v1/admin/devices/{device_id}/revoke", RevokeResult,
                                           json={"reason": reason})
         return result
+
+    def open_session(self, device_id: str, request: SessionRequest) -> SessionOpened:
+        """A remote session the gate let through (attach to its channel next)."""
+        opened: SessionOpened = self._call("POST", f"/api/v1/admin/devices/{device_id}/sessions", SessionOpened,
+                                           json=request.model_dump(mode="json"))
+        return opened
+
+    def session_recording(self, session_id: str) -> bytes:
+        """A shell session's asciicast v2 recording."""
+        try:
+            response = self._client.get(f"/api/v1/admin/sessions/{session_id}/recording")
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach {self._client.base_url}: {exc}") from exc
+        return checked(response, "GET", "recording").content
 
     def release_quarantine(self, device_id: str) -> None:
         self._call("POST", f"/api/v1/admin/devices/{device_id}/release-quarantine")

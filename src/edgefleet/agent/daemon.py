@@ -25,6 +25,7 @@ from edgefleet.agent.device_health import HealthMonitor, HealthSources, configur
 from edgefleet.agent.enrollment import Enrollment, TransportFactory, https_transport
 from edgefleet.agent.hardware.interfaces import ABSystem, Platform
 from edgefleet.agent.refusals import log_level, refusal_hint
+from edgefleet.agent.remote import RemoteAccess
 from edgefleet.agent.renewal import CertificateRenewer
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.state import AgentState, StateDir
@@ -80,6 +81,7 @@ class Agent:
         self.configuration = Configuration(settings, settings.os_config_dir or platform.os_config_dir(), self.clock,
                                            on_unsigned=self._wake_health)
         self._next_attest = 0.0  # monotonic time of the next quote
+        self.remote = RemoteAccess(settings.remote_access_policy)  # sessions an operator opened
 
     @property
     def attested(self) -> bool | None:
@@ -226,8 +228,10 @@ class Agent:
             if self.runner is not None:
                 helpers.append(asyncio.ensure_future(self.driver.watchdog(state, stop)))
         try:
+            self.remote.keep_own_log()
             await self._check_in_until(stop, state, transport)
         finally:
+            await self.remote.close()  # their processes end before the transport closes
             # However the loop ends (a stop, a reboot, an error), its helpers end with it:
             # none may outlive the telemetry buffer and the transport they use.
             for helper in helpers:
@@ -293,7 +297,9 @@ class Agent:
                     next_report = self.clock.monotonic()
                 self.checkins += 1
                 self.last_contact = time.time()
-                if desired is not None:
+                if desired is not None and desired.sessions:
+                    self.remote.start(transport, device_id, desired.sessions)
+                if desired is not None and desired.document is not None:
                     state.desired, configuration.invalid_desired = usable(desired.document)
                     state.desired_version = desired.version
                     self.dir.save(state)
@@ -384,6 +390,7 @@ class Agent:
             "attested": self.attested, "checkins": self.checkins, "last_contact": self.last_contact,
             "last_error": self.last_error, "last_refused": self.last_refused,
             "telemetry": self.telemetry.local_view(), "logs": self.telemetry.recent_logs(),
+            "remote_sessions": [o.model_dump(include={"id", "verb", "read_only"}) for o in self.remote.open.values()],
         }
 
     async def _report(self, state: AgentState, transport: DeviceTransport) -> None:

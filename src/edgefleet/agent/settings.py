@@ -49,6 +49,9 @@ class AgentSettings(BaseSettings):
     grubenv: Path = Field(Path("/boot/grub/grubenv"), description="GRUB environment block (bootloader=grub)")
     fw_env_config: Path = Field(Path("/etc/fw_env.config"), description="U-Boot env location (bootloader=uboot)")
     health_checks: list[dict[str, Any]] = Field([], description="checks besides the image's own (trial and steady)")
+    remote_access_policy: Path | None = Field(
+        Path("/etc/edgefleet/remote-access.json"),
+        description="the site's policy for remote sessions, in the image: e.g. {\"shell\": false}; none: all allowed")
     health_dir: Path | None = Field(None, description="health.d with required.d/ and wanted.d/ (executables or unit "
                                                       "names); default /etc/edgefleet/health.d on a real host")
     health_units: list[str] = Field([], description="systemd units that must be active for the device to be healthy")

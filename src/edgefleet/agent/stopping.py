@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from edgefleet.protocol.v1 import DesiredState
+from edgefleet.protocol.v1 import CheckInAnswer
 from edgefleet.web.device_client import DeviceTransport
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ async def until_stopped(call: Awaitable[T], stop: asyncio.Event) -> T:
 
 
 async def poll_desired(transport: DeviceTransport, device_id: str, known: int, wait_seconds: float,
-                       failed: asyncio.Event | None, stop: asyncio.Event) -> tuple[DesiredState | None, bool]:
+                       failed: asyncio.Event | None, stop: asyncio.Event) -> tuple[CheckInAnswer | None, bool]:
     """Check in (a long poll): the new desired state if there is one, and whether a
     workload failed meanwhile (``failed`` ends the poll early, so it is reported at once)."""
     poll = asyncio.ensure_future(transport.fetch_desired(device_id, known, wait_seconds))

@@ -1,13 +1,17 @@
-"""``edgefleet audit list|verify``: the audit log of admin actions and security decisions."""
+"""``edgefleet audit list|verify|replay``: the audit log of admin actions and security
+decisions, and the recordings of remote shell sessions."""
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from edgefleet import remote_client
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, shown_errors
 from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.client import AdminClient
@@ -57,3 +61,23 @@ def verify(server: ServerUrl, token: AdminToken, ca_file: CaFile) -> None:
     err_console.print(f"[red]BROKEN[/] at row {verdict['first_bad_seq']}: {verdict['reason']} "
                       f"({verdict['rows']} rows before it are intact)", soft_wrap=True)
     raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay(
+    session: Annotated[str, typer.Argument(help="The session id (an audit row's details.session).")],
+    server: ServerUrl, token: AdminToken, ca_file: CaFile,
+    speed: Annotated[float, typer.Option(min=0, help="Times faster than it ran (0: all at once).")] = 1.0,
+    max_idle: Annotated[float, typer.Option(min=0, help="Pauses longer than this many seconds are cut short.")]
+    = 2.0,
+    out: Annotated[Path | None, typer.Option(help="Save the recording (asciicast v2, for any asciinema player) "
+                                                  "instead of playing it.")] = None,
+) -> None:
+    """Play a shell session's recording in this terminal (role admin)."""
+    with shown_errors(), AdminClient(server, token, ca_file) as client:
+        data = client.session_recording(session)
+        if out is not None:
+            out.write_bytes(data)
+            err_console.print(f"saved {len(data)} bytes to {out} (asciinema play {out})")
+            return
+        remote_client.replay(data, sys.stdout.buffer, speed=speed, max_idle=max_idle)

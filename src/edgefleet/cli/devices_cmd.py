@@ -1,5 +1,6 @@
-"""``edgefleet devices``: list and inspect devices through the admin API; release one from
-quarantine or decommission it (role admin)."""
+"""``edgefleet devices``: list and inspect devices through the admin API; open a remote
+session to one (``session_cmd``, role operator); release one from quarantine or
+decommission it (role admin)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgefleet.cli import session_cmd
 from edgefleet.cli.common import AdminToken, CaFile, ServerUrl, parse_labels, shown_errors
 from edgefleet.cli.output import Output, printed_for_machines
 from edgefleet.client import AdminClient
 from edgefleet.ui import console, device_table, update_history_table
 
 app = typer.Typer(help="Devices of the fleet (admin API, role viewer or more).")
+app.command("shell")(session_cmd.shell)
+app.command("logs")(session_cmd.logs)
+app.command("port-forward")(session_cmd.port_forward)
+app.command("cp")(session_cmd.cp)
 
 
 @app.command("ls")

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from edgefleet.errors import ConfigError, EdgefleetError, Forbidden, Unauthenticated
 from edgefleet.hub.loop import Hub, HubSettings
+from edgefleet.hub.relay import ControlPlaneRelay, upstream_address
 from edgefleet.hub.summary import QUANTILES
 from edgefleet.localpage import create_local_app, read_credential
 from edgefleet.pki import DeviceCertificate, device_identity_from_pem
@@ -112,7 +113,12 @@ def create_hub_app(hub: Hub) -> FastAPI:
         stop.clear()
         hub.connect(await hub.enroll(stop))
         task = asyncio.create_task(hub.run(stop), name="hub")
+        if hub.settings.relay_port is not None:
+            hub.relay = ControlPlaneRelay(upstream_address(hub.settings.server_url))
+            hub.relay_port = await hub.relay.start(hub.settings.host, hub.settings.relay_port)
         yield
+        if hub.relay is not None:
+            await hub.relay.close()
         stop.set()
         await task
         await hub.close()

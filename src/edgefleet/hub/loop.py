@@ -32,6 +32,7 @@ from edgefleet import __version__
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidRequest, TransportError
 from edgefleet.hub import loki, otlp
 from edgefleet.hub.mirror import MirrorCache
+from edgefleet.hub.relay import ControlPlaneRelay
 from edgefleet.hub.revocations import RevocationKeeper
 from edgefleet.hub.store import HubStore, RawRecord
 from edgefleet.hub.summary import summarise
@@ -76,6 +77,8 @@ class HubSettings(BaseSettings):
     request_timeout_seconds: float = Field(30.0, gt=0)
     revocation_sync_seconds: float = Field(60.0, gt=0, description="how often the fleet's revocation list is pulled")
     local_ui_token_file: Path | None = Field(None, description="the page for the site's technicians at /site/")
+    relay_port: int | None = Field(None, ge=0, le=65535, description="carry devices' connections to the control "
+                                   "plane (TLS end to end) from this port, for sites whose devices reach only the hub")
 
 
 class Hub:
@@ -90,6 +93,8 @@ class Hub:
         self.refused: dict[str, int] = {}  # device batches refused since start, by reason
         self.rejected: dict[str, int] = {}
         self.device_id: str | None = None
+        self.relay: ControlPlaneRelay | None = None  # devices' connections to the control plane (relay_port)
+        self.relay_port: int | None = None  # where the relay listens, once it does
         self.shipper: Shipper | None = None
         self._transport: HttpsTransport | None = None
         self._client = httpx.AsyncClient(timeout=settings.request_timeout_seconds)

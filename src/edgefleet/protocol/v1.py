@@ -12,6 +12,7 @@ from edgefleet.protocol.base import Name as Name
 from edgefleet.protocol.base import ShortText as ShortText
 from edgefleet.protocol.base import Strict as Strict
 from edgefleet.protocol.desired import DesiredDocument
+from edgefleet.protocol.sessions import SessionOffer
 from edgefleet.protocol.workloads import WorkloadStatus
 
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -61,6 +62,15 @@ class EnrollResponse(Strict):
 class DesiredState(Strict):
     version: int
     document: dict[str, Any]
+
+
+class CheckInAnswer(Strict):
+    """A check-in's 200: the newer desired state (``document`` None: unchanged, the answer
+    carries remote sessions only) and the sessions the device is asked to open."""
+
+    version: int
+    document: dict[str, Any] | None = None
+    sessions: Annotated[list[SessionOffer], Field(max_length=16)] = []
 
 
 PhaseName = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]

@@ -23,6 +23,7 @@ from edgefleet.server.alerts import Alerts
 from edgefleet.server.attestation import AttestationService
 from edgefleet.server.audit import AuditLog, AuditTrail
 from edgefleet.server.dashboard import routes as dashboard
+from edgefleet.server.dashboard import terminal
 from edgefleet.server.devicecache import ChangeFeed, DeviceCache
 from edgefleet.server.director import DirectorService
 from edgefleet.server.errors import OverloadLog, install_error_handlers
@@ -49,6 +50,7 @@ from edgefleet.server.routes import (
     repository,
     revocations,
     rollouts,
+    sessions,
     signin,
     telemetry,
     tokens,
@@ -207,6 +209,8 @@ def create_app(settings: ServerSettings, *, clock: Clock | None = None) -> FastA
     app.include_router(telemetry.router)
     app.include_router(signin.router)
     app.include_router(vulns.router)
+    app.include_router(sessions.router)
+    app.include_router(terminal.router)  # before the dashboard's /devices/{id}/{verb}
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=Path(dashboard.__file__).parent / "static"), name="ui-static")
     app.add_exception_handler(dashboard.LoginRequired, _to_login)

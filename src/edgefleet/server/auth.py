@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Path
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from edgefleet.credentials import Role, TokenKind, parse_token, secret_matches
 from edgefleet.errors import Forbidden, Unauthenticated
@@ -46,7 +46,7 @@ class AdminPrincipal:
         return self.scope is None or self.scope.admits(site, labels)
 
 
-def _presented_certificate(state: ServerState, request: Request) -> DeviceCertificate:
+def _presented_certificate(state: ServerState, request: HTTPConnection) -> DeviceCertificate:
     tls = request.scope.get("extensions", {}).get("tls")
     if tls and tls.get("client_cert_chain"):
         return state.identity_of(tls["client_cert_chain"][0])
@@ -85,7 +85,7 @@ def _remember(state: ServerState, device_id: str, auth: DeviceAuth | None, read_
         state.devices.put(device_id, auth, read_at)
 
 
-async def authenticate_device(request: Request, device_id: DeviceIdPath) -> AuthenticatedDevice:
+async def authenticate_device(request: HTTPConnection, device_id: DeviceIdPath) -> AuthenticatedDevice:
     """The device named in the path, if and only if the caller holds its current certificate.
 
     Raises:

@@ -23,6 +23,7 @@ from edgefleet.server.state import ServerState, server_state
 from edgefleet.web.errors import PUBLIC_MESSAGE, error_response, status_for
 
 log = logging.getLogger("edgefleet.server")
+ADMIN_PATHS = ("/api/v1/admin/", "/ui/")
 
 class OverloadLog:
     """One log line per kind of 503 per ``window`` seconds, then how many were left out: an
@@ -64,7 +65,11 @@ def refusal(state: ServerState, method: str, path: str, exc: EdgefleetError, ove
         # A device certificate refused (superseded by a renewal, revoked): this connection
         # goes on presenting it, so end it; the client's next one presents what it holds now.
         headers = {"connection": "close"}
-    return error_response(status, exc.code, PUBLIC_MESSAGE.get(status, exc.message), headers=headers)
+    # An operator refused by the admin API (its role, its scope, a device's attestation
+    # before a remote session) authenticated already: the reason helps it, not an attacker.
+    public = exc.message if status == 403 and path.startswith(ADMIN_PATHS) else PUBLIC_MESSAGE.get(status,
+                                                                                                   exc.message)
+    return error_response(status, exc.code, public, headers=headers)
 
 
 def invalid(state: ServerState, method: str, path: str, errors: Sequence[Mapping[str, Any]]) -> JSONResponse:

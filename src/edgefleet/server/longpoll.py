@@ -46,11 +46,14 @@ class LongPolls:
 
     async def wait(
         self, device_id: str, known: int, current: int, timeout: float, read_version: Callable[[], Awaitable[int]],
+        woken: Callable[[], bool] = lambda: False,
     ) -> int:
-        """Return the device's desired version once it differs from ``known`` or time is up."""
+        """Return the device's desired version once it differs from ``known``, ``woken()``
+        says there is something else to tell the device (a remote session), or time is up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while current == known and not self.closed and self._count < self.limit and loop.time() < deadline:
+        while (current == known and not woken() and not self.closed and self._count < self.limit
+               and loop.time() < deadline):
             event = asyncio.Event()
             timer = loop.call_at(deadline, event.set)
             self._waiters.setdefault(device_id, set()).add(event)

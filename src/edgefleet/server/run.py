@@ -13,10 +13,11 @@ from fastapi import FastAPI
 
 from edgefleet.clock import Clock
 from edgefleet.errors import ConfigError
+from edgefleet.protocol.sessions import MAX_FRAME_BYTES
 from edgefleet.server.app import create_app
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.state import ServerState
-from edgefleet.web.mtls import MutualTlsHttpProtocol
+from edgefleet.web.mtls import MutualTlsHttpProtocol, MutualTlsWebSocketProtocol
 from edgefleet.web.serve import UvicornThread, bind
 
 log = logging.getLogger("edgefleet.server")
@@ -40,6 +41,8 @@ def _build(settings: ServerSettings, app: FastAPI, *, log_config: bool) -> _Serv
     config = uvicorn.Config(
         app,
         http=MutualTlsHttpProtocol,
+        ws=MutualTlsWebSocketProtocol,
+        ws_max_size=MAX_FRAME_BYTES + 1024,
         ssl_certfile=str(pki.server_cert),
         ssl_keyfile=str(pki.server_key),
         ssl_ca_certs=str(pki.ca_cert),

@@ -81,6 +81,8 @@ class ServerSettings(BaseSettings):
     keep_alive_seconds: float = Field(
         120.0, ge=1, le=3600, description="an idle connection stays open this long (agents keep theirs 90 s: a "
                                           "device checking in every minute does not pay a TLS handshake each time)")
+    session_bytes_per_second: float = Field(
+        4 * 1024 * 1024, gt=0, description="each direction of a remote session at most this fast")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     long_poll_max_seconds: float = Field(60.0, ge=0, le=900)
     max_long_polls: int = Field(10_000, ge=0)

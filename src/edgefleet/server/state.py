@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from edgefleet.clock import Clock
 from edgefleet.pki import DeviceCertificate, IssuedCertificate, device_identity_from_pem
@@ -25,6 +25,7 @@ from edgefleet.server.repository import RepositoryService
 from edgefleet.server.revocations import RevocationPublisher
 from edgefleet.server.rollouts import RolloutController
 from edgefleet.server.rolloutviews import RolloutViews
+from edgefleet.server.sessions import RemoteSessions
 from edgefleet.server.settings import ServerSettings
 from edgefleet.server.views import Freshness
 from edgefleet.server.vulns import Vulnerabilities
@@ -55,6 +56,7 @@ class ServerState:
     rollout_views: RolloutViews
     rate_limits: DeviceRateLimiter
     vulns: Vulnerabilities = field(init=False)
+    sessions: RemoteSessions = field(init=False)
     oidc: OidcSignIn | None = None  # operator sign-in, when settings.oidc names a provider
     ready: bool = False
     identity_of: Callable[[str], DeviceCertificate] = field(init=False)
@@ -64,12 +66,14 @@ class ServerState:
         # presents the same one on every request.
         self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
         self.vulns = Vulnerabilities(self.db, self.repository, self.clock, self.alerts)
+        self.sessions = RemoteSessions(self.db, self.clock, self.attestation, self.long_polls, self.audit,
+                                       self.settings.data_dir / "sessions", self.settings.session_bytes_per_second)
 
     def freshness(self) -> Freshness:
         """How long a passing attestation counts, as of now (a device view's "stale")."""
         return Freshness(self.settings.attestation_max_age_seconds, self.clock.now())
 
 
-def server_state(request: Request) -> ServerState:
+def server_state(request: HTTPConnection) -> ServerState:
     state: ServerState = request.app.state.edgefleet
     return state

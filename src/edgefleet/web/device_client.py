@@ -22,9 +22,9 @@ from edgefleet.protocol.v1 import (
     AttestationIdentityRequest,
     AttestationResult,
     CertificateRenewed,
+    CheckInAnswer,
     CredentialActivation,
     CredentialChallenge,
-    DesiredState,
     EnrollRequest,
     EnrollResponse,
     NonceIssuedView,
@@ -38,14 +38,20 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.util.cancelsafe import CancelSafeTransport
 from edgefleet.util.http import checked
+from edgefleet.web.channel import Channel, connect_channel, websocket_url
 from edgefleet.web.tls import tls_context
 
 
 class DeviceTransport(Protocol):
     async def enroll(self, request: EnrollRequest) -> EnrollResponse: ...
 
-    async def fetch_desired(self, device_id: str, known: int, wait: float) -> DesiredState | None:
-        """The desired state if newer than ``known``, else None."""
+    async def fetch_desired(self, device_id: str, known: int, wait: float) -> CheckInAnswer | None:
+        """The desired state if newer than ``known`` and the remote sessions offered, else
+        None (nothing new)."""
+        ...
+
+    async def open_session(self, device_id: str, session_id: str) -> Channel:
+        """The device's side of a remote session its check-in offered."""
         ...
 
     async def report_status(self, device_id: str, report: StatusReport) -> StatusAck: ...
@@ -126,7 +132,7 @@ class HttpsTransport:
         result: EnrollResponse = self._parse(EnrollResponse, response)
         return result
 
-    async def fetch_desired(self, device_id: str, known: int, wait: float) -> DesiredState | None:
+    async def fetch_desired(self, device_id: str, known: int, wait: float) -> CheckInAnswer | None:
         params: dict[str, Any] = {"known": known}
         if wait > 0:
             params["wait"] = wait
@@ -135,8 +141,13 @@ class HttpsTransport:
         )
         if response.status_code == 204:
             return None
-        result: DesiredState = self._parse(DesiredState, response)
+        result: CheckInAnswer = self._parse(CheckInAnswer, response)
         return result
+
+    async def open_session(self, device_id: str, session_id: str) -> Channel:
+        url = websocket_url(self._base_url, f"/api/v1/devices/{device_id}/sessions/{session_id}")
+        return await connect_channel(url, self._context, headers={"user-agent": f"edgefleet-agent/{__version__}"},
+                                     timeout=self._timeout)
 
     async def report_status(self, device_id: str, report: StatusReport) -> StatusAck:
         response = await self._request(

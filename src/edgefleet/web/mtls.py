@@ -1,6 +1,7 @@
 """mTLS for uvicorn: the server asks for a client certificate (optional, so enrollment
 works on the same port) and hands it to the app as the ASGI TLS extension
-(``scope["extensions"]["tls"]["client_cert_chain"]``), which uvicorn does not implement."""
+(``scope["extensions"]["tls"]["client_cert_chain"]``), which uvicorn does not implement,
+for HTTP requests and WebSocket connections alike."""
 
 from __future__ import annotations
 
@@ -9,6 +10,25 @@ import ssl
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request as HandshakeRequest
+
+
+def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    """The ASGI TLS extension for a connection: its client certificate, already verified
+    against the fleet CA in the handshake (None on a connection without TLS)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return {
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_error": None,
+        "tls_version": None,
+        "cipher_suite": None,
+        "server_cert": None,
+        "client_cert_name": None,
+    }
 
 
 class OneWritePerStep:
@@ -54,19 +74,7 @@ class MutualTlsHttpProtocol(HttpToolsProtocol):
         # asyncio and uvloop call connection_made after the handshake, so the peer
         # certificate (already verified against the fleet CA) is known here, once per
         # connection rather than once per request.
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None:
-            self._tls = None
-            return
-        der = ssl_object.getpeercert(binary_form=True)
-        self._tls = {
-            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-            "client_cert_error": None,
-            "tls_version": None,
-            "cipher_suite": None,
-            "server_cert": None,
-            "client_cert_name": None,
-        }
+        self._tls = tls_extension(transport)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()  # makes this request's response cycle
@@ -89,3 +97,15 @@ class MutualTlsHttpProtocol(HttpToolsProtocol):
             self.transport.abort()
         else:
             super().shutdown()
+
+
+class MutualTlsWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, with the TLS extension in its scope too: a device's
+    session channel is authenticated by the same client certificate as its requests."""
+
+    def handle_connect(self, event: HandshakeRequest) -> None:
+        super().handle_connect(event)  # makes the scope; the app runs from the next step
+        tls = tls_extension(self.transport)
+        scope = getattr(self, "scope", None)
+        if tls is not None and scope is not None:
+            scope["extensions"] = {**(scope.get("extensions") or {}), "tls": tls}

@@ -86,7 +86,7 @@ class LoginRequired(Exception):
     """No or no longer valid session: the page sends the browser to the login form."""
 
 
-async def _who(request: Request) -> AdminPrincipal:
+async def signed_in(request: Request) -> AdminPrincipal:
     token = request.cookies.get(COOKIE)
     if not token:
         raise LoginRequired
@@ -99,7 +99,7 @@ async def _who(request: Request) -> AdminPrincipal:
     return principal
 
 
-def _page(request: Request, name: str, who: AdminPrincipal, **context: Any) -> HTMLResponse:
+def render(request: Request, name: str, who: AdminPrincipal, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, {"who": who, "operator": who.role.allows(Role.OPERATOR),
                                                       "admin": who.role.allows(Role.ADMIN), **context})
 
@@ -180,14 +180,14 @@ async def logout() -> Response:
 
 @router.get("/")
 async def overview(request: Request) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     state = server_state(request)
     async with state.db.transaction() as conn:
         counts = await fleet_counts(conn, who.scope)
         alerts = await list_alerts(conn, 10) if who.scope is None else []  # fleet-wide
     rollouts = [r for r in await state.rollout_views.all()
                 if r.status not in ("completed", "aborted") and covers(who, r.selector)][:10]
-    return _page(request, "overview.html", who, counts=counts, alerts=alerts, rollouts=rollouts)
+    return render(request, "overview.html", who, counts=counts, alerts=alerts, rollouts=rollouts)
 
 
 @router.get("/devices")
@@ -196,20 +196,20 @@ async def devices(request: Request, site: Annotated[str | None, Query(max_length
                   q: Annotated[str | None, Query(max_length=64)] = None,
                   page: Annotated[int, Query(ge=0, le=100_000)] = 0) -> HTMLResponse:
     """The devices, filtered by site, labels (``k=v, k2=v2``) and a piece of their id."""
-    who = await _who(request)
+    who = await signed_in(request)
     state = server_state(request)
     only = device_filter(site=site, selector=selector, search=q, scope=who.scope)
     async with state.db.transaction() as conn:
         listed = await device_list(conn, state.presence, only, limit=PAGE, offset=page * PAGE,
                                    fresh=state.freshness())
-    return _page(request, "devices.html", who, devices=listed.devices, total=listed.total, site=only.site,
+    return render(request, "devices.html", who, devices=listed.devices, total=listed.total, site=only.site,
                  selector=selector or "", q=q or "", page=page, pages=max(1, -(-listed.total // PAGE)))
 
 
 @router.get("/devices/{device_id}")
 async def device(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
                  ) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     state = server_state(request)
     async with state.db.transaction() as conn:
         row = await visible_device(conn, who, device_id)
@@ -220,7 +220,7 @@ async def device(request: Request, device_id: Annotated[str, Path(pattern=r"^[A-
         telemetry = await recent_telemetry(conn, device_id, 30)
     view = device_view(row, state.presence, attested, state.freshness(), revoked)
     status = row.status or {}
-    return _page(request, "device.html", who, device=view, history=history, drift=drift,
+    return render(request, "device.html", who, device=view, history=history, drift=drift,
                  telemetry=[(r, _short(r.body)) for r in telemetry], workloads=status.get("workloads") or {},
                  health_checks=(view.update or {}).get("health_checks") or [])
 
@@ -237,11 +237,11 @@ def _short(body: str) -> str:
 
 @router.get("/approvals")
 async def approvals_page(request: Request) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     async with server_state(request).db.transaction() as conn:
         rows = [row for row in await approval_rows(conn, "pending", 500)
                 if who.scope is None or await sees_device(conn, who, row.device_id)]
-    return _page(request, "approvals.html", who, approvals=[approval_view(row) for row in rows])
+    return render(request, "approvals.html", who, approvals=[approval_view(row) for row in rows])
 
 
 @router.post("/approvals/{device_id}/{verb}")
@@ -258,12 +258,12 @@ async def decide_approval(request: Request, device_id: Annotated[str, Path(patte
 
 @router.get("/releases")
 async def releases(request: Request) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     state = server_state(request)
     version, rows = await asyncio.to_thread(state.repository.releases)
     async with state.db.transaction() as conn:
         running = (await fleet_counts(conn, who.scope)).by_release
-    return _page(request, "releases.html", who, targets_version=version, releases=release_rows(rows),
+    return render(request, "releases.html", who, targets_version=version, releases=release_rows(rows),
                  running=running)
 
 
@@ -282,16 +282,16 @@ def release_rows(targets: list[dict[str, object]]) -> list[dict[str, object]]:
 async def vulnerabilities(request: Request) -> HTMLResponse:
     """Findings over the fleet (the caller's part): counts per severity, every advisory
     that affects a device, each opening its report."""
-    who = await _who(request)
+    who = await signed_in(request)
     found = await server_state(request).vulns.summary(who.scope)
-    return _page(request, "vulnerabilities.html", who, summary=found)
+    return render(request, "vulnerabilities.html", who, summary=found)
 
 
 @router.get("/vulnerabilities/{cve}")
 async def vulnerability(request: Request,
                         cve: Annotated[str, Path(pattern=ADVISORY_NAME)]) -> HTMLResponse:
     """One advisory's report (as ``edgefleet vuln report`` writes it) and its devices."""
-    who = await _who(request)
+    who = await signed_in(request)
     found, devices = await server_state(request).vulns.report(cve, who.scope)
     return HTMLResponse(render_html(found, devices[:PAGE * 10], back="/ui/vulnerabilities",
                                     device_link="/ui/devices/"))
@@ -299,19 +299,19 @@ async def vulnerability(request: Request,
 
 @router.get("/events")
 async def events(request: Request) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     allowed(who, Role.VIEWER, scoped=False, what="the fleet's events")
     async with server_state(request).db.transaction() as conn:
         alerts = await list_alerts(conn, 100)
         trail = await rollout_events(conn, None, 100)
         commits = await commit_log(conn, 20)
-    return _page(request, "events.html", who, alerts=alerts, trail=trail, commits=commits)
+    return render(request, "events.html", who, alerts=alerts, trail=trail, commits=commits)
 
 
 @router.get("/rollouts")
 async def rollouts(request: Request) -> HTMLResponse:
-    who = await _who(request)
-    return _page(request, "rollouts.html", who, rollouts=[
+    who = await signed_in(request)
+    return render(request, "rollouts.html", who, rollouts=[
         view for view in await server_state(request).rollout_views.all() if covers(who, view.selector)])
 
 
@@ -371,7 +371,7 @@ class NewRollout:
 async def _allowed(request: Request, needed: Role, what: str) -> AdminPrincipal:
     """The session's operator, if its role may do ``what`` (Forbidden otherwise); every
     verb of the dashboard keeps to the operator's scope (it checks the device or rollout)."""
-    return allowed(await _who(request), needed, scoped=True, what=what)
+    return allowed(await signed_in(request), needed, scoped=True, what=what)
 
 
 
@@ -380,21 +380,21 @@ async def _new_rollout_page(request: Request, who: AdminPrincipal, typed: NewRol
                             status: int = 200) -> HTMLResponse:
     _, rows = await asyncio.to_thread(server_state(request).repository.releases)
     versions = [str(r["version"]) for r in release_rows(rows)]
-    page = _page(request, "rollout_new.html", who, typed=typed, versions=versions, preview=preview, error=error)
+    page = render(request, "rollout_new.html", who, typed=typed, versions=versions, preview=preview, error=error)
     page.status_code = status
     return page
 
 
 @router.get("/rollouts/{rollout_id}")
 async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$")]) -> HTMLResponse:
-    who = await _who(request)
+    who = await signed_in(request)
     state = server_state(request)
     view = await state.rollouts.with_planned(visible_rollout(who, await state.rollout_views.get(rollout_id)))
     async with state.db.transaction() as conn:
         events = await rollout_events(conn, rollout_id, 5000)
     points, marks = progress([(e.at, e.kind, e.reason) for e in events])
     total = sum(sum(w.counts.values()) for w in view.waves)
-    return _page(request, "rollout.html", who, rollout=view, events=events[:50],
+    return render(request, "rollout.html", who, rollout=view, events=events[:50],
                  chart=progress_svg(points, marks, total), total=total)
 
 

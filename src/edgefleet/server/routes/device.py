@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 from starlette.responses import JSONResponse
 
-from edgefleet.errors import NotFound
+from edgefleet.errors import Forbidden, NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
     CertificateRenewed,
-    DesiredState,
+    CheckInAnswer,
     DeviceView,
     EnrollRequest,
     EnrollResponse,
@@ -55,14 +55,22 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
 
 @router.get(
     "/devices/{device_id}/desired",
-    responses={200: {"model": DesiredState}, 204: {"description": "nothing newer than `known`"}},
+    responses={200: {"model": CheckInAnswer}, 204: {"description": "nothing newer than `known`"}},
 )
 async def check_in(device: CurrentDevice, request: Request, query: Annotated[CheckIn, Query()]) -> Response:
-    """Check in: 204 when the device already has the newest desired state, else 200 with it."""
+    """Check in: 204 when the device already has the newest desired state and no remote
+    session waits for it, else 200 with the newer state, the sessions, or both."""
     known, wait = query.known, query.wait
     state = server_state(request)
     state.presence.seen(device.id, state.clock.now())
-    state.attestation.gate(device.auth)
+    try:
+        state.attestation.gate(device.auth)
+    except Forbidden:
+        # A quarantined device gets no configuration, but a forensic (read-only) session.
+        forensic = [offer.model_dump(mode="json") for offer in state.sessions.offers(device.id, read_only=True)]
+        if not forensic:
+            raise
+        return JSONResponse({"version": known, "document": None, "sessions": forensic})
     version = device.desired_version
     found: tuple[int, dict[str, Any]] | None = None  # read together with a woken wait's version
     if version == known and wait > 0:
@@ -82,9 +90,13 @@ async def check_in(device: CurrentDevice, request: Request, query: Annotated[Che
             return found[0]
 
         version = await state.long_polls.wait(
-            device.id, known, version, min(wait, state.settings.long_poll_max_seconds), read_version)
+            device.id, known, version, min(wait, state.settings.long_poll_max_seconds), read_version,
+            lambda: state.sessions.pending(device.id))
         state.presence.seen(device.id, state.clock.now())  # it was connected all along
+    sessions = [offer.model_dump(mode="json") for offer in state.sessions.offers(device.id)]
     if version == known:
+        if sessions:
+            return JSONResponse({"version": version, "document": None, "sessions": sessions})
         state.metrics.checkins.labels("not_modified").inc()
         return Response(status_code=204)
     if found is None or found[0] != version:
@@ -92,7 +104,10 @@ async def check_in(device: CurrentDevice, request: Request, query: Annotated[Che
     if found is None:
         raise NotFound(f"device {device.id} vanished during check-in")
     state.metrics.checkins.labels("updated").inc()
-    return JSONResponse({"version": found[0], "document": found[1]})
+    answer: dict[str, Any] = {"version": found[0], "document": found[1]}
+    if sessions:
+        answer["sessions"] = sessions
+    return JSONResponse(answer)
 
 
 def _store_report(conn: Connection, device_id: str, body: StatusReport, now: datetime) -> tuple[bool, int, bool]:
