@@ -34,7 +34,7 @@ from edgefleet.agent.pty_session import set_size
 from edgefleet.credentials import Role
 from edgefleet.errors import ServerRefused
 from edgefleet.hub.app import HubThread
-from edgefleet.protocol.sessions import MAX_FRAME_BYTES, Ended, Exit, Resize, SessionRequest
+from edgefleet.protocol.sessions import MAX_FRAME_BYTES, MAX_OFFERS, Ended, Exit, Resize, SessionRequest
 from edgefleet.remote_client import (
     Operator,
     SessionRefused,
@@ -636,3 +636,22 @@ def test_a_session_cannot_be_joined_by_another_device_or_operator_or_without_a_c
     ended = eventually(lambda: [r for r in audit_rows(plane, device_id(term)) if r["details"].get("session")
                                 == opened.id and r["action"].endswith("ended")], "the session's end audited")
     assert ended[0]["details"]["ended_by"] == "the operator sent a frame over the limit"
+
+
+def test_more_sessions_at_once_than_one_check_in_offers_all_begin(
+        world: tuple[AbWorld, dict[str, EmulatedDevice]]) -> None:
+    plane, term = world[0].plane, world[1]["term"]
+    count = MAX_OFFERS + 8  # one answer carries MAX_OFFERS; the rest come with the next check-in
+
+    async def run() -> list[int]:
+        ops = operator(plane)
+        request = SessionRequest(verb="shell", command=["read line; exit $line"])
+        channels = await asyncio.gather(*(ops.session(device_id(term), request) for _ in range(count)))
+        for number, channel in enumerate(channels):
+            await channel.send(f"{number}\r".encode())
+        codes = [(await exit_code(channel))[0] for channel in channels]
+        for channel in channels:
+            await channel.__aexit__()
+        return codes
+
+    assert asyncio.run(run()) == list(range(count))

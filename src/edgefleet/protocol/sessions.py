@@ -28,6 +28,7 @@ POLICY_FILE = "remote-access.json"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")  # where a port-forward may lead
 MAX_COPY_BYTES = 64 * 1024 * 1024  # one file up or down (``edgefleet devices cp``)
 MAX_FRAME_BYTES = 64 * 1024  # a stream frame; larger frames end the session
+MAX_OFFERS = 16  # sessions one check-in answer offers (the rest in the next one, at once)
 # A session whose device has not connected within this long is refused as unanswered.
 CONNECT_SECONDS = 30.0
 

@@ -12,7 +12,7 @@ from edgefleet.protocol.base import Name as Name
 from edgefleet.protocol.base import ShortText as ShortText
 from edgefleet.protocol.base import Strict as Strict
 from edgefleet.protocol.desired import DesiredDocument
-from edgefleet.protocol.sessions import SessionOffer
+from edgefleet.protocol.sessions import MAX_OFFERS, SessionOffer
 from edgefleet.protocol.workloads import WorkloadStatus
 
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -70,7 +70,7 @@ class CheckInAnswer(Strict):
 
     version: int
     document: dict[str, Any] | None = None
-    sessions: Annotated[list[SessionOffer], Field(max_length=16)] = []
+    sessions: Annotated[list[SessionOffer], Field(max_length=MAX_OFFERS)] = []
 
 
 PhaseName = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]

@@ -28,7 +28,16 @@ from starlette.websockets import WebSocket
 
 from edgefleet.clock import Clock
 from edgefleet.errors import Forbidden, InvalidRequest, NotFound
-from edgefleet.protocol.sessions import CONNECT_SECONDS, CONTROL, LOOPBACK, Ready, Refused, SessionOffer, SessionRequest
+from edgefleet.protocol.sessions import (
+    CONNECT_SECONDS,
+    CONTROL,
+    LOOPBACK,
+    MAX_OFFERS,
+    Ready,
+    Refused,
+    SessionOffer,
+    SessionRequest,
+)
 from edgefleet.server.attestation import AttestationService
 from edgefleet.server.audit import AuditLog
 from edgefleet.server.longpoll import LongPolls
@@ -146,6 +155,8 @@ class RemoteSessions:
                     and (session.offered_at is None or now - session.offered_at >= REOFFER_SECONDS)):
                 session.offered_at = now
                 found.append(session.offer)
+                if len(found) == MAX_OFFERS:
+                    break  # the rest wake the device's next check-in (they are pending)
         return found
 
     def pending(self, device_id: str) -> bool:
