@@ -241,8 +241,11 @@ def test_an_interactive_program_is_driven_by_keystrokes_and_follows_a_resize(
     async def drive(shell: Channel) -> None:
         await shell.send(b"stty size\r")
         assert b"24 80" in await collect(shell, b"24 80")
-        # The store's technician sees that a session is open on the device.
+        # The store's technician sees that a session is open on the device; the server counts it.
         assert 'id="remote-session-banner"' in await asyncio.to_thread(technician_page, term)
+        metrics = (await asyncio.to_thread(plane.client().get, "/metrics")).text
+        assert any(line.startswith("edgefleet_remote_sessions ") and float(line.split()[1]) >= 1
+                   for line in metrics.splitlines()), metrics
         await shell.control(Resize(cols=132, rows=43))
         await shell.send(b"stty size\r")
         assert b"43 132" in await collect(shell, b"43 132")
@@ -357,7 +360,11 @@ def test_a_site_policy_without_shells_refuses_them_on_the_device_and_still_allow
         assert await stream(channel, out) == 0
         return out.data
 
-    assert b"edgefleet" in asyncio.run(run())
+    logs = asyncio.run(run())
+    assert b"edgefleet.agent" in logs
+    # Its own log only: not the server's, nor another device's that runs in this process.
+    assert b"edgefleet.server" not in logs
+    assert device_id(world[1]["term"]).encode() not in logs
     row = next(r for r in audit_rows(plane, device_id(nosh)) if r["action"] == "session shell ended")
     assert row["outcome"] == "refused"
     assert "policy refuses remote shell" in row["details"]["refused"]
@@ -464,6 +471,13 @@ def test_the_dashboards_terminal_runs_a_command_in_chromium_and_its_recording_re
                 ".join('\\n')")
             await page.screenshot(path=str(SCREENSHOTS / "device-terminal.png"))
             session = (await state.inner_text()).split()[1]
+            # The log view of the same device: the agent's own log, followed.
+            await page.click("#open-logs")
+            await expect(state).to_contain_text(" open (logs)", timeout=30_000)
+            await page.wait_for_function(
+                f"[...Array({screen}.length).keys()].some(i => {screen}.getLine(i).translateToString()"
+                ".includes('remote shell session'))", timeout=30_000)
+            await page.screenshot(path=str(SCREENSHOTS / "device-logs.png"))
             await browser.close()
             return session, text
 

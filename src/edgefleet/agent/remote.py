@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -57,17 +58,26 @@ class SitePolicy:
         return Refused(code="site_policy", reason=f"this site's policy refuses remote {verb} ({self.source})")
 
 
+# The agent whose code runs now: set in its loop's context, inherited by the tasks and
+# threads it starts, so a log line is told from one of another agent or a server that
+# shares the process (the demo, the simulator, tests).
+_RUNNING: contextvars.ContextVar[object | None] = contextvars.ContextVar("edgefleet_agent", default=None)
+
+
 class OwnLog(logging.Handler):
     """The agent's own log, the last lines of it, for a logs session where there is no
     journal; followers get new lines as they are logged."""
 
-    def __init__(self, lines: int = OWN_LOG_LINES) -> None:
+    def __init__(self, owner: object, lines: int = OWN_LOG_LINES) -> None:
         super().__init__(logging.INFO)
+        self.owner = owner
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.lines: collections.deque[str] = collections.deque(maxlen=lines)
         self.followers: set[asyncio.Queue[str]] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if _RUNNING.get() is not self.owner:
+            return  # another agent's, or the server's
         line = self.format(record)
         self.lines.append(line)
         for queue in self.followers:
@@ -95,7 +105,8 @@ class RemoteAccess:
     def keep_own_log(self) -> None:
         """Keep the agent's last log lines from now on (for a logs session without a journal)."""
         if self.own_log is None:
-            self.own_log = OwnLog()
+            _RUNNING.set(self)  # in the agent loop's context: its tasks and threads inherit it
+            self.own_log = OwnLog(self)
             logging.getLogger("edgefleet").addHandler(self.own_log)
 
     async def close(self) -> None:

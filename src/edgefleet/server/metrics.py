@@ -30,6 +30,7 @@ class Metrics:
         self.quarantines = Counter("edgefleet_quarantines", "Devices quarantined by a failed attestation (alert "
                                    "on increase)", registry=r)
         self.long_polls = Gauge("edgefleet_long_polls", "Check-ins waiting in a long poll", registry=r)
+        self.remote_sessions = Gauge("edgefleet_remote_sessions", "Remote sessions relaying now", registry=r)
         self.gitops_commits = Counter("edgefleet_gitops_commits", "Fleet repository commits processed by verdict",
                                       ["sync", "verdict"], registry=r)
         self.alerts = Counter("edgefleet_alerts", "Alerts raised by kind", ["kind"], registry=r)

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Gauge
 from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
@@ -72,11 +73,11 @@ def _refused(code: str, reason: str) -> Forbidden:
 
 class RemoteSessions:
     def __init__(self, db: Database, clock: Clock, attestation: AttestationService, long_polls: LongPolls,
-                 audit: AuditLog, recordings: Path, bytes_per_second: float) -> None:
+                 audit: AuditLog, recordings: Path, bytes_per_second: float, relaying: Gauge) -> None:
         self.db, self.clock, self.attestation, self.long_polls = db, clock, attestation, long_polls
         self.audit, self.recordings, self.bytes_per_second = audit, recordings, bytes_per_second
         self._sessions: dict[str, Session] = {}
-        self.open_count = 0  # sessions relaying now (the metrics and the bench read it)
+        self.relaying = relaying  # sessions relaying now
 
     async def open(self, who: AdminPrincipal, device_id: str, request: SessionRequest,
                    source: str | None) -> Session:
@@ -216,12 +217,12 @@ class RemoteSessions:
             recording = Recording(recording_path(self.recordings, session.id), cols=session.offer.cols,
                                   rows=session.offer.rows, started=session.started_at,
                                   title=f"{session.device_id}: {' '.join(session.offer.command) or 'shell'}")
-        self.open_count += 1
+        self.relaying.inc()
         try:
             found = await relay(operator, device, read_only=session.offer.read_only, recording=recording,
                                 bytes_per_second=self.bytes_per_second)
         finally:
-            self.open_count -= 1
+            self.relaying.dec()
         outcome.__dict__.update(found.__dict__)
 
     async def attach_device(self, device_id: str, session_id: str, device: WebSocket) -> None:

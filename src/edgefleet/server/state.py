@@ -67,7 +67,8 @@ class ServerState:
         self.identity_of = lru_cache(maxsize=65536)(device_identity_from_pem)
         self.vulns = Vulnerabilities(self.db, self.repository, self.clock, self.alerts)
         self.sessions = RemoteSessions(self.db, self.clock, self.attestation, self.long_polls, self.audit,
-                                       self.settings.data_dir / "sessions", self.settings.session_bytes_per_second)
+                                       self.settings.data_dir / "sessions", self.settings.session_bytes_per_second,
+                                       self.metrics.remote_sessions)
 
     def freshness(self) -> Freshness:
         """How long a passing attestation counts, as of now (a device view's "stale")."""
