@@ -669,3 +669,21 @@ def test_more_sessions_at_once_than_one_check_in_offers_all_begin(
         return codes
 
     assert asyncio.run(run()) == list(range(count))
+
+
+def test_a_shell_that_cannot_be_recorded_is_not_opened(world: tuple[AbWorld, dict[str, EmulatedDevice]]) -> None:
+    plane, term = world[0].plane, world[1]["term"]
+    recordings = plane.settings.data_dir / "sessions"
+    aside = recordings.with_name("sessions.aside")
+    recordings.rename(aside)
+    recordings.write_text("not a directory: no recording can be made here")
+    try:
+        with pytest.raises(SessionRefused) as refused:
+            asyncio.run(operator(plane).session(device_id(term), SessionRequest(verb="shell")))
+    finally:
+        recordings.unlink()
+        aside.rename(recordings)
+    assert "recording cannot be made" in refused.value.message
+    ended = eventually(lambda: [r for r in audit_rows(plane, device_id(term)) if r["action"] == "session shell ended"
+                                and "recording" in (r["details"]["ended_by"] or "")], "the refusal audited")
+    assert ended[0]["details"]["bytes_out"] == 0

@@ -7,6 +7,7 @@ file too); its effect is, in the output. Any asciinema player replays the file."
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
 import time
@@ -15,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from edgefleet.errors import InvalidRequest, NotFound
+from edgefleet.errors import EdgefleetError, InvalidRequest, NotFound
 
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
@@ -28,23 +29,35 @@ def recording_path(directory: Path, session_id: str) -> Path:
     return directory / f"{session_id}.cast"
 
 
+class RecordingFailed(EdgefleetError):
+    """The recording cannot be written (a full disk): the session it records ends."""
+
+    code = "recording_failed"
+
+
 class Recording:
     """One session's asciicast file, written as the session runs (each event flushed, so a
     server that dies mid-session leaves a recording up to its last event)."""
 
     def __init__(self, path: Path, *, cols: int, rows: int, started: datetime, title: str,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._monotonic = monotonic
         self._start = monotonic()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._file: IO[str] = path.open("x", encoding="utf-8")  # never over an earlier session's
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = path.open("x", encoding="utf-8")  # never over an earlier session's
+        except OSError as exc:
+            raise RecordingFailed(f"the session's recording cannot be made: {exc.strerror}") from exc
         self._line({"version": 2, "width": cols, "height": rows, "timestamp": int(started.timestamp()),
                     "title": title[:200], "env": {"TERM": "xterm-256color"}})
 
     def _line(self, value: Any) -> None:
-        self._file.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise RecordingFailed(f"the session's recording cannot be written: {exc.strerror}") from exc
 
     def _at(self) -> float:
         return round(self._monotonic() - self._start, 6)
@@ -60,9 +73,12 @@ class Recording:
     def close(self) -> None:
         if not self._file.closed:
             tail = self._decoder.decode(b"", final=True)
-            if tail:
-                self._line([self._at(), "o", tail])
-            self._file.close()
+            try:
+                if tail:
+                    self._line([self._at(), "o", tail])
+            finally:
+                with contextlib.suppress(OSError):  # what could be written was flushed
+                    self._file.close()
 
 
 def read_recording(directory: Path, session_id: str) -> bytes:

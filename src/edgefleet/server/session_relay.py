@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
 from edgefleet.protocol.sessions import CONTROL, MAX_FRAME_BYTES, Ended, Eof, Exit, Refused, Resize
-from edgefleet.server.recording import Recording
+from edgefleet.server.recording import Recording, RecordingFailed
 
 log = logging.getLogger("edgefleet.server.sessions")
 
@@ -44,6 +44,11 @@ class Throttle:
         self._at = now
         if self._allowance < 0:
             await asyncio.sleep(-self._allowance / self.rate)
+
+
+async def close_both(operator: WebSocket, device: WebSocket, code: int, reason: str) -> None:
+    await _close(device, code, reason)
+    await _close(operator, code, reason)
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
@@ -130,15 +135,21 @@ async def relay(operator: WebSocket, device: WebSocket, *, read_only: bool, reco
     try:
         done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for pump in done:
-            if pump.exception() is not None:  # a send to a side that has just gone
+            error = pump.exception()
+            if isinstance(error, RecordingFailed):  # recording cannot be turned off: the session ends
+                outcome.ended_by = error.message
+                log.error("session ended: %s", error.message)
+                with contextlib.suppress(Exception):
+                    await operator.send_text(Ended(reason=error.message).model_dump_json())
+            elif error is not None:  # a send to a side that has just gone
                 outcome.ended_by = outcome.ended_by or "a link dropped"
-                log.info("session relay ended: %s", pump.exception())
+                log.info("session relay ended: %s", error)
     finally:
         for pump in pumps:
             pump.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
         if recording is not None:
-            recording.close()
-        await _close(device, 1000, outcome.ended_by)
-        await _close(operator, 1000, outcome.ended_by)
+            with contextlib.suppress(RecordingFailed):  # logged where it first failed
+                recording.close()
+        await close_both(operator, device, 1000, outcome.ended_by)
     return outcome

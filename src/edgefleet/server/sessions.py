@@ -34,6 +34,7 @@ from edgefleet.protocol.sessions import (
     CONTROL,
     LOOPBACK,
     MAX_OFFERS,
+    Ended,
     Ready,
     Refused,
     SessionOffer,
@@ -42,8 +43,8 @@ from edgefleet.protocol.sessions import (
 from edgefleet.server.attestation import AttestationService
 from edgefleet.server.audit import AuditLog
 from edgefleet.server.longpoll import LongPolls
-from edgefleet.server.recording import Recording, recording_path
-from edgefleet.server.session_relay import Outcome, relay
+from edgefleet.server.recording import Recording, RecordingFailed, recording_path
+from edgefleet.server.session_relay import Outcome, close_both, relay
 from edgefleet.store import Database
 from edgefleet.store.devices import device_auth, get_device
 
@@ -191,32 +192,25 @@ class RemoteSessions:
                                     details=self._summary(session, outcome))
 
     async def _carry(self, session: Session, operator: WebSocket, device: WebSocket, outcome: Outcome) -> None:
-        first = await device.receive()
-        text = first.get("text")
-        if first["type"] == "websocket.disconnect" or text is None:
-            outcome.ended_by = "the device's link dropped before the session began"
-            await operator.close(1011, outcome.ended_by)
+        control = await _first_control(device)
+        if isinstance(control, Refused):  # the site's policy, or the device cannot (a copy's file)
+            outcome.refused, outcome.ended_by = control, f"the device refused: {control.reason}"
+            await operator.send_text(control.model_dump_json())
+            await close_both(operator, device, 1000, "refused by the device")
+            return
+        if control is None:
+            outcome.ended_by = "the device's link dropped, or it did not begin the session as the protocol says"
+            await close_both(operator, device, 1011, outcome.ended_by)
             return
         try:
-            control = CONTROL.validate_json(text)  # ready, or the device's refusal (its site's policy)
-        except ValidationError:
-            control = None
-        if not isinstance(control, Ready | Refused):
-            outcome.ended_by = "the device did not begin the session as the protocol says"
-            await operator.close(1011, outcome.ended_by)
-            await device.close(1011)
+            recording = self._recording(session)
+        except RecordingFailed as exc:  # no shell goes unrecorded
+            log.error("shell session %s on %s refused: %s", session.id, session.device_id, exc.message)
+            outcome.ended_by = exc.message
+            await operator.send_text(Ended(reason=exc.message).model_dump_json())
+            await close_both(operator, device, 1011, "not recorded, so not opened")
             return
-        await operator.send_text(text)
-        if isinstance(control, Refused):
-            outcome.refused, outcome.ended_by = control, f"the device refused: {control.reason}"
-            await operator.close(1000, "refused by the device")
-            await device.close(1000)
-            return
-        recording = None
-        if session.offer.verb == "shell":
-            recording = Recording(recording_path(self.recordings, session.id), cols=session.offer.cols,
-                                  rows=session.offer.rows, started=session.started_at,
-                                  title=f"{session.device_id}: {' '.join(session.offer.command) or 'shell'}")
+        await operator.send_text(control.model_dump_json())
         self.relaying.inc()
         try:
             found = await relay(operator, device, read_only=session.offer.read_only, recording=recording,
@@ -224,6 +218,14 @@ class RemoteSessions:
         finally:
             self.relaying.dec()
         outcome.__dict__.update(found.__dict__)
+
+    def _recording(self, session: Session) -> Recording | None:
+        """A shell session's recording, made before the session begins. Raises RecordingFailed."""
+        if session.offer.verb != "shell":
+            return None
+        return Recording(recording_path(self.recordings, session.id), cols=session.offer.cols,
+                         rows=session.offer.rows, started=session.started_at,
+                         title=f"{session.device_id}: {' '.join(session.offer.command) or 'shell'}")
 
     async def attach_device(self, device_id: str, session_id: str, device: WebSocket) -> None:
         """The device's side of a session it was offered (the socket is accepted)."""
@@ -248,3 +250,16 @@ def _details(request: SessionRequest) -> dict[str, Any]:
     wanted = {"shell": ("command",), "logs": ("unit", "since", "follow", "lines"), "forward": ("host", "port"),
               "copy": ("path", "direction", "size")}
     return {name: getattr(request, name) for name in wanted[request.verb]}
+
+
+async def _first_control(device: WebSocket) -> Ready | Refused | None:
+    """How the device begins a session: ready, or its refusal (None: anything else)."""
+    first = await device.receive()
+    text = first.get("text")
+    if first["type"] == "websocket.disconnect" or text is None:
+        return None
+    try:
+        control = CONTROL.validate_json(text)
+    except ValidationError:
+        return None
+    return control if isinstance(control, Ready | Refused) else None
