@@ -43,6 +43,15 @@ async def sign_in(page: Any, world: AbWorld, role: Role) -> None:
     await expect(page.locator("h1")).to_contain_text("Fleet:")
 
 
+async def signed_in_page(playwright: Any, world: AbWorld, role: Role) -> tuple[Any, Any]:
+    """Debian's Chromium, and a page of it signed in to the dashboard as ``role``."""
+    browser = await playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
+    page = await (await browser.new_context(ignore_https_errors=True)).new_page()
+    await sign_in(page, world, role)
+    return browser, page
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbWorld]:
     if shutil.which("chromium") is None:
@@ -174,10 +183,7 @@ def test_an_operator_previews_a_rollout_in_the_dashboard_then_starts_it(world: A
     async def steps() -> None:
         await enrolled(devices)
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
-            page = await (await browser.new_context(ignore_https_errors=True)).new_page()
-            await sign_in(page, world, Role.OPERATOR)
+            browser, page = await signed_in_page(playwright, world, Role.OPERATOR)
             await page.goto(f"{base}/ui/rollouts")
             await page.click("#new-rollout")
             await page.select_option("#release", "2026.12.0")

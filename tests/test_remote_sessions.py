@@ -48,7 +48,7 @@ from edgefleet.web.channel import Channel
 from tests.ab_world import RUNNING, SLOT_BYTES, AbWorld, eventually
 from tests.cli_helpers import cli, server_args
 from tests.conftest import Fleet, need, start_fleet
-from tests.test_dashboard_browser import CHROMIUM, SCREENSHOTS, sign_in
+from tests.test_dashboard_browser import SCREENSHOTS, signed_in_page
 from tests.test_scoped_roles import scoped_token
 from tests.test_telemetry_exports import start_hub
 from tests.test_telemetry_hub import free_port
@@ -450,10 +450,7 @@ def test_the_dashboards_terminal_runs_a_command_in_chromium_and_its_recording_re
 
     async def steps() -> tuple[str, str]:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"])
-            page = await (await browser.new_context(ignore_https_errors=True)).new_page()
-            await sign_in(page, abworld, Role.OPERATOR)
+            browser, page = await signed_in_page(playwright, abworld, Role.OPERATOR)
             await page.goto(f"{plane.url}/ui/devices/{device_id(term)}")
             await page.click("#open-terminal")
             await page.click("#open-shell")

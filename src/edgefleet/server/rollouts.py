@@ -209,6 +209,7 @@ class RolloutController:
     _ticks: int = 0
     _known: dict[str, Known] = field(default_factory=dict)
     _looks: Looks = field(default_factory=dict)
+    _stepped: tuple[float, list[Seen]] | None = None  # when the last step read the fleet, and what it saw
     # rollout id -> (monotonic time, its waves' planned devices): see ``with_planned``
     _planned: dict[str, tuple[float, dict[int, list[str]]]] = field(default_factory=dict)
 
@@ -279,7 +280,8 @@ class RolloutController:
                 row = await get_rollout(conn, view.id)
             planned: dict[int, list[str]] = {}
             if row is not None and workloads_of(row.spec) is None:
-                planned = (await self._plan_ahead(request_of(row.spec), state_from_json(row.state)))[1]
+                planned = (await self._plan_ahead(request_of(row.spec), state_from_json(row.state),
+                                                  recent=True))[1]
             now = self.clock.monotonic()
             self._planned = {k: v for k, v in self._planned.items() if now - v[0] < PLANNED_FOR}
             kept = self._planned[view.id] = (now, planned)
@@ -290,10 +292,19 @@ class RolloutController:
                  if wave.wave > view.wave and wave.wave - 1 in planned else wave for wave in view.waves]
         return view.model_copy(update={"waves": waves})
 
-    async def _plan_ahead(self, request: RolloutRequest, state: State) -> tuple[int, dict[int, list[str]]]:
-        """How many devices ``request`` selects now, and who each wave after ``state``'s would take."""
-        async with self.db.transaction(readonly=True) as conn:
-            devices = look(await rollout_devices(conn), self.presence, {})[0]
+    async def _plan_ahead(self, request: RolloutRequest, state: State, *,
+                          recent: bool = False) -> tuple[int, dict[int, list[str]]]:
+        """How many devices ``request`` selects now, and who each wave after ``state``'s would
+        take. ``recent``: the fleet as this process's last step saw it, if that was less than
+        ``PLANNED_FOR`` seconds ago (a polled view's plan; the step reads the whole fleet
+        anyway, and reading it again for every view was half of what a 10,000-device
+        rollout's controller spent)."""
+        stepped = self._stepped
+        if recent and stepped is not None and self.clock.monotonic() - stepped[0] < PLANNED_FOR:
+            devices = stepped[1]
+        else:
+            async with self.db.transaction(readonly=True) as conn:
+                devices, self._looks = look(await rollout_devices(conn), self.presence, self._looks)
         observations = [d.observation for d in devices
                         if _selected(d, request.selector, request.group, request.from_releases, state)]
         return len(observations), planned_waves(spec_from_request(request), state, observations, self.clock.now())
@@ -520,6 +531,7 @@ class RolloutController:
             return 0
         async with self.db.transaction(readonly=True) as conn:
             devices, self._looks = look(await rollout_devices(conn), self.presence, self._looks)
+        self._stepped = (self.clock.monotonic(), devices)
         decisions, taken = 0, set[str]()
         for head in due:
             known = self._known.get(head.id)

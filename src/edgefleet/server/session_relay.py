@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
-from edgefleet.protocol.sessions import CONTROL, MAX_FRAME_BYTES, Ended, Eof, Exit, Refused, Resize
+from edgefleet.protocol.sessions import CONTROL, MAX_FRAME_BYTES, Control, Ended, Eof, Exit, Refused, Resize
 from edgefleet.server.recording import Recording, RecordingFailed
 
 log = logging.getLogger("edgefleet.server.sessions")
@@ -57,69 +58,62 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
             await ws.close(code, reason[:120])
 
 
-async def _operator_to_device(operator: WebSocket, device: WebSocket, outcome: Outcome, read_only: bool,
-                              recording: Recording | None, throttle: Throttle) -> None:
+async def _frames(ws: WebSocket, side: str, outcome: Outcome) -> AsyncIterator[bytes | Control]:
+    """What ``side`` sends, frame by frame, until it leaves or breaks the protocol (then
+    ``outcome.ended_by`` says how)."""
     while True:
-        message = await operator.receive()
+        message = await ws.receive()
         if message["type"] == "websocket.disconnect":
-            outcome.ended_by = outcome.ended_by or "the operator left"
             return
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             if len(data) > MAX_FRAME_BYTES:
-                outcome.ended_by = "the operator sent a frame over the limit"
+                outcome.ended_by = f"the {side} sent a frame over the limit"
                 return
-            if read_only:
-                continue  # a forensic session: nothing reaches the device
-            await throttle.take(len(data))
-            outcome.bytes_in += len(data)
-            await device.send_bytes(data)
+            yield data
         elif text is not None:
             try:
                 control = CONTROL.validate_json(text)
             except ValidationError:
-                outcome.ended_by = "the operator sent a malformed control message"
+                outcome.ended_by = f"the {side} sent a malformed control message"
                 return
-            if isinstance(control, Resize) and not read_only:
-                if recording is not None:
-                    recording.resize(control.cols, control.rows)
-                await device.send_text(text)
-            elif isinstance(control, Eof) and not read_only:
-                await device.send_text(text)
+            yield control
+
+
+async def _operator_to_device(operator: WebSocket, device: WebSocket, outcome: Outcome, read_only: bool,
+                              recording: Recording | None, throttle: Throttle) -> None:
+    async for frame in _frames(operator, "operator", outcome):
+        if read_only:
+            continue  # a forensic session: nothing reaches the device
+        if isinstance(frame, bytes):
+            await throttle.take(len(frame))
+            outcome.bytes_in += len(frame)
+            await device.send_bytes(frame)
+        elif isinstance(frame, Resize | Eof):
+            if isinstance(frame, Resize) and recording is not None:
+                recording.resize(frame.cols, frame.rows)
+            await device.send_text(frame.model_dump_json())
+    outcome.ended_by = outcome.ended_by or "the operator left"
 
 
 async def _device_to_operator(device: WebSocket, operator: WebSocket, outcome: Outcome,
                               recording: Recording | None, throttle: Throttle) -> None:
-    while True:
-        message = await device.receive()
-        if message["type"] == "websocket.disconnect":
-            if outcome.exit_code is None:
-                outcome.ended_by = outcome.ended_by or "the device's link dropped"
-                with contextlib.suppress(Exception):
-                    await operator.send_text(Ended(reason=outcome.ended_by).model_dump_json())
-            return
-        data, text = message.get("bytes"), message.get("text")
-        if data is not None:
-            if len(data) > MAX_FRAME_BYTES:
-                outcome.ended_by = "the device sent a frame over the limit"
-                return
-            await throttle.take(len(data))
-            outcome.bytes_out += len(data)
+    async for frame in _frames(device, "device", outcome):
+        if isinstance(frame, bytes):
+            await throttle.take(len(frame))
+            outcome.bytes_out += len(frame)
             if recording is not None:
-                recording.output(data)
-            await operator.send_bytes(data)
-        elif text is not None:
-            try:
-                control = CONTROL.validate_json(text)
-            except ValidationError:
-                outcome.ended_by = "the device sent a malformed control message"
+                recording.output(frame)
+            await operator.send_bytes(frame)
+        elif isinstance(frame, Exit | Eof):
+            await operator.send_text(frame.model_dump_json())
+            if isinstance(frame, Exit):
+                outcome.exit_code, outcome.ended_by = frame.code, f"exited with {frame.code}"
                 return
-            if isinstance(control, Exit):
-                outcome.exit_code, outcome.ended_by = control.code, f"exited with {control.code}"
-                await operator.send_text(text)
-                return
-            if isinstance(control, Eof):
-                await operator.send_text(text)
+    if not outcome.ended_by:
+        outcome.ended_by = "the device's link dropped"
+        with contextlib.suppress(Exception):  # the operator may be gone too
+            await operator.send_text(Ended(reason=outcome.ended_by).model_dump_json())
 
 
 async def relay(operator: WebSocket, device: WebSocket, *, read_only: bool, recording: Recording | None,
