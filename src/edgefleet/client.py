@@ -60,12 +60,15 @@ class AdminClient:
             timeout=timeout,
         )
 
-    def _call(self, method: str, path: str, model: type[Any] | None = None, **kwargs: Any) -> Any:
+    def _response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach {self._client.base_url}: {exc}") from exc
-        checked(response, method, path)
+        return checked(response, method, path)
+
+    def _call(self, method: str, path: str, model: type[Any] | None = None, **kwargs: Any) -> Any:
+        response = self._response(method, path, **kwargs)
         if model is None:
             return None
         try:
@@ -133,11 +136,7 @@ class AdminClient:
 
     def session_recording(self, session_id: str) -> bytes:
         """A shell session's asciicast v2 recording."""
-        try:
-            response = self._client.get(f"/api/v1/admin/sessions/{session_id}/recording")
-        except httpx.TransportError as exc:
-            raise TransportError(f"cannot reach {self._client.base_url}: {exc}") from exc
-        return checked(response, "GET", "recording").content
+        return self._response("GET", f"/api/v1/admin/sessions/{session_id}/recording").content
 
     def release_quarantine(self, device_id: str) -> None:
         self._call("POST", f"/api/v1/admin/devices/{device_id}/release-quarantine")

@@ -38,6 +38,7 @@ from edgefleet.protocol.sessions import (
     Ready,
     Refused,
     SessionOffer,
+    SessionOpened,
     SessionRequest,
 )
 from edgefleet.server.attestation import AttestationService
@@ -66,6 +67,11 @@ class Session:
     waiting: bool = False  # the operator is attached and waits for the device
     offered_at: float | None = None  # monotonic: when a check-in carried it
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def opened(self, attach_prefix: str) -> SessionOpened:
+        """What the operator is answered: where to attach (``/api/v1/admin`` or the dashboard's ``/ui``)."""
+        return SessionOpened(id=self.id, device_id=self.device_id, verb=self.offer.verb,
+                             attach=f"{attach_prefix}/sessions/{self.id}/attach", recorded=self.offer.verb == "shell")
 
 
 def _refused(code: str, reason: str) -> Forbidden:

@@ -15,12 +15,11 @@ from pydantic import ValidationError
 
 from edgefleet.errors import BadAnswer, ServerRefused, TransportError
 from edgefleet.protocol.base import Strict
-from edgefleet.protocol.sessions import CONTROL, MAX_FRAME_BYTES, Ended, Eof, Exit, Ready, Refused, Resize
+from edgefleet.protocol.sessions import CONTROL, MAX_FRAME_BYTES, Control, Eof, Exit
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
-Control = Ready | Refused | Resize | Eof | Exit | Ended
 KEEPALIVE_SECONDS = 20.0  # a ping this often; a link silent for as long again is dropped
 
 

@@ -39,5 +39,4 @@ async def open_session(request: Request, device_id: DeviceId, body: SessionReque
     request.state.principal = who
     client = request.client.host if request.client else None
     session = await server_state(request).sessions.open(who, device_id, body, client)
-    return SessionOpened(id=session.id, device_id=device_id, verb=body.verb,
-                         attach=f"/ui/sessions/{session.id}/attach", recorded=body.verb == "shell")
+    return session.opened("/ui")

@@ -41,8 +41,7 @@ async def open_session(who: ScopedOperator, device_id: DeviceIdPath, body: Sessi
     """Open a remote session (shell, logs, port-forward) to a device: 403 with the reason
     when the gate refuses it. Attach to ``attach`` within a minute."""
     session = await server_state(request).sessions.open(who, device_id, body, _source(request))
-    return SessionOpened(id=session.id, device_id=device_id, verb=body.verb,
-                         attach=f"/api/v1/admin/sessions/{session.id}/attach", recorded=body.verb == "shell")
+    return session.opened("/api/v1/admin")
 
 
 async def _operator(websocket: WebSocket) -> AdminPrincipal:
