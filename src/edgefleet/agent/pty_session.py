@@ -136,15 +136,19 @@ class PtyProcess:
         return 128 - code if code < 0 else code
 
     async def end(self) -> None:
-        """Hang up on the whole session, then kill whatever is left of it; reap the leader."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGHUP)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wait(), KILL_GRACE_SECONDS)
-        kill_session(self.pid)
-        if self.process.poll() is None:
-            self.process.kill()
-            await self.wait()
-        with contextlib.suppress(OSError):
-            os.close(self._master)
+        """Hang up on the whole session, then kill whatever is left of it; reap the leader.
+        Cancelled while it waits for the hang-up (the agent stops), it still kills and
+        reaps: the grace period is what a cancellation cuts short, never the cleanup."""
+        try:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGHUP)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wait(), KILL_GRACE_SECONDS)
+        finally:
+            kill_session(self.pid)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()  # SIGKILL cannot be caught: the leader is gone at once
+            with contextlib.suppress(OSError):
+                os.close(self._master)
