@@ -1,9 +1,10 @@
 """An idle agent pays only for what it runs: a real agent process (its own interpreter) on
 an emulated device enrolls at a real control plane, checks in and reports, and then lists
 the modules it loaded. None of the workload runtimes, the delta code, the technician
-page's web framework, the metrics library, control-plane code or httpx's command-line
-client (click, pygments, rich) may be among them: they load when a workload, an update,
-the page or a metrics file needs them, and httpx's CLI never. The figures are
+page's web framework, the metrics library, control-plane code, the remote-session verbs
+and their WebSocket client, or httpx's command-line client (click, pygments, rich) may be
+among them: they load when a workload, an update, the page, a metrics file or a session
+needs them, and httpx's CLI never. The figures are
 bench/agent_footprint.py's."""
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tests.conftest import Fleet, start_fleet
 UNTIL_NEEDED = ("wasmtime", "fastcdc", "bsdiff4", "prometheus_client", "fastapi", "starlette", "uvicorn", "jinja2",
                 "sqlalchemy", "cyclonedx", "edgefleet.delta", "edgefleet.workloads.wasm", "edgefleet.workloads.microvm",
                 "edgefleet.localpage", "edgefleet.telemetry.health_metrics", "edgefleet.server", "edgefleet.cli",
-                "edgefleet.hub", "rich", "click", "pygments")  # the last three: httpx's CLI, which the agent never runs
+                "edgefleet.hub", "edgefleet.agent.remote_verbs", "edgefleet.agent.pty_session", "edgefleet.web.channel",
+                "websockets", "rich", "click", "pygments")  # the last three: httpx's CLI, which the agent never runs
 
 IDLE_AGENT = """
 import asyncio, json, sys

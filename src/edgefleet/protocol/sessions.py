@@ -19,7 +19,7 @@ SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
 Word = Annotated[str, StringConstraints(max_length=4096)]
 UnitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._:-]{1,128}$")]
 Since = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 :+._-]{1,40}$")]
-DevicePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]{0,4095}$")]  # absolute, no NUL
+DevicePath = Annotated[str, StringConstraints(max_length=4096, pattern=r"^/[^\x00]*$")]  # absolute, no NUL
 Cols = Annotated[int, Field(ge=1, le=1000)]
 Rows = Annotated[int, Field(ge=1, le=1000)]
 

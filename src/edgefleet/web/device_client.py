@@ -9,7 +9,7 @@ ServerRefused, which retrying will not fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from pydantic import ValidationError
@@ -38,8 +38,10 @@ from edgefleet.protocol.v1 import (
 )
 from edgefleet.util.cancelsafe import CancelSafeTransport
 from edgefleet.util.http import checked
-from edgefleet.web.channel import Channel, connect_channel, websocket_url
 from edgefleet.web.tls import tls_context
+
+if TYPE_CHECKING:
+    from edgefleet.web.channel import Channel
 
 
 class DeviceTransport(Protocol):
@@ -145,6 +147,8 @@ class HttpsTransport:
         return result
 
     async def open_session(self, device_id: str, session_id: str) -> Channel:
+        from edgefleet.web.channel import connect_channel, websocket_url  # WebSockets: with the first session
+
         url = websocket_url(self._base_url, f"/api/v1/devices/{device_id}/sessions/{session_id}")
         return await connect_channel(url, self._context, headers={"user-agent": f"edgefleet-agent/{__version__}"},
                                      timeout=self._timeout)
