@@ -10,76 +10,18 @@ The channel and the verbs (WebSockets, PTYs) load with the first session (issue 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextvars
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefleet.protocol.sessions import Refused, SessionOffer, Verb
+from edgefleet.agent.own_log import RUNNING, OwnLog
+from edgefleet.agent.site_policy import SitePolicy
+from edgefleet.protocol.sessions import SessionOffer
 
 if TYPE_CHECKING:
     from edgefleet.web.device_client import DeviceTransport
-
-log = logging.getLogger("edgefleet.agent.remote")
-VERBS: tuple[Verb, ...] = ("shell", "logs", "forward", "copy")
-OWN_LOG_LINES = 500
-
-
-@dataclass(frozen=True)
-class SitePolicy:
-    """Which verbs this device's site allows (``remote-access.json`` in the image: e.g.
-    ``{"shell": false}``). No file: all of them. An unreadable file: none (fail closed)."""
-
-    allowed: frozenset[str]
-    source: str
-
-    @classmethod
-    def load(cls, path: Path | None) -> SitePolicy:
-        if path is None or not path.exists():
-            return cls(frozenset(VERBS), "no policy file")
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict) or not all(isinstance(v, bool) for v in data.values()):
-                raise ValueError("expected an object of verb: true/false")
-        except (OSError, ValueError) as exc:
-            log.error("remote access policy %s is unusable, refusing every session: %s", path, exc)
-            return cls(frozenset(), f"{path} (unusable: {exc})")
-        return cls(frozenset(v for v in VERBS if data.get(v, True)), str(path))
-
-    def refusal(self, verb: str) -> Refused | None:
-        if verb in self.allowed:
-            return None
-        return Refused(code="site_policy", reason=f"this site's policy refuses remote {verb} ({self.source})")
-
-
-# The agent whose code runs now: set in its loop's context, inherited by the tasks and
-# threads it starts, so a log line is told from one of another agent or a server that
-# shares the process (the demo, the simulator, tests).
-_RUNNING: contextvars.ContextVar[object | None] = contextvars.ContextVar("edgefleet_agent", default=None)
-
-
-class OwnLog(logging.Handler):
-    """The agent's own log, the last lines of it, for a logs session where there is no
-    journal; followers get new lines as they are logged."""
-
-    def __init__(self, owner: object, lines: int = OWN_LOG_LINES) -> None:
-        super().__init__(logging.INFO)
-        self.owner = owner
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
-        self.followers: set[asyncio.Queue[str]] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if _RUNNING.get() is not self.owner:
-            return  # another agent's, or the server's
-        line = self.format(record)
-        self.lines.append(line)
-        for queue in self.followers:
-            queue.put_nowait(line)
 
 
 @dataclass
@@ -103,7 +45,7 @@ class RemoteAccess:
     def keep_own_log(self) -> None:
         """Keep the agent's last log lines from now on (for a logs session without a journal)."""
         if self.own_log is None:
-            _RUNNING.set(self)  # in the agent loop's context: its tasks and threads inherit it
+            RUNNING.set(self)  # in the agent loop's context: its tasks and threads inherit it
             self.own_log = OwnLog(self)
             logging.getLogger("edgefleet").addHandler(self.own_log)
 

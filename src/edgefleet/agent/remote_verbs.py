@@ -12,8 +12,9 @@ import os
 import shutil
 
 from edgefleet.agent.file_copy import copy_refusal, receive_file, send_file
+from edgefleet.agent.own_log import OwnLog
 from edgefleet.agent.pty_session import PtyProcess, argv_for
-from edgefleet.agent.remote import OwnLog, SitePolicy
+from edgefleet.agent.site_policy import SitePolicy
 from edgefleet.errors import EdgefleetError
 from edgefleet.protocol.sessions import LOOPBACK, Exit, Ready, Refused, Resize, SessionOffer
 from edgefleet.web.channel import Channel, splice
