@@ -42,6 +42,7 @@ from edgefleet.agent.settings import AgentSettings
 from edgefleet.errors import EdgefleetError
 from edgefleet.protocol.v1 import HealthFinding
 from edgefleet.protocol.workloads import WorkloadStatus
+from edgefleet.util.aio import any_set
 
 State = Literal["healthy", "degraded", "unhealthy"]
 CHECK_TIMEOUT_SECONDS = 30.0  # a health.d check that has not answered by then has failed
@@ -246,12 +247,7 @@ class HealthMonitor:
                 if verdict != self.verdict:
                     self.verdict = verdict
                     await changed(verdict)
-                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())}
-                try:
-                    await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiting in waits:
-                        waiting.cancel()
+                await any_set(stop, self.wake, timeout=self.interval)
         finally:
             self.sources.cancel.set()  # a running check ends at once; its thread with it
             own.shutdown(wait=False, cancel_futures=True)

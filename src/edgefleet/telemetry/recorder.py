@@ -18,7 +18,7 @@ from typing import Any
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry.buffer import DurableBuffer, Kind, Record
-from edgefleet.util.aio import pause
+from edgefleet.util.aio import any_set, pause
 
 log = logging.getLogger("edgefleet.telemetry")
 
@@ -96,12 +96,7 @@ class Recorder:
         try:
             while not stop.is_set():
                 if not self._staged and self._written == told:
-                    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(pending.wait())]
-                    try:
-                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        for wait in waits:
-                            wait.cancel()
+                    await any_set(stop, pending)
                 pending.clear()
                 if self._staged:
                     if await pause(stop, flush_seconds):

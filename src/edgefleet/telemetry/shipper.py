@@ -7,7 +7,6 @@ receiver's de-duplication by sequence number, the whole path is exactly-once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 from edgefleet.errors import EdgefleetError, TransportError
 from edgefleet.protocol.telemetry import MAX_RECORDS, TelemetryAck
 from edgefleet.telemetry.buffer import Batch, DurableBuffer
+from edgefleet.util.aio import any_set
 from edgefleet.util.backoff import Backoff
 
 log = logging.getLogger("edgefleet.telemetry")
@@ -115,9 +115,4 @@ class Shipper:
                 log.exception("telemetry shipping failed unexpectedly, retrying in %.1fs", delay)
             self._wake.clear()
             # New records do not cut a backoff short (they would, all through an outage).
-            waiters = [asyncio.ensure_future(stop.wait()), *([] if failed else [asyncio.ensure_future(
-                self._wake.wait())])]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), delay)
-            for waiter in waiters:
-                waiter.cancel()
+            await any_set(stop, *([] if failed else [self._wake]), timeout=delay)
