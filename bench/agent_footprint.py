@@ -1,21 +1,29 @@
 """What the agent holds on an idle device, next to Mender's client in the same run.
 
-A real control plane runs in its own process (SQLite, attestation not required: this
-device has no TPM). The agent runs as a device runs it (``python -m edgefleet.agent
---config``) on an emulated device directory: it enrolls, checks in (long polls), reports
-status and ships its own logs as telemetry. After --warmup seconds its resident (RSS) and
-proportional (PSS) memory are read from /proc/PID/smaps_rollup, then its CPU time over
---idle seconds, extrapolated to an hour. Mender's client daemon (Debian's ``mender``,
-3.4) runs beside it in the same run, pointed at a server that does not answer (as a
-device whose server is away), and is measured the same way; without it the recorded
-figure (33.6 MiB) is shown, marked as recorded.
+A real control plane runs in its own process (SQLite, attestation not required: see
+below). The agent runs as a device runs it (``python -m edgefleet.agent --config``) on an
+emulated device directory: it enrolls, checks in (long polls), reports status, ships its
+own logs as telemetry, and runs one WebAssembly workload: a service whose signed module
+is an artifact of the device's release, declared in its configuration (signed by the
+director), fetched and verified by the agent, and run under wasmtime in the agent's
+process; it prints a line every --workload-nap seconds. Once the workload runs and
+--warmup seconds have passed, the agent's resident (RSS) and proportional (PSS) memory are
+read from /proc/PID/smaps_rollup, then its CPU time over --idle seconds, extrapolated to
+an hour. Mender's client daemon (Debian's ``mender``, 3.4) runs beside it in the same run,
+pointed at a server that does not answer (as a device whose server is away), and is
+measured the same way; without it the recorded figure (33.6 MiB) is shown, marked as
+recorded.
 
 The device is an emulated A/B device whose image ships the fleet's TUF roots (so the idle
 agent holds its update client, as a real device's does). After the idle phase the
 operator assigns it a signed release of --image-mib MiB: the agent downloads it from the
 server's repository, verifies it, writes it into slot B, reboots (in-process, emulated),
 runs its trial and commits. Its peak RSS (VmHWM, the kernel's high-water mark) is read
-until the commit. Not covered here (issue #31): an agent with a TPM, a WASM workload.
+until the commit.
+
+Not covered (issue #31): a TPM. The agent run this way has no emulated firmware that
+measures its boot into a swtpm (its emulated boot measures only an in-process software
+TPM), so it cannot attest here; its TPM code (tpm2-pytss) loads with a configured TPM.
 
     python bench/agent_footprint.py [--warmup 30] [--idle 300] [--image-mib 256]
 """
@@ -33,12 +41,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from tests.wasm_modules import module
+
 from edgefleet.agent.hardware import VirtualDevice, vimage
 from edgefleet.client import AdminClient
 from edgefleet.releases.image import ReleaseInfo
 from rollout import HARDWARE, Plane, Release, cpu_seconds, publish_releases, start_plane
 
 FACTORY, UPDATE = "2026.11.0", "2026.12.0"
+WORKLOAD = "meter"
+MODULE = f"artifacts/{FACTORY}/{WORKLOAD}.wasm"  # where the factory release's artifact is published
 
 MENDER_RECORDED_MIB = 33.6
 
@@ -60,17 +73,50 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
-def publish(plane: Plane, workdir: Path, size: int) -> tuple[bytes, bytes]:
-    """The factory release and a --image-mib one, signed and published; the TUF roots."""
+def publish(plane: Plane, workdir: Path, size: int, nap_seconds: float) -> tuple[bytes, bytes]:
+    """The factory release (with the workload's module) and a --image-mib one, signed and
+    published; the TUF roots."""
+    meter = workdir / f"{WORKLOAD}.wasm"
+    meter.write_bytes(module("serves", "meter reading 42", nap_seconds))
     releases = []
     for counter, version in enumerate((FACTORY, UPDATE), start=1):
         image = workdir / f"{version}.img"
         image.write_bytes(vimage.build(version, counter, size=size if version == UPDATE else 1 << 20))
-        releases.append(Release(image, ReleaseInfo(version, counter, (HARDWARE,), {})))
+        releases.append(Release(image, ReleaseInfo(version, counter, (HARDWARE,), {}),
+                                artifacts=(meter,) if version == FACTORY else ()))
     with AdminClient(plane.url, plane.admin, plane.ca) as client:
         workspace = publish_releases(plane.settings, workdir, client, releases)
     return ((workspace / "image" / "metadata" / "1.root.json").read_bytes(),
             (workspace / "director" / "metadata" / "1.root.json").read_bytes())
+
+
+async def enrolled(plane: Plane, agent: asyncio.subprocess.Process, timeout: float) -> None:
+    """Return once the agent's device is listed (it enrolled)."""
+    start = time.monotonic()
+    async with plane.client() as client:
+        while not (await client.get("/api/v1/admin/devices")).json()["devices"]:
+            if agent.returncode is not None or time.monotonic() - start > timeout:
+                raise RuntimeError(f"the agent did not enroll in {timeout:.0f} s (exit code {agent.returncode})")
+            await asyncio.sleep(0.5)
+
+
+async def run_workload(plane: Plane, timeout: float) -> None:
+    """Declare the WASM service in the device's configuration; return once the agent runs it."""
+    async with plane.client() as client:
+        device = (await client.get("/api/v1/admin/devices")).json()["devices"][0]["id"]
+        service = {"name": WORKLOAD, "kind": "WasmModule", "target": MODULE, "restart": {"policy": "always"}}
+        answer = await client.put(f"/api/v1/admin/devices/{device}/desired",
+                                  json={"document": {"config": {"group": "bench", "workloads": {"wasm": [service]}}}})
+        answer.raise_for_status()
+        start = time.monotonic()
+        while True:
+            view = (await client.get(f"/api/v1/admin/devices/{device}")).json()
+            states = {w["name"]: w["state"] for w in view.get("workloads") or []}
+            if states.get(WORKLOAD) == "running":
+                return
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"the workload did not start in {timeout:.0f} s: {view.get('workloads')}")
+            await asyncio.sleep(0.5)
 
 
 async def update_peak(plane: Plane, pid: int, timeout: float) -> tuple[float, float]:
@@ -114,7 +160,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             answer.raise_for_status()
             token = answer.json()["token"]
         size = args.image_mib << 20
-        roots = await asyncio.to_thread(publish, plane, workdir, size)
+        roots = await asyncio.to_thread(publish, plane, workdir, size, args.workload_nap)
         device = VirtualDevice.create(workdir / "device", hardware_id="bench-1", site="store-1",
                                       hardware_type=HARDWARE, os_version=FACTORY, release_counter=1, slot_bytes=size)
         device.install_trust(*roots)
@@ -126,16 +172,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             sys.executable, "-m", "edgefleet.agent", "--config", str(config), "--log-level", "warning",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         other = await mender(workdir)
-        print(f"agent pid {agent.pid}" + (f", mender pid {other.pid}" if other else ", mender not installed")
-              + f"; warming up {args.warmup:.0f} s")
+        print(f"agent pid {agent.pid}" + (f", mender pid {other.pid}" if other else ", mender not installed"))
+        await enrolled(plane, agent, timeout=120)
+        await run_workload(plane, timeout=120)
+        print(f"the agent enrolled and runs its WASM workload; warming up {args.warmup:.0f} s")
         await asyncio.sleep(args.warmup)
         for name, process in (("the agent", agent), ("mender", other)):
             if process is not None and process.returncode is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}")
-        async with plane.client() as client:
-            listed = (await client.get("/api/v1/admin/devices")).json()["devices"]
-        if [d["site"] for d in listed] != ["store-1"]:
-            raise RuntimeError(f"the agent did not enroll: {listed}")
         agent_rss, agent_pss = memory_mib(agent.pid)
         mender_rss, mender_pss = memory_mib(other.pid) if other else (MENDER_RECORDED_MIB, float("nan"))
         cpu0, mender_cpu0, start = cpu_seconds(agent.pid), cpu_seconds(other.pid) if other else 0.0, time.monotonic()
@@ -153,7 +197,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 await process.wait()
         plane.process.terminate()
         await plane.process.wait()
-    print(f"idle agent: RSS {agent_rss:.1f} MiB, PSS {agent_pss:.1f} MiB, CPU {agent_cpu:.1f} s/hour "
+    print(f"idle agent (one WASM service, telemetry on): RSS {agent_rss:.1f} MiB, PSS {agent_pss:.1f} MiB, "
+          f"CPU {agent_cpu:.1f} s/hour "
           f"(over {args.idle:.0f} s), peak RSS while idle {peak:.1f} MiB")
     origin = "same run" if other else "recorded earlier: mender-client not installed"
     print(f"mender 3.4 daemon ({origin}): RSS {mender_rss:.1f} MiB, PSS {mender_pss:.1f} MiB, "
@@ -176,6 +221,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=300, help="seconds of idle CPU measured")
     parser.add_argument("--image-mib", type=int, default=256, help="size of the release the update installs")
     parser.add_argument("--update-timeout", type=float, default=900, help="seconds the update may take")
+    parser.add_argument("--workload-nap", type=float, default=10.0,
+                        help="seconds the WASM service sleeps between its lines")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-footprint-") as tmp:
         figures = asyncio.run(run(args, Path(tmp)))

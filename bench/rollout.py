@@ -74,6 +74,7 @@ class Release(NamedTuple):
     image: Path
     info: ReleaseInfo
     sbom: Path | None = None
+    artifacts: tuple[Path, ...] = ()  # e.g. a workload's module, signed beside the image
 
 
 def publish_releases(settings: ServerSettings, workdir: Path, client: AdminClient,
@@ -84,8 +85,8 @@ def publish_releases(settings: ServerSettings, workdir: Path, client: AdminClien
     keys = Keystore(workdir / "offline-keys")
     workspace = Workspace(workdir / "workspace")
     workspace.init(keys, load_online_keys(settings.data_dir / "keys" / "online-keys.json"), now)
-    for image, info, sbom in releases:
-        workspace.create_release(image, info, now, sbom=sbom)
+    for image, info, sbom, artifacts in releases:
+        workspace.create_release(image, info, now, list(artifacts), sbom=sbom)
     workspace.sign_targets(keys.signer("targets-1"))
     publish_workspace(workspace, client)
     return workdir / "workspace"

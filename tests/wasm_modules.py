@@ -23,12 +23,12 @@ _PRELUDE = r"""
   (data (i32.const 256) "MESSAGE\n")
   (func $say (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
   (func $init (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const LENGTH)))
-  ;; sleep 20 ms: one clock subscription (monotonic, relative) at 64, its event at 128
+  ;; sleep NAP ns (20 ms unless told): one clock subscription (monotonic, relative) at 64, its event at 128
   (func $nap
     (i64.store (i32.const 64) (i64.const 0))
     (i32.store8 (i32.const 72) (i32.const 0))
     (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const 20000000))
+    (i64.store (i32.const 88) (i64.const NAP))
     (i64.store (i32.const 96) (i64.const 0))
     (i32.store16 (i32.const 104) (i32.const 0))
     (drop (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 192))))
@@ -53,13 +53,15 @@ BODIES = {
 }
 
 
-def wat(kind: str, message: str = "hello from wasm") -> str:
+def wat(kind: str, message: str = "hello from wasm", nap_seconds: float = 0.02) -> str:
     prelude = _PRELUDE.replace("MESSAGE", message).replace("LENGTH", str(len(message) + 1))
+    prelude = prelude.replace("NAP", str(round(nap_seconds * 1e9)))
     return f'(module {prelude} (func (export "_start") (call $init) {BODIES[kind]}))'
 
 
-def module(kind: str, message: str = "hello from wasm") -> bytes:
-    return bytes(wasmtime.wat2wasm(wat(kind, message)))
+def module(kind: str, message: str = "hello from wasm", nap_seconds: float = 0.02) -> bytes:
+    """``kind``'s module; a service (``serves``) sleeps ``nap_seconds`` between lines."""
+    return bytes(wasmtime.wat2wasm(wat(kind, message, nap_seconds)))
 
 
 def signed_target(path: str, data: bytes) -> TargetFile:
