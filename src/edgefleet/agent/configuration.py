@@ -8,11 +8,11 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from edgefleet.agent import osconfig
 from edgefleet.agent.health import Probe
@@ -23,10 +23,10 @@ from edgefleet.agent.workload_tokens import TokenKeeper, wanted_tokens
 from edgefleet.clock import Clock
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.protocol.desired import DesiredDocument, known_parts
-from edgefleet.protocol.hashing import canonical, declared_workloads, workload_part
+from edgefleet.protocol.hashing import canonical, workload_part
 from edgefleet.protocol.v1 import ConfigReport
 from edgefleet.protocol.workload_verdicts import Verdict, judge
-from edgefleet.protocol.workloads import WorkloadSpec, WorkloadStatus
+from edgefleet.protocol.workloads import WorkloadStatus, declared
 from edgefleet.workloads.kubernetes import ManifestSync
 from edgefleet.workloads.supervisor import Supervisor
 
@@ -37,9 +37,6 @@ log = logging.getLogger("edgefleet.agent")
 # target). Anything else steers nothing.
 SIGNED_PARTS = frozenset(DesiredDocument.model_fields)
 
-_SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
-# a workload's kind as rendered -> as the supervisor runs it
-_KINDS = {"WasmModule": "wasm", "MicroVM": "microvm", "NativeService": "native"}
 
 
 def usable(document: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -53,19 +50,6 @@ def usable(document: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
         return {k: v for k, v in document.items() if k not in SIGNED_PARTS}, why
     return document, None
-
-
-def declared(config: dict[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:
-    """The workloads a configuration declares, each with its entry (its kind reads
-    ``WasmModule`` or ``MicroVM`` there), and why any invalid ones are left out."""
-    found: list[tuple[Mapping[str, Any], WorkloadSpec]] = []
-    invalid = []
-    for entry in declared_workloads(config):
-        try:
-            found.append((entry, _SPEC.validate_python({**entry, "kind": _KINDS.get(str(entry.get("kind")))})))
-        except ValidationError as exc:
-            invalid.append(f"{entry.get('name')}: {exc.errors()[0]['msg']}")
-    return found, invalid
 
 
 def director_signed(config: dict[str, object], updates: UpdateClient) -> bool:
@@ -92,6 +76,7 @@ class Configuration:
         self.applied = -1  # the desired state version whose configuration the agent has acted on
         self.unsigned: str | None = None  # what the desired state holds that the director did not sign (ignored)
         self.invalid_desired: str | None = None  # why the last desired state's signed parts were left out
+        self.invalid_workloads: str | None = None  # which workloads of the signed configuration are left out, why
         self._workloads_changed: set[str] = set()  # workloads whose kept artifacts changed on disk, unreported
 
     def apply_os_config(self, state: AgentState, updates: UpdateClient | None) -> None:
@@ -144,17 +129,20 @@ class Configuration:
         fetched from the image repository and verified. A workload whose artifacts cannot
         be fetched now keeps running as it is; one that does not verify is refused."""
         config = state.desired.get("config")
-        if self.workloads is None or not isinstance(config, dict):
+        if self.workloads is None:
+            return
+        if not isinstance(config, dict):
+            self._note_invalid([])
             return
         found, invalid = declared(config)
-        if not found and self.workloads.idle:
+        if not found and not invalid and self.workloads.idle:
+            self._note_invalid([])
             return
         if not director_signed(config, updates):
             return  # the configuration step logs and reports it
+        self._note_invalid(invalid)
         if self.tokens is not None:
             self.tokens.want(wanted_tokens(spec for _, spec in found))
-        for why in invalid:
-            log.error("a workload in the configuration is invalid, left out: %s", why)
         wanted, keep = [], set()
         for _, spec in found:
             try:
@@ -171,6 +159,16 @@ class Configuration:
             if changed:
                 self._workloads_changed.add(spec.name)  # drift: reported once, then healed
         await self.workloads.apply(wanted, keep)
+
+    def _note_invalid(self, invalid: list[str]) -> None:
+        """Say (the log once, and a health finding while it lasts) which workloads of the
+        signed configuration this device cannot read and leaves out."""
+        why = "; ".join(invalid) or None
+        if why != self.invalid_workloads:
+            if why is not None:
+                log.error("workloads of the configuration are invalid, left out: %s", why)
+            self.invalid_workloads = why
+            self.on_unsigned()  # the verdict changes at once
 
     def workloads_probe(self, state: AgentState, loop: asyncio.AbstractEventLoop) -> Probe:
         """A ``workloads`` health check (run in a worker thread): passes once every workload

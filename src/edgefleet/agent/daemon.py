@@ -257,6 +257,7 @@ class Agent:
                              buffer=self.telemetry.buffer_use, attested=lambda: self.attested,
                              state_dir=self.dir.path, untrusted=lambda: self.untrusted,
                              unsigned=lambda: configuration.unsigned,
+                             invalid_workloads=lambda: configuration.invalid_workloads,
                              probe=self.runner.workloads_probe if self.runner is not None else None)
 
     async def _check_in_until(self, stop: asyncio.Event, state: AgentState, transport: DeviceTransport) -> None:

@@ -204,6 +204,7 @@ class HealthSources:
     probe: Probe | None = None  # answers ``workloads`` checks
     untrusted: Callable[[], str | None] = lambda: None  # why the device refuses all configuration
     unsigned: Callable[[], str | None] = lambda: None  # what the server sent that the director did not sign
+    invalid_workloads: Callable[[], str | None] = lambda: None  # signed workloads this agent cannot read
     clock: ClockSanity = field(default_factory=ClockSanity)
     cancel: threading.Event = field(default_factory=threading.Event)  # set: running checks end now
 
@@ -221,6 +222,8 @@ class HealthSources:
                                           detail=f"{why}: no configuration, workloads or tokens"[:200]))
         if (why := self.unsigned()) is not None:  # what runs stays as it was: degraded, not unhealthy
             findings.append(HealthFinding(name="signed-instructions", required=False, detail=why[:200]))
+        if (why := self.invalid_workloads()) is not None:  # the valid ones run: degraded
+            findings.append(HealthFinding(name="invalid-workloads", required=False, detail=why[:200]))
         return judge(findings)
 
 

@@ -6,11 +6,13 @@ image repository (TUF), and the device runs exactly those bytes or nothing.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeAlias
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from edgefleet.protocol.base import MAX_INT, Audience, Count, Name, ShortText, Strict
+from edgefleet.protocol.hashing import declared_workloads
 
 TargetPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
@@ -126,6 +128,31 @@ class NativeWorkload(Strict):
 
 
 WorkloadSpec: TypeAlias = Annotated[WasmWorkload | MicroVmWorkload | NativeWorkload, Field(discriminator="kind")]
+
+# A workload's kind as a configuration names it (GitOps renders it so) -> its spec's kind.
+RENDERED_KINDS = {"WasmModule": "wasm", "MicroVM": "microvm", "NativeService": "native"}
+_SPEC: TypeAdapter[WorkloadSpec] = TypeAdapter(WorkloadSpec)
+
+
+def declared(config: Mapping[str, Any]) -> tuple[list[tuple[Mapping[str, Any], WorkloadSpec]], list[str]]:
+    """The workloads a configuration declares, each with its entry and its spec, and why
+    any invalid one is left out (its name, the field, what is wrong). The server refuses a
+    configuration with an invalid workload; the agent runs the valid ones and says why it
+    left the others out."""
+    found: list[tuple[Mapping[str, Any], WorkloadSpec]] = []
+    invalid = []
+    for entry in declared_workloads(config):
+        kind = entry.get("kind")
+        if not isinstance(kind, str) or kind not in RENDERED_KINDS:
+            invalid.append(f"{entry.get('name')}: kind {kind!r} is not one of {', '.join(RENDERED_KINDS)}")
+            continue
+        try:
+            found.append((entry, _SPEC.validate_python({**entry, "kind": RENDERED_KINDS[kind]})))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"][1:]))  # past the kind's tag
+            invalid.append(f"{entry.get('name')}: {where + ': ' if where else ''}{first['msg']}")
+    return found, invalid
 
 
 OUTPUT_LINES = 5  # a workload's last lines of output in its status (a status report is at most 64 KiB)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from edgefleet.errors import NotFound
+from edgefleet.errors import InvalidRequest, NotFound
 from edgefleet.protocol.base import MAX_INT
 from edgefleet.protocol.v1 import (
     ApprovalDecision,
@@ -26,6 +26,7 @@ from edgefleet.protocol.v1 import (
     UpdateEvent,
     UpdateHistory,
 )
+from edgefleet.protocol.workloads import declared
 from edgefleet.server.auth import DeviceIdPath, ScopedAdmin, ScopedOperator, ScopedViewer
 from edgefleet.server.lifecycle import decommission as decommission_device
 from edgefleet.server.lifecycle import revoke as revoke_device
@@ -110,9 +111,12 @@ async def put_desired(who: ScopedOperator, device_id: DeviceIdPath, body: SetDes
                       ) -> DesiredState:
     """Set a device's desired state by hand; devices waiting in a long poll get it at once."""
     await check_device(server_state(request), who, device_id)
+    # As the operator wrote it (no defaults added): its configuration's bytes are signed.
+    document = body.document.model_dump(mode="json", exclude_unset=True)
+    _, invalid = declared(document.get("config") or {})
+    if invalid:  # the device would leave it out: say so now, and change nothing
+        raise InvalidRequest(f"invalid workloads: {'; '.join(invalid)}", code="invalid_workload")
     async with server_state(request).director.desired.transaction() as changes:
-        # As the operator wrote it (no defaults added): its configuration's bytes are signed.
-        document = body.document.model_dump(mode="json", exclude_unset=True)
         version = await changes.set(device_id, document)  # its configuration signed before it is heard
     if version is None:
         raise NotFound(f"device {device_id} not found")
