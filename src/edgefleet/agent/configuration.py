@@ -38,7 +38,6 @@ log = logging.getLogger("edgefleet.agent")
 SIGNED_PARTS = frozenset(DesiredDocument.model_fields)
 
 
-
 def usable(document: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The desired state as the agent keeps it: its release and configuration only when
     they are a valid ``DesiredDocument`` (the model the server writes with), else left out,

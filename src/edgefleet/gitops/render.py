@@ -34,7 +34,7 @@ from edgefleet.errors import ConfigError, InvalidRequest
 from edgefleet.protocol.desired import Maintenance
 from edgefleet.protocol.v1 import RolloutPlan
 from edgefleet.protocol.windows import MaintenancePolicy
-from edgefleet.protocol.workloads import MicroVmWorkload, NativeWorkload, WasmWorkload
+from edgefleet.protocol.workloads import RENDERED_KINDS, MicroVmWorkload, NativeWorkload, WasmWorkload
 
 
 @dataclass(frozen=True)
@@ -179,17 +179,20 @@ def _k8s_objects(path: str, group: str, data: bytes, errors: list[SourceError]) 
     return objects
 
 
-# The workload files of apps/<group>/: the key in ``config.workloads``, the spec each entry
-# is validated as, and the kind policies and the device see.
-WORKLOAD_FILES: dict[str, tuple[str, type[WasmWorkload] | type[MicroVmWorkload] | type[NativeWorkload], str]] = {
-    "wasm.yaml": ("wasm", WasmWorkload, "WasmModule"),
-    "microvm.yaml": ("microvm", MicroVmWorkload, "MicroVM"),
-    "services.yaml": ("native", NativeWorkload, "NativeService"),
+# The workload files of apps/<group>/: the key in ``config.workloads`` (the spec's kind)
+# and the spec each entry is validated as. Policies and the device see the entry under its
+# rendered kind (``protocol/workloads.RENDERED_KINDS``).
+WORKLOAD_FILES: dict[str, tuple[str, type[WasmWorkload] | type[MicroVmWorkload] | type[NativeWorkload]]] = {
+    "wasm.yaml": ("wasm", WasmWorkload),
+    "microvm.yaml": ("microvm", MicroVmWorkload),
+    "services.yaml": ("native", NativeWorkload),
 }
+_RENDERED_KIND = {spec: rendered for rendered, spec in RENDERED_KINDS.items()}
 
 
 def _workload_objects(path: str, group: str, data: bytes, errors: list[SourceError]) -> list[RenderedObject]:
-    key, model, kind = WORKLOAD_FILES[path.rsplit("/", 1)[-1]]
+    key, model = WORKLOAD_FILES[path.rsplit("/", 1)[-1]]
+    kind = _RENDERED_KIND[key]
     value = _load_yaml(path, data, errors)
     if value is None:
         return []
