@@ -90,20 +90,22 @@ def publish(plane: Plane, workdir: Path, size: int, nap_seconds: float) -> tuple
             (workspace / "director" / "metadata" / "1.root.json").read_bytes())
 
 
-async def enrolled(plane: Plane, agent: asyncio.subprocess.Process, timeout: float) -> None:
-    """Return once the agent's device is listed (it enrolled)."""
+async def enrolled(plane: Plane, agent: asyncio.subprocess.Process, timeout: float) -> str:
+    """The agent's device id, once it is listed (it enrolled, at its site)."""
     start = time.monotonic()
     async with plane.client() as client:
-        while not (await client.get("/api/v1/admin/devices")).json()["devices"]:
+        while not (listed := (await client.get("/api/v1/admin/devices")).json()["devices"]):
             if agent.returncode is not None or time.monotonic() - start > timeout:
                 raise RuntimeError(f"the agent did not enroll in {timeout:.0f} s (exit code {agent.returncode})")
             await asyncio.sleep(0.5)
+    if [d["site"] for d in listed] != ["store-1"]:
+        raise RuntimeError(f"the agent enrolled unlike its token says: {listed}")
+    return str(listed[0]["id"])
 
 
-async def run_workload(plane: Plane, timeout: float) -> None:
-    """Declare the WASM service in the device's configuration; return once the agent runs it."""
+async def run_workload(plane: Plane, device: str, timeout: float) -> None:
+    """Declare the WASM service in ``device``'s configuration; return once the agent runs it."""
     async with plane.client() as client:
-        device = (await client.get("/api/v1/admin/devices")).json()["devices"][0]["id"]
         service = {"name": WORKLOAD, "kind": "WasmModule", "target": MODULE, "restart": {"policy": "always"}}
         answer = await client.put(f"/api/v1/admin/devices/{device}/desired",
                                   json={"document": {"config": {"group": "bench", "workloads": {"wasm": [service]}}}})
@@ -119,10 +121,9 @@ async def run_workload(plane: Plane, timeout: float) -> None:
             await asyncio.sleep(0.5)
 
 
-async def update_peak(plane: Plane, pid: int, timeout: float) -> tuple[float, float]:
-    """Assign the update; (peak RSS in MiB until the device reports it committed, seconds)."""
+async def update_peak(plane: Plane, device: str, pid: int, timeout: float) -> tuple[float, float]:
+    """Assign ``device`` the update; (peak RSS in MiB until it reports it committed, seconds)."""
     async with plane.client() as client:
-        device = (await client.get("/api/v1/admin/devices")).json()["devices"][0]["id"]
         answer = await client.put(f"/api/v1/admin/devices/{device}/assignment", json={"release": UPDATE})
         answer.raise_for_status()
         start = time.monotonic()
@@ -173,8 +174,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         other = await mender(workdir)
         print(f"agent pid {agent.pid}" + (f", mender pid {other.pid}" if other else ", mender not installed"))
-        await enrolled(plane, agent, timeout=120)
-        await run_workload(plane, timeout=120)
+        device_id = await enrolled(plane, agent, timeout=120)
+        await run_workload(plane, device_id, timeout=120)
         print(f"the agent enrolled and runs its WASM workload; warming up {args.warmup:.0f} s")
         await asyncio.sleep(args.warmup)
         for name, process in (("the agent", agent), ("mender", other)):
@@ -189,7 +190,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         mender_cpu = (cpu_seconds(other.pid) - mender_cpu0) / hours if other else float("nan")
         peak = max(agent_rss, memory_mib(agent.pid)[0])
         print(f"assigning the {args.image_mib} MiB release")
-        update_rss, update_s = await update_peak(plane, agent.pid, args.update_timeout)
+        update_rss, update_s = await update_peak(plane, device_id, agent.pid, args.update_timeout)
     finally:
         for process in (agent, other):
             if process is not None and process.returncode is None:
