@@ -56,4 +56,5 @@
   document.getElementById("open-logs").addEventListener("click", () => open({ verb: "logs", follow: true }));
   document.getElementById("open-forensic").addEventListener("click",
     () => open({ verb: "logs", follow: true, forensic: true }));
+  for (const id of ["open-shell", "open-logs", "open-forensic"]) document.getElementById(id).disabled = false;
 })();
