@@ -9,14 +9,20 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edgefleet.agent.enrollment import https_transport
 from edgefleet.agent.hardware import vimage
 from edgefleet.agent.hardware.firmware import reference_pcrs
 from edgefleet.agent.hardware.softtpm import InsecureSoftwareTpm
+from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.slotenv import TRIAL_TRIES, SlotEnv
+from edgefleet.agent.state import StateDir
 from edgefleet.credentials import Role
+from edgefleet.protocol.v1 import AttestationResult, NonceIssuedView, QuoteSubmission, StatusAck, StatusReport
+from edgefleet.web.device_client import DeviceTransport
 from tests.ab_world import (
     RUNNING,
     SLOT_BYTES,
@@ -216,6 +222,58 @@ def test_trial_that_fails_attestation_against_the_new_release_rolls_back(world: 
     assert record.attestation is not None
     assert record.attestation["quarantined"]  # an operator looks before it gets configuration again
     assert phases(world, device)[-4:] == ["health_checking", "attesting", "rolling_back", "rolled_back"]
+
+
+class AttestationCalls:
+    """The real transport, its reports and attestation requests noted in order."""
+
+    def __init__(self, inner: DeviceTransport, calls: list[str]) -> None:
+        self.inner, self.calls = inner, calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def report_status(self, device_id: str, report: StatusReport) -> StatusAck:
+        ack = await self.inner.report_status(device_id, report)
+        if report.challenge:
+            self.calls.append("report+challenge" if ack.challenge is not None else "report, no challenge")
+        return ack
+
+    async def attestation_nonce(self, device_id: str) -> NonceIssuedView:
+        self.calls.append("nonce")
+        return await self.inner.attestation_nonce(device_id)
+
+    async def submit_quote(self, device_id: str, quote: QuoteSubmission) -> AttestationResult:
+        self.calls.append("quote")
+        return await self.inner.submit_quote(device_id, quote)
+
+
+def test_an_updates_quote_takes_the_nonce_that_came_with_the_report_before_it(world: AbWorld,
+                                                                               tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def transport(settings: AgentSettings, state_dir: StateDir, enrolled: bool) -> DeviceTransport:
+        inner = https_transport(settings, state_dir, enrolled)
+        return AttestationCalls(inner, calls) if enrolled else inner
+
+    device = world.device("challenged", tpm=InsecureSoftwareTpm(tmp_path / "tpm"),
+                          agent_options={"transport_factory": transport})
+    image = world.tmp / "2026.12.5.img"
+    image.write_bytes(vimage.build("2026.12.5", 17, size=SLOT_BYTES, health_checks=PASSING))
+    measured = reference_pcrs(image)  # what its boot measures: the quote passes
+    world.publish("2026.12.5", 17, image=image, measurements={0: measured[0].hex(), 4: measured[4].hex()})
+
+    async def steps() -> None:
+        await until(lambda: device.agent is not None and device.agent.attested is True, what="first attestation")
+        await assign_until(world, device, "2026.12.5", "committed")
+
+    run(world, device, steps)
+    assert phases(world, device)[-2:] == ["attesting", "committed"]
+    # Each start quotes on a nonce it asks for; the update's quote on the one its report brought.
+    assert calls[:4] == ["nonce", "quote", "nonce", "quote"]
+    update = calls[4:]  # the trial's: its reports in the attesting phase ask for the challenge
+    assert update[-1] == "quote"
+    assert set(update[:-1]) == {"report+challenge"}
 
 
 def test_the_release_downloads_before_the_install_window_and_the_slot_switches_only_inside_it(

@@ -130,6 +130,22 @@ def test_enrolled_tpm_attests_and_gets_a_workload_token(plane: Fleet, emulator: 
     assert "a verdict counts for" in stale["reason"]
 
 
+def test_a_report_asking_for_a_challenge_brings_a_nonce_that_a_quote_spends_once(plane: Fleet, emulator: Swtpm) -> None:
+    dev, log = boot(plane, emulator)
+    status = f"/api/v1/devices/{dev.device.id}/status"
+    report = {"running_version": "2026.12.0", "challenge": True}
+    assert dev.device.client.post(status, json={"seq": 2, **report}).json()["challenge"] is None  # no TPM identity yet
+    dev.enroll_identity()
+    challenge = dev.device.client.post(status, json={"seq": 3, **report}).json()["challenge"]
+    assert (challenge["bank"], challenge["pcrs"]) == ("sha256", PCRS)
+    assert challenge["expires_in_seconds"] == plane.settings.attestation_nonce_seconds
+    assert dev.attest(log, challenge["nonce"]).json() == {"passed": True}
+    again = dev.attest(log, challenge["nonce"])
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "nonce_refused")
+    plain = dev.device.client.post(status, json={"seq": 4, "running_version": "2026.12.0"}).json()
+    assert plain["challenge"] is None  # only when asked
+
+
 def test_a_verdict_updates_this_servers_cache_of_the_device_and_the_change_feed_leaves_it(
         plane: Fleet, emulator: Swtpm) -> None:
     dev, log = boot(plane, emulator)

@@ -102,7 +102,7 @@ def test_checkin_marks_the_device_seen(fleet: Fleet) -> None:
 def test_status_report_replay_and_stale_reports_are_ignored_idempotently(fleet: Fleet) -> None:
     device = fleet.enroll()
     url = f"/api/v1/devices/{device.id}/status"
-    fresh = {"attestation_expires_in_seconds": None}  # this fleet does not require attestation
+    fresh = {"attestation_expires_in_seconds": None, "challenge": None}  # this fleet does not require attestation
     assert device.client.post(url, json={"seq": 5, "health": "healthy", "running_version": "2"}).json() == {
         "accepted": True, "seq": 5, **fresh}
     before = fleet.rows()

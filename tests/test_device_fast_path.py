@@ -38,6 +38,10 @@ def both(fleet: Fleet, device: Device, method: str, path: str, **kwargs: Any) ->
     ("POST", "status", {"seq": 0}),
     ("POST", "status", {"seq": 1, "unknown_field": True}),
     ("GET", "director/no_underscores", None),
+    ("GET", "director", None),  # a bundle says which root the device trusts
+    ("GET", "director?root=0", None),
+    ("GET", "director?root=1&snapshot=x", None),
+    ("GET", "director?root=1&more=1", None),
     ("GET", "workload-token", None),  # a token names its workload and its audience
     ("GET", "workload-token?workload=../meter&audience=billing", None),
     ("GET", "workload-token?workload=meter&audience=two%20words", None),
@@ -57,9 +61,14 @@ def test_answers_and_refusals_are_the_same_on_both_paths(proxied: Fleet) -> None
     assert fast.status_code == slow.status_code == 200
     assert fast.json() == slow.json()
     fast, slow = both(proxied, device, "POST", "status", json={"seq": 5, "running_version": "1.0"})
-    assert fast.json() == {"accepted": True, "seq": 5, "attestation_expires_in_seconds": None}
+    assert fast.json() == {"accepted": True, "seq": 5, "attestation_expires_in_seconds": None,
+                           "challenge": None}
     # the same report again: stale
-    assert slow.json() == {"accepted": False, "seq": 5, "attestation_expires_in_seconds": None}
+    assert slow.json() == {"accepted": False, "seq": 5, "attestation_expires_in_seconds": None,
+                           "challenge": None}
+    fast, slow = both(proxied, device, "GET", "director?root=1&snapshot=0")
+    assert fast.status_code == slow.status_code
+    assert fast.json() == slow.json()
     fast, slow = both(proxied, device, "POST", "attestation/nonce")
     assert fast.status_code == slow.status_code == 409  # no TPM identity yet
     assert fast.json() == slow.json()

@@ -15,8 +15,8 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from edgefleet.errors import BadAnswer
-from edgefleet.protocol.v1 import AttestationIdentityRequest, CredentialActivation, QuoteSubmission
+from edgefleet.errors import BadAnswer, ServerRefused
+from edgefleet.protocol.v1 import AttestationIdentityRequest, CredentialActivation, NonceIssuedView, QuoteSubmission
 from edgefleet.web.device_client import DeviceTransport
 
 log = logging.getLogger("edgefleet.agent")
@@ -53,6 +53,7 @@ class Attestor:
         self.tpm = tpm
         self.event_log = event_log
         self.ek_certificate_file = ek_certificate_file
+        self._offered: NonceIssuedView | None = None
 
     async def enroll(self, transport: DeviceTransport, device_id: str) -> None:
         """Present EK and AK; activate the credential the server sends back (once: a
@@ -70,9 +71,24 @@ class Attestor:
         await transport.activate_credential(device_id, CredentialActivation(credential=_b64(credential)))
         log.info("TPM identity bound to %s", device_id)
 
+    def offer(self, challenge: NonceIssuedView | None) -> None:
+        """The challenge a status report's answer brought (the report before an update's
+        quote asks for it): the next ``attest`` quotes it rather than asking for a nonce."""
+        self._offered = challenge
+
     async def attest(self, transport: DeviceTransport, device_id: str) -> bool:
         """Quote the PCRs the server asks for, with the boot event log; True if it passed."""
-        issued = await transport.attestation_nonce(device_id)
+        offered, self._offered = self._offered, None
+        if offered is not None:
+            try:
+                return await self._quote(transport, device_id, offered)
+            except ServerRefused as exc:
+                if exc.code != "nonce_refused":
+                    raise
+                log.info("the challenge offered with the last report was refused (%s): asking for a nonce", exc)
+        return await self._quote(transport, device_id, await transport.attestation_nonce(device_id))
+
+    async def _quote(self, transport: DeviceTransport, device_id: str, issued: NonceIssuedView) -> bool:
         try:
             nonce = bytes.fromhex(issued.nonce)
         except ValueError as exc:

@@ -36,8 +36,8 @@ from edgefleet.agent.updates import UpdateClient
 from edgefleet.agent.workload_tokens import TokenKeeper
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.errors import ServerRefused, Throttled, TransportError
-from edgefleet.protocol.v1 import StatusReport
-from edgefleet.util.aio import pause
+from edgefleet.protocol.v1 import StatusAck, StatusReport
+from edgefleet.util.aio import pause, relay
 from edgefleet.util.backoff import Backoff, jittered
 from edgefleet.web.device_client import DeviceTransport
 from edgefleet.workloads.supervisor import Supervisor
@@ -123,7 +123,7 @@ class Agent:
             log.info("finished a certificate renewal a stop interrupted")
         state = self.dir.load()
         halt = asyncio.Event()  # ``stop``, or a reboot the agent asked for
-        forward = asyncio.ensure_future(self._forward(stop, halt))
+        forward = asyncio.ensure_future(relay(stop, halt))
         local = None
         if self.settings.local_ui:
             # Only a device that serves the technician's page pays for its web stack.
@@ -203,18 +203,14 @@ class Agent:
                                    report=lambda s: self._report(s, transport),
                                    attest=(lambda: self._attest(transport, device_id)) if self.attestor else None)
 
+    async def _stop_telemetry(self, telemetry: TelemetryLink) -> None:
+        await telemetry.stop()
+
     async def _attest(self, transport: DeviceTransport, device_id: str) -> bool:
         """Quote; the verdict becomes the device's ``attested``."""
         assert self.attestor is not None
         self.attested = await self.attestor.attest(transport, device_id)
         return self.attested
-
-    async def _stop_telemetry(self, telemetry: TelemetryLink) -> None:
-        await telemetry.stop()
-
-    async def _forward(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
-        await stop.wait()
-        halt.set()
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         self.health = HealthMonitor(self._health_sources(state), self.settings.health_interval_seconds)
@@ -357,8 +353,12 @@ class Agent:
         except ServerRefused as exc:
             self.renewer.refused(exc)
 
-    def _attest_ahead(self, expires_in: float | None) -> None:
-        """Re-attest before the server's freshness runs out (``reattest_margin``)."""
+    def _attest_ahead(self, ack: StatusAck) -> None:
+        """Re-attest before the server's freshness runs out (``reattest_margin``); an
+        update's quote takes the challenge that came with the report before it."""
+        if self.attestor is not None:
+            self.attestor.offer(ack.challenge)
+        expires_in = ack.attestation_expires_in_seconds
         if expires_in is None or self.tpm is None or self.attested is not True:
             return  # no freshness required, no TPM, or quarantined (its quotes are judged on schedule)
         settings = self.settings
@@ -413,10 +413,11 @@ class Agent:
                 update=update_report(self.runner, self.system, state),
                 config=self.configuration.report(state),
                 workloads=self.configuration.workload_statuses(),
+                challenge=self.attestor is not None and self.driver is not None and self.driver.quotes_next(),
             )
             ack = await transport.report_status(device_id, report)
             self.reports += 1
-            self._attest_ahead(ack.attestation_expires_in_seconds)
+            self._attest_ahead(ack)
             if self.driver is not None:
                 self.driver.reported()
             self.configuration.reported(state)

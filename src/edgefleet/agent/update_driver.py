@@ -122,6 +122,11 @@ class UpdateDriver:
         self.stop_downloads = threading.Event()
         self._reported_job_seq: int | None = None  # the update job's seq the server last saw
 
+    def quotes_next(self) -> bool:
+        """The trial's checks passed: the device quotes next (the report before it asks the
+        server for the quote's challenge)."""
+        return self.runner is not None and self.runner.job.phase is Phase.ATTESTING
+
     def reported(self) -> None:
         """A status report went out: the server has seen the job's current phase."""
         self._reported_job_seq = self.runner.job.seq if self.runner is not None else None

@@ -25,11 +25,11 @@ from pathlib import Path
 import httpx
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, TargetFile, Targets
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgefleet.agent.delivery import Deliverer, Delivery, Running
 from edgefleet.agent.download import fetch_target
-from edgefleet.agent.fetcher import MirrorFetcher
+from edgefleet.agent.fetcher import BundleFetcher, MirrorFetcher
 from edgefleet.errors import TransportError, UpdateRefused
 from edgefleet.releases.image import release_fields
 from edgefleet.releases.instructions import PLAIN, Instructions, director_fields
@@ -78,6 +78,21 @@ def _refused(exc: tuf_errors.RepositoryError, where: str) -> UpdateRefused:
     return UpdateRefused(f"{where}: {exc.__class__.__name__}: {exc}", code=f"{where}_{exc.__class__.__name__}")
 
 
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _version(metadata: bytes | None) -> int:
+    """The version a metadata file states, unverified (0 when it states none)."""
+    try:
+        return int(json.loads(metadata)["signed"]["version"]) if metadata else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 @dataclass(frozen=True)
 class _Repository:
     """One TUF repository as the device sees it, with the idle-poll shortcut.
@@ -109,8 +124,11 @@ class _Repository:
 
         Raises UpdateRefused (verification failed) or TransportError (unreachable).
         """
-        fetcher = MirrorFetcher(self.base, self.mirrors, self.client)
+        mirrors = MirrorFetcher(self.base, self.mirrors, self.client)
+        fetcher: FetcherInterface = mirrors
         try:
+            if self.prefix == "/":  # the director: the whole refresh in one round trip
+                fetcher = BundleFetcher.load(mirrors, *self._held_versions())
             timestamp = fetcher.download_bytes(f"{self.base}{self.prefix}timestamp.json",
                                                LIMITS.timestamp_max_length)
         except tuf_errors.DownloadError as exc:
@@ -129,6 +147,13 @@ class _Repository:
             raise TransportError(f"{self._where()} unreachable: {exc}") from exc
         self._remember()
         return True
+
+    def _held_versions(self) -> tuple[int, int]:
+        """The versions of the root this device trusts and of the snapshot it verified last
+        (0: none), as ngclient persisted them (else the shipped root). Only a hint to the
+        server of what to send: whatever comes is verified as usual."""
+        return max(_version(_read(self.directory / "root.json") or self.root), 1), \
+            max(_version(_read(self.directory / "snapshot.json")), 0)
 
     def _unchanged(self, timestamp: bytes) -> bool:
         try:

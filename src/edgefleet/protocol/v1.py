@@ -132,6 +132,13 @@ class ConfigReport(Strict):
     parts: Annotated[dict[PartName, Sha256Hex], Field(max_length=48)] = {}
 
 
+class NonceIssuedView(Strict):
+    nonce: str
+    pcrs: list[int]
+    bank: str
+    expires_in_seconds: float
+
+
 class StatusReport(Strict):
     seq: Annotated[int, Field(ge=1, le=MAX_INT)]
     running_version: ShortText | None = None
@@ -143,6 +150,9 @@ class StatusReport(Strict):
     update: UpdateReport | None = None
     config: ConfigReport | None = None
     workloads: Annotated[list[WorkloadStatus], Field(max_length=32)] | None = None
+    # The device quotes next (the report before an update's attestation): the answer brings
+    # its nonce, which spares it a round trip for one.
+    challenge: bool = False
 
 
 class StatusAck(Strict):
@@ -152,6 +162,7 @@ class StatusAck(Strict):
     # one (0 when it has none or it lapsed). The device re-attests ahead of it, rather than
     # meeting a 403 first.
     attestation_expires_in_seconds: float | None = None
+    challenge: NonceIssuedView | None = None  # asked for (``StatusReport.challenge``) and a TPM identity is bound
 
 
 class DeviceView(Strict):
@@ -357,12 +368,6 @@ class CredentialActivation(Strict):
     credential: Base64
 
 
-class NonceIssuedView(Strict):
-    nonce: str
-    pcrs: list[int]
-    bank: str
-    expires_in_seconds: float
-
 
 class QuoteSubmission(Strict):
     nonce: HexBytes
@@ -382,6 +387,25 @@ class WorkloadTokenQuery(Strict):
 
     workload: Name
     audience: Audience
+
+
+class DirectorBundleQuery(Strict):
+    """What the device already holds of its director repository, verified."""
+
+    root: Annotated[int, Field(ge=1, le=MAX_INT)]  # its trusted root's version
+    snapshot: Annotated[int, Field(ge=0, le=MAX_INT)] = 0  # its verified snapshot's version (0: none)
+
+
+class DirectorBundle(Strict):
+    """A device's director repository in one answer: the newer roots (in order), the
+    current timestamp and, unless the device holds them, the snapshot and targets it names,
+    each file's exact text under its TUF consistent-snapshot name. A transport only: the
+    device's TUF client verifies every file as if it had fetched it alone."""
+
+    files: dict[str, str]
+    # No root after this one exists (a TUF client's next-root probe ends here); None when
+    # there are more than the bundle carries (the device reads the rest file by file).
+    latest_root: int | None
 
 
 class WorkloadToken(Strict):

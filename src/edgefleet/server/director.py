@@ -22,6 +22,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.protocol.desired import known_parts
+from edgefleet.protocol.v1 import DirectorBundle
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.image import release_fields
 from edgefleet.releases.instructions import PLAIN, Instructions
@@ -56,6 +57,7 @@ class Assignment:
 T = TypeVar("T")
 ASSIGN_BATCH = 500  # devices per round trip of assign_many
 SIGNED_FILES_CACHED = 4096  # devices whose newest snapshot and targets are kept in memory
+BUNDLED_ROOTS = 32  # director roots one bundle carries at most (a TUF client follows as many rotations)
 
 
 def _next_versions(current: DirectorState | Versions | None) -> tuple[int, int]:
@@ -304,12 +306,54 @@ class DirectorService:
         held = self.signed.get(device_id, name)
         if held is not None:
             return held
+        state = await self._current(device_id)
+        if name == "timestamp.json":
+            return await self._fresh_timestamp(device_id, state)
+        found = _named(name, state.version, state.snapshot, state.targets)
+        if found is None:
+            raise NotFound(f"no director file {name} for {device_id}")
+        return found
+
+    async def bundle(self, device_id: str, root: int, snapshot: int) -> DirectorBundle:
+        """``device_id``'s director repository in one answer, for a device that trusts root
+        version ``root`` and holds snapshot version ``snapshot`` (0: none): the roots after
+        its own, the current timestamp, and the snapshot and targets unless it holds them.
+        What a TUF client would fetch file by file, in one round trip; it verifies each."""
+        # A failed open of a local file (no rotation: the usual answer) costs microseconds,
+        # far less than a worker thread's round trip.
+        roots = self._roots_after(root)
+        state = await self._current(device_id)
+        files = {f"{version}.root.json": data.decode() for version, data in roots[:BUNDLED_ROOTS]}
+        files["timestamp.json"] = (await self._fresh_timestamp(device_id, state)).decode()
+        if state.version != snapshot:
+            files[f"{state.version}.snapshot.json"] = state.snapshot.decode()
+            files[f"{state.version}.targets.json"] = state.targets.decode()
+        return DirectorBundle(files=files, latest_root=None if len(roots) > BUNDLED_ROOTS else (
+            roots[-1][0] if roots else root))
+
+    def _roots_after(self, root: int) -> list[tuple[int, bytes]]:
+        """The director roots after version ``root``, in order, one more than a bundle
+        carries when there are that many (a device so far behind reads the rest file by
+        file, as TUF's client would)."""
+        found = []
+        for version in range(root + 1, root + 2 + BUNDLED_ROOTS):
+            try:
+                found.append((version, (self.repository.director.metadata_dir / f"{version}.root.json").read_bytes()))
+            except FileNotFoundError:
+                break
+        return found
+
+    async def _current(self, device_id: str) -> DirectorState:
+        """The device's current director state (kept in ``signed`` for the files that
+        follow); a device with nothing assigned yet gets an empty, signed targets list (it
+        then knows for certain that it should run nothing new).
+
+        Raises NotFound when the director has no root yet.
+        """
         state = await self.db.read(director_state, device_id)
         if state is None and not await asyncio.to_thread(self.repository.director.exists):
             raise NotFound("no director repository: its root has not been published", code="no_director_root")
         if state is None:
-            # Nothing assigned yet: an empty, signed targets list (the device then knows
-            # for certain that it should run nothing new).
             files = await self._sign(device_id, [], None, PLAIN)
             async with self.db.transaction() as conn:
                 if await conn.run_sync(director_state, device_id) is None:
@@ -317,12 +361,7 @@ class DirectorService:
                 state = await conn.run_sync(director_state, device_id)
             assert state is not None
         self.signed.keep(device_id, state.version, state.snapshot, state.targets)
-        if name == "timestamp.json":
-            return await self._fresh_timestamp(device_id, state)
-        found = _named(name, state.version, state.snapshot, state.targets)
-        if found is None:
-            raise NotFound(f"no director file {name} for {device_id}")
-        return found
+        return state
 
     async def resign_all(self) -> int:
         """After a director root change: re-sign every device's metadata with the key the
@@ -340,7 +379,7 @@ class DirectorService:
                                                previous_version=state.version)
         return count
 
-    async def _fresh_timestamp(self, device_id: str, state: Any) -> bytes:
+    async def _fresh_timestamp(self, device_id: str, state: DirectorState) -> bytes:
         now = self.clock.now()
         if state.timestamp_expires - now > EXPIRY["timestamp"] / 2:
             data: bytes = state.timestamp

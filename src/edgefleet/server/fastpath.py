@@ -27,14 +27,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.protocol.v1 import StatusReport, WorkloadTokenQuery
+from edgefleet.protocol.v1 import DirectorBundleQuery, StatusReport, WorkloadTokenQuery
 from edgefleet.server.auth import AuthenticatedDevice, authenticate_device
 from edgefleet.server.errors import OverloadLog, invalid, refusal
 from edgefleet.server.routes import attestation, device
 from edgefleet.server.state import server_state
 
 _PATH = re.compile(r"^/api/v1/devices/([A-Za-z0-9._-]{1,64})/"
-                   r"(desired|status|director/[^/]+|attestation/nonce|attestation/quote|workload-token)$")
+                   r"(desired|status|director|director/[^/]+|attestation/nonce|attestation/quote|workload-token)$")
 _DIRECTOR_FILE = TypeAdapter(Annotated[str, StringConstraints(pattern=device.DIRECTOR_FILE)])
 _PREFIX = "/api/v1/devices/{device_id}/"
 
@@ -82,6 +82,14 @@ async def _status(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
     return await device.report_status(dev, report, request)
 
 
+async def _director_bundle(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
+    try:
+        parsed = DirectorBundleQuery.model_validate(_query(request))
+    except ValidationError as exc:
+        raise _located(exc, "query") from exc
+    return await device.director_bundle(dev, request, parsed)
+
+
 async def _director(dev: AuthenticatedDevice, request: Request, tail: str) -> Any:
     try:
         name = _DIRECTOR_FILE.validate_python(tail.removeprefix("director/"))
@@ -104,7 +112,8 @@ def _route(method: str, tail: str, call: Call) -> _Route:
 _ROUTES = {
     "desired": _route("GET", "desired", _check_in),
     "status": _route("POST", "status", _status),
-    "director": _route("GET", "director/{name}", _director),
+    "director": _route("GET", "director", _director_bundle),
+    "director/": _route("GET", "director/{name}", _director),
     "attestation/nonce": _route("POST", "attestation/nonce", lambda d, r, _: attestation.nonce(d, r)),
     "attestation/quote": _route("POST", "attestation/quote", lambda d, r, _: attestation.quote(d, r)),
     "workload-token": _route("GET", "workload-token", _workload_token),
@@ -131,7 +140,7 @@ class DeviceFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = _PATH.match(scope["path"]) if scope["type"] == "http" else None
         tail = "" if found is None else found.group(2)
-        route = _ROUTES.get("director" if tail.startswith("director/") else tail)
+        route = _ROUTES.get("director/" if tail.startswith("director/") else tail)
         if found is None or route is None or route.method != scope["method"] or not _has_client_certificate(scope):
             await self.app(scope, receive, send)
             return

@@ -13,6 +13,12 @@ async def pause(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+async def relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    """Set ``target`` once ``source`` is set."""
+    await source.wait()
+    target.set()
+
+
 async def any_set(*events: asyncio.Event, timeout: float | None = None) -> None:
     """Return once any of ``events`` is set (at once if one already is), or after
     ``timeout`` seconds; nothing is left waiting on the others."""

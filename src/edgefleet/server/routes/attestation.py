@@ -22,7 +22,7 @@ from edgefleet.protocol.v1 import (
     WorkloadToken,
     WorkloadTokenQuery,
 )
-from edgefleet.server.auth import CurrentDevice
+from edgefleet.server.auth import AuthenticatedDevice, CurrentDevice
 from edgefleet.server.bodies import bounded_model
 from edgefleet.server.state import server_state
 from edgefleet.store.devices import device_site
@@ -58,12 +58,18 @@ async def activate(device: CurrentDevice, body: CredentialActivation, request: R
     return Response(status_code=204)
 
 
-@router.post("/api/v1/devices/{device_id}/attestation/nonce")
-async def nonce(device: CurrentDevice, request: Request) -> NonceIssuedView:
-    """A single-use nonce for this device, and the PCRs to quote."""
+def challenge(device: AuthenticatedDevice, request: Request) -> NonceIssuedView:
+    """A single-use nonce for this device, and the PCRs to quote. Raises Conflict when
+    the device has no active TPM identity."""
     issued = server_state(request).attestation.issue_nonce(device.id, device.auth)
     return NonceIssuedView(nonce=issued.nonce.hex(), pcrs=list(issued.pcrs), bank=issued.bank,
                            expires_in_seconds=issued.ttl.total_seconds())
+
+
+@router.post("/api/v1/devices/{device_id}/attestation/nonce")
+async def nonce(device: CurrentDevice, request: Request) -> NonceIssuedView:
+    """A single-use nonce for this device, and the PCRs to quote."""
+    return challenge(device, request)
 
 
 @router.post("/api/v1/devices/{device_id}/attestation/quote")

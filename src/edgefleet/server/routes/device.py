@@ -16,6 +16,8 @@ from edgefleet.protocol.v1 import (
     CertificateRenewed,
     CheckInAnswer,
     DeviceView,
+    DirectorBundle,
+    DirectorBundleQuery,
     EnrollRequest,
     EnrollResponse,
     Reenroll,
@@ -27,6 +29,7 @@ from edgefleet.protocol.v1 import (
 from edgefleet.server.auth import CurrentDevice, DeviceIdPath, fresh_device_state
 from edgefleet.server.enrollment import enroll_device
 from edgefleet.server.renewal import reenroll, renew_certificate
+from edgefleet.server.routes.attestation import challenge
 from edgefleet.server.state import server_state
 from edgefleet.server.views import device_view
 from edgefleet.store.devices import apply_status, desired_state, get_device, stored_health
@@ -137,7 +140,8 @@ async def report_status(device: CurrentDevice, body: StatusReport, request: Requ
         await state.gitops.observe(device.id, body.config.model_dump(), body.desired_version_applied)
     state.metrics.status_reports.labels("accepted" if accepted else "stale").inc()
     return StatusAck(accepted=accepted, seq=seq,
-                     attestation_expires_in_seconds=state.attestation.expires_in(device.auth))
+                     attestation_expires_in_seconds=state.attestation.expires_in(device.auth),
+                     challenge=challenge(device, request) if body.challenge and device.auth.tpm_identity else None)
 
 
 @router.post("/devices/{device_id}/certificate")
@@ -158,6 +162,17 @@ async def reenroll_device(device_id: DeviceIdPath, body: Reenroll, request: Requ
     state.rate_limits.charge(device_id)
     answer = await reenroll(state, device_id, body)
     return JSONResponse(answer.model_dump(mode="json"), status_code=200 if answer.state == "issued" else 202)
+
+
+@router.get("/devices/{device_id}/director")
+async def director_bundle(device: CurrentDevice, request: Request,
+                          query: Annotated[DirectorBundleQuery, Query()]) -> DirectorBundle:
+    """This device's director repository in one answer: the roots after the one it trusts,
+    the timestamp, and the snapshot and targets unless it holds them (a TUF client's whole
+    refresh in one round trip; it verifies every file as if fetched alone)."""
+    state = server_state(request)
+    state.attestation.gate(device.auth)
+    return await state.director.bundle(device.id, query.root, query.snapshot)
 
 
 @router.get("/devices/{device_id}/director/{name}")
