@@ -105,14 +105,17 @@ class Connection:
         return status, json.loads(answer) if answer else None
 
     async def report(self, seq: int, release: str, phase: str, reason: str | None = None,
-                     failing: Sequence[str] = ()) -> None:
+                     failing: Sequence[str] = (), challenge: bool = False) -> dict[str, Any]:
         """A status report as the agent sends it, with its health verdict: unhealthy, naming
-        them, when required checks in ``failing`` fail, else healthy."""
+        them, when required checks in ``failing`` fail, else healthy. With ``challenge`` (the
+        report before an update's quote), the answer brings the quote's nonce. The answer."""
         update: dict[str, Any] = {"phase": phase, "release": release, **({"reason": reason} if reason else {})}
         findings = [{"name": name, "required": True, "detail": "exit status 1"} for name in failing]
-        await self.call("POST", "/status", {"seq": seq, "running_version": release, "update_state": phase,
-                                            "health": "unhealthy" if findings else "healthy",
-                                            "health_findings": findings, "update": update})
+        ack: dict[str, Any] = (await self.call("POST", "/status", {
+            "seq": seq, "running_version": release, "update_state": phase,
+            "health": "unhealthy" if findings else "healthy", "health_findings": findings, "update": update,
+            **({"challenge": True} if challenge else {})}))[1]
+        return ack
 
     async def enroll_tpm(self, tpm: InsecureSoftwareTpm) -> None:
         """Bind the TPM's identity: present EK and AK, activate the credential."""
@@ -124,10 +127,12 @@ class Connection:
                                              base64.b64decode(challenge["encrypted_secret"]))
         await self.call("POST", "/attestation/activate", {"credential": _b64(credential)}, expect=(204,))
 
-    async def attest(self, tpm: InsecureSoftwareTpm, booted: BootImage) -> bool:
-        """Quote what the server asks for with the boot's event log; after a pass, fetch a
-        workload token, as the agent does. True if it passed."""
-        issued = (await self.call("POST", "/attestation/nonce"))[1]
+    async def attest(self, tpm: InsecureSoftwareTpm, booted: BootImage,
+                     challenge: dict[str, Any] | None = None) -> bool:
+        """Quote what the server asks for with the boot's event log, on ``challenge`` (a
+        report's answer brought it) or on a nonce asked for; after a pass, fetch a workload
+        token, as the agent does. True if it passed."""
+        issued = challenge or (await self.call("POST", "/attestation/nonce"))[1]
         attest, signature, values = tpm.quote(bytes.fromhex(issued["nonce"]), issued["bank"],
                                               [int(p) for p in issued["pcrs"]])
         verdict = (await self.call("POST", "/attestation/quote", {
@@ -138,10 +143,11 @@ class Connection:
         await self.call("GET", WORKLOAD_TOKEN)
         return True
 
-    async def director_metadata(self) -> None:
+    async def director_metadata(self, held_snapshot: int) -> int:
         """The device's own Uptane director metadata, as the agent reads it before an update:
-        timestamp, then the snapshot and targets it names."""
-        timestamp = (await self.call("GET", "/director/timestamp.json"))[1]
-        version = timestamp["signed"]["meta"]["snapshot.json"]["version"]
-        await self.call("GET", f"/director/{version}.snapshot.json")
-        await self.call("GET", f"/director/{version}.targets.json")
+        in one answer, all it lacks of what the timestamp names, given the snapshot version
+        it holds (0: none); returns the snapshot version it holds now."""
+        files = (await self.call("GET", f"/director?root=1&snapshot={held_snapshot}"))[1]["files"]
+        version: int = json.loads(files["timestamp.json"])["signed"]["meta"]["snapshot.json"]["version"]
+        assert version == held_snapshot or f"{version}.targets.json" in files, "the bundle lacks the new targets"
+        return version

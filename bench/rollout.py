@@ -5,10 +5,11 @@ controller ticking every --tick seconds). N emulated devices, enrolled as at the
 (certificate and row), each with its own software TPM, boot a factory release, bind their
 TPM identity and attest, then wait in long polls over one kept-alive mTLS connection each,
 as agents do. Told a release, a device does what the agent does with the control plane:
-reads its director metadata (timestamp, snapshot, targets), boots the release (measured
-into its TPM), reports it running, attests against it (nonce, quote, workload token) and
-reports it committed. It does not download the image: images and the image repository's
-metadata are static files a mirror or CDN serves. Every status report carries the device's
+reads its director metadata (timestamp, snapshot and targets in one answer), boots the
+release (measured into its TPM), reports it attesting (the answer brings the quote's
+nonce), attests against it (quote, workload token) and reports it committed. It does not
+download the image: images and the image repository's metadata are static files a mirror
+or CDN serves. Every status report carries the device's
 health verdict, and each device also reports every --status-interval seconds.
 
 Phase 1 rolls a release out in 4 waves (1%, 10%, 50%, 100%) and measures the server
@@ -213,11 +214,13 @@ class FleetSim:
         streams = await asyncio.open_connection("127.0.0.1", self.port, ssl=context, server_hostname="localhost")
         return Connection(device.id, self.port, *streams)
 
-    async def _report(self, conn: Connection, device_id: str, release: str, phase: str) -> None:
+    async def _report(self, conn: Connection, device_id: str, release: str, phase: str) -> dict[str, Any]:
+        """A status report; the one before an update's quote asks for its challenge (the answer)."""
         self.seqs[device_id] = seq = self.seqs.get(device_id, 0) + 1
         self.phases[device_id] = (release, phase)
         self.reports += 1
-        await conn.report(seq, release, phase, failing=self.failing.get(device_id, ()))
+        return await conn.report(seq, release, phase, failing=self.failing.get(device_id, ()),
+                                 challenge=phase == "attesting")
 
     async def turn_unhealthy(self, device: SimDevice, check: str) -> float:
         """A required check starts failing on ``device``: it reports so at once, on a second
@@ -240,6 +243,8 @@ class FleetSim:
         steps = ["boot", "running", "enroll", "attest"]  # power-on
         backoff = Backoff(1.0, 300.0)  # exponential with full jitter
         conn: Connection | None = None
+        held_snapshot = 0  # the director snapshot version the device holds
+        challenge: dict[str, Any] | None = None  # the nonce the report before a quote brought
         loop = asyncio.get_running_loop()
         next_status = loop.time() + self.rng.uniform(0, self.status_interval)
         while True:
@@ -247,11 +252,13 @@ class FleetSim:
                 conn = conn or await self._open(device)
                 while steps:
                     if steps[0] == "director":
-                        await conn.director_metadata()
+                        held_snapshot = await conn.director_metadata(held_snapshot)
                     elif steps[0] == "boot":
                         self.images[release].boot(tpm)
                     elif steps[0] in ("running", "attesting", "committed"):
-                        await self._report(conn, device.id, release, "idle" if steps[0] == "running" else steps[0])
+                        ack = await self._report(conn, device.id, release,
+                                                 "idle" if steps[0] == "running" else steps[0])
+                        challenge = ack.get("challenge") if steps[0] == "attesting" else None
                         if steps[0] == "committed":
                             self.committed[release].add(device.id)
                     elif steps[0] == "status":
@@ -259,10 +266,12 @@ class FleetSim:
                         next_status = loop.time() + self.status_interval
                     elif steps[0] == "enroll":
                         await conn.enroll_tpm(tpm)
-                    elif not await conn.attest(tpm, self.images[release]):
-                        self.failed_quotes[device.id] = time.perf_counter()
-                        answered.set()
-                        return  # quarantined: it waits for an operator
+                    else:
+                        offered, challenge = challenge, None  # a quote spends it: a retry asks for a nonce
+                        if not await conn.attest(tpm, self.images[release], offered):
+                            self.failed_quotes[device.id] = time.perf_counter()
+                            answered.set()
+                            return  # quarantined: it waits for an operator
                     steps.pop(0)
                 wait = max(1, min(300, round(next_status - loop.time())))
                 status, answer = await conn.call(
