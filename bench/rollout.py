@@ -401,6 +401,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "periodic_status_reports_per_s": round(periodic / (finished - started), 1),
         "halt_reason": halted_view["reason"], "unhealthy_halt_reason": sick_view["reason"],
         "device_errors": sim.errors, "requests_per_device_update": requests,
+        "device_requests_per_device_update": round(sum(v for k, v in requests.items() if "/devices/" in k), 2),
     }
 
 

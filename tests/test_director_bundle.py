@@ -56,6 +56,16 @@ def client_through(setup: Setup, transport: Recording) -> UpdateClient:
         mirror_tls=https_client(ca))
 
 
+def checked_version(client: UpdateClient) -> str:
+    """The release an update check with ``client`` (closed after) finds assigned."""
+    try:
+        plan = client.check(installed_counter=4)
+    finally:
+        client.close()
+    assert plan is not None
+    return plan.version
+
+
 def verified_files(directory: Path) -> dict[str, bytes]:
     """The metadata a device's TUF client keeps (the idle-poll record aside: a refused
     refresh drops it, so the next check verifies in full)."""
@@ -110,11 +120,7 @@ def test_a_malformed_bundle_query_is_refused(setup: Setup, query: dict[str, obje
 
 def test_a_tampered_bundle_is_refused_and_the_verified_targets_stay(setup: Setup) -> None:
     setup.assign("5.0")
-    good = client_through(setup, Recording(setup))
-    try:
-        assert good.check(installed_counter=4) is not None
-    finally:
-        good.close()
+    assert checked_version(client_through(setup, Recording(setup))) == "5.0"
     director = setup.device.directory / "tuf" / "director"
     before = verified_files(director)
     setup.assign("3.0")
@@ -138,13 +144,7 @@ def test_a_tampered_bundle_is_refused_and_the_verified_targets_stay(setup: Setup
     # file; the targets (what the device takes) stay those verified before.
     assert verified_files(director)["targets.json"] == before["targets.json"]
     assert verified_files(director)["root.json"] == before["root.json"]
-    honest = client_through(setup, Recording(setup))
-    try:
-        plan = honest.check(installed_counter=4)
-        assert plan is not None
-        assert plan.version == "3.0"
-    finally:
-        honest.close()
+    assert checked_version(client_through(setup, Recording(setup))) == "3.0"
 
 
 def test_against_a_server_without_bundles_the_device_reads_the_files_one_by_one(setup: Setup) -> None:
@@ -156,13 +156,7 @@ def test_against_a_server_without_bundles_the_device_reads_the_files_one_by_one(
             if path.endswith(b"/director") or b"/director?" in path else response
 
     transport = Recording(setup, older_server)
-    client = client_through(setup, transport)
-    try:
-        plan = client.check(installed_counter=4)
-        assert plan is not None
-        assert plan.version == "5.0"
-    finally:
-        client.close()
+    assert checked_version(client_through(setup, transport)) == "5.0"
     assert transport.requests[0] == "?root=1&snapshot=0"
     assert transport.requests[1:] == ["/timestamp.json", "/2.root.json", "/timestamp.json",
                                       transport.requests[4], transport.requests[5]]

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -39,6 +39,7 @@ _DIRECTOR_FILE = TypeAdapter(Annotated[str, StringConstraints(pattern=device.DIR
 _PREFIX = "/api/v1/devices/{device_id}/"
 
 Call = Callable[[AuthenticatedDevice, Request, str], Awaitable[Any]]
+Q = TypeVar("Q", bound=BaseModel)
 
 
 class Invalid(Exception):
@@ -57,20 +58,20 @@ def _query(request: Request) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(request.scope["query_string"].decode("latin-1")))
 
 
-async def _check_in(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
+def _query_as(model: type[Q], request: Request) -> Q:
+    """The request's query as ``model``; raises Invalid."""
     try:
-        parsed = device.CheckIn.model_validate(_query(request))
+        return model.model_validate(_query(request))
     except ValidationError as exc:
         raise _located(exc, "query") from exc
-    return await device.check_in(dev, request, parsed)
+
+
+async def _check_in(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
+    return await device.check_in(dev, request, _query_as(device.CheckIn, request))
 
 
 async def _workload_token(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
-    try:
-        parsed = WorkloadTokenQuery.model_validate(_query(request))
-    except ValidationError as exc:
-        raise _located(exc, "query") from exc
-    return await attestation.workload_token(dev, request, parsed)
+    return await attestation.workload_token(dev, request, _query_as(WorkloadTokenQuery, request))
 
 
 async def _status(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
@@ -83,11 +84,7 @@ async def _status(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
 
 
 async def _director_bundle(dev: AuthenticatedDevice, request: Request, _: str) -> Any:
-    try:
-        parsed = DirectorBundleQuery.model_validate(_query(request))
-    except ValidationError as exc:
-        raise _located(exc, "query") from exc
-    return await device.director_bundle(dev, request, parsed)
+    return await device.director_bundle(dev, request, _query_as(DirectorBundleQuery, request))
 
 
 async def _director(dev: AuthenticatedDevice, request: Request, tail: str) -> Any:
