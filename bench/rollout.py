@@ -9,8 +9,8 @@ reads its director metadata (timestamp, snapshot and targets in one answer), boo
 release (measured into its TPM), reports it attesting (the answer brings the quote's
 nonce), attests against it (quote, workload token) and reports it committed. It does not
 download the image: images and the image repository's metadata are static files a mirror
-or CDN serves. Every status report carries the device's
-health verdict, and each device also reports every --status-interval seconds.
+or CDN serves. Every status report carries the device's health verdict, and each device
+also reports every --status-interval seconds.
 
 Phase 1 rolls a release out in 4 waves (1%, 10%, 50%, 100%) and measures the server
 process's CPU time per device updated (its own /proc counters: the load generator is not

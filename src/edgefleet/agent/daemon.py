@@ -203,14 +203,14 @@ class Agent:
                                    report=lambda s: self._report(s, transport),
                                    attest=(lambda: self._attest(transport, device_id)) if self.attestor else None)
 
-    async def _stop_telemetry(self, telemetry: TelemetryLink) -> None:
-        await telemetry.stop()
-
     async def _attest(self, transport: DeviceTransport, device_id: str) -> bool:
         """Quote; the verdict becomes the device's ``attested``."""
         assert self.attestor is not None
         self.attested = await self.attestor.attest(transport, device_id)
         return self.attested
+
+    async def _stop_telemetry(self, telemetry: TelemetryLink) -> None:
+        await telemetry.stop()
 
     async def _loop(self, state: AgentState, transport: DeviceTransport, stop: asyncio.Event) -> None:
         self.health = HealthMonitor(self._health_sources(state), self.settings.health_interval_seconds)

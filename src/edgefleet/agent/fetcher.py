@@ -6,7 +6,6 @@ director sends a device's whole repository in one answer (``BundleFetcher``)."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,13 @@ from pydantic import ValidationError
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface
 
-from edgefleet.protocol.v1 import DirectorBundle
+from edgefleet.protocol.v1 import DIRECTOR_ROOT_FILE, DirectorBundle
 from edgefleet.web.tls import tls_context
 
 log = logging.getLogger("edgefleet.agent")
 
 CHUNK = 64 * 1024
 BUNDLE_MAX_LENGTH = 4 * 1024 * 1024  # a device's director files are a few KiB; roots at most 512 KB each
-_ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
 
 def https_client(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None,
@@ -112,7 +110,7 @@ class BundleFetcher(FetcherInterface):
         held = self._files.get(name)
         if held is not None:
             return iter((held,))
-        match = _ROOT.match(name)
+        match = DIRECTOR_ROOT_FILE.match(name)
         if match and self._latest_root is not None and int(match.group(1)) > self._latest_root:
             raise tuf_errors.DownloadHTTPError(f"{url}: no such root", 404)
         return self._inner.fetch(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -368,7 +369,6 @@ class CredentialActivation(Strict):
     credential: Base64
 
 
-
 class QuoteSubmission(Strict):
     nonce: HexBytes
     attest: Base64
@@ -387,6 +387,10 @@ class WorkloadTokenQuery(Strict):
 
     workload: Name
     audience: Audience
+
+
+# A root's TUF consistent-snapshot name (``N.root.json``), its version the group.
+DIRECTOR_ROOT_FILE = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
 
 class DirectorBundleQuery(Strict):

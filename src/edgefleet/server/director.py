@@ -12,7 +12,6 @@ revert to the other slot) is signed with it (``releases.instructions.Instruction
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from edgefleet.clock import Clock
 from edgefleet.errors import Conflict, EdgefleetError, NotFound, StoreError
 from edgefleet.protocol.desired import known_parts
-from edgefleet.protocol.v1 import DirectorBundle
+from edgefleet.protocol.v1 import DIRECTOR_ROOT_FILE, DirectorBundle
 from edgefleet.releases.director import DirectorFiles, config_target, resign_timestamp, sign_assignment
 from edgefleet.releases.image import release_fields
 from edgefleet.releases.instructions import PLAIN, Instructions
@@ -43,8 +42,6 @@ from edgefleet.store.director import (
     save_timestamp,
 )
 from edgefleet.store.schema import DirectorState
-
-_ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
 
 @dataclass(frozen=True)
@@ -123,14 +120,14 @@ class SignedFiles:
         return None if held is None else _named(name, *held)
 
 
+def _versioned(version: int, snapshot: bytes, targets: bytes) -> dict[str, bytes]:
+    """A version's snapshot and targets under their TUF consistent-snapshot names."""
+    return {f"{version}.snapshot.json": snapshot, f"{version}.targets.json": targets}
+
+
 def _named(name: str, version: int, snapshot: bytes, targets: bytes) -> bytes | None:
-    """The file ``name`` among a version's snapshot and targets (TUF consistent-snapshot
-    names), if it is one of them."""
-    if name == f"{version}.snapshot.json":
-        return snapshot
-    if name == f"{version}.targets.json":
-        return targets
-    return None
+    """The file ``name`` among a version's snapshot and targets, if it is one of them."""
+    return _versioned(version, snapshot, targets).get(name)
 
 
 @dataclass
@@ -297,7 +294,7 @@ class DirectorService:
 
         Raises NotFound for anything else, including superseded versions.
         """
-        match = _ROOT.match(name)
+        match = DIRECTOR_ROOT_FILE.match(name)
         if match:
             path = self.repository.director.metadata_dir / f"{int(match.group(1))}.root.json"
             if not await asyncio.to_thread(path.exists):
@@ -326,8 +323,8 @@ class DirectorService:
         files = {f"{version}.root.json": data.decode() for version, data in roots[:BUNDLED_ROOTS]}
         files["timestamp.json"] = (await self._fresh_timestamp(device_id, state)).decode()
         if state.version != snapshot:
-            files[f"{state.version}.snapshot.json"] = state.snapshot.decode()
-            files[f"{state.version}.targets.json"] = state.targets.decode()
+            files.update({name: data.decode() for name, data in
+                          _versioned(state.version, state.snapshot, state.targets).items()})
         return DirectorBundle(files=files, latest_root=None if len(roots) > BUNDLED_ROOTS else (
             roots[-1][0] if roots else root))
 
